@@ -1,0 +1,97 @@
+// backend: one engine instance that runs a step over a ragged batch of sequences.
+//
+// A step takes, for each sequence, its new tokens (a prefill chunk of any length,
+// or one decode token), how many of its tokens are already in the KV cache
+// (n_past), and its block table into the paged KV cache. It writes the new
+// tokens' K/V into those blocks and, for sequences that ask, samples the next
+// token. Which sequences run, and which blocks they own, is decided by host code
+// (engine/scheduler, engine/kv-block-pool): the backend only stores and computes.
+//
+// The CPU backend (engine/cpu-backend) and the CUDA backend (gpu/cuda-backend)
+// implement this same interface; tests compare them.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/model-config.hpp"
+#include "engine/result.hpp"
+#include "engine/sampling-params.hpp"
+
+namespace infer {
+
+// Flat arrays, reused from step to step: after warm-up, building a batch allocates nothing.
+struct step_batch {
+  int32_t max_blocks_per_seq = 0;       // stride of block_tables
+  std::vector<int32_t> tokens;          // new tokens of all sequences, back to back
+  std::vector<int32_t> seq_start;       // [n_seqs + 1] offsets into tokens
+  std::vector<int32_t> n_past;          // [n_seqs] tokens already cached
+  std::vector<int32_t> block_tables;    // [n_seqs * max_blocks_per_seq], -1 padded
+  std::vector<uint8_t> sample;          // [n_seqs] 1: sample after the last new token
+  std::vector<sampling_params> sampling;  // [n_seqs]
+  std::vector<uint64_t> sample_counter;   // [n_seqs] index of the token being generated
+
+  void reset(int32_t max_blocks) {
+    max_blocks_per_seq = max_blocks;
+    tokens.clear(); seq_start.assign(1, 0); n_past.clear(); block_tables.clear();
+    sample.clear(); sampling.clear(); sample_counter.clear();
+  }
+  int32_t n_seqs() const { return int32_t(n_past.size()); }
+  int32_t n_tokens() const { return int32_t(tokens.size()); }
+  int32_t seq_len(int32_t i) const { return seq_start[i + 1] - seq_start[i]; }
+
+  void add(int32_t past, std::span<const int32_t> new_tokens, std::span<const int32_t> blocks,
+           bool do_sample, const sampling_params& sp, uint64_t counter) {
+    tokens.insert(tokens.end(), new_tokens.begin(), new_tokens.end());
+    seq_start.push_back(int32_t(tokens.size()));
+    n_past.push_back(past);
+    size_t base = block_tables.size();
+    block_tables.resize(base + size_t(max_blocks_per_seq), -1);
+    for (size_t i = 0; i < blocks.size() && i < size_t(max_blocks_per_seq); ++i)
+      block_tables[base + i] = blocks[i];
+    sample.push_back(do_sample ? 1 : 0);
+    sampling.push_back(sp);
+    sample_counter.push_back(counter);
+  }
+};
+
+enum class logits_mode {
+  none,  // sampled tokens only (serving)
+  last,  // also logits of each sequence's last new token: [n_seqs, V]
+  all,   // also logits of every new token: [n_tokens, V] (tests)
+};
+
+struct step_output {
+  std::vector<int32_t> tokens;  // [n_seqs], -1 where the sequence did not sample
+  std::vector<float> logits;    // per logits_mode
+};
+
+struct kv_geometry {
+  int32_t block_size = 16;  // tokens per block
+  int32_t n_blocks = 0;     // blocks in the pool
+};
+
+class backend {
+ public:
+  virtual ~backend() = default;
+  virtual const char* name() const = 0;  // "cpu", "cuda"
+  virtual const model_config& config() const = 0;
+  virtual kv_geometry kv() const = 0;
+  // Runs one step. Misuse (a block table too short, a position past n_ctx, ...)
+  // is an invalid_argument error; device faults are device_error.
+  virtual status step(const step_batch& batch, step_output& out,
+                      logits_mode mode = logits_mode::none) = 0;
+};
+
+struct backend_options {
+  std::string kind = "cpu";   // cpu | cuda
+  int32_t kv_block_size = 16;
+  int32_t kv_blocks = 0;      // 0: sized from kv_memory_mb
+  int64_t kv_memory_mb = 256;
+  int32_t device = 0;         // CUDA device ordinal
+  int32_t threads = 0;        // CPU: BLAS threads, 0 = library default
+};
+
+}  // namespace infer

