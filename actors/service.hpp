@@ -1,0 +1,106 @@
+// service: the embedded API. A host application that runs a caf::actor_system starts
+// the inference service inside it and uses it from any thread. The network layer
+// (net/) is a client of exactly this API.
+//
+// Threading contract: submit / cancel / metrics never block on the engine. Event
+// callbacks run on CAF scheduler threads: they must be quick and must not block
+// (post to your own executor, e.g. an asio strand).
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/result.hpp"
+#include "engine/sampling-params.hpp"
+
+namespace caf { class actor_system; }
+
+namespace infer {
+
+class tokenizer;
+class metrics;
+struct service_config;  // config/service-config.hpp
+
+enum class priority : uint8_t { high = 0, normal = 1, low = 2 };
+enum class finish_reason : uint8_t { length, stop, cancelled };
+enum class error_code : uint8_t { invalid_request, overloaded, rate_limited, timeout, unavailable, internal };
+
+const char* to_string(priority p);
+const char* to_string(finish_reason r);
+const char* to_string(error_code c);
+
+struct generate_request {
+  std::string prompt;                  // text, or
+  std::vector<int32_t> prompt_tokens;  // token ids (used when non-empty)
+  int32_t max_tokens = 16;
+  sampling_params sampling;
+  std::vector<std::string> stop;       // stop sequences, matched on generated text
+  priority prio = priority::normal;
+  int64_t timeout_ms = 0;              // 0: the service default
+};
+
+struct event {
+  enum class kind : uint8_t { accepted, token, done, error };
+  kind type = kind::accepted;
+  uint64_t request_id = 0;
+  // token
+  int32_t index = 0;
+  int32_t token = -1;
+  std::string text;  // newly completed UTF-8 (possibly empty)
+  // done
+  finish_reason reason = finish_reason::length;
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+  double queue_ms = 0, first_token_ms = 0, total_ms = 0;
+  // error
+  error_code code = error_code::internal;
+  std::string message;
+  int64_t retry_after_ms = 0;
+
+  bool terminal() const { return type == kind::done || type == kind::error; }
+};
+
+using event_callback = std::function<void(const event&)>;
+
+// The whole outcome of one request (for the future-based API).
+struct completion {
+  uint64_t request_id = 0;
+  bool ok = false;                // done (any finish reason) vs error
+  std::vector<int32_t> tokens;
+  std::string text;
+  event terminal;                 // the done or error event
+};
+
+class service {
+ public:
+  virtual ~service() = default;
+
+  // Starts batcher, supervisor and workers inside `sys`, loading the model named by cfg.
+  static result<std::unique_ptr<service>> start(caf::actor_system& sys, const service_config& cfg);
+
+  // Non-blocking. Returns the request id; every submitted request receives exactly one
+  // terminal event through `cb` (a rejected one gets only that error event).
+  virtual uint64_t submit(generate_request req, event_callback cb) = 0;
+  // Cancel at any moment; the request ends with done(cancelled) unless already ended.
+  virtual void cancel(uint64_t request_id) = 0;
+
+  // The "parallel engine" shape: submit a list, get a future per task.
+  virtual std::vector<std::future<completion>> submit(std::vector<generate_request> tasks) = 0;
+  // Convenience: blocks the calling (non-actor) thread until the request ends.
+  virtual completion generate(generate_request req) = 0;
+
+  virtual const tokenizer& tok() const = 0;
+  virtual int32_t n_ctx() const = 0;
+  virtual bool ready() const = 0;  // model loaded and at least one healthy worker
+  virtual metrics& stats() = 0;
+
+  // Cancels everything in flight (each request gets its terminal event) and stops the
+  // actors. Idempotent; called by the destructor.
+  virtual void shutdown() = 0;
+};
+
+}  // namespace infer
