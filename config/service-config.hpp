@@ -1,0 +1,61 @@
+// service_config: every setting of the service, from a TOML file (config/inferd.toml)
+// plus command-line overrides. Invalid values are rejected at start-up with a
+// message naming the key (e.g. "batching.max_batch_tokens: must be >= 1, got 0").
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/result.hpp"
+
+namespace infer {
+
+struct service_config {
+  // [model]
+  std::string model = "synthetic:tiny";  // a directory or synthetic:NAME
+  uint64_t model_seed = 1234;            // synthetic weights
+  std::string tokenizer_dir;             // empty: beside the model, or the built-in one
+
+  // [backend]
+  std::string backend = "auto";  // auto | cpu | cuda
+  int32_t workers = 1;           // engine instances
+  int32_t cpu_threads = 0;       // BLAS threads per CPU worker, 0: library default
+  std::vector<int32_t> devices;  // CUDA devices, empty: all visible
+  int32_t kv_block_size = 16;
+  int64_t kv_memory_mb = 256;    // per worker (CPU) / per device share (CUDA)
+  int32_t kv_blocks = 0;         // 0: sized from kv_memory_mb
+
+  // [batching]
+  int32_t max_batch_tokens = 512;  // token budget of one step (prefill chunks + decodes)
+  int32_t max_running = 64;        // sequences running at once per worker
+  int32_t prefill_chunk = 256;     // longest prefill slice of one sequence in one step
+
+  // [queue]
+  int32_t queue_capacity = 256;    // admission queue bound; beyond: overloaded
+  int64_t default_timeout_ms = 60000;
+  int32_t max_tokens_default = 16;
+  int32_t max_tokens_limit = 4096;
+
+  // [server]
+  std::string listen = "127.0.0.1:8080";
+  int32_t io_threads = 2;
+  std::string api_key;             // empty: no authentication
+  std::string tls_cert, tls_key;   // both set: https / wss
+  int32_t max_connections = 1024;
+  int64_t max_frame_bytes = 1 << 20;
+  int64_t max_header_bytes = 16 << 10;
+  int64_t idle_timeout_ms = 300000;
+  int32_t max_inflight_per_connection = 256;
+
+  // [log]
+  std::string log_level = "info";  // trace | debug | info | warn | error | off
+};
+
+// Loads a TOML file over the defaults; an empty path gives the defaults.
+result<service_config> load_service_config(const std::string& toml_path);
+// Parses TOML text (for tests); `origin` names the source in error messages.
+result<service_config> parse_service_config(const std::string& toml_text, const std::string& origin);
+// Checks every value; the error names the key.
+status validate(const service_config& cfg);
+
+}  // namespace infer
