@@ -1,10 +1,19 @@
 // model_weights: seeded synthetic GPT-2 models and the Hugging Face directory loader.
 #include "engine/model-weights.hpp"
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include "engine/safetensors.hpp"
 
 namespace infer {
 
@@ -103,6 +112,147 @@ std::shared_ptr<model_weights> make_synthetic_weights(const model_config& cfg, u
   return w;
 }
 
+namespace {
+
+result<nlohmann::json> read_json_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return make_status(errc::io_error, fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return make_status(errc::io_error, fmt::format("{}: read failed", path));
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return make_status(errc::format_error, fmt::format("{}: not valid JSON", path));
+  if (!j.is_object()) return make_status(errc::format_error, fmt::format("{}: not a JSON object", path));
+  return j;
+}
+
+// Hugging Face GPT2Config keys -> model_config, validated.
+result<model_config> parse_hf_config(const nlohmann::json& j, const std::string& path) {
+  model_config cfg;
+  auto get_int = [&](std::initializer_list<const char*> keys, int32_t& out) -> status {
+    for (const char* k : keys) {
+      auto it = j.find(k);
+      if (it == j.end()) continue;
+      if (!it->is_number_integer() || it->get<int64_t>() <= 0 || it->get<int64_t>() > INT32_MAX)
+        return make_status(errc::format_error,
+                           fmt::format("{}: key '{}' must be a positive integer, got {}", path, k, it->dump()));
+      out = int32_t(it->get<int64_t>());
+      return status::ok();
+    }
+    std::string alt;
+    for (auto k = keys.begin() + 1; k != keys.end(); ++k) alt += fmt::format(" (or '{}')", *k);
+    return make_status(errc::format_error,
+                       fmt::format("{}: missing key '{}'{}", path, *keys.begin(), alt));
+  };
+  for (auto s : {get_int({"n_embd"}, cfg.n_embd), get_int({"n_layer"}, cfg.n_layer),
+                 get_int({"n_head"}, cfg.n_head), get_int({"n_positions", "n_ctx"}, cfg.n_ctx),
+                 get_int({"vocab_size"}, cfg.n_vocab)}) {
+    if (!s) return s;
+  }
+  if (auto it = j.find("layer_norm_epsilon"); it != j.end()) {
+    if (!it->is_number() || !(it->get<double>() > 0.0) || !(it->get<double>() < 1.0))
+      return make_status(errc::format_error,
+                         fmt::format("{}: key 'layer_norm_epsilon' must be a number in (0, 1), got {}",
+                                     path, it->dump()));
+    cfg.ln_eps = float(it->get<double>());
+  }  // absent: GPT2Config's default, 1e-5
+  if (cfg.n_embd % cfg.n_head != 0)
+    return make_status(errc::format_error,
+                       fmt::format("{}: n_embd {} is not a multiple of n_head {}", path, cfg.n_embd, cfg.n_head));
+  return cfg;
+}
+
+bool is_directory(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool exists(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+result<std::shared_ptr<const model_weights>> load_hf_dir(const std::string& dir) {
+  const std::string config_path = dir + "/config.json";
+  const std::string st_path = dir + "/model.safetensors";
+
+  auto cj = read_json_file(config_path);
+  if (!cj) return cj.error();
+  auto cfg = parse_hf_config(*cj, config_path);
+  if (!cfg) return cfg.error();
+
+  if (!exists(st_path) && exists(dir + "/pytorch_model.bin"))
+    return make_status(errc::io_error,
+                       fmt::format("{}: missing (only pytorch_model.bin is present; re-save the model with "
+                                   "safe_serialization=True)", st_path));
+  auto file = safetensors_file::open(st_path);
+  if (!file) return file.error();
+
+  auto w = std::make_shared<model_weights>();
+  w->cfg = *cfg;
+  w->source = dir;
+  // GPT2LMHeadModel.save_pretrained prefixes the body with "transformer."; GPT2Model does not.
+  const std::string prefix = file->find("transformer.wte.weight") ? "transformer." : "";
+  const int64_t V = cfg->n_vocab, P = cfg->n_ctx, C = cfg->n_embd;
+  w->owned.reserve(4 + 12 * size_t(cfg->n_layer));
+  bool uses_mapping = false;
+
+  status err;
+  auto get = [&](const std::string& short_name, std::vector<int64_t> shape) -> const float* {
+    if (!err) return nullptr;
+    const std::string name = prefix + short_name;
+    const st_tensor_view* t = file->find(name);
+    if (!t) {
+      err = make_status(errc::format_error, fmt::format("{}: missing tensor '{}'", st_path, name));
+      return nullptr;
+    }
+    if (t->shape != shape) {
+      err = make_status(errc::format_error,
+                        fmt::format("{}: tensor '{}': shape {} does not match the config, expected {}",
+                                    st_path, name, st_shape_str(t->shape), st_shape_str(shape)));
+      return nullptr;
+    }
+    if (t->dtype == st_dtype::f32 && reinterpret_cast<uintptr_t>(t->data) % alignof(float) == 0) {
+      uses_mapping = true;
+      return static_cast<const float*>(t->data);
+    }
+    auto& v = w->owned.emplace_back(size_t(t->numel()));
+    if (auto s = st_to_f32(*t, v.data(), st_path); !s) {
+      err = s;
+      return nullptr;
+    }
+    return v.data();
+  };
+
+  w->wte = get("wte.weight", {V, C});
+  w->wpe = get("wpe.weight", {P, C});
+  w->layers.resize(size_t(cfg->n_layer));
+  for (int32_t i = 0; i < cfg->n_layer; ++i) {
+    auto& L = w->layers[size_t(i)];
+    const std::string h = fmt::format("h.{}.", i);
+    L.ln1_w = get(h + "ln_1.weight", {C});
+    L.ln1_b = get(h + "ln_1.bias", {C});
+    L.qkv_w = get(h + "attn.c_attn.weight", {C, 3 * C});
+    L.qkv_b = get(h + "attn.c_attn.bias", {3 * C});
+    L.proj_w = get(h + "attn.c_proj.weight", {C, C});
+    L.proj_b = get(h + "attn.c_proj.bias", {C});
+    L.ln2_w = get(h + "ln_2.weight", {C});
+    L.ln2_b = get(h + "ln_2.bias", {C});
+    L.fc_w = get(h + "mlp.c_fc.weight", {C, 4 * C});
+    L.fc_b = get(h + "mlp.c_fc.bias", {4 * C});
+    L.fcproj_w = get(h + "mlp.c_proj.weight", {4 * C, C});
+    L.fcproj_b = get(h + "mlp.c_proj.bias", {C});
+  }
+  w->lnf_w = get("ln_f.weight", {C});
+  w->lnf_b = get("ln_f.bias", {C});
+  if (!err) return err;
+  // All-converted checkpoints (F16/BF16) drop the mapping: no need to keep the file mapped.
+  if (uses_mapping) w->mapping = file->mapping();
+  return std::shared_ptr<const model_weights>(std::move(w));
+}
+
+}  // namespace
+
 result<std::shared_ptr<const model_weights>> load_model_weights(const std::string& spec,
                                                                 uint64_t seed) {
   static constexpr std::string_view k_prefix = "synthetic:";
@@ -111,9 +261,15 @@ result<std::shared_ptr<const model_weights>> load_model_weights(const std::strin
     if (!cfg) return cfg.error();
     return std::shared_ptr<const model_weights>(make_synthetic_weights(*cfg, seed, spec));
   }
-  // Directory loading (config.json + model.safetensors) lands with the safetensors reader.
-  return make_status(errc::invalid_argument,
-                     fmt::format("model '{}': only synthetic:NAME is supported so far", spec));
+  if (spec.empty())
+    return make_status(errc::invalid_argument, "empty model spec (want synthetic:NAME or a directory)");
+  std::string dir = spec;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  if (!is_directory(dir))
+    return make_status(errc::io_error,
+                       fmt::format("{}: not a directory (want a Hugging Face GPT-2 directory with config.json "
+                                   "and model.safetensors, or synthetic:NAME)", spec));
+  return load_hf_dir(dir);
 }
 
 }  // namespace infer
