@@ -235,7 +235,7 @@ status st_to_f32(const st_tensor_view& t, float* out, const std::string& file) {
   const auto* src = static_cast<const unsigned char*>(t.data);
   switch (t.dtype) {
     case st_dtype::f32:
-      std::memcpy(out, src, n * 4);
+      if (n) std::memcpy(out, src, n * 4);  // empty tensors may come with a null `out`
       return status::ok();
     case st_dtype::f16:
       for (size_t i = 0; i < n; ++i) {
