@@ -38,7 +38,7 @@ const value_flag k_flags[] = {
     {"--queue-capacity", "queue.queue_capacity", "admission queue bound", nullptr, false},
     {"--listen", "server.listen", "HOST:PORT to listen on, IPv6 as [::1]:8080", nullptr, true},
     {"--io-threads", "server.io_threads", "network I/O threads (1..64)", nullptr, false},
-    {"--api-key", "server.api_key", "required bearer key, empty: no authentication", "INFERD_API_KEY", true},
+    {"--api-key", "server.api_key", "key clients must present, empty: no authentication", "INFERD_API_KEY", true},
     {"--tls-cert", "server.tls_cert", "PEM certificate chain (with --tls-key: https/wss)", nullptr, true},
     {"--tls-key", "server.tls_key", "PEM private key", nullptr, true},
     {"--log-level", "log.log_level", "trace|debug|info|warn|error|off", nullptr, true},
@@ -85,7 +85,8 @@ cli_outcome parse_command_line(int argc, const char* const* argv, const std::str
   std::vector<CLI::Option*> opts;
   for (size_t i = 0; i < std::size(k_flags); ++i) {
     const auto& f = k_flags[i];
-    auto* o = app.add_option(f.flag, values[i], std::string(f.help) + " [" + f.key + "]");
+    auto* o = app.add_option(f.flag, values[i], std::string(f.help) + " [" + f.key + "]")
+                  ->type_name(f.raw_string ? "TEXT" : "INT");
     if (f.env) o->envname(f.env);
     opts.push_back(o);
   }

@@ -94,8 +94,8 @@ size_t edit_distance(std::string_view a, std::string_view b) {
   return prev[b.size()];
 }
 
-// " (did you mean X?)" when one candidate is close enough to be a plausible typo.
-std::string suggestion(std::string_view bad, const std::vector<std::string>& candidates) {
+// The candidate close enough to `bad` to be a plausible typo of it, or "".
+std::string closest(std::string_view bad, const std::vector<std::string>& candidates) {
   const std::string* best = nullptr;
   size_t best_d = std::numeric_limits<size_t>::max();
   for (const auto& c : candidates) {
@@ -103,8 +103,13 @@ std::string suggestion(std::string_view bad, const std::vector<std::string>& can
     if (d < best_d) best_d = d, best = &c;
   }
   size_t allowed = std::max<size_t>(2, bad.size() / 3);
-  if (best && best_d <= allowed) return " (did you mean " + *best + "?)";
-  return {};
+  return best && best_d <= allowed ? *best : std::string();
+}
+
+std::string did_you_mean(const std::string& s) { return s.empty() ? s : " (did you mean " + s + "?)"; }
+
+std::string suggestion(std::string_view bad, const std::vector<std::string>& candidates) {
+  return did_you_mean(closest(bad, candidates));
 }
 
 std::vector<std::string> section_candidates() {
@@ -194,16 +199,33 @@ status with_location(status st, const std::string& origin, const toml::source_re
   return st;
 }
 
+// Hint for an unknown key `bad` ("section.name" or a bare name): a near spelling in the same
+// section first, then the same name in another section (a key put in the wrong section),
+// then a near spelling anywhere.
+std::string key_hint(const std::string& bad) {
+  size_t dot = bad.rfind('.');
+  std::string section = dot == std::string::npos ? std::string() : bad.substr(0, dot);
+  std::string name = dot == std::string::npos ? bad : bad.substr(dot + 1);
+  if (!section.empty() && is_section(section)) {
+    std::string near = closest(bad, key_candidates(section));
+    if (!near.empty()) return did_you_mean(near);
+  }
+  for (const auto& k : k_keys)
+    if (name == k.name) return did_you_mean(full_name(k));
+  return suggestion(bad, key_candidates({}));
+}
+
 status apply_table(service_config& cfg, const toml::table& root, const std::string& origin) {
   for (auto&& [skey, snode] : root) {
     std::string section(skey.str());
     if (!is_section(section)) {
-      // A key written outside any section, e.g. `listen = ...` above [server].
-      std::string msg = snode.is_table() ? "unknown section [" + section + "]" + suggestion(section, section_candidates())
-                                         : "unknown key " + section + suggestion(section, key_candidates({}));
-      if (!snode.is_table() && msg.find("did you mean") == std::string::npos) {
-        for (const auto& k : k_keys)
-          if (section == k.name) msg += " (did you mean " + full_name(k) + "?)";
+      std::string msg;
+      if (snode.is_table()) {
+        std::string near = closest(section, section_candidates());
+        msg = "unknown section [" + section + "]" + (near.empty() ? near : did_you_mean("[" + near + "]"));
+      } else {
+        // A key written above every section, e.g. `listen = ...` before [server].
+        msg = "unknown key " + section + key_hint(section);
       }
       return with_location(format_err(msg), origin, skey.source());
     }
@@ -215,13 +237,7 @@ status apply_table(service_config& cfg, const toml::table& root, const std::stri
       const key_def* k = find_key(section, key.str());
       if (!k) {
         std::string bad = section + "." + std::string(key.str());
-        // Look across sections too: a key put in the wrong section is a likely slip.
-        std::string hint = suggestion(bad, key_candidates(section));
-        if (hint.empty()) {
-          for (const auto& kd : k_keys)
-            if (key.str() == kd.name) hint = " (did you mean " + full_name(kd) + "?)";
-        }
-        return with_location(format_err("unknown key " + bad + hint), origin, key.source());
+        return with_location(format_err("unknown key " + bad + key_hint(bad)), origin, key.source());
       }
       status st = assign(cfg, *k, node);
       if (!st) return with_location(std::move(st), origin, node.source().begin.line ? node.source() : key.source());
@@ -286,7 +302,7 @@ result<listen_address> parse_listen_address(const std::string& text) {
 result<service_config> parse_service_config(const std::string& toml_text, const std::string& origin) {
   toml::table root;
   try {
-    root = toml::parse(toml_text, origin);
+    root = toml::parse(std::string_view(toml_text), std::string_view(origin));
   } catch (const toml::parse_error& e) {
     return format_err(where(origin, e.source()) + std::string(e.description()));
   }
@@ -313,19 +329,14 @@ result<service_config> load_service_config(const std::string& toml_path) {
 status set_service_config_value(service_config& cfg, const std::string& key, const std::string& value_text) {
   size_t dot = key.find('.');
   const key_def* k = dot == std::string::npos ? nullptr : find_key(key.substr(0, dot), key.substr(dot + 1));
-  if (!k) {
-    std::string hint = suggestion(key, key_candidates({}));
-    if (hint.empty())
-      for (const auto& kd : k_keys)
-        if (key == kd.name) hint = " (did you mean " + full_name(kd) + "?)";
-    return format_err("unknown key " + key + hint);
-  }
+  if (!k) return format_err("unknown key " + key + key_hint(key));
   const bool is_string = std::holds_alternative<str_field>(k->field);
   toml::table doc;
   bool parsed = false;
   std::string parse_msg;
   try {
-    doc = toml::parse("v = " + value_text, "--set");
+    const std::string text = "v = " + value_text;
+    doc = toml::parse(std::string_view(text), std::string_view("--set"));
     // One value only: text like "1\nother = 2" must not smuggle in more keys.
     parsed = doc.size() == 1 && doc.contains("v");
     if (!parsed) parse_msg = "not a single TOML value";
@@ -407,14 +418,16 @@ status validate(const service_config& c) {
   // [batching]
   check(c.max_batch_tokens >= 1, "batching.max_batch_tokens", ">= 1", num(c.max_batch_tokens));
   check(c.max_running >= 1, "batching.max_running", ">= 1", num(c.max_running));
-  check(c.prefill_chunk >= 1 && c.prefill_chunk <= std::max(c.max_batch_tokens, 1), "batching.prefill_chunk",
+  // An upper bound that is itself invalid is reported once, under its own key.
+  check(c.prefill_chunk >= 1 && (c.max_batch_tokens < 1 || c.prefill_chunk <= c.max_batch_tokens),
+        "batching.prefill_chunk",
         "1..batching.max_batch_tokens (" + num(c.max_batch_tokens) + ")", num(c.prefill_chunk));
 
   // [queue]
   check(c.queue_capacity >= 1, "queue.queue_capacity", ">= 1", num(c.queue_capacity));
   check(c.default_timeout_ms >= 0, "queue.default_timeout_ms", ">= 0 (0: no timeout)", num(c.default_timeout_ms));
   check(c.max_tokens_limit >= 1, "queue.max_tokens_limit", ">= 1", num(c.max_tokens_limit));
-  check(c.max_tokens_default >= 1 && c.max_tokens_default <= std::max(c.max_tokens_limit, 1),
+  check(c.max_tokens_default >= 1 && (c.max_tokens_limit < 1 || c.max_tokens_default <= c.max_tokens_limit),
         "queue.max_tokens_default", "1..queue.max_tokens_limit (" + num(c.max_tokens_limit) + ")",
         num(c.max_tokens_default));
 

@@ -196,7 +196,7 @@ TEST_CASE("each invalid value is rejected with a message naming the key and the 
       {"log.log_level = \"verbose\"", "log.log_level", "verbose"},
   };
   for (const auto& bc : cases) {
-    INFO(bc.toml);
+    INFO(std::string(bc.toml));
     auto c = parse_ok(bc.toml);
     status st = validate(c);
     REQUIRE_FALSE(st.is_ok());
@@ -221,7 +221,7 @@ TEST_CASE("boundary values are accepted") {
                            "server.listen = \"[::1]:1\"", "server.listen = \"0.0.0.0:65535\"",
                            "server.listen = \"my-host.example:8080\"", "queue.max_tokens_default = 4096",
                            "batching.prefill_chunk = 512", "queue.default_timeout_ms = 0"}) {
-    INFO(text);
+    INFO(std::string(text));
     status st = validate(parse_ok(text));
     CHECK_MESSAGE(st.is_ok(), st.message);
   }
@@ -250,7 +250,7 @@ TEST_CASE("unknown keys are errors with a location and a suggestion") {
   auto sec = parse_service_config("[serve]\nlisten = \"0.0.0.0:80\"\n", "f.toml");
   REQUIRE_FALSE(sec.has_value());
   CHECK(contains(sec.error().message, "unknown section [serve]"));
-  CHECK(contains(sec.error().message, "did you mean server?"));
+  CHECK(contains(sec.error().message, "did you mean [server]?"));
 
   // A key in the wrong section points at the right one.
   auto moved = parse_service_config("[server]\nworkers = 2\n", "f.toml");
@@ -287,7 +287,7 @@ TEST_CASE("wrong types name the key and the expected type") {
       {"server = 1", "server: expected a table [server], got an integer"},
   };
   for (const auto& tc : cases) {
-    INFO(tc.toml);
+    INFO(std::string(tc.toml));
     auto r = parse_service_config(tc.toml, "t.toml");
     REQUIRE_FALSE(r.has_value());
     CHECK(r.error().code == errc::format_error);
@@ -341,6 +341,9 @@ TEST_CASE("set_service_config_value reads TOML values and bare strings") {
   CHECK_FALSE(unknown.is_ok());
   CHECK(contains(unknown.message, "unknown key server.lisen"));
   CHECK(contains(unknown.message, "server.listen"));
+  status bare = set_service_config_value(c, "workers", "2");
+  CHECK_FALSE(bare.is_ok());
+  CHECK(contains(bare.message, "did you mean backend.workers?"));
 }
 
 TEST_CASE("command line: no arguments gives the validated defaults") {
