@@ -162,38 +162,42 @@ status take_integer(const toml::node& node, const std::string& name, Int& out) {
   return status::ok();
 }
 
-// Stores `node` into the field of `k`; the message names the key, without a location.
-status assign(service_config& cfg, const key_def& k, const toml::node& node) {
+// Stores `node` into the field of `k`; the message names the key and, given an origin, starts
+// with the position of the offending value (an array element rather than the array).
+status assign(service_config& cfg, const key_def& k, const toml::node& node, const std::string* origin) {
+  auto locate = [&](status st, const toml::node& at) {
+    if (!st && origin) st.message = where(*origin, at.source()) + st.message;
+    return st;
+  };
   const std::string name = full_name(k);
   return std::visit(
       [&](auto field) -> status {
         using F = decltype(field);
         if constexpr (std::is_same_v<F, str_field>) {
           const auto* s = node.as_string();
-          if (!s) return format_err(name + ": expected a string, got " + type_phrase(node.type()));
+          if (!s) return locate(format_err(name + ": expected a string, got " + type_phrase(node.type())), node);
           cfg.*field = s->get();
           return status::ok();
         } else if constexpr (std::is_same_v<F, arr_field>) {
           const auto* a = node.as_array();
           if (!a)
-            return format_err(name + ": expected an array of integers, got " + type_phrase(node.type()));
+            return locate(format_err(name + ": expected an array of integers, got " + type_phrase(node.type())), node);
           std::vector<int32_t> vals;
           for (size_t i = 0; i < a->size(); ++i) {
             int32_t x = 0;
             status st = take_integer((*a)[i], name + "[" + std::to_string(i) + "]", x);
-            if (!st) return st;
+            if (!st) return locate(std::move(st), (*a)[i]);
             vals.push_back(x);
           }
           cfg.*field = std::move(vals);
           return status::ok();
         } else {
-          return take_integer(node, name, cfg.*field);
+          return locate(take_integer(node, name, cfg.*field), node);
         }
       },
       k.field);
 }
 
-// The node's own position, else its key's (arrays and tables start at the key).
 status with_location(status st, const std::string& origin, const toml::source_region& src) {
   if (!st) st.message = where(origin, src) + st.message;
   return st;
@@ -239,8 +243,8 @@ status apply_table(service_config& cfg, const toml::table& root, const std::stri
         std::string bad = section + "." + std::string(key.str());
         return with_location(format_err("unknown key " + bad + key_hint(bad)), origin, key.source());
       }
-      status st = assign(cfg, *k, node);
-      if (!st) return with_location(std::move(st), origin, node.source().begin.line ? node.source() : key.source());
+      status st = assign(cfg, *k, node, &origin);
+      if (!st) return st;
     }
   }
   return status::ok();
@@ -348,7 +352,7 @@ status set_service_config_value(service_config& cfg, const std::string& key, con
     return status::ok();
   }
   if (!parsed) return format_err(full_name(*k) + ": cannot read '" + value_text + "' as a TOML value: " + parse_msg);
-  return assign(cfg, *k, *doc.get("v"));
+  return assign(cfg, *k, *doc.get("v"), nullptr);
 }
 
 std::vector<std::string> service_config_keys() { return key_candidates({}); }

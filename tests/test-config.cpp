@@ -280,7 +280,7 @@ TEST_CASE("wrong types name the key and the expected type") {
       {"[server]\nlisten = 8080", "server.listen: expected a string, got an integer"},
       {"[backend]\nworkers = 1.5", "backend.workers: expected an integer, got a floating-point number"},
       {"[backend]\ndevices = 0", "backend.devices: expected an array of integers, got an integer"},
-      {"[backend]\ndevices = [0, \"1\"]", "backend.devices[1]: expected an integer, got a string"},
+      {"[backend]\ndevices = [0, \"1\"]", "t.toml:2:15: backend.devices[1]: expected an integer, got a string"},
       {"[backend]\nworkers = 4294967296", "backend.workers: 4294967296 does not fit a 32-bit integer"},
       {"[model]\nmodel_seed = -1", "model.model_seed: expected a non-negative integer"},
       {"[log]\nlog_level = true", "log.log_level: expected a string, got a boolean"},
