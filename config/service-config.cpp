@@ -292,13 +292,13 @@ result<listen_address> parse_listen_address(const std::string& text) {
     if (!valid_hostname(out.host)) return invalid("bad host '" + out.host + "'");
     port_text = t.substr(colon + 1);
   }
-  if (port_text.empty() || port_text.size() > 5) return invalid("port must be 1..65535");
+  if (port_text.empty() || port_text.size() > 5) return invalid("port must be 0..65535 (0: any free port)");
   uint32_t port = 0;
   for (char c : port_text) {
-    if (c < '0' || c > '9') return invalid("port must be 1..65535");
+    if (c < '0' || c > '9') return invalid("port must be 0..65535 (0: any free port)");
     port = port * 10 + static_cast<uint32_t>(c - '0');
   }
-  if (port < 1 || port > 65535) return invalid("port must be 1..65535");
+  if (port > 65535) return invalid("port must be 0..65535 (0: any free port)");
   out.port = static_cast<uint16_t>(port);
   return out;
 }

@@ -178,7 +178,6 @@ TEST_CASE("each invalid value is rejected with a message naming the key and the 
       {"queue.max_tokens_default = 5000", "queue.max_tokens_default", "5000"},
       {"queue.max_tokens_limit = 0", "queue.max_tokens_limit", "0"},
       {"server.listen = \"localhost\"", "server.listen", "localhost"},
-      {"server.listen = \"127.0.0.1:0\"", "server.listen", "127.0.0.1:0"},
       {"server.listen = \"127.0.0.1:65536\"", "server.listen", "65536"},
       {"server.listen = \"127.0.0.1:80x\"", "server.listen", "80x"},
       {"server.listen = \"::1:8080\"", "server.listen", "::1:8080"},
