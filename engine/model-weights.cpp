@@ -193,6 +193,23 @@ result<model_config> parse_hf_config(const nlohmann::json& j, const std::string&
                                      path, it->dump()));
     cfg.ln_eps = float(it->get<double>());
   }  // absent: GPT2Config's default, 1e-5
+  // GPT2Config options that change the math the backends implement: refuse rather
+  // than serve a silently different model.
+  auto unsupported = [&](const char* key, const nlohmann::json& v) {
+    return make_status(errc::format_error,
+                       fmt::format("{}: key '{}' = {} is not supported (GPT-2 defaults only)", path, key, v.dump()));
+  };
+  if (auto it = j.find("model_type"); it != j.end() && *it != "gpt2") return unsupported("model_type", *it);
+  if (auto it = j.find("activation_function");
+      it != j.end() && *it != "gelu_new" && *it != "gelu_pytorch_tanh" && *it != "gelu_fast")
+    return unsupported("activation_function", *it);
+  if (auto it = j.find("n_inner"); it != j.end() && !it->is_null() &&
+                                   !(it->is_number_integer() && it->get<int64_t>() == 4 * int64_t(cfg.n_embd)))
+    return unsupported("n_inner", *it);
+  for (const char* key : {"scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"})
+    if (auto it = j.find(key); it != j.end() && *it != false) return unsupported(key, *it);
+  for (const char* key : {"scale_attn_weights", "tie_word_embeddings"})
+    if (auto it = j.find(key); it != j.end() && *it != true) return unsupported(key, *it);
   if (cfg.n_embd % cfg.n_head != 0)
     return make_status(errc::format_error,
                        fmt::format("{}: n_embd {} is not a multiple of n_head {}", path, cfg.n_embd, cfg.n_head));
