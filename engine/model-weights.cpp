@@ -248,7 +248,6 @@ result<std::shared_ptr<const model_weights>> load_hf_dir(const std::string& dir)
   // GPT2LMHeadModel.save_pretrained prefixes the body with "transformer."; GPT2Model does not.
   const std::string prefix = file->find("transformer.wte.weight") ? "transformer." : "";
   const int64_t V = cfg->n_vocab, P = cfg->n_ctx, C = cfg->n_embd;
-  w->owned.reserve(4 + 12 * size_t(cfg->n_layer));
   bool uses_mapping = false;
 
   status err;
@@ -280,9 +279,10 @@ result<std::shared_ptr<const model_weights>> load_hf_dir(const std::string& dir)
 
   w->wte = get("wte.weight", {V, C});
   w->wpe = get("wpe.weight", {P, C});
-  w->layers.resize(size_t(cfg->n_layer));
-  for (int32_t i = 0; i < cfg->n_layer; ++i) {
-    auto& L = w->layers[size_t(i)];
+  // Grown layer by layer: a config claiming absurdly many layers ends at the first
+  // missing tensor instead of allocating for all of them.
+  for (int32_t i = 0; i < cfg->n_layer && err.is_ok(); ++i) {
+    auto& L = w->layers.emplace_back();
     const std::string h = fmt::format("h.{}.", i);
     L.ln1_w = get(h + "ln_1.weight", {C});
     L.ln1_b = get(h + "ln_1.bias", {C});

@@ -554,6 +554,8 @@ TEST_CASE("model directory errors name the file and the tensor") {
     // A config that disagrees with the tensors is a shape error, not a crash.
     write_all(cj, R"({"n_embd": 8, "n_layer": 3, "n_head": 2, "n_positions": 8, "vocab_size": 16})");
     expect_error(load_error(dir), errc::format_error, dir + "/model.safetensors", "h.2.ln_1.weight");
+    write_all(cj, R"({"n_embd": 8, "n_layer": 2147483647, "n_head": 2, "n_positions": 8, "vocab_size": 16})");
+    expect_error(load_error(dir), errc::format_error, dir + "/model.safetensors", "h.2.ln_1.weight");
     write_all(cj, R"({"n_embd": 8, "n_layer": 2, "n_head": 2, "n_positions": 8, "vocab_size": 17})");
     const auto s = load_error(dir);
     expect_error(s, errc::format_error, dir + "/model.safetensors", "wte.weight");
