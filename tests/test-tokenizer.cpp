@@ -133,6 +133,8 @@ std::vector<std::string> valid_cases() {
       "😀", "😀😃😄", " 😀 ", "👍🏽", "👨‍👩‍👧‍👦", "🏳️‍🌈", "e\u0301", "Z\u0351\u036b\u0343\u036a\u0302",
       "café", "naïve résumé", "½ ¾ ²", "Ⅻ ⅻ", "٣٤٥", "\u00a0nbsp\u00a0", "a\u00a0\u00a0b", "\u3000ideographic",
       "a\u2028b", "a\u2029b", "\u0085nel", "x\u0085 y", "\ufeffbom", "a \ufeff b", "\u180e", "a\u180e b",
+      // where the definition of \s decides the chunks (PCRE2's own \s differs here):
+      " \u0085", "a \u0085!", "\u0085\u0085!", " \u180e", "\u180e\u180e?", "a \u180ex", "x\ufeff\ufeff!", " \ufeff",
       "\u200bzero\u200dwidth", "\u1680ogham", "\u2003em\u2009thin", "mixed 日本 English 123 😀!", "<|endoftext|>",
       "text<|endoftext|>more", "\x01\x02\x1f control", "\x7f", "\x0b\x0cvt ff", "      many spaces     ",
       repeat("word ", 50), repeat("a", 500), repeat(" ", 300), repeat("1", 200), repeat("\n", 40) + "x",
