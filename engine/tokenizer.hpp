@@ -64,11 +64,15 @@ class tokenizer {
   // Step 1 alone: appends views into text, one per chunk, that together cover text
   // exactly. Exposed for tests and tools. A byte-level tokenizer gives one chunk.
   void pre_tokenize(std::string_view text, std::vector<std::string_view>& chunks) const;
+  // The same through PCRE2 only; pre_tokenize() takes a hand-written path on pure
+  // ASCII text, and tests check that both agree.
+  void pre_tokenize_regex(std::string_view text, std::vector<std::string_view>& chunks) const;
 
   struct impl;
 
  private:
   explicit tokenizer(std::shared_ptr<const impl> p) : p_(std::move(p)) {}
+  void pre_tokenize(std::string_view text, std::vector<std::string_view>& chunks, bool fast) const;
   std::shared_ptr<const impl> p_;
 };
 

@@ -289,6 +289,31 @@ TEST_CASE("gpt2 round trip and pre-tokenizer coverage") {
   CHECK(tok.decode(ids) == "Hello world");
 }
 
+TEST_CASE("gpt2 ASCII fast path of the pre-tokenizer equals the PCRE2 pattern") {
+  const tokenizer& tok = gpt2();
+  // Alphabet weighted towards the characters the branches care about.
+  std::string alpha = "'''''    \t\n\r\v\f  sstremvldl aZ09 .,!-_$\x01\x7f";
+  alpha.push_back('\0');
+  rng r{4242};
+  auto check = [&](const std::string& s) {
+    std::vector<std::string_view> fast, re;
+    tok.pre_tokenize(s, fast);
+    tok.pre_tokenize_regex(s, re);
+    REQUIRE_MESSAGE(fast == re, "hex " << to_hex(s));
+  };
+  for (int i = 0; i < 20000; ++i) {
+    std::string s;
+    size_t n = 1 + r.below(16);
+    for (size_t k = 0; k < n; ++k) s.push_back(alpha[r.below(alpha.size())]);
+    check(s);
+  }
+  for (auto& s : valid_cases()) check(s);
+  std::string all;  // every ASCII character next to every other
+  for (int a = 0; a < 128; ++a)
+    for (int b = 0; b < 128; ++b) { all.push_back(char(a)); all.push_back(char(b)); all.push_back(' '); }
+  check(all);
+}
+
 TEST_CASE("gpt2 encode is safe from several threads") {
   const tokenizer tok = gpt2();  // copies share one vocabulary and cache
   const auto texts = valid_cases();
