@@ -220,7 +220,7 @@ void ascii_split(std::string_view s, F&& emit) {
 
 // vocab.json as a flat object of token -> id, read without building a DOM.
 struct vocab_reader : nlohmann::json_sax<nlohmann::json> {
-  std::unordered_map<std::string, int32_t> id_of;  // key (byte-unicode text) -> id
+  std::unordered_map<std::string, int32_t, sv_hash, std::equal_to<>> id_of;  // key (byte-unicode text) -> id
   int64_t max_id = -1;
   std::string key_, error;
   int depth = 0;
@@ -487,6 +487,7 @@ result<tokenizer> tokenizer::from_files(const std::string& vocab_json, const std
   p->ranks.reserve(size_t(max_id + 1));
   uint32_t rank = 0;
   size_t line_no = 0, pos = 0;
+  std::string joined;
   while (pos < mtext.size()) {
     size_t eol = mtext.find('\n', pos);
     if (eol == std::string::npos) eol = mtext.size();
@@ -510,9 +511,10 @@ result<tokenizer> tokenizer::from_files(const std::string& vocab_json, const std
                                                  std::to_string(line_no) + ": " + why);
     };
     if (np != 2) return bad("expected two tokens separated by a space");
-    auto a = id_of.find(std::string(parts[0]));
-    auto b = id_of.find(std::string(parts[1]));
-    auto ab = id_of.find(std::string(parts[0]) + std::string(parts[1]));
+    auto a = id_of.find(parts[0]);
+    auto b = id_of.find(parts[1]);
+    joined.assign(parts[0]).append(parts[1]);
+    auto ab = id_of.find(std::string_view(joined));
     if (a == id_of.end() || b == id_of.end() || ab == id_of.end())
       return bad("token '" + std::string(parts[a == id_of.end() ? 0 : 1]) +
                  (ab == id_of.end() && a != id_of.end() && b != id_of.end() ? "' merged" : "'") +

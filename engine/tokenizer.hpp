@@ -6,12 +6,13 @@
 //   1. pre-tokenize with the GPT-2 pattern (PCRE2, UTF + UCP, JIT)
 //        's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 //      where \s is ECMAScript's \s, spelled out (see tokenizer.cpp for why);
+//      pure-ASCII text takes an equivalent hand-written path;
 //   2. map each chunk's bytes to the single-byte tokens and merge pairs by rank.
 // Ids carry raw bytes: decode() concatenates them and may cut a UTF-8 character in
 // two; utf8_stream_decoder is what turns bytes into text for a client.
 //
 // Invalid UTF-8 input never fails and never loses bytes: each maximal ill-formed
-// subpart (Unicode 15 §3.9, "U+FFFD substitution of maximal subparts", which is also
+// subpart (Unicode §3.9, "U+FFFD substitution of maximal subparts", which is also
 // what the WHATWG decoder in Node does) acts as one U+FFFD *for the pattern only*,
 // so chunk boundaries equal the oracle's on the repaired text, while the chunk's raw
 // bytes are what gets encoded. decode(encode(s)) == s for every byte string s.

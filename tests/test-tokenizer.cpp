@@ -485,6 +485,18 @@ TEST_CASE("from_files / from_dir: a small vocabulary and clear errors") {
   REQUIRE_FALSE(no_bytes);
   CHECK(no_bytes.error().code == infer::errc::format_error);
 
+  write(dir / "string-id.json", "{\"a\": \"x\"}");
+  auto string_id = tokenizer::from_files((dir / "string-id.json").string(), (dir / "merges.txt").string());
+  REQUIRE_FALSE(string_id);
+  CHECK(string_id.error().code == infer::errc::format_error);
+  CHECK(string_id.error().message.find("not an integer") != std::string::npos);
+
+  write(dir / "array.json", "[1, 2]");
+  auto array = tokenizer::from_files((dir / "array.json").string(), (dir / "merges.txt").string());
+  REQUIRE_FALSE(array);
+  CHECK(array.error().code == infer::errc::format_error);
+  CHECK(array.error().message.find("array.json") != std::string::npos);
+
   write(dir / "bad-merges.txt", "#version: 0.2\nh e\nthree parts here\n");
   auto bad_merges = tokenizer::from_files((dir / "vocab.json").string(), (dir / "bad-merges.txt").string());
   REQUIRE_FALSE(bad_merges);
