@@ -230,7 +230,7 @@ struct vocab_reader : nlohmann::json_sax<nlohmann::json> {
     return false;
   }
   bool value(int64_t id) {
-    if (depth != 1) return fail("nested value");
+    if (depth != 1) return fail("not a flat object of token -> id");
     if (id < 0 || id > 10'000'000)
       return fail("id " + std::to_string(id) + " of token " + nlohmann::json(key_).dump() + " is out of range");
     id_of[key_] = int32_t(id);  // a key given twice keeps its last id, as json.load does
@@ -242,13 +242,14 @@ struct vocab_reader : nlohmann::json_sax<nlohmann::json> {
   bool boolean(bool) override { return not_id(); }
   bool number_integer(number_integer_t v) override { return value(v); }
   bool number_unsigned(number_unsigned_t v) override {
-    return v > 10'000'000 ? value(int64_t(-1)) : value(int64_t(v));
+    if (v > 10'000'000) return fail("id " + std::to_string(v) + " of token " + nlohmann::json(key_).dump() + " is out of range");
+    return value(int64_t(v));
   }
   bool number_float(number_float_t, const string_t&) override { return not_id(); }
   bool string(string_t&) override { return not_id(); }
   bool binary(binary_t&) override { return not_id(); }
   bool start_object(std::size_t n) override {
-    if (depth++ != 0) return fail("nested object");
+    if (depth++ != 0) return fail("not a flat object of token -> id");
     if (n != std::size_t(-1)) id_of.reserve(n);
     else id_of.reserve(65536);
     return true;
