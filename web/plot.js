@@ -55,13 +55,15 @@ export class LinePlot {
     if (pw < 10 || ph < 10) return;
 
     const tMax = this.samples.length ? this.samples[this.samples.length - 1].t : Date.now() / 1000;
-    const tMin = tMax - this.window;
+    // A young plot shows its last 30 s rather than a few points squeezed to the right edge.
+    const span = this.samples.length ? Math.min(this.window, Math.max(30, tMax - this.samples[0].t)) : 30;
+    const tMin = tMax - span;
     let yMax = 0;
     for (const s of this.samples)
       for (const v of s.v) if (v !== null && Number.isFinite(v) && v > yMax) yMax = v;
     const ticks = niceTicks(this.yMin, yMax > this.yMin ? yMax : this.yMin + 1, 4);
     const top = ticks[ticks.length - 1];
-    const x = (t) => pad.l + ((t - tMin) / this.window) * pw;
+    const x = (t) => pad.l + ((t - tMin) / span) * pw;
     const y = (v) => pad.t + ph - ((v - this.yMin) / (top - this.yMin)) * ph;
 
     // Grid and axis labels.
@@ -77,7 +79,8 @@ export class LinePlot {
     }
     g.textAlign = 'center';
     g.textBaseline = 'top';
-    for (let s = 0; s <= this.window; s += 30) {
+    const every = span > 60 ? 30 : 10;
+    for (let s = 0; s <= span + 0.01; s += every) {
       const xx = x(tMax - s);
       g.fillText(s === 0 ? 'now' : `-${s}s`, Math.min(Math.max(xx, pad.l + 10), pad.l + pw - 12), pad.t + ph + 4);
     }
