@@ -60,7 +60,7 @@ export function startDashboard() {
     const stepBatch = prev ? histogramDelta(snap.batch, prev.batch) : null;
     plots.batch.push(t, [
       stepBatch && stepBatch.count > 0 ? stepBatch.sum / stepBatch.count : null,
-      histogramQuantile(stepBatch, 0.9),
+      histogramQuantile(stepBatch, 0.9, false),
     ]);
 
     // The oldest snapshot still inside the window is the baseline of the percentiles.

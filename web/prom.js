@@ -120,7 +120,9 @@ export function histogramDelta(a, b) {
 // The q-quantile estimated as Prometheus' histogram_quantile does: find the bucket holding
 // rank q*count and interpolate linearly inside it (from 0 for the first bucket). A rank in
 // the +Inf bucket answers the largest finite bound. null without observations.
-export function histogramQuantile(h, q) {
+// interpolate=false answers the bucket's upper bound instead: right for integer-valued
+// histograms (batch sizes), where "p90 = 0.9 sequences" would be nonsense.
+export function histogramQuantile(h, q, interpolate = true) {
   if (!h || !(h.count > 0) || !h.buckets.length) return null;
   const b = h.buckets;
   const total = b[b.length - 1].count;
@@ -129,6 +131,7 @@ export function histogramQuantile(h, q) {
   let i = b.findIndex((x) => x.count >= rank);
   if (i < 0) i = b.length - 1;
   if (b[i].le === Infinity) return i > 0 ? b[i - 1].le : null;
+  if (!interpolate) return b[i].le;
   const lo = i > 0 ? b[i - 1].le : 0;
   const below = i > 0 ? b[i - 1].count : 0;
   const inBucket = b[i].count - below;

@@ -58,6 +58,9 @@ test('histograms: buckets, sums, quantiles as histogram_quantile', () => {
   // rank 2 of 10: in (0, 1], 2 of 4 -> 0.5
   assert.equal(histogramQuantile(h, 0.2), 0.5);
   assert.equal(histogramQuantile(h, 1), 4);
+  // Without interpolation: the upper bound of the bucket holding the rank.
+  assert.equal(histogramQuantile(h, 0.2, false), 1);
+  assert.equal(histogramQuantile(h, 0.5, false), 4);
   // Series of different workers add up.
   const lat = histogram(m, 'infer_lat');
   assert.deepEqual(lat.buckets, [{ le: 0.1, count: 2 }, { le: Infinity, count: 4 }]);
