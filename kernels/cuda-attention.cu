@@ -39,18 +39,18 @@ __global__ void __launch_bounds__(attn_threads)
     paged_attention_kernel(half* out, const half* qkv, const half* k_cache, const half* v_cache,
                            const int32_t* tok_seq, const int32_t* tok_pos,
                            const int32_t* block_tables, int max_blocks, int bs, int C,
-                           int n_splits, float* scratch) {
+                           int n_splits, int split_len, float* scratch) {
   constexpr int G = HD / 8;  // threads per key, 8 halves (16 bytes) each
   constexpr int NG = attn_threads / G;
-  __shared__ float s_p[attention_split_len];
+  __shared__ float s_p[attention_max_split_len];
   __shared__ float s_acc[NG][HD];
   __shared__ float s_red[attn_threads / 32];
 
   const int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   const int NH = gridDim.y;
   const int pos = tok_pos[t];
-  const int k0 = split * attention_split_len;
-  const int k1 = min(pos + 1, k0 + attention_split_len);
+  const int k0 = split * split_len;
+  const int k1 = min(pos + 1, k0 + split_len);
   half* o = out + size_t(t) * C + size_t(h) * HD;
   float* part = scratch + ((size_t(t) * NH + h) * n_splits + split) * (HD + 2);
   if (k0 >= k1) {  // an empty split, or a padding token (pos < 0)
@@ -173,11 +173,11 @@ template <int HD>
 cudaError_t launch(half* out, const half* qkv, const half* k_cache, const half* v_cache,
                    const int32_t* tok_seq, const int32_t* tok_pos, const int32_t* block_tables,
                    int max_blocks, int block_size, int T, int C, int NH, int n_splits,
-                   float* scratch, cudaStream_t stream) {
+                   int split_len, float* scratch, cudaStream_t stream) {
   dim3 grid(T, NH, n_splits);
   paged_attention_kernel<HD><<<grid, attn_threads, 0, stream>>>(
       out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks, block_size, C,
-      n_splits, scratch);
+      n_splits, split_len, scratch);
   if (n_splits > 1)
     attention_merge_kernel<HD><<<dim3(T, NH), HD, 0, stream>>>(out, scratch, C, n_splits);
   return cudaGetLastError();
@@ -191,19 +191,22 @@ cudaError_t paged_attention_forward(half* out, const half* qkv, const half* k_ca
                                     const half* v_cache, const int32_t* tok_seq,
                                     const int32_t* tok_pos, const int32_t* block_tables,
                                     int max_blocks, int block_size, int T, int C, int NH,
-                                    int n_splits, float* scratch, cudaStream_t stream) {
+                                    int n_splits, int split_len, float* scratch,
+                                    cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
-  if (n_splits < 1 || (n_splits > 1 && scratch == nullptr)) return cudaErrorInvalidValue;
+  if (n_splits < 1 || split_len < 1 || split_len > attention_max_split_len ||
+      (n_splits > 1 && scratch == nullptr))
+    return cudaErrorInvalidValue;
   switch (C / NH) {
     case 32:
       return launch<32>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks,
-                        block_size, T, C, NH, n_splits, scratch, stream);
+                        block_size, T, C, NH, n_splits, split_len, scratch, stream);
     case 64:
       return launch<64>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks,
-                        block_size, T, C, NH, n_splits, scratch, stream);
+                        block_size, T, C, NH, n_splits, split_len, scratch, stream);
     case 128:
       return launch<128>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks,
-                         block_size, T, C, NH, n_splits, scratch, stream);
+                         block_size, T, C, NH, n_splits, split_len, scratch, stream);
     default:
       return cudaErrorInvalidValue;
   }

@@ -56,12 +56,13 @@ cudaError_t kv_store_forward(half* k_cache, half* v_cache, const half* qkv, cons
 
 // Causal attention over the paged cache, for prefill chunks and decode alike: token t
 // of sequence tok_seq[t] at position tok_pos[t] attends to positions 0..tok_pos[t]
-// of its sequence. The key range is cut into chunks of attention_split_len keys
-// processed by separate blocks (n_splits of them per token and head) and merged by a
-// second kernel, so one long context still fills the GPU. n_splits must cover the
-// longest context of the step (ceil(max_pos + 1, attention_split_len)); scratch holds
-// attention_scratch_floats(T, NH, n_splits, C / NH) floats (unused when n_splits == 1).
-inline constexpr int attention_split_len = 256;
+// of its sequence. The key range is cut into chunks of split_len keys (at most
+// attention_max_split_len) processed by separate blocks, n_splits of them per token and
+// head, and merged by a second kernel, so one long context still fills the GPU.
+// n_splits must cover the longest context of the step (ceil((max_pos + 1) / split_len));
+// scratch holds attention_scratch_floats(T, NH, n_splits, C / NH) floats (unused, may be
+// null, when n_splits == 1).
+inline constexpr int attention_max_split_len = 256;
 inline size_t attention_scratch_floats(int T, int NH, int n_splits, int hd) {
   return n_splits > 1 ? size_t(T) * NH * n_splits * (hd + 2) : 0;
 }
@@ -69,7 +70,8 @@ cudaError_t paged_attention_forward(half* out, const half* qkv, const half* k_ca
                                     const half* v_cache, const int32_t* tok_seq,
                                     const int32_t* tok_pos, const int32_t* block_tables,
                                     int max_blocks, int block_size, int T, int C, int NH,
-                                    int n_splits, float* scratch, cudaStream_t stream);
+                                    int n_splits, int split_len, float* scratch,
+                                    cudaStream_t stream);
 bool attention_head_dim_supported(int hd);
 
 // GEMMs through cuBLASLt. A matmul_runner owns the handle's plan cache (layouts and the
@@ -102,25 +104,28 @@ class matmul_runner {
   plan* plans_ = nullptr;  // singly linked, few entries (one per shape in use)
 };
 
-// Sampling on the device, the rule of cpu::sample_token. Row i of logits (stride ld)
-// belongs to sequence i; where do_sample[i] == 0 the token is -1.
-// Greedy rows are settled by sample_greedy_forward (one block a row, capturable).
-// Rows that are not greedy need the sorted order: sample_sorted_forward takes the
-// rows sorted by (logit desc, id asc) (sorted_logits / sorted_ids, stride V) and
-// overwrites those rows' tokens; prob_scratch holds N * V floats.
-cudaError_t sample_greedy_forward(int32_t* tokens, const float* logits, int ld, int N, int V,
-                                  const sampling_params* sp, const uint8_t* do_sample,
-                                  cudaStream_t stream);
+// Sampling on the device, the rule of cpu::sample_token. Sequence i's logits are row
+// rows[i] of logits (stride ld); where do_sample[i] == 0 its token is -1.
+// Greedy sequences are settled by sample_greedy_forward (one block a row, capturable).
+// The others need the order (logit desc, id asc): sort_rows_forward gives it, then
+// sample_sorted_forward walks the sorted rows and overwrites those sequences' tokens.
+cudaError_t sample_greedy_forward(int32_t* tokens, const float* logits, int ld,
+                                  const int32_t* rows, int N, int V, const sampling_params* sp,
+                                  const uint8_t* do_sample, cudaStream_t stream);
+
+// Sorts sequence i's logits row (as above) by (logit desc, id asc) into row i of
+// sorted_logits / sorted_ids [N, V]; compact / ids are [N, V] scratch. Call with
+// temp == nullptr to learn temp_bytes.
+cudaError_t sort_rows_forward(void* temp, size_t& temp_bytes, float* sorted_logits,
+                              int32_t* sorted_ids, const float* logits, int ld,
+                              const int32_t* rows, int N, int V, float* compact, int32_t* ids,
+                              cudaStream_t stream);
+
+// prob_scratch: [N, V] floats.
 cudaError_t sample_sorted_forward(int32_t* tokens, const float* sorted_logits,
                                   const int32_t* sorted_ids, int N, int V,
                                   const sampling_params* sp, const uint64_t* counters,
                                   const uint8_t* do_sample, float* prob_scratch,
                                   cudaStream_t stream);
-
-// Sorts each row of logits (stride ld, V columns) by (logit desc, id asc) into
-// sorted_logits / sorted_ids [N, V]. temp_bytes: query with temp == nullptr.
-cudaError_t sort_rows_forward(void* temp, size_t& temp_bytes, float* sorted_logits,
-                              int32_t* sorted_ids, const float* logits, int ld, int N, int V,
-                              float* compact_scratch, int32_t* ids_scratch, cudaStream_t stream);
 
 }  // namespace infer::cuda

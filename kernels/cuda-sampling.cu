@@ -23,15 +23,16 @@ __device__ inline void better(float& bv, int& bi, float v, int i) {
   }
 }
 
-__global__ void sample_greedy_kernel(int32_t* tokens, const float* logits, int ld, int V,
-                                     const sampling_params* sp, const uint8_t* do_sample) {
+__global__ void sample_greedy_kernel(int32_t* tokens, const float* logits, int ld,
+                                     const int32_t* rows, int V, const sampling_params* sp,
+                                     const uint8_t* do_sample) {
   const int r = blockIdx.x;
   if (!do_sample[r]) {
     if (threadIdx.x == 0) tokens[r] = -1;
     return;
   }
   if (!sp[r].greedy()) return;  // left to sample_sorted_forward
-  const float* row = logits + size_t(r) * ld;
+  const float* row = logits + size_t(rows[r]) * ld;
   float bv = -INFINITY;
   int bi = 0x7fffffff;
   for (int i = threadIdx.x; i < V; i += greedy_threads) better(bv, bi, row[i], i);
@@ -56,11 +57,11 @@ __global__ void sample_greedy_kernel(int32_t* tokens, const float* logits, int l
 }
 
 __global__ void compact_rows_kernel(float* compact, int32_t* ids, const float* logits, int ld,
-                                    int V) {
+                                    const int32_t* rows, int V) {
   const int r = blockIdx.y;
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= V) return;
-  compact[size_t(r) * V + i] = logits[size_t(r) * ld + i];
+  compact[size_t(r) * V + i] = logits[size_t(rows[r]) * ld + i];
   ids[size_t(r) * V + i] = i;
 }
 
@@ -130,17 +131,19 @@ __global__ void sample_sorted_kernel(int32_t* tokens, const float* sorted_logits
 
 }  // namespace
 
-cudaError_t sample_greedy_forward(int32_t* tokens, const float* logits, int ld, int N, int V,
-                                  const sampling_params* sp, const uint8_t* do_sample,
-                                  cudaStream_t stream) {
+cudaError_t sample_greedy_forward(int32_t* tokens, const float* logits, int ld,
+                                  const int32_t* rows, int N, int V, const sampling_params* sp,
+                                  const uint8_t* do_sample, cudaStream_t stream) {
   if (N <= 0) return cudaSuccess;
-  sample_greedy_kernel<<<N, greedy_threads, 0, stream>>>(tokens, logits, ld, V, sp, do_sample);
+  sample_greedy_kernel<<<N, greedy_threads, 0, stream>>>(tokens, logits, ld, rows, V, sp,
+                                                         do_sample);
   return cudaGetLastError();
 }
 
 cudaError_t sort_rows_forward(void* temp, size_t& temp_bytes, float* sorted_logits,
-                              int32_t* sorted_ids, const float* logits, int ld, int N, int V,
-                              float* compact_scratch, int32_t* ids_scratch, cudaStream_t stream) {
+                              int32_t* sorted_ids, const float* logits, int ld,
+                              const int32_t* rows, int N, int V, float* compact_scratch,
+                              int32_t* ids_scratch, cudaStream_t stream) {
   auto begin = thrust::make_transform_iterator(thrust::counting_iterator<int>(0), row_offset{V});
   auto end = begin + 1;
   if (temp == nullptr) {
@@ -150,7 +153,7 @@ cudaError_t sort_rows_forward(void* temp, size_t& temp_bytes, float* sorted_logi
   }
   if (N <= 0) return cudaSuccess;
   compact_rows_kernel<<<dim3((V + 255) / 256, N), 256, 0, stream>>>(compact_scratch, ids_scratch,
-                                                                     logits, ld, V);
+                                                                     logits, ld, rows, V);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   return cub::DeviceSegmentedRadixSort::SortPairsDescending(
