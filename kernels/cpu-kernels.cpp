@@ -25,9 +25,11 @@ void layernorm_forward(float* out, const float* in, const float* w, const float*
     const float* x = in + int64_t(t) * C;
     float* o = out + int64_t(t) * C;
     float mean = 0.f;
+#pragma omp simd reduction(+ : mean)
     for (int i = 0; i < C; ++i) mean += x[i];
     mean /= float(C);
     float var = 0.f;
+#pragma omp simd reduction(+ : var)
     for (int i = 0; i < C; ++i) {
       float d = x[i] - mean;
       var += d * d;
@@ -61,7 +63,9 @@ void gelu_forward(float* x, int64_t n) {
   const float s = std::sqrt(2.0f / float(M_PI));
   for (int64_t i = 0; i < n; ++i) {
     float v = x[i];
-    x[i] = 0.5f * v * (1.0f + std::tanh(s * (v + 0.044715f * v * v * v)));
+    const float y = s * (v + 0.044715f * v * v * v);
+    // tanh(y) = 1 - 2 / (exp(2y) + 1): one expf, cheaper than tanhf; saturates correctly.
+    x[i] = 0.5f * v * (2.0f - 2.0f / (std::exp(2.0f * y) + 1.0f));
   }
 }
 
@@ -83,17 +87,23 @@ void paged_attention_forward(float* out, const float* qkv, const float* k_cache,
   for (int t = 0; t < T; ++t) {
     const int32_t* table = block_tables + int64_t(tok_seq[t]) * max_blocks;
     const int L = tok_pos[t] + 1;
+    const int nb = (L + block_size - 1) / block_size;
     for (int h = 0; h < NH; ++h) {
       const float* q = qkv + int64_t(t) * 3 * C + h * hd;
       float maxv = -INFINITY;
-      for (int p = 0; p < L; ++p) {
-        const int64_t row = int64_t(table[p / block_size]) * block_size + p % block_size;
-        const float* k = k_cache + row * C + h * hd;
-        float dot = 0.f;
-        for (int i = 0; i < hd; ++i) dot += q[i] * k[i];
-        dot *= scale;
-        scratch[p] = dot;
-        maxv = std::max(maxv, dot);
+      // Walk the sequence block by block: rows inside a block are contiguous.
+      for (int blk = 0, p = 0; blk < nb; ++blk) {
+        const float* kb = k_cache + int64_t(table[blk]) * block_size * C + h * hd;
+        const int rows = std::min(block_size, L - blk * block_size);
+        for (int r = 0; r < rows; ++r, ++p) {
+          const float* k = kb + int64_t(r) * C;
+          float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+          for (int i = 0; i < hd; ++i) dot += q[i] * k[i];
+          dot *= scale;
+          scratch[p] = dot;
+          maxv = std::max(maxv, dot);
+        }
       }
       float sum = 0.f;
       for (int p = 0; p < L; ++p) {
@@ -103,11 +113,15 @@ void paged_attention_forward(float* out, const float* qkv, const float* k_cache,
       const float inv = 1.0f / sum;
       float* o = out + int64_t(t) * C + h * hd;
       std::fill(o, o + hd, 0.f);
-      for (int p = 0; p < L; ++p) {
-        const int64_t row = int64_t(table[p / block_size]) * block_size + p % block_size;
-        const float* v = v_cache + row * C + h * hd;
-        const float a = scratch[p] * inv;
-        for (int i = 0; i < hd; ++i) o[i] += a * v[i];
+      for (int blk = 0, p = 0; blk < nb; ++blk) {
+        const float* vb = v_cache + int64_t(table[blk]) * block_size * C + h * hd;
+        const int rows = std::min(block_size, L - blk * block_size);
+        for (int r = 0; r < rows; ++r, ++p) {
+          const float* v = vb + int64_t(r) * C;
+          const float a = scratch[p] * inv;
+#pragma omp simd
+          for (int i = 0; i < hd; ++i) o[i] += a * v[i];
+        }
       }
     }
   }
