@@ -66,7 +66,7 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
   const model_config& cfg = be.config();
   const int bs = be.kv().block_size;
   const int max_blocks = (prompt + n_new + bs - 1) / bs;
-  std::mt19937 rng(uint32_t(seed));
+  std::mt19937 rng{uint32_t(seed)};
   std::vector<std::vector<int32_t>> toks(B), blocks(B);
   for (int s = 0; s < B; ++s) {
     toks[s].resize(prompt);

@@ -162,7 +162,7 @@ class cuda_backend final : public backend {
   status step(const step_batch& b, step_output& out, logits_mode mode) override {
     INFER_STATUS_TRY(validate(b));
     INFER_CUDA_TRY(cudaSetDevice(device_));
-    const int S = b.n_seqs(), T = b.n_tokens(), C = cfg_.n_embd, V = cfg_.n_vocab;
+    const int S = b.n_seqs(), T = b.n_tokens(), V = cfg_.n_vocab;
     const int bs = kv_.block_size;
     const bool decode = T == S;  // one new token per sequence
     const bool use_graph =
