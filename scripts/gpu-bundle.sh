@@ -45,6 +45,12 @@ done
 strip --strip-unneeded "$DEST"/bin/* "$DEST"/lib/* 2>/dev/null || true
 for b in "$DEST"/bin/*; do patchelf --set-rpath '$ORIGIN/../lib' "$b"; done
 for l in "$DEST"/lib/*; do patchelf --set-rpath '$ORIGIN' "$l" 2>/dev/null || true; done
+# The C++ runtime is used from the GPU machine when it is recent enough (ours may need a
+# newer glibc than that machine has); gpu-run.sh falls back to these copies otherwise.
+mkdir -p "$DEST/lib-fallback"
+for l in libstdc++.so.6 libgcc_s.so.1; do
+  [ -f "$DEST/lib/$l" ] && mv "$DEST/lib/$l" "$DEST/lib-fallback/$l"
+done
 
 cp "$ROOT/scripts/gpu-run.sh" "$ROOT/scripts/gpu-hf.py" "$DEST/"
 git -C "$ROOT" rev-parse HEAD > "$DEST/COMMIT" 2>/dev/null || echo unknown > "$DEST/COMMIT"

@@ -29,6 +29,11 @@ EOF
   cublas_dir=$f
 fi
 export LD_LIBRARY_PATH="$B/lib${cublas_dir:+:$cublas_dir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# Our libstdc++ only where the machine's lacks a symbol version the binaries need.
+if ldd "$B/bin/test_cuda_kernels" 2>&1 | grep -q "version .* not found"; then
+  export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$B/lib-fallback"
+  echo "gpu-run: using the bundled libstdc++"
+fi
 failed=0
 stage() {  # stage NAME TIMEOUT CMD...
   local name=$1 t=$2; shift 2
