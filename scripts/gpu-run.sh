@@ -81,13 +81,13 @@ for st in "${STAGES[@]}"; do
         --prompt 32 --new 128 --json "$OUT/results.jsonl" --ours "$OUT/results.jsonl"
       ;;
     profile)
-      # Kernel time per launch of decode steps at batch 1 and 256 (nsys-like summary via ncu is slow;
-      # use the CUDA events in bench-cuda plus ncu on a few steps).
-      if command -v ncu >/dev/null; then
-        stage profile 400 ncu --target-processes all --launch-skip 2000 --launch-count 120 \
-          --section SpeedOfLight --csv "$B/bin/infer-bench-cuda" --model synthetic:gpt2-small \
-          --batches "${PROFILE_BATCH:-256}" --prompt 32 --new 24
-      fi
+      # Per-kernel GPU time of decode steps (ncu replays each kernel of a graph as a node):
+      # PROFILE_BATCHES decode steps at each batch size, after the warm-up pass.
+      for pb in ${PROFILE_BATCHES:-1 64 256}; do
+        stage profile 200 ncu --launch-skip ${PROFILE_SKIP:-2900} --launch-count 140 --csv --page raw \
+          --metrics gpu__time_duration.sum --log-file "$OUT/profile-b$pb.csv" \
+          "$B/bin/infer-bench-cuda" --model synthetic:gpt2-small --batches $pb --prompt 32 --new 24
+      done
       ;;
     *) echo "unknown stage $st"; failed=$((failed + 1)) ;;
   esac
