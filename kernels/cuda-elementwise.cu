@@ -13,16 +13,16 @@ __device__ inline float warp_sum(float v) {
   return v;
 }
 
-__global__ void embed_kernel(float* out, const int32_t* tokens, const int32_t* pos,
-                             const half* wte, const half* wpe, int T, int C) {
-  const int t = blockIdx.x * warps_per_block + threadIdx.x / 32;
-  if (t >= T) return;
-  const int lane = threadIdx.x % 32;
+__global__ void embed_kernel(float* __restrict__ out, const int32_t* __restrict__ tokens,
+                             const int32_t* __restrict__ pos, const half* __restrict__ wte,
+                             const half* __restrict__ wpe, int C) {
+  const int t = blockIdx.x;
   const int p = pos[t] < 0 ? 0 : pos[t];
   const half* te = wte + size_t(tokens[t]) * C;
   const half* pe = wpe + size_t(p) * C;
   float* o = out + size_t(t) * C;
-  for (int c = lane; c < C; c += 32) o[c] = __half2float(te[c]) + __half2float(pe[c]);
+#pragma unroll 4
+  for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = __half2float(te[c]) + __half2float(pe[c]);
 }
 
 // Two passes over the row (mean, then centred variance) like the CPU reference, so
@@ -59,6 +59,81 @@ __global__ void residual_layernorm_kernel(float* residual, half* out, const half
   for (int c = lane; c < C; c += 32) r[c] += __half2float(xr[c]);
   __syncwarp();
   layernorm_row(out + size_t(t) * C, r, w, b, C, eps, lane);
+}
+
+// Block-per-row LayerNorm with the row in registers: all loads of a row are issued at
+// once (a warp looping over the row serialises one memory latency per 32 elements,
+// which dominated decode steps). KPT = values per thread, ln_threads threads a row.
+constexpr int ln_threads = 256;
+
+__device__ inline float ln_block_sum(float v, float* red) {
+  v = warp_sum(v);
+  const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // red may still be read by the previous reduction
+  if (lane == 0) red[w] = v;
+  __syncthreads();
+  float r = 0.f;
+#pragma unroll
+  for (int i = 0; i < ln_threads / 32; ++i) r += red[i];
+  return r;
+}
+
+// residual != nullptr: residual += x first (and written back); else in = residual_in.
+template <int KPT, bool add>
+__global__ void __launch_bounds__(ln_threads)
+    layernorm_block_kernel(half* __restrict__ out, float* __restrict__ residual,
+                           const float* __restrict__ in, const half* __restrict__ x,
+                           const float* __restrict__ w, const float* __restrict__ b, int C,
+                           float eps) {
+  __shared__ float red[ln_threads / 32];
+  const size_t row = size_t(blockIdx.x) * C;
+  float v[KPT];
+#pragma unroll
+  for (int k = 0; k < KPT; ++k) {
+    const int c = threadIdx.x + k * ln_threads;
+    v[k] = 0.f;
+    if (c < C) v[k] = add ? residual[row + c] + __half2float(x[row + c]) : in[row + c];
+  }
+  float s = 0.f;
+#pragma unroll
+  for (int k = 0; k < KPT; ++k) {
+    const int c = threadIdx.x + k * ln_threads;
+    if (c < C) {
+      if (add) residual[row + c] = v[k];
+      s += v[k];
+    }
+  }
+  const float mean = ln_block_sum(s, red) / float(C);
+  float q = 0.f;
+#pragma unroll
+  for (int k = 0; k < KPT; ++k) {
+    const int c = threadIdx.x + k * ln_threads;
+    if (c < C) q += (v[k] - mean) * (v[k] - mean);
+  }
+  const float rstd = rsqrtf(ln_block_sum(q, red) / float(C) + eps);
+#pragma unroll
+  for (int k = 0; k < KPT; ++k) {
+    const int c = threadIdx.x + k * ln_threads;
+    if (c < C) out[row + c] = __float2half((v[k] - mean) * rstd * w[c] + b[c]);
+  }
+}
+
+template <bool add>
+bool launch_layernorm_block(half* out, float* residual, const float* in, const half* x,
+                            const float* w, const float* b, int T, int C, float eps,
+                            cudaStream_t stream) {
+  const int kpt = (C + ln_threads - 1) / ln_threads;
+  if (kpt <= 1)
+    layernorm_block_kernel<1, add><<<T, ln_threads, 0, stream>>>(out, residual, in, x, w, b, C, eps);
+  else if (kpt <= 2)
+    layernorm_block_kernel<2, add><<<T, ln_threads, 0, stream>>>(out, residual, in, x, w, b, C, eps);
+  else if (kpt <= 4)
+    layernorm_block_kernel<4, add><<<T, ln_threads, 0, stream>>>(out, residual, in, x, w, b, C, eps);
+  else if (kpt <= 8)
+    layernorm_block_kernel<8, add><<<T, ln_threads, 0, stream>>>(out, residual, in, x, w, b, C, eps);
+  else
+    return false;  // wider rows: the warp-per-row kernels
+  return true;
 }
 
 __global__ void gelu_kernel(half* x, int64_t n) {
@@ -113,14 +188,15 @@ int flat_blocks(int64_t n) { return int((n + 255) / 256); }
 cudaError_t embed_forward(float* out, const int32_t* tokens, const int32_t* pos, const half* wte,
                           const half* wpe, int T, int C, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
-  embed_kernel<<<row_blocks(T), warps_per_block * 32, 0, stream>>>(out, tokens, pos, wte, wpe, T,
-                                                                    C);
+  embed_kernel<<<T, 256, 0, stream>>>(out, tokens, pos, wte, wpe, C);
   return cudaGetLastError();
 }
 
 cudaError_t layernorm_forward(half* out, const float* in, const float* w, const float* b, int T,
                               int C, float eps, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
+  if (launch_layernorm_block<false>(out, nullptr, in, nullptr, w, b, T, C, eps, stream))
+    return cudaGetLastError();
   layernorm_kernel<<<row_blocks(T), warps_per_block * 32, 0, stream>>>(out, in, w, b, T, C, eps);
   return cudaGetLastError();
 }
@@ -129,6 +205,8 @@ cudaError_t residual_layernorm_forward(float* residual, half* out, const half* x
                                        const float* b, int T, int C, float eps,
                                        cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
+  if (launch_layernorm_block<true>(out, residual, nullptr, x, w, b, T, C, eps, stream))
+    return cudaGetLastError();
   residual_layernorm_kernel<<<row_blocks(T), warps_per_block * 32, 0, stream>>>(residual, out, x,
                                                                                  w, b, T, C, eps);
   return cudaGetLastError();
