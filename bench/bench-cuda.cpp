@@ -161,28 +161,32 @@ int main(int argc, char** argv) {
   const double weight_bytes = double(st->weight_bytes);
   std::printf("device: %s, d2d copy %.0f GB/s (read+write), weights %.1f MB fp16, model %s\n",
               prop.name, copy_rate / 1e9, weight_bytes / 1e6, model.c_str());
-  std::printf("%6s %12s %14s %14s %12s %10s\n", "batch", "step_ms", "decode_tok/s", "e2e_tok/s",
-              "prefill_ms", "bw_floor");
+  std::printf("%6s %12s %14s %14s %12s %10s %9s\n", "batch", "step_ms", "decode_tok/s",
+              "e2e_tok/s", "prefill_ms", "bw_floor", "gpu_busy");
   std::FILE* jf = json.empty() ? nullptr : std::fopen(json.c_str(), "a");
   for (int B : Bs) {
     if (!generate(*be.value(), B, prompt, n_new, 1).ok) return 1;  // warm-up: graphs, plans
+    const double gpu0 = st->gpu_ms;
     run_result r = generate(*be.value(), B, prompt, n_new, 2);
     if (!r.ok) return 1;
+    // Share of the run's wall time the stream was busy: the rest is host work between
+    // steps (building the batch, staging, launch) with the GPU idle.
+    const double busy = (st->gpu_ms - gpu0) / 1e3 / (r.prefill_s + r.decode_s);
     const double step = r.decode_s / r.decode_steps;
     const double decode_tps = B / step;
     const double e2e_tps = double(B) * n_new / (r.prefill_s + r.decode_s);
     const double bytes_per_step = weight_bytes + r.kv_bytes_read / r.decode_steps;
     const double floor_frac = (bytes_per_step / copy_rate) / step;
-    std::printf("%6d %12.3f %14.0f %14.0f %12.2f %9.1f%%\n", B, step * 1e3, decode_tps, e2e_tps,
-                r.prefill_s * 1e3, floor_frac * 100);
+    std::printf("%6d %12.3f %14.0f %14.0f %12.2f %9.1f%% %8.1f%%\n", B, step * 1e3, decode_tps,
+                e2e_tps, r.prefill_s * 1e3, floor_frac * 100, busy * 100);
     if (jf)
       std::fprintf(jf,
                    "{\"bench\":\"cuda-engine\",\"device\":\"%s\",\"model\":\"%s\",\"batch\":%d,"
                    "\"prompt\":%d,\"new\":%d,\"step_ms\":%.4f,\"decode_tok_s\":%.1f,"
                    "\"e2e_tok_s\":%.1f,\"prefill_ms\":%.3f,\"bytes_per_step\":%.0f,"
-                   "\"copy_rate_gbs\":%.1f,\"bw_floor_fraction\":%.4f}\n",
+                   "\"copy_rate_gbs\":%.1f,\"bw_floor_fraction\":%.4f,\"gpu_busy\":%.4f}\n",
                    prop.name, model.c_str(), B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
-                   r.prefill_s * 1e3, bytes_per_step, copy_rate / 1e9, floor_frac);
+                   r.prefill_s * 1e3, bytes_per_step, copy_rate / 1e9, floor_frac, busy);
   }
   std::printf("graph steps %lld of %lld, graphs captured %lld\n", (long long)st->graph_steps,
               (long long)st->steps, (long long)st->graphs_captured);

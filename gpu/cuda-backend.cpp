@@ -113,9 +113,11 @@ class cuda_backend final : public backend {
     stats_.weight_bytes = int64_t(w_->storage.bytes());
 
     INFER_STATUS_TRY(stream_.create());
+    INFER_STATUS_TRY(ev_start_.create(true));
+    INFER_STATUS_TRY(ev_end_.create(true));
     INFER_STATUS_TRY(lt_.create());
     INFER_STATUS_TRY(lt_workspace_.allocate(lt_workspace_bytes));
-    mm_.bind(lt_.get(), lt_workspace_.get(), lt_workspace_bytes);
+    INFER_CUDA_TRY(mm_.bind(lt_.get(), lt_workspace_.get(), lt_workspace_bytes, stream_.get()));
 
     kv_.block_size = opts.kv_block_size;
     max_blocks_ = (cfg_.n_ctx + kv_.block_size - 1) / kv_.block_size;
@@ -248,6 +250,7 @@ class cuda_backend final : public backend {
     }
     const size_t bytes = L.bytes + size_t(R) * 4;
     cudaStream_t st = stream_.get();
+    INFER_CUDA_TRY(cudaEventRecord(ev_start_.get(), st));
     INFER_CUDA_TRY(cudaMemcpyAsync(dev_stage_.get(), host_stage_.get(), bytes,
                                    cudaMemcpyHostToDevice, st));
     step_ptrs d(dev_stage_.get(), L);
@@ -290,7 +293,10 @@ class cuda_backend final : public backend {
     } else {
       out.logits.clear();
     }
+    INFER_CUDA_TRY(cudaEventRecord(ev_end_.get(), st));
     INFER_CUDA_TRY(cudaStreamSynchronize(st));
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, ev_start_.get(), ev_end_.get()) == cudaSuccess) stats_.gpu_ms += ms;
     out.tokens.resize(S);
     const int32_t* ht = host_tokens_.as<int32_t>();
     for (int s = 0; s < S; ++s) out.tokens[s] = b.sample[s] ? ht[s] : -1;
@@ -476,6 +482,7 @@ class cuda_backend final : public backend {
   int n_sm_ = 1;
   std::shared_ptr<const cuda_device_weights> w_;
   gpu::cuda_stream stream_;
+  gpu::cuda_event ev_start_, ev_end_;  // GPU time of each step (stats)
   gpu::cublaslt_handle lt_;
   device_buffer lt_workspace_;
   cuda::matmul_runner mm_;

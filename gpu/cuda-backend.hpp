@@ -29,6 +29,7 @@ struct cuda_backend_stats {
   int64_t graphs_captured = 0;
   int64_t weight_bytes = 0;    // device bytes of the shared weights
   int64_t kv_bytes = 0;        // device bytes of this backend's KV cache
+  double gpu_ms = 0;           // summed stream time from the input copy to the token copy
 };
 // Null where b is not a CUDA backend.
 const cuda_backend_stats* cuda_backend_get_stats(const backend& b);

@@ -80,25 +80,37 @@ __global__ void __launch_bounds__(attn_threads)
   const int32_t* table = block_tables + size_t(tok_seq[t]) * max_blocks;
   const size_t head_off = size_t(h) * HD + li * 8;
 
-  // Scores. The loop bound is uniform across the block so that the group shuffles
-  // always see all their lanes.
-  for (int jb = k0; jb < k1; jb += NG) {
-    const int j = jb + g;
-    float dot = 0.f;
-    if (j < k1) {
-      const int blk = table[j / bs];
-      const uint4 raw = *reinterpret_cast<const uint4*>(
-          k_cache + (size_t(blk) * bs + (j % bs)) * C + head_off);
-      const half2* k2 = reinterpret_cast<const half2*>(&raw);
+  // Scores. Each group has U keys' loads in flight before it reduces (a key at a time
+  // left one memory latency per key on the critical path). The loop bound is uniform
+  // across the block so that the group shuffles always see all their lanes.
+  constexpr int U = 4;
+  auto key_row = [&](const half* cache, int j) {
+    const int blk = table[j / bs];
+    return reinterpret_cast<const uint4*>(cache + (size_t(blk) * bs + (j % bs)) * C + head_off);
+  };
+  for (int jb = k0; jb < k1; jb += NG * U) {
+    uint4 raw[U];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 f = __half22float2(k2[i]);
-        dot += q[2 * i] * f.x + q[2 * i + 1] * f.y;
-      }
+    for (int u = 0; u < U; ++u) {
+      const int j = jb + u * NG + g;
+      if (j < k1) raw[u] = __ldg(key_row(k_cache, j));
     }
 #pragma unroll
-    for (int off = G / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-    if (j < k1 && li == 0) s_p[j - k0] = dot;
+    for (int u = 0; u < U; ++u) {
+      const int j = jb + u * NG + g;
+      float dot = 0.f;
+      if (j < k1) {
+        const half2* k2 = reinterpret_cast<const half2*>(&raw[u]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float2 f = __half22float2(k2[i]);
+          dot += q[2 * i] * f.x + q[2 * i + 1] * f.y;
+        }
+      }
+#pragma unroll
+      for (int off = G / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+      if (j < k1 && li == 0) s_p[j - k0] = dot;
+    }
   }
   __syncthreads();
 
@@ -115,17 +127,25 @@ __global__ void __launch_bounds__(attn_threads)
   l = block_reduce_sum(l, s_red);  // its barriers also publish s_p
 
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  for (int j = k0 + g; j < k1; j += NG) {
-    const int blk = table[j / bs];
-    const uint4 raw =
-        *reinterpret_cast<const uint4*>(v_cache + (size_t(blk) * bs + (j % bs)) * C + head_off);
-    const half2* v2 = reinterpret_cast<const half2*>(&raw);
-    const float p = s_p[j - k0];
+  for (int jb = k0; jb < k1; jb += NG * U) {
+    uint4 raw[U];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = __half22float2(v2[i]);
-      acc[2 * i] += p * f.x;
-      acc[2 * i + 1] += p * f.y;
+    for (int u = 0; u < U; ++u) {
+      const int j = jb + u * NG + g;
+      if (j < k1) raw[u] = __ldg(key_row(v_cache, j));
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = jb + u * NG + g;
+      if (j >= k1) continue;
+      const half2* v2 = reinterpret_cast<const half2*>(&raw[u]);
+      const float p = s_p[j - k0];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 f = __half22float2(v2[i]);
+        acc[2 * i] += p * f.x;
+        acc[2 * i + 1] += p * f.y;
+      }
     }
   }
 #pragma unroll

@@ -74,6 +74,17 @@ cudaError_t paged_attention_forward(half* out, const half* qkv, const half* k_ca
                                     cudaStream_t stream);
 bool attention_head_dim_supported(int hd);
 
+// matmul_forward for T <= matmul_small_max_tokens (decode at small batch): one launch,
+// split-K over IN, bias and GELU applied by the last block of each column tile.
+// partial: matmul_small_partial_floats(T, IN, OUT) floats of scratch; counters:
+// matmul_small_counters(OUT) zeroed unsigned ints, left zeroed after each launch.
+inline constexpr int matmul_small_max_tokens = 8;
+size_t matmul_small_partial_floats(int T, int IN, int OUT);
+int matmul_small_counters(int OUT);
+cudaError_t matmul_small_forward(half* out, const half* in, const half* w, const half* bias,
+                                 int T, int IN, int OUT, bool gelu, float* partial,
+                                 unsigned* counters, cudaStream_t stream);
+
 // GEMMs through cuBLASLt. A matmul_runner owns the handle's plan cache (layouts and the
 // heuristic's algorithm per shape) so that a repeated shape costs no host-side search;
 // it is used from one thread (its owner's stream), so it takes no lock.
@@ -84,8 +95,14 @@ class matmul_runner {
   matmul_runner(const matmul_runner&) = delete;
   matmul_runner& operator=(const matmul_runner&) = delete;
 
-  // handle and workspace belong to the caller and outlive this object.
-  void bind(cublasLtHandle_t handle, void* workspace, size_t workspace_bytes);
+  // handle and workspace belong to the caller and outlive this object. The workspace's
+  // last matmul_counter_bytes hold the small-T kernel's counters (zeroed here, on
+  // stream); the rest is cuBLASLt's workspace and the small-T kernel's scratch (both
+  // used in stream order, never at once). small_gemm: use matmul_small_forward for
+  // T <= matmul_small_max_tokens (INFER_CUDA_SMALL_GEMM=0 in the environment turns it off).
+  static constexpr size_t matmul_counter_bytes = 16384;
+  cudaError_t bind(cublasLtHandle_t handle, void* workspace, size_t workspace_bytes,
+                   cudaStream_t stream);
 
   // out[T, OUT] = in[T, IN] @ w[IN, OUT] + bias, then GELU if gelu (all fp16, fp32 accumulate).
   cublasStatus_t matmul_forward(half* out, const half* in, const half* w, const half* bias, int T,
@@ -100,7 +117,9 @@ class matmul_runner {
   plan* find_or_make(int kind, int M, int N, int K, int ldc, bool gelu, cublasStatus_t& st);
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
-  size_t workspace_bytes_ = 0;
+  size_t workspace_bytes_ = 0;  // cuBLASLt's share
+  unsigned* counters_ = nullptr;
+  bool small_gemm_ = true;
   plan* plans_ = nullptr;  // singly linked, few entries (one per shape in use)
 };
 

@@ -161,8 +161,10 @@ TEST_CASE("matmul_forward (cuBLASLt, bias and GELU epilogues)") {
   gpu::device_buffer ws;
   REQUIRE(ws.allocate(size_t(32) << 20));
   cuda::matmul_runner mm;
-  mm.bind(lt.get(), ws.get(), ws.bytes());
-  for (auto [T, IN, OUT] : {std::tuple{1, 128, 384}, {5, 768, 2304}, {64, 3072, 768}, {200, 768, 3072}}) {
+  REQUIRE(mm.bind(lt.get(), ws.get(), ws.bytes(), s0) == cudaSuccess);
+  // T <= 8 runs matmul_small_forward, larger T cuBLASLt.
+  for (auto [T, IN, OUT] : {std::tuple{1, 128, 384}, {5, 768, 2304}, {8, 3072, 768}, {3, 200, 136},
+                            {9, 768, 768}, {64, 3072, 768}, {200, 768, 3072}}) {
     for (bool gelu : {false, true}) {
       CAPTURE(T);
       CAPTURE(IN);
