@@ -117,7 +117,7 @@ class cuda_backend final : public backend {
     INFER_STATUS_TRY(ev_end_.create(true));
     INFER_STATUS_TRY(lt_.create());
     INFER_STATUS_TRY(lt_workspace_.allocate(lt_workspace_bytes));
-    INFER_CUDA_TRY(mm_.bind(lt_.get(), lt_workspace_.get(), lt_workspace_bytes, stream_.get()));
+    mm_.bind(lt_.get(), lt_workspace_.get(), lt_workspace_bytes);
 
     kv_.block_size = opts.kv_block_size;
     max_blocks_ = (cfg_.n_ctx + kv_.block_size - 1) / kv_.block_size;
@@ -263,7 +263,7 @@ class cuda_backend final : public backend {
       if (!g) {
         cudaGraph_t graph = nullptr;
         INFER_CUDA_TRY(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        status fs = enqueue_forward(d, d_gather, Tx, R, nseq_launch, n_splits, split_len);
+        status fs = enqueue_forward(d, d_gather, Tx, R, nseq_launch, n_splits, split_len, true);
         const cudaError_t ce = cudaStreamEndCapture(st, &graph);
         if (!fs) {
           if (graph) cudaGraphDestroy(graph);
@@ -278,7 +278,8 @@ class cuda_backend final : public backend {
       INFER_STATUS_TRY(g->launch(st));
       ++stats_.graph_steps;
     } else {
-      INFER_STATUS_TRY(enqueue_forward(d, d_gather, Tx, R, nseq_launch, n_splits, split_len));
+      INFER_STATUS_TRY(
+          enqueue_forward(d, d_gather, Tx, R, nseq_launch, n_splits, split_len, decode));
     }
     if (any_sorted && R > 0) INFER_STATUS_TRY(enqueue_sorted_sampling(d, nseq_launch));
 
@@ -324,7 +325,7 @@ class cuda_backend final : public backend {
 
   // Kernel sequence of one step; captured as is into decode graphs.
   status enqueue_forward(const step_ptrs& d, const int32_t* d_gather, int T, int R, int nseq,
-                         int n_splits, int split_len) {
+                         int n_splits, int split_len, bool decode) {
     cudaStream_t st = stream_.get();
     const int C = cfg_.n_embd, NH = cfg_.n_head;
     const float eps = cfg_.ln_eps;
@@ -343,10 +344,12 @@ class cuda_backend final : public backend {
       half* kc = kv_cache_.as<half>() + (2 * size_t(l)) * layer_stride_;
       half* vc = kv_cache_.as<half>() + (2 * size_t(l) + 1) * layer_stride_;
       INFER_CUBLAS_TRY(mm_.matmul_forward(qkv, ln, L.qkv_w, L.qkv_b, T, C, 3 * C, false, st));
-      INFER_CUDA_TRY(cuda::kv_store_forward(kc, vc, qkv, d.slot, T, C, st));
+      // Decode (one token a sequence): attention stores the token's K/V itself.
+      if (!decode) INFER_CUDA_TRY(cuda::kv_store_forward(kc, vc, qkv, d.slot, T, C, st));
       INFER_CUDA_TRY(cuda::paged_attention_forward(att, qkv, kc, vc, d.seq, d.pos, d.tables,
                                                    max_blocks_, kv_.block_size, T, C, NH,
-                                                   n_splits, split_len, scratch, st));
+                                                   n_splits, split_len, scratch,
+                                                   decode ? d.slot : nullptr, st));
       INFER_CUBLAS_TRY(mm_.matmul_forward(proj, att, L.proj_w, L.proj_b, T, C, C, false, st));
       INFER_CUDA_TRY(cuda::residual_layernorm_forward(res, ln, proj, L.ln2_w, L.ln2_b, T, C, eps,
                                                       st));

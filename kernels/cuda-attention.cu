@@ -39,7 +39,8 @@ __global__ void __launch_bounds__(attn_threads)
     paged_attention_kernel(half* out, const half* qkv, const half* k_cache, const half* v_cache,
                            const int32_t* tok_seq, const int32_t* tok_pos,
                            const int32_t* block_tables, int max_blocks, int bs, int C,
-                           int n_splits, int split_len, float* scratch) {
+                           int n_splits, int split_len, float* scratch,
+                           const int32_t* fused_kv_slot) {
   constexpr int G = HD / 8;  // threads per key, 8 halves (16 bytes) each
   constexpr int NG = attn_threads / G;
   __shared__ float s_p[attention_max_split_len];
@@ -84,10 +85,24 @@ __global__ void __launch_bounds__(attn_threads)
   // left one memory latency per key on the critical path). The loop bound is uniform
   // across the block so that the group shuffles always see all their lanes.
   constexpr int U = 4;
+  // With a fused store the token's own K/V are read from qkv (they are not in the
+  // cache yet) and written to it below.
+  const half* own = qkv + size_t(t) * 3 * C + head_off;
   auto key_row = [&](const half* cache, int j) {
+    if (fused_kv_slot && j == pos)
+      return reinterpret_cast<const uint4*>(own + (cache == k_cache ? C : 2 * C));
     const int blk = table[j / bs];
     return reinterpret_cast<const uint4*>(cache + (size_t(blk) * bs + (j % bs)) * C + head_off);
   };
+  if (fused_kv_slot && pos >= k0 && pos < k1 && g == 0) {
+    const int slot = fused_kv_slot[t];
+    if (slot >= 0) {
+      *reinterpret_cast<uint4*>(const_cast<half*>(k_cache) + size_t(slot) * C + head_off) =
+          *reinterpret_cast<const uint4*>(own + C);
+      *reinterpret_cast<uint4*>(const_cast<half*>(v_cache) + size_t(slot) * C + head_off) =
+          *reinterpret_cast<const uint4*>(own + 2 * C);
+    }
+  }
   for (int jb = k0; jb < k1; jb += NG * U) {
     uint4 raw[U];
 #pragma unroll
@@ -193,11 +208,12 @@ template <int HD>
 cudaError_t launch(half* out, const half* qkv, const half* k_cache, const half* v_cache,
                    const int32_t* tok_seq, const int32_t* tok_pos, const int32_t* block_tables,
                    int max_blocks, int block_size, int T, int C, int NH, int n_splits,
-                   int split_len, float* scratch, cudaStream_t stream) {
+                   int split_len, float* scratch, const int32_t* fused_kv_slot,
+                   cudaStream_t stream) {
   dim3 grid(T, NH, n_splits);
   paged_attention_kernel<HD><<<grid, attn_threads, 0, stream>>>(
       out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks, block_size, C,
-      n_splits, split_len, scratch);
+      n_splits, split_len, scratch, fused_kv_slot);
   if (n_splits > 1)
     attention_merge_kernel<HD><<<dim3(T, NH), HD, 0, stream>>>(out, scratch, C, n_splits);
   return cudaGetLastError();
@@ -212,7 +228,7 @@ cudaError_t paged_attention_forward(half* out, const half* qkv, const half* k_ca
                                     const int32_t* tok_pos, const int32_t* block_tables,
                                     int max_blocks, int block_size, int T, int C, int NH,
                                     int n_splits, int split_len, float* scratch,
-                                    cudaStream_t stream) {
+                                    const int32_t* fused_kv_slot, cudaStream_t stream) {
   if (T <= 0) return cudaSuccess;
   if (n_splits < 1 || split_len < 1 || split_len > attention_max_split_len ||
       (n_splits > 1 && scratch == nullptr))
@@ -220,13 +236,13 @@ cudaError_t paged_attention_forward(half* out, const half* qkv, const half* k_ca
   switch (C / NH) {
     case 32:
       return launch<32>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks,
-                        block_size, T, C, NH, n_splits, split_len, scratch, stream);
+                        block_size, T, C, NH, n_splits, split_len, scratch, fused_kv_slot, stream);
     case 64:
       return launch<64>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks,
-                        block_size, T, C, NH, n_splits, split_len, scratch, stream);
+                        block_size, T, C, NH, n_splits, split_len, scratch, fused_kv_slot, stream);
     case 128:
       return launch<128>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks,
-                         block_size, T, C, NH, n_splits, split_len, scratch, stream);
+                         block_size, T, C, NH, n_splits, split_len, scratch, fused_kv_slot, stream);
     default:
       return cudaErrorInvalidValue;
   }

@@ -62,6 +62,9 @@ cudaError_t kv_store_forward(half* k_cache, half* v_cache, const half* qkv, cons
 // n_splits must cover the longest context of the step (ceil((max_pos + 1) / split_len));
 // scratch holds attention_scratch_floats(T, NH, n_splits, C / NH) floats (unused, may be
 // null, when n_splits == 1).
+// fused_kv_slot (may be null): decode steps, where each sequence has exactly one new
+// token, store that token's K/V at fused_kv_slot[t] here instead of in kv_store_forward
+// (one launch less per layer); the token's own K/V are then read from qkv.
 inline constexpr int attention_max_split_len = 256;
 inline size_t attention_scratch_floats(int T, int NH, int n_splits, int hd) {
   return n_splits > 1 ? size_t(T) * NH * n_splits * (hd + 2) : 0;
@@ -71,19 +74,8 @@ cudaError_t paged_attention_forward(half* out, const half* qkv, const half* k_ca
                                     const int32_t* tok_pos, const int32_t* block_tables,
                                     int max_blocks, int block_size, int T, int C, int NH,
                                     int n_splits, int split_len, float* scratch,
-                                    cudaStream_t stream);
+                                    const int32_t* fused_kv_slot, cudaStream_t stream);
 bool attention_head_dim_supported(int hd);
-
-// matmul_forward for T <= matmul_small_max_tokens (decode at small batch): one launch,
-// split-K over IN, bias and GELU applied by the last block of each column tile.
-// partial: matmul_small_partial_floats(T, IN, OUT) floats of scratch; counters:
-// matmul_small_counters(OUT) zeroed unsigned ints, left zeroed after each launch.
-inline constexpr int matmul_small_max_tokens = 8;
-size_t matmul_small_partial_floats(int T, int IN, int OUT);
-int matmul_small_counters(int OUT);
-cudaError_t matmul_small_forward(half* out, const half* in, const half* w, const half* bias,
-                                 int T, int IN, int OUT, bool gelu, float* partial,
-                                 unsigned* counters, cudaStream_t stream);
 
 // GEMMs through cuBLASLt. A matmul_runner owns the handle's plan cache (layouts and the
 // heuristic's algorithm per shape) so that a repeated shape costs no host-side search;
@@ -95,14 +87,8 @@ class matmul_runner {
   matmul_runner(const matmul_runner&) = delete;
   matmul_runner& operator=(const matmul_runner&) = delete;
 
-  // handle and workspace belong to the caller and outlive this object. The workspace's
-  // last matmul_counter_bytes hold the small-T kernel's counters (zeroed here, on
-  // stream); the rest is cuBLASLt's workspace and the small-T kernel's scratch (both
-  // used in stream order, never at once). small_gemm: use matmul_small_forward for
-  // T <= matmul_small_max_tokens (INFER_CUDA_SMALL_GEMM=0 in the environment turns it off).
-  static constexpr size_t matmul_counter_bytes = 16384;
-  cudaError_t bind(cublasLtHandle_t handle, void* workspace, size_t workspace_bytes,
-                   cudaStream_t stream);
+  // handle and workspace belong to the caller and outlive this object.
+  void bind(cublasLtHandle_t handle, void* workspace, size_t workspace_bytes);
 
   // out[T, OUT] = in[T, IN] @ w[IN, OUT] + bias, then GELU if gelu (all fp16, fp32 accumulate).
   cublasStatus_t matmul_forward(half* out, const half* in, const half* w, const half* bias, int T,
@@ -117,9 +103,7 @@ class matmul_runner {
   plan* find_or_make(int kind, int M, int N, int K, int ldc, bool gelu, cublasStatus_t& st);
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
-  size_t workspace_bytes_ = 0;  // cuBLASLt's share
-  unsigned* counters_ = nullptr;
-  bool small_gemm_ = true;
+  size_t workspace_bytes_ = 0;
   plan* plans_ = nullptr;  // singly linked, few entries (one per shape in use)
 };
 

@@ -2,8 +2,6 @@
 // seen column-major, Y^T[OUT, T] = W^T[OUT, IN] @ X^T[IN, T] with no transposes, so the
 // Hugging Face Conv1D layout feeds cuBLASLt as is; the bias (+ GELU) rides in the
 // epilogue. Descriptors and the heuristic's pick are cached per shape.
-#include <cstdlib>
-
 #include "kernels/cuda-kernels.hpp"
 
 namespace infer::cuda {
@@ -34,19 +32,10 @@ matmul_runner::~matmul_runner() {
   }
 }
 
-cudaError_t matmul_runner::bind(cublasLtHandle_t handle, void* workspace, size_t workspace_bytes,
-                                cudaStream_t stream) {
-  if (workspace_bytes < 2 * matmul_counter_bytes) return cudaErrorInvalidValue;
+void matmul_runner::bind(cublasLtHandle_t handle, void* workspace, size_t workspace_bytes) {
   handle_ = handle;
   workspace_ = workspace;
-  workspace_bytes_ = (workspace_bytes - matmul_counter_bytes) & ~size_t(255);
-  counters_ = reinterpret_cast<unsigned*>(static_cast<char*>(workspace) + workspace_bytes -
-                                          matmul_counter_bytes);
-  const char* env = std::getenv("INFER_CUDA_SMALL_GEMM");
-  small_gemm_ = !(env && env[0] == '0');
-  const cudaError_t e = cudaMemsetAsync(counters_, 0, matmul_counter_bytes, stream);
-  if (e != cudaSuccess) return e;
-  return cudaStreamSynchronize(stream);
+  workspace_bytes_ = workspace_bytes;
 }
 
 #define INFER_LT_TRY(expr)                               \
@@ -147,13 +136,6 @@ cublasStatus_t matmul_runner::matmul_forward(half* out, const half* in, const ha
                                              cudaStream_t stream) {
   if (T <= 0) return CUBLAS_STATUS_SUCCESS;
   if (!handle_ || !bias) return CUBLAS_STATUS_INVALID_VALUE;
-  if (small_gemm_ && T <= matmul_small_max_tokens && OUT % 8 == 0 &&
-      matmul_small_partial_floats(T, IN, OUT) * 4 <= workspace_bytes_ &&
-      size_t(matmul_small_counters(OUT)) * 4 <= matmul_counter_bytes) {
-    const cudaError_t e = matmul_small_forward(out, in, w, bias, T, IN, OUT, gelu,
-                                               static_cast<float*>(workspace_), counters_, stream);
-    return e == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
-  }
   cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
   plan* p = find_or_make(0, OUT, T, IN, OUT, gelu, st);
   if (!p) return st;
