@@ -473,9 +473,6 @@ class cuda_backend final : public backend {
         if (table[i] < 0 || table[i] >= kv_.n_blocks)
           return bad("step: sequence " + std::to_string(s) + " has block " +
                      std::to_string(table[i]) + " outside the pool");
-      if (b.sample[s] && !b.sampling[s].greedy() &&
-          !(b.sampling[s].temperature > 0.f) )
-        return bad("step: bad sampling temperature");
     }
     return status::ok();
   }
