@@ -193,6 +193,23 @@ result<model_config> parse_hf_config(const nlohmann::json& j, const std::string&
                                      path, it->dump()));
     cfg.ln_eps = float(it->get<double>());
   }  // absent: GPT2Config's default, 1e-5
+  // GPT2Config options that change the math the backends implement: refuse rather
+  // than serve a silently different model.
+  auto unsupported = [&](const char* key, const nlohmann::json& v) {
+    return make_status(errc::format_error,
+                       fmt::format("{}: key '{}' = {} is not supported (GPT-2 defaults only)", path, key, v.dump()));
+  };
+  if (auto it = j.find("model_type"); it != j.end() && *it != "gpt2") return unsupported("model_type", *it);
+  if (auto it = j.find("activation_function");
+      it != j.end() && *it != "gelu_new" && *it != "gelu_pytorch_tanh" && *it != "gelu_fast")
+    return unsupported("activation_function", *it);
+  if (auto it = j.find("n_inner"); it != j.end() && !it->is_null() &&
+                                   !(it->is_number_integer() && it->get<int64_t>() == 4 * int64_t(cfg.n_embd)))
+    return unsupported("n_inner", *it);
+  for (const char* key : {"scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"})
+    if (auto it = j.find(key); it != j.end() && *it != false) return unsupported(key, *it);
+  for (const char* key : {"scale_attn_weights", "tie_word_embeddings"})
+    if (auto it = j.find(key); it != j.end() && *it != true) return unsupported(key, *it);
   if (cfg.n_embd % cfg.n_head != 0)
     return make_status(errc::format_error,
                        fmt::format("{}: n_embd {} is not a multiple of n_head {}", path, cfg.n_embd, cfg.n_head));
@@ -231,7 +248,6 @@ result<std::shared_ptr<const model_weights>> load_hf_dir(const std::string& dir)
   // GPT2LMHeadModel.save_pretrained prefixes the body with "transformer."; GPT2Model does not.
   const std::string prefix = file->find("transformer.wte.weight") ? "transformer." : "";
   const int64_t V = cfg->n_vocab, P = cfg->n_ctx, C = cfg->n_embd;
-  w->owned.reserve(4 + 12 * size_t(cfg->n_layer));
   bool uses_mapping = false;
 
   status err;
@@ -263,9 +279,10 @@ result<std::shared_ptr<const model_weights>> load_hf_dir(const std::string& dir)
 
   w->wte = get("wte.weight", {V, C});
   w->wpe = get("wpe.weight", {P, C});
-  w->layers.resize(size_t(cfg->n_layer));
-  for (int32_t i = 0; i < cfg->n_layer; ++i) {
-    auto& L = w->layers[size_t(i)];
+  // Grown layer by layer: a config claiming absurdly many layers ends at the first
+  // missing tensor instead of allocating for all of them.
+  for (int32_t i = 0; i < cfg->n_layer && err.is_ok(); ++i) {
+    auto& L = w->layers.emplace_back();
     const std::string h = fmt::format("h.{}.", i);
     L.ln1_w = get(h + "ln_1.weight", {C});
     L.ln1_b = get(h + "ln_1.bias", {C});

@@ -112,6 +112,9 @@ result<safetensors_file> safetensors_file::open(const std::string& path) {
   if (base == MAP_FAILED)
     return make_status(errc::io_error, fmt::format("{}: mmap failed: {}", path, std::strerror(map_errno)));
 
+  // Weights are read soon and whole (forward pass, device upload): start paging them in now.
+  ::madvise(base, size, MADV_WILLNEED);
+
   safetensors_file f;
   f.path_ = path;
   f.file_size_ = size;

@@ -532,10 +532,29 @@ TEST_CASE("model directory errors name the file and the tensor") {
     write_all(cj, R"({"n_embd": 8, "n_layer": 2, "n_head": 2, "n_positions": 8, "vocab_size": 16,
                       "layer_norm_epsilon": -1})");
     expect_error(load_error(dir), errc::format_error, cj, "layer_norm_epsilon");
+    // Options that change the math are refused, defaults accepted.
+    const std::string base = R"({"n_embd": 8, "n_layer": 2, "n_head": 2, "n_positions": 8, "vocab_size": 16, )";
+    for (const char* bad : {R"("model_type": "gptj")", R"("activation_function": "relu")", R"("n_inner": 64)",
+                            R"("scale_attn_by_inverse_layer_idx": true)", R"("reorder_and_upcast_attn": true)",
+                            R"("scale_attn_weights": false)", R"("tie_word_embeddings": false)"}) {
+      CAPTURE(bad);
+      write_all(cj, base + bad + "}");
+      const auto s = load_error(dir);
+      expect_error(s, errc::format_error, cj);
+      CHECK(contains(s.message, "not supported"));
+    }
+    write_all(cj, base + R"("model_type": "gpt2", "activation_function": "gelu_new", "n_inner": null,
+                             "scale_attn_by_inverse_layer_idx": false, "reorder_and_upcast_attn": false,
+                             "scale_attn_weights": true, "tie_word_embeddings": true})");
+    CHECK(load_model_weights(dir).has_value());
+    write_all(cj, base + R"("n_inner": 32})");
+    CHECK(load_model_weights(dir).has_value());
     write_all(cj, "{\"n_embd\": 8,");
     expect_error(load_error(dir), errc::format_error, cj);
     // A config that disagrees with the tensors is a shape error, not a crash.
     write_all(cj, R"({"n_embd": 8, "n_layer": 3, "n_head": 2, "n_positions": 8, "vocab_size": 16})");
+    expect_error(load_error(dir), errc::format_error, dir + "/model.safetensors", "h.2.ln_1.weight");
+    write_all(cj, R"({"n_embd": 8, "n_layer": 2147483647, "n_head": 2, "n_positions": 8, "vocab_size": 16})");
     expect_error(load_error(dir), errc::format_error, dir + "/model.safetensors", "h.2.ln_1.weight");
     write_all(cj, R"({"n_embd": 8, "n_layer": 2, "n_head": 2, "n_positions": 8, "vocab_size": 17})");
     const auto s = load_error(dir);
@@ -693,6 +712,34 @@ TEST_CASE("safetensors_file rejects malformed files with the file and tensor nam
     expect_error(open_err("{", data16), errc::format_error, p);
     write_all(p, raw_safetensors("{}", "", /*hlen_override=*/uint64_t(1) << 62));
     expect_error(safetensors_file::open(p).error(), errc::format_error, p);
+  }
+  SUBCASE("files laid out like the reference (Rust) writer's") {
+    // Compact JSON, __metadata__ anywhere, tensors ordered by alignment then name,
+    // header padded with spaces: the reader must not rely on our writer's choices.
+    std::string header =
+        R"({"__metadata__":{"format":"pt"},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+        R"("a":{"dtype":"BF16","shape":[2],"data_offsets":[8,12]},"c":{"dtype":"F16","shape":[1,1],"data_offsets":[12,14]}})";
+    header.append((8 - header.size() % 8) % 8, ' ');
+    std::string data(14, '\0');
+    const float b[2] = {1.5f, -2.0f};
+    std::memcpy(data.data(), b, 8);
+    const uint16_t a[2] = {0x3f80, 0xc040}, c = 0x3c00;  // 1, -3 (bf16); 1 (fp16)
+    std::memcpy(data.data() + 8, a, 4);
+    std::memcpy(data.data() + 12, &c, 2);
+    write_all(p, raw_safetensors(header, data));
+    auto f = safetensors_file::open(p);
+    REQUIRE_MESSAGE(f.has_value(), f.error().message);
+    CHECK(f->names() == std::vector<std::string>{"b", "a", "c"});
+    CHECK(f->metadata().at("format") == "pt");
+    float out[2];
+    REQUIRE(st_to_f32(*f->find("a"), out, p).is_ok());
+    CHECK(out[0] == 1.0f);
+    CHECK(out[1] == -3.0f);
+    REQUIRE(st_to_f32(*f->find("b"), out, p).is_ok());
+    CHECK(out[1] == -2.0f);
+    REQUIRE(st_to_f32(*f->find("c"), out, p).is_ok());
+    CHECK(out[0] == 1.0f);
+    CHECK(f->find("c")->shape == std::vector<int64_t>{1, 1});
   }
   SUBCASE("an empty header is a valid, empty file") {
     write_all(p, raw_safetensors("{}      ", ""));
