@@ -157,7 +157,11 @@ function onEvent(ev) {
       span.className = 'tok';
       span.textContent = ev.text ?? '';
       span.title = `#${ev.index} id ${ev.token}`;
+      // Follow the text while the reader is at the bottom; leave them be when they scrolled up.
+      const out = ui.outText.parentElement;
+      const follow = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
       ui.outText.appendChild(span);
+      if (follow) out.scrollTop = out.scrollHeight;
       current.tokens++;
       ui.count.textContent = String(current.tokens);
       const secs = (performance.now() - current.firstAt) / 1000;
@@ -212,6 +216,14 @@ ui.form.addEventListener('submit', (e) => {
   ui.outPrompt.textContent = frame.prompt;
   setStatus('waiting', 'waiting');
   if (!conn.send(frame)) finish('error', { code: 'disconnected', message: 'not connected to the server yet' });
+});
+
+// Ctrl+Enter (Cmd+Enter) in the prompt generates.
+ui.prompt.addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+    e.preventDefault();
+    ui.form.requestSubmit();
+  }
 });
 
 ui.cancel.addEventListener('click', () => {

@@ -27,12 +27,19 @@ export function startDashboard() {
   };
 
   let prev = null; // {t, m, ttft, itl, batch}
+  let tick = 0, statusMissing = false;
   const history = []; // histogram snapshots of the last LATENCY_WINDOW_S seconds
 
   async function scrapeOnce() {
     const t = Date.now() / 1000;
-    const [metricsRes, statusRes] = await Promise.allSettled([fetchText('/metrics'), fetchJson('/v1/status')]);
-    renderSupervision(statusRes);
+    // A server without /v1/status is asked again every 10 s only (it may be upgraded).
+    const askStatus = !statusMissing || tick++ % 10 === 0;
+    const [metricsRes, statusRes] = await Promise.allSettled([
+      fetchText('/metrics'), askStatus ? fetchJson('/v1/status') : Promise.resolve(null)]);
+    if (askStatus) {
+      statusMissing = statusRes.status === 'rejected' && statusRes.reason.status === 404;
+      renderSupervision(statusRes);
+    }
 
     const scrape = $('scrape');
     if (metricsRes.status === 'rejected') {
@@ -132,7 +139,9 @@ function renderTotals(m) {
   const used = scalar(m, 'infer_kv_blocks_used'), total = scalar(m, 'infer_kv_blocks_total');
   set('t-kv', used === null ? null : `${used} / ${total ?? '?'}`);
   set('t-conns', scalar(m, 'infer_connections_open'));
-  set('t-restarts', scalar(m, 'infer_worker_restarts_total'));
+  const restarts = scalar(m, 'infer_worker_restarts_total');
+  set('t-restarts', restarts);
+  $('t-restarts').classList.toggle('bad', restarts > 0);
 
   const body = $('outcomes').tBodies[0];
   const outcomes = byLabel(m, 'infer_requests_total', 'outcome');

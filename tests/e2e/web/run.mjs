@@ -374,6 +374,44 @@ test('dashboard', async ({ main }) => {
   await both.close();
 });
 
+// The supervision tree as the page draws it from the proposed GET /v1/status shape
+// (web/README.md). The browser answers /v1/status itself here, so this checks the page
+// whether or not this inferd has the endpoint; the server's own answer is checked above.
+test('supervision', async ({ main }) => {
+  let status = {
+    workers: [
+      { id: 0, backend: 'cpu', state: 'running', restarts: 0, breaker: 'closed', running: 2, kv_free: 100 },
+      { id: 1, backend: 'cpu', state: 'restarting', restarts: 3, breaker: 'open', running: 0, kv_free: 0, last_error: 'engine crashed' },
+    ],
+    queue_depth: 4,
+  };
+  const page = await context.newPage();
+  page.on('pageerror', (e) => pageErrors.push(`supervision: ${e.message}`));
+  await page.route('**/v1/status', (route) =>
+    route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify(status) }));
+  await page.goto(main.url + '/dashboard');
+  await page.waitForSelector('#supervision[data-state="ok"] tr[data-worker="1"]');
+  assert.equal(await page.getAttribute('#supervision', 'data-workers'), '2');
+  assert.equal(await page.getAttribute('tr[data-worker="0"]', 'data-state'), 'running');
+  assert.equal(await page.getAttribute('tr[data-worker="1"]', 'data-breaker'), 'open');
+  assert.equal(await page.textContent('tr[data-worker="1"] .badge.state-restarting'), 'restarting');
+  assert.equal(await page.textContent('tr[data-worker="1"] .badge.breaker-open'), 'open');
+  assert.match(await page.textContent('#supervision .tree-root'), /queue_depth 4/);
+  // An extra field becomes a column.
+  assert.match(await page.textContent('#supervision table'), /last_error[\s\S]*engine crashed/);
+  await screenshot(page, 'supervision');
+  // The worker comes back: the next scrape shows it running, breaker closed, 4 restarts.
+  status = { ...status, workers: [status.workers[0], { ...status.workers[1], state: 'running', restarts: 4, breaker: 'closed' }] };
+  await page.waitForSelector('tr[data-worker="1"][data-state="running"][data-breaker="closed"]');
+  assert.equal(await page.textContent('tr[data-worker="1"] td:nth-child(4)'), '4');
+  // And the endpoint going away is said plainly.
+  await page.unroute('**/v1/status');
+  await page.route('**/v1/status', (route) => route.fulfill({ status: 404, contentType: 'application/json', body: '{}' }));
+  await page.waitForSelector('#supervision[data-state="unavailable"]');
+  assert.match(await page.textContent('#supervision'), /not available/);
+  await page.close();
+});
+
 // ---- main -----------------------------------------------------------------------------
 
 let failed = 0;
