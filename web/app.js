@@ -15,6 +15,7 @@ const ui = {
   form: $('gen-form'), prompt: $('prompt'), generate: $('generate'), cancel: $('cancel'), clear: $('clear'),
   status: $('status'), count: $('token-count'), rate: $('token-rate'), ttft: $('ttft'),
   error: $('error'), errorCode: $('error-code'), errorMessage: $('error-message'), errorRetry: $('error-retry'),
+  errorHint: $('error-hint'),
   outPrompt: $('output-prompt'), outText: $('output-text'), result: $('result'), conn: $('conn'),
 };
 
@@ -71,12 +72,24 @@ function setStatus(state, text) {
   ui.generate.disabled = live;
 }
 
+// What each error code of the protocol means for the person at the keyboard.
+const ERROR_HINTS = {
+  invalid_request: 'The server refused a value of this request; fix it and generate again.',
+  overloaded: 'The server\'s queue is full. Try again shortly.',
+  rate_limited: 'This connection has too many requests in flight. Wait for some to finish.',
+  timeout: 'The request ran past its deadline (timeout_ms).',
+  unavailable: 'No model is loaded or no worker is healthy right now.',
+  internal: 'The server failed on this request (see its log).',
+  disconnected: 'The page is reconnecting; generate again once it says connected.',
+};
+
 function showError(code, message, retryAfterMs) {
   ui.error.hidden = false;
   ui.error.dataset.code = code;
   ui.errorCode.textContent = code;
   ui.errorMessage.textContent = message || '';
   ui.errorRetry.textContent = retryAfterMs ? `(retry after ${retryAfterMs} ms)` : '';
+  ui.errorHint.textContent = ERROR_HINTS[code] || '';
 }
 
 function hideError() {

@@ -314,6 +314,7 @@ test('overloaded', async () => {
     assert.equal(await page.textContent('#status'), 'error: overloaded');
     assert.ok((await page.textContent('#error-message')).length > 0);
     assert.match(await page.textContent('#error-retry'), /retry after \d+ ms/);
+    assert.match(await page.textContent('#error-hint'), /queue is full/);
     assert.ok(f.seen.overloaded > 0, `flood saw ${JSON.stringify(f.seen)}`);
     // The dashboard of that server counts the rejections.
     await page.waitForFunction(() => Number(document.querySelector('#outcomes tr[data-outcome="overloaded"] td')?.textContent) > 0);
