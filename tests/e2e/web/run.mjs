@@ -319,6 +319,23 @@ test('overloaded', async () => {
     // The dashboard of that server counts the rejections.
     await page.waitForFunction(() => Number(document.querySelector('#outcomes tr[data-outcome="overloaded"] td')?.textContent) > 0);
     await screenshot(page, 'overloaded');
+
+    // The server going away mid-request: the page ends the request (the server cancels it
+    // as it shuts down, or the connection drops first) and says it is disconnected.
+    f.stop();
+    await page.waitForFunction(() => Number(document.getElementById('t-running').textContent) === 0);
+    await fillParams(page, { max_tokens: 1000 });
+    await watchCounter(page);
+    await page.click('#generate');
+    await page.waitForFunction(() => window.__seen.length >= 3);
+    await small.stop();
+    const end = await terminalState(page);
+    if (end === 'error') assert.equal(await page.getAttribute('#error', 'data-code'), 'disconnected');
+    else assert.equal(end, 'cancelled');
+    await page.waitForSelector('#conn:not([data-state="open"])');
+    assert.match(await page.textContent('#conn'), /connecting|disconnected/);
+    // The dashboard says its scrapes fail rather than freezing on the last numbers.
+    await page.waitForSelector('#scrape[data-state="error"]');
     await page.close();
   } finally {
     f.stop();
