@@ -46,7 +46,7 @@ class fake_backend : public backend {
   const model_config& config() const override { return cfg_; }
   kv_geometry kv() const override { return kv_; }
 
-  status step(const step_batch& b, step_output& out, logits_mode) override {
+  status step(const step_batch& b, step_output& out, logits_mode = logits_mode::none) override {
     int64_t n = n_steps.fetch_add(1);
     if (on_step) {
       status s = on_step(n, b);
