@@ -213,6 +213,12 @@ void scheduler::on_step_failed() {
   scheduled_.clear();
 }
 
+int32_t scheduler::waiting_blocks() const {
+  int32_t n = 0;
+  for (const sequence* s : waiting_) n += pool_.blocks_for(s->n_tokens() + 1);
+  return n;
+}
+
 std::vector<seq_spec> scheduler::drain() {
   std::vector<seq_spec> outv;
   auto take = [&](sequence* s) {

@@ -97,6 +97,8 @@ class scheduler {
   const kv_block_pool& pool() const { return pool_; }
   const scheduler_config& config() const { return cfg_; }
   int32_t max_blocks_per_seq() const { return max_blocks_; }
+  // KV blocks the waiting sequences will need to start (their whole tokens so far).
+  int32_t waiting_blocks() const;
   // Tokens of the sequences in the last built batch that are prefill (not decode) tokens.
   int32_t last_prefill_tokens() const { return last_prefill_tokens_; }
 
