@@ -1,0 +1,159 @@
+// infer-bench-actors: the classic "serial versus parallel" table through the actor
+// pipeline. N tasks (prompt P tokens, G new tokens, greedy) run one after another
+// (each waits for the previous one: batch size 1), then all submitted together
+// (continuous batching), on the CPU backend with synthetic:tiny by default.
+//
+//   infer-bench-actors [--tasks 100] [--prompt 32] [--new 64] [--workers 1]
+//                      [--threads 1] [--max-running 128] [--model synthetic:tiny]
+//                      [--caf-policy stealing|sharing]
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <caf/all.hpp>
+#include <fmt/format.h>
+
+#include "actors/messages.hpp"
+#include "actors/metrics.hpp"
+#include "actors/service.hpp"
+#include "config/service-config.hpp"
+
+using namespace infer;
+using clk = std::chrono::steady_clock;
+
+namespace {
+
+struct run_result {
+  double total_s = 0;
+  double mean_latency_ms = 0;
+  double mean_ttft_ms = 0;
+  uint64_t tokens = 0;
+  int failed = 0;
+};
+
+std::vector<generate_request> make_tasks(int n, int prompt_len, int new_tokens) {
+  std::vector<generate_request> tasks;
+  uint64_t x = 42;
+  for (int i = 0; i < n; ++i) {
+    generate_request r;
+    for (int j = 0; j < prompt_len; ++j) {
+      x = splitmix64(x);
+      r.prompt_tokens.push_back(int32_t(x % 256));
+    }
+    r.max_tokens = new_tokens;
+    tasks.push_back(std::move(r));
+  }
+  return tasks;
+}
+
+void account(run_result& rr, const completion& c) {
+  if (!c.ok) {
+    ++rr.failed;
+    return;
+  }
+  rr.tokens += c.tokens.size();
+  rr.mean_latency_ms += c.terminal.total_ms;
+  rr.mean_ttft_ms += c.terminal.first_token_ms;
+}
+
+void finish(run_result& rr, size_t n, clk::time_point t0) {
+  rr.total_s = std::chrono::duration<double>(clk::now() - t0).count();
+  size_t ok = n - size_t(rr.failed);
+  if (ok) {
+    rr.mean_latency_ms /= double(ok);
+    rr.mean_ttft_ms /= double(ok);
+  }
+}
+
+run_result run_serial(service& svc, const std::vector<generate_request>& tasks) {
+  run_result rr;
+  auto t0 = clk::now();
+  for (const auto& t : tasks) account(rr, svc.generate(t));
+  finish(rr, tasks.size(), t0);
+  return rr;
+}
+
+run_result run_together(service& svc, const std::vector<generate_request>& tasks) {
+  run_result rr;
+  auto t0 = clk::now();
+  auto futures = svc.submit(tasks);
+  for (auto& f : futures) account(rr, f.get());
+  finish(rr, tasks.size(), t0);
+  return rr;
+}
+
+int arg_int(int argc, char** argv, const char* name, int def) {
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::strcmp(argv[i], name) == 0) return std::atoi(argv[i + 1]);
+  return def;
+}
+std::string arg_str(int argc, char** argv, const char* name, const char* def) {
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
+  return def;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int n_tasks = arg_int(argc, argv, "--tasks", 100);
+  const int prompt_len = arg_int(argc, argv, "--prompt", 32);
+  const int new_tokens = arg_int(argc, argv, "--new", 64);
+
+  service_config cfg;
+  cfg.model = arg_str(argc, argv, "--model", "synthetic:tiny");
+  cfg.backend = "cpu";
+  cfg.workers = arg_int(argc, argv, "--workers", 1);
+  cfg.cpu_threads = arg_int(argc, argv, "--threads", 1);
+  cfg.max_running = arg_int(argc, argv, "--max-running", 128);
+  cfg.max_batch_tokens = arg_int(argc, argv, "--max-batch-tokens", 512);
+  cfg.prefill_chunk = arg_int(argc, argv, "--prefill-chunk", 256);
+  cfg.queue_capacity = std::max(n_tasks, 256);
+  cfg.default_timeout_ms = 0;
+  cfg.max_tokens_limit = std::max(new_tokens, 4096);
+
+  caf::actor_system_config caf_cfg;
+  register_message_types(caf_cfg);
+  const std::string policy = arg_str(argc, argv, "--caf-policy", "stealing");
+  caf_cfg.set("scheduler.policy", caf::atom_from_string(policy));
+  caf::actor_system sys{caf_cfg};
+  auto started = service::start(sys, cfg);
+  if (!started) {
+    std::fprintf(stderr, "infer-bench-actors: %s\n", started.error().message.c_str());
+    return 1;
+  }
+  auto svc = std::move(started.value());
+  auto tasks = make_tasks(n_tasks, prompt_len, new_tokens);
+
+  // Warm-up (first steps allocate buffers).
+  svc->generate(tasks[0]);
+
+  fmt::print("infer-bench-actors: {} tasks, prompt {} tokens, {} new tokens, model {}, backend cpu, "
+             "{} worker(s), {} BLAS thread(s) each, max_running {}, CAF scheduler {}\n",
+             n_tasks, prompt_len, new_tokens, cfg.model, cfg.workers, cfg.cpu_threads, cfg.max_running, policy);
+  run_result serial = run_serial(*svc, tasks);
+  uint64_t steps_before = svc->stats().steps.load();
+  run_result together = run_together(*svc, tasks);
+  uint64_t together_steps = svc->stats().steps.load() - steps_before;
+
+  fmt::print("\n{:<10} {:>6} {:>10} {:>16} {:>14} {:>10} {:>9}\n", "mode", "tasks", "total (s)", "mean latency (ms)",
+             "mean TTFT (ms)", "tokens/s", "speed-up");
+  auto row = [&](const char* name, const run_result& r, double speedup) {
+    fmt::print("{:<10} {:>6} {:>10.2f} {:>16.1f} {:>14.1f} {:>10.0f} {:>8.2f}x\n", name, n_tasks, r.total_s,
+               r.mean_latency_ms, r.mean_ttft_ms, double(r.tokens) / r.total_s, speedup);
+  };
+  row("serial", serial, 1.0);
+  row("together", together, serial.total_s / together.total_s);
+  fmt::print("\ntogether: {} engine steps, mean batch {:.1f} sequences; failed: serial {}, together {}\n",
+             together_steps, together_steps ? double(together.tokens) / double(together_steps) : 0.0, serial.failed,
+             together.failed);
+  auto& m = svc->stats();
+  fmt::print("step time p50 {:.2f} ms, p99 {:.2f} ms (all steps)\n", m.step_time.quantile(0.5) * 1e3,
+             m.step_time.quantile(0.99) * 1e3);
+  svc->shutdown();
+  svc.reset();
+  return serial.failed + together.failed ? 2 : 0;
+}
