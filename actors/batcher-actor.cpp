@@ -33,6 +33,8 @@ struct worker_slot {
     return f;
   }
   int32_t blocks_for(int32_t n) const { return (n + block_size - 1) / block_size; }
+  int32_t n_ctx = 0;
+  uint64_t preemptions = 0;  // the worker's cumulative count at its last report
 };
 
 struct route {
@@ -77,6 +79,24 @@ void dispatch(batcher_actor* self) {
     while (!q.empty()) {
       enqueue_msg& m = q.front();
       const int32_t n = int32_t(m.prompt.size() + m.generated.size()) + 1;
+      // A sequence that no worker could ever hold must not block the queue.
+      bool any_up = false, fits_some = false;
+      int32_t most = 0;
+      for (auto& w : st.workers) {
+        if (!w.up) continue;
+        any_up = true;
+        const int32_t peak = std::min<int32_t>(int32_t(m.prompt.size()) + m.max_tokens, w.n_ctx);
+        fits_some |= w.blocks_for(peak) <= w.total_blocks;
+        most = std::max(most, w.total_blocks);
+      }
+      if (any_up && !fits_some) {
+        self->send(m.request, seq_closed_msg{m.id, uint8_t(closed_why::rejected),
+                                             "the sequence needs more KV cache than a worker has (" +
+                                                 std::to_string(most) + " blocks)"});
+        q.pop_front();
+        --st.queued;
+        continue;
+      }
       int best = -1;
       for (int i = 0; i < int(st.workers.size()); ++i) {
         auto& w = st.workers[size_t(i)];
@@ -169,6 +189,7 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         w.block_size = std::max(h.block_size, 1);
         w.total_blocks = h.total_blocks;
         w.free_blocks = h.total_blocks;
+        w.n_ctx = h.n_ctx;
         dispatch(self);
       },
       [=](const worker_report_msg& r) {
@@ -190,6 +211,10 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
           m.step_time.observe(double(r.step_us) / 1e6);
         }
         m.tokens_generated.fetch_add(uint64_t(r.n_sampled), std::memory_order_relaxed);
+        if (r.preemptions > w.preemptions) {
+          m.preemptions.fetch_add(r.preemptions - w.preemptions, std::memory_order_relaxed);
+          w.preemptions = r.preemptions;
+        }
         dispatch(self);
       },
       [=](const seq_gone_msg& g) {
@@ -199,7 +224,7 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         auto req = it->second.request;
         st.routes.erase(it);
         if (g.rejected)
-          self->send(req, seq_closed_msg{g.id, uint8_t(closed_why::failed), g.message});
+          self->send(req, seq_closed_msg{g.id, uint8_t(closed_why::rejected), g.message});
         else
           self->send(req, seq_closed_msg{g.id, uint8_t(closed_why::cancelled), {}});
       },

@@ -198,7 +198,8 @@ typename Inspector::result_type inspect(Inspector& f, worker_down_msg& x) {
 enum class closed_why : uint8_t {
   cancelled = 0,  // the cancel it asked for is done: its KV blocks are free
   lost = 1,       // its worker died: resubmit with the tokens so far
-  failed = 2,     // refused or failed for good (message)
+  failed = 2,     // failed for good (message): error(internal)
+  rejected = 3,   // can never run, e.g. needs more KV blocks than a worker has: error(invalid_request)
 };
 struct seq_closed_msg {
   uint64_t id = 0;

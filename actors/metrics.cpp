@@ -104,6 +104,8 @@ std::string metrics::render_prometheus() const {
   counter("infer_tokens_generated_total", "Tokens sampled.", ld(tokens_generated));
   counter("infer_worker_restarts_total", "Workers restarted by the supervisor.", ld(worker_restarts));
   counter("infer_steps_total", "Engine steps run.", ld(steps));
+  counter("infer_preemptions_total", "Sequences preempted for lack of KV blocks (resumed by recompute).",
+          ld(preemptions));
   s += time_to_first_token.render("infer_time_to_first_token_seconds", "Time from submission to the first token.");
   s += inter_token_latency.render("infer_inter_token_latency_seconds", "Time between consecutive tokens of a request.");
   s += batch_size.render("infer_batch_size", "Sequences per engine step.");

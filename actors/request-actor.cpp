@@ -285,6 +285,9 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
           case closed_why::failed:
             finish(self, make_error(error_code::internal, m.message));
             break;
+          case closed_why::rejected:
+            finish(self, make_error(error_code::invalid_request, m.message));
+            break;
           case closed_why::cancelled:
             finish(self, make_done(finish_reason::cancelled));
             break;

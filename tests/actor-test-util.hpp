@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 #include <caf/all.hpp>
 
@@ -145,6 +146,17 @@ struct collector {
   }
 };
 
+// Polls pred until it holds (for state that changes without an event, such as gauges
+// updated just after a terminal event). The limit only stops a broken test from hanging.
+template <class Pred>
+bool eventually(Pred pred) {
+  for (int i = 0; i < 6000; ++i) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return pred();
+}
+
 inline std::shared_ptr<const model_weights> tiny_weights() {
   static std::shared_ptr<const model_weights> w = [] {
     auto r = load_model_weights("synthetic:tiny", 1234);
@@ -201,7 +213,8 @@ struct service_env {
   std::unique_ptr<service> svc;
 
   // fake: fake_backend with a 128-token (ASCII) vocabulary instead of the CPU backend.
-  explicit service_env(service_config cfg, bool fake = false) {
+  // kv_blocks: KV blocks of 16 tokens per worker.
+  explicit service_env(service_config cfg, bool fake = false, int32_t kv_blocks = 2048) {
     register_message_types(caf_cfg);
     sys = std::make_unique<caf::actor_system>(caf_cfg);
     auto w = tiny_weights();
@@ -211,11 +224,13 @@ struct service_env {
     hooks.n_vocab = w->cfg.n_vocab;
     auto g = gate;
     if (fake) hooks.n_vocab = 128;
-    hooks.make_backend = [w, g, fake](int32_t) -> result<std::unique_ptr<backend>> {
+    hooks.make_backend = [w, g, fake, kv_blocks](int32_t) -> result<std::unique_ptr<backend>> {
       if (fake)
         return std::unique_ptr<backend>(new gated_backend(
-            std::make_unique<fake_backend>(fake_config(w->cfg.n_ctx, 128), kv_geometry{16, 2048}), g));
-      auto r = make_cpu_backend(w, tiny_options());
+            std::make_unique<fake_backend>(fake_config(w->cfg.n_ctx, 128), kv_geometry{16, kv_blocks}), g));
+      backend_options o = tiny_options();
+      o.kv_blocks = kv_blocks;
+      auto r = make_cpu_backend(w, o);
       if (!r) return r.error();
       return std::unique_ptr<backend>(new gated_backend(std::move(r.value()), g));
     };

@@ -31,11 +31,17 @@ TEST_CASE("actors: 64 concurrent greedy requests produce exactly their solo toke
   service_env env(base_config());
   std::map<uint64_t, std::vector<int32_t>> want;
   std::vector<uint64_t> ids;
-  for (int i = 0; i < 64; ++i) {
+  std::vector<generate_request> reqs;
+  std::vector<std::vector<int32_t>> refs;
+  for (int i = 0; i < 64; ++i) {  // references first, so that the submissions come together
     auto prompt = test_prompt(uint64_t(i), 1 + (i * 37) % 200);  // 1 .. 200 tokens: chunked prefill too
     int32_t n = 6 + i % 11;
-    uint64_t id = env.svc->submit(greedy_request(prompt, n), col.cb());
-    want[id] = solo_greedy(prompt, n);
+    refs.push_back(solo_greedy(prompt, n));
+    reqs.push_back(greedy_request(prompt, n));
+  }
+  for (int i = 0; i < 64; ++i) {
+    uint64_t id = env.svc->submit(reqs[size_t(i)], col.cb());
+    want[id] = refs[size_t(i)];
     ids.push_back(id);
   }
   for (uint64_t id : ids) REQUIRE(col.wait_terminal(id));
@@ -49,7 +55,7 @@ TEST_CASE("actors: 64 concurrent greedy requests produce exactly their solo toke
   }
   auto& m = env.svc->stats();
   CHECK(m.outcome_count("done_length") == 64);
-  CHECK(m.batch_size.quantile(1.0) > 1);  // they really ran together
+  CHECK(m.batch_size.quantile(1.0) > 16);  // they really ran together
 }
 
 TEST_CASE("actors: sequences join and leave a running batch mid-generation") {
@@ -203,6 +209,32 @@ TEST_CASE("actors: deadlines expire in the queue and mid-generation") {
   CHECK(m.outcome_count("timeout") == 2);
 }
 
+TEST_CASE("actors: a small KV cache preempts and recomputes; a sequence that can never fit is refused") {
+  collector col;
+  service_env env(base_config(), false, /*kv_blocks=*/8);  // 128 tokens of cache
+  std::vector<uint64_t> ids;
+  std::map<uint64_t, std::vector<int32_t>> want;
+  std::vector<std::vector<int32_t>> refs;
+  for (int i = 0; i < 6; ++i) refs.push_back(solo_greedy(test_prompt(500 + uint64_t(i), 20), 30));
+  for (int i = 0; i < 6; ++i) {  // 6 x (20 + 30) tokens: they cannot all hold their KV at once
+    uint64_t id = env.svc->submit(greedy_request(test_prompt(500 + uint64_t(i), 20), 30), col.cb());
+    want[id] = refs[size_t(i)];
+    ids.push_back(id);
+  }
+  uint64_t huge = env.svc->submit(greedy_request(test_prompt(600, 100), 40), col.cb());  // 140 > 128
+  for (uint64_t id : ids) REQUIRE(col.wait_terminal(id));
+  REQUIRE(col.wait_terminal(huge));
+  for (uint64_t id : ids) {
+    CHECK(col.well_formed(id));
+    CHECK(col.tokens(id) == want[id]);
+  }
+  CHECK(col.well_formed(huge));
+  CHECK(col.terminal(huge).type == event::kind::error);
+  CHECK(col.terminal(huge).code == error_code::invalid_request);
+  CHECK(env.svc->stats().preemptions.load() > 0);
+  CHECK(eventually([&] { return env.svc->stats().kv_blocks_used.load() == 0; }));
+}
+
 TEST_CASE("actors: invalid requests get invalid_request and nothing else") {
   collector col;
   service_env env(base_config());
@@ -268,10 +300,11 @@ TEST_CASE("actors: a failed worker is restarted and its sequences resume with th
   env.gate->fail_at = 12;  // some step in the middle of generation fails once
   std::vector<uint64_t> ids;
   std::map<uint64_t, std::vector<int32_t>> want;
+  std::vector<std::vector<int32_t>> refs;
+  for (int i = 0; i < 6; ++i) refs.push_back(solo_greedy(test_prompt(40 + uint64_t(i), 10 + i * 5), 20));
   for (int i = 0; i < 6; ++i) {
-    auto p = test_prompt(40 + uint64_t(i), 10 + i * 5);
-    uint64_t id = env.svc->submit(greedy_request(p, 20), col.cb());
-    want[id] = solo_greedy(p, 20);
+    uint64_t id = env.svc->submit(greedy_request(test_prompt(40 + uint64_t(i), 10 + i * 5), 20), col.cb());
+    want[id] = refs[size_t(i)];
     ids.push_back(id);
   }
   for (uint64_t id : ids) REQUIRE(col.wait_terminal(id));
