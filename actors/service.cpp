@@ -180,13 +180,7 @@ class service_impl final : public service {
 };
 
 result<std::unique_ptr<service>> start_core(caf::actor_system& sys, service_core_ptr core) {
-  const auto& cfg = core->cfg;
-  auto bad = [](std::string m) { return make_status(errc::invalid_argument, std::move(m)); };
-  if (cfg.workers < 1) return bad("backend.workers: must be >= 1, got " + std::to_string(cfg.workers));
-  if (cfg.max_batch_tokens < 1) return bad("batching.max_batch_tokens: must be >= 1");
-  if (cfg.max_running < 1) return bad("batching.max_running: must be >= 1");
-  if (cfg.prefill_chunk < 1) return bad("batching.prefill_chunk: must be >= 1");
-  if (cfg.queue_capacity < 0) return bad("queue.queue_capacity: must be >= 0");
+  if (status s = validate(core->cfg); !s) return s;
   core->batcher = spawn_batcher_actor(sys, core);
   core->supervisor = spawn_supervisor_actor(sys, core);
   return std::unique_ptr<service>(new service_impl(sys, std::move(core)));
