@@ -371,3 +371,45 @@ TEST_CASE("actors: shutdown ends every request in flight with exactly one termin
   }
   for (uint64_t id : ids) CHECK(col.well_formed(id));
 }
+
+TEST_CASE("actors: service::start from a config loads synthetic:tiny on the CPU backend") {
+  caf::actor_system_config caf_cfg;
+  register_message_types(caf_cfg);
+  caf::actor_system sys{caf_cfg};
+  service_config cfg;
+  cfg.model = "synthetic:tiny";
+  cfg.backend = "auto";  // no CUDA device here: cpu
+  cfg.workers = 2;
+  cfg.kv_memory_mb = 16;
+  {
+    service_config bad = cfg;
+    bad.max_batch_tokens = 0;
+    auto r = service::start(sys, bad);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().message.find("batching.max_batch_tokens") != std::string::npos);
+  }
+  auto started = service::start(sys, cfg);
+  REQUIRE_MESSAGE(started.has_value(), (started ? "" : started.error().message));
+  auto svc = std::move(started.value());
+  CHECK(svc->n_ctx() == 1024);
+  CHECK(svc->tok().n_vocab() == 256);
+  generate_request r;
+  r.prompt = "Hello, world";
+  r.max_tokens = 5;
+  completion c = svc->generate(r);
+  CHECK(c.ok);
+  CHECK(c.tokens.size() == 5);
+  CHECK(c.terminal.prompt_tokens == 12);  // byte-level: one token per byte
+  CHECK(c.tokens == solo_greedy(svc->tok().encode("Hello, world"), 5));
+  CHECK(eventually([&] { return svc->ready(); }));
+  CHECK(eventually([&] { return svc->stats().kv_blocks_total.load() > 0; }));  // both workers reported
+  std::string text = svc->stats().render_prometheus();
+  for (const char* name :
+       {"infer_requests_total{outcome=\"done_length\"} 1", "infer_queue_depth 0", "infer_running_sequences",
+        "infer_tokens_generated_total", "infer_worker_restarts_total 0", "infer_kv_blocks_used",
+        "infer_kv_blocks_total", "infer_time_to_first_token_seconds_bucket{le=\"+Inf\"} 1",
+        "infer_inter_token_latency_seconds_count 4", "infer_batch_size_bucket", "infer_step_time_seconds_sum"})
+    CHECK_MESSAGE(text.find(name) != std::string::npos, name);
+  svc->shutdown();
+  CHECK_FALSE(svc->ready());
+}
