@@ -150,8 +150,10 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) skip_serial |= std::strcmp(argv[i], "--skip-serial") == 0;
   run_result serial = skip_serial ? run_result{1, 1, 0, 0, 0, 0} : run_serial(*svc, tasks);
   uint64_t steps_before = svc->stats().steps.load();
+  double engine_before = svc->stats().step_time.sum();
   run_result together = run_together(*svc, tasks);
   uint64_t together_steps = svc->stats().steps.load() - steps_before;
+  double together_engine_s = svc->stats().step_time.sum() - engine_before;
 
   fmt::print("\n{:<10} {:>6} {:>10} {:>18} {:>15} {:>10} {:>9} {:>12}\n", "mode", "tasks", "total (s)",
              "mean latency (ms)", "mean TTFT (ms)", "tokens/s", "speed-up", "CPU time (s)");
@@ -164,6 +166,9 @@ int main(int argc, char** argv) {
   fmt::print("\ntogether: {} engine steps, mean batch {:.1f} sequences; failed: serial {}, together {}\n",
              together_steps, together_steps ? double(together.tokens) / double(together_steps) : 0.0, serial.failed,
              together.failed);
+  fmt::print("together: engine busy {:.2f} s of {:.2f} s wall ({:.0f}% per worker), mean step {:.2f} ms\n",
+             together_engine_s, together.total_s, 100.0 * together_engine_s / together.total_s / cfg.workers,
+             together_steps ? 1e3 * together_engine_s / double(together_steps) : 0.0);
   auto& m = svc->stats();
   fmt::print("step time p50 {:.2f} ms, p99 {:.2f} ms (all steps)\n", m.step_time.quantile(0.5) * 1e3,
              m.step_time.quantile(0.99) * 1e3);
