@@ -9,11 +9,15 @@ BUILD_DIR=${BUILD_DIR:-build}
 PKGS=(build-essential cmake ninja-build pkg-config git
       libcaf-dev libboost1.81-dev libfmt-dev doctest-dev nlohmann-json3-dev
       libtomlplusplus-dev libcli11-dev libspdlog-dev libopenblas-dev libpcre2-dev
-      libssl-dev libbenchmark-dev nodejs npm python3 python3-websockets curl)
+      libssl-dev libbenchmark-dev python3 python3-websockets curl patchelf)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js may come from elsewhere (a nodesource build bundles npm and conflicts with
+# Debian's npm package): install Debian's only where the commands are missing.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -1,0 +1,40 @@
+// cuda_backend: the GPT-2 forward pass on one CUDA device (fp16 weights, activations and
+// paged KV cache, fp32 accumulation), implementing infer::backend. Each backend owns one
+// CUDA stream, its cuBLASLt handle and workspace, its KV cache and its staging buffers;
+// several backends (worker actors) on one device share the device copy of the weights
+// (cuda_device_weights), which is uploaded once per (weights, device).
+//
+// A step is used from one thread at a time (its worker). Decode steps (one new token per
+// sequence) replay a CUDA graph captured per batch-size bucket; every other step is
+// launched kernel by kernel. Sampling runs on the device: only token ids (and logits,
+// when asked for) come back.
+#pragma once
+#include <memory>
+
+#include "engine/backend.hpp"
+#include "engine/model-weights.hpp"
+
+namespace infer {
+
+// True where the CUDA runtime finds at least one device.
+bool cuda_device_available();
+
+result<std::unique_ptr<backend>> make_cuda_backend(std::shared_ptr<const model_weights> weights,
+                                                   const backend_options& opts);
+
+// What a CUDA backend did, for benchmarks and tests.
+struct cuda_backend_stats {
+  int64_t steps = 0;
+  int64_t graph_steps = 0;     // decode steps replayed from a captured graph
+  int64_t graphs_captured = 0;
+  int64_t weight_bytes = 0;    // device bytes of the shared weights
+  int64_t kv_bytes = 0;        // device bytes of this backend's KV cache
+  double gpu_ms = 0;           // summed stream time from the input copy to the token copy
+};
+// Null where b is not a CUDA backend.
+const cuda_backend_stats* cuda_backend_get_stats(const backend& b);
+
+// Switches graph replay off (tests compare the two paths) or on.
+void cuda_backend_set_graphs(backend& b, bool enabled);
+
+}  // namespace infer

@@ -1,0 +1,110 @@
+#include "gpu/cuda-resources.hpp"
+
+#include <fmt/format.h>
+
+namespace infer::gpu {
+
+status cuda_status(cudaError_t e, const char* what, const char* file, int line) {
+  const errc code = e == cudaErrorMemoryAllocation ? errc::out_of_memory : errc::device_error;
+  return make_status(code, fmt::format("{} failed: {} ({}) at {}:{}", what, cudaGetErrorName(e),
+                                       cudaGetErrorString(e), file, line));
+}
+
+status cublas_status(cublasStatus_t s, const char* what, const char* file, int line) {
+  const errc code = s == CUBLAS_STATUS_ALLOC_FAILED ? errc::out_of_memory : errc::device_error;
+  return make_status(code, fmt::format("{} failed: cuBLAS status {} at {}:{}", what, int(s), file,
+                                       line));
+}
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error of this thread
+    return 0;
+  }
+  return n;
+}
+
+status device_buffer::allocate(size_t bytes) {
+  reset();
+  if (bytes == 0) return status::ok();
+  INFER_CUDA_TRY(cudaMalloc(&p_, bytes));
+  n_ = bytes;
+  return status::ok();
+}
+
+void device_buffer::reset() {
+  if (p_) cudaFree(p_);
+  p_ = nullptr;
+  n_ = 0;
+}
+
+status pinned_buffer::allocate(size_t bytes) {
+  reset();
+  if (bytes == 0) return status::ok();
+  INFER_CUDA_TRY(cudaMallocHost(&p_, bytes));
+  n_ = bytes;
+  return status::ok();
+}
+
+void pinned_buffer::reset() {
+  if (p_) cudaFreeHost(p_);
+  p_ = nullptr;
+  n_ = 0;
+}
+
+status cuda_stream::create() {
+  reset();
+  INFER_CUDA_TRY(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
+  return status::ok();
+}
+
+void cuda_stream::reset() {
+  if (s_) cudaStreamDestroy(s_);
+  s_ = nullptr;
+}
+
+status cuda_event::create(bool timing) {
+  reset();
+  INFER_CUDA_TRY(cudaEventCreateWithFlags(&e_, timing ? cudaEventDefault : cudaEventDisableTiming));
+  return status::ok();
+}
+
+void cuda_event::reset() {
+  if (e_) cudaEventDestroy(e_);
+  e_ = nullptr;
+}
+
+status cuda_graph_exec::instantiate(cudaGraph_t graph) {
+  reset();
+  const cudaError_t e = cudaGraphInstantiate(&g_, graph, 0);
+  cudaGraphDestroy(graph);
+  if (e != cudaSuccess) {
+    g_ = nullptr;
+    return cuda_status(e, "cudaGraphInstantiate", __FILE__, __LINE__);
+  }
+  return status::ok();
+}
+
+status cuda_graph_exec::launch(cudaStream_t s) const {
+  INFER_CUDA_TRY(cudaGraphLaunch(g_, s));
+  return status::ok();
+}
+
+void cuda_graph_exec::reset() {
+  if (g_) cudaGraphExecDestroy(g_);
+  g_ = nullptr;
+}
+
+status cublaslt_handle::create() {
+  reset();
+  INFER_CUBLAS_TRY(cublasLtCreate(&h_));
+  return status::ok();
+}
+
+void cublaslt_handle::reset() {
+  if (h_) cublasLtDestroy(h_);
+  h_ = nullptr;
+}
+
+}  // namespace infer::gpu

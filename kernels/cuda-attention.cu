@@ -1,0 +1,251 @@
+// Paged attention for prefill and decode in one kernel: a block per (token, head,
+// split of the key range). Each key's head slice (hd halves) is read by hd/8 threads as
+// 16-byte loads, so a group of threads streams one cache line per key; the scores of
+// the split stay in shared memory, softmax is exact within the split, and splits are
+// merged (flash-decoding style) by attention_merge_kernel.
+#include <cmath>
+
+#include "kernels/cuda-kernels.hpp"
+
+namespace infer::cuda {
+namespace {
+
+constexpr int attn_threads = 128;
+
+__device__ inline float block_reduce_max(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();
+  if (lane == 0) red[w] = v;
+  __syncthreads();
+  float r = red[0];
+  for (int i = 1; i < attn_threads / 32; ++i) r = fmaxf(r, red[i]);
+  return r;
+}
+
+__device__ inline float block_reduce_sum(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();
+  if (lane == 0) red[w] = v;
+  __syncthreads();
+  float r = 0.f;
+  for (int i = 0; i < attn_threads / 32; ++i) r += red[i];
+  return r;
+}
+
+template <int HD>
+__global__ void __launch_bounds__(attn_threads)
+    paged_attention_kernel(half* out, const half* qkv, const half* k_cache, const half* v_cache,
+                           const int32_t* tok_seq, const int32_t* tok_pos,
+                           const int32_t* block_tables, int max_blocks, int bs, int C,
+                           int n_splits, int split_len, float* scratch,
+                           const int32_t* fused_kv_slot) {
+  constexpr int G = HD / 8;  // threads per key, 8 halves (16 bytes) each
+  constexpr int NG = attn_threads / G;
+  __shared__ float s_p[attention_max_split_len];
+  __shared__ float s_acc[NG][HD];
+  __shared__ float s_red[attn_threads / 32];
+
+  const int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
+  const int NH = gridDim.y;
+  const int pos = tok_pos[t];
+  const int k0 = split * split_len;
+  const int k1 = min(pos + 1, k0 + split_len);
+  half* o = out + size_t(t) * C + size_t(h) * HD;
+  float* part = scratch + ((size_t(t) * NH + h) * n_splits + split) * (HD + 2);
+  if (k0 >= k1) {  // an empty split, or a padding token (pos < 0)
+    if (n_splits == 1) {
+      for (int d = threadIdx.x; d < HD; d += attn_threads) o[d] = __float2half(0.f);
+    } else if (threadIdx.x == 0) {
+      part[HD] = -INFINITY;
+      part[HD + 1] = 0.f;
+    }
+    return;
+  }
+
+  const int g = threadIdx.x / G, li = threadIdx.x % G;
+  const float scale = rsqrtf(float(HD));
+  float q[8];
+  {
+    const uint4 raw = *reinterpret_cast<const uint4*>(qkv + size_t(t) * 3 * C + size_t(h) * HD +
+                                                      li * 8);
+    const half2* q2 = reinterpret_cast<const half2*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __half22float2(q2[i]);
+      q[2 * i] = f.x * scale;
+      q[2 * i + 1] = f.y * scale;
+    }
+  }
+  const int32_t* table = block_tables + size_t(tok_seq[t]) * max_blocks;
+  const size_t head_off = size_t(h) * HD + li * 8;
+
+  // Scores. Each group has U keys' loads in flight before it reduces (a key at a time
+  // left one memory latency per key on the critical path). The loop bound is uniform
+  // across the block so that the group shuffles always see all their lanes.
+  constexpr int U = 4;
+  // With a fused store the token's own K/V are read from qkv (they are not in the
+  // cache yet) and written to it below.
+  const half* own = qkv + size_t(t) * 3 * C + head_off;
+  auto key_row = [&](const half* cache, int j) {
+    if (fused_kv_slot && j == pos)
+      return reinterpret_cast<const uint4*>(own + (cache == k_cache ? C : 2 * C));
+    const int blk = table[j / bs];
+    return reinterpret_cast<const uint4*>(cache + (size_t(blk) * bs + (j % bs)) * C + head_off);
+  };
+  if (fused_kv_slot && pos >= k0 && pos < k1 && g == 0) {
+    const int slot = fused_kv_slot[t];
+    if (slot >= 0) {
+      *reinterpret_cast<uint4*>(const_cast<half*>(k_cache) + size_t(slot) * C + head_off) =
+          *reinterpret_cast<const uint4*>(own + C);
+      *reinterpret_cast<uint4*>(const_cast<half*>(v_cache) + size_t(slot) * C + head_off) =
+          *reinterpret_cast<const uint4*>(own + 2 * C);
+    }
+  }
+  for (int jb = k0; jb < k1; jb += NG * U) {
+    uint4 raw[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = jb + u * NG + g;
+      if (j < k1) raw[u] = __ldg(key_row(k_cache, j));
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = jb + u * NG + g;
+      float dot = 0.f;
+      if (j < k1) {
+        const half2* k2 = reinterpret_cast<const half2*>(&raw[u]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float2 f = __half22float2(k2[i]);
+          dot += q[2 * i] * f.x + q[2 * i + 1] * f.y;
+        }
+      }
+#pragma unroll
+      for (int off = G / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+      if (j < k1 && li == 0) s_p[j - k0] = dot;
+    }
+  }
+  __syncthreads();
+
+  const int n = k1 - k0;
+  float m = -INFINITY;
+  for (int i = threadIdx.x; i < n; i += attn_threads) m = fmaxf(m, s_p[i]);
+  m = block_reduce_max(m, s_red);
+  float l = 0.f;
+  for (int i = threadIdx.x; i < n; i += attn_threads) {
+    const float e = __expf(s_p[i] - m);
+    s_p[i] = e;
+    l += e;
+  }
+  l = block_reduce_sum(l, s_red);  // its barriers also publish s_p
+
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  for (int jb = k0; jb < k1; jb += NG * U) {
+    uint4 raw[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = jb + u * NG + g;
+      if (j < k1) raw[u] = __ldg(key_row(v_cache, j));
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = jb + u * NG + g;
+      if (j >= k1) continue;
+      const half2* v2 = reinterpret_cast<const half2*>(&raw[u]);
+      const float p = s_p[j - k0];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 f = __half22float2(v2[i]);
+        acc[2 * i] += p * f.x;
+        acc[2 * i + 1] += p * f.y;
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) s_acc[g][li * 8 + i] = acc[i];
+  __syncthreads();
+  for (int d = threadIdx.x; d < HD; d += attn_threads) {
+    float s = 0.f;
+#pragma unroll 4
+    for (int gg = 0; gg < NG; ++gg) s += s_acc[gg][d];
+    if (n_splits == 1)
+      o[d] = __float2half(s / l);
+    else
+      part[d] = s;
+  }
+  if (n_splits > 1 && threadIdx.x == 0) {
+    part[HD] = m;
+    part[HD + 1] = l;
+  }
+}
+
+template <int HD>
+__global__ void attention_merge_kernel(half* out, const float* scratch, int C, int n_splits) {
+  const int t = blockIdx.x, h = blockIdx.y, NH = gridDim.y;
+  const float* base = scratch + (size_t(t) * NH + h) * n_splits * (HD + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < n_splits; ++s) {
+    const float* p = base + size_t(s) * (HD + 2);
+    if (p[HD + 1] > 0.f) M = fmaxf(M, p[HD]);
+  }
+  half* o = out + size_t(t) * C + size_t(h) * HD;
+  for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+    float L = 0.f, acc = 0.f;
+    for (int s = 0; s < n_splits; ++s) {
+      const float* p = base + size_t(s) * (HD + 2);
+      if (p[HD + 1] <= 0.f) continue;  // empty split: its accumulator was never written
+      const float w = __expf(p[HD] - M);
+      L += w * p[HD + 1];
+      acc += w * p[d];
+    }
+    o[d] = __float2half(L > 0.f ? acc / L : 0.f);
+  }
+}
+
+template <int HD>
+cudaError_t launch(half* out, const half* qkv, const half* k_cache, const half* v_cache,
+                   const int32_t* tok_seq, const int32_t* tok_pos, const int32_t* block_tables,
+                   int max_blocks, int block_size, int T, int C, int NH, int n_splits,
+                   int split_len, float* scratch, const int32_t* fused_kv_slot,
+                   cudaStream_t stream) {
+  dim3 grid(T, NH, n_splits);
+  paged_attention_kernel<HD><<<grid, attn_threads, 0, stream>>>(
+      out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks, block_size, C,
+      n_splits, split_len, scratch, fused_kv_slot);
+  if (n_splits > 1)
+    attention_merge_kernel<HD><<<dim3(T, NH), HD, 0, stream>>>(out, scratch, C, n_splits);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool attention_head_dim_supported(int hd) { return hd == 32 || hd == 64 || hd == 128; }
+
+cudaError_t paged_attention_forward(half* out, const half* qkv, const half* k_cache,
+                                    const half* v_cache, const int32_t* tok_seq,
+                                    const int32_t* tok_pos, const int32_t* block_tables,
+                                    int max_blocks, int block_size, int T, int C, int NH,
+                                    int n_splits, int split_len, float* scratch,
+                                    const int32_t* fused_kv_slot, cudaStream_t stream) {
+  if (T <= 0) return cudaSuccess;
+  if (n_splits < 1 || split_len < 1 || split_len > attention_max_split_len ||
+      (n_splits > 1 && scratch == nullptr))
+    return cudaErrorInvalidValue;
+  switch (C / NH) {
+    case 32:
+      return launch<32>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks,
+                        block_size, T, C, NH, n_splits, split_len, scratch, fused_kv_slot, stream);
+    case 64:
+      return launch<64>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks,
+                        block_size, T, C, NH, n_splits, split_len, scratch, fused_kv_slot, stream);
+    case 128:
+      return launch<128>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks,
+                         block_size, T, C, NH, n_splits, split_len, scratch, fused_kv_slot, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace infer::cuda

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Runs on the lent GPU machine, from the bundle made by scripts/gpu-bundle.sh:
+#   bash .gpu-bundle/gpu-run.sh [env] [tests] [check] [bench] [profile]   (default: all but profile)
+# Each stage logs to $OUT/<stage>.log; results.jsonl collects the machine-readable figures.
+# Stages go on after a failing one; the exit status is the number of failed stages.
+set -uo pipefail
+B=$(cd "$(dirname "$0")" && pwd)
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+WORK=${GPU_WORK:-/tmp/gpu-work}
+mkdir -p "$WORK"
+STAGES=("$@")
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(env tests check bench)
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+
+# cuBLAS(Lt) 13 comes from the machine: the CUDA toolkit or the pip wheel next to PyTorch.
+cublas_dir=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu; do
+  [ -e "$d/libcublasLt.so.13" ] && { cublas_dir=$d; break; }
+done
+if [ -z "$cublas_dir" ]; then
+  f=$(python3 - <<'EOF' 2>/dev/null
+import glob, os, site
+for s in site.getsitepackages():
+    for p in glob.glob(os.path.join(s, "nvidia", "**", "libcublasLt.so.13*"), recursive=True):
+        print(os.path.dirname(p)); raise SystemExit
+EOF
+)
+  cublas_dir=$f
+fi
+export LD_LIBRARY_PATH="$B/lib${cublas_dir:+:$cublas_dir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# Our libstdc++ only where the machine's lacks a symbol version the binaries need.
+if ldd "$B/bin/test_cuda_kernels" 2>&1 | grep -q "version .* not found"; then
+  export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$B/lib-fallback"
+  echo "gpu-run: using the bundled libstdc++"
+fi
+failed=0
+stage() {  # stage NAME TIMEOUT CMD...
+  local name=$1 t=$2; shift 2
+  echo "== $name: $*" | tee -a "$OUT/$name.log"
+  local s=$SECONDS
+  timeout "$t" "$@" >>"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc in $((SECONDS - s)) s" | tee -a "$OUT/$name.log"
+  [ $rc -eq 0 ] || failed=$((failed + 1))
+  return $rc
+}
+
+for st in "${STAGES[@]}"; do
+  case $st in
+    env)
+      {
+        date -u; echo "commit: $(cat "$B/COMMIT")"; echo "needs: $(cat "$B/GLIBC")"; ldd --version | head -1
+        nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+        echo "cublasLt from: ${cublas_dir:-NOT FOUND}"
+        python3 -c 'import torch, transformers, safetensors; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__, "safetensors", safetensors.__version__)'
+        for b in "$B"/bin/*; do echo "$b"; ldd "$b" | grep -E "not found|cublas|cudart" ; done
+      } >"$OUT/env.log" 2>&1
+      cat "$OUT/env.log"
+      ;;
+    tests)
+      stage tests 240 "$B/bin/test_cuda_kernels"
+      stage tests 240 "$B/bin/test_cuda_backend"
+      ;;
+    check)
+      # Small config and the gpt2-small config, seeded random weights, exported by
+      # transformers to safetensors, loaded by our loader, compared in fp32 by PyTorch.
+      for preset in small gpt2-small; do
+        stage check 120 python3 "$B/gpu-hf.py" export --preset $preset --seed 1 --out "$WORK/$preset" --prompts 16
+        stage check 120 "$B/bin/cuda-logits-dump" "$WORK/$preset" "$WORK/$preset/prompts.txt" "$WORK/$preset/cuda.bin" --steps 64
+        stage check 300 "$B/bin/cuda-logits-dump" "$WORK/$preset" "$WORK/$preset/prompts.txt" "$WORK/$preset/cpu.bin" --steps 64 --backend cpu
+        stage check 180 python3 "$B/gpu-hf.py" check --model "$WORK/$preset" --dump "$WORK/$preset/cuda.bin" \
+          --cpu-dump "$WORK/$preset/cpu.bin" --json "$OUT/results.jsonl" --name $preset
+      done
+      ;;
+    bench)
+      [ -d "$WORK/gpt2-small" ] || python3 "$B/gpu-hf.py" export --preset gpt2-small --seed 1 --out "$WORK/gpt2-small" --prompts 16 >>"$OUT/bench.log" 2>&1
+      stage bench 300 "$B/bin/infer-bench-cuda" --model "$WORK/gpt2-small" --batches 1,8,32,64,128,256 \
+        --prompt 32 --new 128 --json "$OUT/results.jsonl"
+      stage bench 300 python3 "$B/gpu-hf.py" bench --model "$WORK/gpt2-small" --batches 1,64,256 \
+        --prompt 32 --new 128 --json "$OUT/results.jsonl" --ours "$OUT/results.jsonl"
+      ;;
+    profile)
+      # Per-kernel GPU time of decode steps (ncu replays each kernel of a graph as a node):
+      # PROFILE_BATCHES decode steps at each batch size, after the warm-up pass.
+      for pb in ${PROFILE_BATCHES:-1 64 256}; do
+        stage profile 200 ncu --launch-skip ${PROFILE_SKIP:-2900} --launch-count 140 --csv --page raw \
+          --metrics gpu__time_duration.sum --log-file "$OUT/profile-b$pb.csv" \
+          "$B/bin/infer-bench-cuda" --model synthetic:gpt2-small --batches $pb --prompt 32 --new 24
+      done
+      ;;
+    *) echo "unknown stage $st"; failed=$((failed + 1)) ;;
+  esac
+done
+echo "gpu-run: $failed failed stage(s)"
+exit $failed

@@ -1,0 +1,339 @@
+// The CUDA backend against the CPU backend (the fp32 reference) on the same random
+// weights: prefill of ragged batches, decode steps with and without CUDA graphs, logits
+// (fp16 vs fp32: relative error under 1e-2) and greedy tokens; errors as values; weights
+// shared between backends of one device. Exits 77 (skipped) without a CUDA device.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <random>
+
+#include "engine/cpu-backend.hpp"
+#include "gpu/cuda-backend.hpp"
+#include "gpu/cuda-device-weights.hpp"
+
+using namespace infer;
+
+namespace {
+
+std::shared_ptr<const model_weights> random_weights(model_config c, uint64_t seed) {
+  auto w = std::make_shared<model_weights>();
+  std::mt19937_64 rng(seed);
+  w->cfg = c;
+  w->source = "test:random";
+  const int C = c.n_embd;
+  auto t = [&](size_t n, float scale, float offset = 0.f) {
+    std::normal_distribution<float> d(0.f, 1.f);
+    auto& v = w->owned.emplace_back(n);
+    for (auto& x : v) x = offset + scale * d(rng);
+    return v.data();
+  };
+  w->wte = t(size_t(c.n_vocab) * C, 0.1f);
+  w->wpe = t(size_t(c.n_ctx) * C, 0.05f);
+  for (int l = 0; l < c.n_layer; ++l) {
+    layer_weights L;
+    L.ln1_w = t(C, 0.1f, 1.f);
+    L.ln1_b = t(C, 0.1f);
+    L.qkv_w = t(size_t(C) * 3 * C, 0.1f);
+    L.qkv_b = t(3 * C, 0.1f);
+    L.proj_w = t(size_t(C) * C, 0.1f);
+    L.proj_b = t(C, 0.1f);
+    L.ln2_w = t(C, 0.1f, 1.f);
+    L.ln2_b = t(C, 0.1f);
+    L.fc_w = t(size_t(C) * 4 * C, 0.1f);
+    L.fc_b = t(4 * C, 0.1f);
+    L.fcproj_w = t(size_t(4) * C * C, 0.05f);
+    L.fcproj_b = t(C, 0.1f);
+    w->layers.push_back(L);
+  }
+  w->lnf_w = t(C, 0.1f, 1.f);
+  w->lnf_b = t(C, 0.1f);
+  return w;
+}
+
+model_config small_config(int C, int NH) {
+  model_config c;
+  c.n_vocab = 777;
+  c.n_ctx = 320;
+  c.n_embd = C;
+  c.n_layer = 3;
+  c.n_head = NH;
+  return c;
+}
+
+double rel_err(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// A set of sequences driven through any backend with the same block tables.
+struct driver {
+  int block_size, max_blocks;
+  std::vector<std::vector<int32_t>> seqs;  // all tokens so far
+  std::vector<int> past;                   // tokens already in the cache
+  std::vector<std::vector<int32_t>> blocks;
+  step_batch batch;
+
+  driver(int bs, int n_ctx, const std::vector<std::vector<int32_t>>& prompts, int first_block)
+      : block_size(bs), max_blocks((n_ctx + bs - 1) / bs), seqs(prompts), past(prompts.size(), 0) {
+    int next = first_block;
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      blocks.emplace_back();
+      for (int i = 0; i < max_blocks; ++i) blocks.back().push_back(next++);
+    }
+  }
+  // Each sequence's tokens not yet cached.
+  void build(const std::vector<sampling_params>& sp) {
+    batch.reset(max_blocks);
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      std::span<const int32_t> nt(seqs[s].data() + past[s], seqs[s].size() - past[s]);
+      batch.add(past[s], nt, blocks[s], true, sp[s], uint64_t(seqs[s].size()));
+    }
+  }
+  void advance() {
+    for (size_t s = 0; s < seqs.size(); ++s) past[s] = int(seqs[s].size());
+  }
+};
+
+std::vector<std::vector<int32_t>> random_prompts(int n, int V, std::mt19937& rng,
+                                                 std::vector<int> lens) {
+  std::vector<std::vector<int32_t>> p(n);
+  for (int i = 0; i < n; ++i) {
+    p[i].resize(lens[i % lens.size()]);
+    for (auto& t : p[i]) t = int32_t(rng() % V);
+  }
+  return p;
+}
+
+// Greedy tokens must agree wherever the reference's best two logits are further apart
+// than the largest logit difference seen in that row (elsewhere fp16 may swap them).
+void check_tokens(const std::vector<float>& ref_logits, const std::vector<float>& got_logits,
+                  const std::vector<int32_t>& ref_tok, const std::vector<int32_t>& got_tok, int V,
+                  int& compared) {
+  for (size_t s = 0; s < ref_tok.size(); ++s) {
+    const float* r = ref_logits.data() + s * V;
+    const float* g = got_logits.data() + s * V;
+    float best = -INFINITY, second = -INFINITY, maxdiff = 0;
+    for (int i = 0; i < V; ++i) {
+      if (r[i] > best) {
+        second = best;
+        best = r[i];
+      } else if (r[i] > second) {
+        second = r[i];
+      }
+      maxdiff = std::max(maxdiff, std::fabs(r[i] - g[i]));
+    }
+    if (best - second > 2 * maxdiff) {
+      ++compared;
+      CHECK(ref_tok[s] == got_tok[s]);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda backend matches the cpu backend: prefill, decode with and without graphs") {
+  for (auto [C, NH] : {std::pair{128, 2}, std::pair{128, 4}}) {
+    CAPTURE(C);
+    CAPTURE(NH);
+    auto w = random_weights(small_config(C, NH), 7 + C + NH);
+    const int V = w->cfg.n_vocab;
+    backend_options o;
+    o.kv_block_size = 16;
+    o.kv_blocks = 256;
+    auto cpu = make_cpu_backend(w, o);
+    REQUIRE(cpu);
+    auto gpu = make_cuda_backend(w, o);
+    REQUIRE_MESSAGE(gpu, (gpu ? "" : gpu.error().message));
+    auto gpu_nograph = make_cuda_backend(w, o);
+    REQUIRE(gpu_nograph);
+    cuda_backend_set_graphs(*gpu_nograph.value(), false);
+
+    std::mt19937 rng(99);
+    auto prompts = random_prompts(5, V, rng, {1, 7, 16, 33, 70});
+    driver dc(16, w->cfg.n_ctx, prompts, 3);
+    std::vector<sampling_params> greedy(prompts.size());
+    int compared = 0;
+    step_output oc, og, on;
+
+    // Prefill, every position's logits.
+    dc.build(greedy);
+    REQUIRE(cpu.value()->step(dc.batch, oc, logits_mode::all));
+    REQUIRE(gpu.value()->step(dc.batch, og, logits_mode::all));
+    REQUIRE(gpu_nograph.value()->step(dc.batch, on, logits_mode::all));
+    REQUIRE(og.logits.size() == oc.logits.size());
+    CHECK(rel_err(og.logits.data(), oc.logits.data(), oc.logits.size()) < 1e-2);
+    CHECK(rel_err(on.logits.data(), oc.logits.data(), oc.logits.size()) < 1e-2);
+    // Decode: teacher-forced with the CPU's tokens so all three see the same inputs.
+    for (int step = 0; step < 40; ++step) {
+      if (step > 0) {
+        dc.build(greedy);
+        REQUIRE(cpu.value()->step(dc.batch, oc, logits_mode::last));
+        REQUIRE(gpu.value()->step(dc.batch, og, logits_mode::last));
+        REQUIRE(gpu_nograph.value()->step(dc.batch, on, logits_mode::last));
+        REQUIRE(og.logits.size() == oc.logits.size());
+        for (size_t s = 0; s < prompts.size(); ++s) {
+          CHECK(rel_err(og.logits.data() + s * V, oc.logits.data() + s * V, V) < 1e-2);
+          CHECK(rel_err(on.logits.data() + s * V, oc.logits.data() + s * V, V) < 1e-2);
+        }
+        check_tokens(oc.logits, og.logits, oc.tokens, og.tokens, V, compared);
+        check_tokens(oc.logits, on.logits, oc.tokens, on.tokens, V, compared);
+      }
+      dc.advance();
+      for (size_t s = 0; s < prompts.size(); ++s) dc.seqs[s].push_back(oc.tokens[s]);
+    }
+    CHECK(compared > 100);  // the check above must have had something to check
+    const auto* st = cuda_backend_get_stats(*gpu.value());
+    REQUIRE(st);
+    CHECK(st->graph_steps >= 39);
+    CHECK(st->graphs_captured >= 1);
+    CHECK(cuda_backend_get_stats(*gpu_nograph.value())->graph_steps == 0);
+  }
+}
+
+TEST_CASE("cuda backend: logits_mode none returns tokens only, non-sampling sequences get -1") {
+  auto w = random_weights(small_config(128, 2), 3);
+  backend_options o;
+  o.kv_blocks = 64;
+  auto gpu = make_cuda_backend(w, o);
+  REQUIRE(gpu);
+  auto cpu = make_cpu_backend(w, o);
+  REQUIRE(cpu);
+  step_batch b;
+  b.reset(4);
+  std::vector<int32_t> t1 = {1, 2, 3}, t2 = {4, 5};
+  std::vector<int32_t> b1 = {0, 1}, b2 = {2, 3};
+  b.add(0, t1, b1, true, {}, 3);
+  b.add(0, t2, b2, false, {}, 2);
+  step_output og, oc;
+  REQUIRE(gpu.value()->step(b, og, logits_mode::none));
+  REQUIRE(cpu.value()->step(b, oc, logits_mode::none));
+  CHECK(og.logits.empty());
+  REQUIRE(og.tokens.size() == 2);
+  CHECK(og.tokens[1] == -1);
+  CHECK(og.tokens[0] >= 0);
+  CHECK(og.tokens[0] < w->cfg.n_vocab);
+}
+
+TEST_CASE("cuda backend: sampling is reproducible and follows the seed") {
+  auto w = random_weights(small_config(128, 2), 5);
+  backend_options o;
+  o.kv_blocks = 128;
+  auto gpu = make_cuda_backend(w, o);
+  REQUIRE(gpu);
+  std::mt19937 rng(1);
+  auto prompts = random_prompts(6, w->cfg.n_vocab, rng, {4, 9});
+  auto run = [&](uint64_t seed) {
+    driver d(16, w->cfg.n_ctx, prompts, 0);
+    std::vector<sampling_params> sp(prompts.size());
+    for (size_t s = 0; s < sp.size(); ++s) {
+      sp[s].temperature = 1.0f;
+      sp[s].top_k = s % 2 ? 20 : 0;
+      sp[s].top_p = s % 3 ? 0.9f : 1.0f;
+      sp[s].seed = seed + s;
+    }
+    step_output out;
+    for (int step = 0; step < 12; ++step) {
+      d.build(sp);
+      REQUIRE(gpu.value()->step(d.batch, out, logits_mode::none));
+      d.advance();
+      for (size_t s = 0; s < prompts.size(); ++s) {
+        REQUIRE(out.tokens[s] >= 0);
+        REQUIRE(out.tokens[s] < w->cfg.n_vocab);
+        d.seqs[s].push_back(out.tokens[s]);
+      }
+    }
+    return d.seqs;
+  };
+  auto a = run(100), b = run(100), c = run(200);
+  CHECK(a == b);
+  CHECK(a != c);
+}
+
+TEST_CASE("cuda backend: misuse is invalid_argument, not a crash") {
+  auto w = random_weights(small_config(128, 2), 11);
+  backend_options o;
+  o.kv_blocks = 8;
+  auto gpu = make_cuda_backend(w, o);
+  REQUIRE(gpu);
+  CHECK(gpu.value()->kv().n_blocks == 8);
+  step_output out;
+  step_batch b;
+  b.reset(2);
+  std::vector<int32_t> toks = {1, 2};
+  std::vector<int32_t> bad_block = {9};
+  b.add(0, toks, bad_block, true, {}, 0);
+  auto s = gpu.value()->step(b, out);
+  CHECK(s.code == errc::invalid_argument);
+  b.reset(2);
+  std::vector<int32_t> bad_tok = {int32_t(w->cfg.n_vocab)};
+  std::vector<int32_t> ok_block = {1};
+  b.add(0, bad_tok, ok_block, true, {}, 0);
+  CHECK(gpu.value()->step(b, out).code == errc::invalid_argument);
+  b.reset(2);
+  b.add(w->cfg.n_ctx, toks, ok_block, true, {}, 0);
+  CHECK(gpu.value()->step(b, out).code == errc::invalid_argument);
+  // Still usable after refusing.
+  b.reset(2);
+  b.add(0, toks, ok_block, true, {}, 0);
+  CHECK(gpu.value()->step(b, out));
+}
+
+TEST_CASE("cuda backend: backends of one device share the weights, each has its own cache") {
+  auto w = random_weights(small_config(128, 2), 13);
+  auto d1 = gpu::acquire_cuda_device_weights(w, 0);
+  auto d2 = gpu::acquire_cuda_device_weights(w, 0);
+  REQUIRE(d1);
+  REQUIRE(d2);
+  CHECK(d1.value().get() == d2.value().get());
+  auto w2 = random_weights(small_config(128, 2), 13);
+  auto d3 = gpu::acquire_cuda_device_weights(w2, 0);
+  REQUIRE(d3);
+  CHECK(d3.value().get() != d1.value().get());
+
+  backend_options o;
+  o.kv_blocks = 32;
+  auto a = make_cuda_backend(w, o), b = make_cuda_backend(w, o);
+  REQUIRE(a);
+  REQUIRE(b);
+  // The same blocks in both: each backend has its own cache, so they do not interfere.
+  step_batch batch;
+  batch.reset(4);
+  std::vector<int32_t> toks = {5, 6, 7, 8}, blocks = {0};
+  batch.add(0, toks, blocks, true, {}, 4);
+  step_output oa, ob;
+  REQUIRE(a.value()->step(batch, oa, logits_mode::last));
+  std::vector<int32_t> other = {9, 9, 9, 9};
+  step_batch batch2;
+  batch2.reset(4);
+  batch2.add(0, other, blocks, true, {}, 4);
+  REQUIRE(b.value()->step(batch2, ob, logits_mode::last));
+  // Decode one more token on a: must not see b's tokens.
+  step_batch d;
+  d.reset(4);
+  std::vector<int32_t> next = {oa.tokens[0]};
+  d.add(4, next, blocks, true, {}, 5);
+  step_output oa2, ref;
+  REQUIRE(a.value()->step(d, oa2, logits_mode::last));
+  auto c = make_cpu_backend(w, o);
+  REQUIRE(c);
+  REQUIRE(c.value()->step(batch, ref, logits_mode::last));
+  REQUIRE(c.value()->step(d, ref, logits_mode::last));
+  CHECK(rel_err(oa2.logits.data(), ref.logits.data(), ref.logits.size()) < 1e-2);
+}
+
+int main(int argc, char** argv) {
+  if (!cuda_device_available()) {
+    std::printf("test-cuda-backend: no CUDA device, skipped\n");
+    return 77;
+  }
+  doctest::Context ctx(argc, argv);
+  return ctx.run();
+}
