@@ -40,6 +40,7 @@ struct worker_slot {
 struct route {
   int32_t worker = -1;
   caf::actor request;
+  bool cancelling = false;  // a cancel was forwarded: the request waits for seq_closed
 };
 
 struct batcher_state {
@@ -171,8 +172,9 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         }
         auto it = st.routes.find(c.id);
         if (it != st.routes.end() && it->second.worker >= 0 && st.workers[size_t(it->second.worker)].up) {
+          it->second.cancelling = true;
           self->send(st.workers[size_t(it->second.worker)].handle, c);
-          return;  // the worker's seq_gone_msg completes it
+          return;  // the worker's seq_gone_msg (or its report that the sequence left) completes it
         }
         // Not here any more (already finished): nothing to free.
         self->send(sender, seq_closed_msg{c.id, uint8_t(closed_why::cancelled), {}});
@@ -203,7 +205,15 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         w.total_blocks = r.total_blocks;
         w.admits_seen = r.admits_seen;
         while (!w.in_transit.empty() && w.in_transit.front().first <= r.admits_seen) w.in_transit.pop_front();
-        for (uint64_t id : r.left) st.routes.erase(id);
+        for (uint64_t id : r.left) {
+          auto it = st.routes.find(id);
+          if (it == st.routes.end()) continue;
+          // It finished while a cancel was on its way: the worker will not find it, so
+          // the request learns here that the sequence is gone.
+          if (it->second.cancelling)
+            self->send(it->second.request, seq_closed_msg{id, uint8_t(closed_why::cancelled), {}});
+          st.routes.erase(it);
+        }
         auto& m = st.core->stats;
         if (r.batch_seqs > 0) {
           m.steps.fetch_add(1, std::memory_order_relaxed);

@@ -413,3 +413,28 @@ TEST_CASE("actors: service::start from a config loads synthetic:tiny on the CPU 
   svc->shutdown();
   CHECK_FALSE(svc->ready());
 }
+
+TEST_CASE("actors: cancels racing with completion: every request ends once, all blocks come back") {
+  collector col;
+  auto cfg = base_config();
+  cfg.max_running = 16;
+  service_env env(cfg);
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 200; ++i) {
+    ids.push_back(env.svc->submit(greedy_request(test_prompt(700 + uint64_t(i), 4 + i % 13), 1 + i % 7), col.cb()));
+    if (i % 3 == 0) env.svc->cancel(ids[size_t(i / 2)]);  // some queued, some running, some finished
+  }
+  for (uint64_t id : ids) REQUIRE(col.wait_terminal(id));
+  int cancelled = 0;
+  for (uint64_t id : ids) {
+    CHECK(col.well_formed(id));
+    event t = col.terminal(id);
+    CHECK(t.type == event::kind::done);
+    if (t.reason == finish_reason::cancelled) ++cancelled;
+    else CHECK(t.completion_tokens == int32_t(col.tokens(id).size()));
+  }
+  MESSAGE(cancelled << " of 200 ended cancelled");
+  CHECK(eventually([&] { return env.svc->stats().kv_blocks_used.load() == 0; }));
+  CHECK(eventually([&] { return env.svc->stats().running_sequences.load() == 0; }));
+  CHECK(env.svc->stats().queue_depth.load() == 0);
+}
