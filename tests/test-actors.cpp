@@ -183,7 +183,7 @@ TEST_CASE("actors: deadlines expire in the queue and mid-generation") {
   service_env env(cfg);
   auto& m = env.svc->stats();
   auto r = greedy_request(test_prompt(20, 16), 1000);
-  r.timeout_ms = 2000;
+  r.timeout_ms = 3000;  // ample for its first token; the gate then holds it past the deadline
   uint64_t mid = env.svc->submit(r, col.cb());
   REQUIRE(col.wait_tokens(mid, 1));
   env.gate->close();  // mid cannot finish its 1000 tokens: its deadline passes while it runs
