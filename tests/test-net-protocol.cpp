@@ -228,7 +228,7 @@ TEST_CASE("server frames are valid JSON with the documented fields") {
 
 TEST_CASE("strings are escaped and invalid UTF-8 is repaired") {
   std::string out;
-  append_json_string(out, std::string_view("a\x01\t\"\\\xC3\xA9\xE2\x82", 10));
+  append_json_string(out, std::string_view("a\x01\t\"\\\xC3\xA9\xE2\x82", 9));
   auto v = json::parse(out).get<std::string>();
   CHECK(v == "a\x01\t\"\\\xC3\xA9\xEF\xBF\xBD\xEF\xBF\xBD");
   out.clear();
