@@ -429,8 +429,9 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (ec) {
       if (ec != beast::error::timeout && ec != asio::error::connection_reset)
         spdlog::debug("conn={} http read: {}", conn_, ec.message());
-      if (ec.category() == http::error::bad_target.category() ||
-          ec == http::error::bad_method || ec == http::error::bad_version)
+      // A parse error (bad method, target, header...) gets a 400; I/O errors just end.
+      if (ec.category() == http::make_error_code(http::error::bad_target).category() &&
+          ec != http::error::partial_message)
         return respond(http::status::bad_request, plain_error("malformed HTTP request"), "application/json", false);
       return;
     }
