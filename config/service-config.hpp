@@ -49,13 +49,36 @@ struct service_config {
 
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off
+
+  bool operator==(const service_config&) const = default;
 };
 
 // Loads a TOML file over the defaults; an empty path gives the defaults.
+// Does not validate (command-line overrides may still fix a value): call validate() last.
+// Errors: io_error naming the path; format_error as "PATH:LINE:COLUMN: message" for syntax
+// errors, unknown keys ("unknown key server.lisen (did you mean server.listen?)") and wrong
+// types ("server.io_threads: expected an integer, got a string").
 result<service_config> load_service_config(const std::string& toml_path);
 // Parses TOML text (for tests); `origin` names the source in error messages.
 result<service_config> parse_service_config(const std::string& toml_text, const std::string& origin);
-// Checks every value; the error names the key.
+// Checks every value; the error (invalid_argument) names the key and the bad value, one line
+// per bad key.
 status validate(const service_config& cfg);
+
+// Sets one key ("section.key", e.g. "batching.max_batch_tokens") from text read with the TOML
+// value rules ("4", "[0, 1]", "\"text\""). A string key also takes bare text, so
+// server.listen=0.0.0.0:80 needs no quotes. Does not validate.
+status set_service_config_value(service_config& cfg, const std::string& key, const std::string& value_text);
+// Every key as "section.key", in the order of the struct (help text, tests).
+std::vector<std::string> service_config_keys();
+// The settings as TOML text that parse_service_config reads back to an equal service_config.
+std::string format_service_config(const service_config& cfg);
+
+// server.listen split up: "HOST:PORT", IPv6 as "[::1]:8080" (host given without brackets).
+struct listen_address {
+  std::string host;
+  uint16_t port = 0;
+};
+result<listen_address> parse_listen_address(const std::string& text);
 
 }  // namespace infer

@@ -1,0 +1,465 @@
+// service_config from TOML. One table (`k_keys`) describes every key: its section, name, type
+// and field. The file reader, --set overrides, the key list and the formatter all walk it, so a
+// new field is one line here plus a line in config/inferd.toml (a test checks the two agree).
+#include "config/service-config.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <string_view>
+#include <type_traits>
+#include <variant>
+
+#include <toml++/toml.h>
+
+namespace infer {
+namespace {
+
+using str_field = std::string service_config::*;
+using i32_field = int32_t service_config::*;
+using i64_field = int64_t service_config::*;
+using u64_field = uint64_t service_config::*;
+using arr_field = std::vector<int32_t> service_config::*;
+using field_ptr = std::variant<str_field, i32_field, i64_field, u64_field, arr_field>;
+
+struct key_def {
+  const char* section;
+  const char* name;
+  field_ptr field;
+};
+
+const key_def k_keys[] = {
+    {"model", "model", &service_config::model},
+    {"model", "model_seed", &service_config::model_seed},
+    {"model", "tokenizer_dir", &service_config::tokenizer_dir},
+
+    {"backend", "backend", &service_config::backend},
+    {"backend", "workers", &service_config::workers},
+    {"backend", "cpu_threads", &service_config::cpu_threads},
+    {"backend", "devices", &service_config::devices},
+    {"backend", "kv_block_size", &service_config::kv_block_size},
+    {"backend", "kv_memory_mb", &service_config::kv_memory_mb},
+    {"backend", "kv_blocks", &service_config::kv_blocks},
+
+    {"batching", "max_batch_tokens", &service_config::max_batch_tokens},
+    {"batching", "max_running", &service_config::max_running},
+    {"batching", "prefill_chunk", &service_config::prefill_chunk},
+
+    {"queue", "queue_capacity", &service_config::queue_capacity},
+    {"queue", "default_timeout_ms", &service_config::default_timeout_ms},
+    {"queue", "max_tokens_default", &service_config::max_tokens_default},
+    {"queue", "max_tokens_limit", &service_config::max_tokens_limit},
+
+    {"server", "listen", &service_config::listen},
+    {"server", "io_threads", &service_config::io_threads},
+    {"server", "api_key", &service_config::api_key},
+    {"server", "tls_cert", &service_config::tls_cert},
+    {"server", "tls_key", &service_config::tls_key},
+    {"server", "max_connections", &service_config::max_connections},
+    {"server", "max_frame_bytes", &service_config::max_frame_bytes},
+    {"server", "max_header_bytes", &service_config::max_header_bytes},
+    {"server", "idle_timeout_ms", &service_config::idle_timeout_ms},
+    {"server", "max_inflight_per_connection", &service_config::max_inflight_per_connection},
+
+    {"log", "log_level", &service_config::log_level},
+};
+
+const char* const k_sections[] = {"model", "backend", "batching", "queue", "server", "log"};
+
+std::string full_name(const key_def& k) { return std::string(k.section) + "." + k.name; }
+
+const key_def* find_key(std::string_view section, std::string_view name) {
+  for (const auto& k : k_keys)
+    if (section == k.section && name == k.name) return &k;
+  return nullptr;
+}
+
+bool is_section(std::string_view s) {
+  return std::find(std::begin(k_sections), std::end(k_sections), s) != std::end(k_sections);
+}
+
+size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+// The candidate close enough to `bad` to be a plausible typo of it, or "".
+std::string closest(std::string_view bad, const std::vector<std::string>& candidates) {
+  const std::string* best = nullptr;
+  size_t best_d = std::numeric_limits<size_t>::max();
+  for (const auto& c : candidates) {
+    size_t d = edit_distance(bad, c);
+    if (d < best_d) best_d = d, best = &c;
+  }
+  size_t allowed = std::max<size_t>(2, bad.size() / 3);
+  return best && best_d <= allowed ? *best : std::string();
+}
+
+std::string did_you_mean(const std::string& s) { return s.empty() ? s : " (did you mean " + s + "?)"; }
+
+std::string suggestion(std::string_view bad, const std::vector<std::string>& candidates) {
+  return did_you_mean(closest(bad, candidates));
+}
+
+std::vector<std::string> section_candidates() {
+  return {std::begin(k_sections), std::end(k_sections)};
+}
+
+std::vector<std::string> key_candidates(std::string_view section) {
+  std::vector<std::string> out;
+  for (const auto& k : k_keys)
+    if (section.empty() || section == k.section) out.push_back(full_name(k));
+  return out;
+}
+
+const char* type_phrase(toml::node_type t) {
+  switch (t) {
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a floating-point number";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::date: return "a date";
+    case toml::node_type::time: return "a time";
+    case toml::node_type::date_time: return "a date-time";
+    default: return "nothing";
+  }
+}
+
+std::string where(const std::string& origin, const toml::source_region& src) {
+  std::string o = origin.empty() ? "<config>" : origin;
+  if (src.begin.line == 0) return o + ": ";
+  return o + ":" + std::to_string(src.begin.line) + ":" + std::to_string(src.begin.column) + ": ";
+}
+
+status format_err(std::string msg) { return make_status(errc::format_error, std::move(msg)); }
+
+template <class Int>
+status take_integer(const toml::node& node, const std::string& name, Int& out) {
+  const auto* v = node.as_integer();
+  if (!v) return format_err(name + ": expected an integer, got " + type_phrase(node.type()));
+  int64_t x = v->get();
+  if constexpr (std::is_unsigned_v<Int>) {
+    if (x < 0) return format_err(name + ": expected a non-negative integer, got " + std::to_string(x));
+  } else {
+    if (x < std::numeric_limits<Int>::min() || x > std::numeric_limits<Int>::max())
+      return format_err(name + ": " + std::to_string(x) + " does not fit a " +
+                        std::to_string(sizeof(Int) * 8) + "-bit integer");
+  }
+  out = static_cast<Int>(x);
+  return status::ok();
+}
+
+// Stores `node` into the field of `k`; the message names the key and, given an origin, starts
+// with the position of the offending value (an array element rather than the array).
+status assign(service_config& cfg, const key_def& k, const toml::node& node, const std::string* origin) {
+  auto locate = [&](status st, const toml::node& at) {
+    if (!st && origin) st.message = where(*origin, at.source()) + st.message;
+    return st;
+  };
+  const std::string name = full_name(k);
+  return std::visit(
+      [&](auto field) -> status {
+        using F = decltype(field);
+        if constexpr (std::is_same_v<F, str_field>) {
+          const auto* s = node.as_string();
+          if (!s) return locate(format_err(name + ": expected a string, got " + type_phrase(node.type())), node);
+          cfg.*field = s->get();
+          return status::ok();
+        } else if constexpr (std::is_same_v<F, arr_field>) {
+          const auto* a = node.as_array();
+          if (!a)
+            return locate(format_err(name + ": expected an array of integers, got " + type_phrase(node.type())), node);
+          std::vector<int32_t> vals;
+          for (size_t i = 0; i < a->size(); ++i) {
+            int32_t x = 0;
+            status st = take_integer((*a)[i], name + "[" + std::to_string(i) + "]", x);
+            if (!st) return locate(std::move(st), (*a)[i]);
+            vals.push_back(x);
+          }
+          cfg.*field = std::move(vals);
+          return status::ok();
+        } else {
+          return locate(take_integer(node, name, cfg.*field), node);
+        }
+      },
+      k.field);
+}
+
+status with_location(status st, const std::string& origin, const toml::source_region& src) {
+  if (!st) st.message = where(origin, src) + st.message;
+  return st;
+}
+
+// Hint for an unknown key `bad` ("section.name" or a bare name): a near spelling in the same
+// section first, then the same name in another section (a key put in the wrong section),
+// then a near spelling anywhere.
+std::string key_hint(const std::string& bad) {
+  size_t dot = bad.rfind('.');
+  std::string section = dot == std::string::npos ? std::string() : bad.substr(0, dot);
+  std::string name = dot == std::string::npos ? bad : bad.substr(dot + 1);
+  if (!section.empty() && is_section(section)) {
+    std::string near = closest(bad, key_candidates(section));
+    if (!near.empty()) return did_you_mean(near);
+  }
+  for (const auto& k : k_keys)
+    if (name == k.name) return did_you_mean(full_name(k));
+  return suggestion(bad, key_candidates({}));
+}
+
+status apply_table(service_config& cfg, const toml::table& root, const std::string& origin) {
+  for (auto&& [skey, snode] : root) {
+    std::string section(skey.str());
+    if (!is_section(section)) {
+      std::string msg;
+      if (snode.is_table()) {
+        std::string near = closest(section, section_candidates());
+        msg = "unknown section [" + section + "]" + (near.empty() ? near : did_you_mean("[" + near + "]"));
+      } else {
+        // A key written above every section, e.g. `listen = ...` before [server].
+        msg = "unknown key " + section + key_hint(section);
+      }
+      return with_location(format_err(msg), origin, skey.source());
+    }
+    const auto* tbl = snode.as_table();
+    if (!tbl)
+      return with_location(format_err(section + ": expected a table [" + section + "], got " + type_phrase(snode.type())),
+                           origin, skey.source());
+    for (auto&& [key, node] : *tbl) {
+      const key_def* k = find_key(section, key.str());
+      if (!k) {
+        std::string bad = section + "." + std::string(key.str());
+        return with_location(format_err("unknown key " + bad + key_hint(bad)), origin, key.source());
+      }
+      status st = assign(cfg, *k, node, &origin);
+      if (!st) return st;
+    }
+  }
+  return status::ok();
+}
+
+status invalid(std::string msg) { return make_status(errc::invalid_argument, std::move(msg)); }
+
+bool valid_hostname(std::string_view h) {
+  if (h.empty() || h.size() > 253) return false;
+  for (char c : h)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_')) return false;
+  return true;
+}
+
+bool valid_ipv6(std::string_view h) {
+  if (h.find(':') == std::string_view::npos) return false;
+  size_t zone = h.find('%');  // fe80::1%eth0
+  std::string_view addr = h.substr(0, zone);
+  if (zone != std::string_view::npos && zone + 1 >= h.size()) return false;
+  for (char c : addr)
+    if (!(std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.')) return false;
+  return true;
+}
+
+std::string quoted(const std::string& s) { return "\"" + s + "\""; }
+
+}  // namespace
+
+result<listen_address> parse_listen_address(const std::string& text) {
+  listen_address out;
+  std::string_view t = text, port_text;
+  if (!t.empty() && t.front() == '[') {
+    size_t close = t.find(']');
+    if (close == std::string_view::npos) return invalid("missing ']' after the IPv6 address");
+    out.host = std::string(t.substr(1, close - 1));
+    if (!valid_ipv6(out.host)) return invalid("bad IPv6 address [" + out.host + "]");
+    if (close + 1 >= t.size() || t[close + 1] != ':') return invalid("expected HOST:PORT, e.g. [::1]:8080");
+    port_text = t.substr(close + 2);
+  } else {
+    size_t colon = t.rfind(':');
+    if (colon == std::string_view::npos) return invalid("expected HOST:PORT, e.g. 127.0.0.1:8080");
+    out.host = std::string(t.substr(0, colon));
+    if (out.host.find(':') != std::string::npos)
+      return invalid("an IPv6 address needs brackets, e.g. [::1]:8080");
+    if (!valid_hostname(out.host)) return invalid("bad host '" + out.host + "'");
+    port_text = t.substr(colon + 1);
+  }
+  if (port_text.empty() || port_text.size() > 5) return invalid("port must be 0..65535 (0: any free port)");
+  uint32_t port = 0;
+  for (char c : port_text) {
+    if (c < '0' || c > '9') return invalid("port must be 0..65535 (0: any free port)");
+    port = port * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (port > 65535) return invalid("port must be 0..65535 (0: any free port)");
+  out.port = static_cast<uint16_t>(port);
+  return out;
+}
+
+result<service_config> parse_service_config(const std::string& toml_text, const std::string& origin) {
+  toml::table root;
+  try {
+    root = toml::parse(std::string_view(toml_text), std::string_view(origin));
+  } catch (const toml::parse_error& e) {
+    return format_err(where(origin, e.source()) + std::string(e.description()));
+  }
+  service_config cfg;
+  status st = apply_table(cfg, root, origin);
+  if (!st) return st;
+  return cfg;
+}
+
+result<service_config> load_service_config(const std::string& toml_path) {
+  if (toml_path.empty()) return service_config{};
+  std::ifstream in(toml_path, std::ios::binary);
+  if (!in) {
+    int e = errno;
+    return make_status(errc::io_error,
+                       "cannot open config file " + toml_path + ": " + (e ? std::strerror(e) : "unknown error"));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return make_status(errc::io_error, "cannot read config file " + toml_path);
+  return parse_service_config(text.str(), toml_path);
+}
+
+status set_service_config_value(service_config& cfg, const std::string& key, const std::string& value_text) {
+  size_t dot = key.find('.');
+  const key_def* k = dot == std::string::npos ? nullptr : find_key(key.substr(0, dot), key.substr(dot + 1));
+  if (!k) return format_err("unknown key " + key + key_hint(key));
+  const bool is_string = std::holds_alternative<str_field>(k->field);
+  toml::table doc;
+  bool parsed = false;
+  std::string parse_msg;
+  try {
+    const std::string text = "v = " + value_text;
+    doc = toml::parse(std::string_view(text), std::string_view("--set"));
+    // One value only: text like "1\nother = 2" must not smuggle in more keys.
+    parsed = doc.size() == 1 && doc.contains("v");
+    if (!parsed) parse_msg = "not a single TOML value";
+  } catch (const toml::parse_error& e) {
+    parse_msg = std::string(e.description());
+  }
+  if (is_string && (!parsed || !doc["v"].is_string())) {
+    cfg.*std::get<str_field>(k->field) = value_text;
+    return status::ok();
+  }
+  if (!parsed) return format_err(full_name(*k) + ": cannot read '" + value_text + "' as a TOML value: " + parse_msg);
+  return assign(cfg, *k, *doc.get("v"), nullptr);
+}
+
+std::vector<std::string> service_config_keys() { return key_candidates({}); }
+
+std::string format_service_config(const service_config& cfg) {
+  std::ostringstream out;
+  for (const char* section : k_sections) {
+    out << "[" << section << "]\n";
+    for (const auto& k : k_keys) {
+      if (std::string_view(k.section) != section) continue;
+      out << k.name << " = ";
+      std::visit(
+          [&](auto field) {
+            using F = decltype(field);
+            if constexpr (std::is_same_v<F, str_field>) {
+              out << toml::value<std::string>(cfg.*field);  // toml++ escapes quotes and controls
+            } else if constexpr (std::is_same_v<F, arr_field>) {
+              out << "[";
+              const auto& v = cfg.*field;
+              for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
+              out << "]";
+            } else if constexpr (std::is_same_v<F, u64_field>) {
+              // TOML integers are signed 64-bit; larger seeds cannot round-trip.
+              out << static_cast<int64_t>(std::min<uint64_t>(cfg.*field, std::numeric_limits<int64_t>::max()));
+            } else {
+              out << cfg.*field;
+            }
+          },
+          k.field);
+      out << "\n";
+    }
+    out << "\n";
+  }
+  return out.str();
+}
+
+status validate(const service_config& c) {
+  std::vector<std::string> errs;
+  auto check = [&](bool ok, const char* key, const std::string& rule, const std::string& got) {
+    if (!ok) errs.push_back(std::string(key) + ": must be " + rule + ", got " + got);
+  };
+  auto num = [](auto v) { return std::to_string(v); };
+
+  // [model]
+  check(!c.model.empty(), "model.model", "a model directory or synthetic:NAME", "\"\"");
+  if (c.model.rfind("synthetic:", 0) == 0)
+    check(c.model.size() > 10, "model.model", "synthetic:NAME with a NAME", quoted(c.model));
+
+  // [backend]
+  check(c.backend == "auto" || c.backend == "cpu" || c.backend == "cuda", "backend.backend", "auto|cpu|cuda",
+        quoted(c.backend));
+  check(c.workers >= 1 && c.workers <= 64, "backend.workers", "1..64", num(c.workers));
+  check(c.cpu_threads >= 0 && c.cpu_threads <= 1024, "backend.cpu_threads", "0..1024 (0: library default)",
+        num(c.cpu_threads));
+  for (size_t i = 0; i < c.devices.size(); ++i) {
+    std::string key = "backend.devices[" + std::to_string(i) + "]";
+    check(c.devices[i] >= 0, key.c_str(), ">= 0", num(c.devices[i]));
+    for (size_t j = 0; j < i; ++j)
+      check(c.devices[i] != c.devices[j], key.c_str(), "unique (listed twice)", num(c.devices[i]));
+  }
+  bool pow2 = c.kv_block_size >= 1 && c.kv_block_size <= 256 && (c.kv_block_size & (c.kv_block_size - 1)) == 0;
+  check(pow2, "backend.kv_block_size", "a power of two in 1..256", num(c.kv_block_size));
+  check(c.kv_memory_mb >= 1 && c.kv_memory_mb <= (int64_t{1} << 30), "backend.kv_memory_mb", "1..1073741824",
+        num(c.kv_memory_mb));
+  check(c.kv_blocks >= 0, "backend.kv_blocks", ">= 0 (0: sized from kv_memory_mb)", num(c.kv_blocks));
+
+  // [batching]
+  check(c.max_batch_tokens >= 1, "batching.max_batch_tokens", ">= 1", num(c.max_batch_tokens));
+  check(c.max_running >= 1, "batching.max_running", ">= 1", num(c.max_running));
+  // An upper bound that is itself invalid is reported once, under its own key.
+  check(c.prefill_chunk >= 1 && (c.max_batch_tokens < 1 || c.prefill_chunk <= c.max_batch_tokens),
+        "batching.prefill_chunk",
+        "1..batching.max_batch_tokens (" + num(c.max_batch_tokens) + ")", num(c.prefill_chunk));
+
+  // [queue]
+  check(c.queue_capacity >= 1, "queue.queue_capacity", ">= 1", num(c.queue_capacity));
+  check(c.default_timeout_ms >= 0, "queue.default_timeout_ms", ">= 0 (0: no timeout)", num(c.default_timeout_ms));
+  check(c.max_tokens_limit >= 1, "queue.max_tokens_limit", ">= 1", num(c.max_tokens_limit));
+  check(c.max_tokens_default >= 1 && (c.max_tokens_limit < 1 || c.max_tokens_default <= c.max_tokens_limit),
+        "queue.max_tokens_default", "1..queue.max_tokens_limit (" + num(c.max_tokens_limit) + ")",
+        num(c.max_tokens_default));
+
+  // [server]
+  auto addr = parse_listen_address(c.listen);
+  if (!addr) errs.push_back("server.listen: " + addr.error().message + ", got " + quoted(c.listen));
+  check(c.io_threads >= 1 && c.io_threads <= 64, "server.io_threads", "1..64", num(c.io_threads));
+  if (c.tls_cert.empty() != c.tls_key.empty())
+    errs.push_back(c.tls_cert.empty() ? "server.tls_cert: must be set when server.tls_key is set (got only tls_key " +
+                                            quoted(c.tls_key) + ")"
+                                      : "server.tls_key: must be set when server.tls_cert is set (got only tls_cert " +
+                                            quoted(c.tls_cert) + ")");
+  check(c.max_connections >= 1, "server.max_connections", ">= 1", num(c.max_connections));
+  check(c.max_frame_bytes >= 1, "server.max_frame_bytes", ">= 1", num(c.max_frame_bytes));
+  check(c.max_header_bytes >= 1, "server.max_header_bytes", ">= 1", num(c.max_header_bytes));
+  check(c.idle_timeout_ms >= 0, "server.idle_timeout_ms", ">= 0 (0: no timeout)", num(c.idle_timeout_ms));
+  check(c.max_inflight_per_connection >= 1, "server.max_inflight_per_connection", ">= 1",
+        num(c.max_inflight_per_connection));
+
+  // [log]
+  static const char* const levels[] = {"trace", "debug", "info", "warn", "error", "off"};
+  check(std::find(std::begin(levels), std::end(levels), c.log_level) != std::end(levels), "log.log_level",
+        "trace|debug|info|warn|error|off", quoted(c.log_level));
+
+  if (errs.empty()) return status::ok();
+  std::string msg;
+  for (const auto& e : errs) msg += (msg.empty() ? "" : "\n") + e;
+  return invalid(std::move(msg));
+}
+
+}  // namespace infer
