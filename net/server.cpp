@@ -110,6 +110,19 @@ bool authorized(const server_state& st, const http::request<Body>& req) {
   return diff == 0;
 }
 
+// Log values in key="..." form stay one line and unambiguous.
+std::string q(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s) {
+    if (c == '"' || c == '\\') out.push_back('\\'), out.push_back(c);
+    else if (c == '\n') out += "\\n";
+    else if (uint8_t(c) < 0x20) out.push_back(' ');
+    else out.push_back(c);
+  }
+  return out;
+}
+
 std::string outcome_name(const event& e) {
   if (e.type == event::kind::done) {
     return e.reason == finish_reason::cancelled ? "cancelled" : fmt::format("done_{}", wire_name(e.reason));
@@ -122,11 +135,11 @@ void log_outcome(uint64_t conn, std::string_view api, std::string_view id, uint6
     spdlog::info(
         "request id={} conn={} rid={} api={} outcome={} prompt_tokens={} completion_tokens={} queue_ms={:.2f} "
         "ttft_ms={:.2f} total_ms={:.2f}",
-        id, conn, rid, api, outcome_name(e), e.prompt_tokens, e.completion_tokens, e.queue_ms, e.first_token_ms,
+        q(id), conn, rid, api, outcome_name(e), e.prompt_tokens, e.completion_tokens, e.queue_ms, e.first_token_ms,
         e.total_ms);
   } else {
-    spdlog::info("request id={} conn={} rid={} api={} outcome={} message=\"{}\"", id, conn, rid, api,
-                 outcome_name(e), e.message);
+    spdlog::info("request id={} conn={} rid={} api={} outcome={} message=\"{}\"", q(id), conn, rid, api,
+                 outcome_name(e), q(e.message));
   }
 }
 
@@ -172,7 +185,7 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
       case event::kind::accepted: send(accepted_frame(lr->id)); break;
       case event::kind::token: {
         if (e.index != lr->next_index)
-          spdlog::warn("request id={} conn={} rid={} token index {} where {} was due", lr->id, conn_, lr->rid,
+          spdlog::warn("request id={} conn={} rid={} token index {} where {} was due", q(lr->id), conn_, lr->rid,
                        e.index, lr->next_index);
         lr->next_index = e.index + 1;
         std::string frame;
@@ -237,7 +250,7 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     command cmd = parse_command(frame, svc ? st_.limits : protocol_limits{});
     if (auto* bad = std::get_if<invalid_request>(&cmd)) {
       spdlog::info("request id={} conn={} api=ws outcome=invalid_request message=\"{}\"",
-                   bad->id ? *bad->id : "null", conn_, bad->message);
+                   bad->id ? q(*bad->id) : "null", conn_, q(bad->message));
       send(error_frame(bad->id, error_code::invalid_request, bad->message));
       return;
     }
@@ -249,17 +262,17 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     }
     auto& g = std::get<generate_command>(cmd);
     if (!svc) {
-      spdlog::info("request id={} conn={} api=ws outcome=unavailable message=\"model loading\"", g.id, conn_);
+      spdlog::info("request id={} conn={} api=ws outcome=unavailable message=\"model loading\"", q(g.id), conn_);
       send(error_frame(g.id, error_code::unavailable, "the model is not loaded yet"));
       return;
     }
     if (live_.count(g.id)) {
-      spdlog::info("request id={} conn={} api=ws outcome=invalid_request message=\"duplicate id\"", g.id, conn_);
+      spdlog::info("request id={} conn={} api=ws outcome=invalid_request message=\"duplicate id\"", q(g.id), conn_);
       send(error_frame(g.id, error_code::invalid_request, fmt::format("id: \"{}\" is already in flight", g.id)));
       return;
     }
     if (int64_t(live_.size()) >= st_.cfg.max_inflight_per_connection) {
-      spdlog::info("request id={} conn={} api=ws outcome=rate_limited message=\"connection in-flight limit\"", g.id,
+      spdlog::info("request id={} conn={} api=ws outcome=rate_limited message=\"connection in-flight limit\"", q(g.id),
                    conn_);
       send(error_frame(g.id, error_code::rate_limited,
                        fmt::format("at most {} requests in flight per connection",
@@ -547,7 +560,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
                      keep);
     auto parsed = parse_completion_request(req.body(), st_.limits);
     if (auto* bad = std::get_if<invalid_request>(&parsed)) {
-      spdlog::info("request id=null conn={} api=openai outcome=invalid_request message=\"{}\"", conn_, bad->message);
+      spdlog::info("request id=null conn={} api=openai outcome=invalid_request message=\"{}\"", conn_, q(bad->message));
       return respond(http::status::bad_request, openai_error_json(error_code::invalid_request, bad->message),
                      "application/json", keep);
     }
