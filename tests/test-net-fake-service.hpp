@@ -29,6 +29,7 @@ class fake_service final : public service {
 
   std::atomic<bool> hold{false};
   std::atomic<int> reject_overloaded{0};
+  std::atomic<int> capacity{0};  // > 0: requests beyond this many running are overloaded
   std::atomic<bool> is_ready{true};
   std::atomic<int> cancels{0};    // cancel() calls that hit a live request
   std::atomic<int> submitted{0};
@@ -88,8 +89,8 @@ class fake_service final : public service {
       lk.unlock();
       // Outside the lock, as the real service calls back from actor threads.
       for (auto& j : fresh) {
-        if (reject_overloaded > 0) {
-          reject_overloaded--;
+        if (reject_overloaded > 0 || (capacity > 0 && int(running_.size()) >= capacity)) {
+          if (reject_overloaded > 0) reject_overloaded--;
           event e;
           e.type = event::kind::error;
           e.request_id = j.id;
@@ -105,6 +106,7 @@ class fake_service final : public service {
         e.request_id = j.id;
         j.cb(e);
         m_.kv_blocks_used++;
+        m_.running_sequences++;
         running_.emplace(j.id, std::move(j));
       }
       for (uint64_t id : cancel_now) {
@@ -160,6 +162,7 @@ class fake_service final : public service {
     d.completion_tokens = j.produced;
     d.total_ms = 1;
     m_.kv_blocks_used--;
+    m_.running_sequences--;
     m_.count_outcome(r == finish_reason::cancelled ? "cancelled" : r == finish_reason::stop ? "done_stop" : "done_length");
     j.cb(d);
   }
