@@ -13,6 +13,7 @@ const assert = require('node:assert/strict');
 const {spawn, execFile} = require('node:child_process');
 const fs = require('node:fs');
 const http = require('node:http');
+const https = require('node:https');
 const os = require('node:os');
 const path = require('node:path');
 
@@ -83,7 +84,7 @@ async function waitReady(inst) {
   const seen = [];
   await waitFor(`${inst.name}: /readyz`, async () => {
     if (inst.exited) throw new Error(`${inst.name}: inferd exited (${JSON.stringify(inst.exited)}):\n${inst.log}`);
-    const r = await request(inst.port, 'GET', '/readyz');
+    const r = await request(inst.port, 'GET', '/readyz', undefined, {}, !!inst.tls);
     seen.push(r.status);
     return r.status === 200;
   }, 180000);
@@ -92,10 +93,10 @@ async function waitReady(inst) {
 
 // ---- HTTP -----------------------------------------------------------------------------------
 
-function request(port, method, p, body, headers = {}) {
+function request(port, method, p, body, headers = {}, tls = false) {
   return new Promise((resolve, reject) => {
     const data = body === undefined ? undefined : (typeof body === 'string' ? body : JSON.stringify(body));
-    const req = http.request({host: '127.0.0.1', port, method, path: p,
+    const req = (tls ? https : http).request({host: '127.0.0.1', port, method, path: p, rejectUnauthorized: false,
       headers: {...(data !== undefined ? {'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data)} : {}), ...headers}},
     (res) => {
       let buf = '';
@@ -119,8 +120,8 @@ function metric(text, name) {
 // ---- WebSocket client ---------------------------------------------------------------------
 
 class Client {
-  constructor(port, headers = {}) {
-    this.ws = new WebSocket(`ws://127.0.0.1:${port}/v1/stream`, {headers});
+  constructor(port, headers = {}, tls = false) {
+    this.ws = new WebSocket(`${tls ? 'wss' : 'ws'}://127.0.0.1:${port}/v1/stream`, {headers, rejectUnauthorized: false});
     this.queue = [];
     this.waiters = [];
     this.closeCode = null;
@@ -191,6 +192,7 @@ const test = (name, fn) => tests.push({name, fn});
 let A; // synthetic:tiny, max frame 64 KiB
 let B; // synthetic:gpt2-small, API key
 let C; // synthetic:tiny, one running sequence, admission queue of 1
+let D; // synthetic:tiny over TLS (self-signed certificate), when the openssl tool exists
 
 test('readyz: 503 while the model loads, then 200 (gpt2-small)', async () => {
   if (SKIP_GPT2) return;
@@ -468,6 +470,26 @@ test('infer-bench: concurrent and serial runs complete', async () => {
   }
 });
 
+test('tls: https and wss with a certificate from files', async () => {
+  if (!D) return console.log('      (skipped: no openssl tool to make a certificate)');
+  await waitReady(D);
+  assert.equal((await request(D.port, 'GET', '/healthz', undefined, {}, true)).status, 200);
+  const r = await request(D.port, 'POST', '/v1/completions', {prompt: 'Hi', max_tokens: 3, stream: true}, {}, true);
+  assert.equal(r.status, 200);
+  assert.ok(r.body.endsWith('data: [DONE]\n\n'));
+  const c = new Client(D.port, {}, true);
+  await c.opened;
+  c.send({type: 'generate', id: 't', prompt: 'secure', max_tokens: 4});
+  assert.equal(checkStream(await c.collect('t'), 't').tokens.length, 4);
+  c.close();
+  // plain HTTP on the TLS port gets nowhere
+  await assert.rejects(request(D.port, 'GET', '/healthz'));
+  const out = await new Promise((resolve, reject) => execFile(BENCH,
+    ['--url', `wss://127.0.0.1:${D.port}/v1/stream`, '--insecure', '--requests', '4', '--max-tokens', '4', '--json'],
+    {timeout: 120000}, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout))));
+  assert.equal(JSON.parse(out).completed, 4);
+});
+
 test('logs: one line per request outcome with its id', async () => {
   assert.match(A.log, /request id=c1 conn=\d+ rid=\d+ api=ws outcome=done_length prompt_tokens=5 completion_tokens=12/);
   assert.match(A.log, /request id=u5 conn=\d+ api=ws outcome=invalid_request/);
@@ -480,6 +502,15 @@ async function main() {
     A = await startInferd('A', ['--model', 'synthetic:tiny', '--set', 'server.max_frame_bytes=65536']);
     C = await startInferd('C', ['--model', 'synthetic:tiny', '--max-running', '1', '--queue-capacity', '1']);
     if (!SKIP_GPT2) B = await startInferd('B', ['--model', 'synthetic:gpt2-small', '--api-key', 'e2e-key']);
+    const certDir = fs.mkdtempSync(path.join(os.tmpdir(), 'inferd-e2e-tls-'));
+    const cert = path.join(certDir, 'cert.pem'), key = path.join(certDir, 'key.pem');
+    const made = await new Promise((resolve) => execFile('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt',
+      'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1'],
+    (err) => resolve(!err)));
+    if (made) {
+      D = await startInferd('D', ['--model', 'synthetic:tiny', '--tls-cert', cert, '--tls-key', key]);
+      D.tls = true;
+    }
     await waitReady(A);
     for (const t of tests) {
       if (ONLY && !t.name.includes(ONLY)) continue;
@@ -492,7 +523,7 @@ async function main() {
         console.log(`FAIL  ${t.name}\n      ${(e && e.stack) || e}`);
       }
     }
-    for (const inst of [A, B, C]) {
+    for (const inst of [A, B, C, D]) {
       if (!inst) continue;
       const r = await inst.stop();
       if (r.code !== 0) {
@@ -507,7 +538,7 @@ async function main() {
     for (const inst of running) inst.proc.kill('SIGKILL');
   }
   if (failed) {
-    for (const inst of [A, B, C]) if (inst) console.log(`---- ${inst.name} log (tail)\n${inst.log.split('\n').slice(-40).join('\n')}`);
+    for (const inst of [A, B, C, D]) if (inst) console.log(`---- ${inst.name} log (tail)\n${inst.log.split('\n').slice(-40).join('\n')}`);
   }
   console.log(failed ? `${failed} failed` : 'all passed');
   process.exit(failed ? 1 : 0);
