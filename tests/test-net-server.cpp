@@ -561,3 +561,16 @@ TEST_CASE("listen address parsing") {
   CHECK(!infer::net::parse_listen_address("host:99999").has_value());
   CHECK(!infer::net::parse_listen_address(":80").has_value());
 }
+
+TEST_CASE("limits: an idle HTTP connection is closed by the server") {
+  fixture f([](infer::service_config& c) { c.idle_timeout_ms = 100; });
+  asio::io_context ioc;
+  tcp::socket s(ioc);
+  s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()));
+  set_recv_timeout(s, 20);
+  char byte;
+  beast::error_code ec;
+  size_t n = s.read_some(asio::buffer(&byte, 1), ec);  // blocks until the server gives up on us
+  CHECK(n == 0);
+  CHECK(ec == asio::error::eof);
+}
