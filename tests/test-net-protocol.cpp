@@ -318,3 +318,55 @@ TEST_CASE("tokenize and detokenize bodies") {
   CHECK(std::holds_alternative<invalid_request>(parse_detokenize_request(R"({"tokens":"1"})", 10)));
   CHECK(json::parse(detokenize_response_json("Hello world"))["prompt"] == "Hello world");
 }
+
+TEST_CASE("mutated frames never crash and every accepted command is within the limits") {
+  // A poor man's fuzzer: byte flips, truncations and splices of valid frames. Whatever
+  // comes out must be a well-formed command or an invalid_request with a message.
+  const std::vector<std::string> seeds = {
+      R"({"type":"generate","id":"c1","prompt":"abc","max_tokens":32,"temperature":0.5,"top_k":40,"top_p":0.9,"seed":7,"stop":["\n\n"],"priority":"high","timeout_ms":30000})",
+      R"({"type":"generate","id":"t","prompt_tokens":[1,2,299],"max_tokens":64})",
+      R"({"type":"cancel","id":"c9"})",
+  };
+  const char alphabet[] = "{}[]\":,-0123456789.eE truefalsnul\\";
+  auto lim = test_limits();
+  uint64_t x = 42;
+  auto rnd = [&x](uint64_t n) {
+    x = infer::splitmix64(x);
+    return n ? x % n : 0;
+  };
+  int generates = 0, invalids = 0;
+  for (int iter = 0; iter < 20000; ++iter) {
+    std::string f = seeds[rnd(seeds.size())];
+    int edits = 1 + int(rnd(4));
+    for (int e = 0; e < edits && !f.empty(); ++e) {
+      size_t at = rnd(f.size());
+      switch (rnd(4)) {
+        case 0: f[at] = alphabet[rnd(sizeof alphabet - 1)]; break;
+        case 1: f.erase(at, 1 + rnd(3)); break;
+        case 2: f.insert(at, 1, alphabet[rnd(sizeof alphabet - 1)]); break;
+        case 3: f.resize(at); break;
+      }
+    }
+    command c = parse_command(f, lim);
+    if (auto* g = std::get_if<generate_command>(&c)) {
+      generates++;
+      const auto& r = g->request;
+      CHECK(!g->id.empty());
+      CHECK(r.max_tokens >= 1);
+      CHECK(r.max_tokens <= lim.max_tokens_limit);
+      CHECK(r.sampling.temperature >= 0);
+      CHECK(r.sampling.top_p > 0);
+      CHECK(r.sampling.top_p <= 1);
+      CHECK(!r.prompt_tokens.empty());
+      CHECK(int64_t(r.prompt_tokens.size()) < lim.n_ctx);
+      for (int32_t id : r.prompt_tokens) CHECK((id >= 0 && id < lim.n_vocab));
+    } else if (auto* bad = std::get_if<invalid_request>(&c)) {
+      invalids++;
+      CHECK(!bad->message.empty());
+      // the error frame for it is valid JSON whatever the id's bytes were
+      CHECK(json::accept(error_frame(bad->id, error_code::invalid_request, bad->message)));
+    }
+  }
+  CHECK(generates > 0);
+  CHECK(invalids > 0);
+}
