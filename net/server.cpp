@@ -427,6 +427,29 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     parser_->header_limit(uint32_t(std::min<int64_t>(st_.cfg.max_header_bytes, UINT32_MAX)));
     parser_->body_limit(uint64_t(st_.cfg.max_frame_bytes));
     beast::get_lowest_layer(stream_).expires_after(st_.idle());
+    http::async_read_header(stream_, buffer_, *parser_,
+                            beast::bind_front_handler(&http_session::on_header, this->shared_from_this()));
+  }
+
+  // Header first, so that a client waiting for "100 Continue" (curl, for bodies over
+  // 1 KiB) gets it at once instead of sending its body after a pause.
+  void on_header(beast::error_code ec, size_t n) {
+    if (ec) return on_read(ec, n);
+    auto& req = parser_->get();
+    auto expect = req.find(http::field::expect);
+    if (!parser_->is_done() && expect != req.end() && beast::iequals(expect->value(), "100-continue")) {
+      static const std::string cont = "HTTP/1.1 100 Continue\r\n\r\n";
+      return asio::async_write(stream_, asio::buffer(cont),
+                               [self = this->shared_from_this()](beast::error_code ec, size_t n) {
+                                 if (ec) return self->on_read(ec, n);
+                                 self->read_body();
+                               });
+    }
+    if (parser_->is_done()) return on_read(ec, n);
+    read_body();
+  }
+
+  void read_body() {
     http::async_read(stream_, buffer_, *parser_,
                      beast::bind_front_handler(&http_session::on_read, this->shared_from_this()));
   }

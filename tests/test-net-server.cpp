@@ -576,3 +576,25 @@ TEST_CASE("limits: an idle HTTP connection is closed by the server") {
   CHECK(n == 0);
   CHECK(ec == asio::error::eof);
 }
+
+TEST_CASE("http: Expect: 100-continue is answered before the body is read") {
+  fixture f;
+  asio::io_context ioc;
+  tcp::socket s(ioc);
+  s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()));
+  set_recv_timeout(s, 20);
+  std::string body = R"({"prompt":"hi","max_tokens":2})";
+  std::string head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+                     "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+  asio::write(s, asio::buffer(head));
+  // The interim answer comes while the body has not been sent.
+  std::string interim;
+  asio::read_until(s, asio::dynamic_buffer(interim), "\r\n\r\n");
+  CHECK(interim.rfind("HTTP/1.1 100 Continue\r\n\r\n", 0) == 0);
+  asio::write(s, asio::buffer(body));
+  beast::flat_buffer b;
+  http::response<http::string_body> res;
+  http::read(s, b, res);
+  CHECK(res.result_int() == 200);
+  CHECK(json::parse(res.body())["choices"][0]["text"] == "ab");
+}
