@@ -38,6 +38,7 @@ class metrics {
   std::atomic<uint64_t> tokens_generated{0};
   std::atomic<uint64_t> worker_restarts{0};
   std::atomic<uint64_t> steps{0};
+  std::atomic<uint64_t> preemptions{0};  // sequences preempted for KV blocks (recomputed later)
   histogram time_to_first_token;  // seconds
   histogram inter_token_latency;  // seconds
   histogram batch_size;           // sequences per step

@@ -24,6 +24,7 @@ namespace infer {
 class tokenizer;
 class metrics;
 struct service_config;  // config/service-config.hpp
+struct service_hooks;   // actors/service-core.hpp
 
 enum class priority : uint8_t { high = 0, normal = 1, low = 2 };
 enum class finish_reason : uint8_t { length, stop, cancelled };
@@ -81,6 +82,10 @@ class service {
 
   // Starts batcher, supervisor and workers inside `sys`, loading the model named by cfg.
   static result<std::unique_ptr<service>> start(caf::actor_system& sys, const service_config& cfg);
+  // The same with the engine and tokenizer supplied by the caller (tests, fault injection,
+  // a host that builds its own backends); cfg.model and cfg.backend are not used.
+  static result<std::unique_ptr<service>> start(caf::actor_system& sys, const service_config& cfg,
+                                                const service_hooks& hooks);
 
   // Non-blocking. Returns the request id; every submitted request receives exactly one
   // terminal event through `cb` (a rejected one gets only that error event).

@@ -1,0 +1,229 @@
+// messages: the typed protocol between the actors (see actors/README.md for who
+// sends what to whom).
+//
+// Messages that cross nodes once workers run elsewhere (batcher <-> worker,
+// worker -> request) hold only integers, byte strings and actor handles: CAF 0.17
+// serializes floats wrongly (NaN, -0, denormals, and an infinity hangs the
+// serializer), so sampling parameters travel as IEEE-754 bit patterns
+// (wire_sampling) and timings as integer microseconds. Every message type has an
+// inspect() overload and is registered by register_message_types(), which both
+// nodes must call before creating their actor_system.
+#pragma once
+#include <bit>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/all.hpp>
+
+#include "engine/backend.hpp"
+#include "engine/sampling-params.hpp"
+
+namespace infer {
+
+// --- atoms (CAF 0.17: at most 10 characters) ---
+using step_atom = caf::atom_constant<caf::atom("istep")>;       // worker -> engine, engine -> worker
+using init_atom = caf::atom_constant<caf::atom("iinit")>;       // worker -> engine
+using cancel_atom = caf::atom_constant<caf::atom("icancel")>;   // service -> request
+using deadline_atom = caf::atom_constant<caf::atom("ideadline")>;  // request -> itself
+using closeto_atom = caf::atom_constant<caf::atom("icloseto")>;    // request -> itself: ack overdue
+
+// sampling_params without floats on the wire.
+struct wire_sampling {
+  uint32_t temperature_bits = 0;
+  int32_t top_k = 0;
+  uint32_t top_p_bits = std::bit_cast<uint32_t>(1.0f);
+  uint64_t seed = 0;
+
+  static wire_sampling from(const sampling_params& p) {
+    return {std::bit_cast<uint32_t>(p.temperature), p.top_k, std::bit_cast<uint32_t>(p.top_p), p.seed};
+  }
+  sampling_params to() const {
+    sampling_params p;
+    p.temperature = std::bit_cast<float>(temperature_bits);
+    p.top_k = top_k;
+    p.top_p = std::bit_cast<float>(top_p_bits);
+    p.seed = seed;
+    return p;
+  }
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, wire_sampling& x) {
+  return f(caf::meta::type_name("infer.wire_sampling"), x.temperature_bits, x.top_k, x.top_p_bits, x.seed);
+}
+
+// request -> batcher (local). A resumed sequence (its worker died) carries the
+// tokens already streamed and jumps the queue: it was accepted long ago.
+struct enqueue_msg {
+  uint64_t id = 0;
+  caf::actor request;  // receives admission_msg, dispatched_msg, token_msg, seq_closed_msg
+  uint8_t prio = 1;    // infer::priority
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> generated;
+  int32_t max_tokens = 0;
+  wire_sampling sampling;
+  bool resume = false;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, enqueue_msg& x) {
+  return f(caf::meta::type_name("infer.enqueue"), x.id, x.request, x.prio, x.prompt, x.generated, x.max_tokens,
+           x.sampling, x.resume);
+}
+
+// batcher -> request: accepted into the queue, or rejected (code: infer::error_code).
+struct admission_msg {
+  uint64_t id = 0;
+  bool ok = false;
+  uint8_t code = 0;
+  int64_t retry_after_ms = 0;
+  std::string message;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, admission_msg& x) {
+  return f(caf::meta::type_name("infer.admission"), x.id, x.ok, x.code, x.retry_after_ms, x.message);
+}
+
+// batcher -> request: handed to a worker (ends the queue time).
+struct dispatched_msg {
+  uint64_t id = 0;
+  int32_t worker = 0;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, dispatched_msg& x) {
+  return f(caf::meta::type_name("infer.dispatched"), x.id, x.worker);
+}
+
+// request -> batcher -> worker: stop this sequence and free its blocks.
+struct cancel_msg {
+  uint64_t id = 0;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, cancel_msg& x) {
+  return f(caf::meta::type_name("infer.cancel"), x.id);
+}
+
+// batcher -> worker (crosses nodes).
+struct admit_msg {
+  uint64_t id = 0;
+  caf::actor request;  // where the worker streams token_msg
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> generated;
+  int32_t max_tokens = 0;
+  wire_sampling sampling;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, admit_msg& x) {
+  return f(caf::meta::type_name("infer.admit"), x.id, x.request, x.prompt, x.generated, x.max_tokens, x.sampling);
+}
+
+// worker -> request (crosses nodes): one sampled token. `last`: the worker ended
+// the sequence (max_tokens or context limit) and freed its blocks.
+struct token_msg {
+  uint64_t id = 0;
+  int32_t index = 0;
+  int32_t token = -1;
+  bool last = false;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, token_msg& x) {
+  return f(caf::meta::type_name("infer.token"), x.id, x.index, x.token, x.last);
+}
+
+// worker -> batcher (crosses nodes): announces a worker that is ready to run.
+struct worker_hello_msg {
+  int32_t worker = 0;
+  caf::actor handle;
+  int32_t total_blocks = 0;
+  int32_t block_size = 0;
+  int32_t n_ctx = 0;
+  int32_t max_running = 0;
+  std::string backend;  // "cpu", "cuda", ...
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, worker_hello_msg& x) {
+  return f(caf::meta::type_name("infer.worker_hello"), x.worker, x.handle, x.total_blocks, x.block_size, x.n_ctx,
+           x.max_running, x.backend);
+}
+
+// worker -> batcher (crosses nodes), after every step and every cancel: capacity for
+// admission, the sequences that left, and the step's figures for metrics.
+struct worker_report_msg {
+  int32_t worker = 0;
+  uint64_t admits_seen = 0;  // admit_msg received so far (the batcher counts those in transit)
+  int32_t n_running = 0;
+  int32_t n_waiting = 0;
+  int32_t free_blocks = 0;     // minus the blocks its waiting sequences' prompts will take
+  int32_t total_blocks = 0;
+  int32_t used_blocks = 0;
+  int32_t batch_seqs = 0;      // 0: no step (a cancel report)
+  int32_t batch_tokens = 0;
+  int32_t n_sampled = 0;
+  int64_t step_us = 0;
+  uint64_t preemptions = 0;
+  std::vector<uint64_t> left;  // finished sequences
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, worker_report_msg& x) {
+  return f(caf::meta::type_name("infer.worker_report"), x.worker, x.admits_seen, x.n_running, x.n_waiting,
+           x.free_blocks, x.total_blocks, x.used_blocks, x.batch_seqs, x.batch_tokens, x.n_sampled, x.step_us,
+           x.preemptions, x.left);
+}
+
+// worker -> batcher (crosses nodes): a cancel was applied (found: it was still there),
+// or an admission was refused by the worker's scheduler (message says why).
+struct seq_gone_msg {
+  uint64_t id = 0;
+  int32_t worker = 0;
+  bool rejected = false;
+  bool found = false;
+  std::string message;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, seq_gone_msg& x) {
+  return f(caf::meta::type_name("infer.seq_gone"), x.id, x.worker, x.rejected, x.found, x.message);
+}
+
+// supervisor -> batcher: worker `worker` is gone (a restarted one says hello again).
+struct worker_down_msg {
+  int32_t worker = 0;
+  std::string reason;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, worker_down_msg& x) {
+  return f(caf::meta::type_name("infer.worker_down"), x.worker, x.reason);
+}
+
+// batcher -> request: the sequence is no longer anywhere.
+enum class closed_why : uint8_t {
+  cancelled = 0,  // the cancel it asked for is done: its KV blocks are free
+  lost = 1,       // its worker died: resubmit with the tokens so far
+  failed = 2,     // failed for good (message): error(internal)
+  rejected = 3,   // can never run, e.g. needs more KV blocks than a worker has: error(invalid_request)
+};
+struct seq_closed_msg {
+  uint64_t id = 0;
+  uint8_t why = 0;  // closed_why
+  std::string message;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, seq_closed_msg& x) {
+  return f(caf::meta::type_name("infer.seq_closed"), x.id, x.why, x.message);
+}
+
+// worker <-> engine (local only, never serialized): one step's buffers, reused.
+struct step_job {
+  step_batch batch;
+  step_output out;
+  status st;
+  int64_t step_us = 0;
+};
+using step_job_ptr = std::shared_ptr<step_job>;
+
+// Registers every message type above that may cross nodes. Call on the
+// actor_system_config of every node before constructing the actor_system.
+void register_message_types(caf::actor_system_config& cfg);
+
+}  // namespace infer
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(infer::step_job_ptr)

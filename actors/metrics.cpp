@@ -1,0 +1,116 @@
+#include "actors/metrics.hpp"
+
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace infer {
+
+namespace {
+
+constexpr const char* outcome_names[] = {"done_length", "done_stop",   "cancelled",
+                                         "invalid_request", "overloaded", "rate_limited",
+                                         "timeout",     "unavailable", "internal"};
+
+int outcome_index(const char* outcome) {
+  if (!outcome) return -1;
+  for (int i = 0; i < int(std::size(outcome_names)); ++i)
+    if (std::strcmp(outcome, outcome_names[i]) == 0) return i;
+  return -1;
+}
+
+// Prometheus renders floats in Go's shortest form; %g is what clients parse happily.
+std::string num(double v) { return fmt::format("{:g}", v); }
+
+}  // namespace
+
+void histogram::observe(double v) {
+  if (!(v >= 0)) v = 0;  // NaN and negatives (clock skew) count as 0
+  int i = 0;
+  while (i < n_buckets && v > bounds_[size_t(i)]) ++i;
+  counts_[size_t(i)].fetch_add(1, std::memory_order_relaxed);
+  count_.fetch_add(1, std::memory_order_relaxed);
+  sum_micro_.fetch_add(uint64_t(std::llround(v * 1e6)), std::memory_order_relaxed);
+}
+
+double histogram::sum() const { return double(sum_micro_.load(std::memory_order_relaxed)) / 1e6; }
+
+double histogram::quantile(double q) const {
+  uint64_t total = 0;
+  std::array<uint64_t, n_buckets + 1> c{};
+  for (size_t i = 0; i < c.size(); ++i) total += c[i] = counts_[i].load(std::memory_order_relaxed);
+  if (total == 0) return 0;
+  double rank = q * double(total);
+  uint64_t cum = 0;
+  for (size_t i = 0; i < c.size(); ++i) {
+    if (double(cum + c[i]) >= rank && c[i] > 0) {
+      if (i == size_t(n_buckets)) return bounds_[n_buckets - 1];  // +Inf bucket: the last finite bound
+      double lo = i == 0 ? 0.0 : bounds_[i - 1];
+      double hi = bounds_[i];
+      return lo + (hi - lo) * (rank - double(cum)) / double(c[i]);
+    }
+    cum += c[i];
+  }
+  return bounds_[n_buckets - 1];
+}
+
+std::string histogram::render(const std::string& name, const std::string& help) const {
+  std::string s = fmt::format("# HELP {} {}\n# TYPE {} histogram\n", name, help, name);
+  uint64_t cum = 0;
+  for (int i = 0; i < n_buckets; ++i) {
+    cum += counts_[size_t(i)].load(std::memory_order_relaxed);
+    s += fmt::format("{}_bucket{{le=\"{}\"}} {}\n", name, num(bounds_[size_t(i)]), cum);
+  }
+  cum += counts_[n_buckets].load(std::memory_order_relaxed);
+  s += fmt::format("{}_bucket{{le=\"+Inf\"}} {}\n", name, cum);
+  s += fmt::format("{}_sum {}\n{}_count {}\n", name, num(sum()), name, cum);
+  return s;
+}
+
+metrics::metrics()
+    : time_to_first_token({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80}),
+      inter_token_latency(
+          {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}),
+      batch_size({1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512}),
+      step_time({0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}) {}
+
+void metrics::count_outcome(const char* outcome) {
+  int i = outcome_index(outcome);
+  if (i >= 0) outcomes_[size_t(i)].fetch_add(1, std::memory_order_relaxed);
+}
+
+uint64_t metrics::outcome_count(const char* outcome) const {
+  int i = outcome_index(outcome);
+  return i < 0 ? 0 : outcomes_[size_t(i)].load(std::memory_order_relaxed);
+}
+
+std::string metrics::render_prometheus() const {
+  auto ld = [](const auto& a) { return a.load(std::memory_order_relaxed); };
+  std::string s;
+  s += "# HELP infer_requests_total Requests by outcome (terminal event).\n# TYPE infer_requests_total counter\n";
+  for (int i = 0; i < n_outcomes; ++i)
+    s += fmt::format("infer_requests_total{{outcome=\"{}\"}} {}\n", outcome_names[i], ld(outcomes_[size_t(i)]));
+  auto gauge = [&](const char* name, const char* help, int64_t v) {
+    s += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{} {}\n", name, help, name, name, v);
+  };
+  auto counter = [&](const char* name, const char* help, uint64_t v) {
+    s += fmt::format("# HELP {} {}\n# TYPE {} counter\n{} {}\n", name, help, name, name, v);
+  };
+  gauge("infer_queue_depth", "Requests waiting in the admission queue.", ld(queue_depth));
+  gauge("infer_running_sequences", "Sequences held by workers (running or about to run).", ld(running_sequences));
+  gauge("infer_kv_blocks_used", "KV cache blocks in use, all workers.", ld(kv_blocks_used));
+  gauge("infer_kv_blocks_total", "KV cache blocks, all workers.", ld(kv_blocks_total));
+  counter("infer_tokens_generated_total", "Tokens sampled.", ld(tokens_generated));
+  counter("infer_worker_restarts_total", "Workers restarted by the supervisor.", ld(worker_restarts));
+  counter("infer_steps_total", "Engine steps run.", ld(steps));
+  counter("infer_preemptions_total", "Sequences preempted for lack of KV blocks (resumed by recompute).",
+          ld(preemptions));
+  s += time_to_first_token.render("infer_time_to_first_token_seconds", "Time from submission to the first token.");
+  s += inter_token_latency.render("infer_inter_token_latency_seconds", "Time between consecutive tokens of a request.");
+  s += batch_size.render("infer_batch_size", "Sequences per engine step.");
+  s += step_time.render("infer_step_time_seconds", "Engine step duration.");
+  return s;
+}
+
+}  // namespace infer

@@ -1,0 +1,314 @@
+#include "actors/request-actor.hpp"
+
+#include <chrono>
+#include <cmath>
+
+#include "actors/messages.hpp"
+#include "engine/tokenizer.hpp"
+
+namespace infer {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double ms_between(clock_type::time_point a, clock_type::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// How long a request waits for the confirmation that its sequence is gone before it
+// ends anyway (a worker that hangs must not hang its clients).
+constexpr auto close_grace = std::chrono::seconds(5);
+
+struct request_state {
+  static inline const char* name = "infer.request";
+
+  service_core_ptr core;
+  uint64_t id = 0;
+  generate_request req;
+  event_callback cb;
+
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> tokens;
+  utf8_stream_decoder dec;
+  std::string held;  // decoded text not yet streamed: it may be the start of a stop string
+  std::string piece;
+  bool accepted = false;
+  bool closing = false;  // waiting for the batcher to confirm removal
+  bool ended = false;
+  event terminal;        // what to emit once closing completes
+
+  clock_type::time_point t_submit, t_dispatch, t_first, t_last;
+  bool dispatched = false;
+};
+
+using request_actor = caf::stateful_actor<request_state>;
+
+void emit(request_actor* self, event& e) {
+  auto& st = self->state;
+  e.request_id = st.id;
+  if (st.cb) st.cb(e);
+}
+
+const char* outcome_of(const event& e) {
+  if (e.type == event::kind::done) {
+    switch (e.reason) {
+      case finish_reason::length: return "done_length";
+      case finish_reason::stop: return "done_stop";
+      case finish_reason::cancelled: return "cancelled";
+    }
+  }
+  return to_string(e.code);
+}
+
+// Emits the terminal event (once) and stops the actor.
+void finish(request_actor* self, event e) {
+  auto& st = self->state;
+  if (st.ended) return;
+  st.ended = true;
+  auto now = clock_type::now();
+  if (e.type == event::kind::done) {
+    e.prompt_tokens = int32_t(st.prompt.size());
+    e.completion_tokens = int32_t(st.tokens.size());
+    e.total_ms = ms_between(st.t_submit, now);
+    e.queue_ms = st.dispatched ? ms_between(st.t_submit, st.t_dispatch) : e.total_ms;
+    e.first_token_ms = st.tokens.empty() ? 0.0 : ms_between(st.t_submit, st.t_first);
+  }
+  st.core->stats.count_outcome(outcome_of(e));
+  emit(self, e);
+  st.core->request_ended(st.id);
+  st.cb = nullptr;
+  self->quit();
+}
+
+event make_error(error_code c, std::string msg, int64_t retry_after_ms = 0) {
+  event e;
+  e.type = event::kind::error;
+  e.code = c;
+  e.message = std::move(msg);
+  e.retry_after_ms = retry_after_ms;
+  return e;
+}
+
+event make_done(finish_reason r) {
+  event e;
+  e.type = event::kind::done;
+  e.reason = r;
+  return e;
+}
+
+// Asks the batcher to drop the sequence; `terminal` is emitted when it confirms.
+void close_with(request_actor* self, event terminal) {
+  auto& st = self->state;
+  if (st.ended || st.closing) return;
+  st.closing = true;
+  st.terminal = std::move(terminal);
+  self->send(st.core->batcher, cancel_msg{st.id});
+  self->delayed_send(self, close_grace, closeto_atom::value);
+}
+
+void send_enqueue(request_actor* self, bool resume) {
+  auto& st = self->state;
+  enqueue_msg m;
+  m.id = st.id;
+  m.request = caf::actor_cast<caf::actor>(self);
+  m.prio = uint8_t(st.req.prio);
+  m.prompt = st.prompt;
+  m.generated = st.tokens;
+  m.max_tokens = st.req.max_tokens;
+  m.sampling = wire_sampling::from(st.req.sampling);
+  m.resume = resume;
+  self->send(st.core->batcher, std::move(m));
+}
+
+// Position of the first stop string in `text`, npos if none; `len` gets its length.
+size_t find_stop(const std::vector<std::string>& stops, const std::string& text, size_t& len) {
+  size_t best = std::string::npos;
+  for (const auto& s : stops) {
+    if (s.empty()) continue;
+    size_t p = text.find(s);
+    if (p != std::string::npos && (best == std::string::npos || p < best)) {
+      best = p;
+      len = s.size();
+    }
+  }
+  return best;
+}
+
+// Length of the longest suffix of `text` that is a proper prefix of a stop string.
+size_t stop_prefix_tail(const std::vector<std::string>& stops, const std::string& text) {
+  size_t keep = 0;
+  for (const auto& s : stops) {
+    size_t max_k = std::min(s.size() - (s.empty() ? 0 : 1), text.size());
+    for (size_t k = max_k; k > keep; --k)
+      if (text.compare(text.size() - k, k, s, 0, k) == 0) {
+        keep = k;
+        break;
+      }
+  }
+  return keep;
+}
+
+status validate(request_state& st) {
+  const auto& cfg = st.core->cfg;
+  auto bad = [](std::string m) { return make_status(errc::invalid_argument, std::move(m)); };
+  const auto& r = st.req;
+  if (!r.prompt_tokens.empty()) {
+    for (int32_t t : r.prompt_tokens)
+      if (t < 0 || t >= st.core->n_vocab)
+        return bad("prompt_tokens: id " + std::to_string(t) + " outside the vocabulary [0, " +
+                   std::to_string(st.core->n_vocab) + ")");
+    st.prompt = r.prompt_tokens;
+  } else {
+    st.prompt = st.core->tok.encode(r.prompt);
+  }
+  if (st.prompt.empty()) return bad("prompt: empty");
+  if (int32_t(st.prompt.size()) > st.core->n_ctx)
+    return bad("prompt: " + std::to_string(st.prompt.size()) + " tokens, longer than the context (" +
+               std::to_string(st.core->n_ctx) + ")");
+  if (r.max_tokens < 0) return bad("max_tokens: must be >= 0, got " + std::to_string(r.max_tokens));
+  if (r.max_tokens > cfg.max_tokens_limit)
+    return bad("max_tokens: at most " + std::to_string(cfg.max_tokens_limit) + ", got " +
+               std::to_string(r.max_tokens));
+  if (!(r.sampling.temperature >= 0.0f) || !std::isfinite(r.sampling.temperature))
+    return bad("temperature: must be a finite number >= 0");
+  if (!(r.sampling.top_p > 0.0f && r.sampling.top_p <= 1.0f)) return bad("top_p: must be in (0, 1]");
+  if (r.sampling.top_k < 0) return bad("top_k: must be >= 0");
+  if (r.timeout_ms < 0) return bad("timeout_ms: must be >= 0");
+  return status::ok();
+}
+
+void on_token(request_actor* self, const token_msg& m) {
+  auto& st = self->state;
+  if (st.ended || st.closing) return;  // late tokens of a sequence being removed
+  if (m.index != int32_t(st.tokens.size())) return;  // a duplicate after a resume: already streamed
+  auto now = clock_type::now();
+  if (st.tokens.empty()) {
+    st.t_first = now;
+    st.core->stats.time_to_first_token.observe(std::chrono::duration<double>(now - st.t_submit).count());
+  } else {
+    st.core->stats.inter_token_latency.observe(std::chrono::duration<double>(now - st.t_last).count());
+  }
+  st.t_last = now;
+  st.tokens.push_back(m.token);
+
+  st.piece.clear();
+  st.dec.push(st.core->tok.token_bytes(m.token), st.piece);
+  st.held += st.piece;
+  if (m.last) st.dec.flush(st.held);
+
+  event e;
+  e.type = event::kind::token;
+  e.index = m.index;
+  e.token = m.token;
+  const auto& stops = st.req.stop;
+  size_t stop_len = 0;
+  size_t at = stops.empty() ? std::string::npos : find_stop(stops, st.held, stop_len);
+  if (at != std::string::npos) {
+    e.text = st.held.substr(0, at);
+    st.held.clear();
+    emit(self, e);
+    if (m.last) finish(self, make_done(finish_reason::stop));  // the worker already let it go
+    else close_with(self, make_done(finish_reason::stop));
+    return;
+  }
+  size_t keep = m.last || stops.empty() ? 0 : stop_prefix_tail(stops, st.held);
+  e.text = st.held.substr(0, st.held.size() - keep);
+  st.held.erase(0, st.held.size() - keep);
+  emit(self, e);
+  if (m.last) finish(self, make_done(finish_reason::length));
+}
+
+caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t id, generate_request req,
+                          event_callback cb) {
+  auto& st = self->state;
+  st.core = std::move(core);
+  st.id = id;
+  st.req = std::move(req);
+  st.cb = std::move(cb);
+  st.t_submit = clock_type::now();
+
+  if (st.core->closed.load() || !st.core->batcher) {
+    finish(self, make_error(error_code::unavailable, "the service is shutting down"));
+    return {};
+  }
+  if (status s = validate(st); !s) {
+    finish(self, make_error(error_code::invalid_request, s.message));
+    return {};
+  }
+  if (st.req.max_tokens == 0) {  // nothing to generate: no need to queue
+    st.accepted = true;
+    event a;
+    a.type = event::kind::accepted;
+    emit(self, a);
+    finish(self, make_done(finish_reason::length));
+    return {};
+  }
+  send_enqueue(self, false);
+  int64_t timeout_ms = st.req.timeout_ms > 0 ? st.req.timeout_ms : st.core->cfg.default_timeout_ms;
+  if (timeout_ms > 0) self->delayed_send(self, std::chrono::milliseconds(timeout_ms), deadline_atom::value);
+
+  return {
+      [=](const admission_msg& m) {
+        auto& st = self->state;
+        if (st.ended) return;
+        if (!m.ok) {
+          finish(self, make_error(error_code(m.code), m.message, m.retry_after_ms));
+          return;
+        }
+        if (!st.accepted) {
+          st.accepted = true;
+          event a;
+          a.type = event::kind::accepted;
+          emit(self, a);
+        }
+      },
+      [=](const dispatched_msg&) {
+        auto& st = self->state;
+        if (!st.dispatched) {
+          st.dispatched = true;
+          st.t_dispatch = clock_type::now();
+        }
+      },
+      [=](const token_msg& m) { on_token(self, m); },
+      [=](const seq_closed_msg& m) {
+        auto& st = self->state;
+        if (st.ended) return;
+        if (st.closing) {
+          finish(self, st.terminal);
+          return;
+        }
+        switch (closed_why(m.why)) {
+          case closed_why::lost:
+            send_enqueue(self, true);  // resume: recompute prompt + tokens so far elsewhere
+            break;
+          case closed_why::failed:
+            finish(self, make_error(error_code::internal, m.message));
+            break;
+          case closed_why::rejected:
+            finish(self, make_error(error_code::invalid_request, m.message));
+            break;
+          case closed_why::cancelled:
+            finish(self, make_done(finish_reason::cancelled));
+            break;
+        }
+      },
+      [=](cancel_atom) { close_with(self, make_done(finish_reason::cancelled)); },
+      [=](deadline_atom) {
+        close_with(self, make_error(error_code::timeout, "deadline of the request passed"));
+      },
+      [=](closeto_atom) {
+        auto& st = self->state;
+        if (st.closing && !st.ended) finish(self, st.terminal);
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_request_actor(caf::actor_system& sys, service_core_ptr core, uint64_t id, generate_request req,
+                               event_callback cb) {
+  return sys.spawn(request_fun, std::move(core), id, std::move(req), std::move(cb));
+}
+
+}  // namespace infer

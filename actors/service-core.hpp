@@ -1,0 +1,78 @@
+// service_core: what the service's actors share on one node. Read-mostly: the
+// configuration, the tokenizer, the metrics (atomics), the registry of live
+// requests (for cancel by id and for shutdown), and the backend factory.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+#include <caf/all.hpp>
+
+#include "actors/metrics.hpp"
+#include "actors/service.hpp"
+#include "config/service-config.hpp"
+#include "engine/backend.hpp"
+#include "engine/tokenizer.hpp"
+
+namespace infer {
+
+// Builds worker `index`'s engine. Called on that worker's engine thread (it may block).
+using backend_factory = std::function<result<std::unique_ptr<backend>>(int32_t index)>;
+
+// Test and embedding hooks for service::start: replace the engine (a fake backend, a
+// pre-built one, fault injection) and the tokenizer without loading a model.
+struct service_hooks {
+  backend_factory make_backend;  // required
+  tokenizer tok;                 // default: byte level
+  int32_t n_ctx = 0;             // the engine's context and vocabulary, for validation
+  int32_t n_vocab = 0;
+};
+
+struct live_request {
+  caf::actor handle;  // null while being spawned
+  bool cancel_pending = false;
+};
+
+struct service_core {
+  service_config cfg;
+  tokenizer tok;
+  int32_t n_ctx = 0;
+  int32_t n_vocab = 0;
+  metrics stats;
+  backend_factory make_backend;
+  caf::actor batcher;     // set once at start, cleared at shutdown
+  caf::actor supervisor;
+
+  std::atomic<int32_t> workers_ready{0};
+  std::atomic<uint64_t> next_id{1};
+  std::atomic<bool> closed{false};
+
+  // Live requests: id -> request actor. Guarded by mu; cv signals changes (and engine exits).
+  std::mutex mu;
+  std::condition_variable cv;
+  std::unordered_map<uint64_t, live_request> live;
+  int32_t live_engines = 0;
+
+  void engine_started() {
+    std::lock_guard<std::mutex> lk(mu);
+    ++live_engines;
+  }
+  void engine_stopped() {
+    std::lock_guard<std::mutex> lk(mu);
+    --live_engines;
+    cv.notify_all();
+  }
+  void request_ended(uint64_t id) {
+    std::lock_guard<std::mutex> lk(mu);
+    live.erase(id);
+    cv.notify_all();
+  }
+};
+
+using service_core_ptr = std::shared_ptr<service_core>;
+
+}  // namespace infer

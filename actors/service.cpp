@@ -1,0 +1,259 @@
+// service: the embedded API on top of the actors (see service.hpp for the contract
+// and actors/README.md for the actors and their messages).
+#include "actors/service.hpp"
+
+#include <chrono>
+
+#include "actors/batcher-actor.hpp"
+#include "actors/messages.hpp"
+#include "actors/request-actor.hpp"
+#include "actors/service-core.hpp"
+#include "actors/supervisor-actor.hpp"
+#include "engine/cpu-backend.hpp"
+#include "engine/model-weights.hpp"
+
+#ifdef INFER_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "gpu/cuda-backend.hpp"
+#endif
+
+namespace infer {
+
+const char* to_string(priority p) {
+  switch (p) {
+    case priority::high: return "high";
+    case priority::normal: return "normal";
+    case priority::low: return "low";
+  }
+  return "normal";
+}
+
+const char* to_string(finish_reason r) {
+  switch (r) {
+    case finish_reason::length: return "length";
+    case finish_reason::stop: return "stop";
+    case finish_reason::cancelled: return "cancelled";
+  }
+  return "length";
+}
+
+const char* to_string(error_code c) {
+  switch (c) {
+    case error_code::invalid_request: return "invalid_request";
+    case error_code::overloaded: return "overloaded";
+    case error_code::rate_limited: return "rate_limited";
+    case error_code::timeout: return "timeout";
+    case error_code::unavailable: return "unavailable";
+    case error_code::internal: return "internal";
+  }
+  return "internal";
+}
+
+namespace {
+
+// How long shutdown waits for in-flight requests to end, then for the engines to stop.
+constexpr auto drain_wait = std::chrono::seconds(30);
+
+class service_impl final : public service {
+ public:
+  service_impl(caf::actor_system& sys, service_core_ptr core) : sys_(sys), core_(std::move(core)) {}
+  ~service_impl() override { shutdown(); }
+
+  uint64_t submit(generate_request req, event_callback cb) override {
+    const uint64_t id = core_->next_id.fetch_add(1);
+    bool registered = false;
+    {
+      std::lock_guard<std::mutex> lk(core_->mu);
+      if (!core_->closed.load()) registered = core_->live.emplace(id, live_request{}).second;
+    }
+    if (!registered) {
+      event e;
+      e.type = event::kind::error;
+      e.request_id = id;
+      e.code = error_code::unavailable;
+      e.message = "the service is shutting down";
+      core_->stats.count_outcome("unavailable");
+      if (cb) cb(e);
+      return id;
+    }
+    // Spawned outside the lock: the actor may end (and deregister) before spawn returns.
+    caf::actor h = spawn_request_actor(sys_, core_, id, std::move(req), std::move(cb));
+    bool cancel_now = false;
+    {
+      std::lock_guard<std::mutex> lk(core_->mu);
+      auto it = core_->live.find(id);
+      if (it != core_->live.end()) {
+        it->second.handle = h;
+        cancel_now = it->second.cancel_pending;
+      }
+    }
+    if (cancel_now) caf::anon_send(h, cancel_atom::value);
+    return id;
+  }
+
+  void cancel(uint64_t request_id) override {
+    caf::actor h;
+    {
+      std::lock_guard<std::mutex> lk(core_->mu);
+      auto it = core_->live.find(request_id);
+      if (it == core_->live.end()) return;  // already ended: nothing to do
+      if (!it->second.handle) {
+        it->second.cancel_pending = true;
+        return;
+      }
+      h = it->second.handle;
+    }
+    caf::anon_send(h, cancel_atom::value);
+  }
+
+  std::vector<std::future<completion>> submit(std::vector<generate_request> tasks) override {
+    struct pending {
+      std::promise<completion> p;
+      completion c;
+    };
+    std::vector<std::future<completion>> futures;
+    futures.reserve(tasks.size());
+    for (auto& t : tasks) {
+      auto pd = std::make_shared<pending>();
+      futures.push_back(pd->p.get_future());
+      submit(std::move(t), [pd](const event& e) {
+        pd->c.request_id = e.request_id;
+        if (e.type == event::kind::token) {
+          pd->c.tokens.push_back(e.token);
+          pd->c.text += e.text;
+        } else if (e.terminal()) {
+          pd->c.ok = e.type == event::kind::done;
+          pd->c.terminal = e;
+          pd->p.set_value(std::move(pd->c));
+        }
+      });
+    }
+    return futures;
+  }
+
+  completion generate(generate_request req) override {
+    std::vector<generate_request> one;
+    one.push_back(std::move(req));
+    return submit(std::move(one))[0].get();
+  }
+
+  const tokenizer& tok() const override { return core_->tok; }
+  int32_t n_ctx() const override { return core_->n_ctx; }
+  bool ready() const override { return !core_->closed.load() && core_->workers_ready.load() > 0; }
+  metrics& stats() override { return core_->stats; }
+
+  void shutdown() override {
+    if (shut_) return;
+    shut_ = true;
+    std::vector<caf::actor> live;
+    {
+      std::lock_guard<std::mutex> lk(core_->mu);
+      core_->closed.store(true);
+      for (auto& [id, r] : core_->live) {
+        if (r.handle) live.push_back(r.handle);
+        else r.cancel_pending = true;
+      }
+    }
+    for (auto& h : live) caf::anon_send(h, cancel_atom::value);
+    live.clear();
+    {
+      std::unique_lock<std::mutex> lk(core_->mu);
+      core_->cv.wait_for(lk, drain_wait, [&] { return core_->live.empty(); });
+    }
+    // Workers are linked to the supervisor, engines to their workers: one exit stops all.
+    caf::anon_send_exit(core_->supervisor, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(core_->batcher, caf::exit_reason::user_shutdown);
+    {
+      std::unique_lock<std::mutex> lk(core_->mu);
+      // Detached engines must be gone before the actor_system is destroyed (CAF 0.17
+      // hangs in ~actor_system otherwise).
+      core_->cv.wait_for(lk, drain_wait, [&] { return core_->live_engines == 0; });
+    }
+    core_->workers_ready.store(0);
+  }
+
+ private:
+  caf::actor_system& sys_;
+  service_core_ptr core_;
+  bool shut_ = false;
+};
+
+result<std::unique_ptr<service>> start_core(caf::actor_system& sys, service_core_ptr core) {
+  if (status s = validate(core->cfg); !s) return s;
+  core->batcher = spawn_batcher_actor(sys, core);
+  core->supervisor = spawn_supervisor_actor(sys, core);
+  return std::unique_ptr<service>(new service_impl(sys, std::move(core)));
+}
+
+result<tokenizer> tokenizer_for(const service_config& cfg, const model_weights& w) {
+  if (!cfg.tokenizer_dir.empty()) return tokenizer::from_dir(cfg.tokenizer_dir);
+  if (cfg.model.rfind("synthetic:", 0) == 0) {
+    if (w.cfg.n_vocab <= 256) return tokenizer::byte_level();
+    return tokenizer::gpt2_builtin();
+  }
+  return tokenizer::from_dir(cfg.model);
+}
+
+}  // namespace
+
+result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const service_config& cfg,
+                                                const service_hooks& hooks) {
+  if (!hooks.make_backend) return make_status(errc::invalid_argument, "service_hooks: make_backend is empty");
+  auto core = std::make_shared<service_core>();
+  core->cfg = cfg;
+  core->tok = hooks.tok;
+  core->n_ctx = hooks.n_ctx;
+  core->n_vocab = hooks.n_vocab > 0 ? hooks.n_vocab : hooks.tok.n_vocab();
+  core->make_backend = hooks.make_backend;
+  return start_core(sys, std::move(core));
+}
+
+result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const service_config& cfg) {
+  auto w = load_model_weights(cfg.model, cfg.model_seed);
+  if (!w) return w.error();
+  std::shared_ptr<const model_weights> weights = w.value();
+  auto tok = tokenizer_for(cfg, *weights);
+  if (!tok) return tok.error();
+
+  std::string kind = cfg.backend;
+  int n_devices = 0;
+#ifdef INFER_HAVE_CUDA
+  if (cudaGetDeviceCount(&n_devices) != cudaSuccess) n_devices = 0;
+#endif
+  if (kind == "auto") kind = n_devices > 0 ? "cuda" : "cpu";
+  if (kind != "cpu" && kind != "cuda")
+    return make_status(errc::invalid_argument, "backend.backend: auto, cpu or cuda, got \"" + kind + "\"");
+  if (kind == "cuda" && n_devices == 0)
+    return make_status(errc::device_error,
+#ifdef INFER_HAVE_CUDA
+                       "backend.backend: cuda requested but no CUDA device is visible"
+#else
+                       "backend.backend: cuda requested but this build has no CUDA backend"
+#endif
+    );
+
+  service_hooks hooks;
+  hooks.tok = tok.value();
+  hooks.n_ctx = weights->cfg.n_ctx;
+  hooks.n_vocab = weights->cfg.n_vocab;
+  const std::vector<int32_t> devices = cfg.devices;
+  hooks.make_backend = [weights, cfg, kind, devices, n_devices](int32_t index) -> result<std::unique_ptr<backend>> {
+    backend_options o;
+    o.kind = kind;
+    o.kv_block_size = cfg.kv_block_size;
+    o.kv_blocks = cfg.kv_blocks;
+    o.kv_memory_mb = cfg.kv_memory_mb;
+    o.threads = cfg.cpu_threads;
+    if (kind == "cuda") {
+      o.device = devices.empty() ? index % std::max(n_devices, 1) : devices[size_t(index) % devices.size()];
+#ifdef INFER_HAVE_CUDA
+      return make_cuda_backend(weights, o);
+#endif
+    }
+    return make_cpu_backend(weights, o);
+  };
+  return start(sys, cfg, hooks);
+}
+
+}  // namespace infer

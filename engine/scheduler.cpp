@@ -1,0 +1,242 @@
+#include "engine/scheduler.hpp"
+
+#include <algorithm>
+#include <span>
+#include <string>
+
+namespace infer {
+
+struct scheduler::sequence {
+  uint64_t id = 0;
+  uint64_t serial = 0;
+  std::vector<int32_t> tokens;  // prompt, then generated; capacity reserved up front
+  int32_t n_prompt = 0;
+  int32_t max_tokens = 0;
+  sampling_params sampling;
+  int32_t n_cached = 0;         // tokens whose K/V are in `blocks`
+  std::vector<int32_t> blocks;  // block table
+  uint64_t scheduled_at = 0;    // step_no_ of the last step that included it
+  bool running = false;
+
+  int32_t n_tokens() const { return int32_t(tokens.size()); }
+  int32_t n_generated() const { return n_tokens() - n_prompt; }
+};
+
+scheduler::scheduler(const scheduler_config& cfg, kv_geometry kv)
+    : cfg_(cfg), pool_(kv.n_blocks, kv.block_size) {
+  cfg_.max_batch_tokens = std::max(cfg_.max_batch_tokens, 1);
+  cfg_.max_running = std::max(cfg_.max_running, 1);
+  cfg_.prefill_chunk = std::max(cfg_.prefill_chunk, 1);
+  cfg_.n_ctx = std::max(cfg_.n_ctx, 1);
+  max_blocks_ = pool_.blocks_for(cfg_.n_ctx + 1);
+  running_.reserve(size_t(cfg_.max_running));
+  scheduled_.reserve(size_t(cfg_.max_running));
+}
+
+scheduler::~scheduler() = default;
+
+status scheduler::add(seq_spec s) {
+  auto bad = [&](const std::string& why) {
+    return make_status(errc::invalid_argument, "sequence " + std::to_string(s.id) + ": " + why);
+  };
+  if (seqs_.count(s.id)) return bad("id already in use");
+  if (s.prompt.empty()) return bad("empty prompt");
+  const int32_t n_prompt = int32_t(s.prompt.size());
+  const int32_t n_gen = int32_t(s.generated.size());
+  if (n_prompt + n_gen > cfg_.n_ctx)
+    return bad("prompt of " + std::to_string(n_prompt + n_gen) + " tokens exceeds the context (" +
+               std::to_string(cfg_.n_ctx) + ")");
+  if (s.max_tokens <= n_gen) return bad("nothing left to generate (max_tokens " + std::to_string(s.max_tokens) + ")");
+  // The most this sequence will ever hold in the cache: it stops at n_ctx tokens.
+  const int32_t peak = std::min(n_prompt + s.max_tokens, cfg_.n_ctx);
+  if (pool_.blocks_for(peak) > pool_.n_total())
+    return bad("needs " + std::to_string(pool_.blocks_for(peak)) + " KV blocks, the pool has " +
+               std::to_string(pool_.n_total()));
+  auto seq = std::make_unique<sequence>();
+  seq->id = s.id;
+  seq->serial = next_serial_++;
+  seq->tokens.reserve(size_t(std::min(n_prompt + s.max_tokens, cfg_.n_ctx + 1)));
+  seq->tokens.assign(s.prompt.begin(), s.prompt.end());
+  seq->tokens.insert(seq->tokens.end(), s.generated.begin(), s.generated.end());
+  seq->n_prompt = n_prompt;
+  seq->max_tokens = s.max_tokens;
+  seq->sampling = s.sampling;
+  seq->blocks.reserve(size_t(max_blocks_));
+  waiting_.push_back(seq.get());
+  seqs_.emplace(s.id, std::move(seq));
+  return status::ok();
+}
+
+void scheduler::release(sequence* s) {
+  if (!s->blocks.empty()) {
+    (void)pool_.free(std::span<const int32_t>(s->blocks));  // ids come from the pool: cannot fail
+    s->blocks.clear();
+  }
+  if (s->running) {
+    running_.erase(std::find(running_.begin(), running_.end(), s));
+  } else {
+    auto it = std::find(waiting_.begin(), waiting_.end(), s);
+    if (it != waiting_.end()) waiting_.erase(it);
+  }
+  seqs_.erase(s->id);  // destroys s
+}
+
+bool scheduler::cancel(uint64_t id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return false;
+  release(it->second.get());
+  return true;
+}
+
+void scheduler::preempt(sequence* s) {
+  (void)pool_.free(std::span<const int32_t>(s->blocks));
+  s->blocks.clear();
+  s->n_cached = 0;
+  s->running = false;
+  running_.erase(std::find(running_.begin(), running_.end(), s));
+  waiting_.push_front(s);
+  ++n_preemptions_;
+}
+
+bool scheduler::grow(sequence* s, int32_t n_tokens) {
+  int32_t need = pool_.blocks_for(n_tokens) - int32_t(s->blocks.size());
+  return need <= 0 || pool_.allocate(need, s->blocks);
+}
+
+void scheduler::emit(step_batch& batch, sequence* s, int32_t n_new) {
+  const bool sample = s->n_cached + n_new == s->n_tokens();
+  batch.add(s->n_cached, std::span<const int32_t>(s->tokens.data() + s->n_cached, size_t(n_new)),
+            std::span<const int32_t>(s->blocks), sample, s->sampling, uint64_t(s->n_generated()));
+  scheduled_.push_back({s->id, s->serial, n_new, sample});
+  s->scheduled_at = step_no_;
+  if (!sample || n_new > 1) last_prefill_tokens_ += n_new;
+}
+
+int32_t scheduler::schedule(step_batch& batch) {
+  if (in_flight_) return 0;  // the batch may still be read by the backend: leave it alone
+  batch.reset(max_blocks_);
+  scheduled_.clear();
+  last_prefill_tokens_ = 0;
+  ++step_no_;
+  int32_t budget = cfg_.max_batch_tokens;
+
+  // 1. Decodes: one token for each running sequence whose prompt is cached. When a
+  //    block is missing, preempt from the back (the most recently admitted), which
+  //    has not been scheduled yet in this pass since we walk front to back.
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    sequence* s = running_[i];
+    if (s->n_tokens() - s->n_cached != 1) { ++i; continue; }
+    bool preempted_self = false;
+    while (!grow(s, s->n_cached + 1)) {
+      sequence* victim = running_.back();
+      preempt(victim);
+      if (victim == s) { preempted_self = true; break; }
+    }
+    if (preempted_self) break;  // s was the back: nothing after it
+    emit(batch, s, 1);
+    --budget;
+    ++i;
+  }
+
+  // 2. Running sequences still prefilling (chunked prefill, or a resumed recompute).
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    sequence* s = running_[i];
+    if (s->scheduled_at == step_no_ || s->n_tokens() - s->n_cached == 1) { ++i; continue; }
+    int32_t n_new = std::min({s->n_tokens() - s->n_cached, cfg_.prefill_chunk, budget});
+    // Take what the free blocks allow; if none, preempt an unscheduled sequence
+    // from the back (possibly s itself) so that the oldest ones always progress.
+    int32_t room = (int32_t(s->blocks.size()) + pool_.n_free()) * pool_.block_size() - s->n_cached;
+    bool preempted_self = false;
+    while (room <= 0) {
+      sequence* victim = running_.back();
+      if (victim->scheduled_at == step_no_ && victim != s) break;  // busy this step: wait
+      preempt(victim);
+      if (victim == s) { preempted_self = true; break; }
+      room = (int32_t(s->blocks.size()) + pool_.n_free()) * pool_.block_size() - s->n_cached;
+    }
+    if (preempted_self) break;
+    if (room <= 0) { ++i; continue; }
+    n_new = std::min(n_new, room);
+    grow(s, s->n_cached + n_new);
+    emit(batch, s, n_new);
+    budget -= n_new;
+    ++i;
+  }
+
+  // 3. Admissions, FIFO (preempted sequences are at the front). No preemption here:
+  //    a newcomer waits until blocks free up.
+  while (!waiting_.empty() && budget > 0 && int32_t(running_.size()) < cfg_.max_running) {
+    sequence* s = waiting_.front();
+    int32_t n_new = std::min({s->n_tokens(), cfg_.prefill_chunk, budget});
+    int32_t room = pool_.n_free() * pool_.block_size();
+    if (room <= 0) break;
+    n_new = std::min(n_new, room);
+    waiting_.pop_front();
+    s->running = true;
+    s->n_cached = 0;
+    running_.push_back(s);
+    grow(s, n_new);
+    emit(batch, s, n_new);
+    budget -= n_new;
+  }
+
+  in_flight_ = batch.n_seqs() > 0;
+  return batch.n_seqs();
+}
+
+void scheduler::on_step_done(const step_output& out, std::vector<seq_result>& results) {
+  if (!in_flight_) return;
+  in_flight_ = false;
+  for (size_t k = 0; k < scheduled_.size(); ++k) {
+    const scheduled& e = scheduled_[k];
+    auto it = seqs_.find(e.id);
+    if (it == seqs_.end() || it->second->serial != e.serial) continue;  // cancelled meanwhile
+    sequence* s = it->second.get();
+    if (!s->running) continue;  // cannot happen: preemption only inside schedule()
+    s->n_cached += e.n_new;
+    if (!e.sample) continue;
+    int32_t tok = k < out.tokens.size() ? out.tokens[k] : -1;
+    s->tokens.push_back(tok);
+    seq_result r;
+    r.id = s->id;
+    r.index = s->n_generated() - 1;
+    r.token = tok;
+    r.finished = s->n_generated() >= s->max_tokens || s->n_tokens() >= cfg_.n_ctx;
+    results.push_back(r);
+    if (r.finished) release(s);
+  }
+  scheduled_.clear();
+}
+
+void scheduler::on_step_failed() {
+  in_flight_ = false;
+  scheduled_.clear();
+}
+
+int32_t scheduler::waiting_blocks() const {
+  int32_t n = 0;
+  for (const sequence* s : waiting_) n += pool_.blocks_for(s->n_tokens() + 1);
+  return n;
+}
+
+std::vector<seq_spec> scheduler::drain() {
+  std::vector<seq_spec> outv;
+  auto take = [&](sequence* s) {
+    seq_spec sp;
+    sp.id = s->id;
+    sp.prompt.assign(s->tokens.begin(), s->tokens.begin() + s->n_prompt);
+    sp.generated.assign(s->tokens.begin() + s->n_prompt, s->tokens.end());
+    sp.max_tokens = s->max_tokens;
+    sp.sampling = s->sampling;
+    outv.push_back(std::move(sp));
+  };
+  for (sequence* s : running_) take(s);
+  for (sequence* s : waiting_) take(s);
+  while (!running_.empty()) release(running_.back());
+  while (!waiting_.empty()) release(waiting_.back());
+  in_flight_ = false;
+  scheduled_.clear();
+  return outv;
+}
+
+}  // namespace infer

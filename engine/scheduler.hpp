@@ -1,0 +1,133 @@
+// scheduler: per-step continuous batching for one worker (vLLM v1 style), pure host code.
+//
+// It holds the worker's sequences (running, in admission order, and waiting, FIFO)
+// and the worker's kv_block_pool. Each step, schedule() fills a step_batch within a
+// token budget: first one decode token for every running sequence that is decoding,
+// then the next prefill chunk (at most prefill_chunk tokens) of running sequences
+// still prefilling, then new sequences from the waiting queue while there is budget,
+// room (max_running) and KV blocks. A long prompt is thus prefilled over several steps
+// while the others keep decoding (chunked prefill). Batches are ragged (no padding),
+// so grouping prefills by length would gain nothing: order stays FIFO, which is fair.
+//
+// When a running sequence needs a block and none is free, the most recently admitted
+// running sequence is preempted: its blocks are freed, its tokens (prompt + generated)
+// are kept, and it goes to the front of the waiting queue; when it is admitted again
+// its KV is recomputed by prefilling prompt + generated. Counter-based sampling makes
+// the resumed output identical. A sequence is never dropped for lack of memory.
+//
+// The scheduler ends a sequence at max_tokens or at the context limit (finish reason
+// length). Stop strings need the detokenized text: the request actor matches them and
+// cancels the sequence, which frees its blocks at once (cancel()).
+//
+// Protocol: schedule() -> the backend runs the batch -> on_step_done(out) (or
+// on_step_failed()) -> schedule() ... add() and cancel() may be called at any time,
+// including while a step is in flight (a cancelled sequence's blocks are reused only
+// by a later schedule(), after the step has ended).
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/backend.hpp"
+#include "engine/kv-block-pool.hpp"
+#include "engine/result.hpp"
+#include "engine/sampling-params.hpp"
+
+namespace infer {
+
+struct scheduler_config {
+  int32_t max_batch_tokens = 512;  // tokens in one step (decodes + prefill chunks)
+  int32_t max_running = 64;        // sequences in the running batch
+  int32_t prefill_chunk = 256;     // longest prefill slice of one sequence in one step
+  int32_t n_ctx = 1024;            // context limit: prompt + generated tokens
+};
+
+// One sequence as handed to (or taken back from) a scheduler.
+struct seq_spec {
+  uint64_t id = 0;
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> generated;  // already generated (a resumed sequence)
+  int32_t max_tokens = 16;         // generated tokens in all, `generated` included
+  sampling_params sampling;
+};
+
+// One sampled token of one sequence.
+struct seq_result {
+  uint64_t id = 0;
+  int32_t index = 0;  // position among the generated tokens, 0-based
+  int32_t token = -1;
+  bool finished = false;  // the last token: max_tokens or the context limit reached
+};
+
+class scheduler {
+ public:
+  scheduler(const scheduler_config& cfg, kv_geometry kv);
+  ~scheduler();
+  scheduler(const scheduler&) = delete;
+  scheduler& operator=(const scheduler&) = delete;
+
+  // Queues a sequence; it joins the running batch at a following schedule().
+  // invalid_argument: duplicate id, empty prompt, nothing left to generate,
+  // prompt + generated beyond n_ctx, or more KV blocks than the whole pool holds.
+  status add(seq_spec s);
+  // Removes a sequence wherever it is and frees its blocks now. False: unknown id.
+  bool cancel(uint64_t id);
+
+  // Builds the next step into `batch` (reset first). Returns its number of sequences;
+  // 0 when there is nothing to run. Must not be called while a step is in flight.
+  int32_t schedule(step_batch& batch);
+  // Applies the sampled tokens of the step built by the last schedule(): appends one
+  // result per sampled token; finished sequences leave and free their blocks.
+  void on_step_done(const step_output& out, std::vector<seq_result>& results);
+  // The step failed: its work is discarded; the same tokens are scheduled again.
+  void on_step_failed();
+  // Removes every sequence (running first, then waiting), with the tokens generated so
+  // far, freeing all blocks: for re-admission elsewhere.
+  std::vector<seq_spec> drain();
+
+  bool step_in_flight() const { return in_flight_; }
+  bool has_work() const { return !running_.empty() || !waiting_.empty(); }
+  bool contains(uint64_t id) const { return seqs_.count(id) != 0; }
+  int32_t n_running() const { return int32_t(running_.size()); }
+  int32_t n_waiting() const { return int32_t(waiting_.size()); }
+  int32_t n_seqs() const { return int32_t(seqs_.size()); }
+  uint64_t n_preemptions() const { return n_preemptions_; }
+  const kv_block_pool& pool() const { return pool_; }
+  const scheduler_config& config() const { return cfg_; }
+  int32_t max_blocks_per_seq() const { return max_blocks_; }
+  // KV blocks the waiting sequences will need to start (their whole tokens so far).
+  int32_t waiting_blocks() const;
+  // Tokens of the sequences in the last built batch that are prefill (not decode) tokens.
+  int32_t last_prefill_tokens() const { return last_prefill_tokens_; }
+
+ private:
+  struct sequence;
+  struct scheduled {
+    uint64_t id;
+    uint64_t serial;  // tells a cancelled-and-re-added sequence from the scheduled one
+    int32_t n_new;
+    bool sample;
+  };
+
+  void preempt(sequence* s);
+  void release(sequence* s);  // frees blocks, leaves running/waiting, destroys
+  bool grow(sequence* s, int32_t n_tokens);  // blocks for n_tokens cached tokens
+  void emit(step_batch& batch, sequence* s, int32_t n_new);
+
+  scheduler_config cfg_;
+  kv_block_pool pool_;
+  int32_t max_blocks_;
+  std::unordered_map<uint64_t, std::unique_ptr<sequence>> seqs_;
+  std::vector<sequence*> running_;  // admission order: the back is preempted first
+  std::deque<sequence*> waiting_;
+  std::vector<scheduled> scheduled_;
+  bool in_flight_ = false;
+  uint64_t next_serial_ = 1;
+  uint64_t step_no_ = 0;
+  uint64_t n_preemptions_ = 0;
+  int32_t last_prefill_tokens_ = 0;
+};
+
+}  // namespace infer

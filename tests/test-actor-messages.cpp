@@ -1,0 +1,137 @@
+// The messages that cross nodes survive CAF 0.17's binary serialization, as a whole
+// caf::message (which needs the types registered), with float fields kept bit-exact.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+
+#include <caf/all.hpp>
+#include <caf/binary_deserializer.hpp>
+#include <caf/binary_serializer.hpp>
+
+#include "actors/messages.hpp"
+
+using namespace infer;
+
+namespace {
+
+struct sys_fixture {
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  sys_fixture() {
+    register_message_types(cfg);
+    sys = std::make_unique<caf::actor_system>(cfg);
+  }
+};
+
+template <class T>
+T round_trip(caf::actor_system& sys, const T& x) {
+  caf::message in = caf::make_message(x);
+  std::vector<char> buf;
+  caf::binary_serializer sink{sys, buf};
+  auto e1 = sink(in);
+  REQUIRE_MESSAGE(!e1, sys.render(e1));
+  REQUIRE(!buf.empty());
+  caf::message out;
+  caf::binary_deserializer source{sys, buf};
+  auto e2 = source(out);
+  REQUIRE_MESSAGE(!e2, sys.render(e2));
+  REQUIRE(out.match_elements<T>());
+  return out.get_as<T>(0);
+}
+
+}  // namespace
+
+TEST_CASE("messages: sampling parameters cross as bit patterns, even NaN, -0 and infinity") {
+  sys_fixture f;
+  for (float t : {0.0f, -0.0f, 0.7f, std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN(),
+                  std::numeric_limits<float>::denorm_min()}) {
+    sampling_params p;
+    p.temperature = t;
+    p.top_k = 40;
+    p.top_p = 0.95f;
+    p.seed = 0xFEEDFACECAFEBEEFull;
+    admit_msg a;
+    a.id = 7;
+    a.prompt = {1, 2, 3};
+    a.generated = {4};
+    a.max_tokens = 9;
+    a.sampling = wire_sampling::from(p);
+    admit_msg b = round_trip(*f.sys, a);
+    sampling_params q = b.sampling.to();
+    CHECK(std::bit_cast<uint32_t>(q.temperature) == std::bit_cast<uint32_t>(t));
+    CHECK(q.top_p == 0.95f);
+    CHECK(q.top_k == 40);
+    CHECK(q.seed == p.seed);
+    CHECK(b.id == 7);
+    CHECK(b.prompt == a.prompt);
+    CHECK(b.generated == a.generated);
+    CHECK(b.max_tokens == 9);
+  }
+}
+
+TEST_CASE("messages: every message type that crosses nodes round-trips") {
+  sys_fixture f;
+  token_msg t{42, 3, 255, true};
+  auto t2 = round_trip(*f.sys, t);
+  CHECK(t2.id == 42);
+  CHECK(t2.index == 3);
+  CHECK(t2.token == 255);
+  CHECK(t2.last);
+
+  worker_report_msg r;
+  r.worker = 1;
+  r.admits_seen = 10;
+  r.n_running = 3;
+  r.n_waiting = 2;
+  r.free_blocks = -4;
+  r.total_blocks = 100;
+  r.used_blocks = 50;
+  r.batch_seqs = 3;
+  r.batch_tokens = 70;
+  r.n_sampled = 3;
+  r.step_us = 1234;
+  r.preemptions = 5;
+  r.left = {8, 9};
+  auto r2 = round_trip(*f.sys, r);
+  CHECK(r2.worker == 1);
+  CHECK(r2.admits_seen == 10);
+  CHECK(r2.free_blocks == -4);
+  CHECK(r2.step_us == 1234);
+  CHECK(r2.preemptions == 5);
+  CHECK(r2.left == std::vector<uint64_t>{8, 9});
+
+  seq_gone_msg g{5, 1, true, false, "too long"};
+  auto g2 = round_trip(*f.sys, g);
+  CHECK(g2.id == 5);
+  CHECK(g2.rejected);
+  CHECK(g2.message == "too long");
+
+  CHECK(round_trip(*f.sys, cancel_msg{77}).id == 77);
+  worker_hello_msg h;
+  h.worker = 2;
+  h.total_blocks = 64;
+  h.block_size = 16;
+  h.n_ctx = 1024;
+  h.max_running = 32;
+  h.backend = "cuda";
+  auto h2 = round_trip(*f.sys, h);
+  CHECK(h2.total_blocks == 64);
+  CHECK(h2.backend == "cuda");
+  CHECK_FALSE(h2.handle);  // a null handle stays null
+
+  seq_closed_msg c{3, uint8_t(closed_why::lost), "worker failed"};
+  auto c2 = round_trip(*f.sys, c);
+  CHECK(c2.why == uint8_t(closed_why::lost));
+  enqueue_msg e;
+  e.id = 4;
+  e.prio = 0;
+  e.prompt = {5};
+  e.resume = true;
+  auto e2 = round_trip(*f.sys, e);
+  CHECK(e2.resume);
+  CHECK(e2.prompt == std::vector<int32_t>{5});
+  CHECK(round_trip(*f.sys, worker_down_msg{1, "x"}).reason == "x");
+  CHECK(round_trip(*f.sys, admission_msg{1, false, 1, 100, "full"}).retry_after_ms == 100);
+  CHECK(round_trip(*f.sys, dispatched_msg{1, 3}).worker == 3);
+}

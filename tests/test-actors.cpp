@@ -1,0 +1,440 @@
+// The actor pipeline end to end on the CPU backend with synthetic:tiny: continuous
+// batching, priorities, overload, cancel, deadlines, worker restart, the embedded API.
+// No timing assertion: where a test needs the engine busy, it holds steps at a gate.
+#include <doctest/doctest.h>
+
+#include <thread>
+
+#include "actor-test-util.hpp"
+
+using namespace infer;
+using namespace infer::test;
+
+namespace {
+
+service_config base_config() {
+  service_config c;
+  c.model = "synthetic:tiny";
+  c.workers = 1;
+  c.max_batch_tokens = 256;
+  c.max_running = 64;
+  c.prefill_chunk = 64;
+  c.queue_capacity = 256;
+  c.default_timeout_ms = 0;  // no deadline unless a test sets one
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("actors: 64 concurrent greedy requests produce exactly their solo tokens") {
+  collector col;
+  service_env env(base_config());
+  std::map<uint64_t, std::vector<int32_t>> want;
+  std::vector<uint64_t> ids;
+  std::vector<generate_request> reqs;
+  std::vector<std::vector<int32_t>> refs;
+  for (int i = 0; i < 64; ++i) {  // references first, so that the submissions come together
+    auto prompt = test_prompt(uint64_t(i), 1 + (i * 37) % 200);  // 1 .. 200 tokens: chunked prefill too
+    int32_t n = 6 + i % 11;
+    refs.push_back(solo_greedy(prompt, n));
+    reqs.push_back(greedy_request(prompt, n));
+  }
+  for (int i = 0; i < 64; ++i) {
+    uint64_t id = env.svc->submit(reqs[size_t(i)], col.cb());
+    want[id] = refs[size_t(i)];
+    ids.push_back(id);
+  }
+  for (uint64_t id : ids) REQUIRE(col.wait_terminal(id));
+  for (uint64_t id : ids) {
+    CHECK(col.well_formed(id));
+    event t = col.terminal(id);
+    CHECK(t.type == event::kind::done);
+    CHECK(t.reason == finish_reason::length);
+    CHECK_MESSAGE(col.tokens(id) == want[id], "request " << id);
+    CHECK(t.completion_tokens == int32_t(want[id].size()));
+  }
+  auto& m = env.svc->stats();
+  CHECK(m.outcome_count("done_length") == 64);
+  CHECK(m.batch_size.quantile(1.0) > 16);  // they really ran together
+}
+
+TEST_CASE("actors: sequences join and leave a running batch mid-generation") {
+  collector col;
+  service_env env(base_config());
+  auto pa = test_prompt(100, 20);
+  auto pb = test_prompt(101, 30);
+  auto pc = test_prompt(102, 5);
+  uint64_t a = env.svc->submit(greedy_request(pa, 300), col.cb());
+  REQUIRE(col.wait_tokens(a, 5));
+  uint64_t b = env.svc->submit(greedy_request(pb, 10), col.cb());  // joins while a decodes
+  REQUIRE(col.wait_terminal(b));
+  // b left at its 10th token while a kept going.
+  CHECK(col.recs.at(a).terminals == 0);
+  size_t a_at_b_done = col.tokens(a).size();
+  CHECK(a_at_b_done < 300);
+  uint64_t c = env.svc->submit(greedy_request(pc, 7), col.cb());  // joins after b left
+  REQUIRE(col.wait_terminal(c));
+  REQUIRE(col.wait_terminal(a));
+  CHECK(col.tokens(a) == solo_greedy(pa, 300));
+  CHECK(col.tokens(b) == solo_greedy(pb, 10));
+  CHECK(col.tokens(c) == solo_greedy(pc, 7));
+  for (auto id : {a, b, c}) CHECK(col.well_formed(id));
+  CHECK(env.svc->stats().batch_size.quantile(1.0) >= 2);
+}
+
+TEST_CASE("actors: priority order under a full queue, and overloaded at once when full") {
+  auto cfg = base_config();
+  cfg.max_running = 1;
+  cfg.queue_capacity = 8;
+  collector col;
+  service_env env(cfg);
+  uint64_t blocker = env.svc->submit(greedy_request(test_prompt(1, 8), 1000), col.cb());
+  REQUIRE(col.wait_tokens(blocker, 1));
+  env.gate->close();  // the worker holds blocker and is stuck: the queue fills
+  env.gate->wait_held();
+  const priority order[8] = {priority::low,  priority::normal, priority::high, priority::low,
+                             priority::normal, priority::high, priority::low,  priority::high};
+  std::vector<uint64_t> high, normal, low;
+  for (int i = 0; i < 8; ++i) {
+    auto r = greedy_request(test_prompt(10 + uint64_t(i), 4 + i), 3);
+    r.prio = order[i];
+    uint64_t id = env.svc->submit(r, col.cb());
+    REQUIRE(col.wait_accepted(id));  // one by one, so arrival order is submission order
+    CHECK(col.terminal(id).type == event::kind::accepted);  // no terminal yet: terminal() gives a default
+    (order[i] == priority::high ? high : order[i] == priority::normal ? normal : low).push_back(id);
+  }
+  CHECK(env.svc->stats().queue_depth.load() == 8);
+  // Full: the next one is refused at once, while the engine is still held.
+  uint64_t extra = env.svc->submit(greedy_request(test_prompt(99, 4), 3), col.cb());
+  REQUIRE(col.wait_terminal(extra));
+  event t = col.terminal(extra);
+  CHECK(t.type == event::kind::error);
+  CHECK(t.code == error_code::overloaded);
+  CHECK(t.retry_after_ms > 0);
+  CHECK(col.well_formed(extra));
+  CHECK(col.recs.at(blocker).terminals == 0);
+
+  env.svc->cancel(blocker);
+  env.gate->release();
+  std::vector<uint64_t> all;
+  for (auto* v : {&high, &normal, &low}) all.insert(all.end(), v->begin(), v->end());
+  for (uint64_t id : all) REQUIRE(col.wait_terminal(id));
+  std::vector<uint64_t> started;
+  {
+    std::lock_guard<std::mutex> lk(col.mu);
+    for (uint64_t id : col.first_token_order)
+      if (id != blocker) started.push_back(id);
+  }
+  CHECK(started == all);  // high (FIFO), then normal, then low
+  for (uint64_t id : all) {
+    CHECK(col.well_formed(id));
+    CHECK(col.terminal(id).type == event::kind::done);
+    CHECK(col.terminal(id).completion_tokens == 3);
+  }
+  CHECK(col.terminal(blocker).reason == finish_reason::cancelled);
+  CHECK(env.svc->stats().outcome_count("overloaded") == 1);
+}
+
+TEST_CASE("actors: cancel in the queue and mid-generation frees KV blocks at once") {
+  auto cfg = base_config();
+  cfg.max_running = 1;
+  collector col;
+  service_env env(cfg);
+  auto& m = env.svc->stats();
+  uint64_t running = env.svc->submit(greedy_request(test_prompt(7, 40), 1000), col.cb());
+  REQUIRE(col.wait_tokens(running, 2));
+  env.gate->close();
+  env.gate->wait_held();
+  uint64_t queued = env.svc->submit(greedy_request(test_prompt(8, 10), 5), col.cb());
+  REQUIRE(col.wait_accepted(queued));
+  CHECK(m.queue_depth.load() == 1);
+  CHECK(m.kv_blocks_used.load() > 0);
+
+  env.svc->cancel(queued);
+  REQUIRE(col.wait_terminal(queued));
+  CHECK(col.terminal(queued).type == event::kind::done);
+  CHECK(col.terminal(queued).reason == finish_reason::cancelled);
+  CHECK(col.terminal(queued).completion_tokens == 0);
+  CHECK(m.queue_depth.load() == 0);
+
+  // Mid-generation, while its step is stuck in the engine: the blocks are freed
+  // before the terminal event is emitted.
+  env.svc->cancel(running);
+  REQUIRE(col.wait_terminal(running));
+  CHECK(col.terminal(running).reason == finish_reason::cancelled);
+  CHECK(col.terminal(running).completion_tokens >= 2);
+  CHECK(m.kv_blocks_used.load() == 0);
+  CHECK(m.running_sequences.load() == 0);
+  env.gate->release();
+  CHECK(col.well_formed(queued));
+  CHECK(col.well_formed(running));
+  CHECK(m.outcome_count("cancelled") == 2);
+  env.svc->cancel(running);  // a second cancel after the end changes nothing
+  // The service still works afterwards.
+  auto c = env.svc->generate(greedy_request(test_prompt(9, 12), 4));
+  CHECK(c.ok);
+  CHECK(c.tokens == solo_greedy(test_prompt(9, 12), 4));
+}
+
+TEST_CASE("actors: deadlines expire in the queue and mid-generation") {
+  auto cfg = base_config();
+  cfg.max_running = 1;
+  collector col;
+  service_env env(cfg);
+  auto& m = env.svc->stats();
+  auto r = greedy_request(test_prompt(20, 16), 1000);
+  r.timeout_ms = 3000;  // ample for its first token; the gate then holds it past the deadline
+  uint64_t mid = env.svc->submit(r, col.cb());
+  REQUIRE(col.wait_tokens(mid, 1));
+  env.gate->close();  // mid cannot finish its 1000 tokens: its deadline passes while it runs
+  auto q = greedy_request(test_prompt(21, 16), 4);
+  q.timeout_ms = 50;  // stuck behind mid (max_running 1): expires in the queue
+  uint64_t queued = env.svc->submit(q, col.cb());
+  REQUIRE(col.wait_terminal(queued));
+  event tq = col.terminal(queued);
+  CHECK(tq.type == event::kind::error);
+  CHECK(tq.code == error_code::timeout);
+  CHECK(col.tokens(queued).empty());
+  REQUIRE(col.wait_terminal(mid));
+  event tm = col.terminal(mid);
+  CHECK(tm.type == event::kind::error);
+  CHECK(tm.code == error_code::timeout);
+  CHECK(!col.tokens(mid).empty());
+  CHECK(col.tokens(mid).size() < 1000);
+  CHECK(m.kv_blocks_used.load() == 0);
+  CHECK(m.queue_depth.load() == 0);
+  env.gate->release();
+  CHECK(col.well_formed(queued));
+  CHECK(col.well_formed(mid));
+  CHECK(m.outcome_count("timeout") == 2);
+}
+
+TEST_CASE("actors: a small KV cache preempts and recomputes; a sequence that can never fit is refused") {
+  collector col;
+  service_env env(base_config(), false, /*kv_blocks=*/8);  // 128 tokens of cache
+  std::vector<uint64_t> ids;
+  std::map<uint64_t, std::vector<int32_t>> want;
+  std::vector<std::vector<int32_t>> refs;
+  for (int i = 0; i < 6; ++i) refs.push_back(solo_greedy(test_prompt(500 + uint64_t(i), 20), 30));
+  for (int i = 0; i < 6; ++i) {  // 6 x (20 + 30) tokens: they cannot all hold their KV at once
+    uint64_t id = env.svc->submit(greedy_request(test_prompt(500 + uint64_t(i), 20), 30), col.cb());
+    want[id] = refs[size_t(i)];
+    ids.push_back(id);
+  }
+  uint64_t huge = env.svc->submit(greedy_request(test_prompt(600, 100), 40), col.cb());  // 140 > 128
+  for (uint64_t id : ids) REQUIRE(col.wait_terminal(id));
+  REQUIRE(col.wait_terminal(huge));
+  for (uint64_t id : ids) {
+    CHECK(col.well_formed(id));
+    CHECK(col.tokens(id) == want[id]);
+  }
+  CHECK(col.well_formed(huge));
+  CHECK(col.terminal(huge).type == event::kind::error);
+  CHECK(col.terminal(huge).code == error_code::invalid_request);
+  CHECK(env.svc->stats().preemptions.load() > 0);
+  CHECK(eventually([&] { return env.svc->stats().kv_blocks_used.load() == 0; }));
+}
+
+TEST_CASE("actors: invalid requests get invalid_request and nothing else") {
+  collector col;
+  service_env env(base_config());
+  std::vector<generate_request> bad(6);
+  bad[0].prompt = "";                                   // empty
+  bad[1].prompt_tokens.assign(1025, 1);                 // longer than n_ctx (1024)
+  bad[2].prompt = "x"; bad[2].max_tokens = -1;
+  bad[3].prompt = "x"; bad[3].sampling.top_p = 0.0f;
+  bad[4].prompt = "x"; bad[4].sampling.temperature = -1.0f;
+  bad[5].prompt_tokens = {1, 2, 300};                   // outside the vocabulary
+  for (auto& r : bad) {
+    uint64_t id = env.svc->submit(r, col.cb());
+    REQUIRE(col.wait_terminal(id));
+    CHECK(col.well_formed(id));
+    CHECK(col.terminal(id).type == event::kind::error);
+    CHECK(col.terminal(id).code == error_code::invalid_request);
+    CHECK_FALSE(col.terminal(id).message.empty());
+  }
+  CHECK(env.svc->stats().outcome_count("invalid_request") == 6);
+}
+
+TEST_CASE("actors: stop strings end the stream before the match") {
+  collector col;
+  service_env env(base_config(), /*fake=*/true);  // ASCII output, so the text is meaningful
+  std::vector<int32_t> prompt = {72, 105, 33};
+  // Reference run without stop; pick the text of a later token as the stop string.
+  uint64_t ref = env.svc->submit(greedy_request(prompt, 40), col.cb());
+  REQUIRE(col.wait_terminal(ref));
+  std::string full, stop;
+  {
+    std::lock_guard<std::mutex> lk(col.mu);
+    for (auto& e : col.recs[ref].events) {
+      if (e.type != event::kind::token) continue;
+      if (e.index >= 6 && e.index <= 8) stop += e.text;  // whole characters: token texts are
+      full += e.text;
+    }
+  }
+  const size_t stop_at = full.find(stop);  // the first match anywhere in the text counts
+  REQUIRE_FALSE(stop.empty());
+  auto r = greedy_request(prompt, 40);
+  r.stop = {stop};
+  uint64_t id = env.svc->submit(r, col.cb());
+  REQUIRE(col.wait_terminal(id));
+  CHECK(col.well_formed(id));
+  event t = col.terminal(id);
+  CHECK(t.type == event::kind::done);
+  CHECK(t.reason == finish_reason::stop);
+  std::string text;
+  {
+    std::lock_guard<std::mutex> lk(col.mu);
+    for (auto& e : col.recs[id].events) text += e.text;
+  }
+  CHECK(text == full.substr(0, stop_at));
+  CHECK(t.completion_tokens < 40);
+  CHECK(stop_at >= 1);  // something was streamed before the stop string
+  CHECK(text.size() == stop_at);
+  CHECK(env.svc->stats().outcome_count("done_stop") == 1);
+}
+
+TEST_CASE("actors: a failed worker is restarted and its sequences resume with the same tokens") {
+  collector col;
+  service_env env(base_config());
+  env.gate->fail_at = 12;  // some step in the middle of generation fails once
+  std::vector<uint64_t> ids;
+  std::map<uint64_t, std::vector<int32_t>> want;
+  std::vector<std::vector<int32_t>> refs;
+  for (int i = 0; i < 6; ++i) refs.push_back(solo_greedy(test_prompt(40 + uint64_t(i), 10 + i * 5), 20));
+  for (int i = 0; i < 6; ++i) {
+    uint64_t id = env.svc->submit(greedy_request(test_prompt(40 + uint64_t(i), 10 + i * 5), 20), col.cb());
+    want[id] = refs[size_t(i)];
+    ids.push_back(id);
+  }
+  for (uint64_t id : ids) REQUIRE(col.wait_terminal(id));
+  for (uint64_t id : ids) {
+    CHECK(col.well_formed(id));
+    CHECK(col.terminal(id).type == event::kind::done);
+    CHECK(col.tokens(id) == want[id]);  // no gap, no duplicate, same greedy tokens
+  }
+  CHECK(env.svc->stats().worker_restarts.load() == 1);
+  CHECK(env.svc->ready());
+}
+
+TEST_CASE("actors: the embedded API from plain threads, submit(tasks) with 100 tasks") {
+  service_env env(base_config());
+  // 100 tasks at once: a future per task.
+  std::vector<generate_request> tasks;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 100; ++i) {
+    prompts.push_back(test_prompt(200 + uint64_t(i), 8 + i % 24));
+    tasks.push_back(greedy_request(prompts.back(), 8));
+  }
+  auto futures = env.svc->submit(tasks);
+  REQUIRE(futures.size() == 100);
+  std::set<uint64_t> ids;
+  for (size_t i = 0; i < futures.size(); ++i) {
+    completion c = futures[i].get();
+    CHECK(c.ok);
+    CHECK(c.terminal.type == event::kind::done);
+    CHECK(c.tokens == solo_greedy(prompts[i], 8));
+    ids.insert(c.request_id);
+  }
+  CHECK(ids.size() == 100);
+
+  // Several plain threads at once, with generate() and streaming callbacks.
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int k = 0; k < 5; ++k) {
+        generate_request r;
+        r.prompt = "thread " + std::to_string(t) + " request " + std::to_string(k);
+        r.max_tokens = 6;
+        completion c = env.svc->generate(r);
+        if (c.ok && c.tokens.size() == 6 && c.terminal.prompt_tokens == int32_t(r.prompt.size())) ++ok;
+      }
+    });
+  for (auto& th : threads) th.join();
+  CHECK(ok.load() == 20);
+  CHECK(env.svc->stats().outcome_count("done_length") == 120);
+}
+
+TEST_CASE("actors: shutdown ends every request in flight with exactly one terminal event") {
+  collector col;
+  std::vector<uint64_t> ids;
+  {
+    service_env env(base_config());
+    for (int i = 0; i < 20; ++i) ids.push_back(env.svc->submit(greedy_request(test_prompt(300 + uint64_t(i), 20), 500), col.cb()));
+    REQUIRE(col.wait_tokens(ids[0], 1));
+    env.svc->shutdown();
+    uint64_t late = env.svc->submit(greedy_request(test_prompt(1, 4), 4), col.cb());
+    ids.push_back(late);
+    CHECK(col.terminal(late).code == error_code::unavailable);
+    CHECK_FALSE(env.svc->ready());
+  }
+  for (uint64_t id : ids) CHECK(col.well_formed(id));
+}
+
+TEST_CASE("actors: service::start from a config loads synthetic:tiny on the CPU backend") {
+  caf::actor_system_config caf_cfg;
+  register_message_types(caf_cfg);
+  caf::actor_system sys{caf_cfg};
+  service_config cfg;
+  cfg.model = "synthetic:tiny";
+  cfg.backend = "auto";  // no CUDA device here: cpu
+  cfg.workers = 2;
+  cfg.kv_memory_mb = 16;
+  {
+    service_config bad = cfg;
+    bad.max_batch_tokens = 0;
+    auto r = service::start(sys, bad);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().message.find("batching.max_batch_tokens") != std::string::npos);
+  }
+  auto started = service::start(sys, cfg);
+  REQUIRE_MESSAGE(started.has_value(), (started ? "" : started.error().message));
+  auto svc = std::move(started.value());
+  CHECK(svc->n_ctx() == 1024);
+  CHECK(svc->tok().n_vocab() == 256);
+  generate_request r;
+  r.prompt = "Hello, world";
+  r.max_tokens = 5;
+  completion c = svc->generate(r);
+  CHECK(c.ok);
+  CHECK(c.tokens.size() == 5);
+  CHECK(c.terminal.prompt_tokens == 12);  // byte-level: one token per byte
+  CHECK(c.tokens == solo_greedy(svc->tok().encode("Hello, world"), 5));
+  CHECK(eventually([&] { return svc->ready(); }));
+  CHECK(eventually([&] { return svc->stats().kv_blocks_total.load() > 0; }));  // both workers reported
+  std::string text = svc->stats().render_prometheus();
+  for (const char* name :
+       {"infer_requests_total{outcome=\"done_length\"} 1", "infer_queue_depth 0", "infer_running_sequences",
+        "infer_tokens_generated_total", "infer_worker_restarts_total 0", "infer_kv_blocks_used",
+        "infer_kv_blocks_total", "infer_time_to_first_token_seconds_bucket{le=\"+Inf\"} 1",
+        "infer_inter_token_latency_seconds_count 4", "infer_batch_size_bucket", "infer_step_time_seconds_sum"})
+    CHECK_MESSAGE(text.find(name) != std::string::npos, name);
+  svc->shutdown();
+  CHECK_FALSE(svc->ready());
+}
+
+TEST_CASE("actors: cancels racing with completion: every request ends once, all blocks come back") {
+  collector col;
+  auto cfg = base_config();
+  cfg.max_running = 16;
+  service_env env(cfg);
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 200; ++i) {
+    ids.push_back(env.svc->submit(greedy_request(test_prompt(700 + uint64_t(i), 4 + i % 13), 1 + i % 7), col.cb()));
+    if (i % 3 == 0) env.svc->cancel(ids[size_t(i / 2)]);  // some queued, some running, some finished
+  }
+  for (uint64_t id : ids) REQUIRE(col.wait_terminal(id));
+  int cancelled = 0;
+  for (uint64_t id : ids) {
+    CHECK(col.well_formed(id));
+    event t = col.terminal(id);
+    CHECK(t.type == event::kind::done);
+    if (t.reason == finish_reason::cancelled) ++cancelled;
+    else CHECK(t.completion_tokens == int32_t(col.tokens(id).size()));
+  }
+  MESSAGE(cancelled << " of 200 ended cancelled");
+  CHECK(eventually([&] { return env.svc->stats().kv_blocks_used.load() == 0; }));
+  CHECK(eventually([&] { return env.svc->stats().running_sequences.load() == 0; }));
+  CHECK(env.svc->stats().queue_depth.load() == 0);
+}

@@ -1,0 +1,263 @@
+// The scheduler alone, driven step by step against fake_backend (tests/fake-backend.hpp),
+// whose output depends on the K/V it reads back through the block tables.
+#include <doctest/doctest.h>
+
+#include <map>
+#include <random>
+
+#include "engine/scheduler.hpp"
+#include "fake-backend.hpp"
+
+using namespace infer;
+using infer::test::fake_backend;
+using infer::test::fake_config;
+using infer::test::fake_reference;
+
+namespace {
+
+struct harness {
+  model_config mc;
+  kv_geometry kv;
+  fake_backend be;
+  scheduler sched;
+  step_batch batch;
+  step_output out;
+  std::vector<seq_result> results;
+  std::map<uint64_t, std::vector<int32_t>> tokens;
+  std::map<uint64_t, int> finished;
+  int steps = 0;
+
+  harness(scheduler_config sc, kv_geometry g) : mc(fake_config(sc.n_ctx)), kv(g), be(mc, g), sched(sc, g) {}
+
+  // One step; returns the number of sequences it ran.
+  int32_t step() {
+    int32_t n = sched.schedule(batch);
+    if (n == 0) return 0;
+    REQUIRE(batch.n_tokens() <= sched.config().max_batch_tokens);
+    REQUIRE(n <= sched.config().max_running);
+    status s = be.step(batch, out, logits_mode::none);
+    REQUIRE_MESSAGE(s.is_ok(), s.message);
+    results.clear();
+    sched.on_step_done(out, results);
+    for (auto& r : results) {
+      auto& v = tokens[r.id];
+      REQUIRE(r.index == int32_t(v.size()));  // no gap, no duplicate
+      v.push_back(r.token);
+      if (r.finished) finished[r.id]++;
+    }
+    ++steps;
+    return n;
+  }
+  void run() {
+    while (step() > 0) {
+      REQUIRE(steps < 100000);
+    }
+  }
+};
+
+seq_spec make_seq(uint64_t id, int32_t prompt_len, int32_t max_tokens, uint32_t salt = 0) {
+  seq_spec s;
+  s.id = id;
+  for (int32_t i = 0; i < prompt_len; ++i) s.prompt.push_back(int32_t((id * 31 + i * 7 + salt) % 256));
+  s.max_tokens = max_tokens;
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("scheduler: one sequence generates what it generates alone and frees its blocks") {
+  scheduler_config sc{.max_batch_tokens = 64, .max_running = 4, .prefill_chunk = 32, .n_ctx = 256};
+  harness h(sc, {16, 32});
+  auto s = make_seq(1, 40, 20);
+  auto ref = fake_reference(s.prompt, 20, 256, 256);
+  REQUIRE(h.sched.add(s).is_ok());
+  h.run();
+  CHECK(h.tokens[1] == ref);
+  CHECK(h.finished[1] == 1);
+  CHECK(h.sched.pool().n_free() == 32);
+  CHECK_FALSE(h.sched.has_work());
+  // 40-token prompt in chunks of 32: two prefill steps, the second samples token 0.
+  CHECK(h.steps == 2 + 19);
+}
+
+TEST_CASE("scheduler: many sequences with chunked prefill match their solo output") {
+  scheduler_config sc{.max_batch_tokens = 48, .max_running = 8, .prefill_chunk = 16, .n_ctx = 256};
+  harness h(sc, {16, 200});
+  std::mt19937 rng(7);
+  std::map<uint64_t, std::vector<int32_t>> ref;
+  for (uint64_t id = 1; id <= 40; ++id) {
+    auto s = make_seq(id, 1 + int32_t(rng() % 100), 1 + int32_t(rng() % 30));
+    ref[id] = fake_reference(s.prompt, s.max_tokens, 256, 256);
+    REQUIRE(h.sched.add(s).is_ok());
+  }
+  // Whenever a step carries a prefill chunk, every running decoder also got its token
+  // (decodes first): count steps mixing both.
+  int mixed = 0;
+  while (true) {
+    int32_t n = h.sched.schedule(h.batch);
+    if (n == 0) break;
+    int decodes = 0, prefills = 0;
+    for (int32_t i = 0; i < n; ++i) {
+      if (h.batch.seq_len(i) == 1 && h.batch.sample[i] && h.batch.n_past[i] > 0) ++decodes;
+      else ++prefills;
+      CHECK(h.batch.seq_len(i) <= 16);
+    }
+    if (decodes > 0 && prefills > 0) ++mixed;
+    CHECK(h.batch.n_tokens() <= 48);
+    REQUIRE(h.be.step(h.batch, h.out).is_ok());
+    h.results.clear();
+    h.sched.on_step_done(h.out, h.results);
+    for (auto& r : h.results) {
+      REQUIRE(r.index == int32_t(h.tokens[r.id].size()));
+      h.tokens[r.id].push_back(r.token);
+      if (r.finished) h.finished[r.id]++;
+    }
+  }
+  CHECK(mixed > 0);
+  for (auto& [id, want] : ref) {
+    CHECK_MESSAGE(h.tokens[id] == want, "sequence " << id);
+    CHECK(h.finished[id] == 1);
+  }
+  CHECK(h.sched.pool().n_free() == 200);
+  CHECK(h.sched.n_preemptions() == 0);
+}
+
+TEST_CASE("scheduler: running out of blocks preempts the newest and recomputes it; nothing is lost") {
+  // 12 blocks of 4 tokens = 48 tokens of cache for 6 sequences that grow to 30 tokens each.
+  scheduler_config sc{.max_batch_tokens = 64, .max_running = 6, .prefill_chunk = 8, .n_ctx = 64};
+  harness h(sc, {4, 12});
+  std::map<uint64_t, std::vector<int32_t>> ref;
+  for (uint64_t id = 1; id <= 6; ++id) {
+    auto s = make_seq(id, 6 + int32_t(id), 22);
+    ref[id] = fake_reference(s.prompt, s.max_tokens, 256, 64);
+    REQUIRE(h.sched.add(s).is_ok());
+  }
+  h.run();
+  CHECK(h.sched.n_preemptions() > 0);
+  for (auto& [id, want] : ref) {
+    CHECK_MESSAGE(h.tokens[id] == want, "sequence " << id);
+    CHECK(h.finished[id] == 1);
+  }
+  CHECK(h.sched.pool().n_free() == 12);
+}
+
+TEST_CASE("scheduler: sequences join at the next step and leave at once") {
+  scheduler_config sc{.max_batch_tokens = 64, .max_running = 8, .prefill_chunk = 64, .n_ctx = 256};
+  harness h(sc, {16, 64});
+  REQUIRE(h.sched.add(make_seq(1, 10, 50)).is_ok());
+  REQUIRE(h.sched.add(make_seq(2, 10, 50)).is_ok());
+  for (int i = 0; i < 5; ++i) REQUIRE(h.step() == 2);
+  // Join: a newcomer runs in the very next step, beside the decoders.
+  REQUIRE(h.sched.add(make_seq(3, 20, 5)).is_ok());
+  REQUIRE(h.step() == 3);
+  CHECK(h.tokens[3].size() == 1);
+  // Leave: cancel frees the blocks immediately, and the next step runs without it.
+  int32_t free_before = h.sched.pool().n_free();
+  CHECK(h.sched.cancel(2));
+  CHECK(h.sched.pool().n_free() == free_before + 1);  // 16 tokens: one block
+  CHECK_FALSE(h.sched.cancel(2));
+  CHECK(h.step() == 2);
+  for (int32_t i = 0; i < h.batch.n_seqs(); ++i) CHECK(h.batch.n_past[i] != 16);  // seq 2 had 16 cached
+  size_t n2 = h.tokens[2].size();
+  h.run();
+  CHECK(h.tokens[2].size() == n2);
+  CHECK(h.finished[3] == 1);  // finished after 5 tokens and left while 1 kept running
+  CHECK(h.tokens[3] == fake_reference(make_seq(3, 20, 5).prompt, 5, 256, 256));
+  CHECK(h.tokens[1] == fake_reference(make_seq(1, 10, 50).prompt, 50, 256, 256));
+  CHECK(h.sched.pool().n_free() == 64);
+}
+
+TEST_CASE("scheduler: cancel while the step is in flight drops that step's token") {
+  scheduler_config sc{.max_batch_tokens = 64, .max_running = 8, .prefill_chunk = 64, .n_ctx = 256};
+  harness h(sc, {16, 64});
+  REQUIRE(h.sched.add(make_seq(1, 8, 10)).is_ok());
+  REQUIRE(h.sched.add(make_seq(2, 8, 10)).is_ok());
+  REQUIRE(h.sched.schedule(h.batch) == 2);
+  step_batch other;
+  CHECK(h.sched.schedule(other) == 0);  // one step at a time
+  REQUIRE(h.be.step(h.batch, h.out).is_ok());
+  REQUIRE(h.sched.cancel(1));  // as if it arrived while the backend ran
+  CHECK(h.sched.pool().n_free() == 63);
+  h.results.clear();
+  h.sched.on_step_done(h.out, h.results);
+  REQUIRE(h.results.size() == 1);
+  CHECK(h.results[0].id == 2);
+  h.tokens[2].push_back(h.results[0].token);
+  h.run();
+  CHECK(h.tokens[1].empty());
+  CHECK(h.tokens[2].size() == 10);
+  CHECK(h.sched.pool().n_free() == 64);
+}
+
+TEST_CASE("scheduler: a failed step is retried with the same tokens") {
+  scheduler_config sc{.max_batch_tokens = 64, .max_running = 8, .prefill_chunk = 64, .n_ctx = 256};
+  harness h(sc, {16, 64});
+  auto s = make_seq(5, 30, 12);
+  REQUIRE(h.sched.add(s).is_ok());
+  for (int i = 0; i < 4; ++i) h.step();
+  REQUIRE(h.sched.schedule(h.batch) == 1);
+  h.sched.on_step_failed();
+  h.run();
+  CHECK(h.tokens[5] == fake_reference(s.prompt, 12, 256, 256));
+}
+
+TEST_CASE("scheduler: drain hands back tokens so far; another scheduler resumes identically") {
+  scheduler_config sc{.max_batch_tokens = 32, .max_running = 4, .prefill_chunk = 16, .n_ctx = 256};
+  harness a(sc, {16, 64});
+  sampling_params sp;
+  sp.temperature = 0.8f;
+  sp.seed = 99;
+  auto s1 = make_seq(1, 20, 30);
+  s1.sampling = sp;
+  auto s2 = make_seq(2, 50, 30);
+  REQUIRE(a.sched.add(s1).is_ok());
+  REQUIRE(a.sched.add(s2).is_ok());
+  for (int i = 0; i < 8; ++i) a.step();
+  auto specs = a.sched.drain();
+  REQUIRE(specs.size() == 2);
+  CHECK(a.sched.pool().n_free() == 64);
+  CHECK_FALSE(a.sched.has_work());
+  harness b(sc, {16, 64});
+  for (auto& sp2 : specs) {
+    CHECK(sp2.generated == a.tokens[sp2.id]);
+    b.tokens[sp2.id] = sp2.generated;
+    REQUIRE(b.sched.add(sp2).is_ok());
+  }
+  b.run();
+  CHECK(b.tokens[1] == fake_reference(s1.prompt, 30, 256, 256, sp));
+  CHECK(b.tokens[2] == fake_reference(s2.prompt, 30, 256, 256));
+}
+
+TEST_CASE("scheduler: the context limit ends a sequence with its last token") {
+  scheduler_config sc{.max_batch_tokens = 64, .max_running = 4, .prefill_chunk = 64, .n_ctx = 32};
+  harness h(sc, {8, 16});
+  auto s = make_seq(1, 28, 100);
+  REQUIRE(h.sched.add(s).is_ok());
+  h.run();
+  CHECK(h.tokens[1].size() == 4);  // 28 + 4 = n_ctx
+  CHECK(h.finished[1] == 1);
+  CHECK(h.tokens[1] == fake_reference(s.prompt, 100, 256, 32));
+}
+
+TEST_CASE("scheduler: invalid sequences are refused") {
+  scheduler_config sc{.max_batch_tokens = 64, .max_running = 4, .prefill_chunk = 64, .n_ctx = 64};
+  scheduler sched(sc, {16, 2});
+  CHECK(sched.add(make_seq(1, 0, 4)).code == errc::invalid_argument);   // empty prompt
+  CHECK(sched.add(make_seq(1, 65, 4)).code == errc::invalid_argument);  // beyond n_ctx
+  CHECK(sched.add(make_seq(1, 10, 0)).code == errc::invalid_argument);  // nothing to generate
+  CHECK(sched.add(make_seq(1, 30, 10)).code == errc::invalid_argument); // 40 tokens > 2 blocks
+  CHECK(sched.add(make_seq(1, 10, 10)).is_ok());
+  CHECK(sched.add(make_seq(1, 10, 10)).code == errc::invalid_argument);  // duplicate id
+  CHECK(sched.n_waiting() == 1);
+}
+
+TEST_CASE("scheduler: max_running bounds the batch; the rest wait FIFO") {
+  scheduler_config sc{.max_batch_tokens = 256, .max_running = 3, .prefill_chunk = 64, .n_ctx = 128};
+  harness h(sc, {16, 64});
+  for (uint64_t id = 1; id <= 5; ++id) REQUIRE(h.sched.add(make_seq(id, 5, 3)).is_ok());
+  REQUIRE(h.step() == 3);
+  CHECK(h.tokens.count(4) == 0);
+  CHECK(h.tokens.count(5) == 0);
+  h.run();
+  for (uint64_t id = 1; id <= 5; ++id) CHECK(h.finished[id] == 1);
+}
