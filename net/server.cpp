@@ -30,6 +30,7 @@
 #include "actors/service.hpp"
 #include "engine/tokenizer.hpp"
 #include "net/protocol.hpp"
+#include "web/static-files.hpp"
 
 namespace infer::net {
 
@@ -510,6 +511,11 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
                                                             : R"({"status":"loading"})"),
                      "application/json", keep);
     }
+    // The page (web/, embedded) is public like the probes: it holds no data, and a browser
+    // navigating to it cannot send a bearer token. What it then fetches is checked as usual.
+    if (get)
+      if (const static_file* f = find_static_file(path))
+        return respond(http::status::ok, std::string(f->body), std::string(f->content_type).c_str(), keep);
     if (!authorized(st_, req)) return unauthorized(keep);
 
     if (path == "/metrics" && get) return respond(http::status::ok, metrics_text(svc), "text/plain; version=0.0.4", keep);
