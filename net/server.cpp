@@ -40,7 +40,6 @@ namespace websocket = beast::websocket;
 namespace asio = boost::asio;
 namespace ssl = asio::ssl;
 using tcp = asio::ip::tcp;
-using clock_type = std::chrono::steady_clock;
 
 namespace {
 
@@ -50,10 +49,6 @@ template <class S>
 constexpr bool is_tls = std::is_same_v<S, tls_stream>;
 
 constexpr const char* server_name = "inferd";
-
-double ms_since(clock_type::time_point t0) {
-  return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
-}
 
 // Shared by the listener and every session; outlives the io context (see impl).
 struct server_state {
