@@ -42,6 +42,8 @@ struct worker_slot {
   uint64_t exclusive = 0;
   uint64_t exclusive_admit = 0;  // its admission number (admits_sent)
   bool probe = false;            // admitted the half-open breaker's single probe
+  // Held for a suspect that must run alone: takes nothing new until it is idle.
+  uint64_t reserved = 0;
 };
 
 // A sequence that was in a failed step. Random faults must not condemn it, a poison
@@ -217,12 +219,25 @@ void dispatch(batcher_actor* self) {
       for (int i = 0; i < int(st.workers.size()); ++i) {
         auto& w = st.workers[size_t(i)];
         if (!routable(st, size_t(i), now) || w.exclusive != 0) continue;
+        if (w.reserved != 0 && w.reserved != m.id) continue;
         if (alone && (w.held != 0 || !w.in_transit.empty())) continue;
         if (w.est_held() >= w.max_running || w.est_free() < w.blocks_for(n)) continue;
         if (best < 0 || w.est_free() > st.workers[size_t(best)].est_free()) best = i;
       }
       if (best < 0) {
-        if (alone) {  // waits for an idle worker; the others may go on
+        if (alone) {
+          // Reserve the least busy worker (once) so that it drains; the others go on.
+          bool has = false;
+          for (auto& w : st.workers) has |= w.reserved == m.id;
+          if (!has) {
+            int pick = -1;
+            for (int i = 0; i < int(st.workers.size()); ++i) {
+              auto& w = st.workers[size_t(i)];
+              if (!routable(st, size_t(i), now) || w.exclusive != 0 || w.reserved != 0) continue;
+              if (pick < 0 || w.est_held() < st.workers[size_t(pick)].est_held()) pick = i;
+            }
+            if (pick >= 0) st.workers[size_t(pick)].reserved = m.id;
+          }
           ++qi;
           continue;
         }
@@ -232,6 +247,8 @@ void dispatch(batcher_actor* self) {
       }
       admit_to(self, best, m, n);
       if (alone) {
+        for (auto& o : st.workers)
+          if (o.reserved == m.id) o.reserved = 0;
         auto& w = st.workers[size_t(best)];
         w.exclusive = m.id;
         w.exclusive_admit = w.admits_sent;
@@ -307,6 +324,8 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         auto& st = self->state;
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
         if (remove_queued(st, c.id)) {
+          for (auto& w : st.workers)
+            if (w.reserved == c.id) w.reserved = 0;
           publish_gauges(self);
           self->send(sender, seq_closed_msg{c.id, uint8_t(closed_why::cancelled), {}});
           return;

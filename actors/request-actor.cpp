@@ -234,7 +234,9 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
   st.cb = std::move(cb);
   st.t_submit = clock_type::now();
 
-  if (st.core->closed.load() || !st.core->batcher) {
+  // Registered before the service closed (submit checks under the lock): a graceful drain
+  // lets it run; a hard shutdown cancels it like any other request in flight.
+  if (!st.core->batcher) {
     finish(self, make_error(error_code::unavailable, "the service is shutting down"));
     return {};
   }
