@@ -6,6 +6,7 @@
 //   infer-bench-actors [--tasks 100] [--prompt 32] [--new 64] [--workers 1]
 //                      [--threads 1] [--max-running 128] [--model synthetic:tiny]
 //                      [--caf-policy stealing|sharing] [--repeat R] [--skip-serial]
+//                      [--backend cpu|cuda|auto]
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -117,7 +118,7 @@ int main(int argc, char** argv) {
 
   service_config cfg;
   cfg.model = arg_str(argc, argv, "--model", "synthetic:tiny");
-  cfg.backend = "cpu";
+  cfg.backend = arg_str(argc, argv, "--backend", "cpu");
   cfg.workers = arg_int(argc, argv, "--workers", 1);
   cfg.cpu_threads = arg_int(argc, argv, "--threads", 1);
   cfg.max_running = arg_int(argc, argv, "--max-running", 128);
@@ -143,9 +144,9 @@ int main(int argc, char** argv) {
   // Warm-up (first steps allocate buffers).
   svc->generate(tasks[0]);
 
-  fmt::print("infer-bench-actors: {} tasks, prompt {} tokens, {} new tokens, model {}, backend cpu, "
+  fmt::print("infer-bench-actors: {} tasks, prompt {} tokens, {} new tokens, model {}, backend {}, "
              "{} worker(s), {} BLAS thread(s) each, max_running {}, CAF scheduler {}\n",
-             n_tasks, prompt_len, new_tokens, cfg.model, cfg.workers, cfg.cpu_threads, cfg.max_running, policy);
+             n_tasks, prompt_len, new_tokens, cfg.model, cfg.backend, cfg.workers, cfg.cpu_threads, cfg.max_running, policy);
   // --skip-serial: only the batched run (for profiling it); the speed-up is then meaningless.
   bool skip_serial = false;
   for (int i = 1; i < argc; ++i) skip_serial |= std::strcmp(argv[i], "--skip-serial") == 0;
