@@ -1,0 +1,536 @@
+#include "net/protocol.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+namespace infer::net {
+
+using json = nlohmann::json;
+
+namespace {
+
+// ---- field checks shared by the WebSocket and OpenAI parsers ------------------------
+// Each returns an error message, or nothing. `null` counts as absent everywhere:
+// OpenAI clients send explicit nulls for unset fields.
+
+bool absent(const json& o, const char* key) {
+  auto it = o.find(key);
+  return it == o.end() || it->is_null();
+}
+
+std::optional<std::string> get_int(const json& o, const char* key, int64_t lo, int64_t hi, int64_t& out) {
+  if (absent(o, key)) return std::nullopt;
+  const json& v = o.at(key);
+  if (v.is_number_unsigned()) {
+    uint64_t u = v.get<uint64_t>();
+    if (u > uint64_t(std::numeric_limits<int64_t>::max()) || int64_t(u) > hi)
+      return fmt::format("{}: must be <= {}, got {}", key, hi, u);
+    out = int64_t(u);
+  } else if (v.is_number_integer()) {
+    out = v.get<int64_t>();
+  } else {
+    return fmt::format("{}: must be an integer", key);
+  }
+  if (out < lo) return fmt::format("{}: must be >= {}, got {}", key, lo, out);
+  if (out > hi) return fmt::format("{}: must be <= {}, got {}", key, hi, out);
+  return std::nullopt;
+}
+
+std::optional<std::string> get_u64(const json& o, const char* key, uint64_t& out) {
+  if (absent(o, key)) return std::nullopt;
+  const json& v = o.at(key);
+  if (v.is_number_unsigned()) {
+    out = v.get<uint64_t>();
+  } else if (v.is_number_integer()) {
+    int64_t i = v.get<int64_t>();
+    if (i < 0) return fmt::format("{}: must be >= 0, got {}", key, i);
+    out = uint64_t(i);
+  } else {
+    return fmt::format("{}: must be a non-negative integer", key);
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> get_number(const json& o, const char* key, double& out) {
+  if (absent(o, key)) return std::nullopt;
+  const json& v = o.at(key);
+  if (!v.is_number()) return fmt::format("{}: must be a number", key);
+  out = v.get<double>();
+  if (!std::isfinite(out)) return fmt::format("{}: must be finite", key);
+  return std::nullopt;
+}
+
+std::optional<std::string> get_bool(const json& o, const char* key, bool& out) {
+  if (absent(o, key)) return std::nullopt;
+  const json& v = o.at(key);
+  if (!v.is_boolean()) return fmt::format("{}: must be true or false", key);
+  out = v.get<bool>();
+  return std::nullopt;
+}
+
+std::optional<std::string> check_token_ids(const json& arr, const char* key, int32_t n_vocab,
+                                           std::vector<int32_t>& out) {
+  if (!arr.is_array()) return fmt::format("{}: must be an array of token ids", key);
+  out.clear();
+  out.reserve(arr.size());
+  for (size_t i = 0; i < arr.size(); ++i) {
+    const json& t = arr[i];
+    if (!t.is_number_integer()) return fmt::format("{}[{}]: must be an integer token id", key, i);
+    int64_t id = t.is_number_unsigned() ? int64_t(std::min<uint64_t>(t.get<uint64_t>(), uint64_t(1) << 40))
+                                        : t.get<int64_t>();
+    if (id < 0 || id >= n_vocab)
+      return fmt::format("{}[{}]: token id {} outside the vocabulary [0, {})", key, i, id, n_vocab);
+    out.push_back(int32_t(id));
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> get_stop(const json& o, const protocol_limits& lim, std::vector<std::string>& out) {
+  if (absent(o, "stop")) return std::nullopt;
+  const json& v = o.at("stop");
+  auto add = [&](const json& s, size_t i) -> std::optional<std::string> {
+    if (!s.is_string()) return fmt::format("stop[{}]: must be a string", i);
+    const auto& str = s.get_ref<const std::string&>();
+    if (str.empty()) return fmt::format("stop[{}]: must not be empty", i);
+    if (str.size() > lim.max_stop_bytes)
+      return fmt::format("stop[{}]: longer than {} bytes", i, lim.max_stop_bytes);
+    out.push_back(str);
+    return std::nullopt;
+  };
+  if (v.is_string()) return add(v, 0);
+  if (!v.is_array()) return "stop: must be a string or an array of strings";
+  if (v.size() > lim.max_stop) return fmt::format("stop: at most {} sequences, got {}", lim.max_stop, v.size());
+  for (size_t i = 0; i < v.size(); ++i)
+    if (auto e = add(v[i], i)) return e;
+  return std::nullopt;
+}
+
+// Sampling fields common to both APIs. `temperature` keeps its caller's default.
+std::optional<std::string> get_sampling(const json& o, const protocol_limits& lim, generate_request& r) {
+  int64_t i = 0;
+  double d = 0;
+  i = lim.max_tokens_default;
+  if (auto e = get_int(o, "max_tokens", 1, lim.max_tokens_limit, i)) return e;
+  r.max_tokens = int32_t(i);
+  d = r.sampling.temperature;
+  if (auto e = get_number(o, "temperature", d)) return e;
+  if (d < 0) return fmt::format("temperature: must be >= 0, got {}", d);
+  r.sampling.temperature = float(d);
+  i = r.sampling.top_k;
+  if (auto e = get_int(o, "top_k", 0, std::numeric_limits<int32_t>::max(), i)) return e;
+  r.sampling.top_k = int32_t(i);
+  d = r.sampling.top_p;
+  if (auto e = get_number(o, "top_p", d)) return e;
+  if (!(d > 0 && d <= 1)) return fmt::format("top_p: must be in (0, 1], got {}", d);
+  r.sampling.top_p = float(d);
+  if (auto e = get_u64(o, "seed", r.sampling.seed)) return e;
+  if (auto e = get_stop(o, lim, r.stop)) return e;
+  return std::nullopt;
+}
+
+// Encodes a text prompt when the limits can, then checks the length against the context.
+std::optional<std::string> finish_prompt(const protocol_limits& lim, generate_request& r) {
+  if (r.prompt_tokens.empty() && lim.encode) {
+    r.prompt_tokens = lim.encode(r.prompt);
+    if (r.prompt_tokens.empty()) return "prompt: encodes to no tokens";
+  }
+  if (!r.prompt_tokens.empty() && int64_t(r.prompt_tokens.size()) >= lim.n_ctx)
+    return fmt::format("prompt: {} tokens, longer than the context allows ({} tokens, at most {} for the prompt)",
+                       r.prompt_tokens.size(), lim.n_ctx, lim.n_ctx - 1);
+  return std::nullopt;
+}
+
+std::optional<json> parse_json(std::string_view text, std::string& err) {
+  try {
+    return json::parse(text.begin(), text.end());
+  } catch (const json::parse_error& e) {
+    err = fmt::format("not valid JSON (byte {})", e.byte);
+  } catch (const std::exception& e) {
+    err = "not valid JSON";
+  }
+  return std::nullopt;
+}
+
+std::string fmt_ms(double v) { return fmt::format("{:.3f}", v); }
+
+}  // namespace
+
+// ---- WebSocket v1 ---------------------------------------------------------------------
+
+command parse_command(std::string_view frame, const protocol_limits& lim) {
+  std::string err;
+  auto doc = parse_json(frame, err);
+  if (!doc) return invalid_request{std::nullopt, "frame is " + err};
+  const json& o = *doc;
+  if (!o.is_object()) return invalid_request{std::nullopt, "frame must be a JSON object"};
+
+  std::optional<std::string> id;
+  auto idit = o.find("id");
+  if (idit != o.end() && idit->is_string()) {
+    const auto& s = idit->get_ref<const std::string&>();
+    if (!s.empty() && s.size() <= lim.max_id_bytes) id = s;
+  }
+  auto tit = o.find("type");
+  if (tit == o.end()) return invalid_request{id, "type: missing"};
+  if (!tit->is_string()) return invalid_request{id, "type: must be a string"};
+  const auto& type = tit->get_ref<const std::string&>();
+  if (type != "generate" && type != "cancel")
+    return invalid_request{id, fmt::format("type: unknown type \"{}\" (generate, cancel)", type)};
+  if (!id) {
+    if (idit == o.end() || idit->is_null()) return invalid_request{std::nullopt, "id: missing"};
+    if (!idit->is_string()) return invalid_request{std::nullopt, "id: must be a string"};
+    return invalid_request{std::nullopt, fmt::format("id: must be 1 to {} bytes", lim.max_id_bytes)};
+  }
+  if (type == "cancel") return cancel_command{*id};
+
+  generate_command cmd;
+  cmd.id = *id;
+  generate_request& r = cmd.request;
+  r.sampling = sampling_params{};  // temperature 0: greedy unless asked
+  bool has_text = !absent(o, "prompt"), has_ids = !absent(o, "prompt_tokens");
+  if (has_text && has_ids) return invalid_request{id, "prompt and prompt_tokens: give one, not both"};
+  if (!has_text && !has_ids) return invalid_request{id, "prompt: missing (or prompt_tokens)"};
+  if (has_text) {
+    const json& p = o.at("prompt");
+    if (!p.is_string()) return invalid_request{id, "prompt: must be a string"};
+    r.prompt = p.get<std::string>();
+    if (r.prompt.empty()) return invalid_request{id, "prompt: must not be empty"};
+  } else {
+    if (auto e = check_token_ids(o.at("prompt_tokens"), "prompt_tokens", lim.n_vocab, r.prompt_tokens))
+      return invalid_request{id, *e};
+    if (r.prompt_tokens.empty()) return invalid_request{id, "prompt_tokens: must not be empty"};
+  }
+  if (auto e = get_sampling(o, lim, r)) return invalid_request{id, *e};
+  if (!absent(o, "priority")) {
+    const json& p = o.at("priority");
+    if (!p.is_string()) return invalid_request{id, "priority: must be a string"};
+    const auto& s = p.get_ref<const std::string&>();
+    if (s == "high") r.prio = priority::high;
+    else if (s == "normal") r.prio = priority::normal;
+    else if (s == "low") r.prio = priority::low;
+    else return invalid_request{id, fmt::format("priority: must be high, normal or low, got \"{}\"", s)};
+  }
+  int64_t t = 0;
+  if (auto e = get_int(o, "timeout_ms", 0, 24LL * 3600 * 1000, t)) return invalid_request{id, *e};
+  r.timeout_ms = t;
+  if (auto e = finish_prompt(lim, r)) return invalid_request{id, *e};
+  return cmd;
+}
+
+const char* wire_name(error_code c) {
+  switch (c) {
+    case error_code::invalid_request: return "invalid_request";
+    case error_code::overloaded: return "overloaded";
+    case error_code::rate_limited: return "rate_limited";
+    case error_code::timeout: return "timeout";
+    case error_code::unavailable: return "unavailable";
+    case error_code::internal: return "internal";
+  }
+  return "internal";
+}
+
+const char* wire_name(finish_reason r) {
+  switch (r) {
+    case finish_reason::length: return "length";
+    case finish_reason::stop: return "stop";
+    case finish_reason::cancelled: return "cancelled";
+  }
+  return "stop";
+}
+
+const char* wire_name(priority p) {
+  switch (p) {
+    case priority::high: return "high";
+    case priority::normal: return "normal";
+    case priority::low: return "low";
+  }
+  return "normal";
+}
+
+void append_json_string(std::string& out, std::string_view s) {
+  static const char* hex = "0123456789abcdef";
+  out.push_back('"');
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  size_t n = s.size(), i = 0;
+  while (i < n) {
+    unsigned char c = p[i];
+    if (c < 0x80) {
+      switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        case '\b': out += "\\b"; break;
+        case '\f': out += "\\f"; break;
+        default:
+          if (c < 0x20) {
+            out += "\\u00";
+            out.push_back(hex[c >> 4]);
+            out.push_back(hex[c & 15]);
+          } else {
+            out.push_back(char(c));
+          }
+      }
+      ++i;
+      continue;
+    }
+    // Multi-byte: copy a well-formed sequence (no overlongs, surrogates or > U+10FFFF).
+    size_t len = 0;
+    uint32_t cp = 0, min = 0;
+    if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F, min = 0x80;
+    else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F, min = 0x800;
+    else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07, min = 0x10000;
+    bool ok = len != 0 && i + len <= n;
+    for (size_t k = 1; ok && k < len; ++k) {
+      if ((p[i + k] & 0xC0) != 0x80) ok = false;
+      else cp = (cp << 6) | (p[i + k] & 0x3F);
+    }
+    if (ok && (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))) ok = false;
+    if (ok) {
+      out.append(s.data() + i, len);
+      i += len;
+    } else {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    }
+  }
+  out.push_back('"');
+}
+
+std::string accepted_frame(std::string_view id) {
+  std::string out = R"({"type":"accepted","id":)";
+  append_json_string(out, id);
+  out.push_back('}');
+  return out;
+}
+
+void token_frame(std::string& out, std::string_view id, int32_t index, int32_t token, std::string_view text) {
+  out.clear();
+  out += R"({"type":"token","id":)";
+  append_json_string(out, id);
+  fmt::format_to(std::back_inserter(out), R"(,"index":{},"token":{},"text":)", index, token);
+  append_json_string(out, text);
+  out.push_back('}');
+}
+
+std::string done_frame(std::string_view id, const event& e) {
+  std::string out = R"({"type":"done","id":)";
+  append_json_string(out, id);
+  fmt::format_to(std::back_inserter(out),
+                 R"(,"finish_reason":"{}","usage":{{"prompt_tokens":{},"completion_tokens":{}}},)"
+                 R"("timing_ms":{{"queue":{},"first_token":{},"total":{}}}}})",
+                 wire_name(e.reason), e.prompt_tokens, e.completion_tokens, fmt_ms(e.queue_ms),
+                 fmt_ms(e.first_token_ms), fmt_ms(e.total_ms));
+  return out;
+}
+
+std::string error_frame(const std::optional<std::string>& id, error_code c, std::string_view message,
+                        int64_t retry_after_ms) {
+  std::string out = R"({"type":"error","id":)";
+  if (id) append_json_string(out, *id);
+  else out += "null";
+  fmt::format_to(std::back_inserter(out), R"(,"code":"{}","message":)", wire_name(c));
+  append_json_string(out, message);
+  if (c == error_code::rate_limited || c == error_code::overloaded)
+    fmt::format_to(std::back_inserter(out), R"(,"retry_after_ms":{})", std::max<int64_t>(retry_after_ms, 0));
+  out.push_back('}');
+  return out;
+}
+
+std::string event_frame(std::string_view id, const event& e) {
+  switch (e.type) {
+    case event::kind::accepted: return accepted_frame(id);
+    case event::kind::token: {
+      std::string out;
+      token_frame(out, id, e.index, e.token, e.text);
+      return out;
+    }
+    case event::kind::done: return done_frame(id, e);
+    case event::kind::error: return error_frame(std::string(id), e.code, e.message, e.retry_after_ms);
+  }
+  return {};
+}
+
+// ---- OpenAI completions -----------------------------------------------------------------
+
+std::variant<completion_command, invalid_request> parse_completion_request(std::string_view body,
+                                                                           const protocol_limits& lim) {
+  std::string err;
+  auto doc = parse_json(body, err);
+  if (!doc) return invalid_request{std::nullopt, "body is " + err};
+  const json& o = *doc;
+  if (!o.is_object()) return invalid_request{std::nullopt, "body must be a JSON object"};
+  completion_command cmd;
+  generate_request& r = cmd.request;
+  r.sampling = sampling_params{};
+  r.sampling.temperature = 1.0f;  // OpenAI's default
+
+  if (absent(o, "prompt")) return invalid_request{std::nullopt, "prompt: missing"};
+  const json& p = o.at("prompt");
+  if (p.is_string()) {
+    r.prompt = p.get<std::string>();
+  } else if (p.is_array() && p.size() == 1 && p[0].is_string()) {
+    r.prompt = p[0].get<std::string>();
+  } else if (p.is_array() && p.size() == 1 && p[0].is_array()) {
+    if (auto e = check_token_ids(p[0], "prompt[0]", lim.n_vocab, r.prompt_tokens)) return invalid_request{{}, *e};
+  } else if (p.is_array() && !p.empty() && p[0].is_number()) {
+    if (auto e = check_token_ids(p, "prompt", lim.n_vocab, r.prompt_tokens)) return invalid_request{{}, *e};
+  } else if (p.is_array() && p.size() > 1) {
+    return invalid_request{std::nullopt, "prompt: batches of prompts are not supported; send one per request"};
+  } else {
+    return invalid_request{std::nullopt, "prompt: must be a string or an array of token ids"};
+  }
+  if (r.prompt.empty() && r.prompt_tokens.empty()) return invalid_request{std::nullopt, "prompt: must not be empty"};
+
+  if (auto e = get_sampling(o, lim, r)) return invalid_request{std::nullopt, *e};
+  int64_t n = 1;
+  if (auto e = get_int(o, "n", 1, 1, n)) return invalid_request{std::nullopt, *e + " (one choice per request)"};
+  if (auto e = get_int(o, "best_of", 1, 1, n)) return invalid_request{std::nullopt, *e};
+  bool echo = false;
+  if (auto e = get_bool(o, "echo", echo)) return invalid_request{std::nullopt, *e};
+  if (echo) return invalid_request{std::nullopt, "echo: not supported"};
+  if (!absent(o, "logprobs")) {
+    const json& l = o.at("logprobs");
+    if (!(l.is_number_integer() && l.get<int64_t>() == 0) && !(l.is_boolean() && !l.get<bool>()))
+      return invalid_request{std::nullopt, "logprobs: not supported"};
+  }
+  if (auto e = get_bool(o, "stream", cmd.stream)) return invalid_request{std::nullopt, *e};
+  if (!absent(o, "stream_options")) {
+    const json& so = o.at("stream_options");
+    if (!so.is_object()) return invalid_request{std::nullopt, "stream_options: must be an object"};
+    if (auto e = get_bool(so, "include_usage", cmd.include_usage)) return invalid_request{std::nullopt, *e};
+  }
+  if (!absent(o, "model")) {
+    if (!o.at("model").is_string()) return invalid_request{std::nullopt, "model: must be a string"};
+    cmd.model = o.at("model").get<std::string>();
+  }
+  cmd.seeded = !absent(o, "seed");
+  if (auto e = finish_prompt(lim, r)) return invalid_request{std::nullopt, *e};
+  return cmd;
+}
+
+int http_status(error_code c) {
+  switch (c) {
+    case error_code::invalid_request: return 400;
+    case error_code::overloaded:
+    case error_code::rate_limited: return 429;
+    case error_code::unavailable: return 503;
+    case error_code::timeout: return 504;
+    case error_code::internal: return 500;
+  }
+  return 500;
+}
+
+std::string openai_error_json(error_code c, std::string_view message) {
+  const char* type = "server_error";
+  switch (c) {
+    case error_code::invalid_request: type = "invalid_request_error"; break;
+    case error_code::overloaded:
+    case error_code::rate_limited: type = "rate_limit_error"; break;
+    case error_code::unavailable: type = "service_unavailable"; break;
+    case error_code::timeout: type = "timeout"; break;
+    case error_code::internal: type = "server_error"; break;
+  }
+  std::string out = R"({"error":{"message":)";
+  append_json_string(out, message);
+  fmt::format_to(std::back_inserter(out), R"(,"type":"{}","param":null,"code":"{}"}}}})", type, wire_name(c));
+  return out;
+}
+
+namespace {
+const char* openai_finish(finish_reason r) { return r == finish_reason::length ? "length" : "stop"; }
+
+void append_head(std::string& out, std::string_view cmpl_id, int64_t created, std::string_view model) {
+  out += R"({"id":)";
+  append_json_string(out, cmpl_id);
+  fmt::format_to(std::back_inserter(out), R"(,"object":"text_completion","created":{},"model":)", created);
+  append_json_string(out, model);
+}
+}  // namespace
+
+std::string openai_completion_json(std::string_view cmpl_id, int64_t created, std::string_view model,
+                                   std::string_view text, const event& done) {
+  std::string out;
+  append_head(out, cmpl_id, created, model);
+  out += R"(,"choices":[{"text":)";
+  append_json_string(out, text);
+  fmt::format_to(std::back_inserter(out),
+                 R"(,"index":0,"logprobs":null,"finish_reason":"{}"}}],)"
+                 R"("usage":{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{}}}}})",
+                 openai_finish(done.reason), done.prompt_tokens, done.completion_tokens,
+                 done.prompt_tokens + done.completion_tokens);
+  return out;
+}
+
+std::string openai_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
+                              std::string_view text, const char* finish) {
+  std::string out;
+  append_head(out, cmpl_id, created, model);
+  out += R"(,"choices":[{"text":)";
+  append_json_string(out, text);
+  out += R"(,"index":0,"logprobs":null,"finish_reason":)";
+  if (finish) fmt::format_to(std::back_inserter(out), R"("{}")", finish);
+  else out += "null";
+  out += "}]}";
+  return out;
+}
+
+std::string openai_usage_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
+                                    const event& done) {
+  std::string out;
+  append_head(out, cmpl_id, created, model);
+  fmt::format_to(std::back_inserter(out),
+                 R"(,"choices":[],"usage":{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{}}}}})",
+                 done.prompt_tokens, done.completion_tokens, done.prompt_tokens + done.completion_tokens);
+  return out;
+}
+
+// ---- vLLM tokenize / detokenize -----------------------------------------------------------
+
+std::variant<std::string, invalid_request> parse_tokenize_request(std::string_view body) {
+  std::string err;
+  auto doc = parse_json(body, err);
+  if (!doc) return invalid_request{std::nullopt, "body is " + err};
+  const json& o = *doc;
+  if (!o.is_object()) return invalid_request{std::nullopt, "body must be a JSON object"};
+  const char* key = !absent(o, "prompt") ? "prompt" : !absent(o, "text") ? "text" : nullptr;
+  if (!key) return invalid_request{std::nullopt, "prompt: missing"};
+  if (!o.at(key).is_string()) return invalid_request{std::nullopt, fmt::format("{}: must be a string", key)};
+  return o.at(key).get<std::string>();
+}
+
+std::string tokenize_response_json(std::span<const int32_t> tokens, int32_t n_ctx) {
+  std::string out = R"({"tokens":[)";
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (i) out.push_back(',');
+    fmt::format_to(std::back_inserter(out), "{}", tokens[i]);
+  }
+  fmt::format_to(std::back_inserter(out), R"(],"count":{},"max_model_len":{}}})", tokens.size(), n_ctx);
+  return out;
+}
+
+std::variant<std::vector<int32_t>, invalid_request> parse_detokenize_request(std::string_view body,
+                                                                             int32_t n_vocab) {
+  std::string err;
+  auto doc = parse_json(body, err);
+  if (!doc) return invalid_request{std::nullopt, "body is " + err};
+  const json& o = *doc;
+  if (!o.is_object()) return invalid_request{std::nullopt, "body must be a JSON object"};
+  if (absent(o, "tokens")) return invalid_request{std::nullopt, "tokens: missing"};
+  std::vector<int32_t> ids;
+  if (auto e = check_token_ids(o.at("tokens"), "tokens", n_vocab, ids)) return invalid_request{std::nullopt, *e};
+  return ids;
+}
+
+std::string detokenize_response_json(std::string_view text) {
+  std::string out = R"({"prompt":)";
+  append_json_string(out, text);
+  out.push_back('}');
+  return out;
+}
+
+}  // namespace infer::net

@@ -1,0 +1,111 @@
+// protocol: the wire formats of the network layer as pure functions, so they can be
+// unit-tested and fuzzed without sockets or a service.
+//
+//   WebSocket v1 (/v1/stream, docs/protocol.md):
+//     client frame --parse_command--> generate_command | cancel_command | invalid_request
+//     service event --event_frame--> {"type":"accepted"|"token"|"done"|"error",...}
+//   OpenAI completions (POST /v1/completions):
+//     body --parse_completion_request--> completion_command | invalid_request
+//     events --openai_*_json--> response body / SSE chunks
+//   vLLM tokenize / detokenize bodies.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "actors/service.hpp"
+
+namespace infer::net {
+
+// What the parser checks values against. Filled from the service and its config.
+struct protocol_limits {
+  int32_t n_ctx = 1024;
+  int32_t n_vocab = 50257;
+  int32_t max_tokens_default = 16;
+  int32_t max_tokens_limit = 4096;
+  size_t max_id_bytes = 128;
+  size_t max_stop = 16;         // stop sequences per request
+  size_t max_stop_bytes = 256;  // bytes per stop sequence
+  // Turns a text prompt into ids so that its length is checked here and the service
+  // receives ids. Empty: text prompts are passed on as text, unchecked.
+  std::function<std::vector<int32_t>(std::string_view)> encode;
+};
+
+struct generate_command {
+  std::string id;
+  generate_request request;
+};
+struct cancel_command {
+  std::string id;
+};
+// Always answered with an `invalid_request` error; `id` is empty when the frame had
+// no usable id (the error then carries "id":null).
+struct invalid_request {
+  std::optional<std::string> id;
+  std::string message;
+};
+
+using command = std::variant<generate_command, cancel_command, invalid_request>;
+
+// One WebSocket text frame to a command. Never throws.
+command parse_command(std::string_view frame, const protocol_limits& lim);
+
+// Wire names (the service's to_string may differ in spelling; the protocol owns these).
+const char* wire_name(error_code c);
+const char* wire_name(finish_reason r);
+const char* wire_name(priority p);
+
+// Server-to-client frames.
+std::string accepted_frame(std::string_view id);
+// Appends to `out` (cleared first) so a caller can reuse one buffer per token.
+void token_frame(std::string& out, std::string_view id, int32_t index, int32_t token, std::string_view text);
+std::string done_frame(std::string_view id, const event& e);
+std::string error_frame(const std::optional<std::string>& id, error_code c, std::string_view message,
+                        int64_t retry_after_ms = 0);
+// Any service event, dispatched on its kind.
+std::string event_frame(std::string_view id, const event& e);
+
+// Appends `s` as a JSON string literal (with quotes). Invalid UTF-8 becomes U+FFFD, so
+// the output is always valid JSON whatever the bytes.
+void append_json_string(std::string& out, std::string_view s);
+
+// ---- OpenAI completions -------------------------------------------------------------
+struct completion_command {
+  generate_request request;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+  std::string model;           // echoed back; empty: the server's model name
+  bool seeded = false;         // false: the caller picks a fresh seed (OpenAI: unseeded is random)
+};
+std::variant<completion_command, invalid_request> parse_completion_request(std::string_view body,
+                                                                           const protocol_limits& lim);
+
+// HTTP status of an error code (400 / 429 / 503 / 504 / 500).
+int http_status(error_code c);
+// {"error":{"message":...,"type":...,"param":null,"code":...}}
+std::string openai_error_json(error_code c, std::string_view message);
+// Whole non-streaming response. OpenAI clients know only "length" and "stop": a
+// cancelled request (server shutdown) is reported as "stop".
+std::string openai_completion_json(std::string_view cmpl_id, int64_t created, std::string_view model,
+                                   std::string_view text, const event& done);
+// One SSE `data:` payload; finish is nullptr for a token chunk.
+std::string openai_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
+                              std::string_view text, const char* finish);
+std::string openai_usage_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
+                                    const event& done);
+
+// ---- vLLM tokenize / detokenize -----------------------------------------------------
+// {"prompt":"..."} (also "text") -> the prompt text.
+std::variant<std::string, invalid_request> parse_tokenize_request(std::string_view body);
+std::string tokenize_response_json(std::span<const int32_t> tokens, int32_t n_ctx);
+// {"tokens":[...]} -> ids, each checked against n_vocab.
+std::variant<std::vector<int32_t>, invalid_request> parse_detokenize_request(std::string_view body,
+                                                                             int32_t n_vocab);
+std::string detokenize_response_json(std::string_view text);
+
+}  // namespace infer::net

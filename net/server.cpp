@@ -1,0 +1,954 @@
+// Structure follows Boost.Beast's advanced server examples: listener -> http_session
+// (-> ws_session on upgrade), do_X / on_X pairs, every handler opens with its error
+// path, each connection on its own strand. Both session kinds are templates over the
+// byte stream (plain TCP or TLS).
+//
+// Bridge to the service: submit() gets a callback that runs on a CAF thread and only
+// posts the event to the connection's strand. The callback holds the session strongly,
+// so a session lives until each of its requests has had its one terminal event (the
+// service guarantees it), and the outcome of every request is logged exactly once.
+#include "net/server.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
+#include <chrono>
+#include <deque>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include "actors/metrics.hpp"
+#include "actors/service.hpp"
+#include "engine/tokenizer.hpp"
+#include "net/protocol.hpp"
+
+namespace infer::net {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+namespace asio = boost::asio;
+namespace ssl = asio::ssl;
+using tcp = asio::ip::tcp;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+using plain_stream = beast::tcp_stream;
+using tls_stream = beast::ssl_stream<beast::tcp_stream>;
+template <class S>
+constexpr bool is_tls = std::is_same_v<S, tls_stream>;
+
+constexpr const char* server_name = "inferd";
+
+double ms_since(clock_type::time_point t0) {
+  return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
+}
+
+// Shared by the listener and every session; outlives the io context (see impl).
+struct server_state {
+  service_config cfg;
+  std::string model_name;
+  std::atomic<service*> svc{nullptr};
+  protocol_limits limits;  // written once by attach() before svc is published
+  std::atomic<int64_t> connections{0};
+  std::atomic<uint64_t> rejected_connections{0};
+  std::atomic<uint64_t> next_conn{1};
+  std::atomic<uint64_t> next_cmpl{1};
+
+  std::chrono::milliseconds idle() const { return std::chrono::milliseconds(cfg.idle_timeout_ms); }
+  // Pending outgoing bytes per connection beyond which the client counts as too slow.
+  size_t max_pending_bytes() const {
+    return std::max<size_t>(size_t(4) << 20, size_t(cfg.max_frame_bytes) * 4);
+  }
+  service* current() const { return svc.load(std::memory_order_acquire); }
+};
+
+// One slot of server.max_connections, released when the connection's last session ends.
+class connection_slot {
+ public:
+  explicit connection_slot(server_state* st) : st_(st) {}
+  connection_slot(connection_slot&& o) noexcept : st_(std::exchange(o.st_, nullptr)) {}
+  connection_slot& operator=(connection_slot&&) = delete;
+  ~connection_slot() {
+    if (st_) st_->connections.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+ private:
+  server_state* st_;
+};
+
+std::string_view sv(beast::string_view s) { return {s.data(), s.size()}; }
+
+std::string_view path_of(beast::string_view target) {
+  std::string_view t = sv(target);
+  auto q = t.find('?');
+  return q == std::string_view::npos ? t : t.substr(0, q);
+}
+
+template <class Body>
+bool authorized(const server_state& st, const http::request<Body>& req) {
+  const std::string& key = st.cfg.api_key;
+  if (key.empty()) return true;
+  auto it = req.find(http::field::authorization);
+  if (it == req.end()) return false;
+  std::string_view v = sv(it->value());
+  if (v.size() < 7 || !beast::iequals(v.substr(0, 7), "Bearer ")) return false;
+  std::string_view tok = v.substr(7);
+  // Constant time in the key's length: do not leak how many bytes matched.
+  unsigned diff = tok.size() != key.size();
+  for (size_t i = 0; i < key.size(); ++i) diff |= unsigned(uint8_t(key[i]) ^ uint8_t(i < tok.size() ? tok[i] : 0));
+  return diff == 0;
+}
+
+// Log values in key="..." form stay one line and unambiguous.
+std::string q(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s) {
+    if (c == '"' || c == '\\') out.push_back('\\'), out.push_back(c);
+    else if (c == '\n') out += "\\n";
+    else if (uint8_t(c) < 0x20) out.push_back(' ');
+    else out.push_back(c);
+  }
+  return out;
+}
+
+std::string outcome_name(const event& e) {
+  if (e.type == event::kind::done) {
+    return e.reason == finish_reason::cancelled ? "cancelled" : fmt::format("done_{}", wire_name(e.reason));
+  }
+  return wire_name(e.code);
+}
+
+void log_outcome(uint64_t conn, std::string_view api, std::string_view id, uint64_t rid, const event& e) {
+  if (e.type == event::kind::done) {
+    spdlog::info(
+        "request id={} conn={} rid={} api={} outcome={} prompt_tokens={} completion_tokens={} queue_ms={:.2f} "
+        "ttft_ms={:.2f} total_ms={:.2f}",
+        q(id), conn, rid, api, outcome_name(e), e.prompt_tokens, e.completion_tokens, e.queue_ms, e.first_token_ms,
+        e.total_ms);
+  } else {
+    spdlog::info("request id={} conn={} rid={} api={} outcome={} message=\"{}\"", q(id), conn, rid, api,
+                 outcome_name(e), q(e.message));
+  }
+}
+
+// The callback handed to service::submit: runs on a CAF thread, only posts.
+template <class Session, class Tag>
+event_callback post_to(std::shared_ptr<Session> s, std::shared_ptr<Tag> tag) {
+  return [s = std::move(s), tag = std::move(tag)](const event& e) {
+    asio::post(s->executor(), [s, tag, e]() { s->on_event(tag, e); });
+  };
+}
+
+// ---- WebSocket session -------------------------------------------------------------------
+
+template <class Stream>
+class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
+ public:
+  ws_session(Stream&& s, server_state& st, connection_slot slot, uint64_t conn)
+      : ws_(std::move(s)), st_(st), slot_(std::move(slot)), conn_(conn) {}
+
+  auto executor() { return ws_.get_executor(); }
+
+  void run(http::request<http::string_body> req) {
+    websocket::stream_base::timeout t = websocket::stream_base::timeout::suggested(beast::role_type::server);
+    t.idle_timeout = st_.idle();
+    t.keep_alive_pings = true;  // a quiet but alive client answers pings; a dead one times out
+    ws_.set_option(t);
+    ws_.set_option(websocket::stream_base::decorator(
+        [](websocket::response_type& res) { res.set(http::field::server, server_name); }));
+    ws_.read_message_max(size_t(st_.cfg.max_frame_bytes));
+    ws_.async_accept(req, beast::bind_front_handler(&ws_session::on_accept, this->shared_from_this()));
+  }
+
+  struct live {
+    std::string id;
+    uint64_t rid = 0;
+    int32_t next_index = 0;
+  };
+
+  void on_event(const std::shared_ptr<live>& lr, const event& e) {
+    auto it = live_.find(lr->id);
+    if (it == live_.end() || it->second != lr) return;  // not ours any more: drop
+    switch (e.type) {
+      case event::kind::accepted: send(accepted_frame(lr->id)); break;
+      case event::kind::token: {
+        if (e.index != lr->next_index)
+          spdlog::warn("request id={} conn={} rid={} token index {} where {} was due", q(lr->id), conn_, lr->rid,
+                       e.index, lr->next_index);
+        lr->next_index = e.index + 1;
+        std::string frame;
+        token_frame(frame, lr->id, e.index, e.token, e.text);
+        send(std::move(frame));
+        break;
+      }
+      case event::kind::done: send(done_frame(lr->id, e)); break;
+      case event::kind::error: send(error_frame(lr->id, e.code, e.message, e.retry_after_ms)); break;
+    }
+    if (e.terminal()) {
+      log_outcome(conn_, "ws", lr->id, lr->rid, e);
+      live_.erase(it);
+    }
+  }
+
+ private:
+  void on_accept(beast::error_code ec) {
+    if (ec) {
+      spdlog::debug("conn={} websocket handshake failed: {}", conn_, ec.message());
+      return;
+    }
+    spdlog::debug("conn={} websocket open", conn_);
+    do_read();
+  }
+
+  void do_read() {
+    ws_.async_read(buffer_, beast::bind_front_handler(&ws_session::on_read, this->shared_from_this()));
+  }
+
+  void on_read(beast::error_code ec, size_t) {
+    if (ec) {
+      // Closed by the peer, timed out, or a protocol violation such as an oversize
+      // message (Beast has then already sent the close frame with the right code).
+      if (ec != websocket::error::closed)
+        spdlog::info("conn={} websocket ended: {} ({} live requests cancelled)", conn_, ec.message(), live_.size());
+      closed_ = true;
+      cancel_all();
+      return;
+    }
+    if (!ws_.got_text()) {
+      buffer_.consume(buffer_.size());
+      spdlog::info("conn={} binary frame: closing with 1003 ({} live requests cancelled)", conn_, live_.size());
+      closed_ = true;
+      cancel_all();
+      ws_.async_close(websocket::close_reason(websocket::close_code::unknown_data, "binary frames are not supported"),
+                      beast::bind_front_handler(&ws_session::on_close, this->shared_from_this()));
+      return;
+    }
+    auto data = buffer_.cdata();
+    handle_frame(std::string_view(static_cast<const char*>(data.data()), data.size()));
+    buffer_.consume(buffer_.size());
+    do_read();
+  }
+
+  void on_close(beast::error_code ec) {
+    if (ec) spdlog::debug("conn={} close: {}", conn_, ec.message());
+  }
+
+  void handle_frame(std::string_view frame) {
+    service* svc = st_.current();
+    command cmd = parse_command(frame, svc ? st_.limits : protocol_limits{});
+    if (auto* bad = std::get_if<invalid_request>(&cmd)) {
+      spdlog::info("request id={} conn={} api=ws outcome=invalid_request message=\"{}\"",
+                   bad->id ? q(*bad->id) : "null", conn_, q(bad->message));
+      send(error_frame(bad->id, error_code::invalid_request, bad->message));
+      return;
+    }
+    if (auto* c = std::get_if<cancel_command>(&cmd)) {
+      // Idempotent: a request that already ended (or never existed) has nothing to cancel.
+      auto it = live_.find(c->id);
+      if (it != live_.end() && svc) svc->cancel(it->second->rid);
+      return;
+    }
+    auto& g = std::get<generate_command>(cmd);
+    if (!svc) {
+      spdlog::info("request id={} conn={} api=ws outcome=unavailable message=\"model loading\"", q(g.id), conn_);
+      send(error_frame(g.id, error_code::unavailable, "the model is not loaded yet"));
+      return;
+    }
+    if (live_.count(g.id)) {
+      spdlog::info("request id={} conn={} api=ws outcome=invalid_request message=\"duplicate id\"", q(g.id), conn_);
+      send(error_frame(g.id, error_code::invalid_request, fmt::format("id: \"{}\" is already in flight", g.id)));
+      return;
+    }
+    if (int64_t(live_.size()) >= st_.cfg.max_inflight_per_connection) {
+      spdlog::info("request id={} conn={} api=ws outcome=rate_limited message=\"connection in-flight limit\"", q(g.id),
+                   conn_);
+      send(error_frame(g.id, error_code::rate_limited,
+                       fmt::format("at most {} requests in flight per connection",
+                                   st_.cfg.max_inflight_per_connection),
+                       100));
+      return;
+    }
+    auto lr = std::make_shared<live>();
+    lr->id = g.id;
+    live_.emplace(g.id, lr);
+    // Events are posted to this strand, so none is handled before rid is set.
+    lr->rid = svc->submit(std::move(g.request), post_to(this->shared_from_this(), lr));
+  }
+
+  void cancel_all() {
+    service* svc = st_.current();
+    if (!svc) return;
+    for (auto& [id, lr] : live_) svc->cancel(lr->rid);
+  }
+
+  void send(std::string frame) {
+    if (closed_) return;
+    pending_bytes_ += frame.size();
+    if (pending_bytes_ > st_.max_pending_bytes()) {
+      // The client does not read: drop the connection rather than buffer without bound.
+      spdlog::warn("conn={} client too slow ({} bytes pending): closing, {} live requests cancelled", conn_,
+                   pending_bytes_, live_.size());
+      closed_ = true;
+      cancel_all();
+      beast::error_code ignored;
+      beast::get_lowest_layer(ws_).socket().close(ignored);
+      return;
+    }
+    out_.push_back(std::move(frame));
+    if (!writing_) do_write();
+  }
+
+  void do_write() {
+    writing_ = true;
+    ws_.text(true);
+    ws_.async_write(asio::buffer(out_.front()),
+                    beast::bind_front_handler(&ws_session::on_write, this->shared_from_this()));
+  }
+
+  void on_write(beast::error_code ec, size_t) {
+    writing_ = false;
+    if (ec) {
+      spdlog::debug("conn={} write failed: {}", conn_, ec.message());
+      closed_ = true;
+      cancel_all();
+      out_.clear();
+      return;
+    }
+    pending_bytes_ -= out_.front().size();
+    out_.pop_front();
+    if (!out_.empty() && !closed_) do_write();
+  }
+
+  websocket::stream<Stream> ws_;
+  beast::flat_buffer buffer_;
+  server_state& st_;
+  connection_slot slot_;
+  uint64_t conn_;
+  std::deque<std::string> out_;
+  size_t pending_bytes_ = 0;
+  bool writing_ = false;
+  bool closed_ = false;  // no more frames go out
+  std::unordered_map<std::string, std::shared_ptr<live>> live_;
+};
+
+// ---- HTTP session ------------------------------------------------------------------------
+
+template <class Stream>
+class http_session : public std::enable_shared_from_this<http_session<Stream>> {
+ public:
+  http_session(Stream&& s, server_state& st, connection_slot slot, uint64_t conn)
+      : stream_(std::move(s)), st_(st), slot_(std::move(slot)), conn_(conn) {}
+
+  auto executor() { return stream_.get_executor(); }
+
+  void run() {
+    if constexpr (is_tls<Stream>) {
+      beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(30));
+      stream_.async_handshake(ssl::stream_base::server,
+                              beast::bind_front_handler(&http_session::on_handshake, this->shared_from_this()));
+    } else {
+      asio::dispatch(stream_.get_executor(),
+                     beast::bind_front_handler(&http_session::do_read, this->shared_from_this()));
+    }
+  }
+
+  // One OpenAI completion in progress on this connection (no pipelining meanwhile).
+  struct completion_state {
+    uint64_t rid = 0;
+    bool stream = false, include_usage = false, keep_alive = true, chunked = true;
+    bool headers_sent = false, finished = false, client_gone = false;
+    std::string cmpl_id, model, text;
+    int64_t created = 0;
+  };
+
+  void on_event(const std::shared_ptr<completion_state>& c, const event& e) {
+    if (c != cur_) return;
+    if (e.terminal()) log_outcome(conn_, "openai", c->cmpl_id, c->rid, e);
+    if (c->client_gone) {
+      if (e.terminal()) cur_.reset();
+      return;
+    }
+    switch (e.type) {
+      case event::kind::accepted:
+        if (c->stream) send_sse_headers(*c);
+        break;
+      case event::kind::token:
+        if (c->stream) send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, e.text, nullptr));
+        else c->text += e.text;
+        break;
+      case event::kind::done:
+        if (c->stream) {
+          send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, "",
+                                         e.reason == finish_reason::length ? "length" : "stop"));
+          if (c->include_usage) send_sse(*c, openai_usage_chunk_json(c->cmpl_id, c->created, c->model, e));
+          end_sse(*c);
+        } else {
+          c->finished = true;
+          respond(http::status::ok, openai_completion_json(c->cmpl_id, c->created, c->model, c->text, e),
+                  "application/json", c->keep_alive, true);
+        }
+        break;
+      case event::kind::error:
+        if (c->stream && c->headers_sent) {
+          send_sse(*c, openai_error_json(e.code, e.message));
+          end_sse(*c);
+        } else {
+          c->finished = true;
+          respond(http::status(http_status(e.code)), openai_error_json(e.code, e.message), "application/json",
+                  c->keep_alive, true, e.retry_after_ms);
+        }
+        break;
+    }
+  }
+
+ private:
+  void on_handshake(beast::error_code ec) {
+    if (ec) {
+      spdlog::debug("conn={} TLS handshake failed: {}", conn_, ec.message());
+      return;
+    }
+    do_read();
+  }
+
+  void do_read() {
+    parser_.emplace();
+    parser_->header_limit(uint32_t(std::min<int64_t>(st_.cfg.max_header_bytes, UINT32_MAX)));
+    parser_->body_limit(uint64_t(st_.cfg.max_frame_bytes));
+    beast::get_lowest_layer(stream_).expires_after(st_.idle());
+    http::async_read_header(stream_, buffer_, *parser_,
+                            beast::bind_front_handler(&http_session::on_header, this->shared_from_this()));
+  }
+
+  // Header first, so that a client waiting for "100 Continue" (curl, for bodies over
+  // 1 KiB) gets it at once instead of sending its body after a pause.
+  void on_header(beast::error_code ec, size_t n) {
+    if (ec) return on_read(ec, n);
+    auto& req = parser_->get();
+    auto expect = req.find(http::field::expect);
+    if (!parser_->is_done() && expect != req.end() && beast::iequals(expect->value(), "100-continue")) {
+      static const std::string cont = "HTTP/1.1 100 Continue\r\n\r\n";
+      return asio::async_write(stream_, asio::buffer(cont),
+                               [self = this->shared_from_this()](beast::error_code ec, size_t n) {
+                                 if (ec) return self->on_read(ec, n);
+                                 self->read_body();
+                               });
+    }
+    if (parser_->is_done()) return on_read(ec, n);
+    read_body();
+  }
+
+  void read_body() {
+    http::async_read(stream_, buffer_, *parser_,
+                     beast::bind_front_handler(&http_session::on_read, this->shared_from_this()));
+  }
+
+  void on_read(beast::error_code ec, size_t) {
+    if (ec == http::error::end_of_stream) return do_close();
+    if (ec == http::error::header_limit)
+      return respond(http::status::request_header_fields_too_large, plain_error("request header too large"),
+                     "application/json", false);
+    if (ec == http::error::body_limit)
+      return respond(http::status::payload_too_large, plain_error("request body too large"), "application/json",
+                     false);
+    if (ec) {
+      if (ec != beast::error::timeout && ec != asio::error::connection_reset)
+        spdlog::debug("conn={} http read: {}", conn_, ec.message());
+      // A parse error (bad method, target, header...) gets a 400; I/O errors just end.
+      if (ec.category() == http::make_error_code(http::error::bad_target).category() &&
+          ec != http::error::partial_message)
+        return respond(http::status::bad_request, plain_error("malformed HTTP request"), "application/json", false);
+      return;
+    }
+    auto& req = parser_->get();
+    if (websocket::is_upgrade(req)) return upgrade();
+    handle_request();
+  }
+
+  static std::string plain_error(std::string_view msg) { return openai_error_json(error_code::invalid_request, msg); }
+
+  void upgrade() {
+    auto& req = parser_->get();
+    if (path_of(req.target()) != "/v1/stream")
+      return respond(http::status::not_found, plain_error("no WebSocket endpoint here; use /v1/stream"),
+                     "application/json", false);
+    if (!authorized(st_, req)) return unauthorized(false);
+    // The WebSocket stream applies its own handshake and idle timeouts.
+    beast::get_lowest_layer(stream_).expires_never();
+    std::make_shared<ws_session<Stream>>(std::move(stream_), st_, std::move(slot_), conn_)->run(parser_->release());
+  }
+
+  void unauthorized(bool keep_alive) {
+    respond(http::status::unauthorized,
+            R"({"error":{"message":"missing or invalid bearer token","type":"authentication_error","param":null,"code":"unauthorized"}})",
+            "application/json", keep_alive);
+  }
+
+  void handle_request() {
+    auto& req = parser_->get();
+    std::string_view path = path_of(req.target());
+    bool keep = req.keep_alive();
+    bool get = req.method() == http::verb::get, post = req.method() == http::verb::post;
+    service* svc = st_.current();
+
+    if (path == "/healthz" && get) return respond(http::status::ok, R"({"status":"ok"})", "application/json", keep);
+    if (path == "/readyz" && get) {
+      bool ready = svc && svc->ready();
+      return respond(ready ? http::status::ok : http::status::service_unavailable,
+                     ready ? R"({"status":"ready"})" : (svc ? R"({"status":"no healthy worker"})"
+                                                            : R"({"status":"loading"})"),
+                     "application/json", keep);
+    }
+    if (!authorized(st_, req)) return unauthorized(keep);
+
+    if (path == "/metrics" && get) return respond(http::status::ok, metrics_text(svc), "text/plain; version=0.0.4", keep);
+    if (path == "/v1/models" && get) {
+      std::string body = R"({"object":"list","data":[{"id":)";
+      append_json_string(body, st_.model_name);
+      body += R"(,"object":"model","created":0,"owned_by":"infer"}]})";
+      return respond(http::status::ok, std::move(body), "application/json", keep);
+    }
+    if (path == "/v1/completions" && post) return start_completion();
+    if ((path == "/tokenize" || path == "/detokenize") && post) {
+      if (!svc)
+        return respond(http::status::service_unavailable,
+                       openai_error_json(error_code::unavailable, "the model is not loaded yet"), "application/json",
+                       keep);
+      return path == "/tokenize" ? tokenize(*svc) : detokenize(*svc);
+    }
+    if (path == "/v1/stream")
+      return respond(http::status::upgrade_required, plain_error("/v1/stream speaks WebSocket only"),
+                     "application/json", keep);
+    bool known = path == "/healthz" || path == "/readyz" || path == "/metrics" || path == "/v1/models" ||
+                 path == "/v1/completions" || path == "/tokenize" || path == "/detokenize";
+    if (known) return respond(http::status::method_not_allowed, plain_error("method not allowed"), "application/json", keep);
+    return respond(http::status::not_found, plain_error(fmt::format("no route for {}", path)), "application/json", keep);
+  }
+
+  std::string metrics_text(service* svc) {
+    std::string out = svc ? svc->stats().render_prometheus() : std::string();
+    fmt::format_to(std::back_inserter(out),
+                   "# HELP infer_connections_open Client connections open now.\n"
+                   "# TYPE infer_connections_open gauge\n"
+                   "infer_connections_open {}\n"
+                   "# HELP infer_connections_rejected_total Connections refused at server.max_connections.\n"
+                   "# TYPE infer_connections_rejected_total counter\n"
+                   "infer_connections_rejected_total {}\n"
+                   "# HELP infer_ready Whether the service takes requests (model loaded, a healthy worker).\n"
+                   "# TYPE infer_ready gauge\n"
+                   "infer_ready {}\n",
+                   st_.connections.load(), st_.rejected_connections.load(), svc && svc->ready() ? 1 : 0);
+    return out;
+  }
+
+  void tokenize(service& svc) {
+    bool keep = parser_->get().keep_alive();
+    auto r = parse_tokenize_request(parser_->get().body());
+    if (auto* bad = std::get_if<invalid_request>(&r))
+      return respond(http::status::bad_request, openai_error_json(error_code::invalid_request, bad->message),
+                     "application/json", keep);
+    auto ids = svc.tok().encode(std::get<std::string>(r));
+    respond(http::status::ok, tokenize_response_json(ids, svc.n_ctx()), "application/json", keep);
+  }
+
+  void detokenize(service& svc) {
+    bool keep = parser_->get().keep_alive();
+    auto r = parse_detokenize_request(parser_->get().body(), svc.tok().n_vocab());
+    if (auto* bad = std::get_if<invalid_request>(&r))
+      return respond(http::status::bad_request, openai_error_json(error_code::invalid_request, bad->message),
+                     "application/json", keep);
+    const auto& ids = std::get<std::vector<int32_t>>(r);
+    respond(http::status::ok, detokenize_response_json(svc.tok().decode(std::span<const int32_t>(ids))),
+            "application/json", keep);
+  }
+
+  void start_completion() {
+    auto& req = parser_->get();
+    bool keep = req.keep_alive();
+    service* svc = st_.current();
+    if (!svc)
+      return respond(http::status::service_unavailable,
+                     openai_error_json(error_code::unavailable, "the model is not loaded yet"), "application/json",
+                     keep);
+    auto parsed = parse_completion_request(req.body(), st_.limits);
+    if (auto* bad = std::get_if<invalid_request>(&parsed)) {
+      spdlog::info("request id=null conn={} api=openai outcome=invalid_request message=\"{}\"", conn_, q(bad->message));
+      return respond(http::status::bad_request, openai_error_json(error_code::invalid_request, bad->message),
+                     "application/json", keep);
+    }
+    auto& cmd = std::get<completion_command>(parsed);
+    if (!cmd.seeded) cmd.request.sampling.seed = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
+    auto c = std::make_shared<completion_state>();
+    c->stream = cmd.stream;
+    c->include_usage = cmd.include_usage;
+    c->keep_alive = keep;
+    c->chunked = req.version() >= 11;
+    c->cmpl_id = fmt::format("cmpl-{}", st_.next_cmpl.fetch_add(1, std::memory_order_relaxed));
+    c->model = cmd.model.empty() ? st_.model_name : cmd.model;
+    c->created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+                     .count();
+    cur_ = c;
+    // A generation may take long: no read timeout until it ends. A disconnect is
+    // noticed by the watch read below (plain TCP) or by a failing write.
+    beast::get_lowest_layer(stream_).expires_never();
+    c->rid = svc->submit(std::move(cmd.request), post_to(this->shared_from_this(), c));
+    if constexpr (!is_tls<Stream>) start_watch();
+  }
+
+  // Reads while a completion runs, so a client that hangs up cancels its request.
+  // Plain TCP only: a TLS read cannot be abandoned midway without breaking the stream.
+  void start_watch() {
+    watching_ = true;
+    stream_.async_read_some(buffer_.prepare(4096),
+                            beast::bind_front_handler(&http_session::on_watch, this->shared_from_this()));
+  }
+
+  void on_watch(beast::error_code ec, size_t n) {
+    watching_ = false;
+    if (!ec) buffer_.commit(n);  // the client's next request: parsed later
+    if (ec && ec != asio::error::operation_aborted) {
+      if (cur_ && !cur_->client_gone) {
+        spdlog::info("request id={} conn={} rid={} client disconnected: cancelling", cur_->cmpl_id, conn_, cur_->rid);
+        cur_->client_gone = true;
+        if (service* svc = st_.current()) svc->cancel(cur_->rid);
+      }
+      resume_after_watch_ = false;
+      return;
+    }
+    if (resume_after_watch_) {
+      resume_after_watch_ = false;
+      do_read();
+    }
+    // else: the completion still runs; its end resumes reading.
+  }
+
+  void send_sse_headers(completion_state& c) {
+    c.headers_sent = true;
+    std::string h = "HTTP/1.1 200 OK\r\nServer: inferd\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n";
+    h += c.chunked ? "Transfer-Encoding: chunked\r\n" : "";
+    h += c.keep_alive && c.chunked ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
+    if (!c.chunked) c.keep_alive = false;
+    queue_raw(std::move(h));
+  }
+
+  void send_sse(completion_state& c, std::string_view payload) {
+    if (!c.headers_sent) send_sse_headers(c);
+    std::string data = "data: ";
+    data += payload;
+    data += "\n\n";
+    if (!c.chunked) return queue_raw(std::move(data));
+    std::string chunk = fmt::format("{:x}\r\n", data.size());
+    chunk += data;
+    chunk += "\r\n";
+    queue_raw(std::move(chunk));
+  }
+
+  void end_sse(completion_state& c) {
+    send_sse(c, "[DONE]");
+    if (c.chunked) queue_raw("0\r\n\r\n");
+    c.finished = true;
+    if (!writing_) finish_exchange();
+  }
+
+  void queue_raw(std::string s) {
+    pending_bytes_ += s.size();
+    if (pending_bytes_ > st_.max_pending_bytes()) {
+      spdlog::warn("conn={} client too slow ({} bytes pending): closing", conn_, pending_bytes_);
+      if (cur_ && !cur_->client_gone) {
+        cur_->client_gone = true;
+        if (service* svc = st_.current()) svc->cancel(cur_->rid);
+      }
+      out_.clear();
+      pending_bytes_ = 0;
+      beast::error_code ignored;
+      beast::get_lowest_layer(stream_).socket().close(ignored);
+      return;
+    }
+    out_.push_back(std::move(s));
+    if (!writing_) do_write_raw();
+  }
+
+  void do_write_raw() {
+    writing_ = true;
+    asio::async_write(stream_, asio::buffer(out_.front()),
+                      beast::bind_front_handler(&http_session::on_write_raw, this->shared_from_this()));
+  }
+
+  void on_write_raw(beast::error_code ec, size_t) {
+    writing_ = false;
+    if (ec) {
+      spdlog::debug("conn={} write failed: {}", conn_, ec.message());
+      out_.clear();
+      pending_bytes_ = 0;
+      if (cur_ && !cur_->client_gone) {
+        cur_->client_gone = true;
+        if (service* svc = st_.current()) svc->cancel(cur_->rid);
+      }
+      return;
+    }
+    pending_bytes_ -= out_.front().size();
+    out_.pop_front();
+    if (!out_.empty()) return do_write_raw();
+    if (cur_ && cur_->finished) finish_exchange();
+  }
+
+  // The completion's response is out: back to reading requests.
+  void finish_exchange() {
+    bool keep = cur_ && cur_->keep_alive;
+    cur_.reset();
+    if (!keep) return do_close();
+    beast::get_lowest_layer(stream_).expires_after(st_.idle());
+    if (watching_) {
+      resume_after_watch_ = true;
+      beast::get_lowest_layer(stream_).socket().cancel();
+      return;
+    }
+    do_read();
+  }
+
+  void respond(http::status status, std::string body, const char* content_type, bool keep_alive,
+               bool ends_completion = false, int64_t retry_after_ms = 0) {
+    auto res = std::make_shared<http::response<http::string_body>>(status, 11);
+    res->set(http::field::server, server_name);
+    res->set(http::field::content_type, content_type);
+    if (status == http::status::unauthorized) res->set(http::field::www_authenticate, "Bearer");
+    if (retry_after_ms > 0) res->set(http::field::retry_after, std::to_string((retry_after_ms + 999) / 1000));
+    res->keep_alive(keep_alive);
+    res->body() = std::move(body);
+    res->prepare_payload();
+    res_ = res;
+    http::async_write(stream_, *res,
+                      beast::bind_front_handler(&http_session::on_respond, this->shared_from_this(),
+                                                res->need_eof(), ends_completion));
+  }
+
+  void on_respond(bool close, bool ends_completion, beast::error_code ec, size_t) {
+    res_.reset();
+    if (ec) {
+      spdlog::debug("conn={} write failed: {}", conn_, ec.message());
+      return;
+    }
+    if (ends_completion) {
+      if (close && cur_) cur_->keep_alive = false;
+      return finish_exchange();
+    }
+    if (close) return do_close();
+    do_read();
+  }
+
+  void do_close() {
+    beast::error_code ec;
+    if constexpr (is_tls<Stream>) {
+      beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(5));
+      stream_.async_shutdown([self = this->shared_from_this()](beast::error_code) {});
+    } else {
+      stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    }
+  }
+
+  Stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  server_state& st_;
+  connection_slot slot_;
+  uint64_t conn_;
+  std::shared_ptr<http::response<http::string_body>> res_;
+  std::shared_ptr<completion_state> cur_;
+  std::deque<std::string> out_;
+  size_t pending_bytes_ = 0;
+  bool writing_ = false;
+  bool watching_ = false;
+  bool resume_after_watch_ = false;
+};
+
+// ---- listener -----------------------------------------------------------------------------
+
+class listener : public std::enable_shared_from_this<listener> {
+ public:
+  listener(asio::io_context& ioc, ssl::context* tls, server_state& st) : ioc_(ioc), tls_(tls), acc_(ioc), st_(st) {}
+
+  status open(const tcp::endpoint& ep) {
+    beast::error_code ec;
+    acc_.open(ep.protocol(), ec);
+    if (!ec) acc_.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) acc_.bind(ep, ec);
+    if (!ec) acc_.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec)
+      return make_status(errc::io_error,
+                         fmt::format("server.listen: cannot listen on {}:{}: {}", ep.address().to_string(), ep.port(),
+                                     ec.message()));
+    return status::ok();
+  }
+  uint16_t port() const { return acc_.local_endpoint().port(); }
+  void start() { do_accept(); }
+  void close() {
+    beast::error_code ec;
+    acc_.close(ec);
+  }
+
+ private:
+  void do_accept() {
+    acc_.async_accept(asio::make_strand(ioc_), beast::bind_front_handler(&listener::on_accept, shared_from_this()));
+  }
+
+  void on_accept(beast::error_code ec, tcp::socket sock) {
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !acc_.is_open()) return;
+      spdlog::warn("accept failed: {}", ec.message());
+      return do_accept();
+    }
+    if (st_.connections.load(std::memory_order_relaxed) >= st_.cfg.max_connections) {
+      st_.rejected_connections.fetch_add(1, std::memory_order_relaxed);
+      spdlog::warn("connection refused: server.max_connections ({}) reached", st_.cfg.max_connections);
+      beast::error_code ignored;
+      sock.close(ignored);
+      return do_accept();
+    }
+    st_.connections.fetch_add(1, std::memory_order_relaxed);
+    connection_slot slot(&st_);
+    uint64_t conn = st_.next_conn.fetch_add(1, std::memory_order_relaxed);
+    beast::error_code ignored;
+    sock.set_option(tcp::no_delay(true), ignored);  // one small frame per token
+    if (tls_)
+      std::make_shared<http_session<tls_stream>>(tls_stream(std::move(sock), *tls_), st_, std::move(slot), conn)->run();
+    else
+      std::make_shared<http_session<plain_stream>>(plain_stream(std::move(sock)), st_, std::move(slot), conn)->run();
+    do_accept();
+  }
+
+  asio::io_context& ioc_;
+  ssl::context* tls_;
+  tcp::acceptor acc_;
+  server_state& st_;
+};
+
+std::string model_display_name(const std::string& spec) {
+  if (spec.rfind("synthetic:", 0) == 0) return spec;
+  auto s = spec;
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  auto slash = s.find_last_of('/');
+  return slash == std::string::npos ? s : s.substr(slash + 1);
+}
+
+}  // namespace
+
+// ---- server ---------------------------------------------------------------------------------
+
+struct server::impl {
+  server_state st;  // declared first: destroyed after the io context and its sessions
+  std::optional<ssl::context> tls;
+  asio::io_context ioc;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  std::shared_ptr<listener> lst;
+  std::vector<std::thread> threads;
+  std::string host;
+  uint16_t port = 0;
+  bool stopped = false;
+
+  explicit impl(int threads_hint) : ioc(std::max(1, threads_hint)) {}
+};
+
+result<std::pair<std::string, uint16_t>> parse_listen_address(const std::string& listen) {
+  auto colon = listen.rfind(':');
+  if (colon == std::string::npos || colon + 1 >= listen.size())
+    return make_status(errc::invalid_argument, fmt::format("server.listen: expected HOST:PORT, got \"{}\"", listen));
+  std::string host = listen.substr(0, colon), port_s = listen.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty()) return make_status(errc::invalid_argument, fmt::format("server.listen: no host in \"{}\"", listen));
+  uint32_t port = 0;
+  for (char ch : port_s) {
+    if (ch < '0' || ch > '9' || port > 65535)
+      return make_status(errc::invalid_argument, fmt::format("server.listen: bad port in \"{}\"", listen));
+    port = port * 10 + uint32_t(ch - '0');
+  }
+  if (port > 65535) return make_status(errc::invalid_argument, fmt::format("server.listen: bad port in \"{}\"", listen));
+  return std::pair<std::string, uint16_t>(host, uint16_t(port));
+}
+
+result<std::unique_ptr<server>> server::start(const service_config& cfg) {
+  auto addr = parse_listen_address(cfg.listen);
+  if (!addr) return addr.error();
+  auto p = std::make_unique<impl>(cfg.io_threads);
+  p->st.cfg = cfg;
+  p->st.model_name = model_display_name(cfg.model);
+  p->host = addr->first;
+
+  beast::error_code ec;
+  auto ip = asio::ip::make_address(addr->first, ec);
+  if (ec) {
+    // A name such as localhost: resolve it, and listen on its first address only.
+    tcp::resolver res(p->ioc);
+    auto r = res.resolve(addr->first, std::to_string(addr->second), ec);
+    if (ec || r.empty())
+      return make_status(errc::invalid_argument,
+                         fmt::format("server.listen: cannot resolve \"{}\": {}", addr->first, ec.message()));
+    ip = r.begin()->endpoint().address();
+  }
+
+  if (!cfg.tls_cert.empty() || !cfg.tls_key.empty()) {
+    if (cfg.tls_cert.empty() || cfg.tls_key.empty())
+      return make_status(errc::invalid_argument, "server.tls_cert and server.tls_key: set both or neither");
+    p->tls.emplace(ssl::context::tls_server);
+    p->tls->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                        ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+    p->tls->use_certificate_chain_file(cfg.tls_cert, ec);
+    if (ec) return make_status(errc::io_error, fmt::format("server.tls_cert: {}: {}", cfg.tls_cert, ec.message()));
+    p->tls->use_private_key_file(cfg.tls_key, ssl::context::pem, ec);
+    if (ec) return make_status(errc::io_error, fmt::format("server.tls_key: {}: {}", cfg.tls_key, ec.message()));
+  }
+
+  p->lst = std::make_shared<listener>(p->ioc, p->tls ? &*p->tls : nullptr, p->st);
+  if (auto s = p->lst->open(tcp::endpoint(ip, addr->second)); !s) return s;
+  p->port = p->lst->port();
+  p->lst->start();
+  p->work.emplace(p->ioc.get_executor());
+  for (int i = 0; i < std::max(1, cfg.io_threads); ++i) p->threads.emplace_back([io = &p->ioc] { io->run(); });
+  spdlog::info("listening on {}://{}:{} ({} io threads)", p->tls ? "https" : "http",
+               ip.is_v6() ? "[" + ip.to_string() + "]" : ip.to_string(), p->port, std::max(1, cfg.io_threads));
+  return std::unique_ptr<server>(new server(std::move(p)));
+}
+
+server::server(std::unique_ptr<impl> p) : impl_(std::move(p)) {}
+
+server::~server() { stop(); }
+
+void server::attach(service& svc) {
+  protocol_limits lim;
+  lim.n_ctx = svc.n_ctx();
+  lim.n_vocab = svc.tok().n_vocab();
+  lim.max_tokens_default = impl_->st.cfg.max_tokens_default;
+  lim.max_tokens_limit = impl_->st.cfg.max_tokens_limit;
+  const tokenizer* tok = &svc.tok();
+  lim.encode = [tok](std::string_view text) { return tok->encode(text); };
+  impl_->st.limits = std::move(lim);
+  impl_->st.svc.store(&svc, std::memory_order_release);
+}
+
+uint16_t server::port() const { return impl_->port; }
+const std::string& server::host() const { return impl_->host; }
+bool server::tls() const { return impl_->tls.has_value(); }
+
+void server::stop() {
+  if (impl_->stopped) return;
+  impl_->stopped = true;
+  impl_->work.reset();
+  impl_->ioc.stop();
+  for (auto& t : impl_->threads) t.join();
+  impl_->threads.clear();
+  impl_->lst->close();
+  impl_->lst.reset();
+  spdlog::debug("server stopped");
+}
+
+}  // namespace infer::net

@@ -1,0 +1,372 @@
+// The wire formats of net/protocol.hpp: every malformed case of the WebSocket protocol
+// v1 and the OpenAI / vLLM bodies, and the frames the server writes (parsed back).
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "net/protocol.hpp"
+
+using namespace infer;
+using namespace infer::net;
+using json = nlohmann::json;
+
+namespace {
+
+protocol_limits test_limits() {
+  protocol_limits lim;
+  lim.n_ctx = 8;
+  lim.n_vocab = 300;
+  lim.max_tokens_default = 16;
+  lim.max_tokens_limit = 64;
+  // One token per byte: lengths are easy to reason about.
+  lim.encode = [](std::string_view s) {
+    std::vector<int32_t> ids;
+    for (unsigned char c : s) ids.push_back(c);
+    return ids;
+  };
+  return lim;
+}
+
+invalid_request expect_invalid(std::string_view frame, const protocol_limits& lim = test_limits()) {
+  command c = parse_command(frame, lim);
+  INFO("frame: " << frame);
+  REQUIRE(std::holds_alternative<invalid_request>(c));
+  auto bad = std::get<invalid_request>(c);
+  CHECK(!bad.message.empty());
+  return bad;
+}
+
+generate_command expect_generate(std::string_view frame, const protocol_limits& lim = test_limits()) {
+  command c = parse_command(frame, lim);
+  INFO("frame: " << frame);
+  if (auto* bad = std::get_if<invalid_request>(&c)) INFO("error: " << bad->message);
+  REQUIRE(std::holds_alternative<generate_command>(c));
+  return std::get<generate_command>(c);
+}
+
+}  // namespace
+
+TEST_CASE("generate: full frame") {
+  auto g = expect_generate(
+      R"({"type":"generate","id":"c1","prompt":"abc","max_tokens":32,"temperature":0.5,"top_k":40,)"
+      R"("top_p":0.9,"seed":7,"stop":["\n\n","xy"],"priority":"high","timeout_ms":30000})");
+  CHECK(g.id == "c1");
+  CHECK(g.request.prompt == "abc");
+  CHECK(g.request.prompt_tokens == std::vector<int32_t>{'a', 'b', 'c'});  // encoded by the limits
+  CHECK(g.request.max_tokens == 32);
+  CHECK(g.request.sampling.temperature == doctest::Approx(0.5));
+  CHECK(g.request.sampling.top_k == 40);
+  CHECK(g.request.sampling.top_p == doctest::Approx(0.9));
+  CHECK(g.request.sampling.seed == 7);
+  CHECK(g.request.stop == std::vector<std::string>{"\n\n", "xy"});
+  CHECK(g.request.prio == priority::high);
+  CHECK(g.request.timeout_ms == 30000);
+}
+
+TEST_CASE("generate: defaults") {
+  auto g = expect_generate(R"({"type":"generate","id":"x","prompt":"hi"})");
+  CHECK(g.request.max_tokens == 16);
+  CHECK(g.request.sampling.temperature == 0.0f);
+  CHECK(g.request.sampling.top_k == 0);
+  CHECK(g.request.sampling.top_p == 1.0f);
+  CHECK(g.request.sampling.seed == 0);
+  CHECK(g.request.stop.empty());
+  CHECK(g.request.prio == priority::normal);
+  CHECK(g.request.timeout_ms == 0);
+  // null counts as absent; unknown fields are ignored
+  auto h = expect_generate(R"({"type":"generate","id":"x","prompt":"hi","seed":null,"stop":null,"extra":[1]})");
+  CHECK(h.request.sampling.seed == 0);
+  // a single stop string
+  auto s = expect_generate(R"({"type":"generate","id":"x","prompt":"hi","stop":"."})");
+  CHECK(s.request.stop == std::vector<std::string>{"."});
+}
+
+TEST_CASE("generate: prompt_tokens replaces prompt") {
+  auto g = expect_generate(R"({"type":"generate","id":"t","prompt_tokens":[1,2,299]})");
+  CHECK(g.request.prompt.empty());
+  CHECK(g.request.prompt_tokens == std::vector<int32_t>{1, 2, 299});
+  auto bad = expect_invalid(R"({"type":"generate","id":"t","prompt_tokens":[1,300]})");
+  CHECK(bad.id == std::optional<std::string>("t"));
+  CHECK(bad.message.find("prompt_tokens[1]") != std::string::npos);
+  expect_invalid(R"({"type":"generate","id":"t","prompt_tokens":[-1]})");
+  expect_invalid(R"({"type":"generate","id":"t","prompt_tokens":[1.5]})");
+  expect_invalid(R"({"type":"generate","id":"t","prompt_tokens":["a"]})");
+  expect_invalid(R"({"type":"generate","id":"t","prompt_tokens":[]})");
+  expect_invalid(R"({"type":"generate","id":"t","prompt_tokens":5})");
+  expect_invalid(R"({"type":"generate","id":"t","prompt_tokens":[1],"prompt":"a"})");
+}
+
+TEST_CASE("without an encoder a text prompt is passed on as text") {
+  protocol_limits lim = test_limits();
+  lim.encode = nullptr;
+  auto g = expect_generate(R"({"type":"generate","id":"x","prompt":"a long prompt, longer than eight"})", lim);
+  CHECK(g.request.prompt_tokens.empty());
+  CHECK(g.request.prompt == "a long prompt, longer than eight");
+}
+
+TEST_CASE("cancel") {
+  command c = parse_command(R"({"type":"cancel","id":"c9"})", test_limits());
+  REQUIRE(std::holds_alternative<cancel_command>(c));
+  CHECK(std::get<cancel_command>(c).id == "c9");
+  CHECK(!expect_invalid(R"({"type":"cancel"})").id);
+  CHECK(!expect_invalid(R"({"type":"cancel","id":3})").id);
+}
+
+TEST_CASE("non-JSON, non-object and id problems have a null id") {
+  for (std::string_view f : {"", "not json", "{\"type\":", "[1,2]", "\"generate\"", "42", "null", "{\"type\":\"generate\",}"}) {
+    auto bad = expect_invalid(f);
+    CHECK(!bad.id);
+  }
+  CHECK(!expect_invalid(R"({"type":"generate","prompt":"a"})").id);
+  CHECK(!expect_invalid(R"({"type":"generate","id":7,"prompt":"a"})").id);
+  CHECK(!expect_invalid(R"({"type":"generate","id":"","prompt":"a"})").id);
+  CHECK(!expect_invalid(R"({"type":"generate","id":null,"prompt":"a"})").id);
+  std::string long_id(200, 'x');
+  CHECK(!expect_invalid(R"({"type":"generate","id":")" + long_id + R"(","prompt":"a"})").id);
+}
+
+TEST_CASE("type problems keep the id") {
+  auto a = expect_invalid(R"({"id":"k","prompt":"a"})");
+  CHECK(a.id == std::optional<std::string>("k"));
+  CHECK(a.message.find("type") != std::string::npos);
+  auto b = expect_invalid(R"({"type":"generat","id":"k","prompt":"a"})");
+  CHECK(b.id == std::optional<std::string>("k"));
+  CHECK(b.message.find("unknown type") != std::string::npos);
+  CHECK(expect_invalid(R"({"type":5,"id":"k"})").id == std::optional<std::string>("k"));
+}
+
+TEST_CASE("missing and ill-typed fields") {
+  const char* frames[] = {
+      R"({"type":"generate","id":"k"})",                               // no prompt
+      R"({"type":"generate","id":"k","prompt":""})",                   // empty prompt
+      R"({"type":"generate","id":"k","prompt":5})",
+      R"({"type":"generate","id":"k","prompt":"a","max_tokens":"32"})",
+      R"({"type":"generate","id":"k","prompt":"a","max_tokens":3.5})",
+      R"({"type":"generate","id":"k","prompt":"a","temperature":"hot"})",
+      R"({"type":"generate","id":"k","prompt":"a","top_k":1.5})",
+      R"({"type":"generate","id":"k","prompt":"a","top_p":true})",
+      R"({"type":"generate","id":"k","prompt":"a","seed":"7"})",
+      R"({"type":"generate","id":"k","prompt":"a","seed":-7})",
+      R"({"type":"generate","id":"k","prompt":"a","stop":[1]})",
+      R"({"type":"generate","id":"k","prompt":"a","stop":[""]})",
+      R"({"type":"generate","id":"k","prompt":"a","stop":{"a":1}})",
+      R"({"type":"generate","id":"k","prompt":"a","priority":"urgent"})",
+      R"({"type":"generate","id":"k","prompt":"a","priority":1})",
+      R"({"type":"generate","id":"k","prompt":"a","timeout_ms":-1})",
+      R"({"type":"generate","id":"k","prompt":"a","timeout_ms":"1s"})",
+  };
+  for (const char* f : frames) {
+    auto bad = expect_invalid(f);
+    CHECK(bad.id == std::optional<std::string>("k"));
+  }
+}
+
+TEST_CASE("out-of-range values name the field") {
+  struct kase {
+    const char* frame;
+    const char* field;
+  } cases[] = {
+      {R"({"type":"generate","id":"k","prompt":"a","max_tokens":-1})", "max_tokens"},
+      {R"({"type":"generate","id":"k","prompt":"a","max_tokens":0})", "max_tokens"},
+      {R"({"type":"generate","id":"k","prompt":"a","max_tokens":65})", "max_tokens"},
+      {R"({"type":"generate","id":"k","prompt":"a","max_tokens":18446744073709551615})", "max_tokens"},
+      {R"({"type":"generate","id":"k","prompt":"a","temperature":-0.1})", "temperature"},
+      {R"({"type":"generate","id":"k","prompt":"a","top_p":0})", "top_p"},
+      {R"({"type":"generate","id":"k","prompt":"a","top_p":1.01})", "top_p"},
+      {R"({"type":"generate","id":"k","prompt":"a","top_k":-2})", "top_k"},
+      {R"({"type":"generate","id":"k","prompt":"12345678"})", "prompt"},  // 8 tokens, context 8
+      {R"({"type":"generate","id":"k","prompt_tokens":[1,2,3,4,5,6,7,8,9]})", "prompt"},
+  };
+  for (auto& k : cases) {
+    auto bad = expect_invalid(k.frame);
+    CHECK(bad.id == std::optional<std::string>("k"));
+    CHECK(bad.message.rfind(k.field, 0) == 0);
+  }
+  // the edges that are fine
+  expect_generate(R"({"type":"generate","id":"k","prompt":"1234567","max_tokens":64,"top_p":1,"temperature":0})");
+}
+
+TEST_CASE("server frames are valid JSON with the documented fields") {
+  auto a = json::parse(accepted_frame("c1"));
+  CHECK(a == json{{"type", "accepted"}, {"id", "c1"}});
+
+  std::string buf = "garbage";
+  token_frame(buf, "c\"1", 3, 464, "The\n");
+  auto t = json::parse(buf);
+  CHECK(t["type"] == "token");
+  CHECK(t["id"] == "c\"1");
+  CHECK(t["index"] == 3);
+  CHECK(t["token"] == 464);
+  CHECK(t["text"] == "The\n");
+
+  event d;
+  d.type = event::kind::done;
+  d.reason = finish_reason::stop;
+  d.prompt_tokens = 5;
+  d.completion_tokens = 9;
+  d.queue_ms = 1.5;
+  d.first_token_ms = 12.25;
+  d.total_ms = 40;
+  auto j = json::parse(event_frame("c1", d));
+  CHECK(j["type"] == "done");
+  CHECK(j["finish_reason"] == "stop");
+  CHECK(j["usage"]["prompt_tokens"] == 5);
+  CHECK(j["usage"]["completion_tokens"] == 9);
+  CHECK(j["timing_ms"]["first_token"].get<double>() == doctest::Approx(12.25));
+  CHECK(j["timing_ms"]["total"].get<double>() == doctest::Approx(40));
+
+  auto e = json::parse(error_frame(std::nullopt, error_code::invalid_request, "bad \"x\""));
+  CHECK(e["id"].is_null());
+  CHECK(e["code"] == "invalid_request");
+  CHECK(e["message"] == "bad \"x\"");
+  CHECK(!e.contains("retry_after_ms"));
+  auto r = json::parse(error_frame(std::string("q"), error_code::overloaded, "busy", 250));
+  CHECK(r["id"] == "q");
+  CHECK(r["code"] == "overloaded");
+  CHECK(r["retry_after_ms"] == 250);
+}
+
+TEST_CASE("strings are escaped and invalid UTF-8 is repaired") {
+  std::string out;
+  append_json_string(out, std::string_view("a\x01\t\"\\\xC3\xA9\xE2\x82", 9));
+  auto v = json::parse(out).get<std::string>();
+  CHECK(v == "a\x01\t\"\\\xC3\xA9\xEF\xBF\xBD\xEF\xBF\xBD");
+  out.clear();
+  append_json_string(out, "\xF0\x9F\x98\x80 \xED\xA0\x80 \xC0\xAF");  // emoji, a surrogate, an overlong '/'
+  v = json::parse(out).get<std::string>();
+  CHECK(v.rfind("\xF0\x9F\x98\x80 ", 0) == 0);
+  CHECK(v.find("\xED\xA0\x80") == std::string::npos);
+  CHECK(v.find("\xC0") == std::string::npos);
+}
+
+TEST_CASE("OpenAI completion requests") {
+  auto lim = test_limits();
+  auto r = parse_completion_request(R"({"model":"m","prompt":"hey","max_tokens":5,"stream":true,"seed":3,)"
+                                    R"("stop":"\n","stream_options":{"include_usage":true},"logprobs":null})",
+                                    lim);
+  REQUIRE(std::holds_alternative<completion_command>(r));
+  auto& c = std::get<completion_command>(r);
+  CHECK(c.stream);
+  CHECK(c.include_usage);
+  CHECK(c.seeded);
+  CHECK(c.model == "m");
+  CHECK(c.request.max_tokens == 5);
+  CHECK(c.request.sampling.temperature == 1.0f);  // OpenAI's default
+  CHECK(c.request.stop == std::vector<std::string>{"\n"});
+  CHECK(c.request.prompt_tokens.size() == 3);
+
+  auto ids = parse_completion_request(R"({"prompt":[5,6]})", lim);
+  REQUIRE(std::holds_alternative<completion_command>(ids));
+  CHECK(std::get<completion_command>(ids).request.prompt_tokens == std::vector<int32_t>{5, 6});
+  CHECK(!std::get<completion_command>(ids).seeded);
+  CHECK(std::holds_alternative<completion_command>(parse_completion_request(R"({"prompt":["one"]})", lim)));
+  CHECK(std::holds_alternative<completion_command>(parse_completion_request(R"({"prompt":[[1,2]]})", lim)));
+
+  for (const char* body : {"", "{", "[]", R"({})", R"({"prompt":""})", R"({"prompt":["a","b"]})",
+                           R"({"prompt":"a","n":2})", R"({"prompt":"a","echo":true})",
+                           R"({"prompt":"a","logprobs":3})", R"({"prompt":"a","max_tokens":-1})",
+                           R"({"prompt":"a","temperature":-1})", R"({"prompt":"a","top_p":2})",
+                           R"({"prompt":"a","stream":"yes"})", R"({"prompt":"123456789"})",
+                           R"({"prompt":[1,1000]})"}) {
+    INFO(body);
+    auto b = parse_completion_request(body, lim);
+    REQUIRE(std::holds_alternative<invalid_request>(b));
+    CHECK(!std::get<invalid_request>(b).message.empty());
+  }
+}
+
+TEST_CASE("OpenAI response bodies") {
+  event d;
+  d.type = event::kind::done;
+  d.reason = finish_reason::length;
+  d.prompt_tokens = 2;
+  d.completion_tokens = 3;
+  auto j = json::parse(openai_completion_json("cmpl-1", 100, "gpt2", "abc", d));
+  CHECK(j["object"] == "text_completion");
+  CHECK(j["choices"][0]["text"] == "abc");
+  CHECK(j["choices"][0]["finish_reason"] == "length");
+  CHECK(j["usage"]["total_tokens"] == 5);
+  auto c = json::parse(openai_chunk_json("cmpl-1", 100, "gpt2", "x", nullptr));
+  CHECK(c["choices"][0]["finish_reason"].is_null());
+  CHECK(c["choices"][0]["text"] == "x");
+  auto e = json::parse(openai_error_json(error_code::rate_limited, "slow down"));
+  CHECK(e["error"]["message"] == "slow down");
+  CHECK(e["error"]["type"] == "rate_limit_error");
+  CHECK(e["error"]["code"] == "rate_limited");
+  CHECK(http_status(error_code::invalid_request) == 400);
+  CHECK(http_status(error_code::overloaded) == 429);
+  CHECK(http_status(error_code::rate_limited) == 429);
+  CHECK(http_status(error_code::unavailable) == 503);
+}
+
+TEST_CASE("tokenize and detokenize bodies") {
+  auto t = parse_tokenize_request(R"({"prompt":"hello"})");
+  REQUIRE(std::holds_alternative<std::string>(t));
+  CHECK(std::get<std::string>(t) == "hello");
+  CHECK(std::holds_alternative<invalid_request>(parse_tokenize_request(R"({"prompt":1})")));
+  CHECK(std::holds_alternative<invalid_request>(parse_tokenize_request(R"({})")));
+  CHECK(std::holds_alternative<invalid_request>(parse_tokenize_request("nope")));
+  std::vector<int32_t> ids{15496, 995};
+  auto j = json::parse(tokenize_response_json(ids, 1024));
+  CHECK(j["tokens"] == json::array({15496, 995}));
+  CHECK(j["count"] == 2);
+
+  auto d = parse_detokenize_request(R"({"tokens":[1,2]})", 10);
+  REQUIRE(std::holds_alternative<std::vector<int32_t>>(d));
+  CHECK(std::get<std::vector<int32_t>>(d) == std::vector<int32_t>{1, 2});
+  CHECK(std::holds_alternative<invalid_request>(parse_detokenize_request(R"({"tokens":[10]})", 10)));
+  CHECK(std::holds_alternative<invalid_request>(parse_detokenize_request(R"({"tokens":"1"})", 10)));
+  CHECK(json::parse(detokenize_response_json("Hello world"))["prompt"] == "Hello world");
+}
+
+TEST_CASE("mutated frames never crash and every accepted command is within the limits") {
+  // A poor man's fuzzer: byte flips, truncations and splices of valid frames. Whatever
+  // comes out must be a well-formed command or an invalid_request with a message.
+  const std::vector<std::string> seeds = {
+      R"({"type":"generate","id":"c1","prompt":"abc","max_tokens":32,"temperature":0.5,"top_k":40,"top_p":0.9,"seed":7,"stop":["\n\n"],"priority":"high","timeout_ms":30000})",
+      R"({"type":"generate","id":"t","prompt_tokens":[1,2,299],"max_tokens":64})",
+      R"({"type":"cancel","id":"c9"})",
+  };
+  const char alphabet[] = "{}[]\":,-0123456789.eE truefalsnul\\";
+  auto lim = test_limits();
+  uint64_t x = 42;
+  auto rnd = [&x](uint64_t n) {
+    x = infer::splitmix64(x);
+    return n ? x % n : 0;
+  };
+  int generates = 0, invalids = 0;
+  for (int iter = 0; iter < 20000; ++iter) {
+    std::string f = seeds[rnd(seeds.size())];
+    int edits = 1 + int(rnd(4));
+    for (int e = 0; e < edits && !f.empty(); ++e) {
+      size_t at = rnd(f.size());
+      switch (rnd(4)) {
+        case 0: f[at] = alphabet[rnd(sizeof alphabet - 1)]; break;
+        case 1: f.erase(at, 1 + rnd(3)); break;
+        case 2: f.insert(at, 1, alphabet[rnd(sizeof alphabet - 1)]); break;
+        case 3: f.resize(at); break;
+      }
+    }
+    command c = parse_command(f, lim);
+    if (auto* g = std::get_if<generate_command>(&c)) {
+      generates++;
+      const auto& r = g->request;
+      CHECK(!g->id.empty());
+      CHECK(r.max_tokens >= 1);
+      CHECK(r.max_tokens <= lim.max_tokens_limit);
+      CHECK(r.sampling.temperature >= 0);
+      CHECK(r.sampling.top_p > 0);
+      CHECK(r.sampling.top_p <= 1);
+      CHECK(!r.prompt_tokens.empty());
+      CHECK(int64_t(r.prompt_tokens.size()) < lim.n_ctx);
+      for (int32_t id : r.prompt_tokens) CHECK((id >= 0 && id < lim.n_vocab));
+    } else if (auto* bad = std::get_if<invalid_request>(&c)) {
+      invalids++;
+      CHECK(!bad->message.empty());
+      // the error frame for it is valid JSON whatever the id's bytes were
+      CHECK(json::accept(error_frame(bad->id, error_code::invalid_request, bad->message)));
+    }
+  }
+  CHECK(generates > 0);
+  CHECK(invalids > 0);
+}

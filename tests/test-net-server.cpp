@@ -1,0 +1,600 @@
+// The Beast server in-process against fake_service, over real loopback sockets:
+// WebSocket protocol v1 (streaming, multiplexing, cancel, disconnect, every malformed
+// case, close codes, per-connection limit), HTTP (health, readiness, metrics, OpenAI
+// completions with and without streaming, tokenize/detokenize) and the bearer token.
+// Waits are on observable state with a generous deadline, never on elapsed time.
+#include <doctest/doctest.h>
+#include <sys/socket.h>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
+
+#include "net/server.hpp"
+#include "test-net-fake-service.hpp"
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using json = nlohmann::json;
+using infer::testing::fake_service;
+
+namespace {
+
+void set_recv_timeout(tcp::socket& s, int seconds) {
+  timeval tv{seconds, 0};
+  setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
+
+template <class F>
+bool eventually(F&& f) {
+  for (int i = 0; i < 2000; ++i) {
+    if (f()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return f();
+}
+
+struct ws_client {
+  asio::io_context ioc;
+  websocket::stream<tcp::socket> ws{ioc};
+  beast::error_code handshake_ec;
+
+  explicit ws_client(uint16_t port, const std::string& bearer = "") {
+    ws.next_layer().connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+    set_recv_timeout(ws.next_layer(), 20);
+    if (!bearer.empty())
+      ws.set_option(websocket::stream_base::decorator(
+          [bearer](websocket::request_type& r) { r.set(http::field::authorization, "Bearer " + bearer); }));
+    ws.handshake("127.0.0.1", "/v1/stream", handshake_ec);
+  }
+  void send(const std::string& s) {
+    ws.text(true);
+    ws.write(asio::buffer(s));
+  }
+  void send(const json& j) { send(j.dump()); }
+  json recv() {
+    beast::flat_buffer b;
+    ws.read(b);
+    return json::parse(beast::buffers_to_string(b.data()));
+  }
+  // Reads until the connection ends; returns the code of the server's close frame (0 if
+  // none arrived). Once a server has sent its close frame it may drop the TCP connection
+  // before our reply goes out, so the read can end with an I/O error after the frame.
+  int read_until_closed() {
+    beast::flat_buffer b;
+    beast::error_code ec;
+    for (int i = 0; i < 1000 && !ec; ++i) {
+      ws.read(b, ec);
+      b.consume(b.size());
+    }
+    return int(ws.reason().code);
+  }
+};
+
+struct http_reply {
+  int status = 0;
+  std::string body;
+  http::fields headers;
+  json j() const { return json::parse(body); }
+};
+
+http_reply http_call(uint16_t port, http::verb verb, const std::string& target, const std::string& body = "",
+                     const std::string& bearer = "") {
+  asio::io_context ioc;
+  tcp::socket s(ioc);
+  s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  set_recv_timeout(s, 20);
+  http::request<http::string_body> req(verb, target, 11);
+  req.set(http::field::host, "127.0.0.1");
+  if (!bearer.empty()) req.set(http::field::authorization, "Bearer " + bearer);
+  if (!body.empty()) {
+    req.set(http::field::content_type, "application/json");
+    req.body() = body;
+  }
+  req.prepare_payload();
+  http::write(s, req);
+  beast::flat_buffer b;
+  http::response<http::string_body> res;
+  http::read(s, b, res);
+  http_reply r;
+  r.status = int(res.result_int());
+  r.body = res.body();
+  r.headers = res.base();
+  return r;
+}
+
+struct fixture {
+  infer::service_config cfg;
+  std::unique_ptr<fake_service> svc;
+  std::unique_ptr<infer::net::server> srv;
+
+  explicit fixture(std::function<void(infer::service_config&)> tweak = {}, bool attach = true) {
+    cfg.listen = "127.0.0.1:0";
+    cfg.io_threads = 2;
+    cfg.max_tokens_limit = 256;
+    if (tweak) tweak(cfg);
+    svc = std::make_unique<fake_service>(infer::tokenizer::byte_level(), 64);
+    auto s = infer::net::server::start(cfg);
+    REQUIRE(s.has_value());
+    srv = std::move(*s);
+    if (attach) srv->attach(*svc);
+  }
+  ~fixture() {
+    svc->shutdown();  // service first: its last events still reach the strands
+    srv->stop();
+  }
+  uint16_t port() const { return srv->port(); }
+};
+
+json gen(const std::string& id, const std::string& prompt, int max_tokens) {
+  return {{"type", "generate"}, {"id", id}, {"prompt", prompt}, {"max_tokens", max_tokens}};
+}
+
+}  // namespace
+
+TEST_CASE("ws: one request streams accepted, tokens 0..n-1, done") {
+  fixture f;
+  ws_client c(f.port());
+  REQUIRE(!c.handshake_ec);
+  c.send(gen("c1", "hello", 5));
+  auto a = c.recv();
+  CHECK(a == json{{"type", "accepted"}, {"id", "c1"}});
+  std::string text;
+  for (int i = 0; i < 5; ++i) {
+    auto t = c.recv();
+    CHECK(t["type"] == "token");
+    CHECK(t["id"] == "c1");
+    CHECK(t["index"] == i);
+    CHECK(t["token"] == 'a' + i);
+    text += t["text"].get<std::string>();
+  }
+  CHECK(text == "abcde");
+  auto d = c.recv();
+  CHECK(d["type"] == "done");
+  CHECK(d["finish_reason"] == "length");
+  CHECK(d["usage"]["prompt_tokens"] == 5);  // byte-level: 5 ids
+  CHECK(d["usage"]["completion_tokens"] == 5);
+  CHECK(d["timing_ms"].contains("first_token"));
+
+  // stop sequence
+  json s = gen("c2", "x", 20);
+  s["stop"] = json::array({"cd"});
+  c.send(s);
+  std::string t2;
+  json e;
+  while ((e = c.recv())["type"] != "done") {
+    if (e["type"] == "token") t2 += e["text"].get<std::string>();
+  }
+  CHECK(e["finish_reason"] == "stop");
+  CHECK(t2 == "abcd");
+}
+
+TEST_CASE("ws: 50 requests multiplexed on one connection") {
+  fixture f;
+  ws_client c(f.port());
+  const int n = 50;
+  for (int i = 0; i < n; ++i) c.send(gen("r" + std::to_string(i), "p" + std::to_string(i), 3 + i % 7));
+  std::map<std::string, int> next_index, accepted, terminal;
+  int done = 0;
+  while (done < n) {
+    auto e = c.recv();
+    std::string id = e["id"];
+    if (e["type"] == "accepted") {
+      accepted[id]++;
+      CHECK(next_index.count(id) == 0);  // accepted precedes the tokens
+    } else if (e["type"] == "token") {
+      CHECK(e["index"] == next_index[id]);
+      next_index[id]++;
+      CHECK(terminal[id] == 0);
+    } else {
+      CHECK(e["type"] == "done");
+      terminal[id]++;
+      done++;
+    }
+  }
+  for (int i = 0; i < n; ++i) {
+    std::string id = "r" + std::to_string(i);
+    CHECK(accepted[id] == 1);
+    CHECK(terminal[id] == 1);
+    CHECK(next_index[id] == 3 + i % 7);
+  }
+}
+
+TEST_CASE("ws: cancel ends a request with done(cancelled); cancelling twice is harmless") {
+  fixture f;
+  f.svc->hold = true;
+  ws_client c(f.port());
+  c.send(gen("k", "abc", 100));
+  CHECK(c.recv()["type"] == "accepted");
+  c.send(json{{"type", "cancel"}, {"id", "k"}});
+  auto d = c.recv();
+  CHECK(d["type"] == "done");
+  CHECK(d["id"] == "k");
+  CHECK(d["finish_reason"] == "cancelled");
+  c.send(json{{"type", "cancel"}, {"id", "k"}});       // ended: ignored
+  c.send(json{{"type", "cancel"}, {"id", "never"}});   // unknown: ignored
+  // the id is free again and the connection works
+  f.svc->hold = false;
+  c.send(gen("k", "abc", 2));
+  CHECK(c.recv()["type"] == "accepted");
+  CHECK(c.recv()["type"] == "token");
+  CHECK(c.recv()["type"] == "token");
+  CHECK(c.recv()["type"] == "done");
+  CHECK(f.svc->cancels == 1);
+}
+
+TEST_CASE("ws: a disconnect cancels every request of that connection, and only those") {
+  fixture f;
+  f.svc->hold = true;
+  ws_client other(f.port());
+  other.send(gen("keep", "x", 3));
+  CHECK(other.recv()["type"] == "accepted");
+  {
+    ws_client c(f.port());
+    for (int i = 0; i < 3; ++i) c.send(gen("d" + std::to_string(i), "abc", 100));
+    for (int i = 0; i < 3; ++i) CHECK(c.recv()["type"] == "accepted");
+    CHECK(f.svc->live() == 4);
+    c.ws.next_layer().close();  // no close frame: the peer just vanishes
+  }
+  CHECK(eventually([&] { return f.svc->cancels == 3; }));
+  CHECK(f.svc->live() == 1);
+  f.svc->hold = false;
+  for (int i = 0; i < 3; ++i) CHECK(other.recv()["type"] == "token");
+  CHECK(other.recv()["type"] == "done");
+  CHECK(f.svc->live() == 0);
+}
+
+TEST_CASE("ws: every malformed frame gets invalid_request and the connection stays usable") {
+  fixture f;
+  f.svc->hold = true;
+  ws_client c(f.port());
+  c.send(gen("live", "abc", 5));
+  CHECK(c.recv()["type"] == "accepted");
+  struct kase {
+    std::string frame;
+    json id;
+  } cases[] = {
+      {"this is not json", nullptr},
+      {"[1,2,3]", nullptr},
+      {R"({"type":"generate","prompt":"a"})", nullptr},
+      {R"({"type":"generate","id":12,"prompt":"a"})", nullptr},
+      {R"({"type":"explode","id":"x1"})", "x1"},
+      {R"({"id":"x2","prompt":"a"})", "x2"},
+      {R"({"type":"generate","id":"x3"})", "x3"},
+      {R"({"type":"generate","id":"x4","prompt":7})", "x4"},
+      {R"({"type":"generate","id":"x5","prompt":"a","max_tokens":-3})", "x5"},
+      {R"({"type":"generate","id":"x6","prompt":"a","temperature":-1})", "x6"},
+      {R"({"type":"generate","id":"x7","prompt":"a","top_p":0})", "x7"},
+      {R"({"type":"generate","id":"x8","prompt":"a","top_p":1.5})", "x8"},
+      {R"({"type":"generate","id":"x9","prompt":")" + std::string(64, 'z') + R"("})", "x9"},  // n_ctx 64
+      {R"({"type":"generate","id":"x10","prompt_tokens":[1,256]})", "x10"},                  // vocab 256
+      {R"({"type":"generate","id":"x11","prompt":"a","max_tokens":"many"})", "x11"},
+      {R"({"type":"generate","id":"live","prompt":"dup"})", "live"},  // duplicate live id
+  };
+  for (auto& k : cases) {
+    INFO(k.frame);
+    c.send(k.frame);
+    auto e = c.recv();
+    CHECK(e["type"] == "error");
+    CHECK(e["code"] == "invalid_request");
+    CHECK(e["id"] == k.id);
+    CHECK(!e["message"].get<std::string>().empty());
+  }
+  CHECK(f.svc->submitted == 1);
+  f.svc->hold = false;
+  // the live request was untouched by all that
+  for (int i = 0; i < 5; ++i) CHECK(c.recv()["type"] == "token");
+  auto d = c.recv();
+  CHECK(d["type"] == "done");
+  CHECK(d["id"] == "live");
+  c.send(gen("after", "ok", 1));
+  CHECK(c.recv()["type"] == "accepted");
+}
+
+TEST_CASE("ws: binary frame closes with 1003, oversize frame with 1009, others unaffected") {
+  fixture f([](infer::service_config& c) { c.max_frame_bytes = 1024; });
+  ws_client bystander(f.port());
+  {
+    ws_client c(f.port());
+    c.ws.binary(true);
+    std::string bytes = R"({"type":"generate","id":"b","prompt":"a"})";
+    c.ws.write(asio::buffer(bytes));
+    CHECK(c.read_until_closed() == int(websocket::close_code::unknown_data));
+  }
+  {
+    ws_client c(f.port());
+    c.send(std::string(2000, ' '));
+    CHECK(c.read_until_closed() == int(websocket::close_code::too_big));
+  }
+  bystander.send(gen("fine", "a", 1));
+  CHECK(bystander.recv()["type"] == "accepted");
+  CHECK(bystander.recv()["type"] == "token");
+  CHECK(bystander.recv()["type"] == "done");
+}
+
+TEST_CASE("ws: per-connection in-flight limit answers rate_limited with retry_after_ms") {
+  fixture f([](infer::service_config& c) { c.max_inflight_per_connection = 2; });
+  f.svc->hold = true;
+  ws_client c(f.port());
+  c.send(gen("a", "x", 5));
+  c.send(gen("b", "x", 5));
+  c.send(gen("c", "x", 5));
+  std::map<std::string, json> first;
+  for (int i = 0; i < 3; ++i) {
+    auto e = c.recv();
+    first[e["id"]] = e;
+  }
+  CHECK(first["a"]["type"] == "accepted");
+  CHECK(first["b"]["type"] == "accepted");
+  CHECK(first["c"]["type"] == "error");
+  CHECK(first["c"]["code"] == "rate_limited");
+  CHECK(first["c"]["retry_after_ms"].get<int>() > 0);
+}
+
+TEST_CASE("ws: the service's own errors pass through with retry_after_ms") {
+  fixture f;
+  f.svc->reject_overloaded = 1;
+  ws_client c(f.port());
+  c.send(gen("o", "x", 5));
+  auto e = c.recv();
+  CHECK(e["type"] == "error");
+  CHECK(e["id"] == "o");
+  CHECK(e["code"] == "overloaded");
+  CHECK(e["retry_after_ms"] == 50);
+  c.send(gen("o", "x", 1));  // the rejected id is not live
+  CHECK(c.recv()["type"] == "accepted");
+}
+
+TEST_CASE("http: health, readiness before and after attach, metrics, 404/405/426") {
+  fixture f({}, /*attach=*/false);
+  CHECK(http_call(f.port(), http::verb::get, "/healthz").status == 200);
+  CHECK(http_call(f.port(), http::verb::get, "/readyz").status == 503);
+  auto early = http_call(f.port(), http::verb::post, "/v1/completions", R"({"prompt":"a"})");
+  CHECK(early.status == 503);
+  CHECK(early.j()["error"]["code"] == "unavailable");
+  {
+    ws_client c(f.port());
+    c.send(gen("e", "a", 1));
+    auto e = c.recv();
+    CHECK(e["code"] == "unavailable");
+  }
+  f.srv->attach(*f.svc);
+  CHECK(http_call(f.port(), http::verb::get, "/readyz").status == 200);
+  f.svc->is_ready = false;
+  CHECK(http_call(f.port(), http::verb::get, "/readyz").status == 503);
+  f.svc->is_ready = true;
+  auto m = http_call(f.port(), http::verb::get, "/metrics");
+  CHECK(m.status == 200);
+  CHECK(m.body.find("infer_requests_total") != std::string::npos);
+  CHECK(m.body.find("infer_connections_open") != std::string::npos);
+  CHECK(http_call(f.port(), http::verb::get, "/nope").status == 404);
+  CHECK(http_call(f.port(), http::verb::get, "/v1/completions").status == 405);
+  CHECK(http_call(f.port(), http::verb::get, "/v1/stream").status == 426);
+}
+
+TEST_CASE("http: OpenAI completions, plain and streamed, and their errors") {
+  fixture f;
+  auto r = http_call(f.port(), http::verb::post, "/v1/completions",
+                     R"({"model":"x","prompt":"hi","max_tokens":4,"temperature":0})");
+  REQUIRE(r.status == 200);
+  auto j = r.j();
+  CHECK(j["object"] == "text_completion");
+  CHECK(j["model"] == "x");
+  CHECK(j["choices"][0]["text"] == "abcd");
+  CHECK(j["choices"][0]["finish_reason"] == "length");
+  CHECK(j["usage"]["completion_tokens"] == 4);
+  CHECK(j["usage"]["prompt_tokens"] == 2);
+
+  auto s = http_call(f.port(), http::verb::post, "/v1/completions",
+                     R"({"prompt":"hi","max_tokens":3,"stream":true,"stream_options":{"include_usage":true}})");
+  REQUIRE(s.status == 200);
+  CHECK(s.headers[http::field::content_type] == "text/event-stream");
+  std::vector<std::string> data;
+  size_t pos = 0;
+  while ((pos = s.body.find("data: ", pos)) != std::string::npos) {
+    auto end = s.body.find("\n\n", pos);
+    REQUIRE(end != std::string::npos);
+    data.push_back(s.body.substr(pos + 6, end - pos - 6));
+    pos = end + 2;
+  }
+  REQUIRE(data.size() >= 3);
+  CHECK(data.back() == "[DONE]");
+  std::string text;
+  std::string finish;
+  bool usage = false;
+  for (size_t i = 0; i + 1 < data.size(); ++i) {
+    auto c = json::parse(data[i]);
+    if (c.contains("usage")) {
+      usage = true;
+      CHECK(c["usage"]["completion_tokens"] == 3);
+      continue;
+    }
+    text += c["choices"][0]["text"].get<std::string>();
+    if (!c["choices"][0]["finish_reason"].is_null()) finish = c["choices"][0]["finish_reason"];
+  }
+  CHECK(text == "abc");
+  CHECK(finish == "length");
+  CHECK(usage);
+
+  auto bad = http_call(f.port(), http::verb::post, "/v1/completions", R"({"prompt":"hi","max_tokens":-1})");
+  CHECK(bad.status == 400);
+  CHECK(bad.j()["error"]["type"] == "invalid_request_error");
+  CHECK(!bad.j()["error"]["message"].get<std::string>().empty());
+  CHECK(http_call(f.port(), http::verb::post, "/v1/completions", "{not json").status == 400);
+
+  f.svc->reject_overloaded = 2;
+  auto busy = http_call(f.port(), http::verb::post, "/v1/completions", R"({"prompt":"hi"})");
+  CHECK(busy.status == 429);
+  CHECK(busy.j()["error"]["code"] == "overloaded");
+  CHECK(busy.headers.count(http::field::retry_after) == 1);
+  auto busy_stream = http_call(f.port(), http::verb::post, "/v1/completions", R"({"prompt":"hi","stream":true})");
+  CHECK(busy_stream.status == 429);
+}
+
+TEST_CASE("http: a client that hangs up cancels its completion") {
+  fixture f;
+  f.svc->hold = true;
+  for (bool stream : {false, true}) {
+    int before = f.svc->cancels;
+    asio::io_context ioc;
+    tcp::socket s(ioc);
+    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()));
+    http::request<http::string_body> req(http::verb::post, "/v1/completions", 11);
+    req.set(http::field::host, "127.0.0.1");
+    req.body() = stream ? R"({"prompt":"hi","max_tokens":50,"stream":true})" : R"({"prompt":"hi","max_tokens":50})";
+    req.prepare_payload();
+    http::write(s, req);
+    CHECK(eventually([&] { return f.svc->live() == 1; }));
+    s.close();
+    CHECK(eventually([&] { return f.svc->cancels == before + 1; }));
+    CHECK(f.svc->live() == 0);
+  }
+}
+
+TEST_CASE("http: keep-alive connection serves several completions in a row") {
+  fixture f;
+  asio::io_context ioc;
+  tcp::socket s(ioc);
+  s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()));
+  set_recv_timeout(s, 20);
+  beast::flat_buffer b;
+  for (int i = 1; i <= 3; ++i) {
+    http::request<http::string_body> req(http::verb::post, "/v1/completions", 11);
+    req.set(http::field::host, "127.0.0.1");
+    req.body() = json{{"prompt", "hi"}, {"max_tokens", i}, {"stream", i == 2}}.dump();
+    req.prepare_payload();
+    http::write(s, req);
+    http::response<http::string_body> res;
+    http::read(s, b, res);
+    CHECK(res.result_int() == 200);
+    if (i != 2) CHECK(json::parse(res.body())["usage"]["completion_tokens"] == i);
+    else CHECK(res.body().find("data: [DONE]") != std::string::npos);
+  }
+}
+
+TEST_CASE("http: tokenize and detokenize") {
+  fixture f;
+  auto t = http_call(f.port(), http::verb::post, "/tokenize", R"({"prompt":"Hi!"})");
+  REQUIRE(t.status == 200);
+  CHECK(t.j()["tokens"] == json::array({'H', 'i', '!'}));
+  CHECK(t.j()["count"] == 3);
+  auto d = http_call(f.port(), http::verb::post, "/detokenize", R"({"tokens":[72,105,33]})");
+  REQUIRE(d.status == 200);
+  CHECK(d.j()["prompt"] == "Hi!");
+  CHECK(http_call(f.port(), http::verb::post, "/detokenize", R"({"tokens":[256]})").status == 400);
+  CHECK(http_call(f.port(), http::verb::post, "/tokenize", R"({"tokens":[1]})").status == 400);
+}
+
+TEST_CASE("bearer token: required on upgrade and HTTP, not on health probes") {
+  fixture f([](infer::service_config& c) { c.api_key = "s3cret"; });
+  {
+    ws_client none(f.port());
+    CHECK(none.handshake_ec);
+    ws_client wrong(f.port(), "s3cre");
+    CHECK(wrong.handshake_ec);
+    ws_client right(f.port(), "s3cret");
+    REQUIRE(!right.handshake_ec);
+    right.send(gen("a", "x", 1));
+    CHECK(right.recv()["type"] == "accepted");
+  }
+  auto no = http_call(f.port(), http::verb::post, "/v1/completions", R"({"prompt":"hi"})");
+  CHECK(no.status == 401);
+  CHECK(no.j()["error"]["code"] == "unauthorized");
+  CHECK(http_call(f.port(), http::verb::get, "/metrics").status == 401);
+  CHECK(http_call(f.port(), http::verb::get, "/metrics", "", "wrong").status == 401);
+  CHECK(http_call(f.port(), http::verb::get, "/metrics", "", "s3cret").status == 200);
+  CHECK(http_call(f.port(), http::verb::post, "/v1/completions", R"({"prompt":"hi","max_tokens":1})", "s3cret")
+            .status == 200);
+  CHECK(http_call(f.port(), http::verb::get, "/healthz").status == 200);
+  CHECK(http_call(f.port(), http::verb::get, "/readyz").status == 200);
+}
+
+TEST_CASE("limits: connections beyond max_connections are refused, header size is bounded") {
+  fixture f([](infer::service_config& c) {
+    c.max_connections = 2;
+    c.max_header_bytes = 1024;
+  });
+  ws_client a(f.port()), b(f.port());
+  REQUIRE(!a.handshake_ec);
+  REQUIRE(!b.handshake_ec);
+  ws_client c(f.port());
+  CHECK(c.handshake_ec);  // closed at accept
+  a.ws.close(websocket::close_code::normal);
+  // the slot comes back once the first connection is gone
+  CHECK(eventually([&] {
+    ws_client d(f.port());
+    return !d.handshake_ec;
+  }));
+  b.ws.close(websocket::close_code::normal);
+  CHECK(eventually([&] {
+    asio::io_context ioc;
+    tcp::socket s(ioc);
+    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()));
+    set_recv_timeout(s, 20);
+    http::request<http::string_body> req(http::verb::get, "/healthz", 11);
+    req.set(http::field::host, "127.0.0.1");
+    req.set("X-Padding", std::string(4000, 'p'));
+    http::write(s, req);
+    beast::flat_buffer buf;
+    http::response<http::string_body> res;
+    beast::error_code ec;
+    http::read(s, buf, res, ec);
+    return !ec && res.result_int() == 431;
+  }));
+}
+
+TEST_CASE("listen address parsing") {
+  auto a = infer::net::parse_listen_address("127.0.0.1:8080");
+  REQUIRE(a.has_value());
+  CHECK(a->first == "127.0.0.1");
+  CHECK(a->second == 8080);
+  auto b = infer::net::parse_listen_address("[::1]:0");
+  REQUIRE(b.has_value());
+  CHECK(b->first == "::1");
+  CHECK(!infer::net::parse_listen_address("8080").has_value());
+  CHECK(!infer::net::parse_listen_address("host:99999").has_value());
+  CHECK(!infer::net::parse_listen_address(":80").has_value());
+}
+
+TEST_CASE("limits: an idle HTTP connection is closed by the server") {
+  fixture f([](infer::service_config& c) { c.idle_timeout_ms = 100; });
+  asio::io_context ioc;
+  tcp::socket s(ioc);
+  s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()));
+  set_recv_timeout(s, 20);
+  char byte;
+  beast::error_code ec;
+  size_t n = s.read_some(asio::buffer(&byte, 1), ec);  // blocks until the server gives up on us
+  CHECK(n == 0);
+  CHECK(ec == asio::error::eof);
+}
+
+TEST_CASE("http: Expect: 100-continue is answered before the body is read") {
+  fixture f;
+  asio::io_context ioc;
+  tcp::socket s(ioc);
+  s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()));
+  set_recv_timeout(s, 20);
+  std::string body = R"({"prompt":"hi","max_tokens":2})";
+  std::string head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+                     "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+  asio::write(s, asio::buffer(head));
+  // The interim answer comes while the body has not been sent.
+  std::string interim;
+  asio::read_until(s, asio::dynamic_buffer(interim), "\r\n\r\n");
+  CHECK(interim.rfind("HTTP/1.1 100 Continue\r\n\r\n", 0) == 0);
+  asio::write(s, asio::buffer(body));
+  beast::flat_buffer b;
+  http::response<http::string_body> res;
+  http::read(s, b, res);
+  CHECK(res.result_int() == 200);
+  CHECK(json::parse(res.body())["choices"][0]["text"] == "ab");
+}
