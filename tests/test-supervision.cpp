@@ -305,7 +305,7 @@ TEST_CASE("supervision: one_for_one restarts only the failed worker, one_for_all
     check_all_done(col, w);
     auto& m = env.svc->stats();
     CHECK(m.step_failures.load() == 1);
-    CHECK(eventually([&] { return gauge_of(*env.svc, 0).state == worker_gauge::run_state::running; }));
+    wait_running(*env.svc, 2);  // restarts done
     CHECK(gauge_of(*env.svc, 0).restarts == 1);
     if (std::string(strategy) == "one_for_one") {
       CHECK(gauge_of(*env.svc, 1).restarts == 0);
@@ -332,7 +332,7 @@ TEST_CASE("supervision: a CUDA-like device fault restarts every worker of that d
   wait_running(*env.svc, 4);
   auto w = submit_many(*env.svc, col, 24, 300, 20);
   check_all_done(col, w);
-  CHECK(eventually([&] { return gauge_of(*env.svc, 3).state == worker_gauge::run_state::running; }));
+  wait_running(*env.svc, 4);
   INFO(env.svc->status_json());
   INFO("step failures " << env.svc->stats().step_failures.load());
   CHECK(gauge_of(*env.svc, 1).restarts == 1);
@@ -381,6 +381,7 @@ TEST_CASE("chaos: seeded fault injection, every request ends done with the fault
     wait_running(*env.svc, 2);
     auto w = submit_many(*env.svc, col, 40, 700, 32);
     check_all_done(col, w);
+    wait_running(*env.svc, 2);  // no restart pending
     auto& m = env.svc->stats();
     CHECK(m.step_failures.load() > 0);
     CHECK(m.worker_restarts.load() > 0);
