@@ -6,7 +6,7 @@
 //   infer-bench-actors [--tasks 100] [--prompt 32] [--new 64] [--workers 1]
 //                      [--threads 1] [--max-running 128] [--model synthetic:tiny]
 //                      [--caf-policy stealing|sharing] [--repeat R] [--skip-serial]
-//                      [--backend cpu|cuda|auto]
+//                      [--backend cpu|cuda|auto] [--tokenizer-dir DIR] [--kv-memory-mb MB]
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -119,6 +119,8 @@ int main(int argc, char** argv) {
   service_config cfg;
   cfg.model = arg_str(argc, argv, "--model", "synthetic:tiny");
   cfg.backend = arg_str(argc, argv, "--backend", "cpu");
+  cfg.tokenizer_dir = arg_str(argc, argv, "--tokenizer-dir", "");
+  cfg.kv_memory_mb = arg_int(argc, argv, "--kv-memory-mb", 256);
   cfg.workers = arg_int(argc, argv, "--workers", 1);
   cfg.cpu_threads = arg_int(argc, argv, "--threads", 1);
   cfg.max_running = arg_int(argc, argv, "--max-running", 128);

@@ -30,6 +30,7 @@
 #include "actors/service.hpp"
 #include "engine/tokenizer.hpp"
 #include "net/protocol.hpp"
+#include "web/static-files.hpp"
 
 namespace infer::net {
 
@@ -39,7 +40,6 @@ namespace websocket = beast::websocket;
 namespace asio = boost::asio;
 namespace ssl = asio::ssl;
 using tcp = asio::ip::tcp;
-using clock_type = std::chrono::steady_clock;
 
 namespace {
 
@@ -49,10 +49,6 @@ template <class S>
 constexpr bool is_tls = std::is_same_v<S, tls_stream>;
 
 constexpr const char* server_name = "inferd";
-
-double ms_since(clock_type::time_point t0) {
-  return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
-}
 
 // Shared by the listener and every session; outlives the io context (see impl).
 struct server_state {
@@ -510,6 +506,11 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
                                                             : R"({"status":"loading"})"),
                      "application/json", keep);
     }
+    // The page (web/, embedded) is public like the probes: it holds no data, and a browser
+    // navigating to it cannot send a bearer token. What it then fetches is checked as usual.
+    if (get)
+      if (const static_file* f = find_static_file(path))
+        return respond(http::status::ok, std::string(f->body), std::string(f->content_type).c_str(), keep);
     if (!authorized(st_, req)) return unauthorized(keep);
 
     if (path == "/metrics" && get) return respond(http::status::ok, metrics_text(svc), "text/plain; version=0.0.4", keep);

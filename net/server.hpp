@@ -1,6 +1,6 @@
 // server: the Boost.Beast front end of the service. One port speaks HTTP/1.1
-// (health, readiness, metrics, OpenAI completions, tokenize/detokenize) and upgrades
-// /v1/stream to the WebSocket protocol v1 (docs/protocol.md).
+// (health, readiness, metrics, OpenAI completions, tokenize/detokenize, the page of
+// web/) and upgrades /v1/stream to the WebSocket protocol v1 (docs/protocol.md).
 //
 // Threads: a small pool of io threads runs every connection, each connection on its
 // own strand. The service's event callbacks run on CAF threads; they only post the

