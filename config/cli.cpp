@@ -43,7 +43,7 @@ const value_flag k_flags[] = {
     {"--tls-key", "server.tls_key", "PEM private key", nullptr, true},
     {"--fault-rate", "fault.fault_rate", "fault injection: probability that a step fails (0..1)", nullptr, false},
     {"--fault-seed", "fault.fault_seed", "fault injection: seed of the per-step draws", nullptr, false},
-    {"--fault-kind", "fault.fault_kind", "fault injection: throw|cuda|hang", nullptr, true},
+    {"--fault-kind", "fault.fault_kind", "fault injection: throw|cuda|hang|mixed", nullptr, true},
     {"--fault-poison-token", "fault.fault_poison_token", "fault injection: steps holding this token id fail",
      nullptr, false},
     {"--restart-strategy", "supervision.restart_strategy", "one_for_one|one_for_all", nullptr, true},

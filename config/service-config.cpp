@@ -498,8 +498,8 @@ status validate(const service_config& c) {
   // [fault]
   check(c.fault_rate >= 0.0 && c.fault_rate <= 1.0, "fault.fault_rate", "a probability in 0..1",
         std::to_string(c.fault_rate));
-  check(c.fault_kind == "throw" || c.fault_kind == "cuda" || c.fault_kind == "hang", "fault.fault_kind",
-        "throw|cuda|hang", quoted(c.fault_kind));
+  check(c.fault_kind == "throw" || c.fault_kind == "cuda" || c.fault_kind == "hang" || c.fault_kind == "mixed",
+        "fault.fault_kind", "throw|cuda|hang|mixed", quoted(c.fault_kind));
   check(c.fault_poison_token >= -1, "fault.fault_poison_token", ">= -1 (-1: none)", num(c.fault_poison_token));
   check(c.fault_hang_ms >= 1, "fault.fault_hang_ms", ">= 1", num(c.fault_hang_ms));
 

@@ -62,7 +62,7 @@ struct service_config {
   // [fault] injection, for tests and demos (off by default)
   double fault_rate = 0.0;           // probability that a step fails
   uint64_t fault_seed = 1;
-  std::string fault_kind = "throw";  // throw | cuda | hang
+  std::string fault_kind = "throw";  // throw | cuda | hang | mixed
   int32_t fault_poison_token = -1;   // any step containing this token id fails; -1: none
   int64_t fault_hang_ms = 600000;    // a hung step returns after this long (or at shutdown)
 

@@ -10,6 +10,7 @@ const char* to_string(fault_kind k) {
     case fault_kind::throw_exception: return "throw";
     case fault_kind::cuda_error: return "cuda";
     case fault_kind::hang: return "hang";
+    case fault_kind::mixed: return "mixed";
   }
   return "throw";
 }
@@ -18,7 +19,8 @@ result<fault_kind> parse_fault_kind(const std::string& s) {
   if (s == "throw") return fault_kind::throw_exception;
   if (s == "cuda") return fault_kind::cuda_error;
   if (s == "hang") return fault_kind::hang;
-  return make_status(errc::invalid_argument, "fault kind: throw|cuda|hang, got \"" + s + "\"");
+  if (s == "mixed") return fault_kind::mixed;
+  return make_status(errc::invalid_argument, "fault kind: throw|cuda|hang|mixed, got \"" + s + "\"");
 }
 
 void fault_switch::release() {
@@ -65,13 +67,16 @@ class faulty_backend final : public backend {
       const double u = double(splitmix(rng_) >> 11) * 0x1.0p-53;
       if (u < o_.rate) {
         if (sw_) sw_->injected.fetch_add(1);
-        switch (o_.kind) {
+        fault_kind k = o_.kind;
+        if (k == fault_kind::mixed) k = fault_kind(splitmix(rng_) % 3);
+        switch (k) {
           case fault_kind::throw_exception: throw std::runtime_error("injected fault: the step threw");
           case fault_kind::cuda_error:
             return make_status(errc::device_error, "injected fault: CUDA error (sticky: the device needs a reset)");
           case fault_kind::hang:
             if (sw_) sw_->wait(o_.hang);
             return make_status(errc::device_error, "injected fault: the step hung");
+          case fault_kind::mixed: break;
         }
       }
     }

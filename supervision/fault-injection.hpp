@@ -5,6 +5,7 @@
 //   faults: throw  the step throws std::runtime_error (the engine actor turns it into a failure)
 //           cuda   the step returns device_error, "sticky": the device's workers restart
 //           hang   the step blocks until fault_hang elapses or fault_switch::release()
+//           mixed  one of the three above, drawn per fault
 //   poison: any step whose new tokens contain poison_token fails (internal), every time
 //
 // The per-step draws come from a seeded generator per backend instance (seed, stream), so
@@ -22,10 +23,10 @@
 
 namespace infer {
 
-enum class fault_kind : uint8_t { throw_exception, cuda_error, hang };
+enum class fault_kind : uint8_t { throw_exception, cuda_error, hang, mixed };
 
 const char* to_string(fault_kind k);
-result<fault_kind> parse_fault_kind(const std::string& s);  // throw | cuda | hang
+result<fault_kind> parse_fault_kind(const std::string& s);  // throw | cuda | hang | mixed
 
 struct fault_options {
   double rate = 0.0;           // probability per step

@@ -390,6 +390,25 @@ TEST_CASE("chaos: seeded fault injection, every request ends done with the fault
   }
 }
 
+TEST_CASE("chaos: mixed faults (throw, cuda, hang with the watchdog), nothing lost") {
+  collector col;
+  auto cfg = sup_config(2);
+  cfg.fault_rate = 0.03;
+  cfg.fault_seed = early_fault_seed(cfg.fault_rate);
+  cfg.fault_kind = "mixed";
+  cfg.step_timeout_ms = 200;  // a hung step is abandoned after 200 ms
+  cfg.quarantine_after = 1000;
+  sup_env env(cfg, [](int32_t) { return tiny_cpu_backend(); });
+  wait_running(*env.svc, 2);
+  auto w = submit_many(*env.svc, col, 30, 1500, 32);
+  check_all_done(col, w);
+  wait_running(*env.svc, 2);
+  auto& m = env.svc->stats();
+  CHECK(m.step_failures.load() > 0);
+  CHECK(m.worker_restarts.load() >= m.step_failures.load());  // cuda faults restart the whole device
+  CHECK(m.outcome_count("done_length") == 30);
+}
+
 TEST_CASE("poison: a planted poison request is quarantined, the others complete with their tokens") {
   // The poison token: one that no other request's prompt or output contains.
   collector col;
