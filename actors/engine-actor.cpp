@@ -1,6 +1,7 @@
 #include "actors/engine-actor.hpp"
 
 #include <chrono>
+#include <exception>
 
 #include "actors/messages.hpp"
 
@@ -29,10 +30,18 @@ caf::behavior engine_fun(engine_actor* self, service_core_ptr core, int32_t inde
       },
       [=](step_atom, step_job_ptr job) {
         auto t0 = std::chrono::steady_clock::now();
-        if (!self->state.be)
+        if (!self->state.be) {
           job->st = make_status(errc::internal, "engine not initialized");
-        else
-          job->st = self->state.be->step(job->batch, job->out, logits_mode::none);
+        } else {
+          // A throwing backend must fail the step, not the thread: the worker decides.
+          try {
+            job->st = self->state.be->step(job->batch, job->out, logits_mode::none);
+          } catch (const std::exception& e) {
+            job->st = make_status(errc::internal, std::string("the step threw: ") + e.what());
+          } catch (...) {
+            job->st = make_status(errc::internal, "the step threw");
+          }
+        }
         job->step_us =
             std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
         self->send(caf::actor_cast<caf::actor>(self->current_sender()), step_atom::value, std::move(job));

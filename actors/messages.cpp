@@ -15,6 +15,7 @@ void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<seq_gone_msg>("infer.seq_gone");
   cfg.add_message_type<worker_down_msg>("infer.worker_down");
   cfg.add_message_type<seq_closed_msg>("infer.seq_closed");
+  cfg.add_message_type<step_failed_msg>("infer.step_failed");
 }
 
 }  // namespace infer

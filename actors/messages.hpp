@@ -28,6 +28,9 @@ using init_atom = caf::atom_constant<caf::atom("iinit")>;       // worker -> eng
 using cancel_atom = caf::atom_constant<caf::atom("icancel")>;   // service -> request
 using deadline_atom = caf::atom_constant<caf::atom("ideadline")>;  // request -> itself
 using closeto_atom = caf::atom_constant<caf::atom("icloseto")>;    // request -> itself: ack overdue
+using watchdog_atom = caf::atom_constant<caf::atom("iwatchdog")>;  // worker -> itself: step deadline
+using restart_atom = caf::atom_constant<caf::atom("irestart")>;    // supervisor -> itself: back-off over
+using dispatch_atom = caf::atom_constant<caf::atom("idispatch")>;  // batcher -> itself: a breaker half-opens
 
 // sampling_params without floats on the wire.
 struct wire_sampling {
@@ -64,11 +67,12 @@ struct enqueue_msg {
   int32_t max_tokens = 0;
   wire_sampling sampling;
   bool resume = false;
+  int64_t timeout_ms = 0;  // time left until the request's deadline (0: none): admission checks it
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, enqueue_msg& x) {
   return f(caf::meta::type_name("infer.enqueue"), x.id, x.request, x.prio, x.prompt, x.generated, x.max_tokens,
-           x.sampling, x.resume);
+           x.sampling, x.resume, x.timeout_ms);
 }
 
 // batcher -> request: accepted into the queue, or rejected (code: infer::error_code).
@@ -185,13 +189,31 @@ typename Inspector::result_type inspect(Inspector& f, seq_gone_msg& x) {
 }
 
 // supervisor -> batcher: worker `worker` is gone (a restarted one says hello again).
+// gave_up: its supervisor will not restart it (intensity limit exceeded at the root).
 struct worker_down_msg {
   int32_t worker = 0;
   std::string reason;
+  bool gave_up = false;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_down_msg& x) {
-  return f(caf::meta::type_name("infer.worker_down"), x.worker, x.reason);
+  return f(caf::meta::type_name("infer.worker_down"), x.worker, x.reason, x.gave_up);
+}
+
+// worker -> batcher and -> its device supervisor (crosses nodes), just before the worker
+// quits: which sequences were in the step that failed (they become suspects) and why.
+// device_fault: a device-level error (sticky CUDA error): the device's workers restart.
+// timed_out: the watchdog fired (the engine thread is abandoned, its backend never reused).
+struct step_failed_msg {
+  int32_t worker = 0;
+  std::vector<uint64_t> ids;
+  std::string reason;
+  bool device_fault = false;
+  bool timed_out = false;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, step_failed_msg& x) {
+  return f(caf::meta::type_name("infer.step_failed"), x.worker, x.ids, x.reason, x.device_fault, x.timed_out);
 }
 
 // batcher -> request: the sequence is no longer anywhere.

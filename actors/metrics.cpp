@@ -1,5 +1,7 @@
 #include "actors/metrics.hpp"
 
+#include <algorithm>
+
 #include <cmath>
 #include <cstring>
 
@@ -85,6 +87,16 @@ uint64_t metrics::outcome_count(const char* outcome) const {
   return i < 0 ? 0 : outcomes_[size_t(i)].load(std::memory_order_relaxed);
 }
 
+const char* to_string(worker_gauge::run_state s) {
+  switch (s) {
+    case worker_gauge::run_state::starting: return "starting";
+    case worker_gauge::run_state::running: return "running";
+    case worker_gauge::run_state::restarting: return "restarting";
+    case worker_gauge::run_state::failed: return "failed";
+  }
+  return "?";
+}
+
 std::string metrics::render_prometheus() const {
   auto ld = [](const auto& a) { return a.load(std::memory_order_relaxed); };
   std::string s;
@@ -106,6 +118,48 @@ std::string metrics::render_prometheus() const {
   counter("infer_steps_total", "Engine steps run.", ld(steps));
   counter("infer_preemptions_total", "Sequences preempted for lack of KV blocks (resumed by recompute).",
           ld(preemptions));
+  counter("infer_step_failures_total", "Engine steps that failed or timed out.", ld(step_failures));
+  counter("infer_step_timeouts_total", "Steps the watchdog declared hung.", ld(step_timeouts));
+  counter("infer_requests_quarantined_total", "Poison requests quarantined (error internal).", ld(quarantined));
+  counter("infer_supervisor_escalations_total", "Device supervisors that exceeded their restart intensity.",
+          ld(escalations));
+  {
+    auto ws = workers_snapshot();
+    auto family = [&](const char* name, const char* type, const char* help, auto value) {
+      s += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+      for (const auto& w : ws)
+        s += fmt::format("{}{{worker=\"{}\",device=\"{}\"}} {}\n", name, w.id, w.device, value(w));
+    };
+    family("infer_worker_up", "gauge", "1 while the worker is running.",
+           [](const worker_gauge& w) { return w.state == worker_gauge::run_state::running ? 1 : 0; });
+    family("infer_worker_breaker_state", "gauge", "Circuit breaker of the worker: 0 closed, 1 open, 2 half-open.",
+           [](const worker_gauge& w) { return int(w.breaker); });
+    family("infer_worker_restarts", "counter", "Restarts of this worker.",
+           [](const worker_gauge& w) { return w.restarts; });
+    family("infer_worker_running_sequences", "gauge", "Sequences held by this worker.",
+           [](const worker_gauge& w) { return w.running; });
+    // Per device: sums over its workers.
+    std::vector<int32_t> devs;
+    for (const auto& w : ws)
+      if (std::find(devs.begin(), devs.end(), w.device) == devs.end()) devs.push_back(w.device);
+    auto per_device = [&](const char* name, const char* type, const char* help, auto value) {
+      s += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+      for (int32_t d : devs) {
+        int64_t sum = 0;
+        for (const auto& w : ws)
+          if (w.device == d) sum += int64_t(value(w));
+        s += fmt::format("{}{{device=\"{}\"}} {}\n", name, d, sum);
+      }
+    };
+    per_device("infer_device_workers_up", "gauge", "Running workers of the device.",
+               [](const worker_gauge& w) { return w.state == worker_gauge::run_state::running ? 1 : 0; });
+    per_device("infer_device_restarts_total", "counter", "Worker restarts on the device.",
+               [](const worker_gauge& w) { return w.restarts; });
+    per_device("infer_device_kv_blocks_free", "gauge", "Free KV blocks on the device.",
+               [](const worker_gauge& w) { return w.kv_free; });
+    per_device("infer_device_running_sequences", "gauge", "Sequences held on the device.",
+               [](const worker_gauge& w) { return w.running; });
+  }
   s += time_to_first_token.render("infer_time_to_first_token_seconds", "Time from submission to the first token.");
   s += inter_token_latency.render("infer_inter_token_latency_seconds", "Time between consecutive tokens of a request.");
   s += batch_size.render("infer_batch_size", "Sequences per engine step.");

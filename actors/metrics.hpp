@@ -4,9 +4,29 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <string>
+#include <vector>
 
 namespace infer {
+
+// One worker as the supervision tree and the batcher see it (GET /v1/status, per-worker
+// and per-device gauges). Written by the supervisors (state, restarts) and the batcher
+// (breaker, running, kv), read by status_json and render_prometheus.
+struct worker_gauge {
+  enum class run_state : uint8_t { starting, running, restarting, failed };
+  int32_t id = 0;
+  int32_t device = -1;
+  std::string backend = "cpu";
+  run_state state = run_state::starting;
+  uint64_t restarts = 0;
+  uint8_t breaker = 0;  // circuit_breaker::state: 0 closed, 1 open, 2 half_open
+  int64_t running = 0;
+  int64_t kv_free = 0;
+  int64_t kv_total = 0;
+  uint64_t step_failures = 0;  // failed or timed-out steps
+};
+const char* to_string(worker_gauge::run_state s);
 
 class histogram {
  public:
@@ -44,12 +64,36 @@ class metrics {
   histogram batch_size;           // sequences per step
   histogram step_time;            // seconds
 
+  std::atomic<uint64_t> step_failures{0};   // steps that failed or timed out (watchdog)
+  std::atomic<uint64_t> step_timeouts{0};   // of which the watchdog fired
+  std::atomic<uint64_t> quarantined{0};     // poison requests ended with error(internal)
+  std::atomic<uint64_t> escalations{0};     // a device supervisor exceeded its restart intensity
+
+  // Per-worker figures (see worker_gauge). `f` runs under a lock: keep it short.
+  template <class F>
+  void update_worker(int32_t id, F&& f) {
+    std::lock_guard<std::mutex> lk(workers_mu_);
+    if (id < 0) return;
+    if (size_t(id) >= workers_.size()) {
+      size_t old = workers_.size();
+      workers_.resize(size_t(id) + 1);
+      for (size_t i = old; i < workers_.size(); ++i) workers_[i].id = int32_t(i);
+    }
+    f(workers_[size_t(id)]);
+  }
+  std::vector<worker_gauge> workers_snapshot() const {
+    std::lock_guard<std::mutex> lk(workers_mu_);
+    return workers_;
+  }
+
   uint64_t outcome_count(const char* outcome) const;
   std::string render_prometheus() const;  // the whole text exposition
 
  private:
   static constexpr int n_outcomes = 9;
   std::array<std::atomic<uint64_t>, n_outcomes> outcomes_{};
+  mutable std::mutex workers_mu_;
+  std::vector<worker_gauge> workers_;
 };
 
 }  // namespace infer

@@ -1,5 +1,6 @@
 #include "actors/request-actor.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -118,6 +119,11 @@ void send_enqueue(request_actor* self, bool resume) {
   m.max_tokens = st.req.max_tokens;
   m.sampling = wire_sampling::from(st.req.sampling);
   m.resume = resume;
+  const int64_t limit = st.req.timeout_ms > 0 ? st.req.timeout_ms : st.core->cfg.default_timeout_ms;
+  if (limit > 0) {  // what is left of the deadline: admission rejects what cannot make it
+    const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - st.t_submit).count();
+    m.timeout_ms = std::max<int64_t>(1, limit - spent);
+  }
   self->send(st.core->batcher, std::move(m));
 }
 
@@ -228,7 +234,9 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
   st.cb = std::move(cb);
   st.t_submit = clock_type::now();
 
-  if (st.core->closed.load() || !st.core->batcher) {
+  // Registered before the service closed (submit checks under the lock): a graceful drain
+  // lets it run; a hard shutdown cancels it like any other request in flight.
+  if (!st.core->batcher) {
     finish(self, make_error(error_code::unavailable, "the service is shutting down"));
     return {};
   }

@@ -17,6 +17,8 @@
 #include "config/service-config.hpp"
 #include "engine/backend.hpp"
 #include "engine/tokenizer.hpp"
+#include "supervision/device-plan.hpp"
+#include "supervision/fault-injection.hpp"
 
 namespace infer {
 
@@ -45,7 +47,9 @@ struct service_core {
   metrics stats;
   backend_factory make_backend;
   caf::actor batcher;     // set once at start, cleared at shutdown
-  caf::actor supervisor;
+  caf::actor supervisor;  // the root of the supervision tree
+  device_plan plan;       // which workers belong to which device supervisor
+  std::shared_ptr<fault_switch> faults = std::make_shared<fault_switch>();  // releases injected hangs
 
   std::atomic<int32_t> workers_ready{0};
   std::atomic<uint64_t> next_id{1};

@@ -4,6 +4,8 @@
 
 #include <chrono>
 
+#include <fmt/format.h>
+
 #include "actors/batcher-actor.hpp"
 #include "actors/messages.hpp"
 #include "actors/request-actor.hpp"
@@ -11,6 +13,7 @@
 #include "actors/supervisor-actor.hpp"
 #include "engine/cpu-backend.hpp"
 #include "engine/model-weights.hpp"
+#include "supervision/circuit-breaker.hpp"
 
 #ifdef INFER_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -143,25 +146,52 @@ class service_impl final : public service {
   bool ready() const override { return !core_->closed.load() && core_->workers_ready.load() > 0; }
   metrics& stats() override { return core_->stats; }
 
-  void shutdown() override {
-    if (shut_) return;
+  std::string status_json() const override {
+    auto ws = core_->stats.workers_snapshot();
+    std::string s = "{\"workers\":[";
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const auto& w = ws[i];
+      std::string backend;
+      for (char c : w.backend)
+        if (c != '"' && c != '\\' && uint8_t(c) >= 0x20) backend += c;
+      s += fmt::format(
+          "{}{{\"id\":{},\"backend\":\"{}\",\"device\":{},\"state\":\"{}\",\"restarts\":{},"
+          "\"breaker\":\"{}\",\"running\":{},\"kv_free\":{}}}",
+          i ? "," : "", w.id, backend, w.device, to_string(w.state), w.restarts,
+          to_string(circuit_breaker::state(w.breaker)), w.running, w.kv_free);
+    }
+    s += fmt::format("],\"queue_depth\":{}}}", core_->stats.queue_depth.load());
+    return s;
+  }
+
+  void shutdown() override { shutdown(std::chrono::milliseconds(0)); }
+
+  int64_t shutdown(std::chrono::milliseconds drain_timeout) override {
+    if (shut_) return 0;
     shut_ = true;
     std::vector<caf::actor> live;
     {
-      std::lock_guard<std::mutex> lk(core_->mu);
+      // Stop accepting, then let what is in flight finish for up to drain_timeout.
+      std::unique_lock<std::mutex> lk(core_->mu);
       core_->closed.store(true);
+      if (drain_timeout.count() > 0)
+        core_->cv.wait_for(lk, drain_timeout, [&] { return core_->live.empty(); });
       for (auto& [id, r] : core_->live) {
         if (r.handle) live.push_back(r.handle);
         else r.cancel_pending = true;
       }
     }
+    const int64_t cancelled = int64_t(live.size());
     for (auto& h : live) caf::anon_send(h, cancel_atom::value);
     live.clear();
     {
       std::unique_lock<std::mutex> lk(core_->mu);
       core_->cv.wait_for(lk, drain_wait, [&] { return core_->live.empty(); });
     }
-    // Workers are linked to the supervisor, engines to their workers: one exit stops all.
+    // A step hung by fault injection returns now, so its engine thread can end.
+    core_->faults->release();
+    // Device supervisors are linked to the root, workers to their device supervisor,
+    // engines to their workers: one exit stops the whole tree.
     caf::anon_send_exit(core_->supervisor, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(core_->batcher, caf::exit_reason::user_shutdown);
     {
@@ -171,6 +201,7 @@ class service_impl final : public service {
       core_->cv.wait_for(lk, drain_wait, [&] { return core_->live_engines == 0; });
     }
     core_->workers_ready.store(0);
+    return cancelled;
   }
 
  private:
@@ -181,6 +212,28 @@ class service_impl final : public service {
 
 result<std::unique_ptr<service>> start_core(caf::actor_system& sys, service_core_ptr core) {
   if (status s = validate(core->cfg); !s) return s;
+  core->plan = make_device_plan(core->cfg.workers, core->cfg.devices);
+  core->cfg.workers = core->plan.n_workers();
+  for (int32_t g = 0; g < core->plan.n_groups(); ++g)
+    for (int32_t w : core->plan.workers[size_t(g)])
+      core->stats.update_worker(w, [&](worker_gauge& x) { x.device = core->plan.labels[size_t(g)]; });
+  // Fault injection wraps whatever backend the factory makes (config [fault]).
+  fault_options fo;
+  fo.rate = core->cfg.fault_rate;
+  fo.seed = core->cfg.fault_seed;
+  fo.poison_token = core->cfg.fault_poison_token;
+  fo.hang = std::chrono::milliseconds(core->cfg.fault_hang_ms);
+  if (auto k = parse_fault_kind(core->cfg.fault_kind)) fo.kind = k.value();
+  if (fo.active()) {
+    auto inner = core->make_backend;
+    auto sw = core->faults;
+    core->make_backend = [inner, fo, sw](int32_t index) -> result<std::unique_ptr<backend>> {
+      auto r = inner(index);
+      if (!r) return r;
+      const uint64_t stream = sw->instances.fetch_add(1) * 1024 + uint64_t(index);
+      return make_faulty_backend(std::move(r.value()), fo, sw, stream);
+    };
+  }
   core->batcher = spawn_batcher_actor(sys, core);
   core->supervisor = spawn_supervisor_actor(sys, core);
   return std::unique_ptr<service>(new service_impl(sys, std::move(core)));
@@ -237,8 +290,12 @@ result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const se
   hooks.tok = tok.value();
   hooks.n_ctx = weights->cfg.n_ctx;
   hooks.n_vocab = weights->cfg.n_vocab;
-  const std::vector<int32_t> devices = cfg.devices;
-  hooks.make_backend = [weights, cfg, kind, devices, n_devices](int32_t index) -> result<std::unique_ptr<backend>> {
+  // One device supervisor per GPU: every visible one unless backend.devices lists them.
+  service_config run_cfg = cfg;
+  if (kind == "cuda" && run_cfg.devices.empty())
+    for (int d = 0; d < n_devices; ++d) run_cfg.devices.push_back(d);
+  const device_plan plan = make_device_plan(run_cfg.workers, run_cfg.devices);
+  hooks.make_backend = [weights, cfg, kind, plan](int32_t index) -> result<std::unique_ptr<backend>> {
     backend_options o;
     o.kind = kind;
     o.kv_block_size = cfg.kv_block_size;
@@ -246,14 +303,14 @@ result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const se
     o.kv_memory_mb = cfg.kv_memory_mb;
     o.threads = cfg.cpu_threads;
     if (kind == "cuda") {
-      o.device = devices.empty() ? index % std::max(n_devices, 1) : devices[size_t(index) % devices.size()];
+      o.device = std::max(plan.device_of(index), 0);
 #ifdef INFER_HAVE_CUDA
       return make_cuda_backend(weights, o);
 #endif
     }
     return make_cpu_backend(weights, o);
   };
-  return start(sys, cfg, hooks);
+  return start(sys, run_cfg, hooks);
 }
 
 }  // namespace infer

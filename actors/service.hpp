@@ -106,6 +106,21 @@ class service {
   // Cancels everything in flight (each request gets its terminal event) and stops the
   // actors. Idempotent; called by the destructor.
   virtual void shutdown() = 0;
+  // Graceful: stops accepting (new submissions end with error(unavailable)), lets the
+  // requests in flight finish for up to `drain_timeout`, then cancels the rest (each gets
+  // its terminal event) and stops the actors. Returns how many were cancelled.
+  // (Not pure, so that test doubles of this interface need not implement it.)
+  virtual int64_t shutdown(std::chrono::milliseconds drain_timeout) {
+    (void)drain_timeout;
+    shutdown();
+    return 0;
+  }
+
+  // The supervision tree at run time, for GET /v1/status:
+  // {"workers":[{"id":0,"backend":"cpu","device":-1,"state":"running|starting|restarting|failed",
+  //   "restarts":0,"breaker":"closed|open|half_open","running":N,"kv_free":N}],"queue_depth":N}
+  // The default (a service without a supervision tree) lists no workers.
+  virtual std::string status_json() const { return "{\"workers\":[],\"queue_depth\":0}"; }
 };
 
 }  // namespace infer

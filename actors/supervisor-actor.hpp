@@ -1,13 +1,16 @@
-// supervisor actor: spawns the workers (linked, trapping their exits), replaces one
-// that fails, and counts restarts in metrics (infer_worker_restarts_total).
+// supervisor actor: the root of the supervision tree (see supervision/README.md).
 //
-//   supervisor --spawn (linked)------> worker i   (i = 0 .. cfg.workers-1)
-//   worker i   --exit_msg (failure)--> supervisor --worker_down_msg--> batcher, then respawn i
-//   service    --exit (shutdown)-----> supervisor, which quits; its linked workers and
-//                                      their engines go with it
+//   root --spawn (linked)----------> device supervisor g   (g = one per device of core->plan)
+//   device supervisor g --exit_msg (escalation: its restart intensity was exceeded)--> root
+//        root restarts that subtree after a back-off (restart_policy per device), other
+//        devices keep serving; beyond the root's own intensity the device is given up:
+//        root --worker_down_msg(gave_up)--> batcher for each of its workers
+//   service --exit (shutdown)------> root, which quits; device supervisors, workers and their
+//                                    engines go with it (links)
+//   root --(irestart, group)-------> itself, when the back-off has elapsed
 //
-// Restart intensity: at most max_restarts of one worker within restart_window; beyond
-// that the worker stays down (the supervision issue adds escalation, back-off and breakers).
+// The batcher is spawned beside the root by the service (it owns the queue and the routes,
+// which a restart would lose); the request actors are not supervised: each ends itself.
 #pragma once
 #include <caf/all.hpp>
 

@@ -15,6 +15,9 @@ struct worker_state {
   service_core_ptr core;
   int32_t index = 0;
   caf::actor engine;
+  caf::actor parent;      // its device supervisor: told why the worker fails
+  uint64_t step_no = 0;   // identifies the step a watchdog timer belongs to
+  std::vector<uint64_t> step_ids;
   std::unique_ptr<scheduler> sched;
   step_job_ptr job = std::make_shared<step_job>();
   bool in_flight = false;
@@ -55,13 +58,38 @@ void kick(worker_actor* self) {
   st.in_flight = true;
   st.batch_seqs = n;
   st.batch_tokens = st.job->batch.n_tokens();
+  ++st.step_no;
   self->send(st.engine, step_atom::value, st.job);
+  if (st.core->cfg.step_timeout_ms > 0)
+    self->delayed_send(self, std::chrono::milliseconds(st.core->cfg.step_timeout_ms), watchdog_atom::value,
+                       st.step_no);
 }
 
-caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t index) {
+// The step in flight failed (or hung): tell the batcher which sequences were in it (they
+// become suspects and are resumed elsewhere) and the supervisor why, then quit. The
+// engine is linked: it ends once its step returns, so a hung backend is never reused.
+void fail_step(worker_actor* self, std::string reason, bool device_fault, bool timed_out) {
+  auto& st = self->state;
+  step_failed_msg f;
+  f.worker = st.index;
+  if (st.sched) st.sched->scheduled_ids(f.ids);
+  f.reason = "worker " + std::to_string(st.index) + ": " + reason;
+  f.device_fault = device_fault;
+  f.timed_out = timed_out;
+  auto& m = st.core->stats;
+  m.step_failures.fetch_add(1, std::memory_order_relaxed);
+  if (timed_out) m.step_timeouts.fetch_add(1, std::memory_order_relaxed);
+  m.update_worker(st.index, [](worker_gauge& g) { ++g.step_failures; });
+  if (st.parent) self->send(st.parent, f);
+  self->send(st.core->batcher, f);
+  self->quit(caf::make_error(caf::sec::runtime_error, f.reason));
+}
+
+caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t index, caf::actor parent) {
   auto& st = self->state;
   st.core = std::move(core);
   st.index = index;
+  st.parent = parent;
   st.engine = spawn_engine_actor(self, st.core, index);
   self->request(st.engine, std::chrono::minutes(10), init_atom::value)
       .then(
@@ -118,13 +146,19 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         if (st.sched) report(self, 0, 0, 0, 0, {});
         self->send(st.core->batcher, seq_gone_msg{c.id, st.index, false, found, {}});
       },
+      [=](watchdog_atom, uint64_t n) {
+        auto& st = self->state;
+        if (!st.in_flight || n != st.step_no) return;  // that step returned in time
+        fail_step(self,
+                  "step hung: no result after " + std::to_string(st.core->cfg.step_timeout_ms) +
+                      " ms (step_timeout_ms); its engine thread is abandoned",
+                  false, true);
+      },
       [=](step_atom, step_job_ptr& job) {
         auto& st = self->state;
         st.in_flight = false;
         if (!job->st) {
-          st.sched->on_step_failed();
-          self->quit(caf::make_error(caf::sec::runtime_error,
-                                     "worker " + std::to_string(st.index) + ": step failed: " + job->st.message));
+          fail_step(self, "step failed: " + job->st.message, job->st.code == errc::device_error, false);
           return;
         }
         st.results.clear();
@@ -148,7 +182,8 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
 }  // namespace
 
 caf::actor spawn_worker_actor(caf::local_actor* supervisor, service_core_ptr core, int32_t index) {
-  return supervisor->spawn<caf::linked>(worker_fun, std::move(core), index);
+  return supervisor->spawn<caf::linked>(worker_fun, std::move(core), index,
+                                        caf::actor_cast<caf::actor>(supervisor));
 }
 
 }  // namespace infer

@@ -6,6 +6,7 @@
 //   inferd --config config/inferd.toml [--listen HOST:PORT] [--model SPEC] [--backend cpu]
 //          [--port-file PATH]   (writes the bound port, for --listen HOST:0)
 #include <caf/all.hpp>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -88,8 +89,11 @@ int main(int argc, char** argv) {
       spdlog::info("ready: model {} n_ctx {}", cfg.model, (*svc)->n_ctx());
       int sig = 0;
       sigwait(&sigs, &sig);
-      spdlog::info("signal {}: shutting down", sig);
-      (*svc)->shutdown();
+      spdlog::info("signal {}: draining for up to {} ms", sig, cfg.drain_timeout_ms);
+      // Graceful: no new requests, those in flight finish (or are cancelled at the
+      // drain timeout), each with its terminal event.
+      int64_t cancelled = (*svc)->shutdown(std::chrono::milliseconds(cfg.drain_timeout_ms));
+      spdlog::info("drained ({} cancelled at the timeout)", cancelled);
       (*srv)->stop();
       svc->reset();
     }

@@ -6,7 +6,7 @@
 //   infer-bench-actors [--tasks 100] [--prompt 32] [--new 64] [--workers 1]
 //                      [--threads 1] [--max-running 128] [--model synthetic:tiny]
 //                      [--caf-policy stealing|sharing] [--repeat R] [--skip-serial]
-//                      [--backend cpu|cuda] [--tokenizer-dir DIR] [--kv-memory-mb MB]
+//                      [--backend cpu|cuda|auto] [--tokenizer-dir DIR] [--kv-memory-mb MB]
 #include <algorithm>
 #include <chrono>
 #include <ctime>

@@ -41,6 +41,12 @@ const value_flag k_flags[] = {
     {"--api-key", "server.api_key", "key clients must present, empty: no authentication", "INFERD_API_KEY", true},
     {"--tls-cert", "server.tls_cert", "PEM certificate chain (with --tls-key: https/wss)", nullptr, true},
     {"--tls-key", "server.tls_key", "PEM private key", nullptr, true},
+    {"--fault-rate", "fault.fault_rate", "fault injection: probability that a step fails (0..1)", nullptr, false},
+    {"--fault-seed", "fault.fault_seed", "fault injection: seed of the per-step draws", nullptr, false},
+    {"--fault-kind", "fault.fault_kind", "fault injection: throw|cuda|hang|mixed", nullptr, true},
+    {"--fault-poison-token", "fault.fault_poison_token", "fault injection: steps holding this token id fail",
+     nullptr, false},
+    {"--restart-strategy", "supervision.restart_strategy", "one_for_one|one_for_all", nullptr, true},
     {"--log-level", "log.log_level", "trace|debug|info|warn|error|off", nullptr, true},
 };
 

@@ -24,7 +24,8 @@ using i32_field = int32_t service_config::*;
 using i64_field = int64_t service_config::*;
 using u64_field = uint64_t service_config::*;
 using arr_field = std::vector<int32_t> service_config::*;
-using field_ptr = std::variant<str_field, i32_field, i64_field, u64_field, arr_field>;
+using f64_field = double service_config::*;
+using field_ptr = std::variant<str_field, i32_field, i64_field, u64_field, arr_field, f64_field>;
 
 struct key_def {
   const char* section;
@@ -65,10 +66,27 @@ const key_def k_keys[] = {
     {"server", "idle_timeout_ms", &service_config::idle_timeout_ms},
     {"server", "max_inflight_per_connection", &service_config::max_inflight_per_connection},
 
+    {"supervision", "restart_strategy", &service_config::restart_strategy},
+    {"supervision", "max_restarts", &service_config::max_restarts},
+    {"supervision", "restart_window_ms", &service_config::restart_window_ms},
+    {"supervision", "backoff_initial_ms", &service_config::backoff_initial_ms},
+    {"supervision", "backoff_max_ms", &service_config::backoff_max_ms},
+    {"supervision", "breaker_failures", &service_config::breaker_failures},
+    {"supervision", "breaker_open_ms", &service_config::breaker_open_ms},
+    {"supervision", "step_timeout_ms", &service_config::step_timeout_ms},
+    {"supervision", "quarantine_after", &service_config::quarantine_after},
+    {"supervision", "drain_timeout_ms", &service_config::drain_timeout_ms},
+
+    {"fault", "fault_rate", &service_config::fault_rate},
+    {"fault", "fault_seed", &service_config::fault_seed},
+    {"fault", "fault_kind", &service_config::fault_kind},
+    {"fault", "fault_poison_token", &service_config::fault_poison_token},
+    {"fault", "fault_hang_ms", &service_config::fault_hang_ms},
+
     {"log", "log_level", &service_config::log_level},
 };
 
-const char* const k_sections[] = {"model", "backend", "batching", "queue", "server", "log"};
+const char* const k_sections[] = {"model", "backend", "batching", "queue", "server", "supervision", "fault", "log"};
 
 std::string full_name(const key_def& k) { return std::string(k.section) + "." + k.name; }
 
@@ -190,6 +208,16 @@ status assign(service_config& cfg, const key_def& k, const toml::node& node, con
             vals.push_back(x);
           }
           cfg.*field = std::move(vals);
+          return status::ok();
+        } else if constexpr (std::is_same_v<F, f64_field>) {
+          // An integer is a number too: fault_rate = 0 means 0.0.
+          if (const auto* d = node.as_floating_point()) {
+            cfg.*field = d->get();
+          } else if (const auto* i = node.as_integer()) {
+            cfg.*field = double(i->get());
+          } else {
+            return locate(format_err(name + ": expected a number, got " + type_phrase(node.type())), node);
+          }
           return status::ok();
         } else {
           return locate(take_integer(node, name, cfg.*field), node);
@@ -374,6 +402,8 @@ std::string format_service_config(const service_config& cfg) {
               const auto& v = cfg.*field;
               for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
               out << "]";
+            } else if constexpr (std::is_same_v<F, f64_field>) {
+              out << toml::value<double>(cfg.*field);
             } else if constexpr (std::is_same_v<F, u64_field>) {
               // TOML integers are signed 64-bit; larger seeds cannot round-trip.
               out << static_cast<int64_t>(std::min<uint64_t>(cfg.*field, std::numeric_limits<int64_t>::max()));
@@ -450,6 +480,28 @@ status validate(const service_config& c) {
   check(c.idle_timeout_ms >= 0, "server.idle_timeout_ms", ">= 0 (0: no timeout)", num(c.idle_timeout_ms));
   check(c.max_inflight_per_connection >= 1, "server.max_inflight_per_connection", ">= 1",
         num(c.max_inflight_per_connection));
+
+  // [supervision]
+  check(c.restart_strategy == "one_for_one" || c.restart_strategy == "one_for_all", "supervision.restart_strategy",
+        "one_for_one|one_for_all", quoted(c.restart_strategy));
+  check(c.max_restarts >= 0 && c.max_restarts <= 1000, "supervision.max_restarts", "0..1000", num(c.max_restarts));
+  check(c.restart_window_ms >= 1, "supervision.restart_window_ms", ">= 1", num(c.restart_window_ms));
+  check(c.backoff_initial_ms >= 0, "supervision.backoff_initial_ms", ">= 0", num(c.backoff_initial_ms));
+  check(c.backoff_max_ms >= c.backoff_initial_ms, "supervision.backoff_max_ms",
+        ">= supervision.backoff_initial_ms (" + num(c.backoff_initial_ms) + ")", num(c.backoff_max_ms));
+  check(c.breaker_failures >= 1, "supervision.breaker_failures", ">= 1", num(c.breaker_failures));
+  check(c.breaker_open_ms >= 0, "supervision.breaker_open_ms", ">= 0", num(c.breaker_open_ms));
+  check(c.step_timeout_ms >= 0, "supervision.step_timeout_ms", ">= 0 (0: no watchdog)", num(c.step_timeout_ms));
+  check(c.quarantine_after >= 1, "supervision.quarantine_after", ">= 1", num(c.quarantine_after));
+  check(c.drain_timeout_ms >= 0, "supervision.drain_timeout_ms", ">= 0", num(c.drain_timeout_ms));
+
+  // [fault]
+  check(c.fault_rate >= 0.0 && c.fault_rate <= 1.0, "fault.fault_rate", "a probability in 0..1",
+        std::to_string(c.fault_rate));
+  check(c.fault_kind == "throw" || c.fault_kind == "cuda" || c.fault_kind == "hang" || c.fault_kind == "mixed",
+        "fault.fault_kind", "throw|cuda|hang|mixed", quoted(c.fault_kind));
+  check(c.fault_poison_token >= -1, "fault.fault_poison_token", ">= -1 (-1: none)", num(c.fault_poison_token));
+  check(c.fault_hang_ms >= 1, "fault.fault_hang_ms", ">= 1", num(c.fault_hang_ms));
 
   // [log]
   static const char* const levels[] = {"trace", "debug", "info", "warn", "error", "off"};

@@ -47,6 +47,25 @@ struct service_config {
   int64_t idle_timeout_ms = 300000;
   int32_t max_inflight_per_connection = 256;
 
+  // [supervision]
+  std::string restart_strategy = "one_for_one";  // one_for_one | one_for_all (device-level faults always restart the device)
+  int32_t max_restarts = 5;          // restarts of one supervisor's children within restart_window_ms, then escalate
+  int64_t restart_window_ms = 10000;
+  int64_t backoff_initial_ms = 50;   // first restart delay; doubles per recent failure, jittered
+  int64_t backoff_max_ms = 5000;
+  int32_t breaker_failures = 3;      // consecutive step failures / timeouts that open a worker's breaker
+  int64_t breaker_open_ms = 2000;    // how long an open breaker stays open before one probe
+  int64_t step_timeout_ms = 30000;   // a step running longer marks its worker hung (watchdog)
+  int32_t quarantine_after = 2;      // solo failures after which a suspect request is quarantined
+  int64_t drain_timeout_ms = 10000;  // graceful shutdown: in-flight requests may finish this long
+
+  // [fault] injection, for tests and demos (off by default)
+  double fault_rate = 0.0;           // probability that a step fails
+  uint64_t fault_seed = 1;
+  std::string fault_kind = "throw";  // throw | cuda | hang | mixed
+  int32_t fault_poison_token = -1;   // any step containing this token id fails; -1: none
+  int64_t fault_hang_ms = 600000;    // a hung step returns after this long (or at shutdown)
+
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off
 

@@ -101,6 +101,11 @@ class scheduler {
   int32_t waiting_blocks() const;
   // Tokens of the sequences in the last built batch that are prefill (not decode) tokens.
   int32_t last_prefill_tokens() const { return last_prefill_tokens_; }
+  // Ids of the sequences in the last built batch (a failed step makes them suspects).
+  void scheduled_ids(std::vector<uint64_t>& out) const {
+    out.clear();
+    for (const auto& s : scheduled_) out.push_back(s.id);
+  }
 
  private:
   struct sequence;

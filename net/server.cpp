@@ -514,6 +514,10 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (!authorized(st_, req)) return unauthorized(keep);
 
     if (path == "/metrics" && get) return respond(http::status::ok, metrics_text(svc), "text/plain; version=0.0.4", keep);
+    if (path == "/v1/status" && get) {  // the supervision tree: workers, breakers, restarts
+      if (!svc) return respond(http::status::service_unavailable, R"({"status":"loading"})", "application/json", keep);
+      return respond(http::status::ok, svc->status_json(), "application/json", keep);
+    }
     if (path == "/v1/models" && get) {
       std::string body = R"({"object":"list","data":[{"id":)";
       append_json_string(body, st_.model_name);
@@ -531,7 +535,8 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (path == "/v1/stream")
       return respond(http::status::upgrade_required, plain_error("/v1/stream speaks WebSocket only"),
                      "application/json", keep);
-    bool known = path == "/healthz" || path == "/readyz" || path == "/metrics" || path == "/v1/models" ||
+    bool known = path == "/healthz" || path == "/readyz" || path == "/metrics" || path == "/v1/status" ||
+                 path == "/v1/models" ||
                  path == "/v1/completions" || path == "/tokenize" || path == "/detokenize";
     if (known) return respond(http::status::method_not_allowed, plain_error("method not allowed"), "application/json", keep);
     return respond(http::status::not_found, plain_error(fmt::format("no route for {}", path)), "application/json", keep);

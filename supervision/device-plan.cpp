@@ -1,0 +1,23 @@
+#include "supervision/device-plan.hpp"
+
+#include <algorithm>
+
+namespace infer {
+
+int32_t device_plan::n_workers() const {
+  int32_t n = 0;
+  for (const auto& g : workers) n += int32_t(g.size());
+  return n;
+}
+
+device_plan make_device_plan(int32_t n_workers, const std::vector<int32_t>& devices) {
+  device_plan p;
+  p.labels = devices.empty() ? std::vector<int32_t>{-1} : devices;
+  const int32_t groups = int32_t(p.labels.size());
+  n_workers = std::max(n_workers, groups);
+  p.workers.resize(size_t(groups));
+  for (int32_t i = 0; i < n_workers; ++i) p.workers[size_t(i % groups)].push_back(i);
+  return p;
+}
+
+}  // namespace infer
