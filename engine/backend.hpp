@@ -85,6 +85,10 @@ class backend {
                       logits_mode mode = logits_mode::none) = 0;
 };
 
+// The checks every backend runs before a step: misuse is an invalid_argument error
+// naming the sequence, never a crash.
+status validate_step_batch(const step_batch& b, const model_config& cfg, const kv_geometry& kv);
+
 struct backend_options {
   std::string kind = "cpu";   // cpu | cuda
   int32_t kv_block_size = 16;

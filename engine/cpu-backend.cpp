@@ -111,36 +111,7 @@ class cpu_backend final : public backend {
   }
 
  private:
-  status validate(const step_batch& b) const {
-    const auto& cfg = w_->cfg;
-    const int S = b.n_seqs();
-    auto bad = [](std::string m) { return make_status(errc::invalid_argument, std::move(m)); };
-    if (S == 0) return bad("step: empty batch");
-    if (int(b.seq_start.size()) != S + 1 || int(b.sample.size()) != S ||
-        int(b.sampling.size()) != S || int(b.sample_counter.size()) != S ||
-        int64_t(b.block_tables.size()) != int64_t(S) * b.max_blocks_per_seq)
-      return bad("step: inconsistent batch arrays");
-    for (int32_t tok : b.tokens)
-      if (tok < 0 || tok >= cfg.n_vocab)
-        return bad("step: token id " + std::to_string(tok) + " outside the vocabulary");
-    for (int s = 0; s < S; ++s) {
-      const int len = b.seq_len(s);
-      if (len < 1) return bad("step: sequence " + std::to_string(s) + " has no new tokens");
-      const int end = b.n_past[s] + len;
-      if (b.n_past[s] < 0 || end > cfg.n_ctx)
-        return bad("step: sequence " + std::to_string(s) + " reaches position " +
-                   std::to_string(end) + " beyond the context of " + std::to_string(cfg.n_ctx));
-      const int need = (end + kv_.block_size - 1) / kv_.block_size;
-      if (need > b.max_blocks_per_seq)
-        return bad("step: sequence " + std::to_string(s) + " needs more blocks than its table");
-      const int32_t* table = b.block_tables.data() + int64_t(s) * b.max_blocks_per_seq;
-      for (int i = 0; i < need; ++i)
-        if (table[i] < 0 || table[i] >= kv_.n_blocks)
-          return bad("step: sequence " + std::to_string(s) + " has block " +
-                     std::to_string(table[i]) + " outside the pool");
-    }
-    return status::ok();
-  }
+  status validate(const step_batch& b) const { return validate_step_batch(b, w_->cfg, kv_); }
 
   std::shared_ptr<const model_weights> w_;
   kv_geometry kv_;
