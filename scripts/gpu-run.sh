@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine, from the bundle made by scripts/gpu-bundle.sh:
-#   bash .gpu-bundle/gpu-run.sh [env] [tests] [check] [bench] [profile]   (default: all but profile)
+#   bash .gpu-bundle/gpu-run.sh [env] [tests] [check] [bench] [actors] [server] [profile]
+#   (default: env tests check bench)
 # Each stage logs to $OUT/<stage>.log; results.jsonl collects the machine-readable figures.
 # Stages go on after a failing one; the exit status is the number of failed stages.
 set -uo pipefail
