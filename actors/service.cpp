@@ -23,36 +23,6 @@
 
 namespace infer {
 
-const char* to_string(priority p) {
-  switch (p) {
-    case priority::high: return "high";
-    case priority::normal: return "normal";
-    case priority::low: return "low";
-  }
-  return "normal";
-}
-
-const char* to_string(finish_reason r) {
-  switch (r) {
-    case finish_reason::length: return "length";
-    case finish_reason::stop: return "stop";
-    case finish_reason::cancelled: return "cancelled";
-  }
-  return "length";
-}
-
-const char* to_string(error_code c) {
-  switch (c) {
-    case error_code::invalid_request: return "invalid_request";
-    case error_code::overloaded: return "overloaded";
-    case error_code::rate_limited: return "rate_limited";
-    case error_code::timeout: return "timeout";
-    case error_code::unavailable: return "unavailable";
-    case error_code::internal: return "internal";
-  }
-  return "internal";
-}
-
 namespace {
 
 // How long shutdown waits for in-flight requests to end, then for the engines to stop.

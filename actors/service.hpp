@@ -30,9 +30,36 @@ enum class priority : uint8_t { high = 0, normal = 1, low = 2 };
 enum class finish_reason : uint8_t { length, stop, cancelled };
 enum class error_code : uint8_t { invalid_request, overloaded, rate_limited, timeout, unavailable, internal };
 
-const char* to_string(priority p);
-const char* to_string(finish_reason r);
-const char* to_string(error_code c);
+// The names used on the wire, in logs and in metrics.
+inline const char* to_string(priority p) {
+  switch (p) {
+    case priority::high: return "high";
+    case priority::normal: return "normal";
+    case priority::low: return "low";
+  }
+  return "normal";
+}
+
+inline const char* to_string(finish_reason r) {
+  switch (r) {
+    case finish_reason::length: return "length";
+    case finish_reason::stop: return "stop";
+    case finish_reason::cancelled: return "cancelled";
+  }
+  return "length";
+}
+
+inline const char* to_string(error_code c) {
+  switch (c) {
+    case error_code::invalid_request: return "invalid_request";
+    case error_code::overloaded: return "overloaded";
+    case error_code::rate_limited: return "rate_limited";
+    case error_code::timeout: return "timeout";
+    case error_code::unavailable: return "unavailable";
+    case error_code::internal: return "internal";
+  }
+  return "internal";
+}
 
 struct generate_request {
   std::string prompt;                  // text, or

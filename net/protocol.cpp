@@ -220,36 +220,6 @@ command parse_command(std::string_view frame, const protocol_limits& lim) {
   return cmd;
 }
 
-const char* wire_name(error_code c) {
-  switch (c) {
-    case error_code::invalid_request: return "invalid_request";
-    case error_code::overloaded: return "overloaded";
-    case error_code::rate_limited: return "rate_limited";
-    case error_code::timeout: return "timeout";
-    case error_code::unavailable: return "unavailable";
-    case error_code::internal: return "internal";
-  }
-  return "internal";
-}
-
-const char* wire_name(finish_reason r) {
-  switch (r) {
-    case finish_reason::length: return "length";
-    case finish_reason::stop: return "stop";
-    case finish_reason::cancelled: return "cancelled";
-  }
-  return "stop";
-}
-
-const char* wire_name(priority p) {
-  switch (p) {
-    case priority::high: return "high";
-    case priority::normal: return "normal";
-    case priority::low: return "low";
-  }
-  return "normal";
-}
-
 void append_json_string(std::string& out, std::string_view s) {
   static const char* hex = "0123456789abcdef";
   out.push_back('"');
@@ -323,7 +293,7 @@ std::string done_frame(std::string_view id, const event& e) {
   fmt::format_to(std::back_inserter(out),
                  R"(,"finish_reason":"{}","usage":{{"prompt_tokens":{},"completion_tokens":{}}},)"
                  R"("timing_ms":{{"queue":{},"first_token":{},"total":{}}}}})",
-                 wire_name(e.reason), e.prompt_tokens, e.completion_tokens, fmt_ms(e.queue_ms),
+                 to_string(e.reason), e.prompt_tokens, e.completion_tokens, fmt_ms(e.queue_ms),
                  fmt_ms(e.first_token_ms), fmt_ms(e.total_ms));
   return out;
 }
@@ -333,7 +303,7 @@ std::string error_frame(const std::optional<std::string>& id, error_code c, std:
   std::string out = R"({"type":"error","id":)";
   if (id) append_json_string(out, *id);
   else out += "null";
-  fmt::format_to(std::back_inserter(out), R"(,"code":"{}","message":)", wire_name(c));
+  fmt::format_to(std::back_inserter(out), R"(,"code":"{}","message":)", to_string(c));
   append_json_string(out, message);
   if (c == error_code::rate_limited || c == error_code::overloaded)
     fmt::format_to(std::back_inserter(out), R"(,"retry_after_ms":{})", std::max<int64_t>(retry_after_ms, 0));
@@ -437,7 +407,7 @@ std::string openai_error_json(error_code c, std::string_view message) {
   }
   std::string out = R"({"error":{"message":)";
   append_json_string(out, message);
-  fmt::format_to(std::back_inserter(out), R"(,"type":"{}","param":null,"code":"{}"}}}})", type, wire_name(c));
+  fmt::format_to(std::back_inserter(out), R"(,"type":"{}","param":null,"code":"{}"}}}})", type, to_string(c));
   return out;
 }
 

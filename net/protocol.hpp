@@ -55,10 +55,7 @@ using command = std::variant<generate_command, cancel_command, invalid_request>;
 // One WebSocket text frame to a command. Never throws.
 command parse_command(std::string_view frame, const protocol_limits& lim);
 
-// Wire names (the service's to_string may differ in spelling; the protocol owns these).
-const char* wire_name(error_code c);
-const char* wire_name(finish_reason r);
-const char* wire_name(priority p);
+// Enum names on the wire are the service's to_string (actors/service.hpp).
 
 // Server-to-client frames.
 std::string accepted_frame(std::string_view id);

@@ -121,9 +121,9 @@ std::string q(std::string_view s) {
 
 std::string outcome_name(const event& e) {
   if (e.type == event::kind::done) {
-    return e.reason == finish_reason::cancelled ? "cancelled" : fmt::format("done_{}", wire_name(e.reason));
+    return e.reason == finish_reason::cancelled ? "cancelled" : fmt::format("done_{}", to_string(e.reason));
   }
-  return wire_name(e.code);
+  return to_string(e.code);
 }
 
 void log_outcome(uint64_t conn, std::string_view api, std::string_view id, uint64_t rid, const event& e) {
