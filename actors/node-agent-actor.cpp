@@ -58,12 +58,21 @@ caf::behavior node_agent_fun(node_agent_actor* self, service_core_ptr core) {
           return {false, why, n};
         }
         if (!link) return {false, "join without a node link handle", n};
-        if (st.front) {
-          spdlog::warn("worker node: a new front node joined; dropping the previous front's sequences");
+        // The same front comes back through a new connection with a new proxy: same node, same id.
+        const bool same = st.front && st.front.node() == link.node() && st.front.id() == link.id();
+        if (st.front && !same) {
+          // Two fronts would both route to these workers, each blind to the other's load.
+          std::string why = "this worker node already serves another front node (one at a time)";
+          spdlog::warn("worker node: refused a second front node: {}", why);
+          return {false, why, n};
+        }
+        if (same) {
+          // The same front again: it lost us and resumed our sequences elsewhere.
+          spdlog::warn("worker node: the front node rejoined; dropping its earlier sequences");
           self->demonitor(st.front);
         }
-        st.front = link;
         self->monitor(link);
+        st.front = link;
         ++st.joins;
         spdlog::info("worker node: front node joined (join #{}), {} workers", st.joins, n);
         // The workers answer with a hello, which goes to the new front.

@@ -13,8 +13,8 @@
 //   agent monitors the link: when the front is lost (down_msg, heartbeat timeout) it resets
 //   every worker, so the front's sequences stop and free their KV blocks at once.
 //
-// One front at a time: a new join replaces the previous front (whose connection may be
-// half dead), after resetting the workers.
+// One front at a time: another front is refused while the one joined is alive (its link
+// still connected); the same front rejoining (it declared us lost) resets the workers.
 #pragma once
 #include <caf/all.hpp>
 

@@ -95,9 +95,30 @@ TEST_CASE("worker node: the handshake refuses another protocol version or anothe
   CHECK_FALSE(m.ok);
   CHECK(m.why.find("model mismatch") != std::string::npos);
 
-  auto ok = join(fsys, port, infer::wire_protocol_version, model);
-  CHECK_MESSAGE(ok.ok, ok.why);
-  CHECK(ok.n_workers == 2);
+  {
+    // join() asks from a scoped actor that lives only for the call: the node sees that
+    // front go (down) and is free for the next one.
+    auto ok = join(fsys, port, infer::wire_protocol_version, model);
+    CHECK_MESSAGE(ok.ok, ok.why);
+    CHECK(ok.n_workers == 2);
+  }
+  {
+    // A second front while the first is alive is refused.
+    caf::scoped_actor first{fsys};
+    auto agent = fsys.middleman().remote_actor("127.0.0.1", port);
+    REQUIRE(agent);
+    bool first_ok = false;
+    for (int i = 0; i < 100 && !first_ok; ++i) {  // until the node has noticed the previous one went
+      first->request(*agent, 10s, infer::join_atom::value, infer::wire_protocol_version, model,
+                     caf::actor_cast<caf::actor>(first))
+          .receive([&](bool ok, const std::string&, int32_t) { first_ok = ok; }, [&](caf::error&) {});
+      if (!first_ok) std::this_thread::sleep_for(20ms);
+    }
+    REQUIRE(first_ok);
+    auto second = join(fsys, port, infer::wire_protocol_version, model);
+    CHECK_FALSE(second.ok);
+    CHECK(second.why.find("already serves another front node") != std::string::npos);
+  }
   (*node)->shutdown();
 }
 
