@@ -134,10 +134,10 @@ class service_impl final : public service {
       for (char c : w.backend)
         if (c != '"' && c != '\\' && uint8_t(c) >= 0x20) backend += c;
       s += fmt::format(
-          "{}{{\"id\":{},\"backend\":\"{}\",\"device\":{},\"node\":\"{}\",\"state\":\"{}\",\"restarts\":{},"
-          "\"breaker\":\"{}\",\"running\":{},\"kv_free\":{}}}",
-          i ? "," : "", w.id, backend, w.device, json_safe(w.node), to_string(w.state), w.restarts,
-          to_string(circuit_breaker::state(w.breaker)), w.running, w.kv_free);
+          "{}{{\"id\":{},\"backend\":\"{}\",\"device\":{},\"state\":\"{}\",\"restarts\":{},"
+          "\"breaker\":\"{}\",\"running\":{},\"kv_free\":{},\"node\":\"{}\"}}",
+          i ? "," : "", w.id, backend, w.device, to_string(w.state), w.restarts,
+          to_string(circuit_breaker::state(w.breaker)), w.running, w.kv_free, json_safe(w.node));
     }
     s += "],\"nodes\":[";
     auto ns = core_->stats.nodes_snapshot();
