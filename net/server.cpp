@@ -115,6 +115,13 @@ std::string_view path_of(beast::string_view target) {
   return q == std::string_view::npos ? t : t.substr(0, q);
 }
 
+bool key_matches(const std::string& key, std::string_view tok) {
+  // Constant time in the key's length: do not leak how many bytes matched.
+  unsigned diff = tok.size() != key.size();
+  for (size_t i = 0; i < key.size(); ++i) diff |= unsigned(uint8_t(key[i]) ^ uint8_t(i < tok.size() ? tok[i] : 0));
+  return diff == 0;
+}
+
 template <class Body>
 bool authorized(const server_state& st, const http::request<Body>& req) {
   const std::string& key = st.cfg.api_key;
@@ -123,11 +130,47 @@ bool authorized(const server_state& st, const http::request<Body>& req) {
   if (it == req.end()) return false;
   std::string_view v = sv(it->value());
   if (v.size() < 7 || !beast::iequals(v.substr(0, 7), "Bearer ")) return false;
-  std::string_view tok = v.substr(7);
-  // Constant time in the key's length: do not leak how many bytes matched.
-  unsigned diff = tok.size() != key.size();
-  for (size_t i = 0; i < key.size(); ++i) diff |= unsigned(uint8_t(key[i]) ^ uint8_t(i < tok.size() ? tok[i] : 0));
-  return diff == 0;
+  return key_matches(key, v.substr(7));
+}
+
+// WebSocket subprotocols. A browser cannot set Authorization on the upgrade request, but
+// it can offer subprotocols: "bearer.KEY" carries the API key. The answer must name one
+// of those offered (else the browser fails the connection): "inferd.v1" when offered, so
+// that the key is not echoed, else the bearer one.
+constexpr std::string_view ws_protocol_name = "inferd.v1";
+constexpr std::string_view ws_bearer_prefix = "bearer.";
+
+struct ws_offer {
+  bool key_ok = false;    // a bearer.KEY with the right key was offered
+  std::string selected;   // the subprotocol to answer with, empty: none
+};
+
+template <class Body>
+ws_offer read_ws_offer(const server_state& st, const http::request<Body>& req) {
+  ws_offer out;
+  std::string bearer;
+  for (const auto& f : req) {  // the header may come more than once
+    if (f.name() != http::field::sec_websocket_protocol) continue;
+    std::string_view list = sv(f.value());
+    while (!list.empty()) {
+      size_t comma = list.find(',');
+      std::string_view p = list.substr(0, comma);
+      list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+      while (!p.empty() && (p.front() == ' ' || p.front() == '\t')) p.remove_prefix(1);
+      while (!p.empty() && (p.back() == ' ' || p.back() == '\t')) p.remove_suffix(1);
+      if (p == ws_protocol_name) {
+        out.selected = std::string(p);
+      } else if (p.size() > ws_bearer_prefix.size() && p.substr(0, ws_bearer_prefix.size()) == ws_bearer_prefix) {
+        // Without a configured key any key will do: a page may always send the one it has.
+        if (st.cfg.api_key.empty() || key_matches(st.cfg.api_key, p.substr(ws_bearer_prefix.size()))) {
+          out.key_ok = true;
+          bearer = std::string(p);
+        }
+      }
+    }
+  }
+  if (out.selected.empty()) out.selected = std::move(bearer);
+  return out;
 }
 
 // Log values in key="..." form stay one line and unambiguous.
@@ -182,13 +225,15 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
 
   auto executor() { return ws_.get_executor(); }
 
-  void run(http::request<http::string_body> req) {
+  void run(http::request<http::string_body> req, std::string subprotocol) {
     websocket::stream_base::timeout t = websocket::stream_base::timeout::suggested(beast::role_type::server);
     t.idle_timeout = st_.idle();
     t.keep_alive_pings = true;  // a quiet but alive client answers pings; a dead one times out
     ws_.set_option(t);
-    ws_.set_option(websocket::stream_base::decorator(
-        [](websocket::response_type& res) { res.set(http::field::server, server_name); }));
+    ws_.set_option(websocket::stream_base::decorator([subprotocol](websocket::response_type& res) {
+      res.set(http::field::server, server_name);
+      if (!subprotocol.empty()) res.set(http::field::sec_websocket_protocol, subprotocol);
+    }));
     ws_.read_message_max(size_t(st_.cfg.max_frame_bytes));
     ws_.async_accept(req, beast::bind_front_handler(&ws_session::on_accept, this->shared_from_this()));
   }
@@ -541,11 +586,12 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (path_of(req.target()) != "/v1/stream")
       return respond(http::status::not_found, plain_error("no WebSocket endpoint here; use /v1/stream"),
                      "application/json", false);
-    if (!authorized(st_, req)) return unauthorized(false);
+    ws_offer offer = read_ws_offer(st_, req);
+    if (!offer.key_ok && !authorized(st_, req)) return unauthorized(false);
     // The WebSocket stream applies its own handshake and idle timeouts.
     beast::get_lowest_layer(stream_).expires_never();
     std::make_shared<ws_session<Stream>>(std::move(stream_), st_, std::move(slot_), conn_, std::move(client_))
-        ->run(parser_->release());
+        ->run(parser_->release(), std::move(offer.selected));
   }
 
   void unauthorized(bool keep_alive) {

@@ -856,3 +856,65 @@ TEST_CASE("slow consumer: an SSE client that stops reading has its completion ca
     return metric(m, "infer_connections_slow_closed_total") == 1;
   }));
 }
+
+// ---- the API key as a WebSocket subprotocol (browsers cannot send Authorization) -----------
+
+namespace {
+struct offer_result {
+  beast::error_code ec;
+  int status = 0;
+  std::string selected;  // Sec-WebSocket-Protocol of the answer
+};
+offer_result upgrade_offering(uint16_t port, const std::string& protocols) {
+  asio::io_context ioc;
+  websocket::stream<tcp::socket> ws{ioc};
+  ws.next_layer().connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  set_recv_timeout(ws.next_layer(), 20);
+  ws.set_option(websocket::stream_base::decorator(
+      [protocols](websocket::request_type& r) { r.set(http::field::sec_websocket_protocol, protocols); }));
+  websocket::response_type res;
+  offer_result out;
+  ws.handshake(res, "127.0.0.1", "/v1/stream", out.ec);
+  out.status = int(res.result_int());
+  out.selected = std::string(res[http::field::sec_websocket_protocol]);
+  if (!out.ec) {  // and the connection serves
+    ws.text(true);
+    ws.write(asio::buffer(gen("p", "x", 1).dump()));
+    beast::flat_buffer b;
+    ws.read(b);
+    if (json::parse(beast::buffers_to_string(b.data()))["type"] != "accepted") out.status = -1;
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("bearer token: a WebSocket may present the key as subprotocol bearer.KEY") {
+  fixture f([](infer::service_config& c) { c.api_key = "s3cret"; });
+  auto both = upgrade_offering(f.port(), "inferd.v1, bearer.s3cret");
+  CHECK(!both.ec);
+  CHECK(both.status == 101);
+  CHECK(both.selected == "inferd.v1");  // the key is not echoed when it need not be
+  auto only = upgrade_offering(f.port(), "bearer.s3cret");
+  CHECK(!only.ec);
+  CHECK(only.selected == "bearer.s3cret");  // a browser needs one of its offers back
+  auto wrong = upgrade_offering(f.port(), "inferd.v1, bearer.s3cre");
+  CHECK(wrong.ec);
+  CHECK(wrong.status == 401);
+  auto none = upgrade_offering(f.port(), "inferd.v1");
+  CHECK(none.ec);
+  CHECK(none.status == 401);
+  CHECK(f.svc->submitted == 2);
+}
+
+TEST_CASE("subprotocol inferd.v1 is answered without an API key configured") {
+  fixture f;
+  auto r = upgrade_offering(f.port(), "chat, inferd.v1");
+  CHECK(!r.ec);
+  CHECK(r.selected == "inferd.v1");
+  auto b = upgrade_offering(f.port(), "bearer.anything");  // no key to match: any is fine, and answered
+  CHECK(!b.ec);
+  CHECK(b.selected == "bearer.anything");
+  auto other = upgrade_offering(f.port(), "chat");  // nothing we speak: no subprotocol, still served
+  CHECK(!other.ec);
+  CHECK(other.selected.empty());
+}
