@@ -89,5 +89,7 @@ result<service_hooks> model_hooks(service_config& cfg);
 // Validates core.cfg, lays out the devices (core.plan) and wraps the backend factory with
 // fault injection: what a front node and a worker node both do before spawning actors.
 status prepare_core(service_core& core);
+// A prepared core from a configuration and hooks.
+result<service_core_ptr> make_core(const service_config& cfg, const service_hooks& hooks);
 
 }  // namespace infer

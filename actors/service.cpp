@@ -202,7 +202,6 @@ class service_impl final : public service {
 };
 
 result<std::unique_ptr<service>> start_core(caf::actor_system& sys, service_core_ptr core) {
-  if (status s = prepare_core(*core); !s) return s;
   if (!core->cfg.worker_nodes.empty() && !sys.has_middleman())
     return make_status(errc::invalid_argument,
                        "cluster.worker_nodes: the actor system has no middleman (load caf::io::middleman)");
@@ -264,8 +263,7 @@ status prepare_core(service_core& core) {
 }
 
 
-result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const service_config& cfg,
-                                                const service_hooks& hooks) {
+result<service_core_ptr> make_core(const service_config& cfg, const service_hooks& hooks) {
   if (!hooks.make_backend) return make_status(errc::invalid_argument, "service_hooks: make_backend is empty");
   auto core = std::make_shared<service_core>();
   core->cfg = cfg;
@@ -274,7 +272,15 @@ result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const se
   core->n_vocab = hooks.n_vocab > 0 ? hooks.n_vocab : hooks.tok.n_vocab();
   core->make_backend = hooks.make_backend;
   core->model_id = hooks.model_id;
-  return start_core(sys, std::move(core));
+  if (status s = prepare_core(*core); !s) return s;
+  return core;
+}
+
+result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const service_config& cfg,
+                                                const service_hooks& hooks) {
+  auto core = make_core(cfg, hooks);
+  if (!core) return core.error();
+  return start_core(sys, std::move(core.value()));
 }
 
 result<service_hooks> model_hooks(service_config& run_cfg) {

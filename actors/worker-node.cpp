@@ -50,15 +50,9 @@ class worker_node_impl final : public worker_node {
 
 result<std::unique_ptr<worker_node>> worker_node::start(caf::actor_system& sys, const service_config& cfg,
                                                         const service_hooks& hooks) {
-  if (!hooks.make_backend) return make_status(errc::invalid_argument, "service_hooks: make_backend is empty");
-  auto core = std::make_shared<service_core>();
-  core->cfg = cfg;
-  core->tok = hooks.tok;
-  core->n_ctx = hooks.n_ctx;
-  core->n_vocab = hooks.n_vocab > 0 ? hooks.n_vocab : hooks.tok.n_vocab();
-  core->make_backend = hooks.make_backend;
-  core->model_id = hooks.model_id;
-  if (status s = prepare_core(*core); !s) return s;
+  auto made = make_core(cfg, hooks);
+  if (!made) return made.error();
+  service_core_ptr core = std::move(made.value());
   auto addr = parse_listen_address(cfg.listen);
   if (!addr) return make_status(errc::invalid_argument, "server.listen: " + addr.error().message);
   const bool tls = !cfg.cluster_tls_cert.empty();
