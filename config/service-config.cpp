@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -66,6 +67,10 @@ const key_def k_keys[] = {
     {"server", "max_header_bytes", &service_config::max_header_bytes},
     {"server", "idle_timeout_ms", &service_config::idle_timeout_ms},
     {"server", "max_inflight_per_connection", &service_config::max_inflight_per_connection},
+    {"server", "max_pending_bytes", &service_config::max_pending_bytes},
+    {"server", "rate_limit_rps", &service_config::rate_limit_rps},
+    {"server", "rate_limit_burst", &service_config::rate_limit_burst},
+    {"server", "rate_limit_clients", &service_config::rate_limit_clients},
 
     {"supervision", "restart_strategy", &service_config::restart_strategy},
     {"supervision", "max_restarts", &service_config::max_restarts},
@@ -517,6 +522,13 @@ status validate(const service_config& c) {
   check(c.idle_timeout_ms >= 0, "server.idle_timeout_ms", ">= 0 (0: no timeout)", num(c.idle_timeout_ms));
   check(c.max_inflight_per_connection >= 1, "server.max_inflight_per_connection", ">= 1",
         num(c.max_inflight_per_connection));
+  check(c.max_pending_bytes >= 4096, "server.max_pending_bytes", ">= 4096", num(c.max_pending_bytes));
+  check(std::isfinite(c.rate_limit_rps) && c.rate_limit_rps >= 0.0 && c.rate_limit_rps <= 1e9,
+        "server.rate_limit_rps", "0..1e9 requests per second (0: no limit)", std::to_string(c.rate_limit_rps));
+  check(c.rate_limit_burst >= 1 && c.rate_limit_burst <= 1000000, "server.rate_limit_burst", "1..1000000",
+        num(c.rate_limit_burst));
+  check(c.rate_limit_clients >= 1 && c.rate_limit_clients <= 10000000, "server.rate_limit_clients", "1..10000000",
+        num(c.rate_limit_clients));
 
   // [supervision]
   check(c.restart_strategy == "one_for_one" || c.restart_strategy == "one_for_all", "supervision.restart_strategy",

@@ -46,6 +46,14 @@ struct service_config {
   int64_t max_header_bytes = 16 << 10;
   int64_t idle_timeout_ms = 300000;
   int32_t max_inflight_per_connection = 256;
+  // Outgoing bytes queued for one connection beyond which its client counts as too slow:
+  // its requests are cancelled and the connection closed (WebSocket: close 1008).
+  int64_t max_pending_bytes = 4 << 20;
+  // Per-client (IP address) generation requests per second, 0: no limit; bucket depth;
+  // clients tracked at most (the least recently seen is forgotten beyond).
+  double rate_limit_rps = 0.0;
+  int32_t rate_limit_burst = 20;
+  int32_t rate_limit_clients = 10000;
 
   // [supervision]
   std::string restart_strategy = "one_for_one";  // one_for_one | one_for_all (device-level faults always restart the device)

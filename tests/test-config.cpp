@@ -192,6 +192,11 @@ TEST_CASE("each invalid value is rejected with a message naming the key and the 
       {"server.max_header_bytes = 0", "server.max_header_bytes", "0"},
       {"server.idle_timeout_ms = -1", "server.idle_timeout_ms", "-1"},
       {"server.max_inflight_per_connection = 0", "server.max_inflight_per_connection", "0"},
+      {"server.max_pending_bytes = 100", "server.max_pending_bytes", "100"},
+      {"server.rate_limit_rps = -0.5", "server.rate_limit_rps", "-0.5"},
+      {"server.rate_limit_rps = nan", "server.rate_limit_rps", "nan"},
+      {"server.rate_limit_burst = 0", "server.rate_limit_burst", "0"},
+      {"server.rate_limit_clients = 0", "server.rate_limit_clients", "0"},
       {"log.log_level = \"verbose\"", "log.log_level", "verbose"},
   };
   for (const auto& bc : cases) {
@@ -219,7 +224,9 @@ TEST_CASE("boundary values are accepted") {
   for (const char* text : {"backend.workers = 64", "backend.kv_block_size = 1", "backend.kv_block_size = 256",
                            "server.listen = \"[::1]:1\"", "server.listen = \"0.0.0.0:65535\"",
                            "server.listen = \"my-host.example:8080\"", "queue.max_tokens_default = 4096",
-                           "batching.prefill_chunk = 512", "queue.default_timeout_ms = 0"}) {
+                           "batching.prefill_chunk = 512", "queue.default_timeout_ms = 0",
+                           "server.max_pending_bytes = 4096", "server.rate_limit_rps = 0.1",
+                           "server.rate_limit_burst = 1", "server.rate_limit_clients = 1"}) {
     INFO(std::string(text));
     status st = validate(parse_ok(text));
     CHECK_MESSAGE(st.is_ok(), st.message);
@@ -365,9 +372,13 @@ TEST_CASE("command line: flags beat the file, --set beats flags") {
                                  "--max-batch-tokens", "1024", "--kv-memory-mb", "64", "--kv-block-size", "32",
                                  "--io-threads", "6", "--tokenizer-dir", "/tok", "--model", "synthetic:small",
                                  "--backend", "cpu", "--tls-cert", "c.pem", "--tls-key", "k.pem",
-                                 "--max-running", "3"});
+                                 "--max-running", "3", "--rate-limit-rps", "2.5", "--rate-limit-burst", "7",
+                                 "--max-pending-bytes", "65536"});
   REQUIRE_MESSAGE(cli.run, cli.message);
   const auto& c = cli.config;
+  CHECK(c.rate_limit_rps == 2.5);
+  CHECK(c.rate_limit_burst == 7);
+  CHECK(c.max_pending_bytes == 65536);
   CHECK(cli.config_path == f.path);
   CHECK(c.listen == "[::1]:7000");
   CHECK(c.workers == 4);
