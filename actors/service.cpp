@@ -182,8 +182,8 @@ class service_impl final : public service {
 
 result<std::unique_ptr<service>> start_core(caf::actor_system& sys, service_core_ptr core) {
   if (status s = validate(core->cfg); !s) return s;
-  core->plan = make_device_plan(core->cfg.workers, core->cfg.devices);
-  core->cfg.workers = core->plan.n_workers();
+  core->plan = make_device_plan(core->cfg.workers, core->cfg.devices, core->cfg.fallback_cpu_workers);
+  core->cfg.workers = core->plan.n_primary;
   for (int32_t g = 0; g < core->plan.n_groups(); ++g)
     for (int32_t w : core->plan.workers[size_t(g)])
       core->stats.update_worker(w, [&](worker_gauge& x) { x.device = core->plan.labels[size_t(g)]; });
@@ -197,9 +197,10 @@ result<std::unique_ptr<service>> start_core(caf::actor_system& sys, service_core
   if (fo.active()) {
     auto inner = core->make_backend;
     auto sw = core->faults;
-    core->make_backend = [inner, fo, sw](int32_t index) -> result<std::unique_ptr<backend>> {
+    const device_plan plan = core->plan;
+    core->make_backend = [inner, fo, sw, plan](int32_t index) -> result<std::unique_ptr<backend>> {
       auto r = inner(index);
-      if (!r) return r;
+      if (!r || plan.is_fallback(index)) return r;  // faults model the primary (accelerated) engines
       const uint64_t stream = sw->instances.fetch_add(1) * 1024 + uint64_t(index);
       return make_faulty_backend(std::move(r.value()), fo, sw, stream);
     };
@@ -229,6 +230,7 @@ result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const se
   core->n_ctx = hooks.n_ctx;
   core->n_vocab = hooks.n_vocab > 0 ? hooks.n_vocab : hooks.tok.n_vocab();
   core->make_backend = hooks.make_backend;
+  core->make_fallback_backend = hooks.make_fallback_backend;
   return start_core(sys, std::move(core));
 }
 
@@ -278,6 +280,15 @@ result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const se
       return make_cuda_backend(weights, o);
 #endif
     }
+    return make_cpu_backend(weights, o);
+  };
+  // CPU fallback workers (degradation): the same host weights, the CPU backend, their own KV.
+  hooks.make_fallback_backend = [weights, cfg](int32_t) -> result<std::unique_ptr<backend>> {
+    backend_options o;
+    o.kind = "cpu";
+    o.kv_block_size = cfg.kv_block_size;
+    o.kv_memory_mb = cfg.fallback_kv_memory_mb;
+    o.threads = cfg.cpu_threads;
     return make_cpu_backend(weights, o);
   };
   return start(sys, run_cfg, hooks);
