@@ -12,6 +12,9 @@
 //    and the restarts.
 // 3. poison: 100 of them with one prompt carrying --fault-poison-token: that one is
 //    quarantined (error internal), the 99 others complete with their reference tokens.
+// 4. fallback: a primary worker whose every step fails (a dead GPU) and one CPU fallback
+//    worker: requests complete with their reference tokens and say "degraded":["cpu_fallback"]
+//    (WebSocket done, OpenAI response and final SSE chunk); /metrics counts them.
 // Exit status 0 when every check passes.
 'use strict';
 const assert = require('node:assert/strict');
@@ -35,7 +38,7 @@ function arg(name, dflt) {
 }
 const INFERD = arg('--inferd', path.join(repo, 'build', 'bin', 'inferd'));
 const N = parseInt(arg('--requests', '1000'), 10);
-const ONLY = arg('--only', null);
+const ONLY = arg('--only', null);  // chaos | poison | fallback
 const MAX_TOKENS = 16;
 const CONNECTIONS = 8;
 const VOCAB = 256;  // synthetic:tiny has a byte-level vocabulary
@@ -57,11 +60,11 @@ async function waitFor(what, fn, timeoutMs = 60000) {
 const running = new Set();
 
 // Every server of this test: the same binary, model and batching; `extra` adds the faults.
-async function startInferd(name, extra) {
+async function startInferd(name, extra, workers = 2) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'inferd-chaos-'));
   const portFile = path.join(dir, 'port');
   const args = ['--listen', '127.0.0.1:0', '--port-file', portFile, '--backend', 'cpu', '--model', 'synthetic:tiny',
-    '--workers', '2', '--max-running', '16', '--queue-capacity', '4096',
+    '--workers', String(workers), '--max-running', '16', '--queue-capacity', '4096',
     '--set', 'queue.default_timeout_ms=0', '--set', 'backend.cpu_threads=1', '--log-level', 'warn', ...extra];
   const proc = spawn(INFERD, args, {stdio: ['ignore', 'pipe', 'pipe']});
   const inst = {name, proc, log: '', exited: null, port: 0};
@@ -92,9 +95,12 @@ async function startInferd(name, extra) {
   return inst;
 }
 
-function get(port, p) {
+function get(port, p, body) {
   return new Promise((resolve, reject) => {
-    const req = http.request({host: '127.0.0.1', port, method: 'GET', path: p}, (res) => {
+    const data = body === undefined ? undefined : JSON.stringify(body);
+    const headers = data === undefined ? {} : {'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data)};
+    const req = http.request({host: '127.0.0.1', port, method: data === undefined ? 'GET' : 'POST', path: p, headers},
+      (res) => {
       let buf = '';
       res.setEncoding('utf8');
       res.on('data', (c) => { buf += c; });
@@ -102,6 +108,7 @@ function get(port, p) {
     });
     req.on('error', reject);
     req.setTimeout(60000, () => req.destroy(new Error('http timeout')));
+    if (data !== undefined) req.write(data);
     req.end();
   });
 }
@@ -189,12 +196,12 @@ async function runAll(port, prompts, timeoutMs = 600000) {
   return results;
 }
 
-function expectDone(r, i) {
+function expectDone(r, i, degraded) {
   assert.equal(r.frames[0].type, 'accepted', `request ${i}: ${JSON.stringify(r.frames[0])}`);
   assert.equal(r.terminal.type, 'done', `request ${i}: ${JSON.stringify(r.terminal)}`);
   assert.equal(r.terminal.finish_reason, 'length', `request ${i}: ${JSON.stringify(r.terminal)}`);
   assert.equal(r.terminal.usage.completion_tokens, r.tokens.length);
-  assert.equal(r.terminal.degraded, undefined, `request ${i} served degraded: ${JSON.stringify(r.terminal)}`);
+  assert.deepEqual(r.terminal.degraded, degraded, `request ${i} degraded: ${JSON.stringify(r.terminal)}`);
 }
 
 // ---- main -----------------------------------------------------------------------------------
@@ -277,6 +284,39 @@ async function main() {
     assert.equal(metric(text, 'infer_requests_total{outcome="done_length"}'), n - 1);
     console.log(`poison: token ${poison} planted in request ${planted} of ${n}: quarantined ` +
       `(${metric(text, 'infer_step_failures_total')} failed steps), the others done, in ${Date.now() - t2} ms`);
+  }
+
+  if (!ONLY || ONLY === 'fallback') {
+    const t3 = Date.now();
+    const n = Math.min(20, N);
+    const srv = await startInferd('fallback', ['--fault-rate', '1', '--fault-kind', 'cuda',
+      '--set', 'supervision.breaker_failures=1', '--set', 'supervision.breaker_open_ms=600000',
+      '--set', 'supervision.max_restarts=1000', '--set', 'degradation.fallback_cpu_workers=1'], 1);
+    const got = await runAll(srv.port, prompts.slice(0, n));
+    got.forEach((r, i) => {
+      expectDone(r, i, ['cpu_fallback']);
+      assert.deepEqual(r.tokens, ref[i].tokens, `request ${i}: tokens differ from the fault-free run`);
+    });
+    // The OpenAI routes say so too: the whole response, and the final chunk of a stream.
+    const body = {prompt: prompts[0], max_tokens: MAX_TOKENS, temperature: 0};
+    const whole = JSON.parse((await get(srv.port, '/v1/completions', body)).body);
+    assert.deepEqual(whole.degraded, ['cpu_fallback'], JSON.stringify(whole));
+    const sse = (await get(srv.port, '/v1/completions', {...body, stream: true})).body;
+    const chunks = sse.split('\n').filter((l) => l.startsWith('data: {')).map((l) => JSON.parse(l.slice(6)));
+    const last = chunks[chunks.length - 1];
+    assert.equal(last.choices[0].finish_reason, 'length', sse);
+    assert.deepEqual(last.degraded, ['cpu_fallback'], sse);
+    assert.ok(chunks.slice(0, -1).every((c) => c.degraded === undefined), sse);
+    const text = (await get(srv.port, '/metrics')).body;
+    const status = JSON.parse((await get(srv.port, '/v1/status')).body);
+    await srv.stop();
+    assert.equal(metric(text, 'infer_degraded_requests_total{kind="cpu_fallback"}'), n + 2);
+    assert.equal(metric(text, 'infer_degradation_active{kind="cpu_fallback"}'), 1);
+    assert.equal(metric(text, 'infer_requests_quarantined_total'), 0);
+    const fb = status.workers.find((w) => w.id === 1);
+    assert.ok(fb && fb.device === -2 && fb.state === 'running' && fb.backend === 'cpu', JSON.stringify(status));
+    assert.equal(status.workers.find((w) => w.id === 0).breaker, 'open', JSON.stringify(status));
+    console.log(`fallback: ${n} requests served by the CPU fallback worker in ${Date.now() - t3} ms`);
   }
 }
 
