@@ -243,6 +243,7 @@ void admit_to(batcher_actor* self, int best, enqueue_msg& m, int32_t n) {
   a.generated = std::move(m.generated);
   a.max_tokens = m.max_tokens;
   a.sampling = m.sampling;
+  a.attempt = m.attempt;
   self->send(w.handle, std::move(a));
 }
 
@@ -274,6 +275,10 @@ void dispatch(batcher_actor* self) {
   const bool fallback_ok = fallback_serves(st, now);
   prune_reservations(st, now, fallback_ok);
   auto eligible = [&](size_t i) { return routable(st, i, now) && (fallback_ok || !is_fallback(st, i)); };
+  // Once an ordinary sequence found no room, the ones behind it wait (priority order), but
+  // suspects still go on: a worker reserved for them turns away ordinary sequences, so a
+  // blocked head must not keep them from it.
+  bool blocked = false;
   for (auto& q : st.queues) {
     for (size_t qi = 0; qi < q.size();) {
       enqueue_msg& m = q[qi];
@@ -302,6 +307,10 @@ void dispatch(batcher_actor* self) {
       if (auto sit = st.suspects.find(m.id); sit != st.suspects.end()) {
         key = key_of(sit->second, m.id);
         group = sit->second.at == suspect::stage::together;
+      }
+      if (blocked && key == 0) {
+        ++qi;
+        continue;
       }
       int best = -1;
       for (int i = 0; i < int(st.workers.size()); ++i) {
@@ -333,9 +342,9 @@ void dispatch(batcher_actor* self) {
           ++qi;
           continue;
         }
-        publish_gauges(self);
-        arm_dispatch_timer(self);
-        return;  // head-of-line: lower levels wait too, so priority order holds
+        blocked = true;  // head-of-line: lower levels wait too, so priority order holds
+        ++qi;
+        continue;
       }
       const uint64_t id = m.id;
       admit_to(self, best, m, n);

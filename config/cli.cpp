@@ -47,6 +47,8 @@ const value_flag k_flags[] = {
     {"--fault-poison-token", "fault.fault_poison_token", "fault injection: steps holding this token id fail",
      nullptr, false},
     {"--restart-strategy", "supervision.restart_strategy", "one_for_one|one_for_all", nullptr, true},
+    {"--role", "cluster.role", "front (clients, batcher) | worker (a worker node: --listen is its CAF port)", nullptr,
+     true},
     {"--log-level", "log.log_level", "trace|debug|info|warn|error|off", nullptr, true},
 };
 
@@ -96,6 +98,11 @@ cli_outcome parse_command_line(int argc, const char* const* argv, const std::str
     if (f.env) o->envname(f.env);
     opts.push_back(o);
   }
+  std::vector<std::string> worker_nodes;
+  app.add_option("--worker-node", worker_nodes, "a worker node to use, HOST:PORT (repeatable) [cluster.worker_nodes]")
+      ->type_name("HOST:PORT")
+      ->expected(1)
+      ->take_all();
   std::vector<std::string> sets;
   app.add_option("--set", sets, "override any key with a TOML value (repeatable)")
       ->type_name("SECTION.KEY=VALUE")
@@ -141,6 +148,7 @@ cli_outcome parse_command_line(int argc, const char* const* argv, const std::str
     }
     if (!st) return fail(program + ": " + k_flags[i].flag + ": " + st.message);
   }
+  if (!worker_nodes.empty()) cfg.worker_nodes = worker_nodes;  // the flags replace the file's list
   for (const auto& s : sets) {
     size_t eq = s.find('=');
     if (eq == std::string::npos || eq == 0)

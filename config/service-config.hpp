@@ -75,6 +75,17 @@ struct service_config {
   int32_t fault_poison_token = -1;   // any step containing this token id fails; -1: none
   int64_t fault_hang_ms = 600000;    // a hung step returns after this long (or at shutdown)
 
+  // [cluster] several machines through CAF's networking (docs/deployment.md)
+  std::string role = "front";             // front: clients + batcher (+ local workers); worker: a worker node
+  std::vector<std::string> worker_nodes;  // front: "HOST:PORT" of each worker node
+  int64_t heartbeat_ms = 500;             // CAF middleman heartbeat between nodes (0: off)
+  int64_t node_timeout_ms = 3000;         // a node silent this long is lost (0: only on disconnect)
+  int64_t reconnect_initial_ms = 200;     // front: first reconnect delay; doubles, jittered
+  int64_t reconnect_max_ms = 5000;
+  std::string cluster_tls_cert;           // all three set: node links over TLS, both sides verified
+  std::string cluster_tls_key;
+  std::string cluster_tls_ca;
+
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off
 

@@ -367,8 +367,8 @@ TEST_CASE("supervision: intensity exceeded escalates; the root gives the device 
   check_all_done(col, w);
   CHECK(gauge_of(*env.svc, 0).restarts == 0);
   auto js = env.svc->status_json();
-  CHECK(contains(js, "\"id\":1,\"backend\":\"cpu\",\"device\":1,\"state\":\"failed\""));
-  CHECK(contains(js, "\"id\":0,\"backend\":\"cpu\",\"device\":0,\"state\":\"running\""));
+  CHECK(contains(js, "\"id\":1,\"backend\":\"cpu\",\"device\":1,\"node\":\"\",\"state\":\"failed\""));
+  CHECK(contains(js, "\"id\":0,\"backend\":\"cpu\",\"device\":0,\"node\":\"\",\"state\":\"running\""));
 }
 
 TEST_CASE("chaos: seeded fault injection, every request ends done with the fault-free tokens") {
@@ -698,7 +698,7 @@ TEST_CASE("degradation: a primary that stays down past fallback_after_ms hands o
   check_all_done(col, w);
   for (uint64_t id : w.ids) CHECK(is_fallback_done(col, id));
   CHECK(env.svc->stats().degraded_cpu_fallback.load() == 6);
-  CHECK(contains(env.svc->status_json(), "\"id\":2,\"backend\":\"cpu\",\"device\":-2,\"state\":\"running\""));
+  CHECK(contains(env.svc->status_json(), "\"id\":2,\"backend\":\"cpu\",\"device\":-2,\"node\":\"\",\"state\":\"running\""));
 }
 
 TEST_CASE("degradation: under sustained overload max_tokens of new requests is capped, and said so") {
