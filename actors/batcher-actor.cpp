@@ -5,10 +5,13 @@
 #include <chrono>
 #include <cmath>
 #include <deque>
+#include <optional>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "actors/messages.hpp"
 #include "supervision/circuit-breaker.hpp"
+#include "supervision/overload-monitor.hpp"
 
 namespace infer {
 
@@ -38,22 +41,37 @@ struct worker_slot {
   int32_t blocks_for(int32_t n) const { return (n + block_size - 1) / block_size; }
   int32_t n_ctx = 0;
   uint64_t preemptions = 0;  // the worker's cumulative count at its last report
-  // A suspect running alone here: nothing else is admitted until one of its steps succeeds.
+  // Suspects retried here (the key of one suspect running alone, or of a failed step's
+  // group retried together): nothing else is admitted until a step holding every one of
+  // them succeeds (or they are gone).
   uint64_t exclusive = 0;
-  uint64_t exclusive_admit = 0;  // its admission number (admits_sent)
-  bool probe = false;            // admitted the half-open breaker's single probe
-  // Held for a suspect that must run alone: takes nothing new until it is idle.
+  bool exclusive_group = false;
+  std::vector<uint64_t> exclusive_ids;  // admitted under the exclusivity and still held here
+  uint64_t exclusive_admit = 0;         // admission number (admits_sent) of the latest of them
+  bool probe = false;                   // admitted the half-open breaker's single probe
+  // Held for suspects (this key) that must run without others: takes nothing new until idle.
   uint64_t reserved = 0;
+  // Since when it is down after a failure (unset: up, or never started yet).
+  std::optional<std::chrono::steady_clock::time_point> down_since;
 };
 
 // A sequence that was in a failed step. Random faults must not condemn it, a poison
-// request must not crash-loop the fleet: a second failed step makes it run alone, and
-// quarantine_after failures while alone end it with error(internal).
+// request must not crash-loop the fleet. The sequences of a failed step are retried
+// together, in steps of their own (their group); if such a step fails again, each runs
+// alone; quarantine_after failures while alone end it with error(internal).
 struct suspect {
-  bool alone = false;
+  enum class stage : uint8_t { together, alone };
+  stage at = stage::together;
+  uint64_t group = 0;  // key of its group while `together`
   int32_t solo_failures = 0;
   std::string reason;
 };
+
+// Group keys live apart from request ids (which count up from 1 and never reach 2^63).
+constexpr uint64_t k_group_key_bit = uint64_t(1) << 63;
+
+// The key a suspect is retried under: its group's, or its own when it runs alone.
+uint64_t key_of(const suspect& s, uint64_t id) { return s.at == suspect::stage::together ? s.group : id; }
 
 struct route {
   int32_t worker = -1;
@@ -71,11 +89,38 @@ struct batcher_state {
   std::vector<circuit_breaker> breakers;       // by worker index; outlive the worker's restarts
   std::vector<bool> gave_up;                   // by worker index: its device was given up
   std::unordered_map<uint64_t, suspect> suspects;
+  uint64_t next_group = 0;
   double step_ms = 0;                          // moving average of measured step times
   bool dispatch_timer = false;                 // an idispatch is pending
+  std::chrono::steady_clock::time_point dispatch_due;  // when it fires
+  overload_monitor overload;                   // sustained overload: caps max_tokens (degradation)
 };
 
 using batcher_actor = caf::stateful_actor<batcher_state>;
+
+bool is_fallback(const batcher_state& st, size_t i) { return st.core->plan.is_fallback(int32_t(i)); }
+bool has_fallback(const batcher_state& st) { return st.core->plan.n_fallback > 0; }
+
+circuit_breaker& breaker_of(batcher_state& st, size_t i);
+
+// Can some primary worker serve, now or soon? Not when every primary's breaker is open,
+// its device given up, or it has been down (restarting) for fallback_after_ms: then the
+// CPU fallback workers take new admissions. A primary still starting up counts as able.
+bool primary_available(batcher_state& st, std::chrono::steady_clock::time_point now) {
+  const auto grace = std::chrono::milliseconds(st.core->cfg.fallback_after_ms);
+  for (size_t i = 0; i < st.workers.size(); ++i) {
+    if (is_fallback(st, i)) continue;
+    if (i < st.gave_up.size() && st.gave_up[i]) continue;
+    if (breaker_of(st, i).current(now) == circuit_breaker::state::open) continue;
+    const auto& w = st.workers[i];
+    if (w.up || !w.down_since || now - *w.down_since < grace) return true;
+  }
+  return false;
+}
+
+bool fallback_serves(batcher_state& st, std::chrono::steady_clock::time_point now) {
+  return has_fallback(st) && !primary_available(st, now);
+}
 
 void publish_gauges(batcher_actor* self) {
   auto& st = self->state;
@@ -88,6 +133,10 @@ void publish_gauges(batcher_actor* self) {
     }
   auto& m = st.core->stats;
   m.queue_depth.store(st.queued);
+  const auto t = std::chrono::steady_clock::now();
+  st.overload.observe(st.queued, t);
+  m.cpu_fallback_active.store(fallback_serves(st, t) ? 1 : 0);
+  m.max_tokens_cap_active.store(st.core->cfg.overload_max_tokens > 0 && st.overload.sustained(t) ? 1 : 0);
   m.running_sequences.store(held);
   m.kv_blocks_used.store(used);
   m.kv_blocks_total.store(total);
@@ -150,18 +199,29 @@ int64_t unavailable_for(batcher_state& st) {
 }
 
 // Re-runs dispatch when the earliest open breaker half-opens.
+// With CPU fallback workers, also when a down primary has been down for fallback_after_ms.
 void arm_dispatch_timer(batcher_actor* self) {
   auto& st = self->state;
-  if (st.dispatch_timer) return;
   auto now = std::chrono::steady_clock::now();
   int64_t wait = -1;
+  auto consider = [&](int64_t left) { wait = wait < 0 ? left : std::min(wait, left); };
   for (size_t i = 0; i < st.breakers.size(); ++i)
-    if (st.breakers[i].current(now) == circuit_breaker::state::open) {
-      int64_t left = std::max<int64_t>(1, st.breakers[i].retry_after(now).count());
-      wait = wait < 0 ? left : std::min(wait, left);
+    if (st.breakers[i].current(now) == circuit_breaker::state::open)
+      consider(std::max<int64_t>(1, st.breakers[i].retry_after(now).count()));
+  if (has_fallback(st) && st.queued > 0) {
+    const auto grace = std::chrono::milliseconds(st.core->cfg.fallback_after_ms);
+    for (size_t i = 0; i < st.workers.size(); ++i) {
+      const auto& w = st.workers[i];
+      if (is_fallback(st, i) || w.up || !w.down_since || now - *w.down_since >= grace) continue;
+      consider(std::max<int64_t>(
+          1, std::chrono::duration_cast<std::chrono::milliseconds>(grace - (now - *w.down_since)).count() + 1));
     }
+  }
   if (wait < 0) return;
+  const auto due = now + std::chrono::milliseconds(wait);
+  if (st.dispatch_timer && st.dispatch_due <= due) return;  // an earlier one is pending
   st.dispatch_timer = true;
+  st.dispatch_due = due;
   self->delayed_send(self, std::chrono::milliseconds(wait), dispatch_atom::value);
 }
 
@@ -175,7 +235,7 @@ void admit_to(batcher_actor* self, int best, enqueue_msg& m, int32_t n) {
     breaker_of(st, size_t(best)).allow(std::chrono::steady_clock::now());
   }
   st.routes[m.id] = route{best, m.request};
-  self->send(m.request, dispatched_msg{m.id, best});
+  self->send(m.request, dispatched_msg{m.id, best, is_fallback(st, size_t(best))});
   admit_msg a;
   a.id = m.id;
   a.request = m.request;
@@ -187,11 +247,38 @@ void admit_to(batcher_actor* self, int best, enqueue_msg& m, int32_t n) {
   self->send(w.handle, std::move(a));
 }
 
-// Admits queued sequences, highest priority first, while some worker has room. A suspect
-// that must run alone waits for an idle worker without holding up the others.
+// Drops reservations that no queued suspect needs any more (it was cancelled, or it is
+// running elsewhere) or that the worker cannot honour now (breaker open, a fallback worker
+// while primaries serve), so that a reserved worker never idles for nothing.
+void prune_reservations(batcher_state& st, std::chrono::steady_clock::time_point now, bool fallback_ok) {
+  bool any = false;
+  for (auto& w : st.workers) any |= w.reserved != 0;
+  if (!any) return;
+  std::unordered_set<uint64_t> wanted;
+  for (auto& q : st.queues)
+    for (auto& m : q)
+      if (auto it = st.suspects.find(m.id); it != st.suspects.end()) wanted.insert(key_of(it->second, m.id));
+  for (size_t i = 0; i < st.workers.size(); ++i) {
+    auto& w = st.workers[i];
+    if (w.reserved == 0) continue;
+    if (!wanted.count(w.reserved) || !routable(st, i, now) || (is_fallback(st, i) && !fallback_ok)) w.reserved = 0;
+  }
+}
+
+// Admits queued sequences, highest priority first, while some worker has room. Suspects
+// run without others (their group together, or alone): they wait for an idle worker
+// without holding up the others. CPU fallback workers take sequences only while no
+// primary worker can serve.
 void dispatch(batcher_actor* self) {
   auto& st = self->state;
   auto now = std::chrono::steady_clock::now();
+  const bool fallback_ok = fallback_serves(st, now);
+  prune_reservations(st, now, fallback_ok);
+  auto eligible = [&](size_t i) { return routable(st, i, now) && (fallback_ok || !is_fallback(st, i)); };
+  // Once an ordinary sequence found no room, the ones behind it wait (priority order), but
+  // suspects still go on: a worker reserved for them turns away ordinary sequences, so a
+  // blocked head must not keep them from it.
+  bool blocked = false;
   for (auto& q : st.queues) {
     for (size_t qi = 0; qi < q.size();) {
       enqueue_msg& m = q[qi];
@@ -214,44 +301,60 @@ void dispatch(batcher_actor* self) {
         --st.queued;
         continue;
       }
-      auto sit = st.suspects.find(m.id);
-      const bool alone = sit != st.suspects.end() && sit->second.alone;
+      // 0: an ordinary sequence; else the key its suspect retry runs under.
+      uint64_t key = 0;
+      bool group = false;
+      if (auto sit = st.suspects.find(m.id); sit != st.suspects.end()) {
+        key = key_of(sit->second, m.id);
+        group = sit->second.at == suspect::stage::together;
+      }
+      if (blocked && key == 0) {
+        ++qi;
+        continue;
+      }
       int best = -1;
       for (int i = 0; i < int(st.workers.size()); ++i) {
         auto& w = st.workers[size_t(i)];
-        if (!routable(st, size_t(i), now) || w.exclusive != 0) continue;
-        if (w.reserved != 0 && w.reserved != m.id) continue;
-        if (alone && (w.held != 0 || !w.in_transit.empty())) continue;
+        if (!eligible(size_t(i))) continue;
+        if (w.exclusive != 0) {
+          if (key == 0 || w.exclusive != key || !group) continue;  // only its own group joins
+        } else {
+          if (w.reserved != 0 && w.reserved != key) continue;
+          if (key != 0 && (w.held != 0 || !w.in_transit.empty())) continue;  // suspects start on an idle worker
+        }
         if (w.est_held() >= w.max_running || w.est_free() < w.blocks_for(n)) continue;
         if (best < 0 || w.est_free() > st.workers[size_t(best)].est_free()) best = i;
       }
       if (best < 0) {
-        if (alone) {
-          // Reserve the least busy worker (once) so that it drains; the others go on.
+        if (key != 0) {
+          // Reserve the least busy worker (once per key) so that it drains; the others go on.
           bool has = false;
-          for (auto& w : st.workers) has |= w.reserved == m.id;
+          for (auto& w : st.workers) has |= w.reserved == key || w.exclusive == key;
           if (!has) {
             int pick = -1;
             for (int i = 0; i < int(st.workers.size()); ++i) {
               auto& w = st.workers[size_t(i)];
-              if (!routable(st, size_t(i), now) || w.exclusive != 0 || w.reserved != 0) continue;
+              if (!eligible(size_t(i)) || w.exclusive != 0 || w.reserved != 0) continue;
               if (pick < 0 || w.est_held() < st.workers[size_t(pick)].est_held()) pick = i;
             }
-            if (pick >= 0) st.workers[size_t(pick)].reserved = m.id;
+            if (pick >= 0) st.workers[size_t(pick)].reserved = key;
           }
           ++qi;
           continue;
         }
-        publish_gauges(self);
-        arm_dispatch_timer(self);
-        return;  // head-of-line: lower levels wait too, so priority order holds
+        blocked = true;  // head-of-line: lower levels wait too, so priority order holds
+        ++qi;
+        continue;
       }
+      const uint64_t id = m.id;
       admit_to(self, best, m, n);
-      if (alone) {
+      if (key != 0) {
         for (auto& o : st.workers)
-          if (o.reserved == m.id) o.reserved = 0;
+          if (o.reserved == key) o.reserved = 0;
         auto& w = st.workers[size_t(best)];
-        w.exclusive = m.id;
+        w.exclusive = key;
+        w.exclusive_group = group;
+        w.exclusive_ids.push_back(id);
         w.exclusive_admit = w.admits_sent;
       }
       q.erase(q.begin() + std::ptrdiff_t(qi));
@@ -260,6 +363,17 @@ void dispatch(batcher_actor* self) {
   }
   publish_gauges(self);
   arm_dispatch_timer(self);
+}
+
+// A sequence left worker w (finished, cancelled, refused): it no longer holds the worker's
+// exclusivity, which ends when none of its suspects is left there.
+void leave_exclusive(worker_slot& w, uint64_t id) {
+  auto it = std::find(w.exclusive_ids.begin(), w.exclusive_ids.end(), id);
+  if (it != w.exclusive_ids.end()) w.exclusive_ids.erase(it);
+  if (w.exclusive != 0 && w.exclusive_ids.empty() && w.admits_seen >= w.exclusive_admit) {
+    w.exclusive = 0;
+    w.exclusive_group = false;
+  }
 }
 
 // A lower bound of the time a new request needs: its own decode steps, plus the queue ahead
@@ -286,7 +400,10 @@ bool remove_queued(batcher_state& st, uint64_t id) {
 
 caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
   self->state.core = std::move(core);
-  self->state.workers.resize(size_t(std::max(self->state.core->cfg.workers, 1)));
+  const auto& cfg = self->state.core->cfg;
+  self->state.workers.resize(size_t(std::max(self->state.core->plan.n_workers(), 1)));
+  self->state.overload = overload_monitor(cfg.queue_capacity, cfg.overload_queue_fraction,
+                                          std::chrono::milliseconds(cfg.overload_after_ms));
   return {
       [=](enqueue_msg& m) {
         auto& st = self->state;
@@ -294,12 +411,25 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         if (m.resume) {  // accepted long ago: back to the front of its level
           st.queues[level].push_front(std::move(m));
           ++st.queued;
-        } else if (int64_t wait = unavailable_for(st); wait > 0) {
+          dispatch(self);
+          return;
+        }
+        if (int64_t wait = unavailable_for(st); wait > 0) {
           // Every worker's breaker is open (or its device given up): fail fast, do not pile up.
           self->send(m.request, admission_msg{m.id, false, uint8_t(error_code::unavailable), wait,
                                               "no healthy worker: every circuit breaker is open"});
           return;
-        } else if (int64_t est = estimate_ms(st, m); m.timeout_ms > 0 && est > m.timeout_ms) {
+        }
+        int32_t cap = 0;  // sustained overload: a newly admitted request gets a smaller max_tokens
+        if (const int32_t limit = st.core->cfg.overload_max_tokens; limit > 0) {
+          const auto now = std::chrono::steady_clock::now();
+          st.overload.observe(st.queued, now);
+          if (st.overload.sustained(now) && m.max_tokens > limit) {
+            m.max_tokens = limit;
+            cap = limit;
+          }
+        }
+        if (int64_t est = estimate_ms(st, m); m.timeout_ms > 0 && est > m.timeout_ms) {
           self->send(m.request,
                      admission_msg{m.id, false, uint8_t(error_code::timeout), 0,
                                    "the deadline cannot be met: about " + std::to_string(est) + " ms needed (" +
@@ -307,28 +437,26 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
                                        std::to_string(int64_t(std::lround(st.step_ms))) + " ms), " +
                                        std::to_string(m.timeout_ms) + " ms left"});
           return;
-        } else if (st.queued >= st.core->cfg.queue_capacity) {
+        }
+        if (st.queued >= st.core->cfg.queue_capacity) {
           admission_msg a{m.id, false, uint8_t(error_code::overloaded), 100,
                           "the admission queue is full (" + std::to_string(st.core->cfg.queue_capacity) + ")"};
           self->send(m.request, std::move(a));
           return;
-        } else {
-          auto req = m.request;
-          uint64_t id = m.id;
-          st.queues[level].push_back(std::move(m));
-          ++st.queued;
-          self->send(req, admission_msg{id, true, 0, 0, {}});
         }
+        auto req = m.request;
+        uint64_t id = m.id;
+        st.queues[level].push_back(std::move(m));
+        ++st.queued;
+        self->send(req, admission_msg{id, true, 0, 0, {}, cap});
         dispatch(self);
       },
       [=](const cancel_msg& c) {
         auto& st = self->state;
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
         if (remove_queued(st, c.id)) {
-          for (auto& w : st.workers)
-            if (w.reserved == c.id) w.reserved = 0;
-          publish_gauges(self);
           self->send(sender, seq_closed_msg{c.id, uint8_t(closed_why::cancelled), {}});
+          dispatch(self);  // a worker reserved for it is free again
           return;
         }
         auto it = st.routes.find(c.id);
@@ -375,16 +503,21 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         if (r.batch_seqs > 0) {  // a step succeeded: the worker is healthy
           breaker_of(st, size_t(r.worker)).on_success();
           w.probe = false;
-          if (w.exclusive != 0 && r.admits_seen >= w.exclusive_admit) {
-            st.suspects.erase(w.exclusive);  // it ran alone without failing: not a poison
+          // Every suspect held here was in this step (the worker holds nothing else) and it
+          // succeeded: they are not poison.
+          if (w.exclusive != 0 && r.admits_seen >= w.exclusive_admit &&
+              r.batch_seqs >= int32_t(w.exclusive_ids.size())) {
+            for (uint64_t id : w.exclusive_ids) st.suspects.erase(id);
+            w.exclusive_ids.clear();
             w.exclusive = 0;
+            w.exclusive_group = false;
           }
           const double ms = double(r.step_us) / 1000.0;
           st.step_ms = st.step_ms <= 0 ? ms : 0.9 * st.step_ms + 0.1 * ms;
         }
         for (uint64_t id : r.left) {
           st.suspects.erase(id);
-          if (w.exclusive == id) w.exclusive = 0;
+          leave_exclusive(w, id);
           auto it = st.routes.find(id);
           if (it == st.routes.end()) continue;
           // It finished while a cancel was on its way: the worker will not find it, so
@@ -413,8 +546,7 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         auto req = it->second.request;
         st.routes.erase(it);
         st.suspects.erase(g.id);
-        if (g.worker >= 0 && size_t(g.worker) < st.workers.size() && st.workers[size_t(g.worker)].exclusive == g.id)
-          st.workers[size_t(g.worker)].exclusive = 0;
+        if (g.worker >= 0 && size_t(g.worker) < st.workers.size()) leave_exclusive(st.workers[size_t(g.worker)], g.id);
         if (g.rejected)
           self->send(req, seq_closed_msg{g.id, uint8_t(closed_why::rejected), g.message});
         else
@@ -424,7 +556,9 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         auto& st = self->state;
         if (d.worker < 0 || size_t(d.worker) >= st.workers.size()) return;
         auto& w = st.workers[size_t(d.worker)];
+        const auto since = w.up || !w.down_since ? std::chrono::steady_clock::now() : *w.down_since;
         w = worker_slot{};  // down until its replacement says hello
+        w.down_since = since;
         breaker_of(st, size_t(d.worker));
         if (d.gave_up) st.gave_up[size_t(d.worker)] = true;
         const int32_t limit = st.core->cfg.quarantine_after;
@@ -454,16 +588,31 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         auto& st = self->state;
         if (f.worker < 0) return;
         breaker_of(st, size_t(f.worker)).on_failure(std::chrono::steady_clock::now());
-        const uint64_t solo =
-            size_t(f.worker) < st.workers.size() ? st.workers[size_t(f.worker)].exclusive : uint64_t(0);
+        uint64_t key = 0;
+        bool group = false;
+        if (size_t(f.worker) < st.workers.size()) {
+          key = st.workers[size_t(f.worker)].exclusive;
+          group = st.workers[size_t(f.worker)].exclusive_group;
+        }
+        uint64_t fresh_group = 0;
         for (uint64_t id : f.ids) {
-          auto [it, fresh] = st.suspects.try_emplace(id);
-          it->second.reason = f.reason;
-          if (fresh) continue;  // first failed step: only a suspect
-          if (id == solo)
-            ++it->second.solo_failures;
-          else
-            it->second.alone = true;  // failed again among others: try it alone
+          auto it = st.suspects.find(id);
+          if (it == st.suspects.end()) {  // first failed step: a suspect, retried with its group
+            if (fresh_group == 0) fresh_group = k_group_key_bit | ++st.next_group;
+            suspect s;
+            s.group = fresh_group;
+            s.reason = f.reason;
+            st.suspects.emplace(id, std::move(s));
+            continue;
+          }
+          auto& s = it->second;
+          s.reason = f.reason;
+          if (s.at == suspect::stage::together) {  // failed again: each of them runs alone
+            s.at = suspect::stage::alone;
+            s.group = 0;
+          } else if (key == id && !group) {
+            ++s.solo_failures;  // failed while alone: counts towards quarantine
+          }
         }
         publish_gauges(self);
       },

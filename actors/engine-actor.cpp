@@ -21,8 +21,11 @@ caf::behavior engine_fun(engine_actor* self, service_core_ptr core, int32_t inde
   self->attach_functor([core] { core->engine_stopped(); });
   return {
       [=](init_atom) -> std::tuple<bool, std::string, int32_t, int32_t, int32_t, std::string> {
-        auto r = core->make_backend ? core->make_backend(index)
-                                    : result<std::unique_ptr<backend>>(make_status(errc::internal, "no backend factory"));
+        const backend_factory& make = core->plan.is_fallback(index) && core->make_fallback_backend
+                                          ? core->make_fallback_backend
+                                          : core->make_backend;
+        auto r = make ? make(index)
+                      : result<std::unique_ptr<backend>>(make_status(errc::internal, "no backend factory"));
         if (!r) return {false, r.error().message, 0, 0, 0, ""};
         self->state.be = std::move(r.value());
         auto kv = self->state.be->kv();

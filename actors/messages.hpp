@@ -86,26 +86,31 @@ typename Inspector::result_type inspect(Inspector& f, enqueue_msg& x) {
 }
 
 // batcher -> request: accepted into the queue, or rejected (code: infer::error_code).
+// max_tokens_cap > 0: accepted with max_tokens capped to it (sustained overload).
 struct admission_msg {
   uint64_t id = 0;
   bool ok = false;
   uint8_t code = 0;
   int64_t retry_after_ms = 0;
   std::string message;
+  int32_t max_tokens_cap = 0;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, admission_msg& x) {
-  return f(caf::meta::type_name("infer.admission"), x.id, x.ok, x.code, x.retry_after_ms, x.message);
+  return f(caf::meta::type_name("infer.admission"), x.id, x.ok, x.code, x.retry_after_ms, x.message,
+           x.max_tokens_cap);
 }
 
-// batcher -> request: handed to a worker (ends the queue time).
+// batcher -> request: handed to a worker (ends the queue time). fallback: a CPU fallback
+// worker (degraded service).
 struct dispatched_msg {
   uint64_t id = 0;
   int32_t worker = 0;
+  bool fallback = false;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, dispatched_msg& x) {
-  return f(caf::meta::type_name("infer.dispatched"), x.id, x.worker);
+  return f(caf::meta::type_name("infer.dispatched"), x.id, x.worker, x.fallback);
 }
 
 // request -> batcher -> worker: stop this sequence and free its blocks.

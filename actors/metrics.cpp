@@ -123,6 +123,15 @@ std::string metrics::render_prometheus() const {
   counter("infer_requests_quarantined_total", "Poison requests quarantined (error internal).", ld(quarantined));
   counter("infer_supervisor_escalations_total", "Device supervisors that exceeded their restart intensity.",
           ld(escalations));
+  s += "# HELP infer_degraded_requests_total Requests served degraded, by kind (their terminal event says so).\n"
+       "# TYPE infer_degraded_requests_total counter\n";
+  s += fmt::format("infer_degraded_requests_total{{kind=\"cpu_fallback\"}} {}\n", ld(degraded_cpu_fallback));
+  s += fmt::format("infer_degraded_requests_total{{kind=\"max_tokens_capped\"}} {}\n",
+                   ld(degraded_max_tokens_capped));
+  s += "# HELP infer_degradation_active 1 while new requests are served degraded this way.\n"
+       "# TYPE infer_degradation_active gauge\n";
+  s += fmt::format("infer_degradation_active{{kind=\"cpu_fallback\"}} {}\n", ld(cpu_fallback_active));
+  s += fmt::format("infer_degradation_active{{kind=\"max_tokens_capped\"}} {}\n", ld(max_tokens_cap_active));
   {
     auto ws = workers_snapshot();
     auto family = [&](const char* name, const char* type, const char* help, auto value) {

@@ -80,6 +80,13 @@ class metrics {
   std::atomic<uint64_t> quarantined{0};     // poison requests ended with error(internal)
   std::atomic<uint64_t> escalations{0};     // a device supervisor exceeded its restart intensity
 
+  // Degradation (supervision/README.md): requests served degraded, counted at their
+  // terminal event, and whether the service degrades new requests right now.
+  std::atomic<uint64_t> degraded_cpu_fallback{0};
+  std::atomic<uint64_t> degraded_max_tokens_capped{0};
+  std::atomic<int64_t> cpu_fallback_active{0};   // 1: no primary worker can serve, fallback workers do
+  std::atomic<int64_t> max_tokens_cap_active{0}; // 1: sustained overload, new requests are capped
+
   // Per-worker figures (see worker_gauge). `f` runs under a lock: keep it short.
   template <class F>
   void update_worker(int32_t id, F&& f) {

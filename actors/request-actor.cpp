@@ -42,6 +42,9 @@ struct request_state {
 
   clock_type::time_point t_submit, t_dispatch, t_first, t_last;
   bool dispatched = false;
+  // Degradation, reported on the terminal event.
+  bool cpu_fallback = false;         // dispatched to a CPU fallback worker at least once
+  int32_t max_tokens_capped_to = 0;  // the batcher capped max_tokens (sustained overload)
 };
 
 using request_actor = caf::stateful_actor<request_state>;
@@ -76,7 +79,12 @@ void finish(request_actor* self, event e) {
     e.queue_ms = st.dispatched ? ms_between(st.t_submit, st.t_dispatch) : e.total_ms;
     e.first_token_ms = st.tokens.empty() ? 0.0 : ms_between(st.t_submit, st.t_first);
   }
-  st.core->stats.count_outcome(outcome_of(e));
+  e.cpu_fallback = st.cpu_fallback;
+  e.max_tokens_capped_to = st.max_tokens_capped_to;
+  auto& m = st.core->stats;
+  m.count_outcome(outcome_of(e));
+  if (e.cpu_fallback) m.degraded_cpu_fallback.fetch_add(1, std::memory_order_relaxed);
+  if (e.max_tokens_capped_to > 0) m.degraded_max_tokens_capped.fetch_add(1, std::memory_order_relaxed);
   emit(self, e);
   st.core->request_ended(st.id);
   st.cb = nullptr;
@@ -267,6 +275,10 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
           finish(self, make_error(error_code(m.code), m.message, m.retry_after_ms));
           return;
         }
+        if (m.max_tokens_cap > 0 && m.max_tokens_cap < st.req.max_tokens) {
+          st.req.max_tokens = m.max_tokens_cap;  // a resumed sequence keeps the cap
+          st.max_tokens_capped_to = m.max_tokens_cap;
+        }
         if (!st.accepted) {
           st.accepted = true;
           event a;
@@ -274,8 +286,9 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
           emit(self, a);
         }
       },
-      [=](const dispatched_msg&) {
+      [=](const dispatched_msg& m) {
         auto& st = self->state;
+        if (m.fallback) st.cpu_fallback = true;
         if (!st.dispatched) {
           st.dispatched = true;
           st.t_dispatch = clock_type::now();

@@ -29,6 +29,10 @@ using backend_factory = std::function<result<std::unique_ptr<backend>>(int32_t i
 // pre-built one, fault injection) and the tokenizer without loading a model.
 struct service_hooks {
   backend_factory make_backend;  // required
+  // The CPU fallback workers' engines (degradation.fallback_cpu_workers; their indices follow
+  // the primary workers'). Empty: make_backend builds them too. Fault injection wraps only
+  // the primary workers' engines.
+  backend_factory make_fallback_backend;
   tokenizer tok;                 // default: byte level
   int32_t n_ctx = 0;             // the engine's context and vocabulary, for validation
   int32_t n_vocab = 0;
@@ -47,6 +51,7 @@ struct service_core {
   int32_t n_vocab = 0;
   metrics stats;
   backend_factory make_backend;
+  backend_factory make_fallback_backend;  // may be empty: make_backend builds the fallback's too
   caf::actor batcher;     // set once at start, cleared at shutdown
   caf::actor supervisor;  // the root of the supervision tree
   std::vector<caf::actor> node_links;  // front node: one per worker node

@@ -234,8 +234,11 @@ result<tokenizer> tokenizer_for(const service_config& cfg, const model_weights& 
 status prepare_core(service_core& core) {
   if (status s = validate(core.cfg); !s) return s;
   // A front node with workers = 0 runs none itself: every worker is on a worker node.
-  core.plan = core.cfg.workers == 0 ? device_plan{} : make_device_plan(core.cfg.workers, core.cfg.devices);
-  core.cfg.workers = core.plan.n_workers();
+  // CPU fallback workers (degradation) come after the local primaries, remote workers after them.
+  core.plan = core.cfg.workers == 0
+                  ? device_plan{}
+                  : make_device_plan(core.cfg.workers, core.cfg.devices, core.cfg.fallback_cpu_workers);
+  core.cfg.workers = core.plan.n_primary;
   core.next_worker_index.store(core.plan.n_workers());
   for (int32_t g = 0; g < core.plan.n_groups(); ++g)
     for (int32_t w : core.plan.workers[size_t(g)])
@@ -252,9 +255,10 @@ status prepare_core(service_core& core) {
   if (fo.active()) {
     auto inner = core.make_backend;
     auto sw = core.faults;
-    core.make_backend = [inner, fo, sw](int32_t index) -> result<std::unique_ptr<backend>> {
+    const device_plan plan = core.plan;
+    core.make_backend = [inner, fo, sw, plan](int32_t index) -> result<std::unique_ptr<backend>> {
       auto r = inner(index);
-      if (!r) return r;
+      if (!r || plan.is_fallback(index)) return r;  // faults model the primary (accelerated) engines
       const uint64_t stream = sw->instances.fetch_add(1) * 1024 + uint64_t(index);
       return make_faulty_backend(std::move(r.value()), fo, sw, stream);
     };
@@ -271,6 +275,7 @@ result<service_core_ptr> make_core(const service_config& cfg, const service_hook
   core->n_ctx = hooks.n_ctx;
   core->n_vocab = hooks.n_vocab > 0 ? hooks.n_vocab : hooks.tok.n_vocab();
   core->make_backend = hooks.make_backend;
+  core->make_fallback_backend = hooks.make_fallback_backend;
   core->model_id = hooks.model_id;
   if (status s = prepare_core(*core); !s) return s;
   return core;
@@ -335,6 +340,15 @@ result<service_hooks> model_hooks(service_config& run_cfg) {
       return make_cuda_backend(weights, o);
 #endif
     }
+    return make_cpu_backend(weights, o);
+  };
+  // CPU fallback workers (degradation): the same host weights, the CPU backend, their own KV.
+  hooks.make_fallback_backend = [weights, cfg](int32_t) -> result<std::unique_ptr<backend>> {
+    backend_options o;
+    o.kind = "cpu";
+    o.kv_block_size = cfg.kv_block_size;
+    o.kv_memory_mb = cfg.fallback_kv_memory_mb;
+    o.threads = cfg.cpu_threads;
     return make_cpu_backend(weights, o);
   };
   return hooks;

@@ -88,6 +88,11 @@ struct event {
   error_code code = error_code::internal;
   std::string message;
   int64_t retry_after_ms = 0;
+  // degradation, on the terminal event (done or error): never silent
+  bool cpu_fallback = false;         // (part of) it ran on a CPU fallback worker
+  int32_t max_tokens_capped_to = 0;  // > 0: max_tokens was capped to this under sustained overload
+
+  bool degraded() const { return cpu_fallback || max_tokens_capped_to > 0; }
 
   bool terminal() const { return type == kind::done || type == kind::error; }
 };

@@ -83,6 +83,13 @@ const key_def k_keys[] = {
     {"supervision", "quarantine_after", &service_config::quarantine_after},
     {"supervision", "drain_timeout_ms", &service_config::drain_timeout_ms},
 
+    {"degradation", "fallback_cpu_workers", &service_config::fallback_cpu_workers},
+    {"degradation", "fallback_after_ms", &service_config::fallback_after_ms},
+    {"degradation", "fallback_kv_memory_mb", &service_config::fallback_kv_memory_mb},
+    {"degradation", "overload_queue_fraction", &service_config::overload_queue_fraction},
+    {"degradation", "overload_after_ms", &service_config::overload_after_ms},
+    {"degradation", "overload_max_tokens", &service_config::overload_max_tokens},
+
     {"fault", "fault_rate", &service_config::fault_rate},
     {"fault", "fault_seed", &service_config::fault_seed},
     {"fault", "fault_kind", &service_config::fault_kind},
@@ -102,8 +109,8 @@ const key_def k_keys[] = {
     {"log", "log_level", &service_config::log_level},
 };
 
-const char* const k_sections[] = {"model", "backend", "batching", "queue", "server", "supervision", "fault",
-                                  "cluster", "log"};
+const char* const k_sections[] = {"model",       "backend",     "batching", "queue",   "server",
+                                  "supervision", "degradation", "fault",    "cluster", "log"};
 
 std::string full_name(const key_def& k) { return std::string(k.section) + "." + k.name; }
 
@@ -543,6 +550,19 @@ status validate(const service_config& c) {
   check(c.step_timeout_ms >= 0, "supervision.step_timeout_ms", ">= 0 (0: no watchdog)", num(c.step_timeout_ms));
   check(c.quarantine_after >= 1, "supervision.quarantine_after", ">= 1", num(c.quarantine_after));
   check(c.drain_timeout_ms >= 0, "supervision.drain_timeout_ms", ">= 0", num(c.drain_timeout_ms));
+
+  // [degradation]
+  check(c.fallback_cpu_workers >= 0 && c.fallback_cpu_workers <= 64, "degradation.fallback_cpu_workers",
+        "0..64 (0: no CPU fallback)", num(c.fallback_cpu_workers));
+  check(c.fallback_after_ms >= 0, "degradation.fallback_after_ms", ">= 0", num(c.fallback_after_ms));
+  check(c.fallback_kv_memory_mb >= 1 && c.fallback_kv_memory_mb <= (int64_t{1} << 30),
+        "degradation.fallback_kv_memory_mb", "1..1073741824", num(c.fallback_kv_memory_mb));
+  check(c.overload_queue_fraction > 0.0 && c.overload_queue_fraction <= 1.0, "degradation.overload_queue_fraction",
+        "a fraction in (0, 1]", std::to_string(c.overload_queue_fraction));
+  check(c.overload_after_ms >= 0, "degradation.overload_after_ms", ">= 0", num(c.overload_after_ms));
+  check(c.overload_max_tokens >= 0 && (c.max_tokens_limit < 1 || c.overload_max_tokens <= c.max_tokens_limit),
+        "degradation.overload_max_tokens", "0..queue.max_tokens_limit (" + num(c.max_tokens_limit) + "; 0: no cap)",
+        num(c.overload_max_tokens));
 
   // [fault]
   check(c.fault_rate >= 0.0 && c.fault_rate <= 1.0, "fault.fault_rate", "a probability in 0..1",

@@ -67,6 +67,15 @@ struct service_config {
   int32_t quarantine_after = 2;      // solo failures after which a suspect request is quarantined
   int64_t drain_timeout_ms = 10000;  // graceful shutdown: in-flight requests may finish this long
 
+  // [degradation] (see supervision/README.md): how the service keeps serving, worse but
+  // never silently, when its engines fail or the queue stays long.
+  int32_t fallback_cpu_workers = 0;     // CPU workers (same weights, host memory) used only while no primary worker can serve
+  int64_t fallback_after_ms = 1000;     // primaries down (restarting) this long count as unavailable; open breakers / given-up devices at once
+  int64_t fallback_kv_memory_mb = 256;  // KV cache of each fallback worker, MiB
+  double overload_queue_fraction = 0.8; // overload: queue depth >= this fraction of queue_capacity ...
+  int64_t overload_after_ms = 1000;     // ... for at least this long
+  int32_t overload_max_tokens = 0;      // then max_tokens of newly admitted requests is capped to this; 0: never
+
   // [fault] injection, for tests and demos (off by default)
   double fault_rate = 0.0;           // probability that a step fails
   uint64_t fault_seed = 1;

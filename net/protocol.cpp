@@ -287,14 +287,31 @@ void token_frame(std::string& out, std::string_view id, int32_t index, int32_t t
   out.push_back('}');
 }
 
+// Degraded service is never silent: `,"degraded":["cpu_fallback","max_tokens_capped"]` and
+// `,"max_tokens_capped_to":N` on a terminal message that was served degraded (nothing otherwise).
+static void append_degradation(std::string& out, const event& e) {
+  if (!e.degraded()) return;
+  out += R"(,"degraded":[)";
+  if (e.cpu_fallback) out += R"("cpu_fallback")";
+  if (e.max_tokens_capped_to > 0) {
+    if (e.cpu_fallback) out.push_back(',');
+    out += R"("max_tokens_capped")";
+  }
+  out.push_back(']');
+  if (e.max_tokens_capped_to > 0)
+    fmt::format_to(std::back_inserter(out), R"(,"max_tokens_capped_to":{})", e.max_tokens_capped_to);
+}
+
 std::string done_frame(std::string_view id, const event& e) {
   std::string out = R"({"type":"done","id":)";
   append_json_string(out, id);
   fmt::format_to(std::back_inserter(out),
                  R"(,"finish_reason":"{}","usage":{{"prompt_tokens":{},"completion_tokens":{}}},)"
-                 R"("timing_ms":{{"queue":{},"first_token":{},"total":{}}}}})",
+                 R"("timing_ms":{{"queue":{},"first_token":{},"total":{}}})",
                  to_string(e.reason), e.prompt_tokens, e.completion_tokens, fmt_ms(e.queue_ms),
                  fmt_ms(e.first_token_ms), fmt_ms(e.total_ms));
+  append_degradation(out, e);
+  out.push_back('}');
   return out;
 }
 
@@ -432,9 +449,11 @@ std::string openai_completion_json(std::string_view cmpl_id, int64_t created, st
   append_json_string(out, text);
   fmt::format_to(std::back_inserter(out),
                  R"(,"index":0,"logprobs":null,"finish_reason":"{}"}}],)"
-                 R"("usage":{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{}}}}})",
+                 R"("usage":{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{}}})",
                  openai_finish(done.reason), done.prompt_tokens, done.completion_tokens,
                  done.prompt_tokens + done.completion_tokens);
+  append_degradation(out, done);
+  out.push_back('}');
   return out;
 }
 
@@ -448,6 +467,15 @@ std::string openai_chunk_json(std::string_view cmpl_id, int64_t created, std::st
   if (finish) fmt::format_to(std::back_inserter(out), R"("{}")", finish);
   else out += "null";
   out += "}]}";
+  return out;
+}
+
+std::string openai_final_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
+                                    const event& done) {
+  std::string out = openai_chunk_json(cmpl_id, created, model, "", openai_finish(done.reason));
+  out.pop_back();  // the closing brace: the degradation fields go at the top level
+  append_degradation(out, done);
+  out.push_back('}');
   return out;
 }
 

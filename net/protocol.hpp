@@ -94,6 +94,10 @@ std::string openai_completion_json(std::string_view cmpl_id, int64_t created, st
 // One SSE `data:` payload; finish is nullptr for a token chunk.
 std::string openai_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
                               std::string_view text, const char* finish);
+// The SSE chunk that ends the choice: finish_reason from `done`, plus (top level) the
+// degradation fields when it was served degraded ("degraded", "max_tokens_capped_to").
+std::string openai_final_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
+                                    const event& done);
 std::string openai_usage_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
                                     const event& done);
 

@@ -493,8 +493,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
         break;
       case event::kind::done:
         if (c->stream) {
-          send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, "",
-                                         e.reason == finish_reason::length ? "length" : "stop"));
+          send_sse(*c, openai_final_chunk_json(c->cmpl_id, c->created, c->model, e));
           if (c->include_usage) send_sse(*c, openai_usage_chunk_json(c->cmpl_id, c->created, c->model, e));
           end_sse(*c);
         } else {

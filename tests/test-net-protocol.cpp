@@ -214,6 +214,17 @@ TEST_CASE("server frames are valid JSON with the documented fields") {
   CHECK(j["usage"]["completion_tokens"] == 9);
   CHECK(j["timing_ms"]["first_token"].get<double>() == doctest::Approx(12.25));
   CHECK(j["timing_ms"]["total"].get<double>() == doctest::Approx(40));
+  CHECK(!j.contains("degraded"));  // a request served normally says nothing
+  CHECK(!j.contains("max_tokens_capped_to"));
+  d.cpu_fallback = true;
+  d.max_tokens_capped_to = 16;
+  auto dj = json::parse(event_frame("c1", d));
+  CHECK(dj["degraded"] == json::array({"cpu_fallback", "max_tokens_capped"}));
+  CHECK(dj["max_tokens_capped_to"] == 16);
+  CHECK(dj["usage"]["completion_tokens"] == 9);
+  d.cpu_fallback = false;
+  dj = json::parse(done_frame("c1", d));
+  CHECK(dj["degraded"] == json::array({"max_tokens_capped"}));
 
   auto e = json::parse(error_frame(std::nullopt, error_code::invalid_request, "bad \"x\""));
   CHECK(e["id"].is_null());
@@ -286,6 +297,20 @@ TEST_CASE("OpenAI response bodies") {
   CHECK(j["choices"][0]["text"] == "abc");
   CHECK(j["choices"][0]["finish_reason"] == "length");
   CHECK(j["usage"]["total_tokens"] == 5);
+  CHECK(!j.contains("degraded"));
+  auto fin = json::parse(openai_final_chunk_json("cmpl-1", 100, "gpt2", d));
+  CHECK(fin["choices"][0]["finish_reason"] == "length");
+  CHECK(fin["choices"][0]["text"] == "");
+  CHECK(!fin.contains("degraded"));
+  d.cpu_fallback = true;
+  fin = json::parse(openai_final_chunk_json("cmpl-1", 100, "gpt2", d));
+  CHECK(fin["degraded"] == json::array({"cpu_fallback"}));
+  CHECK(!fin.contains("max_tokens_capped_to"));
+  d.max_tokens_capped_to = 7;
+  auto full = json::parse(openai_completion_json("cmpl-1", 100, "gpt2", "abc", d));
+  CHECK(full["degraded"] == json::array({"cpu_fallback", "max_tokens_capped"}));
+  CHECK(full["max_tokens_capped_to"] == 7);
+  CHECK(full["usage"]["total_tokens"] == 5);
   auto c = json::parse(openai_chunk_json("cmpl-1", 100, "gpt2", "x", nullptr));
   CHECK(c["choices"][0]["finish_reason"].is_null());
   CHECK(c["choices"][0]["text"] == "x");

@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include "supervision/circuit-breaker.hpp"
+#include "supervision/overload-monitor.hpp"
 #include "supervision/restart-policy.hpp"
 #include "supervision/token-bucket.hpp"
 
@@ -85,4 +86,29 @@ TEST_CASE("token bucket: burst, refill, retry_after") {
   CHECK(b.try_take(t + 10s));
   CHECK(b.try_take(t + 10s));
   CHECK_FALSE(b.try_take(t + 10s));  // refill caps at the burst
+}
+
+TEST_CASE("overload monitor: sustained only after the queue stayed above the threshold long enough") {
+  using clk = std::chrono::steady_clock;
+  overload_monitor m(10, 0.75, 1000ms);  // 8 queued of 10
+  CHECK(m.threshold() == 8);
+  const auto t = clk::now();
+  m.observe(7, t);
+  CHECK(!m.sustained(t + 5000ms));
+  m.observe(8, t);
+  CHECK(!m.sustained(t + 999ms));
+  m.observe(9, t + 500ms);  // still above: the start stays at t
+  CHECK(m.sustained(t + 1000ms));
+  m.observe(3, t + 1200ms);  // a dip ends it
+  CHECK(!m.sustained(t + 1300ms));
+  m.observe(8, t + 1400ms);
+  CHECK(!m.sustained(t + 2300ms));
+  CHECK(m.sustained(t + 2400ms));
+  overload_monitor now(4, 1.0, 0ms);  // full queue, at once
+  now.observe(3, t);
+  CHECK(!now.sustained(t));
+  now.observe(4, t);
+  CHECK(now.sustained(t));
+  overload_monitor tiny(1, 0.1, 0ms);  // the threshold is at least one request
+  CHECK(tiny.threshold() == 1);
 }

@@ -50,15 +50,18 @@ struct sup_env {
   std::unique_ptr<caf::actor_system> sys;
   std::unique_ptr<service> svc;
 
-  sup_env(const service_config& cfg, backend_factory make) {
+  // make_fallback: the CPU fallback workers' engines (empty: `make` builds them too).
+  // n_vocab > 0: validate prompts against that vocabulary (fake backends).
+  sup_env(const service_config& cfg, backend_factory make, backend_factory make_fallback = {}, int32_t n_vocab = 0) {
     register_message_types(caf_cfg);
     sys = std::make_unique<caf::actor_system>(caf_cfg);
     auto w = tiny_weights();
     service_hooks hooks;
     hooks.tok = tokenizer::byte_level();
     hooks.n_ctx = w->cfg.n_ctx;
-    hooks.n_vocab = w->cfg.n_vocab;
+    hooks.n_vocab = n_vocab > 0 ? n_vocab : w->cfg.n_vocab;
     hooks.make_backend = std::move(make);
+    hooks.make_fallback_backend = std::move(make_fallback);
     auto s = service::start(*sys, cfg, hooks);
     REQUIRE_MESSAGE(s.has_value(), (s ? "" : s.error().message));
     svc = std::move(s.value());
@@ -537,4 +540,376 @@ TEST_CASE("shutdown: drain lets requests in flight finish, then refuses new ones
   uint64_t late = env.svc->submit(greedy_request(test_prompt(5, 8), 8), col.cb());
   REQUIRE(col.wait_terminal(late));
   CHECK(col.terminal(late).code == error_code::unavailable);
+}
+
+// ---- degradation -------------------------------------------------------------------------
+
+namespace {
+
+// A primary engine that fails every step with a CUDA-like device error (a dead GPU).
+result<std::unique_ptr<backend>> dead_gpu_backend() {
+  auto r = tiny_cpu_backend();
+  if (!r) return r;
+  fault_options o;
+  o.rate = 1.0;
+  o.kind = fault_kind::cuda_error;
+  return make_faulty_backend(std::move(r.value()), o, nullptr, 0);
+}
+
+bool is_fallback_done(collector& col, uint64_t id) {
+  auto t = col.terminal(id);
+  return t.type == event::kind::done && t.cpu_fallback && t.max_tokens_capped_to == 0 && t.degraded();
+}
+
+}  // namespace
+
+TEST_CASE("device plan: CPU fallback workers come last, in a group of their own") {
+  auto p = make_device_plan(3, {0, 1}, 2);
+  REQUIRE(p.n_groups() == 3);
+  CHECK(p.n_primary == 3);
+  CHECK(p.n_workers() == 5);
+  CHECK(p.workers[0] == std::vector<int32_t>{0, 2});
+  CHECK(p.workers[1] == std::vector<int32_t>{1});
+  CHECK(p.workers[2] == std::vector<int32_t>{3, 4});
+  CHECK(p.labels[2] == k_fallback_device);
+  CHECK(p.group_of(2) == 0);  // primaries still round-robin over the devices
+  CHECK(p.group_of(4) == 2);
+  CHECK(p.device_of(3) == k_fallback_device);
+  CHECK(!p.is_fallback(2));
+  CHECK(p.is_fallback(3));
+  CHECK(!p.is_fallback(5));
+  auto none = make_device_plan(2, {});
+  CHECK(none.fallback_group == -1);
+  CHECK(!none.is_fallback(1));
+  CHECK(!none.is_fallback(2));
+}
+
+TEST_CASE("degradation: config keys, validation, command line") {
+  auto r = parse_service_config("[degradation]\nfallback_cpu_workers = 2\nfallback_after_ms = 250\n"
+                                "fallback_kv_memory_mb = 64\noverload_queue_fraction = 0.5\n"
+                                "overload_after_ms = 3000\noverload_max_tokens = 32\n",
+                                "d.toml");
+  REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().message));
+  CHECK(r.value().fallback_cpu_workers == 2);
+  CHECK(r.value().fallback_after_ms == 250);
+  CHECK(r.value().fallback_kv_memory_mb == 64);
+  CHECK(r.value().overload_queue_fraction == 0.5);
+  CHECK(r.value().overload_after_ms == 3000);
+  CHECK(r.value().overload_max_tokens == 32);
+  CHECK(validate(r.value()).is_ok());
+  auto back = parse_service_config(format_service_config(r.value()), "fmt");
+  REQUIRE(back.has_value());
+  CHECK(back.value() == r.value());
+
+  auto cli = parse_command_line(std::vector<std::string>{"--set", "degradation.overload_max_tokens=8"});
+  REQUIRE_MESSAGE(cli.run, cli.message);
+  CHECK(cli.config.overload_max_tokens == 8);
+
+  service_config bad;
+  bad.fallback_cpu_workers = -1;
+  bad.fallback_after_ms = -5;
+  bad.fallback_kv_memory_mb = 0;
+  bad.overload_queue_fraction = 0.0;
+  bad.overload_after_ms = -1;
+  bad.overload_max_tokens = bad.max_tokens_limit + 1;
+  auto v = validate(bad);
+  CHECK(!v.is_ok());
+  for (const char* key : {"degradation.fallback_cpu_workers", "degradation.fallback_after_ms",
+                          "degradation.fallback_kv_memory_mb", "degradation.overload_queue_fraction",
+                          "degradation.overload_after_ms", "degradation.overload_max_tokens"})
+    CHECK_MESSAGE(contains(v.message, key), key);
+  auto typo = parse_service_config("[degradation]\nfallback_cpu_worker = 1\n", "t.toml");
+  REQUIRE(!typo.has_value());
+  CHECK(contains(typo.error().message, "did you mean degradation.fallback_cpu_workers?"));
+}
+
+TEST_CASE("degradation: CPU fallback workers serve while every primary's breaker is open, and say so") {
+  collector col;
+  auto cfg = sup_config(1);
+  cfg.fallback_cpu_workers = 1;
+  cfg.breaker_failures = 1;
+  cfg.breaker_open_ms = 600000;  // the dead GPU's breaker stays open for the whole test
+  auto primaries = std::make_shared<std::atomic<int>>(0);
+  auto fallbacks = std::make_shared<std::atomic<int>>(0);
+  sup_env env(
+      cfg,
+      [primaries](int32_t index) -> result<std::unique_ptr<backend>> {
+        if (index != 0) return make_status(errc::internal, "primary factory asked for worker " + std::to_string(index));
+        primaries->fetch_add(1);
+        return dead_gpu_backend();
+      },
+      [fallbacks](int32_t index) -> result<std::unique_ptr<backend>> {
+        if (index != 1) return make_status(errc::internal, "fallback factory asked for worker " + std::to_string(index));
+        fallbacks->fetch_add(1);
+        return tiny_cpu_backend();
+      });
+  wait_running(*env.svc, 2);
+  CHECK(gauge_of(*env.svc, 1).device == k_fallback_device);
+  // The first requests go to the primary (healthy until proven otherwise); its step fails,
+  // its breaker opens, and they resume on the fallback worker.
+  auto w1 = submit_many(*env.svc, col, 8, 2100, 12);
+  check_all_done(col, w1);
+  REQUIRE(eventually([&] { return contains(env.svc->status_json(), "\"breaker\":\"open\""); }));
+  // With the primary's breaker open, new requests are not failed fast: the fallback serves them.
+  auto w2 = submit_many(*env.svc, col, 8, 2200, 12);
+  check_all_done(col, w2);
+  for (auto* w : {&w1, &w2})
+    for (uint64_t id : w->ids) CHECK(is_fallback_done(col, id));
+  auto& m = env.svc->stats();
+  CHECK(m.degraded_cpu_fallback.load() == 16);
+  CHECK(m.degraded_max_tokens_capped.load() == 0);
+  CHECK(m.outcome_count("done_length") == 16);
+  CHECK(m.step_failures.load() >= 1);
+  CHECK(fallbacks->load() == 1);  // the fallback engine never failed
+  auto text = m.render_prometheus();
+  CHECK(contains(text, "infer_degraded_requests_total{kind=\"cpu_fallback\"} 16"));
+  CHECK(contains(text, "infer_degradation_active{kind=\"cpu_fallback\"} 1"));
+  CHECK(contains(text, "infer_degradation_active{kind=\"max_tokens_capped\"} 0"));
+}
+
+TEST_CASE("degradation: with a healthy primary the fallback workers take nothing") {
+  collector col;
+  auto cfg = sup_config(1);
+  cfg.fallback_cpu_workers = 1;
+  sup_env env(cfg, [](int32_t) { return tiny_cpu_backend(); }, [](int32_t) { return tiny_cpu_backend(); });
+  wait_running(*env.svc, 2);
+  auto w = submit_many(*env.svc, col, 12, 2300, 12);
+  check_all_done(col, w);
+  for (uint64_t id : w.ids) CHECK(!col.terminal(id).degraded());
+  CHECK(env.svc->stats().degraded_cpu_fallback.load() == 0);
+  CHECK(contains(env.svc->stats().render_prometheus(), "infer_degradation_active{kind=\"cpu_fallback\"} 0"));
+}
+
+TEST_CASE("degradation: a primary that stays down past fallback_after_ms hands over to the fallback") {
+  collector col;
+  auto cfg = sup_config(2);
+  cfg.devices = {0, 1};  // two primary devices, both broken: their engines never build
+  cfg.fallback_cpu_workers = 1;
+  cfg.fallback_after_ms = 20;
+  cfg.backoff_initial_ms = 50;
+  cfg.backoff_max_ms = 200;
+  // No fallback factory: make_backend builds the fallback worker too (index 2, after the primaries).
+  sup_env env(cfg, [](int32_t index) -> result<std::unique_ptr<backend>> {
+    if (index < 2) return make_status(errc::device_error, "GPU " + std::to_string(index) + " is gone");
+    return tiny_cpu_backend();
+  });
+  REQUIRE(eventually([&] { return gauge_of(*env.svc, 2).state == worker_gauge::run_state::running; }));
+  auto w = submit_many(*env.svc, col, 6, 2400, 10);
+  check_all_done(col, w);
+  for (uint64_t id : w.ids) CHECK(is_fallback_done(col, id));
+  CHECK(env.svc->stats().degraded_cpu_fallback.load() == 6);
+  CHECK(contains(env.svc->status_json(), "\"id\":2,\"backend\":\"cpu\",\"device\":-2,\"state\":\"running\""));
+}
+
+TEST_CASE("degradation: under sustained overload max_tokens of new requests is capped, and said so") {
+  for (int64_t after_ms : {int64_t(0), int64_t(600000)}) {
+    CAPTURE(after_ms);
+    collector col;
+    service_config cfg;
+    cfg.workers = 1;
+    cfg.max_running = 1;
+    cfg.queue_capacity = 10;
+    cfg.default_timeout_ms = 0;
+    cfg.overload_queue_fraction = 0.5;  // 5 queued requests
+    cfg.overload_after_ms = after_ms;   // 600 s: overloaded, but never for long enough
+    cfg.overload_max_tokens = 4;
+    service_env env(cfg);
+    env.gate->close();
+    std::vector<std::vector<int32_t>> prompts;
+    for (int i = 0; i < 8; ++i) prompts.push_back(test_prompt(2500 + uint64_t(i), 6 + i));
+    std::vector<uint64_t> ids;
+    ids.push_back(env.svc->submit(greedy_request(prompts[0], 20), col.cb()));
+    env.gate->wait_held();  // the first runs (held at the gate), the next ones queue
+    for (int i = 1; i <= 5; ++i) ids.push_back(env.svc->submit(greedy_request(prompts[size_t(i)], 20), col.cb()));
+    REQUIRE(eventually([&] { return env.svc->stats().queue_depth.load() == 5; }));
+    const uint64_t big = env.svc->submit(greedy_request(prompts[6], 20), col.cb());
+    const uint64_t small = env.svc->submit(greedy_request(prompts[7], 3), col.cb());  // under the cap
+    REQUIRE(col.wait_accepted(big));
+    REQUIRE(col.wait_accepted(small));
+    const bool capping = after_ms == 0;
+    CHECK(env.svc->stats().max_tokens_cap_active.load() == (capping ? 1 : 0));
+    env.gate->release();
+    for (uint64_t id : ids) {
+      REQUIRE(col.wait_terminal(id));
+      auto t = col.terminal(id);
+      CHECK(t.type == event::kind::done);
+      CHECK(t.completion_tokens == 20);  // admitted before the overload: untouched
+      CHECK(!t.degraded());
+    }
+    REQUIRE(col.wait_terminal(big));
+    REQUIRE(col.wait_terminal(small));
+    auto tb = col.terminal(big);
+    CHECK(col.well_formed(big));
+    CHECK(tb.type == event::kind::done);
+    CHECK(tb.reason == finish_reason::length);
+    CHECK(tb.max_tokens_capped_to == (capping ? 4 : 0));
+    CHECK(!tb.cpu_fallback);
+    CHECK(col.tokens(big) == solo_greedy(prompts[6], capping ? 4 : 20));
+    auto ts = col.terminal(small);
+    CHECK(ts.max_tokens_capped_to == 0);
+    CHECK(col.tokens(small) == solo_greedy(prompts[7], 3));
+    auto& m = env.svc->stats();
+    CHECK(m.degraded_max_tokens_capped.load() == (capping ? 1u : 0u));
+    CHECK(contains(m.render_prometheus(), std::string("infer_degraded_requests_total{kind=\"max_tokens_capped\"} ") +
+                                              (capping ? "1" : "0")));
+    CHECK(eventually([&] { return m.max_tokens_cap_active.load() == 0; }));  // the queue drained
+  }
+}
+
+// ---- suspects: retried together first, then alone ---------------------------------------
+
+namespace {
+
+// Every step the engines ran: the requests in it (by tag) and whether it failed.
+struct step_log {
+  std::mutex mu;
+  std::vector<std::pair<std::set<int32_t>, bool>> steps;
+  bool failed_once = false;
+};
+
+// fake_backend that knows which request each sequence belongs to: its tag is the first
+// prompt token, read at its first prefill chunk and remembered by its first KV block. It
+// fails every step holding the poison tag, and (fail_wide) once the first step holding at
+// least three sequences; it logs every step.
+class tagging_backend : public backend {
+ public:
+  tagging_backend(int32_t poison, bool fail_wide, std::shared_ptr<step_log> log)
+      : inner_(fake_config(256, 128), kv_geometry{16, 512}), poison_(poison), fail_wide_(fail_wide),
+        log_(std::move(log)) {}
+  const char* name() const override { return "fake"; }
+  const model_config& config() const override { return inner_.config(); }
+  kv_geometry kv() const override { return inner_.kv(); }
+  status step(const step_batch& b, step_output& out, logits_mode mode) override {
+    std::set<int32_t> tags;
+    for (int32_t i = 0; i < b.n_seqs(); ++i) {
+      const int32_t first_block = b.block_tables[size_t(i) * size_t(b.max_blocks_per_seq)];
+      if (b.n_past[size_t(i)] == 0) tag_of_block_[first_block] = b.tokens[size_t(b.seq_start[size_t(i)])];
+      auto it = tag_of_block_.find(first_block);
+      tags.insert(it == tag_of_block_.end() ? -1 : it->second);
+    }
+    bool fail = tags.count(poison_) > 0;
+    {
+      std::lock_guard<std::mutex> lk(log_->mu);
+      if (fail_wide_ && !log_->failed_once && tags.size() >= 3) fail = log_->failed_once = true;
+      log_->steps.emplace_back(tags, fail);
+    }
+    if (fail) return make_status(errc::internal, "tagged fault");
+    return inner_.step(b, out, mode);
+  }
+
+ private:
+  fake_backend inner_;
+  std::map<int32_t, int32_t> tag_of_block_;
+  int32_t poison_;
+  bool fail_wide_;
+  std::shared_ptr<step_log> log_;
+};
+
+std::vector<int32_t> tagged_prompt(int32_t tag, uint64_t salt) {
+  auto p = test_prompt(salt, 5 + int32_t(salt % 7));
+  for (auto& t : p) t %= 128;
+  p.insert(p.begin(), tag);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("suspects: a failed step's sequences are retried together, without others, and cleared") {
+  auto log = std::make_shared<step_log>();
+  collector col;
+  auto cfg = sup_config(2);
+  // Small steps (a few prefill chunks each), so that a failed step holds only some of its
+  // worker's sequences: retried anyhow, the suspects would mix with the others.
+  cfg.max_running = 8;
+  cfg.max_batch_tokens = 24;
+  cfg.prefill_chunk = 8;
+  cfg.breaker_failures = 1000;
+  sup_env env(cfg, [log](int32_t) -> result<std::unique_ptr<backend>> {
+    return std::unique_ptr<backend>(new tagging_backend(-1, true, log));
+  }, {}, 128);
+  wait_running(*env.svc, 2);
+  std::map<uint64_t, std::vector<int32_t>> want;
+  for (int32_t tag = 1; tag <= 60; ++tag) {
+    auto p = tagged_prompt(tag, 3000 + uint64_t(tag));
+    uint64_t id = env.svc->submit(greedy_request(p, 12), col.cb());
+    want[id] = fake_reference(p, 12, 128, 256);
+  }
+  for (auto& [id, tokens] : want) {
+    REQUIRE(col.wait_terminal(id));
+    CHECK(col.well_formed(id));
+    CHECK(col.terminal(id).type == event::kind::done);
+    CHECK(col.tokens(id) == tokens);
+  }
+  auto& m = env.svc->stats();
+  CHECK(m.step_failures.load() == 1);
+  CHECK(m.quarantined.load() == 0);
+  std::lock_guard<std::mutex> lk(log->mu);
+  size_t f = 0;
+  while (f < log->steps.size() && !log->steps[f].second) ++f;
+  REQUIRE(f < log->steps.size());
+  const auto suspects = log->steps[f].first;
+  REQUIRE(suspects.size() >= 3);
+  // Until one step holds all of them, every step that holds any of them holds nothing else.
+  bool together = false;
+  for (size_t k = f + 1; k < log->steps.size() && !together; ++k) {
+    const auto& tags = log->steps[k].first;
+    bool any = false, only = true;
+    for (int32_t t : tags) {
+      if (suspects.count(t)) any = true;
+      else only = false;
+    }
+    if (!any) continue;
+    INFO("step " << k << " after the failure at step " << f);
+    CHECK(only);
+    together = tags == suspects;
+  }
+  CHECK(together);
+}
+
+TEST_CASE("suspects: a poison request fails with its group, then alone, and only it is quarantined") {
+  auto log = std::make_shared<step_log>();
+  collector col;
+  auto cfg = sup_config(2);
+  cfg.max_running = 8;
+  cfg.max_batch_tokens = 24;
+  cfg.prefill_chunk = 8;
+  cfg.breaker_failures = 1000;
+  cfg.quarantine_after = 2;
+  const int32_t poison = 100;
+  sup_env env(cfg, [log, poison](int32_t) -> result<std::unique_ptr<backend>> {
+    return std::unique_ptr<backend>(new tagging_backend(poison, false, log));
+  }, {}, 128);
+  wait_running(*env.svc, 2);
+  std::map<uint64_t, std::vector<int32_t>> want;
+  uint64_t bad = 0;
+  for (int32_t tag = 1; tag <= 60; ++tag) {
+    if (tag == 3) bad = env.svc->submit(greedy_request(tagged_prompt(poison, 77), 12), col.cb());
+    auto p = tagged_prompt(tag, 4000 + uint64_t(tag));
+    uint64_t id = env.svc->submit(greedy_request(p, 12), col.cb());
+    want[id] = fake_reference(p, 12, 128, 256);
+  }
+  REQUIRE(col.wait_terminal(bad));
+  auto t = col.terminal(bad);
+  CHECK(t.type == event::kind::error);
+  CHECK(t.code == error_code::internal);
+  CHECK(contains(t.message, "quarantined"));
+  for (auto& [id, tokens] : want) {
+    REQUIRE(col.wait_terminal(id));
+    CHECK(col.terminal(id).type == event::kind::done);
+    CHECK(col.tokens(id) == tokens);
+  }
+  auto& m = env.svc->stats();
+  CHECK(m.quarantined.load() == 1);
+  std::lock_guard<std::mutex> lk(log->mu);
+  std::vector<std::set<int32_t>> failed;
+  for (auto& [tags, f] : log->steps)
+    if (f) failed.push_back(tags);
+  // 1: the poison among others; 2: its group retried together (a subset of the first);
+  // 3, 4: alone, quarantine_after times. No request outside the first failed step ever
+  // shares a failed step with the poison.
+  REQUIRE(failed.size() == 4);
+  CHECK(m.step_failures.load() == 4);
+  for (int32_t tg : failed[1]) CHECK(failed[0].count(tg) == 1);
+  CHECK(failed[2] == std::set<int32_t>{poison});
+  CHECK(failed[3] == std::set<int32_t>{poison});
 }
