@@ -205,3 +205,28 @@ TEST_CASE("safetensors_file::from_memory: same checks as open, views outlive the
   REQUIRE_FALSE(tiny);
   CHECK(tiny.error().message == "t: file is 4 bytes, too small for the 8-byte header length");
 }
+
+// format_service_config wrote strings with toml++'s formatter, which picks a multi-line literal
+// string ('''...''') for text with a line break: it cannot hold ''' and drops a leading newline.
+TEST_CASE("fuzz finding: every string reads back from format_service_config") {
+  const char* texts[] = {"a\\b\n'''c", "\nleading newline", "\r\n'single' \"double\" \t\x01\x7f", "caf\xc3\xa9 \xf0\x9f\x98\x80",
+                         "''", "trailing quote'", "\n'''''\n", ""};
+  for (const char* t : texts) {
+    INFO(t);
+    infer::service_config c;
+    c.api_key = t;
+    c.tokenizer_dir = std::string("multi\n") + t;
+    auto back = infer::parse_service_config(infer::format_service_config(c), "formatted");
+    REQUIRE_MESSAGE(back, back.error().message);
+    CHECK(back->api_key == t);
+    CHECK(back.value() == c);
+  }
+  CHECK(infer::toml_string_literal("a\n\"b\"\\") == R"("a\n\"b\"\\")");
+  // TOML strings are Unicode: invalid UTF-8 (only --set can bring it in) reads back as U+FFFD.
+  CHECK(infer::toml_string_literal("x\xff\xc3(") == R"("x\uFFFD\uFFFD(")");
+  infer::service_config c;
+  c.api_key = "x\xff";
+  auto back = infer::parse_service_config(infer::format_service_config(c), "formatted");
+  REQUIRE(back);
+  CHECK(back->api_key == "x\xef\xbf\xbd");
+}
