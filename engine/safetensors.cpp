@@ -67,7 +67,7 @@ bool get_u64(const nlohmann::json& j, uint64_t& out) {
 }
 
 // A JSON value for an error message. dump() recurses once per nesting level, so a hostile
-// header of nested arrays ([[[[...]]]], 400 KB) would overflow the stack (found by fuzzing):
+// header of nested arrays ([[[[...]]]], 200 KB) would overflow the stack (fuzz/regressions/safetensors):
 // only scalars are printed, anything else by its type.
 std::string json_brief(const nlohmann::json& j) {
   if (j.is_number() || j.is_boolean() || j.is_null()) return j.dump();
@@ -199,7 +199,7 @@ result<safetensors_file> safetensors_file::parse(const std::string& path, std::s
       return tensor_err(path, name, fmt::format("unknown dtype '{}'", dtype_name));
 
     // Every running product must fit int64: st_tensor_view::numel() multiplies in this order
-    // in int64 ([3, 2^62, 0] is 0 elements, but 3 * 2^62 overflows on the way, found by fuzzing).
+    // in int64 ([3, 2^62, 0] is 0 elements, but 3 * 2^62 overflows on the way; fuzz/regressions/safetensors).
     int64_t numel = 1;
     for (const auto& d : *sh) {
       uint64_t n = 0;

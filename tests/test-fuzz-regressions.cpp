@@ -209,8 +209,8 @@ TEST_CASE("safetensors_file::from_memory: same checks as open, views outlive the
 // format_service_config wrote strings with toml++'s formatter, which picks a multi-line literal
 // string ('''...''') for text with a line break: it cannot hold ''' and drops a leading newline.
 TEST_CASE("fuzz finding: every string reads back from format_service_config") {
-  const char* texts[] = {"a\\b\n'''c", "\nleading newline", "\r\n'single' \"double\" \t\x01\x7f", "caf\xc3\xa9 \xf0\x9f\x98\x80",
-                         "''", "trailing quote'", "\n'''''\n", ""};
+  const char* texts[] = {"a\\b\n'''c", "\nleading newline", "\r\n'single' \"double\" \t\x01\x7f",
+                         "caf\xc3\xa9 \xf0\x9f\x98\x80", "''", "trailing quote'", "\n'''''\n", ""};
   for (const char* t : texts) {
     INFO(t);
     infer::service_config c;
