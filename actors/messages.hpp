@@ -31,6 +31,15 @@ using closeto_atom = caf::atom_constant<caf::atom("icloseto")>;    // request ->
 using watchdog_atom = caf::atom_constant<caf::atom("iwatchdog")>;  // worker -> itself: step deadline
 using restart_atom = caf::atom_constant<caf::atom("irestart")>;    // supervisor -> itself: back-off over
 using dispatch_atom = caf::atom_constant<caf::atom("idispatch")>;  // batcher -> itself: a breaker half-opens
+using join_atom = caf::atom_constant<caf::atom("ijoin")>;          // front's node link -> worker node's agent
+using reset_atom = caf::atom_constant<caf::atom("ireset")>;        // agent -> worker: drop every sequence
+using relink_atom = caf::atom_constant<caf::atom("irelink")>;      // node link -> itself: (re)connect now
+
+// The version of every message below that crosses nodes. A node link and a node agent
+// compare it in their handshake (which uses only built-in types, so it always decodes)
+// and refuse each other on a mismatch: CAF 0.17 would otherwise deliver unknown or
+// changed types as empty messages. Bump it whenever a crossing message changes.
+constexpr uint32_t wire_protocol_version = 1;
 
 // sampling_params without floats on the wire.
 struct wire_sampling {
@@ -68,11 +77,12 @@ struct enqueue_msg {
   wire_sampling sampling;
   bool resume = false;
   int64_t timeout_ms = 0;  // time left until the request's deadline (0: none): admission checks it
+  uint32_t attempt = 0;    // bumped by every (re)submission: tokens of an older attempt are dropped
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, enqueue_msg& x) {
   return f(caf::meta::type_name("infer.enqueue"), x.id, x.request, x.prio, x.prompt, x.generated, x.max_tokens,
-           x.sampling, x.resume, x.timeout_ms);
+           x.sampling, x.resume, x.timeout_ms, x.attempt);
 }
 
 // batcher -> request: accepted into the queue, or rejected (code: infer::error_code).
@@ -115,23 +125,28 @@ struct admit_msg {
   std::vector<int32_t> generated;
   int32_t max_tokens = 0;
   wire_sampling sampling;
+  uint32_t attempt = 0;  // echoed in every token_msg
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, admit_msg& x) {
-  return f(caf::meta::type_name("infer.admit"), x.id, x.request, x.prompt, x.generated, x.max_tokens, x.sampling);
+  return f(caf::meta::type_name("infer.admit"), x.id, x.request, x.prompt, x.generated, x.max_tokens, x.sampling,
+           x.attempt);
 }
 
 // worker -> request (crosses nodes): one sampled token. `last`: the worker ended
-// the sequence (max_tokens or context limit) and freed its blocks.
+// the sequence (max_tokens or context limit) and freed its blocks. `attempt`: that of
+// the admission; a worker cut off from the front (a hung node taken back) may still
+// send tokens of a sequence that was resumed elsewhere: the request drops them.
 struct token_msg {
   uint64_t id = 0;
   int32_t index = 0;
   int32_t token = -1;
   bool last = false;
+  uint32_t attempt = 0;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, token_msg& x) {
-  return f(caf::meta::type_name("infer.token"), x.id, x.index, x.token, x.last);
+  return f(caf::meta::type_name("infer.token"), x.id, x.index, x.token, x.last, x.attempt);
 }
 
 // worker -> batcher (crosses nodes): announces a worker that is ready to run.

@@ -160,6 +160,24 @@ std::string metrics::render_prometheus() const {
     per_device("infer_device_running_sequences", "gauge", "Sequences held on the device.",
                [](const worker_gauge& w) { return w.running; });
   }
+  {
+    // Worker nodes (multi-node: the front node's links).
+    auto ns = nodes_snapshot();
+    auto family = [&](const char* name, const char* type, const char* help, auto value) {
+      s += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+      for (const auto& n : ns) s += fmt::format("{}{{node=\"{}\"}} {}\n", name, n.address, value(n));
+    };
+    if (!ns.empty()) {
+      family("infer_node_up", "gauge", "1 while the worker node is joined.",
+             [](const node_gauge& n) { return n.state == "connected" ? 1 : 0; });
+      family("infer_node_losses_total", "counter", "Times the worker node was lost (died, unreachable, silent).",
+             [](const node_gauge& n) { return n.losses; });
+      family("infer_node_joins_total", "counter", "Times the worker node joined.",
+             [](const node_gauge& n) { return n.joins; });
+      family("infer_node_workers", "gauge", "Workers seen on the worker node.",
+             [](const node_gauge& n) { return n.workers; });
+    }
+  }
   s += time_to_first_token.render("infer_time_to_first_token_seconds", "Time from submission to the first token.");
   s += inter_token_latency.render("infer_inter_token_latency_seconds", "Time between consecutive tokens of a request.");
   s += batch_size.render("infer_batch_size", "Sequences per engine step.");

@@ -25,6 +25,17 @@ struct worker_gauge {
   int64_t kv_free = 0;
   int64_t kv_total = 0;
   uint64_t step_failures = 0;  // failed or timed-out steps
+  std::string node;            // "HOST:PORT" of its worker node; empty: this process
+};
+
+// One worker node as the front node's link to it sees it (GET /v1/status "nodes").
+struct node_gauge {
+  std::string address;             // HOST:PORT
+  std::string state = "connecting";  // connecting | connected | down | refused
+  uint64_t joins = 0;              // times it (re)joined
+  uint64_t losses = 0;             // times it was lost while joined
+  int32_t workers = 0;             // workers seen on it
+  std::string last_error;
 };
 const char* to_string(worker_gauge::run_state s);
 
@@ -85,6 +96,19 @@ class metrics {
     std::lock_guard<std::mutex> lk(workers_mu_);
     return workers_;
   }
+  template <class F>
+  void update_node(const std::string& address, F&& f) {
+    std::lock_guard<std::mutex> lk(workers_mu_);
+    for (auto& n : nodes_)
+      if (n.address == address) return f(n);
+    nodes_.push_back(node_gauge{});
+    nodes_.back().address = address;
+    f(nodes_.back());
+  }
+  std::vector<node_gauge> nodes_snapshot() const {
+    std::lock_guard<std::mutex> lk(workers_mu_);
+    return nodes_;
+  }
 
   uint64_t outcome_count(const char* outcome) const;
   std::string render_prometheus() const;  // the whole text exposition
@@ -94,6 +118,7 @@ class metrics {
   std::array<std::atomic<uint64_t>, n_outcomes> outcomes_{};
   mutable std::mutex workers_mu_;
   std::vector<worker_gauge> workers_;
+  std::vector<node_gauge> nodes_;
 };
 
 }  // namespace infer

@@ -31,6 +31,7 @@ struct request_state {
 
   std::vector<int32_t> prompt;
   std::vector<int32_t> tokens;
+  uint32_t attempt = 0;  // of the latest enqueue_msg; tokens must carry it
   utf8_stream_decoder dec;
   std::string held;  // decoded text not yet streamed: it may be the start of a stop string
   std::string piece;
@@ -119,6 +120,7 @@ void send_enqueue(request_actor* self, bool resume) {
   m.max_tokens = st.req.max_tokens;
   m.sampling = wire_sampling::from(st.req.sampling);
   m.resume = resume;
+  m.attempt = ++st.attempt;
   const int64_t limit = st.req.timeout_ms > 0 ? st.req.timeout_ms : st.core->cfg.default_timeout_ms;
   if (limit > 0) {  // what is left of the deadline: admission rejects what cannot make it
     const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - st.t_submit).count();
@@ -187,6 +189,7 @@ status validate(request_state& st) {
 void on_token(request_actor* self, const token_msg& m) {
   auto& st = self->state;
   if (st.ended || st.closing) return;  // late tokens of a sequence being removed
+  if (m.attempt != st.attempt) return;  // from a worker the sequence has since left (resumed elsewhere)
   if (m.index != int32_t(st.tokens.size())) return;  // a duplicate after a resume: already streamed
   auto now = clock_type::now();
   if (st.tokens.empty()) {

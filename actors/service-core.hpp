@@ -32,6 +32,7 @@ struct service_hooks {
   tokenizer tok;                 // default: byte level
   int32_t n_ctx = 0;             // the engine's context and vocabulary, for validation
   int32_t n_vocab = 0;
+  std::string model_id;          // what a front and a worker node compare before working together
 };
 
 struct live_request {
@@ -48,10 +49,13 @@ struct service_core {
   backend_factory make_backend;
   caf::actor batcher;     // set once at start, cleared at shutdown
   caf::actor supervisor;  // the root of the supervision tree
+  std::vector<caf::actor> node_links;  // front node: one per worker node
+  std::string model_id;   // model shape (and synthetic seed): a worker node must serve the same
   device_plan plan;       // which workers belong to which device supervisor
   std::shared_ptr<fault_switch> faults = std::make_shared<fault_switch>();  // releases injected hangs
 
   std::atomic<int32_t> workers_ready{0};
+  std::atomic<int32_t> next_worker_index{0};  // the next free worker index (remote workers get theirs here)
   std::atomic<uint64_t> next_id{1};
   std::atomic<bool> closed{false};
 
@@ -78,5 +82,14 @@ struct service_core {
 };
 
 using service_core_ptr = std::shared_ptr<service_core>;
+
+// Loads the model named by cfg (cfg.model, cfg.backend) and returns the hooks that build its
+// engines; fills cfg.devices with every visible GPU when CUDA is used and none are listed.
+result<service_hooks> model_hooks(service_config& cfg);
+// Validates core.cfg, lays out the devices (core.plan) and wraps the backend factory with
+// fault injection: what a front node and a worker node both do before spawning actors.
+status prepare_core(service_core& core);
+// A prepared core from a configuration and hooks.
+result<service_core_ptr> make_core(const service_config& cfg, const service_hooks& hooks);
 
 }  // namespace infer

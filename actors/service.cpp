@@ -8,6 +8,7 @@
 
 #include "actors/batcher-actor.hpp"
 #include "actors/messages.hpp"
+#include "actors/node-link-actor.hpp"
 #include "actors/request-actor.hpp"
 #include "actors/service-core.hpp"
 #include "actors/supervisor-actor.hpp"
@@ -24,6 +25,14 @@
 namespace infer {
 
 namespace {
+
+// Text for a JSON string without escaping: quotes, backslashes and controls dropped.
+std::string json_safe(const std::string& in) {
+  std::string out;
+  for (char c : in)
+    if (c != '"' && c != '\\' && uint8_t(c) >= 0x20) out += c;
+  return out;
+}
 
 // How long shutdown waits for in-flight requests to end, then for the engines to stop.
 constexpr auto drain_wait = std::chrono::seconds(30);
@@ -126,9 +135,19 @@ class service_impl final : public service {
         if (c != '"' && c != '\\' && uint8_t(c) >= 0x20) backend += c;
       s += fmt::format(
           "{}{{\"id\":{},\"backend\":\"{}\",\"device\":{},\"state\":\"{}\",\"restarts\":{},"
-          "\"breaker\":\"{}\",\"running\":{},\"kv_free\":{}}}",
+          "\"breaker\":\"{}\",\"running\":{},\"kv_free\":{},\"node\":\"{}\"}}",
           i ? "," : "", w.id, backend, w.device, to_string(w.state), w.restarts,
-          to_string(circuit_breaker::state(w.breaker)), w.running, w.kv_free);
+          to_string(circuit_breaker::state(w.breaker)), w.running, w.kv_free, json_safe(w.node));
+    }
+    s += "],\"nodes\":[";
+    auto ns = core_->stats.nodes_snapshot();
+    for (size_t i = 0; i < ns.size(); ++i) {
+      const auto& n = ns[i];
+      s += fmt::format(
+          "{}{{\"address\":\"{}\",\"state\":\"{}\",\"workers\":{},\"joins\":{},\"losses\":{},"
+          "\"last_error\":\"{}\"}}",
+          i ? "," : "", json_safe(n.address), json_safe(n.state), n.workers, n.joins, n.losses,
+          json_safe(n.last_error));
     }
     s += fmt::format("],\"queue_depth\":{}}}", core_->stats.queue_depth.load());
     return s;
@@ -164,6 +183,8 @@ class service_impl final : public service {
     // engines to their workers: one exit stops the whole tree.
     caf::anon_send_exit(core_->supervisor, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(core_->batcher, caf::exit_reason::user_shutdown);
+    for (auto& l : core_->node_links) caf::anon_send_exit(l, caf::exit_reason::user_shutdown);
+    core_->node_links.clear();
     {
       std::unique_lock<std::mutex> lk(core_->mu);
       // Detached engines must be gone before the actor_system is destroyed (CAF 0.17
@@ -181,31 +202,19 @@ class service_impl final : public service {
 };
 
 result<std::unique_ptr<service>> start_core(caf::actor_system& sys, service_core_ptr core) {
-  if (status s = validate(core->cfg); !s) return s;
-  core->plan = make_device_plan(core->cfg.workers, core->cfg.devices);
-  core->cfg.workers = core->plan.n_workers();
-  for (int32_t g = 0; g < core->plan.n_groups(); ++g)
-    for (int32_t w : core->plan.workers[size_t(g)])
-      core->stats.update_worker(w, [&](worker_gauge& x) { x.device = core->plan.labels[size_t(g)]; });
-  // Fault injection wraps whatever backend the factory makes (config [fault]).
-  fault_options fo;
-  fo.rate = core->cfg.fault_rate;
-  fo.seed = core->cfg.fault_seed;
-  fo.poison_token = core->cfg.fault_poison_token;
-  fo.hang = std::chrono::milliseconds(core->cfg.fault_hang_ms);
-  if (auto k = parse_fault_kind(core->cfg.fault_kind)) fo.kind = k.value();
-  if (fo.active()) {
-    auto inner = core->make_backend;
-    auto sw = core->faults;
-    core->make_backend = [inner, fo, sw](int32_t index) -> result<std::unique_ptr<backend>> {
-      auto r = inner(index);
-      if (!r) return r;
-      const uint64_t stream = sw->instances.fetch_add(1) * 1024 + uint64_t(index);
-      return make_faulty_backend(std::move(r.value()), fo, sw, stream);
-    };
-  }
+  if (!core->cfg.worker_nodes.empty() && !sys.has_middleman())
+    return make_status(errc::invalid_argument,
+                       "cluster.worker_nodes: the actor system has no middleman (load caf::io::middleman)");
+  const bool tls = !core->cfg.cluster_tls_cert.empty();
+  if (tls && !sys.has_openssl_manager())
+    return make_status(errc::invalid_argument,
+                       "cluster.tls_cert: the actor system has no OpenSSL manager (load caf::openssl::manager)");
   core->batcher = spawn_batcher_actor(sys, core);
   core->supervisor = spawn_supervisor_actor(sys, core);
+  for (const auto& n : core->cfg.worker_nodes) {
+    auto a = parse_listen_address(n);  // validated above
+    core->node_links.push_back(spawn_node_link_actor(sys, core, a.value().host, a.value().port, tls));
+  }
   return std::unique_ptr<service>(new service_impl(sys, std::move(core)));
 }
 
@@ -220,8 +229,41 @@ result<tokenizer> tokenizer_for(const service_config& cfg, const model_weights& 
 
 }  // namespace
 
-result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const service_config& cfg,
-                                                const service_hooks& hooks) {
+// Validates the configuration, lays out the devices and wraps the backend factory with
+// fault injection: what a front node and a worker node both need before spawning.
+status prepare_core(service_core& core) {
+  if (status s = validate(core.cfg); !s) return s;
+  // A front node with workers = 0 runs none itself: every worker is on a worker node.
+  core.plan = core.cfg.workers == 0 ? device_plan{} : make_device_plan(core.cfg.workers, core.cfg.devices);
+  core.cfg.workers = core.plan.n_workers();
+  core.next_worker_index.store(core.plan.n_workers());
+  for (int32_t g = 0; g < core.plan.n_groups(); ++g)
+    for (int32_t w : core.plan.workers[size_t(g)])
+      core.stats.update_worker(w, [&](worker_gauge& x) { x.device = core.plan.labels[size_t(g)]; });
+  if (core.model_id.empty())
+    core.model_id = fmt::format("custom n_vocab={} n_ctx={}", core.n_vocab, core.n_ctx);
+  // Fault injection wraps whatever backend the factory makes (config [fault]).
+  fault_options fo;
+  fo.rate = core.cfg.fault_rate;
+  fo.seed = core.cfg.fault_seed;
+  fo.poison_token = core.cfg.fault_poison_token;
+  fo.hang = std::chrono::milliseconds(core.cfg.fault_hang_ms);
+  if (auto k = parse_fault_kind(core.cfg.fault_kind)) fo.kind = k.value();
+  if (fo.active()) {
+    auto inner = core.make_backend;
+    auto sw = core.faults;
+    core.make_backend = [inner, fo, sw](int32_t index) -> result<std::unique_ptr<backend>> {
+      auto r = inner(index);
+      if (!r) return r;
+      const uint64_t stream = sw->instances.fetch_add(1) * 1024 + uint64_t(index);
+      return make_faulty_backend(std::move(r.value()), fo, sw, stream);
+    };
+  }
+  return status::ok();
+}
+
+
+result<service_core_ptr> make_core(const service_config& cfg, const service_hooks& hooks) {
   if (!hooks.make_backend) return make_status(errc::invalid_argument, "service_hooks: make_backend is empty");
   auto core = std::make_shared<service_core>();
   core->cfg = cfg;
@@ -229,10 +271,20 @@ result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const se
   core->n_ctx = hooks.n_ctx;
   core->n_vocab = hooks.n_vocab > 0 ? hooks.n_vocab : hooks.tok.n_vocab();
   core->make_backend = hooks.make_backend;
-  return start_core(sys, std::move(core));
+  core->model_id = hooks.model_id;
+  if (status s = prepare_core(*core); !s) return s;
+  return core;
 }
 
-result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const service_config& cfg) {
+result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const service_config& cfg,
+                                                const service_hooks& hooks) {
+  auto core = make_core(cfg, hooks);
+  if (!core) return core.error();
+  return start_core(sys, std::move(core.value()));
+}
+
+result<service_hooks> model_hooks(service_config& run_cfg) {
+  const service_config cfg = run_cfg;
   auto w = load_model_weights(cfg.model, cfg.model_seed);
   if (!w) return w.error();
   std::shared_ptr<const model_weights> weights = w.value();
@@ -247,7 +299,8 @@ result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const se
   if (kind == "auto") kind = n_devices > 0 ? "cuda" : "cpu";
   if (kind != "cpu" && kind != "cuda")
     return make_status(errc::invalid_argument, "backend.backend: auto, cpu or cuda, got \"" + kind + "\"");
-  if (kind == "cuda" && n_devices == 0)
+  // A front node whose workers are all remote needs no device.
+  if (kind == "cuda" && n_devices == 0 && cfg.workers > 0)
     return make_status(errc::device_error,
 #ifdef INFER_HAVE_CUDA
                        "backend.backend: cuda requested but no CUDA device is visible"
@@ -260,8 +313,12 @@ result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const se
   hooks.tok = tok.value();
   hooks.n_ctx = weights->cfg.n_ctx;
   hooks.n_vocab = weights->cfg.n_vocab;
+  const auto& mc = weights->cfg;
+  hooks.model_id = fmt::format("n_vocab={} n_ctx={} n_embd={} n_layer={} n_head={} tokenizer={}", mc.n_vocab,
+                               mc.n_ctx, mc.n_embd, mc.n_layer, mc.n_head, hooks.tok.n_vocab());
+  if (cfg.model.rfind("synthetic:", 0) == 0)  // the seed decides the weights, so the tokens
+    hooks.model_id = cfg.model + " seed=" + std::to_string(cfg.model_seed) + " " + hooks.model_id;
   // One device supervisor per GPU: every visible one unless backend.devices lists them.
-  service_config run_cfg = cfg;
   if (kind == "cuda" && run_cfg.devices.empty())
     for (int d = 0; d < n_devices; ++d) run_cfg.devices.push_back(d);
   const device_plan plan = make_device_plan(run_cfg.workers, run_cfg.devices);
@@ -280,7 +337,14 @@ result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const se
     }
     return make_cpu_backend(weights, o);
   };
-  return start(sys, run_cfg, hooks);
+  return hooks;
+}
+
+result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const service_config& cfg) {
+  service_config run_cfg = cfg;
+  auto hooks = model_hooks(run_cfg);
+  if (!hooks) return hooks.error();
+  return start(sys, run_cfg, hooks.value());
 }
 
 }  // namespace infer

@@ -145,7 +145,10 @@ class service {
 
   // The supervision tree at run time, for GET /v1/status:
   // {"workers":[{"id":0,"backend":"cpu","device":-1,"state":"running|starting|restarting|failed",
-  //   "restarts":0,"breaker":"closed|open|half_open","running":N,"kv_free":N}],"queue_depth":N}
+  //   "restarts":0,"breaker":"closed|open|half_open","running":N,"kv_free":N,
+  //   "node":"HOST:PORT of its worker node, empty if local"}],
+  //  "nodes":[{"address":"HOST:PORT","state":"connecting|connected|down|refused","workers":N,"joins":N,
+  //   "losses":N,"last_error":"..."}],"queue_depth":N}
   // The default (a service without a supervision tree) lists no workers.
   virtual std::string status_json() const { return "{\"workers\":[],\"queue_depth\":0}"; }
 };

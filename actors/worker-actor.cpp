@@ -23,8 +23,13 @@ struct worker_state {
   bool in_flight = false;
   int32_t batch_seqs = 0, batch_tokens = 0;
   uint64_t admits_seen = 0;
-  std::unordered_map<uint64_t, caf::actor> requests;  // where each sequence's tokens go
+  struct sink {
+    caf::actor request;  // where the sequence's tokens go
+    uint32_t attempt = 0;
+  };
+  std::unordered_map<uint64_t, sink> requests;
   std::vector<seq_result> results;
+  worker_hello_msg hello;  // sent again after a reset (a new front node)
 };
 
 using worker_actor = caf::stateful_actor<worker_state>;
@@ -108,7 +113,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
             sc.prefill_chunk = cfg.prefill_chunk;
             sc.n_ctx = n_ctx;
             st.sched = std::make_unique<scheduler>(sc, kv_geometry{block_size, n_blocks});
-            worker_hello_msg h;
+            worker_hello_msg& h = st.hello;
             h.worker = st.index;
             h.handle = caf::actor_cast<caf::actor>(self);
             h.total_blocks = n_blocks;
@@ -116,7 +121,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
             h.n_ctx = n_ctx;
             h.max_running = cfg.max_running;
             h.backend = name;
-            self->send(st.core->batcher, std::move(h));
+            self->send(st.core->batcher, h);
           },
           [=](caf::error& err) { self->quit(std::move(err)); });
 
@@ -136,7 +141,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
           self->send(st.core->batcher, seq_gone_msg{m.id, st.index, true, false, ok.message});
           return;
         }
-        st.requests[m.id] = std::move(m.request);
+        st.requests[m.id] = worker_state::sink{std::move(m.request), m.attempt};
         kick(self);
       },
       [=](const cancel_msg& c) {
@@ -145,6 +150,17 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         st.requests.erase(c.id);
         if (st.sched) report(self, 0, 0, 0, 0, {});
         self->send(st.core->batcher, seq_gone_msg{c.id, st.index, false, found, {}});
+      },
+      [=](reset_atom) {
+        // A new front node took over (or ours was lost): its predecessor's sequences are
+        // resumed elsewhere, so drop them all, free their blocks and start over. A step in
+        // flight may still return: its tokens have no sink any more.
+        auto& st = self->state;
+        if (!st.sched) return;  // not up yet: its hello comes when it is
+        for (auto& [id, sink] : st.requests) st.sched->cancel(id);
+        st.requests.clear();
+        st.admits_seen = 0;  // the new front counts its admissions from zero
+        self->send(st.core->batcher, st.hello);
       },
       [=](watchdog_atom, uint64_t n) {
         auto& st = self->state;
@@ -167,7 +183,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         for (const auto& r : st.results) {
           auto it = st.requests.find(r.id);
           if (it == st.requests.end()) continue;
-          self->send(it->second, token_msg{r.id, r.index, r.token, r.finished});
+          self->send(it->second.request, token_msg{r.id, r.index, r.token, r.finished, it->second.attempt});
           if (r.finished) {
             left.push_back(r.id);
             st.requests.erase(it);

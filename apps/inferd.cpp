@@ -5,7 +5,13 @@
 //
 //   inferd --config config/inferd.toml [--listen HOST:PORT] [--model SPEC] [--backend cpu]
 //          [--port-file PATH]   (writes the bound port, for --listen HOST:0)
+//          [--worker-node HOST:PORT]...   (front node: use these worker nodes too, or only them
+//                                          with --workers 0)
+//   inferd --role worker --listen HOST:PORT [...]   a worker node: loads the model, runs its
+//          workers and waits for a front node; --listen is its CAF port (no HTTP here)
 #include <caf/all.hpp>
+#include <caf/io/all.hpp>
+#include <caf/openssl/all.hpp>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -16,6 +22,7 @@
 
 #include "actors/messages.hpp"
 #include "actors/service.hpp"
+#include "actors/worker-node.hpp"
 #include "config/cli.hpp"
 #include "config/service-config.hpp"
 #include "net/server.hpp"
@@ -30,6 +37,52 @@ bool write_port_file(const std::string& path, uint16_t port) {
     if (!(f << port << "\n")) return false;
   }
   return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+// CAF's networking for multi-node: the middleman (and OpenSSL's) with heartbeats, so that a
+// node that stops answering (hung, cut off) is noticed within cluster.node_timeout_ms.
+void configure_cluster(caf::actor_system_config& caf_cfg, const infer::service_config& cfg) {
+  if (cfg.role != "worker" && cfg.worker_nodes.empty()) return;
+  caf_cfg.load<caf::io::middleman>();
+  if (cfg.heartbeat_ms > 0)
+    caf_cfg.set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(cfg.heartbeat_ms)});
+  if (cfg.node_timeout_ms > 0)
+    caf_cfg.set("middleman.connection-timeout", caf::timespan{std::chrono::milliseconds(cfg.node_timeout_ms)});
+  if (!cfg.cluster_tls_cert.empty()) {
+    caf_cfg.load<caf::openssl::manager>();
+    caf_cfg.openssl_certificate = cfg.cluster_tls_cert;
+    caf_cfg.openssl_key = cfg.cluster_tls_key;
+    caf_cfg.openssl_cafile = cfg.cluster_tls_ca;
+  }
+}
+
+// --role worker: no client-facing server; the node agent is published at server.listen.
+int run_worker_node(const infer::service_config& cfg, sigset_t& sigs, const std::string& port_file) {
+  caf::actor_system_config caf_cfg;
+  infer::register_message_types(caf_cfg);
+  configure_cluster(caf_cfg, cfg);
+  int rc = 0;
+  {
+    caf::actor_system sys{caf_cfg};
+    spdlog::info("worker node: loading model {} (backend {}, {} workers)", cfg.model, cfg.backend, cfg.workers);
+    auto node = infer::worker_node::start(sys, cfg);
+    if (!node) {
+      spdlog::error("worker node: {}", node.error().message);
+      rc = 1;
+    } else if (!port_file.empty() && !write_port_file(port_file, (*node)->port())) {
+      spdlog::error("--port-file: cannot write {}", port_file);
+      rc = 1;
+    } else {
+      spdlog::info("worker node: listening on {} (CAF{}, protocol version {})", (*node)->port(),
+                   cfg.cluster_tls_cert.empty() ? "" : " over TLS", infer::wire_protocol_version);
+      int sig = 0;
+      sigwait(&sigs, &sig);
+      spdlog::info("signal {}: stopping the worker node", sig);
+    }
+    if (node) (*node)->shutdown();
+  }
+  spdlog::info("bye");
+  return rc;
 }
 
 }  // namespace
@@ -63,6 +116,8 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
+  if (cfg.role == "worker") return run_worker_node(cfg, sigs, port_file);
+
   auto srv = infer::net::server::start(cfg);
   if (!srv) {
     spdlog::error("{}", srv.error().message);
@@ -75,9 +130,11 @@ int main(int argc, char** argv) {
 
   caf::actor_system_config caf_cfg;
   infer::register_message_types(caf_cfg);
+  configure_cluster(caf_cfg, cfg);
   int rc = 0;
   {
     caf::actor_system sys{caf_cfg};
+    for (const auto& n : cfg.worker_nodes) spdlog::info("worker node {}: connecting", n);
     spdlog::info("loading model {} (backend {}, {} workers)", cfg.model, cfg.backend, cfg.workers);
     auto svc = infer::service::start(sys, cfg);
     if (!svc) {

@@ -36,13 +36,16 @@ target_compile_options(infer_toml INTERFACE $<$<CXX_COMPILER_ID:GNU>:-Wno-array-
 
 find_library(CAF_CORE_LIB caf_core REQUIRED)
 find_library(CAF_IO_LIB caf_io REQUIRED)
-find_library(CAF_OPENSSL_LIB caf_openssl)
+find_library(CAF_OPENSSL_LIB caf_openssl REQUIRED)
+find_package(OpenSSL REQUIRED)
 find_path(CAF_INCLUDE_DIR caf/all.hpp REQUIRED)
 add_library(caf::core INTERFACE IMPORTED)
 target_link_libraries(caf::core INTERFACE ${CAF_CORE_LIB} Threads::Threads)
 target_include_directories(caf::core INTERFACE ${CAF_INCLUDE_DIR})
 add_library(caf::io INTERFACE IMPORTED)
 target_link_libraries(caf::io INTERFACE ${CAF_IO_LIB} caf::core)
+add_library(caf::openssl INTERFACE IMPORTED)
+target_link_libraries(caf::openssl INTERFACE ${CAF_OPENSSL_LIB} caf::io OpenSSL::SSL OpenSSL::Crypto)
 
 find_library(OPENBLAS_LIB openblas REQUIRED)
 find_path(CBLAS_INCLUDE_DIR cblas.h PATHS /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas REQUIRED)

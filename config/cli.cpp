@@ -40,12 +40,20 @@ const value_flag k_flags[] = {
     {"--api-key", "server.api_key", "key clients must present, empty: no authentication", "INFERD_API_KEY", true},
     {"--tls-cert", "server.tls_cert", "PEM certificate chain (with --tls-key: https/wss)", nullptr, true},
     {"--tls-key", "server.tls_key", "PEM private key", nullptr, true},
+    {"--rate-limit-rps", "server.rate_limit_rps", "generation requests per second per client IP, 0: no limit",
+     nullptr, false},
+    {"--rate-limit-burst", "server.rate_limit_burst", "requests a client may send at once before the rate applies",
+     nullptr, false},
+    {"--max-pending-bytes", "server.max_pending_bytes",
+     "outgoing bytes queued for a connection before its client counts as too slow", nullptr, false},
     {"--fault-rate", "fault.fault_rate", "fault injection: probability that a step fails (0..1)", nullptr, false},
     {"--fault-seed", "fault.fault_seed", "fault injection: seed of the per-step draws", nullptr, false},
     {"--fault-kind", "fault.fault_kind", "fault injection: throw|cuda|hang|mixed", nullptr, true},
     {"--fault-poison-token", "fault.fault_poison_token", "fault injection: steps holding this token id fail",
      nullptr, false},
     {"--restart-strategy", "supervision.restart_strategy", "one_for_one|one_for_all", nullptr, true},
+    {"--role", "cluster.role", "front (clients, batcher) | worker (a worker node: --listen is its CAF port)", nullptr,
+     true},
     {"--log-level", "log.log_level", "trace|debug|info|warn|error|off", nullptr, true},
 };
 
@@ -91,6 +99,11 @@ cli_outcome parse_command_line(int argc, const char* const* argv, const std::str
     if (f.env) o->envname(f.env);
     opts.push_back(o);
   }
+  std::vector<std::string> worker_nodes;
+  app.add_option("--worker-node", worker_nodes, "a worker node to use, HOST:PORT (repeatable) [cluster.worker_nodes]")
+      ->type_name("HOST:PORT")
+      ->expected(1)
+      ->take_all();
   std::vector<std::string> sets;
   app.add_option("--set", sets, "override any key with a TOML value (repeatable)")
       ->type_name("SECTION.KEY=VALUE")
@@ -136,6 +149,7 @@ cli_outcome parse_command_line(int argc, const char* const* argv, const std::str
     }
     if (!st) return fail(program + ": " + k_flags[i].flag + ": " + st.message);
   }
+  if (!worker_nodes.empty()) cfg.worker_nodes = worker_nodes;  // the flags replace the file's list
   for (const auto& s : sets) {
     size_t eq = s.find('=');
     if (eq == std::string::npos || eq == 0)

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -25,7 +26,8 @@ using i64_field = int64_t service_config::*;
 using u64_field = uint64_t service_config::*;
 using arr_field = std::vector<int32_t> service_config::*;
 using f64_field = double service_config::*;
-using field_ptr = std::variant<str_field, i32_field, i64_field, u64_field, arr_field, f64_field>;
+using strs_field = std::vector<std::string> service_config::*;
+using field_ptr = std::variant<str_field, i32_field, i64_field, u64_field, arr_field, f64_field, strs_field>;
 
 struct key_def {
   const char* section;
@@ -65,6 +67,10 @@ const key_def k_keys[] = {
     {"server", "max_header_bytes", &service_config::max_header_bytes},
     {"server", "idle_timeout_ms", &service_config::idle_timeout_ms},
     {"server", "max_inflight_per_connection", &service_config::max_inflight_per_connection},
+    {"server", "max_pending_bytes", &service_config::max_pending_bytes},
+    {"server", "rate_limit_rps", &service_config::rate_limit_rps},
+    {"server", "rate_limit_burst", &service_config::rate_limit_burst},
+    {"server", "rate_limit_clients", &service_config::rate_limit_clients},
 
     {"supervision", "restart_strategy", &service_config::restart_strategy},
     {"supervision", "max_restarts", &service_config::max_restarts},
@@ -83,10 +89,21 @@ const key_def k_keys[] = {
     {"fault", "fault_poison_token", &service_config::fault_poison_token},
     {"fault", "fault_hang_ms", &service_config::fault_hang_ms},
 
+    {"cluster", "role", &service_config::role},
+    {"cluster", "worker_nodes", &service_config::worker_nodes},
+    {"cluster", "heartbeat_ms", &service_config::heartbeat_ms},
+    {"cluster", "node_timeout_ms", &service_config::node_timeout_ms},
+    {"cluster", "reconnect_initial_ms", &service_config::reconnect_initial_ms},
+    {"cluster", "reconnect_max_ms", &service_config::reconnect_max_ms},
+    {"cluster", "tls_cert", &service_config::cluster_tls_cert},
+    {"cluster", "tls_key", &service_config::cluster_tls_key},
+    {"cluster", "tls_ca", &service_config::cluster_tls_ca},
+
     {"log", "log_level", &service_config::log_level},
 };
 
-const char* const k_sections[] = {"model", "backend", "batching", "queue", "server", "supervision", "fault", "log"};
+const char* const k_sections[] = {"model", "backend", "batching", "queue", "server", "supervision", "fault",
+                                  "cluster", "log"};
 
 std::string full_name(const key_def& k) { return std::string(k.section) + "." + k.name; }
 
@@ -206,6 +223,21 @@ status assign(service_config& cfg, const key_def& k, const toml::node& node, con
             status st = take_integer((*a)[i], name + "[" + std::to_string(i) + "]", x);
             if (!st) return locate(std::move(st), (*a)[i]);
             vals.push_back(x);
+          }
+          cfg.*field = std::move(vals);
+          return status::ok();
+        } else if constexpr (std::is_same_v<F, strs_field>) {
+          const auto* a = node.as_array();
+          if (!a)
+            return locate(format_err(name + ": expected an array of strings, got " + type_phrase(node.type())), node);
+          std::vector<std::string> vals;
+          for (size_t i = 0; i < a->size(); ++i) {
+            const auto* e = (*a)[i].as_string();
+            if (!e)
+              return locate(format_err(name + "[" + std::to_string(i) + "]: expected a string, got " +
+                                       type_phrase((*a)[i].type())),
+                            (*a)[i]);
+            vals.push_back(e->get());
           }
           cfg.*field = std::move(vals);
           return status::ok();
@@ -456,6 +488,11 @@ std::string format_service_config(const service_config& cfg) {
               const auto& v = cfg.*field;
               for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
               out << "]";
+            } else if constexpr (std::is_same_v<F, strs_field>) {
+              out << "[";
+              const auto& v = cfg.*field;
+              for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << toml::value<std::string>(v[i]);
+              out << "]";
             } else if constexpr (std::is_same_v<F, f64_field>) {
               out << toml::value<double>(cfg.*field);
             } else if constexpr (std::is_same_v<F, u64_field>) {
@@ -488,7 +525,12 @@ status validate(const service_config& c) {
   // [backend]
   check(c.backend == "auto" || c.backend == "cpu" || c.backend == "cuda", "backend.backend", "auto|cpu|cuda",
         quoted(c.backend));
-  check(c.workers >= 1 && c.workers <= 64, "backend.workers", "1..64", num(c.workers));
+  // A front node may leave all the work to its worker nodes.
+  if (c.role == "front" && !c.worker_nodes.empty())
+    check(c.workers >= 0 && c.workers <= 64, "backend.workers", "0..64 (0: only the worker nodes)", num(c.workers));
+  else
+    check(c.workers >= 1 && c.workers <= 64, "backend.workers", "1..64 (0 only on a front node with worker_nodes)",
+          num(c.workers));
   check(c.cpu_threads >= 0 && c.cpu_threads <= 1024, "backend.cpu_threads", "0..1024 (0: library default)",
         num(c.cpu_threads));
   for (size_t i = 0; i < c.devices.size(); ++i) {
@@ -534,6 +576,13 @@ status validate(const service_config& c) {
   check(c.idle_timeout_ms >= 0, "server.idle_timeout_ms", ">= 0 (0: no timeout)", num(c.idle_timeout_ms));
   check(c.max_inflight_per_connection >= 1, "server.max_inflight_per_connection", ">= 1",
         num(c.max_inflight_per_connection));
+  check(c.max_pending_bytes >= 4096, "server.max_pending_bytes", ">= 4096", num(c.max_pending_bytes));
+  check(std::isfinite(c.rate_limit_rps) && c.rate_limit_rps >= 0.0 && c.rate_limit_rps <= 1e9,
+        "server.rate_limit_rps", "0..1e9 requests per second (0: no limit)", std::to_string(c.rate_limit_rps));
+  check(c.rate_limit_burst >= 1 && c.rate_limit_burst <= 1000000, "server.rate_limit_burst", "1..1000000",
+        num(c.rate_limit_burst));
+  check(c.rate_limit_clients >= 1 && c.rate_limit_clients <= 10000000, "server.rate_limit_clients", "1..10000000",
+        num(c.rate_limit_clients));
 
   // [supervision]
   check(c.restart_strategy == "one_for_one" || c.restart_strategy == "one_for_all", "supervision.restart_strategy",
@@ -556,6 +605,31 @@ status validate(const service_config& c) {
         "fault.fault_kind", "throw|cuda|hang|mixed", quoted(c.fault_kind));
   check(c.fault_poison_token >= -1, "fault.fault_poison_token", ">= -1 (-1: none)", num(c.fault_poison_token));
   check(c.fault_hang_ms >= 1, "fault.fault_hang_ms", ">= 1", num(c.fault_hang_ms));
+
+  // [cluster]
+  check(c.role == "front" || c.role == "worker", "cluster.role", "front|worker", quoted(c.role));
+  for (size_t i = 0; i < c.worker_nodes.size(); ++i) {
+    std::string key = "cluster.worker_nodes[" + std::to_string(i) + "]";
+    auto a = parse_listen_address(c.worker_nodes[i]);
+    if (!a) check(false, key.c_str(), "HOST:PORT (" + a.error().message + ")", quoted(c.worker_nodes[i]));
+    else check(a.value().port != 0, key.c_str(), "HOST:PORT with a port other than 0", quoted(c.worker_nodes[i]));
+  }
+  check(c.role != "worker" || c.worker_nodes.empty(), "cluster.worker_nodes",
+        "empty on a worker node (only a front node connects to worker nodes)", num(c.worker_nodes.size()) + " nodes");
+  check(c.heartbeat_ms >= 0, "cluster.heartbeat_ms", ">= 0 (0: off)", num(c.heartbeat_ms));
+  check(c.node_timeout_ms >= 0 && (c.node_timeout_ms == 0 || c.node_timeout_ms > c.heartbeat_ms),
+        "cluster.node_timeout_ms", "0 (off) or more than cluster.heartbeat_ms (" + num(c.heartbeat_ms) + ")",
+        num(c.node_timeout_ms));
+  check(c.node_timeout_ms == 0 || c.heartbeat_ms > 0, "cluster.heartbeat_ms",
+        "> 0 when cluster.node_timeout_ms is set (a silent node is noticed by missing heartbeats)",
+        num(c.heartbeat_ms));
+  check(c.reconnect_initial_ms >= 1, "cluster.reconnect_initial_ms", ">= 1", num(c.reconnect_initial_ms));
+  check(c.reconnect_max_ms >= c.reconnect_initial_ms, "cluster.reconnect_max_ms",
+        ">= cluster.reconnect_initial_ms (" + num(c.reconnect_initial_ms) + ")", num(c.reconnect_max_ms));
+  const int tls_set = int(!c.cluster_tls_cert.empty()) + int(!c.cluster_tls_key.empty()) + int(!c.cluster_tls_ca.empty());
+  check(tls_set == 0 || tls_set == 3, "cluster.tls_cert",
+        "set together with cluster.tls_key and cluster.tls_ca (TLS without all three is not authenticated)",
+        std::to_string(tls_set) + " of 3 set");
 
   // [log]
   static const char* const levels[] = {"trace", "debug", "info", "warn", "error", "off"};

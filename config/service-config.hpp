@@ -47,6 +47,14 @@ struct service_config {
   int64_t max_header_bytes = 16 << 10;
   int64_t idle_timeout_ms = 300000;
   int32_t max_inflight_per_connection = 256;
+  // Outgoing bytes queued for one connection beyond which its client counts as too slow:
+  // its requests are cancelled and the connection closed (WebSocket: close 1008).
+  int64_t max_pending_bytes = 4 << 20;
+  // Per-client (IP address) generation requests per second, 0: no limit; bucket depth;
+  // clients tracked at most (the least recently seen is forgotten beyond).
+  double rate_limit_rps = 0.0;
+  int32_t rate_limit_burst = 20;
+  int32_t rate_limit_clients = 10000;
 
   // [supervision]
   std::string restart_strategy = "one_for_one";  // one_for_one | one_for_all (device-level faults always restart the device)
@@ -66,6 +74,17 @@ struct service_config {
   std::string fault_kind = "throw";  // throw | cuda | hang | mixed
   int32_t fault_poison_token = -1;   // any step containing this token id fails; -1: none
   int64_t fault_hang_ms = 600000;    // a hung step returns after this long (or at shutdown)
+
+  // [cluster] several machines through CAF's networking (docs/deployment.md)
+  std::string role = "front";             // front: clients + batcher (+ local workers); worker: a worker node
+  std::vector<std::string> worker_nodes;  // front: "HOST:PORT" of each worker node
+  int64_t heartbeat_ms = 500;             // CAF middleman heartbeat between nodes (0: off)
+  int64_t node_timeout_ms = 3000;         // a node silent this long is lost (0: only on disconnect)
+  int64_t reconnect_initial_ms = 200;     // front: first reconnect delay; doubles, jittered
+  int64_t reconnect_max_ms = 5000;
+  std::string cluster_tls_cert;           // all three set: node links over TLS, both sides verified
+  std::string cluster_tls_key;
+  std::string cluster_tls_ca;
 
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off

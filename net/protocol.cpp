@@ -399,7 +399,7 @@ int http_status(error_code c) {
   return 500;
 }
 
-std::string openai_error_json(error_code c, std::string_view message) {
+std::string openai_error_json(error_code c, std::string_view message, int64_t retry_after_ms) {
   const char* type = "server_error";
   switch (c) {
     case error_code::invalid_request: type = "invalid_request_error"; break;
@@ -411,7 +411,9 @@ std::string openai_error_json(error_code c, std::string_view message) {
   }
   std::string out = R"({"error":{"message":)";
   append_json_string(out, message);
-  fmt::format_to(std::back_inserter(out), R"(,"type":"{}","param":null,"code":"{}"}}}})", type, to_string(c));
+  fmt::format_to(std::back_inserter(out), R"(,"type":"{}","param":null,"code":"{}")", type, to_string(c));
+  if (retry_after_ms > 0) fmt::format_to(std::back_inserter(out), R"(,"retry_after_ms":{})", retry_after_ms);
+  out += "}}";
   return out;
 }
 

@@ -84,8 +84,9 @@ std::variant<completion_command, invalid_request> parse_completion_request(std::
 
 // HTTP status of an error code (400 / 429 / 503 / 504 / 500).
 int http_status(error_code c);
-// {"error":{"message":...,"type":...,"param":null,"code":...}}
-std::string openai_error_json(error_code c, std::string_view message);
+// {"error":{"message":...,"type":...,"param":null,"code":...}}, with "retry_after_ms":N in
+// the error object when retry_after_ms > 0 (overloaded, rate_limited).
+std::string openai_error_json(error_code c, std::string_view message, int64_t retry_after_ms = 0);
 // Whole non-streaming response. OpenAI clients know only "length" and "stop": a
 // cancelled request (server shutdown) is reported as "stop".
 std::string openai_completion_json(std::string_view cmpl_id, int64_t created, std::string_view model,

@@ -30,6 +30,7 @@
 #include "actors/service.hpp"
 #include "engine/tokenizer.hpp"
 #include "net/protocol.hpp"
+#include "net/rate-limiter.hpp"
 #include "web/static-files.hpp"
 
 namespace infer::net {
@@ -60,14 +61,37 @@ struct server_state {
   std::atomic<uint64_t> rejected_connections{0};
   std::atomic<uint64_t> next_conn{1};
   std::atomic<uint64_t> next_cmpl{1};
+  std::atomic<uint64_t> slow_clients{0};  // connections closed for not reading
+  std::optional<rate_limiter> limiter;    // set by server::start
+  std::atomic<const server::clock_fn*> clock{nullptr};  // tests drive the rate limit's clock
 
   std::chrono::milliseconds idle() const { return std::chrono::milliseconds(cfg.idle_timeout_ms); }
   // Pending outgoing bytes per connection beyond which the client counts as too slow.
-  size_t max_pending_bytes() const {
-    return std::max<size_t>(size_t(4) << 20, size_t(cfg.max_frame_bytes) * 4);
-  }
+  size_t max_pending_bytes() const { return size_t(std::max<int64_t>(cfg.max_pending_bytes, 1)); }
   service* current() const { return svc.load(std::memory_order_acquire); }
+
+  // One generation request of `client`: 0 if the rate limit lets it through, else the
+  // milliseconds until it would.
+  int64_t rate_limit(const std::string& client) {
+    if (!limiter->enabled()) return 0;
+    const server::clock_fn* c = clock.load(std::memory_order_acquire);
+    return limiter->take(client, c ? (*c)() : rate_limiter::clock::now());
+  }
+  std::string rate_limit_message(int64_t wait_ms) const {
+    return fmt::format("rate limit of this client: {:g} requests/s, burst {}; retry in {} ms", cfg.rate_limit_rps,
+                       cfg.rate_limit_burst, wait_ms);
+  }
 };
+
+// A rejection decided by net itself (never submitted) still counts in
+// infer_requests_total{outcome}, like those the service decides.
+void count_rejection(service* svc, error_code c) {
+  if (svc) svc->stats().count_outcome(to_string(c));
+}
+
+// How long a connection closing for a slow client may take to get its close frame out
+// before the socket is closed under it (the client may never read again).
+constexpr auto slow_close_grace = std::chrono::seconds(10);
 
 // One slot of server.max_connections, released when the connection's last session ends.
 class connection_slot {
@@ -91,6 +115,13 @@ std::string_view path_of(beast::string_view target) {
   return q == std::string_view::npos ? t : t.substr(0, q);
 }
 
+bool key_matches(const std::string& key, std::string_view tok) {
+  // Constant time in the key's length: do not leak how many bytes matched.
+  unsigned diff = tok.size() != key.size();
+  for (size_t i = 0; i < key.size(); ++i) diff |= unsigned(uint8_t(key[i]) ^ uint8_t(i < tok.size() ? tok[i] : 0));
+  return diff == 0;
+}
+
 template <class Body>
 bool authorized(const server_state& st, const http::request<Body>& req) {
   const std::string& key = st.cfg.api_key;
@@ -99,11 +130,47 @@ bool authorized(const server_state& st, const http::request<Body>& req) {
   if (it == req.end()) return false;
   std::string_view v = sv(it->value());
   if (v.size() < 7 || !beast::iequals(v.substr(0, 7), "Bearer ")) return false;
-  std::string_view tok = v.substr(7);
-  // Constant time in the key's length: do not leak how many bytes matched.
-  unsigned diff = tok.size() != key.size();
-  for (size_t i = 0; i < key.size(); ++i) diff |= unsigned(uint8_t(key[i]) ^ uint8_t(i < tok.size() ? tok[i] : 0));
-  return diff == 0;
+  return key_matches(key, v.substr(7));
+}
+
+// WebSocket subprotocols. A browser cannot set Authorization on the upgrade request, but
+// it can offer subprotocols: "bearer.KEY" carries the API key. The answer must name one
+// of those offered (else the browser fails the connection): "inferd.v1" when offered, so
+// that the key is not echoed, else the bearer one.
+constexpr std::string_view ws_protocol_name = "inferd.v1";
+constexpr std::string_view ws_bearer_prefix = "bearer.";
+
+struct ws_offer {
+  bool key_ok = false;    // a bearer.KEY with the right key was offered
+  std::string selected;   // the subprotocol to answer with, empty: none
+};
+
+template <class Body>
+ws_offer read_ws_offer(const server_state& st, const http::request<Body>& req) {
+  ws_offer out;
+  std::string bearer;
+  for (const auto& f : req) {  // the header may come more than once
+    if (f.name() != http::field::sec_websocket_protocol) continue;
+    std::string_view list = sv(f.value());
+    while (!list.empty()) {
+      size_t comma = list.find(',');
+      std::string_view p = list.substr(0, comma);
+      list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+      while (!p.empty() && (p.front() == ' ' || p.front() == '\t')) p.remove_prefix(1);
+      while (!p.empty() && (p.back() == ' ' || p.back() == '\t')) p.remove_suffix(1);
+      if (p == ws_protocol_name) {
+        out.selected = std::string(p);
+      } else if (p.size() > ws_bearer_prefix.size() && p.substr(0, ws_bearer_prefix.size()) == ws_bearer_prefix) {
+        // Without a configured key any key will do: a page may always send the one it has.
+        if (st.cfg.api_key.empty() || key_matches(st.cfg.api_key, p.substr(ws_bearer_prefix.size()))) {
+          out.key_ok = true;
+          bearer = std::string(p);
+        }
+      }
+    }
+  }
+  if (out.selected.empty()) out.selected = std::move(bearer);
+  return out;
 }
 
 // Log values in key="..." form stay one line and unambiguous.
@@ -152,18 +219,21 @@ event_callback post_to(std::shared_ptr<Session> s, std::shared_ptr<Tag> tag) {
 template <class Stream>
 class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
  public:
-  ws_session(Stream&& s, server_state& st, connection_slot slot, uint64_t conn)
-      : ws_(std::move(s)), st_(st), slot_(std::move(slot)), conn_(conn) {}
+  ws_session(Stream&& s, server_state& st, connection_slot slot, uint64_t conn, std::string client)
+      : ws_(std::move(s)), st_(st), slot_(std::move(slot)), conn_(conn), client_(std::move(client)),
+        close_timer_(ws_.get_executor()) {}
 
   auto executor() { return ws_.get_executor(); }
 
-  void run(http::request<http::string_body> req) {
+  void run(http::request<http::string_body> req, std::string subprotocol) {
     websocket::stream_base::timeout t = websocket::stream_base::timeout::suggested(beast::role_type::server);
     t.idle_timeout = st_.idle();
     t.keep_alive_pings = true;  // a quiet but alive client answers pings; a dead one times out
     ws_.set_option(t);
-    ws_.set_option(websocket::stream_base::decorator(
-        [](websocket::response_type& res) { res.set(http::field::server, server_name); }));
+    ws_.set_option(websocket::stream_base::decorator([subprotocol](websocket::response_type& res) {
+      res.set(http::field::server, server_name);
+      if (!subprotocol.empty()) res.set(http::field::sec_websocket_protocol, subprotocol);
+    }));
     ws_.read_message_max(size_t(st_.cfg.max_frame_bytes));
     ws_.async_accept(req, beast::bind_front_handler(&ws_session::on_accept, this->shared_from_this()));
   }
@@ -216,7 +286,7 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     if (ec) {
       // Closed by the peer, timed out, or a protocol violation such as an oversize
       // message (Beast has then already sent the close frame with the right code).
-      if (ec != websocket::error::closed)
+      if (ec != websocket::error::closed && !slow_)
         spdlog::info("conn={} websocket ended: {} ({} live requests cancelled)", conn_, ec.message(), live_.size());
       closed_ = true;
       cancel_all();
@@ -238,6 +308,7 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
   }
 
   void on_close(beast::error_code ec) {
+    close_timer_.cancel();
     if (ec) spdlog::debug("conn={} close: {}", conn_, ec.message());
   }
 
@@ -247,6 +318,7 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     if (auto* bad = std::get_if<invalid_request>(&cmd)) {
       spdlog::info("request id={} conn={} api=ws outcome=invalid_request message=\"{}\"",
                    bad->id ? q(*bad->id) : "null", conn_, q(bad->message));
+      count_rejection(svc, error_code::invalid_request);
       send(error_frame(bad->id, error_code::invalid_request, bad->message));
       return;
     }
@@ -264,16 +336,26 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     }
     if (live_.count(g.id)) {
       spdlog::info("request id={} conn={} api=ws outcome=invalid_request message=\"duplicate id\"", q(g.id), conn_);
+      count_rejection(svc, error_code::invalid_request);
       send(error_frame(g.id, error_code::invalid_request, fmt::format("id: \"{}\" is already in flight", g.id)));
       return;
     }
     if (int64_t(live_.size()) >= st_.cfg.max_inflight_per_connection) {
       spdlog::info("request id={} conn={} api=ws outcome=rate_limited message=\"connection in-flight limit\"", q(g.id),
                    conn_);
+      count_rejection(svc, error_code::rate_limited);
       send(error_frame(g.id, error_code::rate_limited,
                        fmt::format("at most {} requests in flight per connection",
                                    st_.cfg.max_inflight_per_connection),
                        100));
+      return;
+    }
+    if (int64_t wait = st_.rate_limit(client_)) {
+      spdlog::info("request id={} conn={} client={} api=ws outcome=rate_limited message=\"client rate limit\" "
+                   "retry_after_ms={}",
+                   q(g.id), conn_, client_, wait);
+      count_rejection(svc, error_code::rate_limited);
+      send(error_frame(g.id, error_code::rate_limited, st_.rate_limit_message(wait), wait));
       return;
     }
     auto lr = std::make_shared<live>();
@@ -291,19 +373,41 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
 
   void send(std::string frame) {
     if (closed_) return;
+    if (pending_bytes_ + frame.size() > st_.max_pending_bytes()) return too_slow(pending_bytes_ + frame.size());
     pending_bytes_ += frame.size();
-    if (pending_bytes_ > st_.max_pending_bytes()) {
-      // The client does not read: drop the connection rather than buffer without bound.
-      spdlog::warn("conn={} client too slow ({} bytes pending): closing, {} live requests cancelled", conn_,
-                   pending_bytes_, live_.size());
-      closed_ = true;
-      cancel_all();
-      beast::error_code ignored;
-      beast::get_lowest_layer(ws_).socket().close(ignored);
-      return;
-    }
     out_.push_back(std::move(frame));
     if (!writing_) do_write();
+  }
+
+  // The client does not read its frames: rather than buffer without bound, cancel its
+  // requests (their KV blocks go back to the pool now, not when they would have ended)
+  // and close with 1008. The close frame goes out after the frame being written, if the
+  // client ever reads again; if not, the grace timer closes the socket.
+  void too_slow(size_t would_be_pending) {
+    spdlog::warn("conn={} client={} too slow ({} bytes pending, limit {}): {} live requests cancelled, closing with 1008",
+                 conn_, client_, would_be_pending, st_.max_pending_bytes(), live_.size());
+    st_.slow_clients.fetch_add(1, std::memory_order_relaxed);
+    closed_ = true;
+    slow_ = true;
+    cancel_all();
+    // Frames not started are dropped; the one being written must stay alive until its handler.
+    if (writing_) {
+      out_.erase(std::next(out_.begin()), out_.end());
+      pending_bytes_ = out_.front().size();
+    } else {
+      out_.clear();
+      pending_bytes_ = 0;
+    }
+    close_timer_.expires_after(slow_close_grace);
+    close_timer_.async_wait([self = this->shared_from_this()](beast::error_code ec) {
+      if (ec) return;  // cancelled: the close handshake finished
+      beast::error_code ignored;
+      beast::get_lowest_layer(self->ws_).socket().close(ignored);
+    });
+    ws_.async_close(websocket::close_reason(websocket::close_code::policy_error,
+                                            fmt::format("client too slow: more than {} bytes unread",
+                                                        st_.max_pending_bytes())),
+                    beast::bind_front_handler(&ws_session::on_close, this->shared_from_this()));
   }
 
   void do_write() {
@@ -332,10 +436,13 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
   server_state& st_;
   connection_slot slot_;
   uint64_t conn_;
+  std::string client_;  // the peer's IP address: the rate limit's key
+  asio::steady_timer close_timer_;
   std::deque<std::string> out_;
   size_t pending_bytes_ = 0;
   bool writing_ = false;
   bool closed_ = false;  // no more frames go out
+  bool slow_ = false;    // closing for a slow client
   std::unordered_map<std::string, std::shared_ptr<live>> live_;
 };
 
@@ -344,8 +451,8 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
 template <class Stream>
 class http_session : public std::enable_shared_from_this<http_session<Stream>> {
  public:
-  http_session(Stream&& s, server_state& st, connection_slot slot, uint64_t conn)
-      : stream_(std::move(s)), st_(st), slot_(std::move(slot)), conn_(conn) {}
+  http_session(Stream&& s, server_state& st, connection_slot slot, uint64_t conn, std::string client)
+      : stream_(std::move(s)), st_(st), slot_(std::move(slot)), conn_(conn), client_(std::move(client)) {}
 
   auto executor() { return stream_.get_executor(); }
 
@@ -402,8 +509,8 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
           end_sse(*c);
         } else {
           c->finished = true;
-          respond(http::status(http_status(e.code)), openai_error_json(e.code, e.message), "application/json",
-                  c->keep_alive, true, e.retry_after_ms);
+          respond(http::status(http_status(e.code)), openai_error_json(e.code, e.message, e.retry_after_ms),
+                  "application/json", c->keep_alive, true, e.retry_after_ms);
         }
         break;
     }
@@ -479,10 +586,12 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (path_of(req.target()) != "/v1/stream")
       return respond(http::status::not_found, plain_error("no WebSocket endpoint here; use /v1/stream"),
                      "application/json", false);
-    if (!authorized(st_, req)) return unauthorized(false);
+    ws_offer offer = read_ws_offer(st_, req);
+    if (!offer.key_ok && !authorized(st_, req)) return unauthorized(false);
     // The WebSocket stream applies its own handshake and idle timeouts.
     beast::get_lowest_layer(stream_).expires_never();
-    std::make_shared<ws_session<Stream>>(std::move(stream_), st_, std::move(slot_), conn_)->run(parser_->release());
+    std::make_shared<ws_session<Stream>>(std::move(stream_), st_, std::move(slot_), conn_, std::move(client_))
+        ->run(parser_->release(), std::move(offer.selected));
   }
 
   void unauthorized(bool keep_alive) {
@@ -551,10 +660,18 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
                    "# HELP infer_connections_rejected_total Connections refused at server.max_connections.\n"
                    "# TYPE infer_connections_rejected_total counter\n"
                    "infer_connections_rejected_total {}\n"
+                   "# HELP infer_connections_slow_closed_total Connections closed because their client did not read "
+                   "(server.max_pending_bytes).\n"
+                   "# TYPE infer_connections_slow_closed_total counter\n"
+                   "infer_connections_slow_closed_total {}\n"
+                   "# HELP infer_rate_limit_clients Clients whose request rate the server tracks now.\n"
+                   "# TYPE infer_rate_limit_clients gauge\n"
+                   "infer_rate_limit_clients {}\n"
                    "# HELP infer_ready Whether the service takes requests (model loaded, a healthy worker).\n"
                    "# TYPE infer_ready gauge\n"
                    "infer_ready {}\n",
-                   st_.connections.load(), st_.rejected_connections.load(), svc && svc->ready() ? 1 : 0);
+                   st_.connections.load(), st_.rejected_connections.load(), st_.slow_clients.load(),
+                   st_.limiter->clients(), svc && svc->ready() ? 1 : 0);
     return out;
   }
 
@@ -590,8 +707,18 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     auto parsed = parse_completion_request(req.body(), st_.limits);
     if (auto* bad = std::get_if<invalid_request>(&parsed)) {
       spdlog::info("request id=null conn={} api=openai outcome=invalid_request message=\"{}\"", conn_, q(bad->message));
+      count_rejection(svc, error_code::invalid_request);
       return respond(http::status::bad_request, openai_error_json(error_code::invalid_request, bad->message),
                      "application/json", keep);
+    }
+    if (int64_t wait = st_.rate_limit(client_)) {
+      spdlog::info("request id=null conn={} client={} api=openai outcome=rate_limited message=\"client rate limit\" "
+                   "retry_after_ms={}",
+                   conn_, client_, wait);
+      count_rejection(svc, error_code::rate_limited);
+      return respond(http::status::too_many_requests,
+                     openai_error_json(error_code::rate_limited, st_.rate_limit_message(wait), wait),
+                     "application/json", keep, false, wait);
     }
     auto& cmd = std::get<completion_command>(parsed);
     if (!cmd.seeded) cmd.request.sampling.seed = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
@@ -668,19 +795,25 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   }
 
   void queue_raw(std::string s) {
-    pending_bytes_ += s.size();
-    if (pending_bytes_ > st_.max_pending_bytes()) {
-      spdlog::warn("conn={} client too slow ({} bytes pending): closing", conn_, pending_bytes_);
+    if (pending_bytes_ + s.size() > st_.max_pending_bytes()) {
+      // The client does not read its stream: cancel the request (its KV blocks go back
+      // now) and close; an SSE stream has no way to say why that the client would read.
+      spdlog::warn("conn={} client={} too slow ({} bytes pending, limit {}): cancelling, closing", conn_, client_,
+                   pending_bytes_ + s.size(), st_.max_pending_bytes());
+      st_.slow_clients.fetch_add(1, std::memory_order_relaxed);
       if (cur_ && !cur_->client_gone) {
         cur_->client_gone = true;
         if (service* svc = st_.current()) svc->cancel(cur_->rid);
       }
-      out_.clear();
-      pending_bytes_ = 0;
+      // The chunk being written stays alive until its handler runs (with the error of the close).
+      if (writing_) out_.erase(std::next(out_.begin()), out_.end());
+      else out_.clear();
+      pending_bytes_ = writing_ ? out_.front().size() : 0;
       beast::error_code ignored;
       beast::get_lowest_layer(stream_).socket().close(ignored);
       return;
     }
+    pending_bytes_ += s.size();
     out_.push_back(std::move(s));
     if (!writing_) do_write_raw();
   }
@@ -769,6 +902,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   server_state& st_;
   connection_slot slot_;
   uint64_t conn_;
+  std::string client_;
   std::shared_ptr<http::response<http::string_body>> res_;
   std::shared_ptr<completion_state> cur_;
   std::deque<std::string> out_;
@@ -779,6 +913,17 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
 };
 
 // ---- listener -----------------------------------------------------------------------------
+
+// The rate limit's key of a connection: its peer's IP address (an IPv4-mapped IPv6
+// address as the IPv4 one, so a dual-stack listener counts a client once).
+std::string client_key(const tcp::socket& sock) {
+  beast::error_code ec;
+  auto ep = sock.remote_endpoint(ec);
+  if (ec) return "?";
+  auto a = ep.address();
+  if (a.is_v6() && a.to_v6().is_v4_mapped()) return asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6()).to_string();
+  return a.to_string();
+}
 
 class listener : public std::enable_shared_from_this<listener> {
  public:
@@ -826,10 +971,15 @@ class listener : public std::enable_shared_from_this<listener> {
     uint64_t conn = st_.next_conn.fetch_add(1, std::memory_order_relaxed);
     beast::error_code ignored;
     sock.set_option(tcp::no_delay(true), ignored);  // one small frame per token
+    std::string client = client_key(sock);
     if (tls_)
-      std::make_shared<http_session<tls_stream>>(tls_stream(std::move(sock), *tls_), st_, std::move(slot), conn)->run();
+      std::make_shared<http_session<tls_stream>>(tls_stream(std::move(sock), *tls_), st_, std::move(slot), conn,
+                                                 std::move(client))
+          ->run();
     else
-      std::make_shared<http_session<plain_stream>>(plain_stream(std::move(sock)), st_, std::move(slot), conn)->run();
+      std::make_shared<http_session<plain_stream>>(plain_stream(std::move(sock)), st_, std::move(slot), conn,
+                                                   std::move(client))
+          ->run();
     do_accept();
   }
 
@@ -861,6 +1011,7 @@ struct server::impl {
   std::string host;
   uint16_t port = 0;
   bool stopped = false;
+  std::vector<std::unique_ptr<server::clock_fn>> clocks;
 
   explicit impl(int threads_hint) : ioc(std::max(1, threads_hint)) {}
 };
@@ -887,6 +1038,7 @@ result<std::unique_ptr<server>> server::start(const service_config& cfg) {
   if (!addr) return addr.error();
   auto p = std::make_unique<impl>(cfg.io_threads);
   p->st.cfg = cfg;
+  p->st.limiter.emplace(cfg.rate_limit_rps, double(cfg.rate_limit_burst), size_t(std::max(1, cfg.rate_limit_clients)));
   p->st.model_name = model_display_name(cfg.model);
   p->host = addr->first;
 
@@ -939,6 +1091,11 @@ void server::attach(service& svc) {
   lim.encode = [tok](std::string_view text) { return tok->encode(text); };
   impl_->st.limits = std::move(lim);
   impl_->st.svc.store(&svc, std::memory_order_release);
+}
+
+void server::set_rate_limit_clock(clock_fn now) {
+  impl_->clocks.push_back(std::make_unique<clock_fn>(std::move(now)));  // earlier ones may still be read
+  impl_->st.clock.store(impl_->clocks.back().get(), std::memory_order_release);
 }
 
 uint16_t server::port() const { return impl_->port; }

@@ -10,7 +10,9 @@
 // requests get `unavailable`); shut the service down (or never attach one) before the
 // server is destroyed, so that no callback posts into a destroyed io context.
 #pragma once
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -32,6 +34,10 @@ class server {
 
   // From now on requests go to `svc`; /readyz follows svc.ready().
   void attach(service& svc);
+  // The clock of the per-client rate limit (server.rate_limit_*), steady_clock::now by
+  // default. For tests, which drive it instead of waiting.
+  using clock_fn = std::function<std::chrono::steady_clock::time_point()>;
+  void set_rate_limit_clock(clock_fn now);
   uint16_t port() const;
   const std::string& host() const;
   bool tls() const;

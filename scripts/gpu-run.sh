@@ -109,6 +109,14 @@ for st in "${STAGES[@]}"; do
       stage server 120 "$B/bin/infer-bench" --url "$url" --requests 100 --serial --prompt-tokens 32 --max-tokens 64
       kill -TERM $ipid; wait $ipid; echo "inferd exit: $?" >>"$OUT/server.log"
       ;;
+    cluster)
+      # Messaging overhead of a remote worker node: local worker vs worker node on loopback.
+      [ -d "$WORK/gpt2-small" ] || python3 "$B/gpu-hf.py" export --preset gpt2-small --seed 1 --out "$WORK/gpt2-small" --prompts 16 >>"$OUT/cluster.log" 2>&1
+      CONCURRENCY=${CLUSTER_CONCURRENCY:-128} REQUESTS=${CLUSTER_REQUESTS:-512} MAX_RUNNING=256 \
+        stage cluster 300 bash "$B/bench-cluster.sh" "$B/bin" "$OUT/cluster" -- --backend cuda --model "$WORK/gpt2-small" \
+        --tokenizer-dir "$B/vocab" --max-batch-tokens 4096 --kv-memory-mb 4096 --queue-capacity 1024 --log-level warn
+      cat "$OUT/cluster.log"
+      ;;
     profile)
       # Per-kernel GPU time of decode steps (ncu replays each kernel of a graph as a node):
       # PROFILE_BATCHES decode steps at each batch size, after the warm-up pass.

@@ -1,7 +1,9 @@
 // token_bucket: per-client rate limit. `rate` tokens per second refill up to `burst`;
 // a request takes one. When empty, retry_after says how long until one is back.
 #pragma once
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 
 namespace infer {
 

@@ -192,6 +192,11 @@ TEST_CASE("each invalid value is rejected with a message naming the key and the 
       {"server.max_header_bytes = 0", "server.max_header_bytes", "0"},
       {"server.idle_timeout_ms = -1", "server.idle_timeout_ms", "-1"},
       {"server.max_inflight_per_connection = 0", "server.max_inflight_per_connection", "0"},
+      {"server.max_pending_bytes = 100", "server.max_pending_bytes", "100"},
+      {"server.rate_limit_rps = -0.5", "server.rate_limit_rps", "-0.5"},
+      {"server.rate_limit_rps = nan", "server.rate_limit_rps", "nan"},
+      {"server.rate_limit_burst = 0", "server.rate_limit_burst", "0"},
+      {"server.rate_limit_clients = 0", "server.rate_limit_clients", "0"},
       {"log.log_level = \"verbose\"", "log.log_level", "verbose"},
   };
   for (const auto& bc : cases) {
@@ -211,7 +216,7 @@ TEST_CASE("several bad values are all reported") {
   auto c = parse_ok("backend.workers = 0\nlog.log_level = \"loud\"\n");
   status st = validate(c);
   REQUIRE_FALSE(st.is_ok());
-  CHECK(contains(st.message, "backend.workers: must be 1..64, got 0"));
+  CHECK(contains(st.message, "backend.workers: must be 1..64 (0 only on a front node with worker_nodes), got 0"));
   CHECK(contains(st.message, "log.log_level"));
 }
 
@@ -219,7 +224,9 @@ TEST_CASE("boundary values are accepted") {
   for (const char* text : {"backend.workers = 64", "backend.kv_block_size = 1", "backend.kv_block_size = 256",
                            "server.listen = \"[::1]:1\"", "server.listen = \"0.0.0.0:65535\"",
                            "server.listen = \"my-host.example:8080\"", "queue.max_tokens_default = 4096",
-                           "batching.prefill_chunk = 512", "queue.default_timeout_ms = 0"}) {
+                           "batching.prefill_chunk = 512", "queue.default_timeout_ms = 0",
+                           "server.max_pending_bytes = 4096", "server.rate_limit_rps = 0.1",
+                           "server.rate_limit_burst = 1", "server.rate_limit_clients = 1"}) {
     INFO(std::string(text));
     status st = validate(parse_ok(text));
     CHECK_MESSAGE(st.is_ok(), st.message);
@@ -365,9 +372,13 @@ TEST_CASE("command line: flags beat the file, --set beats flags") {
                                  "--max-batch-tokens", "1024", "--kv-memory-mb", "64", "--kv-block-size", "32",
                                  "--io-threads", "6", "--tokenizer-dir", "/tok", "--model", "synthetic:small",
                                  "--backend", "cpu", "--tls-cert", "c.pem", "--tls-key", "k.pem",
-                                 "--max-running", "3"});
+                                 "--max-running", "3", "--rate-limit-rps", "2.5", "--rate-limit-burst", "7",
+                                 "--max-pending-bytes", "65536"});
   REQUIRE_MESSAGE(cli.run, cli.message);
   const auto& c = cli.config;
+  CHECK(c.rate_limit_rps == 2.5);
+  CHECK(c.rate_limit_burst == 7);
+  CHECK(c.max_pending_bytes == 65536);
   CHECK(cli.config_path == f.path);
   CHECK(c.listen == "[::1]:7000");
   CHECK(c.workers == 4);
@@ -459,4 +470,42 @@ TEST_CASE("command line: INFERD_API_KEY supplies the key, --api-key beats it") {
   CHECK(env.config.api_key == "from-env");
   REQUIRE_MESSAGE(flag.run, flag.message);
   CHECK(flag.config.api_key == "from-flag");
+}
+
+TEST_CASE("[cluster]: roles, worker node addresses, TLS all-or-none, workers = 0 only with worker nodes") {
+  auto front = parse_command_line({"--workers", "0", "--worker-node", "10.0.0.2:7000", "--worker-node", "[::1]:7001"});
+  REQUIRE_MESSAGE(front.run, front.message);
+  CHECK(front.config.workers == 0);
+  CHECK(front.config.worker_nodes == std::vector<std::string>{"10.0.0.2:7000", "[::1]:7001"});
+
+  auto from_file = parse_service_config("[cluster]\nworker_nodes = [\"a:1\", \"b:2\"]\nrole = \"front\"\n", "t.toml");
+  REQUIRE(from_file);
+  CHECK(from_file.value().worker_nodes == std::vector<std::string>{"a:1", "b:2"});
+  // --print-config output reads back to the same list.
+  auto again = parse_service_config(format_service_config(from_file.value()), "printed");
+  REQUIRE(again);
+  CHECK(again.value().worker_nodes == from_file.value().worker_nodes);
+
+  auto not_strings = parse_service_config("[cluster]\nworker_nodes = [\"a:1\", 2]\n", "t.toml");
+  REQUIRE_FALSE(not_strings);
+  CHECK(contains(not_strings.error().message, "cluster.worker_nodes[1]: expected a string, got an integer"));
+
+  auto alone = parse_command_line({"--workers", "0"});
+  CHECK_FALSE(alone.run);
+  CHECK(contains(alone.message, "backend.workers: must be 1..64 (0 only on a front node with worker_nodes), got 0"));
+
+  auto bad = parse_command_line({"--role", "boss", "--worker-node", "nohost", "--set", "cluster.tls_cert=\"c.pem\"",
+                                 "--set", "cluster.node_timeout_ms=100", "--set", "cluster.heartbeat_ms=200"});
+  CHECK_FALSE(bad.run);
+  CHECK(contains(bad.message, "cluster.role: must be front|worker, got \"boss\""));
+  CHECK(contains(bad.message, "cluster.worker_nodes[0]: must be HOST:PORT"));
+  CHECK(contains(bad.message, "cluster.tls_cert: must be set together with cluster.tls_key and cluster.tls_ca"));
+  CHECK(contains(bad.message, "cluster.node_timeout_ms: must be 0 (off) or more than cluster.heartbeat_ms (200)"));
+
+  auto worker_with_nodes = parse_command_line({"--role", "worker", "--worker-node", "a:1"});
+  CHECK_FALSE(worker_with_nodes.run);
+  CHECK(contains(worker_with_nodes.message, "cluster.worker_nodes: must be empty on a worker node"));
+  auto port0 = parse_command_line({"--worker-node", "a:0"});
+  CHECK_FALSE(port0.run);
+  CHECK(contains(port0.message, "a port other than 0"));
 }

@@ -4,7 +4,10 @@
 // the tokenizer it is given), then done(length) after max_tokens or done(stop) when
 // the text ends with a stop sequence. Knobs: `hold` keeps accepted requests from
 // producing tokens (to cancel or disconnect mid-stream), `reject_overloaded` rejects
-// the next N submissions. kv_blocks_used counts live requests, as the real pool would.
+// the next N submissions, `tokens_per_tick` floods (a client that cannot keep up).
+// kv_blocks_used counts live requests, as the real pool would; it and `cancels` change
+// before the event that reveals the change is delivered, so a test that has seen the
+// event may check them at once.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -33,6 +36,7 @@ class fake_service final : public service {
   std::atomic<bool> is_ready{true};
   std::atomic<int> cancels{0};    // cancel() calls that hit a live request
   std::atomic<int> submitted{0};
+  std::atomic<int> tokens_per_tick{1};  // per running request
 
   uint64_t submit(generate_request req, event_callback cb) override {
     std::lock_guard lk(mu_);
@@ -104,16 +108,15 @@ class fake_service final : public service {
         event e;
         e.type = event::kind::accepted;
         e.request_id = j.id;
-        j.cb(e);
         m_.kv_blocks_used++;
         m_.running_sequences++;
+        j.cb(e);
         running_.emplace(j.id, std::move(j));
       }
       for (uint64_t id : cancel_now) {
         auto it = running_.find(id);
         if (it == running_.end()) continue;
-        cancels++;
-        finish(it->second, finish_reason::cancelled);
+        finish(it->second, finish_reason::cancelled, /*by_cancel=*/true);
         running_.erase(it);
       }
       for (auto it = running_.begin(); it != running_.end();) {
@@ -127,20 +130,23 @@ class fake_service final : public service {
           ++it;
           continue;
         }
-        event t;
-        t.type = event::kind::token;
-        t.request_id = j.id;
-        t.index = j.produced;
-        t.token = 'a' + j.produced % 26;
-        int32_t id = t.token;
-        t.text = tok_.decode(std::span<const int32_t>(&id, 1));
-        j.text += t.text;
-        j.produced++;
-        m_.tokens_generated++;
-        j.cb(t);
         bool stopped = false;
-        for (auto& s : j.req.stop)
-          if (j.text.size() >= s.size() && j.text.compare(j.text.size() - s.size(), s.size(), s) == 0) stopped = true;
+        for (int k = std::max(1, tokens_per_tick.load()); k > 0 && !stopped && j.produced < j.req.max_tokens; --k) {
+          event t;
+          t.type = event::kind::token;
+          t.request_id = j.id;
+          t.index = j.produced;
+          t.token = 'a' + j.produced % 26;
+          int32_t id = t.token;
+          t.text = tok_.decode(std::span<const int32_t>(&id, 1));
+          j.text += t.text;
+          if (j.text.size() > 1024) j.text.erase(0, j.text.size() - 512);  // enough for stop sequences
+          j.produced++;
+          m_.tokens_generated++;
+          j.cb(t);
+          for (auto& s : j.req.stop)
+            if (j.text.size() >= s.size() && j.text.compare(j.text.size() - s.size(), s.size(), s) == 0) stopped = true;
+        }
         if (stopped || j.produced >= j.req.max_tokens) {
           finish(j, stopped ? finish_reason::stop : finish_reason::length);
           it = running_.erase(it);
@@ -153,7 +159,9 @@ class fake_service final : public service {
     }
   }
 
-  void finish(job& j, finish_reason r) {
+  // Gauges and counts first, the event last: whoever sees the event or the cancel count
+  // sees the request gone from kv_blocks_used.
+  void finish(job& j, finish_reason r, bool by_cancel = false) {
     event d;
     d.type = event::kind::done;
     d.request_id = j.id;
@@ -164,6 +172,7 @@ class fake_service final : public service {
     m_.kv_blocks_used--;
     m_.running_sequences--;
     m_.count_outcome(r == finish_reason::cancelled ? "cancelled" : r == finish_reason::stop ? "done_stop" : "done_length");
+    if (by_cancel) cancels++;
     j.cb(d);
   }
 

@@ -293,6 +293,10 @@ TEST_CASE("OpenAI response bodies") {
   CHECK(e["error"]["message"] == "slow down");
   CHECK(e["error"]["type"] == "rate_limit_error");
   CHECK(e["error"]["code"] == "rate_limited");
+  CHECK(!e["error"].contains("retry_after_ms"));
+  auto w = json::parse(openai_error_json(error_code::rate_limited, "slow down", 1234));
+  CHECK(w["error"]["retry_after_ms"] == 1234);
+  CHECK(w["error"]["code"] == "rate_limited");
   CHECK(http_status(error_code::invalid_request) == 400);
   CHECK(http_status(error_code::overloaded) == 429);
   CHECK(http_status(error_code::rate_limited) == 429);

@@ -1,7 +1,8 @@
 // The Beast server in-process against fake_service, over real loopback sockets:
 // WebSocket protocol v1 (streaming, multiplexing, cancel, disconnect, every malformed
 // case, close codes, per-connection limit), HTTP (health, readiness, metrics, OpenAI
-// completions with and without streaming, tokenize/detokenize) and the bearer token.
+// completions with and without streaming, tokenize/detokenize), the bearer token, the
+// per-client rate limit (its clock driven by the test) and slow consumers.
 // Waits are on observable state with a generous deadline, never on elapsed time.
 #include <doctest/doctest.h>
 #include <sys/socket.h>
@@ -15,6 +16,7 @@
 #include <set>
 #include <thread>
 
+#include "net/rate-limiter.hpp"
 #include "net/server.hpp"
 #include "test-net-fake-service.hpp"
 
@@ -47,7 +49,11 @@ struct ws_client {
   websocket::stream<tcp::socket> ws{ioc};
   beast::error_code handshake_ec;
 
-  explicit ws_client(uint16_t port, const std::string& bearer = "") {
+  // rcvbuf > 0: a small receive buffer, so that a client that does not read backs up
+  // into the server's queue after a few KiB.
+  explicit ws_client(uint16_t port, const std::string& bearer = "", int rcvbuf = 0) {
+    ws.next_layer().open(tcp::v4());
+    if (rcvbuf > 0) ws.next_layer().set_option(asio::socket_base::receive_buffer_size(rcvbuf));
     ws.next_layer().connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
     set_recv_timeout(ws.next_layer(), 20);
     if (!bearer.empty())
@@ -77,7 +83,33 @@ struct ws_client {
     }
     return int(ws.reason().code);
   }
+  // Reads every frame until the connection ends, however many; returns how many.
+  size_t drain() {
+    beast::flat_buffer b;
+    beast::error_code ec;
+    size_t n = 0;
+    while (!ec) {
+      ws.read(b, ec);
+      b.consume(b.size());
+      if (!ec) ++n;
+    }
+    return n;
+  }
 };
+
+// A steady clock the test moves by hand (server::set_rate_limit_clock).
+struct manual_clock {
+  const std::chrono::steady_clock::time_point base = std::chrono::steady_clock::now();
+  std::atomic<int64_t> ms{0};
+  std::chrono::steady_clock::time_point now() const { return base + std::chrono::milliseconds(ms.load()); }
+};
+
+// The value of one sample line of a Prometheus text ("name{labels} value"), -1 if absent.
+double metric(const std::string& text, const std::string& sample) {
+  auto pos = text.find("\n" + sample + " ");
+  if (pos == std::string::npos) return -1;
+  return std::stod(text.substr(pos + sample.size() + 2));
+}
 
 struct http_reply {
   int status = 0;
@@ -602,4 +634,287 @@ TEST_CASE("http: Expect: 100-continue is answered before the body is read") {
   http::read(s, b, res);
   CHECK(res.result_int() == 200);
   CHECK(json::parse(res.body())["choices"][0]["text"] == "ab");
+}
+
+// ---- per-client rate limit ------------------------------------------------------------------
+
+TEST_CASE("rate_limiter: buckets per client, refill with the clock, bounded table") {
+  using namespace std::chrono_literals;
+  const auto t0 = std::chrono::steady_clock::time_point{} + 1h;
+  SUBCASE("off") {
+    infer::net::rate_limiter off(0, 5, 10);
+    CHECK(!off.enabled());
+    for (int i = 0; i < 100; ++i) CHECK(off.take("1.2.3.4", t0) == 0);
+    CHECK(off.clients() == 0);
+  }
+  SUBCASE("burst, then one token per 1/rate, per client") {
+    infer::net::rate_limiter rl(2.0, 3, 100);  // 2/s, burst 3
+    for (int i = 0; i < 3; ++i) CHECK(rl.take("a", t0) == 0);
+    int64_t wait = rl.take("a", t0);
+    CHECK(wait >= 500);  // one token takes 500 ms at 2/s
+    CHECK(wait <= 501);
+    CHECK(rl.take("b", t0) == 0);  // another client has its own bucket
+    CHECK(rl.take("a", t0 + 250ms) > 0);
+    int64_t rest = rl.take("a", t0 + 250ms);
+    CHECK(rest >= 250);
+    CHECK(rest <= 251);
+    CHECK(rl.take("a", t0 + 250ms + std::chrono::milliseconds(rest)) == 0);  // the wait it named is enough
+    CHECK(rl.take("a", t0 + 250ms + std::chrono::milliseconds(rest)) > 0);
+    CHECK(rl.clients() == 2);
+  }
+  SUBCASE("a bucket full again is forgotten; at the cap the least recently seen goes") {
+    infer::net::rate_limiter rl(1.0, 2, 3);  // full again 2 s after the last use
+    CHECK(rl.take("a", t0) == 0);
+    CHECK(rl.take("b", t0 + 1s) == 0);
+    CHECK(rl.clients() == 2);
+    CHECK(rl.take("c", t0 + 2s) == 0);  // "a" idle 2 s: full, dropped
+    CHECK(rl.clients() == 2);
+    CHECK(rl.evicted_at_cap() == 0);
+    // Four clients at once where three fit: the least recently seen is dropped early.
+    CHECK(rl.take("d", t0 + 2s) == 0);
+    CHECK(rl.take("e", t0 + 2s) == 0);
+    CHECK(rl.clients() == 3);
+    CHECK(rl.evicted_at_cap() == 1);
+    for (int i = 0; i < 1000; ++i) rl.take("x" + std::to_string(i), t0 + 2s);
+    CHECK(rl.clients() == 3);
+    CHECK(rl.evicted_at_cap() == 1001);
+  }
+}
+
+TEST_CASE("rate limit: WebSocket generate over the client's rate gets rate_limited with retry_after_ms") {
+  manual_clock clk;
+  fixture f([](infer::service_config& c) {
+    c.rate_limit_rps = 2;
+    c.rate_limit_burst = 2;
+  });
+  f.srv->set_rate_limit_clock([&clk] { return clk.now(); });
+  ws_client c(f.port());
+  REQUIRE(!c.handshake_ec);
+  c.send(gen("a", "x", 1));
+  c.send(gen("b", "x", 1));
+  c.send(gen("c", "x", 1));
+  std::map<std::string, json> terminal;
+  while (terminal.size() < 3) {
+    auto e = c.recv();
+    if (e["type"] == "done" || e["type"] == "error") terminal[e["id"]] = e;
+  }
+  CHECK(terminal["a"]["type"] == "done");
+  CHECK(terminal["b"]["type"] == "done");
+  CHECK(terminal["c"]["type"] == "error");
+  CHECK(terminal["c"]["code"] == "rate_limited");
+  int64_t wait = terminal["c"]["retry_after_ms"].get<int64_t>();
+  CHECK(wait >= 500);  // from the bucket: one token at 2/s
+  CHECK(wait <= 501);
+  CHECK(f.svc->submitted == 2);
+
+  // Per client, not per connection: a second connection from the same address shares it.
+  ws_client c2(f.port());
+  c2.send(gen("d", "x", 1));
+  auto e = c2.recv();
+  CHECK(e["code"] == "rate_limited");
+
+  // Invalid frames take no token and are answered as such.
+  c2.send(std::string(R"({"type":"generate","id":"bad"})"));
+  CHECK(c2.recv()["code"] == "invalid_request");
+
+  clk.ms += wait;  // refilled: exactly one token is back
+  c.send(gen("e", "x", 1));
+  CHECK(c.recv() == json{{"type", "accepted"}, {"id", "e"}});
+  CHECK(c.recv()["type"] == "token");
+  CHECK(c.recv()["type"] == "done");
+  c.send(gen("f", "x", 1));
+  CHECK(c.recv()["code"] == "rate_limited");
+
+  auto m = http_call(f.port(), http::verb::get, "/metrics").body;
+  CHECK(metric(m, "infer_requests_total{outcome=\"rate_limited\"}") == 3);
+  CHECK(metric(m, "infer_requests_total{outcome=\"invalid_request\"}") == 1);
+  CHECK(metric(m, "infer_rate_limit_clients") == 1);
+}
+
+TEST_CASE("rate limit: /v1/completions over the rate answers 429 with Retry-After and retry_after_ms") {
+  manual_clock clk;
+  fixture f([](infer::service_config& c) {
+    c.rate_limit_rps = 0.5;  // one token per 2 s
+    c.rate_limit_burst = 1;
+  });
+  f.srv->set_rate_limit_clock([&clk] { return clk.now(); });
+  const std::string body = R"({"prompt":"hi","max_tokens":2})";
+  CHECK(http_call(f.port(), http::verb::post, "/v1/completions", body).status == 200);
+  auto r = http_call(f.port(), http::verb::post, "/v1/completions", body);
+  CHECK(r.status == 429);
+  CHECK(r.headers[http::field::retry_after] == "3");  // whole seconds, rounded up from 2001 ms
+  auto err = r.j()["error"];
+  CHECK(err["code"] == "rate_limited");
+  CHECK(err["type"] == "rate_limit_error");
+  CHECK(err["retry_after_ms"] >= 2000);
+  CHECK(err["retry_after_ms"] <= 2001);
+  // Streaming requests count alike; tokenize is not a generation and is never limited.
+  CHECK(http_call(f.port(), http::verb::post, "/v1/completions", R"({"prompt":"hi","stream":true})").status == 429);
+  CHECK(http_call(f.port(), http::verb::post, "/tokenize", R"({"prompt":"Hi"})").status == 200);
+  clk.ms += err["retry_after_ms"].get<int64_t>();
+  auto ok = http_call(f.port(), http::verb::post, "/v1/completions", body);
+  CHECK(ok.status == 200);
+  CHECK(ok.j()["choices"][0]["text"] == "ab");
+  CHECK(f.svc->submitted == 2);
+}
+
+TEST_CASE("rate limit: after waiting retry_after_ms (real clock) the next request goes through") {
+  fixture f([](infer::service_config& c) {
+    c.rate_limit_rps = 2;
+    c.rate_limit_burst = 1;
+  });
+  ws_client c(f.port());
+  // Requests in a row, each answered before the next: one is refused within a few (each
+  // would have to take 500 ms to be let through).
+  int64_t wait = 0;
+  for (int i = 0; i < 50 && wait == 0; ++i) {
+    c.send(gen("r" + std::to_string(i), "x", 1));
+    json e;
+    while ((e = c.recv())["type"] != "done" && e["type"] != "error") {
+    }
+    if (e["type"] == "error") {
+      REQUIRE(e["code"] == "rate_limited");
+      wait = e["retry_after_ms"].get<int64_t>();
+    }
+  }
+  REQUIRE(wait > 0);
+  CHECK(wait <= 501);
+  std::this_thread::sleep_for(std::chrono::milliseconds(wait));
+  c.send(gen("after", "x", 1));
+  CHECK(c.recv() == json{{"type", "accepted"}, {"id", "after"}});
+}
+
+// ---- slow consumers --------------------------------------------------------------------------
+
+TEST_CASE("slow consumer: a WebSocket client that stops reading has its request cancelled and gets 1008") {
+  fixture f([](infer::service_config& c) {
+    c.max_pending_bytes = 64 << 10;
+    c.max_tokens_limit = 1 << 30;
+  });
+  f.svc->tokens_per_tick = 2000;  // far faster than a client that does not read drains
+  ws_client c(f.port(), "", 4096);
+  REQUIRE(!c.handshake_ec);
+  c.send(gen("flood", "x", 1 << 30));
+  // Not reading: the socket buffers fill, then the server's queue, then it gives up.
+  CHECK(eventually([&] { return f.svc->cancels == 1; }));
+  CHECK(f.svc->live() == 0);  // the request's KV blocks are free
+  // Reading again, the client finds the frames that were on their way, then the close.
+  size_t frames = c.drain();
+  CHECK(frames > 0);
+  CHECK(int(c.ws.reason().code) == int(websocket::close_code::policy_error));
+  CHECK(std::string(c.ws.reason().reason.data(), c.ws.reason().reason.size()).find("too slow") != std::string::npos);
+  CHECK(f.svc->cancels == 1);
+  CHECK(eventually([&] {
+    auto m = http_call(f.port(), http::verb::get, "/metrics").body;
+    return metric(m, "infer_connections_slow_closed_total") == 1 && metric(m, "infer_connections_open") == 1;
+  }));
+  // The server is fine for everyone else.
+  f.svc->tokens_per_tick = 1;
+  ws_client other(f.port());
+  other.send(gen("ok", "x", 2));
+  CHECK(other.recv()["type"] == "accepted");
+  CHECK(other.recv()["type"] == "token");
+  CHECK(other.recv()["type"] == "token");
+  CHECK(other.recv()["type"] == "done");
+}
+
+TEST_CASE("slow consumer: an SSE client that stops reading has its completion cancelled and is disconnected") {
+  fixture f([](infer::service_config& c) {
+    c.max_pending_bytes = 64 << 10;
+    c.max_tokens_limit = 1 << 30;
+  });
+  f.svc->tokens_per_tick = 2000;
+  asio::io_context ioc;
+  tcp::socket s(ioc);
+  s.open(tcp::v4());
+  s.set_option(asio::socket_base::receive_buffer_size(4096));
+  s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()));
+  set_recv_timeout(s, 20);
+  http::request<http::string_body> req(http::verb::post, "/v1/completions", 11);
+  req.set(http::field::host, "127.0.0.1");
+  req.body() = json{{"prompt", "hi"}, {"max_tokens", 1 << 30}, {"stream", true}}.dump();
+  req.prepare_payload();
+  http::write(s, req);
+  CHECK(eventually([&] { return f.svc->cancels == 1; }));
+  CHECK(f.svc->live() == 0);
+  // What was on its way arrives, then the connection ends without the stream's end.
+  std::string tail;
+  char buf[65536];
+  beast::error_code ec;
+  size_t total = 0;
+  while (!ec) {
+    size_t n = s.read_some(asio::buffer(buf), ec);
+    total += n;
+    tail.append(buf, n);
+    if (tail.size() > 4096) tail.erase(0, tail.size() - 4096);
+  }
+  CHECK(total > 0);
+  CHECK((ec == asio::error::eof || ec == asio::error::connection_reset));
+  CHECK(tail.find("[DONE]") == std::string::npos);
+  CHECK(eventually([&] {
+    auto m = http_call(f.port(), http::verb::get, "/metrics").body;
+    return metric(m, "infer_connections_slow_closed_total") == 1;
+  }));
+}
+
+// ---- the API key as a WebSocket subprotocol (browsers cannot send Authorization) -----------
+
+namespace {
+struct offer_result {
+  beast::error_code ec;
+  int status = 0;
+  std::string selected;  // Sec-WebSocket-Protocol of the answer
+};
+offer_result upgrade_offering(uint16_t port, const std::string& protocols) {
+  asio::io_context ioc;
+  websocket::stream<tcp::socket> ws{ioc};
+  ws.next_layer().connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+  set_recv_timeout(ws.next_layer(), 20);
+  ws.set_option(websocket::stream_base::decorator(
+      [protocols](websocket::request_type& r) { r.set(http::field::sec_websocket_protocol, protocols); }));
+  websocket::response_type res;
+  offer_result out;
+  ws.handshake(res, "127.0.0.1", "/v1/stream", out.ec);
+  out.status = int(res.result_int());
+  out.selected = std::string(res[http::field::sec_websocket_protocol]);
+  if (!out.ec) {  // and the connection serves
+    ws.text(true);
+    ws.write(asio::buffer(gen("p", "x", 1).dump()));
+    beast::flat_buffer b;
+    ws.read(b);
+    if (json::parse(beast::buffers_to_string(b.data()))["type"] != "accepted") out.status = -1;
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("bearer token: a WebSocket may present the key as subprotocol bearer.KEY") {
+  fixture f([](infer::service_config& c) { c.api_key = "s3cret"; });
+  auto both = upgrade_offering(f.port(), "inferd.v1, bearer.s3cret");
+  CHECK(!both.ec);
+  CHECK(both.status == 101);
+  CHECK(both.selected == "inferd.v1");  // the key is not echoed when it need not be
+  auto only = upgrade_offering(f.port(), "bearer.s3cret");
+  CHECK(!only.ec);
+  CHECK(only.selected == "bearer.s3cret");  // a browser needs one of its offers back
+  auto wrong = upgrade_offering(f.port(), "inferd.v1, bearer.s3cre");
+  CHECK(wrong.ec);
+  CHECK(wrong.status == 401);
+  auto none = upgrade_offering(f.port(), "inferd.v1");
+  CHECK(none.ec);
+  CHECK(none.status == 401);
+  CHECK(f.svc->submitted == 2);
+}
+
+TEST_CASE("subprotocol inferd.v1 is answered without an API key configured") {
+  fixture f;
+  auto r = upgrade_offering(f.port(), "chat, inferd.v1");
+  CHECK(!r.ec);
+  CHECK(r.selected == "inferd.v1");
+  auto b = upgrade_offering(f.port(), "bearer.anything");  // no key to match: any is fine, and answered
+  CHECK(!b.ec);
+  CHECK(b.selected == "bearer.anything");
+  auto other = upgrade_offering(f.port(), "chat");  // nothing we speak: no subprotocol, still served
+  CHECK(!other.ec);
+  CHECK(other.selected.empty());
 }

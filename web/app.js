@@ -76,7 +76,7 @@ function setStatus(state, text) {
 const ERROR_HINTS = {
   invalid_request: 'The server refused a value of this request; fix it and generate again.',
   overloaded: 'The server\'s queue is full. Try again shortly.',
-  rate_limited: 'This connection has too many requests in flight. Wait for some to finish.',
+  rate_limited: 'Too many requests: this client is over its rate limit, or this connection has too many in flight. Wait the retry time, or for some to finish.',
   timeout: 'The request ran past its deadline (timeout_ms).',
   unavailable: 'No model is loaded or no worker is healthy right now.',
   internal: 'The server failed on this request (see its log).',

@@ -1,0 +1,86 @@
+#include "actors/worker-node.hpp"
+
+#include <caf/io/all.hpp>
+#include <caf/openssl/all.hpp>
+
+#include "actors/node-agent-actor.hpp"
+#include "actors/service-core.hpp"
+#include "actors/supervisor-actor.hpp"
+#include "config/service-config.hpp"
+
+namespace infer {
+
+namespace {
+
+constexpr auto engine_wait = std::chrono::seconds(30);
+
+class worker_node_impl final : public worker_node {
+ public:
+  worker_node_impl(caf::actor_system& sys, service_core_ptr core, uint16_t port, bool tls)
+      : sys_(sys), core_(std::move(core)), port_(port), tls_(tls) {}
+  ~worker_node_impl() override { shutdown(); }
+
+  uint16_t port() const override { return port_; }
+
+  void shutdown() override {
+    if (shut_) return;
+    shut_ = true;
+    core_->closed.store(true);
+    if (tls_)
+      caf::anon_send(sys_.openssl_manager().actor_handle(), caf::close_atom::value, port_);
+    else
+      caf::anon_send(sys_.middleman().actor_handle(), caf::close_atom::value, port_);
+    core_->faults->release();
+    caf::anon_send_exit(core_->supervisor, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(core_->batcher, caf::exit_reason::user_shutdown);  // the agent
+    std::unique_lock<std::mutex> lk(core_->mu);
+    // Detached engines must be gone before the actor_system is destroyed (CAF 0.17).
+    core_->cv.wait_for(lk, engine_wait, [&] { return core_->live_engines == 0; });
+  }
+
+ private:
+  caf::actor_system& sys_;
+  service_core_ptr core_;
+  uint16_t port_;
+  bool tls_;
+  bool shut_ = false;
+};
+
+}  // namespace
+
+result<std::unique_ptr<worker_node>> worker_node::start(caf::actor_system& sys, const service_config& cfg,
+                                                        const service_hooks& hooks) {
+  auto made = make_core(cfg, hooks);
+  if (!made) return made.error();
+  service_core_ptr core = std::move(made.value());
+  auto addr = parse_listen_address(cfg.listen);
+  if (!addr) return make_status(errc::invalid_argument, "server.listen: " + addr.error().message);
+  const bool tls = !cfg.cluster_tls_cert.empty();
+  if (!sys.has_middleman())
+    return make_status(errc::invalid_argument, "worker node: the actor system has no middleman");
+  if (tls && !sys.has_openssl_manager())
+    return make_status(errc::invalid_argument, "worker node: cluster.tls_* set but no OpenSSL manager is loaded");
+
+  // The agent stands where the batcher stands for the workers: their hellos and reports
+  // go to it, and it relays them to the front node that joined.
+  core->batcher = spawn_node_agent_actor(sys, core);
+  const char* host = addr.value().host.empty() ? nullptr : addr.value().host.c_str();
+  auto port = tls ? caf::openssl::publish(core->batcher, addr.value().port, host, true)
+                  : caf::io::publish(core->batcher, addr.value().port, host, true);
+  if (!port) {
+    caf::anon_send_exit(core->batcher, caf::exit_reason::user_shutdown);
+    return make_status(errc::io_error, "worker node: cannot listen on " + cfg.listen + ": " +
+                                           sys.render(port.error()));
+  }
+  core->supervisor = spawn_supervisor_actor(sys, core);
+  return std::unique_ptr<worker_node>(new worker_node_impl(sys, std::move(core), port.value(), tls));
+}
+
+result<std::unique_ptr<worker_node>> worker_node::start(caf::actor_system& sys, const service_config& cfg) {
+  service_config run_cfg = cfg;
+  auto hooks = model_hooks(run_cfg);
+  if (!hooks) return hooks.error();
+  return start(sys, run_cfg, hooks.value());
+}
+
+}  // namespace infer
