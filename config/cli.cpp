@@ -8,7 +8,6 @@
 #include <utility>
 
 #include <CLI/CLI.hpp>
-#include <toml++/toml.h>
 
 #ifndef INFER_VERSION
 #define INFER_VERSION "unknown"
@@ -59,11 +58,7 @@ const value_flag k_flags[] = {
 };
 
 // A TOML basic string holding `text` exactly (quotes, backslashes and controls escaped).
-std::string toml_quote(const std::string& text) {
-  std::ostringstream o;
-  o << toml::value<std::string>(text);
-  return o.str();
-}
+std::string toml_quote(const std::string& text) { return toml_string_literal(text); }
 
 cli_outcome fail(std::string msg) {
   cli_outcome out;

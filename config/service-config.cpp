@@ -424,6 +424,60 @@ status set_service_config_value(service_config& cfg, const std::string& key, con
 
 std::vector<std::string> service_config_keys() { return key_candidates({}); }
 
+std::string toml_string_literal(std::string_view text) {
+  // Not toml++'s formatter: for text with a line break it writes a multi-line literal string
+  // ('''...'''), which cannot hold ''' and loses a leading newline (found by fuzz/fuzz-config).
+  static const char* hex = "0123456789ABCDEF";
+  std::string out = "\"";
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned char c = p[i];
+    if (c < 0x80) {
+      switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\t': out += "\\t"; break;
+        case '\r': out += "\\r"; break;
+        case '\b': out += "\\b"; break;
+        case '\f': out += "\\f"; break;
+        default:
+          if (c < 0x20 || c == 0x7F) {
+            out += "\\u00";
+            out.push_back(hex[c >> 4]);
+            out.push_back(hex[c & 15]);
+          } else {
+            out.push_back(char(c));
+          }
+      }
+      ++i;
+      continue;
+    }
+    // A well-formed sequence (no overlong form, surrogate or code point past U+10FFFF) is copied.
+    size_t len = 0;
+    uint32_t cp = 0, min = 0;
+    if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F, min = 0x80;
+    else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F, min = 0x800;
+    else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07, min = 0x10000;
+    bool ok = len != 0 && i + len <= n;
+    for (size_t k = 1; ok && k < len; ++k) {
+      if ((p[i + k] & 0xC0) != 0x80) ok = false;
+      else cp = (cp << 6) | (p[i + k] & 0x3F);
+    }
+    if (ok && (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))) ok = false;
+    if (ok) {
+      out.append(text.data() + i, len);
+      i += len;
+    } else {
+      out += "\\uFFFD";
+      ++i;
+    }
+  }
+  out.push_back('"');
+  return out;
+}
+
 std::string format_service_config(const service_config& cfg) {
   std::ostringstream out;
   for (const char* section : k_sections) {
@@ -435,7 +489,7 @@ std::string format_service_config(const service_config& cfg) {
           [&](auto field) {
             using F = decltype(field);
             if constexpr (std::is_same_v<F, str_field>) {
-              out << toml::value<std::string>(cfg.*field);  // toml++ escapes quotes and controls
+              out << toml_string_literal(cfg.*field);
             } else if constexpr (std::is_same_v<F, arr_field>) {
               out << "[";
               const auto& v = cfg.*field;

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/result.hpp"
@@ -120,6 +121,10 @@ status set_service_config_value(service_config& cfg, const std::string& key, con
 std::vector<std::string> service_config_keys();
 // The settings as TOML text that parse_service_config reads back to an equal service_config.
 std::string format_service_config(const service_config& cfg);
+
+// `text` as a TOML basic string ("..." with escapes), read back as the same bytes when they are
+// valid UTF-8; an invalid sequence becomes U+FFFD (TOML strings are Unicode).
+std::string toml_string_literal(std::string_view text);
 
 // server.listen split up: "HOST:PORT", IPv6 as "[::1]:8080" (host given without brackets).
 struct listen_address {

@@ -66,6 +66,21 @@ bool get_u64(const nlohmann::json& j, uint64_t& out) {
   return false;
 }
 
+// A JSON value for an error message. dump() recurses once per nesting level, so a hostile
+// header of nested arrays ([[[[...]]]], 200 KB) would overflow the stack (fuzz/regressions/safetensors):
+// only scalars are printed, anything else by its type.
+std::string json_brief(const nlohmann::json& j) {
+  if (j.is_number() || j.is_boolean() || j.is_null()) return j.dump();
+  return j.type_name();
+}
+
+// An array of scalars as "[a, b, ...]" (arrays and objects inside by their type).
+std::string json_brief_array(const nlohmann::json& a) {
+  std::string out = "[";
+  for (size_t i = 0; i < a.size(); ++i) out += (i ? ", " : "") + json_brief(a[i]);
+  return out + "]";
+}
+
 }  // namespace
 
 const char* st_dtype_name(st_dtype d) { return info(d).name; }
@@ -115,11 +130,26 @@ result<safetensors_file> safetensors_file::open(const std::string& path) {
   // Weights are read soon and whole (forward pass, device upload): start paging them in now.
   ::madvise(base, size, MADV_WILLNEED);
 
+  std::shared_ptr<void> mapping(base, [size](void* p) { ::munmap(p, size); });
+  return parse(path, std::move(mapping), static_cast<const unsigned char*>(base), size);
+}
+
+result<safetensors_file> safetensors_file::from_memory(const void* data, size_t size, const std::string& name) {
+  if (size < 8) return fmt_err(name, fmt::format("file is {} bytes, too small for the 8-byte header length", size));
+  // An exact-size heap copy: views stay valid after the caller's buffer is gone, and a read
+  // past the image is a heap overflow that AddressSanitizer reports (fuzzing).
+  auto copy = std::shared_ptr<unsigned char[]>(new unsigned char[size]);
+  std::memcpy(copy.get(), data, size);
+  const unsigned char* bytes = copy.get();
+  return parse(name, std::shared_ptr<void>(copy, copy.get()), bytes, size);
+}
+
+result<safetensors_file> safetensors_file::parse(const std::string& path, std::shared_ptr<void> mapping,
+                                                 const unsigned char* bytes, size_t size) {
   safetensors_file f;
   f.path_ = path;
   f.file_size_ = size;
-  f.mapping_ = std::shared_ptr<void>(base, [size](void* p) { ::munmap(p, size); });
-  const auto* bytes = static_cast<const unsigned char*>(base);
+  f.mapping_ = std::move(mapping);
 
   uint64_t hlen = 0;
   for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | bytes[i];
@@ -168,22 +198,26 @@ result<safetensors_file> safetensors_file::open(const std::string& path) {
     if (!st_dtype_parse(dtype_name, t.dtype))
       return tensor_err(path, name, fmt::format("unknown dtype '{}'", dtype_name));
 
-    uint64_t numel = 1;
+    // Every running product must fit int64: st_tensor_view::numel() multiplies in this order
+    // in int64 ([3, 2^62, 0] is 0 elements, but 3 * 2^62 overflows on the way; fuzz/regressions/safetensors).
+    int64_t numel = 1;
     for (const auto& d : *sh) {
       uint64_t n = 0;
       if (!get_u64(d, n) || n > uint64_t(INT64_MAX))
-        return tensor_err(path, name, fmt::format("shape {} has a non-integer or negative dimension", sh->dump()));
-      if (__builtin_mul_overflow(numel, n, &numel))
-        return tensor_err(path, name, fmt::format("shape {} overflows", sh->dump()));
+        return tensor_err(path, name, fmt::format("shape {} has a non-integer or negative dimension",
+                                                  json_brief_array(*sh)));
+      if (__builtin_mul_overflow(numel, int64_t(n), &numel))
+        return tensor_err(path, name, fmt::format("shape {} overflows", json_brief_array(*sh)));
       t.shape.push_back(int64_t(n));
     }
     uint64_t want = 0;
-    if (__builtin_mul_overflow(numel, uint64_t(st_dtype_size(t.dtype)), &want))
-      return tensor_err(path, name, fmt::format("shape {} overflows", sh->dump()));
+    if (__builtin_mul_overflow(uint64_t(numel), uint64_t(st_dtype_size(t.dtype)), &want))
+      return tensor_err(path, name, fmt::format("shape {} overflows", json_brief_array(*sh)));
 
     uint64_t b = 0, e = 0;
     if (!get_u64((*off)[0], b) || !get_u64((*off)[1], e))
-      return tensor_err(path, name, fmt::format("data_offsets {} are not non-negative integers", off->dump()));
+      return tensor_err(path, name, fmt::format("data_offsets {} are not non-negative integers",
+                                                json_brief_array(*off)));
     if (e < b) return tensor_err(path, name, fmt::format("data_offsets [{}, {}] end before begin", b, e));
     if (e > data_size)
       return tensor_err(path, name,

@@ -55,6 +55,9 @@ struct st_tensor_view {
 class safetensors_file {
  public:
   static result<safetensors_file> open(const std::string& path);
+  // The same checks on a file image already in memory (fuzzing, tests, an embedded model).
+  // The bytes are copied, so the views outlive `data`; `name` stands for the path in errors.
+  static result<safetensors_file> from_memory(const void* data, size_t size, const std::string& name = "<memory>");
 
   // nullptr when absent.
   const st_tensor_view* find(std::string_view name) const;
@@ -68,6 +71,10 @@ class safetensors_file {
   std::shared_ptr<void> mapping() const { return mapping_; }
 
  private:
+  // Validates and indexes `size` bytes at `bytes`, which `mapping` keeps alive.
+  static result<safetensors_file> parse(const std::string& path, std::shared_ptr<void> mapping,
+                                        const unsigned char* bytes, size_t size);
+
   std::string path_;
   size_t file_size_ = 0;
   std::shared_ptr<void> mapping_;

@@ -115,16 +115,20 @@ std::optional<std::string> get_sampling(const json& o, const protocol_limits& li
   i = lim.max_tokens_default;
   if (auto e = get_int(o, "max_tokens", 1, lim.max_tokens_limit, i)) return e;
   r.max_tokens = int32_t(i);
+  // The sampler works in float: a double that float cannot hold (1e300 -> inf, 1e-300 -> 0)
+  // would slip past a check made on the double (found by fuzz/fuzz-protocol's checks).
   d = r.sampling.temperature;
   if (auto e = get_number(o, "temperature", d)) return e;
   if (d < 0) return fmt::format("temperature: must be >= 0, got {}", d);
+  if (d > double(std::numeric_limits<float>::max()))
+    return fmt::format("temperature: must be at most {}, got {}", std::numeric_limits<float>::max(), d);
   r.sampling.temperature = float(d);
   i = r.sampling.top_k;
   if (auto e = get_int(o, "top_k", 0, std::numeric_limits<int32_t>::max(), i)) return e;
   r.sampling.top_k = int32_t(i);
   d = r.sampling.top_p;
   if (auto e = get_number(o, "top_p", d)) return e;
-  if (!(d > 0 && d <= 1)) return fmt::format("top_p: must be in (0, 1], got {}", d);
+  if (!(d > 0 && d <= 1) || !(float(d) > 0)) return fmt::format("top_p: must be in (0, 1], got {}", d);
   r.sampling.top_p = float(d);
   if (auto e = get_u64(o, "seed", r.sampling.seed)) return e;
   if (auto e = get_stop(o, lim, r.stop)) return e;
