@@ -498,7 +498,7 @@ std::string format_service_config(const service_config& cfg) {
             } else if constexpr (std::is_same_v<F, strs_field>) {
               out << "[";
               const auto& v = cfg.*field;
-              for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << toml::value<std::string>(v[i]);
+              for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << toml_string_literal(v[i]);
               out << "]";
             } else if constexpr (std::is_same_v<F, f64_field>) {
               out << toml::value<double>(cfg.*field);
