@@ -18,80 +18,31 @@
 // Exit status 0 when every check passes.
 'use strict';
 const assert = require('node:assert/strict');
-const {spawn} = require('node:child_process');
-const fs = require('node:fs');
 const http = require('node:http');
-const os = require('node:os');
 const path = require('node:path');
+const lib = require('./e2e-lib.js');
+const {arg, sleep, waitFor, running} = lib;
+const WebSocket = lib.need('ws');
 
-const repo = path.resolve(__dirname, '..', '..');
-const npmModules = path.join(repo, 'third_party', 'npm', 'node_modules');
-function need(name) {
-  try { return require(name); } catch (e) { return require(path.join(npmModules, name)); }
-}
-const WebSocket = need('ws');
-
-const argv = process.argv.slice(2);
-function arg(name, dflt) {
-  const i = argv.indexOf(name);
-  return i >= 0 ? argv[i + 1] : dflt;
-}
-const INFERD = arg('--inferd', path.join(repo, 'build', 'bin', 'inferd'));
+const INFERD = arg('--inferd', path.join(lib.repo, 'build', 'bin', 'inferd'));
 const N = parseInt(arg('--requests', '1000'), 10);
 const ONLY = arg('--only', null);  // chaos | poison | fallback
 const MAX_TOKENS = 16;
 const CONNECTIONS = 8;
 const VOCAB = 256;  // synthetic:tiny has a byte-level vocabulary
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(what, fn, timeoutMs = 60000) {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
 // ---- inferd -------------------------------------------------------------------------------
-
-const running = new Set();
 
 // Every server of this test: the same binary, model and batching; `extra` adds the faults.
 async function startInferd(name, extra, workers = 2) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'inferd-chaos-'));
-  const portFile = path.join(dir, 'port');
-  const args = ['--listen', '127.0.0.1:0', '--port-file', portFile, '--backend', 'cpu', '--model', 'synthetic:tiny',
+  const args = ['--listen', '127.0.0.1:0', '--backend', 'cpu', '--model', 'synthetic:tiny',
     '--workers', String(workers), '--max-running', '16', '--queue-capacity', '4096',
     '--set', 'queue.default_timeout_ms=0', '--set', 'backend.cpu_threads=1', '--log-level', 'warn', ...extra];
-  const proc = spawn(INFERD, args, {stdio: ['ignore', 'pipe', 'pipe']});
-  const inst = {name, proc, log: '', exited: null, port: 0};
-  proc.stdout.on('data', (d) => { inst.log += d; });
-  proc.stderr.on('data', (d) => { inst.log += d; });
-  inst.exitPromise = new Promise((resolve) => proc.on('exit', (code, sig) => {
-    inst.exited = {code, sig};
-    running.delete(inst);
-    resolve(inst.exited);
-  }));
-  running.add(inst);
-  await waitFor(`${name}: port file`, () => {
-    if (inst.exited) throw new Error(`${name}: inferd exited early (${JSON.stringify(inst.exited)}):\n${inst.log}`);
-    try { return (inst.port = parseInt(fs.readFileSync(portFile, 'utf8'), 10)); } catch (e) { return 0; }
-  });
+  const inst = await lib.startInferd(INFERD, name, args, {stopAfterMs: 60000});
   await waitFor(`${name}: /readyz`, async () => {
     if (inst.exited) throw new Error(`${name}: inferd exited (${JSON.stringify(inst.exited)}):\n${inst.log}`);
     return (await get(inst.port, '/readyz')).status === 200;
   }, 120000);
-  inst.stop = async () => {
-    if (inst.exited) return inst.exited;
-    proc.kill('SIGTERM');
-    const t = setTimeout(() => proc.kill('SIGKILL'), 60000);
-    const r = await inst.exitPromise;
-    clearTimeout(t);
-    return r;
-  };
   return inst;
 }
 

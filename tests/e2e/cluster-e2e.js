@@ -16,22 +16,16 @@
 // 6. SIGTERM: every process exits 0.
 'use strict';
 const assert = require('node:assert/strict');
-const {spawn, execFileSync} = require('node:child_process');
+const {execFileSync} = require('node:child_process');
 const fs = require('node:fs');
 const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
+const lib = require('./e2e-lib.js');
+const {arg, sleep, waitFor, running} = lib;
+const WebSocket = lib.need('ws');
 
-const repo = path.resolve(__dirname, '..', '..');
-const npmModules = path.join(repo, 'third_party', 'npm', 'node_modules');
-function need(name) {
-  try { return require(name); } catch (e) { return require(path.join(npmModules, name)); }
-}
-const WebSocket = need('ws');
-
-const argv = process.argv.slice(2);
-const arg = (name, dflt) => { const i = argv.indexOf(name); return i >= 0 ? argv[i + 1] : dflt; };
-const INFERD = arg('--inferd', path.join(repo, 'build', 'bin', 'inferd'));
+const INFERD = arg('--inferd', path.join(lib.repo, 'build', 'bin', 'inferd'));
 const N = parseInt(arg('--requests', '200'), 10);
 const MAX_TOKENS = parseInt(arg('--max-tokens', '48'), 10);
 // Generous for a loaded 2-core CI machine: a node silent for 1.5 s is lost.
@@ -40,47 +34,10 @@ const CLUSTER = ['--set', `cluster.heartbeat_ms=${HEARTBEAT_MS}`, '--set', `clus
                  '--set', 'cluster.reconnect_initial_ms=100', '--set', 'cluster.reconnect_max_ms=1000'];
 const COMMON = ['--backend', 'cpu', '--model', 'synthetic:tiny', '--seed', '77', '--set', 'backend.cpu_threads=1'];
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function waitFor(what, fn, timeoutMs = 60000) {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
 // ---- processes --------------------------------------------------------------------------------
 
-const running = new Set();
-async function startInferd(name, args) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cluster-e2e-'));
-  const portFile = path.join(dir, 'port');
-  const proc = spawn(INFERD, ['--listen', '127.0.0.1:0', ...args, '--port-file', portFile], {stdio: ['ignore', 'pipe', 'pipe']});
-  const inst = {name, proc, log: '', exited: null, port: 0};
-  proc.stdout.on('data', (d) => { inst.log += d; });
-  proc.stderr.on('data', (d) => { inst.log += d; });
-  inst.exitPromise = new Promise((resolve) => proc.on('exit', (code, sig) => {
-    inst.exited = {code, sig};
-    running.delete(inst);
-    resolve(inst.exited);
-  }));
-  running.add(inst);
-  await waitFor(`${name}: port file`, () => {
-    if (inst.exited) throw new Error(`${name}: inferd exited early (${JSON.stringify(inst.exited)}):\n${inst.log}`);
-    try { return (inst.port = parseInt(fs.readFileSync(portFile, 'utf8'), 10)); } catch (e) { return 0; }
-  });
-  inst.stop = async () => {
-    if (inst.exited) return inst.exited;
-    proc.kill('SIGTERM');
-    const t = setTimeout(() => proc.kill('SIGKILL'), 30000);
-    const r = await inst.exitPromise;
-    clearTimeout(t);
-    return r;
-  };
-  return inst;
-}
+// --listen comes first: a later --listen in `args` (a restart on a fixed port) wins.
+const startInferd = (name, args) => lib.startInferd(INFERD, name, ['--listen', '127.0.0.1:0', ...args]);
 const startWorker = (name, listen) =>
   startInferd(name, ['--role', 'worker', ...COMMON, ...CLUSTER, ...(listen ? ['--listen', listen] : [])]);
 

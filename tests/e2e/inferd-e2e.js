@@ -10,74 +10,27 @@
 // --backend cpu. Exit status 0 when every check passes.
 'use strict';
 const assert = require('node:assert/strict');
-const {spawn, execFile} = require('node:child_process');
+const {execFile} = require('node:child_process');
 const fs = require('node:fs');
 const http = require('node:http');
 const https = require('node:https');
 const os = require('node:os');
 const path = require('node:path');
-
-const repo = path.resolve(__dirname, '..', '..');
-const npmModules = path.join(repo, 'third_party', 'npm', 'node_modules');
-function need(name) {
-  try { return require(name); } catch (e) { return require(path.join(npmModules, name)); }
-}
-const WebSocket = need('ws');
+const lib = require('./e2e-lib.js');
+const {arg, sleep, waitFor, running} = lib;
+const WebSocket = lib.need('ws');
+const repo = lib.repo;
 
 const argv = process.argv.slice(2);
-function arg(name, dflt) {
-  const i = argv.indexOf(name);
-  return i >= 0 ? argv[i + 1] : dflt;
-}
 const INFERD = arg('--inferd', path.join(repo, 'build', 'bin', 'inferd'));
 const BENCH = arg('--bench', path.join(repo, 'build', 'bin', 'infer-bench'));
 const ONLY = arg('--only', null);
 const SKIP_GPT2 = argv.includes('--skip-gpt2');
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(what, fn, timeoutMs = 60000) {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
 // ---- inferd processes -------------------------------------------------------------------
 
-const running = new Set();
-
-async function startInferd(name, extra) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'inferd-e2e-'));
-  const portFile = path.join(dir, 'port');
-  const args = ['--listen', '127.0.0.1:0', '--port-file', portFile, '--backend', 'cpu', ...extra];
-  const proc = spawn(INFERD, args, {stdio: ['ignore', 'pipe', 'pipe']});
-  const inst = {name, proc, log: '', exited: null, port: 0};
-  proc.stdout.on('data', (d) => { inst.log += d; });
-  proc.stderr.on('data', (d) => { inst.log += d; });
-  inst.exitPromise = new Promise((resolve) => proc.on('exit', (code, sig) => {
-    inst.exited = {code, sig};
-    running.delete(inst);
-    resolve(inst.exited);
-  }));
-  running.add(inst);
-  await waitFor(`${name}: port file`, () => {
-    if (inst.exited) throw new Error(`${name}: inferd exited early (${JSON.stringify(inst.exited)}):\n${inst.log}`);
-    try { return (inst.port = parseInt(fs.readFileSync(portFile, 'utf8'), 10)); } catch (e) { return 0; }
-  });
-  inst.stop = async () => {
-    if (inst.exited) return inst.exited;
-    proc.kill('SIGTERM');
-    const t = setTimeout(() => proc.kill('SIGKILL'), 30000);
-    const r = await inst.exitPromise;
-    clearTimeout(t);
-    return r;
-  };
-  return inst;
-}
+const startInferd = (name, extra) =>
+  lib.startInferd(INFERD, name, ['--listen', '127.0.0.1:0', '--backend', 'cpu', ...extra]);
 
 // Polls /readyz until 200; returns every status seen, in order.
 async function waitReady(inst) {
@@ -419,7 +372,7 @@ test('metrics: the required series are exposed', async () => {
 test('tokenize / detokenize on the GPT-2 vocabulary match gpt-3-encoder', async () => {
   if (SKIP_GPT2) return;
   await waitReady(B);
-  const enc = need('gpt-3-encoder');
+  const enc = lib.need('gpt-3-encoder');
   const auth = {Authorization: 'Bearer e2e-key'};
   for (const text of ['Hello world', "It's a   test\n\nwith  spaces", 'naïve café 東京 🎉', '']) {
     const r = await request(B.port, 'POST', '/tokenize', {prompt: text}, auth);

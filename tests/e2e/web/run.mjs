@@ -10,78 +10,33 @@
 // --model synthetic:tiny --backend cpu. Screenshots land in the artifacts folder.
 // Exit status 0 when every check passes.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const repo = path.resolve(here, '..', '..', '..');
-const require = createRequire(path.join(repo, 'third_party', 'npm', 'node_modules', 'x.js'));
+const lib = createRequire(import.meta.url)('../e2e-lib.js');
+const { repo, arg, sleep, waitFor, running } = lib;
+const require = createRequire(path.join(lib.npmModules, 'x.js'));
 const { chromium } = require('playwright-core');
 const WebSocket = require('ws');
 
-const argv = process.argv.slice(2);
-const arg = (name, dflt) => {
-  const i = argv.indexOf(name);
-  return i >= 0 ? argv[i + 1] : dflt;
-};
 const INFERD = arg('--inferd', path.join(repo, 'build', 'bin', 'inferd'));
 const ARTIFACTS = arg('--artifacts', path.join(repo, 'build', 'test-artifacts'));
 const CHROMIUM = arg('--chromium', '/usr/bin/chromium');
 const ONLY = arg('--only', null);
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(what, fn, timeoutMs = 60000) {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
-
 // ---- inferd ---------------------------------------------------------------------------
 
-const running = new Set();
-
 async function startInferd(name, extra = []) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'inferd-web-'));
-  const portFile = path.join(dir, 'port');
-  const args = ['--listen', '127.0.0.1:0', '--port-file', portFile, '--model', 'synthetic:tiny', '--backend', 'cpu',
-    '--log-level', 'warn', ...extra];
-  const proc = spawn(INFERD, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  const inst = { name, proc, log: '', exited: null, port: 0 };
-  proc.stdout.on('data', (d) => { inst.log += d; });
-  proc.stderr.on('data', (d) => { inst.log += d; });
-  inst.exitPromise = new Promise((resolve) => proc.on('exit', (code, sig) => {
-    inst.exited = { code, sig };
-    running.delete(inst);
-    resolve(inst.exited);
-  }));
-  running.add(inst);
-  await waitFor(`${name}: port file`, () => {
-    if (inst.exited) throw new Error(`${name}: inferd exited early (${JSON.stringify(inst.exited)}):\n${inst.log}`);
-    try { return (inst.port = parseInt(fs.readFileSync(portFile, 'utf8'), 10)); } catch { return 0; }
-  });
+  const inst = await lib.startInferd(INFERD, name, ['--listen', '127.0.0.1:0', '--model', 'synthetic:tiny',
+    '--backend', 'cpu', '--log-level', 'warn', ...extra]);
   await waitFor(`${name}: /readyz`, async () => {
     if (inst.exited) throw new Error(`${name}: inferd exited (${JSON.stringify(inst.exited)}):\n${inst.log}`);
     return (await request(inst.port, 'GET', '/readyz')).status === 200;
   }, 180000);
   inst.url = `http://127.0.0.1:${inst.port}`;
-  inst.stop = async () => {
-    if (inst.exited) return inst.exited;
-    proc.kill('SIGTERM');
-    const t = setTimeout(() => proc.kill('SIGKILL'), 30000);
-    const r = await inst.exitPromise;
-    clearTimeout(t);
-    return r;
-  };
   return inst;
 }
 
