@@ -163,6 +163,12 @@ result<nlohmann::json> read_json_file(const std::string& path) {
   return j;
 }
 
+// A config.json value for an error message: scalars as JSON, arrays and objects by their type
+// (dump() recurses once per nesting level: a hostile [[[[...]]]] would overflow the stack).
+std::string json_value_brief(const nlohmann::json& j) {
+  return j.is_structured() ? std::string(j.type_name()) : j.dump();
+}
+
 // Hugging Face GPT2Config keys -> model_config, validated.
 result<model_config> parse_hf_config(const nlohmann::json& j, const std::string& path) {
   model_config cfg;
@@ -172,7 +178,7 @@ result<model_config> parse_hf_config(const nlohmann::json& j, const std::string&
       if (it == j.end()) continue;
       if (!it->is_number_integer() || it->get<int64_t>() <= 0 || it->get<int64_t>() > INT32_MAX)
         return make_status(errc::format_error,
-                           fmt::format("{}: key '{}' must be a positive integer, got {}", path, k, it->dump()));
+                           fmt::format("{}: key '{}' must be a positive integer, got {}", path, k, json_value_brief(*it)));
       out = int32_t(it->get<int64_t>());
       return status::ok();
     }
@@ -190,14 +196,14 @@ result<model_config> parse_hf_config(const nlohmann::json& j, const std::string&
     if (!it->is_number() || !(it->get<double>() > 0.0) || !(it->get<double>() < 1.0))
       return make_status(errc::format_error,
                          fmt::format("{}: key 'layer_norm_epsilon' must be a number in (0, 1), got {}",
-                                     path, it->dump()));
+                                     path, json_value_brief(*it)));
     cfg.ln_eps = float(it->get<double>());
   }  // absent: GPT2Config's default, 1e-5
   // GPT2Config options that change the math the backends implement: refuse rather
   // than serve a silently different model.
   auto unsupported = [&](const char* key, const nlohmann::json& v) {
     return make_status(errc::format_error,
-                       fmt::format("{}: key '{}' = {} is not supported (GPT-2 defaults only)", path, key, v.dump()));
+                       fmt::format("{}: key '{}' = {} is not supported (GPT-2 defaults only)", path, key, json_value_brief(v)));
   };
   if (auto it = j.find("model_type"); it != j.end() && *it != "gpt2") return unsupported("model_type", *it);
   if (auto it = j.find("activation_function");

@@ -551,6 +551,19 @@ TEST_CASE("model directory errors name the file and the tensor") {
     CHECK(load_model_weights(dir).has_value());
     write_all(cj, "{\"n_embd\": 8,");
     expect_error(load_error(dir), errc::format_error, cj);
+    // A deeply nested value is named by its type: printing it whole would recurse per level.
+    {
+      const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+      write_all(cj, R"({"n_embd": 8, "n_layer": 2, "n_head": 2, "n_positions": 8, "vocab_size": 16, "n_inner": )" +
+                        deep + "}");
+      const auto d = load_error(dir);
+      expect_error(d, errc::format_error, cj, "n_inner");
+      CHECK(contains(d.message, "= array is not supported"));
+      write_all(cj, R"({"n_embd": )" + deep + R"(, "n_layer": 2, "n_head": 2, "n_positions": 8, "vocab_size": 16})");
+      const auto e = load_error(dir);
+      expect_error(e, errc::format_error, cj, "n_embd");
+      CHECK(contains(e.message, "got array"));
+    }
     // A config that disagrees with the tensors is a shape error, not a crash.
     write_all(cj, R"({"n_embd": 8, "n_layer": 3, "n_head": 2, "n_positions": 8, "vocab_size": 16})");
     expect_error(load_error(dir), errc::format_error, dir + "/model.safetensors", "h.2.ln_1.weight");
