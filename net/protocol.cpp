@@ -1,4 +1,5 @@
 #include "net/protocol.hpp"
+#include "engine/utf8.hpp"
 
 #include <fmt/format.h>
 
@@ -253,18 +254,8 @@ void append_json_string(std::string& out, std::string_view s) {
       continue;
     }
     // Multi-byte: copy a well-formed sequence (no overlongs, surrogates or > U+10FFFF).
-    size_t len = 0;
-    uint32_t cp = 0, min = 0;
-    if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F, min = 0x80;
-    else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F, min = 0x800;
-    else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07, min = 0x10000;
-    bool ok = len != 0 && i + len <= n;
-    for (size_t k = 1; ok && k < len; ++k) {
-      if ((p[i + k] & 0xC0) != 0x80) ok = false;
-      else cp = (cp << 6) | (p[i + k] & 0x3F);
-    }
-    if (ok && (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))) ok = false;
-    if (ok) {
+    const size_t len = utf8_sequence_at(p, i, n);
+    if (len != 0) {
       out.append(s.data() + i, len);
       i += len;
     } else {
