@@ -235,9 +235,7 @@ status prepare_core(service_core& core) {
   if (status s = validate(core.cfg); !s) return s;
   // A front node with workers = 0 runs none itself: every worker is on a worker node.
   // CPU fallback workers (degradation) come after the local primaries, remote workers after them.
-  core.plan = core.cfg.workers == 0
-                  ? device_plan{}
-                  : make_device_plan(core.cfg.workers, core.cfg.devices, core.cfg.fallback_cpu_workers);
+  core.plan = make_device_plan(core.cfg.workers, core.cfg.devices, core.cfg.fallback_cpu_workers);
   core.cfg.workers = core.plan.n_primary;
   core.next_worker_index.store(core.plan.n_workers());
   for (int32_t g = 0; g < core.plan.n_groups(); ++g)

@@ -35,7 +35,8 @@ struct device_plan {
 };
 
 // At least one worker per device: n_workers is raised to devices.size() when smaller.
-// n_fallback > 0 adds the CPU fallback group with that many workers.
+// n_fallback > 0 adds the CPU fallback group with that many workers. n_workers = 0: no
+// primary group at all (a front node that leaves the work to its worker nodes).
 device_plan make_device_plan(int32_t n_workers, const std::vector<int32_t>& devices, int32_t n_fallback = 0);
 
 }  // namespace infer

@@ -582,6 +582,15 @@ TEST_CASE("device plan: CPU fallback workers come last, in a group of their own"
   CHECK(none.fallback_group == -1);
   CHECK(!none.is_fallback(1));
   CHECK(!none.is_fallback(2));
+  // A front node with only remote workers: no primary group; its fallback workers are 0..n-1.
+  auto front = make_device_plan(0, {}, 1);
+  REQUIRE(front.n_groups() == 1);
+  CHECK(front.n_primary == 0);
+  CHECK(front.n_workers() == 1);
+  CHECK(front.fallback_group == 0);
+  CHECK(front.is_fallback(0));
+  CHECK(!front.is_fallback(1));  // the first remote worker's index
+  CHECK(make_device_plan(0, {0, 1}).n_groups() == 0);
 }
 
 TEST_CASE("degradation: config keys, validation, command line") {
