@@ -30,7 +30,11 @@ struct worker_state {
   std::unordered_map<uint64_t, sink> requests;
   std::vector<seq_result> results;
   worker_hello_msg hello;  // sent again after a reset (a new front node)
+  bool warming = false;    // running the start-up warm-up: no hello yet
 };
+
+// Sequence ids of the warm-up (request ids count up from 1 and never get here).
+constexpr uint64_t warmup_id_base = uint64_t{1} << 62;
 
 using worker_actor = caf::stateful_actor<worker_state>;
 
@@ -90,6 +94,31 @@ void fail_step(worker_actor* self, std::string reason, bool device_fault, bool t
   self->quit(caf::make_error(caf::sec::runtime_error, f.reason));
 }
 
+// A CUDA engine pays on its first steps for what later steps reuse: CUDA graphs captured per
+// batch-size bucket and context split, kernels loaded on first launch, matmul plans per
+// shape (the first 100 tasks through inferd took ten times longer than the next 100). Before
+// saying hello the worker runs sequences of its own whose count shrinks by one per step, so
+// every decode bucket up to min(max_running, 64) and a spread of prompt lengths is seen once.
+// Their tokens go nowhere; a failure here fails the worker like any step.
+bool start_warmup(worker_actor* self) {
+  auto& st = self->state;
+  const int32_t n = std::min<int32_t>(st.core->cfg.max_running, 64);
+  const int32_t vocab = std::max<int32_t>(st.core->n_vocab, 2);
+  for (int32_t i = 0; i < n; ++i) {
+    seq_spec s;
+    s.id = warmup_id_base + uint64_t(i);
+    s.prompt.resize(size_t(8 + (i * 7) % 57));
+    for (size_t j = 0; j < s.prompt.size(); ++j) s.prompt[j] = int32_t((size_t(i) * 31 + j * 7) % size_t(vocab));
+    s.max_tokens = 1 + i;
+    s.sampling.temperature = 0;
+    if (!st.sched->add(std::move(s))) break;  // a small KV cache: warm up with what fits
+  }
+  if (st.sched->n_running() + st.sched->n_waiting() == 0) return false;
+  st.warming = true;
+  kick(self);
+  return true;
+}
+
 caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t index, caf::actor parent) {
   auto& st = self->state;
   st.core = std::move(core);
@@ -121,6 +150,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
             h.n_ctx = n_ctx;
             h.max_running = cfg.max_running;
             h.backend = name;
+            if (name == std::string("cuda") && start_warmup(self)) return;  // hello when it is done
             self->send(st.core->batcher, h);
           },
           [=](caf::error& err) { self->quit(std::move(err)); });
@@ -156,7 +186,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         // resumed elsewhere, so drop them all, free their blocks and start over. A step in
         // flight may still return: its tokens have no sink any more.
         auto& st = self->state;
-        if (!st.sched) return;  // not up yet: its hello comes when it is
+        if (!st.sched || st.warming) return;  // not up yet: its hello comes when it is
         for (auto& [id, sink] : st.requests) st.sched->cancel(id);
         st.requests.clear();
         st.admits_seen = 0;  // the new front counts its admissions from zero
@@ -190,6 +220,10 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
           }
         }
         report(self, st.batch_seqs, st.batch_tokens, int32_t(st.results.size()), job->step_us, std::move(left));
+        if (st.warming && st.sched->n_running() + st.sched->n_waiting() == 0) {
+          st.warming = false;
+          self->send(st.core->batcher, st.hello);
+        }
         kick(self);
       },
   };

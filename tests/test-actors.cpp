@@ -438,3 +438,65 @@ TEST_CASE("actors: cancels racing with completion: every request ends once, all 
   CHECK(eventually([&] { return env.svc->stats().running_sequences.load() == 0; }));
   CHECK(env.svc->stats().queue_depth.load() == 0);
 }
+
+namespace {
+
+// The CPU backend under the name "cuda", counting its steps: the worker warms up CUDA
+// engines only, and the warm-up must leave no trace.
+class cuda_named_backend : public backend {
+ public:
+  cuda_named_backend(std::unique_ptr<backend> inner, std::shared_ptr<std::atomic<int64_t>> steps)
+      : inner_(std::move(inner)), steps_(std::move(steps)) {}
+  const char* name() const override { return "cuda"; }
+  const model_config& config() const override { return inner_->config(); }
+  kv_geometry kv() const override { return inner_->kv(); }
+  status step(const step_batch& b, step_output& out, logits_mode mode = logits_mode::none) override {
+    steps_->fetch_add(1);
+    return inner_->step(b, out, mode);
+  }
+
+ private:
+  std::unique_ptr<backend> inner_;
+  std::shared_ptr<std::atomic<int64_t>> steps_;
+};
+
+}  // namespace
+
+TEST_CASE("actors: a CUDA worker warms up before its hello; the warm-up leaves no trace") {
+  caf::actor_system_config caf_cfg;
+  register_message_types(caf_cfg);
+  caf::actor_system sys{caf_cfg};
+  auto w = tiny_weights();
+  auto steps = std::make_shared<std::atomic<int64_t>>(0);
+  service_hooks hooks;
+  hooks.tok = tokenizer::byte_level();
+  hooks.n_ctx = w->cfg.n_ctx;
+  hooks.n_vocab = w->cfg.n_vocab;
+  hooks.make_backend = [w, steps](int32_t) -> result<std::unique_ptr<backend>> {
+    auto r = make_cpu_backend(w, tiny_options());
+    if (!r) return r.error();
+    return std::unique_ptr<backend>(new cuda_named_backend(std::move(r.value()), steps));
+  };
+  auto cfg = base_config();
+  cfg.max_running = 16;
+  auto svc = service::start(sys, cfg, hooks);
+  REQUIRE_MESSAGE(svc, svc.error().message);
+  for (int i = 0; i < 500 && !(*svc)->ready(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  REQUIRE((*svc)->ready());
+  // 16 sequences finishing one per step: at least 16 steps ran before the hello...
+  CHECK(steps->load() >= 16);
+  // ...and none of them shows: no step counted, no KV block held, no token generated.
+  auto& m = (*svc)->stats();
+  CHECK(m.steps.load() == 0);
+  CHECK(m.tokens_generated.load() == 0);
+  CHECK(m.kv_blocks_used.load() == 0);
+  const auto prompt = test_prompt(7, 20);
+  generate_request req;
+  req.prompt_tokens = prompt;
+  req.max_tokens = 12;
+  req.sampling.temperature = 0;
+  auto c = (*svc)->generate(req);
+  REQUIRE_MESSAGE(c.ok, c.terminal.message);
+  CHECK(c.tokens == solo_greedy(prompt, 12));
+  (*svc)->shutdown();
+}
