@@ -102,6 +102,8 @@ for st in "${STAGES[@]}"; do
         --log-level warn >"$OUT/inferd.log" 2>&1 &
       ipid=$!
       for i in $(seq 1 120); do [ -s "$WORK/port" ] && break; sleep 0.5; done
+      # Measure from readiness: before it, the first run would time the model load too.
+      for i in $(seq 1 600); do curl -sf "http://127.0.0.1:$(cat "$WORK/port")/readyz" >/dev/null && break; sleep 0.1; done
       url="ws://127.0.0.1:$(cat "$WORK/port" 2>/dev/null)/v1/stream"
       stage server 60 "$B/bin/infer-bench" --url "$url" --requests 100 --concurrency 100 --prompt-tokens 32 --max-tokens 64
       stage server 60 "$B/bin/infer-bench" --url "$url" --requests 100 --concurrency 100 --prompt-tokens 32 --max-tokens 64
