@@ -18,7 +18,6 @@
 // Exit status 0 when every check passes.
 'use strict';
 const assert = require('node:assert/strict');
-const http = require('node:http');
 const path = require('node:path');
 const lib = require('./e2e-lib.js');
 const {arg, sleep, waitFor, running} = lib;
@@ -46,23 +45,7 @@ async function startInferd(name, extra, workers = 2) {
   return inst;
 }
 
-function get(port, p, body) {
-  return new Promise((resolve, reject) => {
-    const data = body === undefined ? undefined : JSON.stringify(body);
-    const headers = data === undefined ? {} : {'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data)};
-    const req = http.request({host: '127.0.0.1', port, method: data === undefined ? 'GET' : 'POST', path: p, headers},
-      (res) => {
-      let buf = '';
-      res.setEncoding('utf8');
-      res.on('data', (c) => { buf += c; });
-      res.on('end', () => resolve({status: res.statusCode, body: buf}));
-    });
-    req.on('error', reject);
-    req.setTimeout(60000, () => req.destroy(new Error('http timeout')));
-    if (data !== undefined) req.write(data);
-    req.end();
-  });
-}
+const get = lib.httpGet;
 
 // Value of one sample (`name` with its labels, exactly as exposed), NaN when absent.
 function metric(text, name) {

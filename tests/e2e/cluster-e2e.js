@@ -18,7 +18,6 @@
 const assert = require('node:assert/strict');
 const {execFileSync} = require('node:child_process');
 const fs = require('node:fs');
-const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
 const lib = require('./e2e-lib.js');
@@ -41,19 +40,7 @@ const startInferd = (name, args) => lib.startInferd(INFERD, name, ['--listen', '
 const startWorker = (name, listen) =>
   startInferd(name, ['--role', 'worker', ...COMMON, ...CLUSTER, ...(listen ? ['--listen', listen] : [])]);
 
-function get(port, p) {
-  return new Promise((resolve, reject) => {
-    const req = http.request({host: '127.0.0.1', port, method: 'GET', path: p}, (res) => {
-      let buf = '';
-      res.setEncoding('utf8');
-      res.on('data', (c) => { buf += c; });
-      res.on('end', () => resolve({status: res.statusCode, body: buf, json: () => JSON.parse(buf)}));
-    });
-    req.on('error', reject);
-    req.setTimeout(30000, () => req.destroy(new Error('http timeout')));
-    req.end();
-  });
-}
+const get = lib.httpGet;
 // Before the service is attached (model loading) /v1/status has no tree yet.
 const status = async (port) => {
   const r = await get(port, '/v1/status');

@@ -3,6 +3,7 @@
 'use strict';
 const {spawn} = require('node:child_process');
 const fs = require('node:fs');
+const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
 
@@ -67,4 +68,23 @@ async function startInferd(inferd, name, args, {stopAfterMs = 30000} = {}) {
   return inst;
 }
 
-module.exports = {repo, npmModules, need, arg, sleep, waitFor, running, startInferd};
+// GET `p` on the loopback port, or POST `body` as JSON; resolves to {status, body, json()}.
+function httpGet(port, p, body) {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? undefined : JSON.stringify(body);
+    const headers = data === undefined ? {} : {'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data)};
+    const req = http.request({host: '127.0.0.1', port, method: data === undefined ? 'GET' : 'POST', path: p, headers},
+      (res) => {
+        let buf = '';
+        res.setEncoding('utf8');
+        res.on('data', (c) => { buf += c; });
+        res.on('end', () => resolve({status: res.statusCode, body: buf, json: () => JSON.parse(buf)}));
+      });
+    req.on('error', reject);
+    req.setTimeout(60000, () => req.destroy(new Error('http timeout')));
+    if (data !== undefined) req.write(data);
+    req.end();
+  });
+}
+
+module.exports = {repo, npmModules, need, arg, sleep, waitFor, running, startInferd, httpGet};

@@ -12,7 +12,6 @@
 'use strict';
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
-const http = require('node:http');
 const path = require('node:path');
 const lib = require('./e2e-lib.js');
 const {arg, waitFor, running} = lib;
@@ -29,19 +28,7 @@ const QUEUE = 256;
 const PEAK_BOUND_MIB = 256;
 const ROUND_GROWTH_MIB = 16;
 
-function get(port, p) {
-  return new Promise((resolve, reject) => {
-    const req = http.request({host: '127.0.0.1', port, method: 'GET', path: p}, (res) => {
-      let buf = '';
-      res.setEncoding('utf8');
-      res.on('data', (c) => { buf += c; });
-      res.on('end', () => resolve({status: res.statusCode, body: buf}));
-    });
-    req.on('error', reject);
-    req.setTimeout(60000, () => req.destroy(new Error('http timeout')));
-    req.end();
-  });
-}
+const get = lib.httpGet;
 const metric = (text, name) => {
   const m = text.match(new RegExp(`^${name.replace(/[{}"]/g, (c) => '\\' + c)} (\\S+)$`, 'm'));
   return m ? Number(m[1]) : NaN;
