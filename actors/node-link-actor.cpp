@@ -94,11 +94,7 @@ void join(node_link_actor* self) {
             spdlog::info("worker node {}: joined ({} workers)", st.address, n_workers);
             set_node(self, "connected");
           },
-          [=](caf::error& e) {
-            auto& st = self->state;
-            on_lost(self, "join: " + to_string(e));
-            (void)st;
-          });
+          [=](caf::error& e) { on_lost(self, "join: " + to_string(e)); });
 }
 
 void connect(node_link_actor* self) {
