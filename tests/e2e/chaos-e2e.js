@@ -158,7 +158,12 @@ async function main() {
       '--set', 'supervision.step_timeout_ms=500', '--set', 'supervision.max_restarts=1000',
       '--set', 'supervision.breaker_open_ms=100', '--set', 'supervision.backoff_max_ms=200']);
     const got = await runAll(chaos.port, prompts);
-    const text = (await get(chaos.port, '/metrics')).body;
+    // A worker restarts after its back-off, which may outlast the last request: read the
+    // figures once every failed step has its restart (or fail on the timeout).
+    const text = await waitFor('a restart for every failed step', async () => {
+      const t = (await get(chaos.port, '/metrics')).body;
+      return metric(t, 'infer_worker_restarts_total') >= metric(t, 'infer_step_failures_total') ? t : null;
+    }, 20000).catch(async () => (await get(chaos.port, '/metrics')).body);
     const status = JSON.parse((await get(chaos.port, '/v1/status')).body);
     await chaos.stop();
     let mismatched = 0;
