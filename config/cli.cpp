@@ -95,7 +95,7 @@ cli_outcome parse_command_line(int argc, const char* const* argv, const std::str
   for (size_t i = 0; i < std::size(k_flags); ++i) {
     const auto& f = k_flags[i];
     auto* o = app.add_option(f.flag, values[i], std::string(f.help) + " [" + f.key + "]")
-                  ->type_name(f.raw_string ? "TEXT" : "INT");
+                  ->type_name(f.raw_string ? std::string("TEXT") : service_config_value_kind(f.key));
     if (f.env) o->envname(f.env);
     opts.push_back(o);
   }

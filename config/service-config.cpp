@@ -16,6 +16,8 @@
 #include <type_traits>
 #include <variant>
 
+#include <sys/stat.h>
+
 #include <toml++/toml.h>
 
 namespace infer {
@@ -28,7 +30,9 @@ using u64_field = uint64_t service_config::*;
 using arr_field = std::vector<int32_t> service_config::*;
 using f64_field = double service_config::*;
 using strs_field = std::vector<std::string> service_config::*;
-using field_ptr = std::variant<str_field, i32_field, i64_field, u64_field, arr_field, f64_field, strs_field>;
+using bool_field = bool service_config::*;
+using field_ptr =
+    std::variant<str_field, i32_field, i64_field, u64_field, arr_field, f64_field, strs_field, bool_field>;
 
 struct key_def {
   const char* section;
@@ -67,6 +71,8 @@ const key_def k_keys[] = {
     {"server", "max_frame_bytes", &service_config::max_frame_bytes},
     {"server", "max_header_bytes", &service_config::max_header_bytes},
     {"server", "idle_timeout_ms", &service_config::idle_timeout_ms},
+    {"server", "header_timeout_ms", &service_config::header_timeout_ms},
+    {"server", "max_connections_per_client", &service_config::max_connections_per_client},
     {"server", "max_inflight_per_connection", &service_config::max_inflight_per_connection},
     {"server", "max_pending_bytes", &service_config::max_pending_bytes},
     {"server", "rate_limit_rps", &service_config::rate_limit_rps},
@@ -106,6 +112,7 @@ const key_def k_keys[] = {
     {"cluster", "tls_cert", &service_config::cluster_tls_cert},
     {"cluster", "tls_key", &service_config::cluster_tls_key},
     {"cluster", "tls_ca", &service_config::cluster_tls_ca},
+    {"cluster", "allow_insecure", &service_config::cluster_allow_insecure},
 
     {"log", "log_level", &service_config::log_level},
 };
@@ -249,6 +256,11 @@ status assign(service_config& cfg, const key_def& k, const toml::node& node, con
           }
           cfg.*field = std::move(vals);
           return status::ok();
+        } else if constexpr (std::is_same_v<F, bool_field>) {
+          const auto* b = node.as_boolean();
+          if (!b) return locate(format_err(name + ": expected a boolean, got " + type_phrase(node.type())), node);
+          cfg.*field = b->get();
+          return status::ok();
         } else if constexpr (std::is_same_v<F, f64_field>) {
           // An integer is a number too: fault_rate = 0 means 0.0.
           if (const auto* d = node.as_floating_point()) {
@@ -384,8 +396,19 @@ result<service_config> parse_service_config(const std::string& toml_text, const 
   return cfg;
 }
 
+static bool is_loopback_host(const std::string& host) {
+  if (host == "localhost" || host == "::1") return true;
+  // 127.0.0.0/8
+  return host.rfind("127.", 0) == 0 && host.find_first_not_of("0123456789.") == std::string::npos;
+}
+
 result<service_config> load_service_config(const std::string& toml_path) {
   if (toml_path.empty()) return service_config{};
+  // An ifstream opens a directory on Linux and reads nothing: that would be an empty config.
+  struct stat sb {};
+  if (::stat(toml_path.c_str(), &sb) == 0 && !S_ISREG(sb.st_mode))
+    return make_status(errc::io_error, "config file " + toml_path + ": not a regular file" +
+                                           (S_ISDIR(sb.st_mode) ? " (a directory)" : ""));
   std::ifstream in(toml_path, std::ios::binary);
   if (!in) {
     int e = errno;
@@ -424,6 +447,18 @@ status set_service_config_value(service_config& cfg, const std::string& key, con
 }
 
 std::vector<std::string> service_config_keys() { return key_candidates({}); }
+
+std::string service_config_value_kind(std::string_view key) {
+  for (const auto& k : k_keys) {
+    if (full_name(k) != key) continue;
+    if (std::holds_alternative<f64_field>(k.field)) return "NUMBER";
+    if (std::holds_alternative<str_field>(k.field)) return "TEXT";
+    if (std::holds_alternative<bool_field>(k.field)) return "BOOL";
+    if (std::holds_alternative<arr_field>(k.field) || std::holds_alternative<strs_field>(k.field)) return "LIST";
+    return "INT";
+  }
+  return "";
+}
 
 std::string toml_string_literal(std::string_view text) {
   // Not toml++'s formatter: for text with a line break it writes a multi-line literal string
@@ -491,6 +526,8 @@ std::string format_service_config(const service_config& cfg) {
               const auto& v = cfg.*field;
               for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << toml_string_literal(v[i]);
               out << "]";
+            } else if constexpr (std::is_same_v<F, bool_field>) {
+              out << (cfg.*field ? "true" : "false");
             } else if constexpr (std::is_same_v<F, f64_field>) {
               out << toml::value<double>(cfg.*field);
             } else if constexpr (std::is_same_v<F, u64_field>) {
@@ -571,7 +608,13 @@ status validate(const service_config& c) {
   check(c.max_connections >= 1, "server.max_connections", ">= 1", num(c.max_connections));
   check(c.max_frame_bytes >= 1, "server.max_frame_bytes", ">= 1", num(c.max_frame_bytes));
   check(c.max_header_bytes >= 1, "server.max_header_bytes", ">= 1", num(c.max_header_bytes));
-  check(c.idle_timeout_ms >= 0, "server.idle_timeout_ms", ">= 0 (0: no timeout)", num(c.idle_timeout_ms));
+  // 0 is refused rather than taken as "never": a connection nobody closes holds its slot of
+  // server.max_connections for good, and Beast has no "never" for a WebSocket's idle time.
+  check(c.idle_timeout_ms >= 1, "server.idle_timeout_ms", ">= 1 (there is no \"no timeout\"; use a large value)",
+        num(c.idle_timeout_ms));
+  check(c.header_timeout_ms >= 1, "server.header_timeout_ms", ">= 1", num(c.header_timeout_ms));
+  check(c.max_connections_per_client >= 0, "server.max_connections_per_client", ">= 0 (0: no cap)",
+        num(c.max_connections_per_client));
   check(c.max_inflight_per_connection >= 1, "server.max_inflight_per_connection", ">= 1",
         num(c.max_inflight_per_connection));
   check(c.max_pending_bytes >= 4096, "server.max_pending_bytes", ">= 4096", num(c.max_pending_bytes));
@@ -641,6 +684,14 @@ status validate(const service_config& c) {
   check(tls_set == 0 || tls_set == 3, "cluster.tls_cert",
         "set together with cluster.tls_key and cluster.tls_ca (TLS without all three is not authenticated)",
         std::to_string(tls_set) + " of 3 set");
+
+  // A worker node's CAF port (BASP) has no authentication and no bound on what a peer may
+  // announce without TLS: only loopback, unless the operator says the network is trusted.
+  if (c.role == "worker" && tls_set == 0 && !c.cluster_allow_insecure && addr && !is_loopback_host(addr.value().host))
+    errs.push_back("server.listen: a worker node without cluster.tls_cert/tls_key/tls_ca listens on loopback only "
+                   "(its CAF port authenticates nobody and allocates what any peer announces); got " +
+                   quoted(c.listen) + ". Set the cluster.tls_* keys, or cluster.allow_insecure = true on a "
+                   "network you trust (docs/deployment.md)");
 
   // [log]
   static const char* const levels[] = {"trace", "debug", "info", "warn", "error", "off"};

@@ -45,7 +45,13 @@ struct service_config {
   int32_t max_connections = 1024;
   int64_t max_frame_bytes = 1 << 20;
   int64_t max_header_bytes = 16 << 10;
-  int64_t idle_timeout_ms = 300000;
+  int64_t idle_timeout_ms = 300000;  // a connection quiet this long is closed (keep-alive wait, WebSocket)
+  // The whole request head (request line, headers) must arrive within this of the first byte
+  // (of the accept, for a connection's first request): slow-header clients are closed.
+  int64_t header_timeout_ms = 10000;
+  // Connections open at once from one IP address; 0: no cap (behind a proxy every client
+  // shares the proxy's address).
+  int32_t max_connections_per_client = 0;
   int32_t max_inflight_per_connection = 256;
   // Outgoing bytes queued for one connection beyond which its client counts as too slow:
   // its requests are cancelled and the connection closed (WebSocket: close 1008).
@@ -94,6 +100,9 @@ struct service_config {
   std::string cluster_tls_cert;           // all three set: node links over TLS, both sides verified
   std::string cluster_tls_key;
   std::string cluster_tls_ca;
+  // A worker node's CAF port authenticates nobody without TLS: it listens on a non-loopback
+  // address without cluster.tls_* only when this is true (a network you trust).
+  bool cluster_allow_insecure = false;
 
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off
@@ -119,6 +128,9 @@ status validate(const service_config& cfg);
 status set_service_config_value(service_config& cfg, const std::string& key, const std::string& value_text);
 // Every key as "section.key", in the order of the struct (help text, tests).
 std::vector<std::string> service_config_keys();
+// How --help labels a key's value: "NUMBER" (a fraction is fine), "INT", "BOOL", "TEXT" or
+// "LIST"; "" for an unknown key.
+std::string service_config_value_kind(std::string_view key);
 // The settings as TOML text that parse_service_config reads back to an equal service_config.
 std::string format_service_config(const service_config& cfg);
 

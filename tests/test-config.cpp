@@ -191,6 +191,10 @@ TEST_CASE("each invalid value is rejected with a message naming the key and the 
       {"server.max_frame_bytes = 0", "server.max_frame_bytes", "0"},
       {"server.max_header_bytes = 0", "server.max_header_bytes", "0"},
       {"server.idle_timeout_ms = -1", "server.idle_timeout_ms", "-1"},
+      // issue 13.6: 0 was documented as "no timeout" but closed connections at once
+      {"server.idle_timeout_ms = 0", "server.idle_timeout_ms", "0"},
+      {"server.header_timeout_ms = 0", "server.header_timeout_ms", "0"},
+      {"server.max_connections_per_client = -1", "server.max_connections_per_client", "-1"},
       {"server.max_inflight_per_connection = 0", "server.max_inflight_per_connection", "0"},
       {"server.max_pending_bytes = 100", "server.max_pending_bytes", "100"},
       {"server.rate_limit_rps = -0.5", "server.rate_limit_rps", "-0.5"},
@@ -322,6 +326,55 @@ TEST_CASE("a missing file is an io_error naming the path") {
   auto empty = load_service_config("");
   REQUIRE(empty.has_value());
   CHECK(empty.value() == service_config{});
+}
+
+TEST_CASE("a --config that is not a regular file is an error, not an empty config (issue 13.10)") {
+  auto dir = load_service_config("/tmp");
+  REQUIRE_FALSE(dir.has_value());
+  CHECK(dir.error().code == errc::io_error);
+  CHECK(contains(dir.error().message, "/tmp"));
+  CHECK(contains(dir.error().message, "a directory"));
+  auto cli = parse_command_line({"--config", "/tmp"});
+  CHECK_FALSE(cli.run);
+  CHECK(cli.exit_code != 0);
+  CHECK(contains(cli.message, "not a regular file"));
+}
+
+TEST_CASE("--help labels fractional flags NUMBER, integer ones INT (issue 13.10)") {
+  auto help = parse_command_line({"--help"});
+  auto line_of = [&](const std::string& flag) {
+    size_t at = help.message.find(flag + " ");
+    REQUIRE(at != std::string::npos);
+    return help.message.substr(at, help.message.find('\n', at) - at);
+  };
+  CHECK(contains(line_of("--fault-rate"), "NUMBER"));
+  CHECK(contains(line_of("--rate-limit-rps"), "NUMBER"));
+  CHECK(contains(line_of("--workers"), "INT"));
+  CHECK(service_config_value_kind("cluster.allow_insecure") == "BOOL");
+  CHECK(service_config_value_kind("no.such") == "");
+}
+
+TEST_CASE("a worker node refuses a non-loopback plain CAF port unless cluster.allow_insecure (issue 13.5)") {
+  auto open = parse_command_line({"--role", "worker", "--listen", "0.0.0.0:7000"});
+  CHECK_FALSE(open.run);
+  CHECK(contains(open.message, "loopback only"));
+  CHECK(contains(open.message, "cluster.allow_insecure"));
+  auto lo = parse_command_line({"--role", "worker", "--listen", "127.0.0.1:7000"});
+  CHECK_MESSAGE(lo.run, lo.message);
+  auto lo6 = parse_command_line({"--role", "worker", "--listen", "[::1]:7000"});
+  CHECK_MESSAGE(lo6.run, lo6.message);
+  auto trusted = parse_command_line({"--role", "worker", "--listen", "0.0.0.0:7000", "--set", "cluster.allow_insecure=true"});
+  CHECK_MESSAGE(trusted.run, trusted.message);
+  CHECK(trusted.config.cluster_allow_insecure);
+  auto tls = parse_command_line({"--role", "worker", "--listen", "0.0.0.0:7000", "--set", "cluster.tls_cert=\"c\"",
+                                 "--set", "cluster.tls_key=\"k\"", "--set", "cluster.tls_ca=\"a\""});
+  CHECK_MESSAGE(tls.run, tls.message);
+  // A front node's client port is not the CAF port: no such rule there.
+  auto front = parse_command_line({"--listen", "0.0.0.0:8080"});
+  CHECK_MESSAGE(front.run, front.message);
+  auto bad = parse_service_config("cluster.allow_insecure = 1", "t.toml");
+  REQUIRE_FALSE(bad);
+  CHECK(contains(bad.error().message, "cluster.allow_insecure: expected a boolean, got an integer"));
 }
 
 TEST_CASE("set_service_config_value reads TOML values and bare strings") {
