@@ -1,5 +1,7 @@
 #include "actors/batcher-actor.hpp"
 
+#include <limits>
+
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -144,6 +146,16 @@ void publish_gauges(batcher_actor* self) {
   for (auto& w : st.workers) ready += w.up ? 1 : 0;
   st.core->workers_ready.store(ready);
   auto now = std::chrono::steady_clock::now();
+  // Readiness: a worker that is up and whose breaker lets a step through (closed, or
+  // half-open: the probe) serves now; an open breaker only from when it half-opens.
+  int64_t serving_at = std::numeric_limits<int64_t>::max();
+  for (size_t i = 0; i < st.workers.size(); ++i) {
+    if (!st.workers[i].up || (i < st.gave_up.size() && st.gave_up[i])) continue;
+    auto& b = breaker_of(st, i);
+    const auto at = b.current(now) == circuit_breaker::state::open ? now + b.retry_after(now) : now;
+    serving_at = std::min<int64_t>(serving_at, at.time_since_epoch().count());
+  }
+  st.core->serving_at.store(serving_at);
   for (size_t i = 0; i < st.workers.size(); ++i) {
     auto& w = st.workers[i];
     const uint8_t b = i < st.breakers.size() ? uint8_t(st.breakers[i].current(now)) : 0;

@@ -179,9 +179,11 @@ status validate(request_state& st) {
     st.prompt = st.core->tok.encode(r.prompt);
   }
   if (st.prompt.empty()) return bad("prompt: empty");
-  if (int32_t(st.prompt.size()) > st.core->n_ctx)
-    return bad("prompt: " + std::to_string(st.prompt.size()) + " tokens, longer than the context (" +
-               std::to_string(st.core->n_ctx) + ")");
+  // At least one position must be left to generate into (as the network layer checks it).
+  if (int32_t(st.prompt.size()) >= st.core->n_ctx)
+    return bad("prompt: " + std::to_string(st.prompt.size()) + " tokens, longer than the context allows (" +
+               std::to_string(st.core->n_ctx) + " tokens, at most " + std::to_string(st.core->n_ctx - 1) +
+               " for the prompt)");
   if (r.max_tokens < 0) return bad("max_tokens: must be >= 0, got " + std::to_string(r.max_tokens));
   if (r.max_tokens > cfg.max_tokens_limit)
     return bad("max_tokens: at most " + std::to_string(cfg.max_tokens_limit) + ", got " +

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -60,6 +61,9 @@ struct service_core {
   std::shared_ptr<fault_switch> faults = std::make_shared<fault_switch>();  // releases injected hangs
 
   std::atomic<int32_t> workers_ready{0};
+  // steady_clock ticks from when a request sent then can be served: the earliest time an up
+  // worker's breaker lets steps through (now, unless all are open); max: no worker up.
+  std::atomic<int64_t> serving_at{std::numeric_limits<int64_t>::max()};
   std::atomic<int32_t> next_worker_index{0};  // the next free worker index (remote workers get theirs here)
   std::atomic<uint64_t> next_id{1};
   std::atomic<bool> closed{false};

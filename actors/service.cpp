@@ -122,7 +122,15 @@ class service_impl final : public service {
 
   const tokenizer& tok() const override { return core_->tok; }
   int32_t n_ctx() const override { return core_->n_ctx; }
-  bool ready() const override { return !core_->closed.load() && core_->workers_ready.load() > 0; }
+  bool ready() const override { return not_ready_reason().empty(); }
+  std::string not_ready_reason() const override {
+    if (core_->closed.load()) return "draining: the service is shutting down and takes no new requests";
+    if (core_->workers_ready.load() <= 0) return "no worker running (starting or restarting)";
+    const int64_t at = core_->serving_at.load();
+    if (std::chrono::steady_clock::now().time_since_epoch().count() < at)
+      return "no healthy worker: every running worker's circuit breaker is open";
+    return {};
+  }
   metrics& stats() override { return core_->stats; }
 
   std::string status_json() const override {

@@ -132,7 +132,10 @@ class service {
 
   virtual const tokenizer& tok() const = 0;
   virtual int32_t n_ctx() const = 0;
-  virtual bool ready() const = 0;  // model loaded and at least one healthy worker
+  virtual bool ready() const = 0;  // a request sent now can be served: a worker up, its breaker not open
+  // Why not ready(), for GET /readyz: "draining", "no worker running", "no healthy worker: ...";
+  // empty when ready.
+  virtual std::string not_ready_reason() const { return ready() ? std::string() : "no healthy worker"; }
   virtual metrics& stats() = 0;
 
   // Cancels everything in flight (each request gets its terminal event) and stops the

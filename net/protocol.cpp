@@ -141,6 +141,11 @@ std::optional<std::string> finish_prompt(const protocol_limits& lim, generate_re
   if (r.prompt_tokens.empty() && lim.encode) {
     r.prompt_tokens = lim.encode(r.prompt);
     if (r.prompt_tokens.empty()) return "prompt: encodes to no tokens";
+  } else if (r.prompt_tokens.empty() && lim.max_token_bytes > 0 &&
+             r.prompt.size() / lim.max_token_bytes >= size_t(std::max(lim.n_ctx, 0))) {
+    return fmt::format("prompt: {} bytes, more than the context holds ({} tokens of at most {} bytes, at most {} "
+                       "for the prompt)",
+                       r.prompt.size(), lim.n_ctx, lim.max_token_bytes, lim.n_ctx - 1);
   }
   if (!r.prompt_tokens.empty() && int64_t(r.prompt_tokens.size()) >= lim.n_ctx)
     return fmt::format("prompt: {} tokens, longer than the context allows ({} tokens, at most {} for the prompt)",
@@ -369,6 +374,10 @@ std::variant<completion_command, invalid_request> parse_completion_request(std::
   if (r.prompt.empty() && r.prompt_tokens.empty()) return invalid_request{std::nullopt, "prompt: must not be empty"};
 
   if (auto e = get_sampling(o, lim, r)) return invalid_request{std::nullopt, *e};
+  // As on the WebSocket (an extension: OpenAI has no such field); 0: the server's default.
+  int64_t timeout = 0;
+  if (auto e = get_int(o, "timeout_ms", 0, 24LL * 3600 * 1000, timeout)) return invalid_request{std::nullopt, *e};
+  r.timeout_ms = timeout;
   int64_t n = 1;
   if (auto e = get_int(o, "n", 1, 1, n)) return invalid_request{std::nullopt, *e + " (one choice per request)"};
   if (auto e = get_int(o, "best_of", 1, 1, n)) return invalid_request{std::nullopt, *e};

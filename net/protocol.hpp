@@ -34,6 +34,10 @@ struct protocol_limits {
   // Turns a text prompt into ids so that its length is checked here and the service
   // receives ids. Empty: text prompts are passed on as text, unchecked.
   std::function<std::vector<int32_t>(std::string_view)> encode;
+  // Without `encode` (the server: tokenizing a long prompt would stall an io thread; the
+  // service tokenizes it on its own threads): a text prompt longer than n_ctx tokens of
+  // max_token_bytes each cannot fit, and is refused without tokenizing. 0: not checked.
+  size_t max_token_bytes = 0;
 };
 
 struct generate_command {

@@ -22,8 +22,11 @@
 #include <boost/beast/websocket/ssl.hpp>
 #include <chrono>
 #include <deque>
+#include <mutex>
 #include <random>
 #include <thread>
+
+#include <sys/resource.h>
 #include <unordered_map>
 
 #include "actors/metrics.hpp"
@@ -64,8 +67,19 @@ struct server_state {
   std::atomic<uint64_t> slow_clients{0};  // connections closed for not reading
   std::optional<rate_limiter> limiter;    // set by server::start
   std::atomic<const server::clock_fn*> clock{nullptr};  // tests drive the rate limit's clock
+  asio::thread_pool* blocking = nullptr;  // work too long for an io thread (tokenizing /tokenize)
+
+  // Open connections by client address (server.max_connections_per_client); only kept when
+  // that cap is on. Touched at accept and when a connection's last session ends.
+  std::mutex per_client_mu;
+  std::unordered_map<std::string, int32_t> per_client;
 
   std::chrono::milliseconds idle() const { return std::chrono::milliseconds(cfg.idle_timeout_ms); }
+  std::chrono::milliseconds header_timeout() const { return std::chrono::milliseconds(cfg.header_timeout_ms); }
+  // What an HTTP connection may hold unparsed: a request head (or the trailer section of a
+  // chunked body) of max_header_bytes plus one read's worth. Without a bound the parser would
+  // buffer a trailer section of any size while looking for its end.
+  size_t max_buffered_bytes() const { return size_t(std::max<int64_t>(cfg.max_header_bytes, 1)) + 65536; }
   // Pending outgoing bytes per connection beyond which the client counts as too slow.
   size_t max_pending_bytes() const { return size_t(std::max<int64_t>(cfg.max_pending_bytes, 1)); }
   service* current() const { return svc.load(std::memory_order_acquire); }
@@ -94,17 +108,59 @@ void count_rejection(service* svc, error_code c) {
 constexpr auto slow_close_grace = std::chrono::seconds(10);
 
 // One slot of server.max_connections, released when the connection's last session ends.
+// Also the connection's share of server.max_connections_per_client when `client` is set.
 class connection_slot {
  public:
-  explicit connection_slot(server_state* st) : st_(st) {}
-  connection_slot(connection_slot&& o) noexcept : st_(std::exchange(o.st_, nullptr)) {}
+  explicit connection_slot(server_state* st, std::string client = {}) : st_(st), client_(std::move(client)) {}
+  connection_slot(connection_slot&& o) noexcept : st_(std::exchange(o.st_, nullptr)), client_(std::move(o.client_)) {}
   connection_slot& operator=(connection_slot&&) = delete;
   ~connection_slot() {
-    if (st_) st_->connections.fetch_sub(1, std::memory_order_relaxed);
+    if (!st_) return;
+    st_->connections.fetch_sub(1, std::memory_order_relaxed);
+    if (client_.empty()) return;
+    std::lock_guard<std::mutex> lk(st_->per_client_mu);
+    auto it = st_->per_client.find(client_);
+    if (it != st_->per_client.end() && --it->second <= 0) st_->per_client.erase(it);
   }
 
  private:
   server_state* st_;
+  std::string client_;
+};
+
+// The request parser with the limits Beast's own lacks. Beast stores a field's name and
+// value with 16-bit offsets and throws std::length_error past 65,533 bytes (a header of that
+// size once server.max_header_bytes is raised, or any trailer field, which header_limit does
+// not cover); this turns such a field into error::header_limit instead. Trailer fields count
+// with the header's fields against max_header_bytes, and chunk extensions count with the
+// chunk data against the body limit (Beast counts the data only).
+class request_parser final : public http::request_parser<http::string_body> {
+ public:
+  request_parser(uint64_t field_budget, uint64_t body_budget) : field_budget_(field_budget), body_budget_(body_budget) {
+    header_limit(uint32_t(std::min<uint64_t>(field_budget, UINT32_MAX)));
+    body_limit(body_budget);
+  }
+
+ private:
+  static constexpr size_t max_field_part = 65533;  // beast::http::basic_fields' off_t is 16 bits, minus ": "
+
+  void on_field_impl(http::field name, beast::string_view name_string, beast::string_view value,
+                     beast::error_code& ec) override {
+    field_bytes_ += name_string.size() + value.size() + 4;  // ": " and CRLF
+    if (name_string.size() > max_field_part || value.size() > max_field_part || field_bytes_ > field_budget_) {
+      ec = http::error::header_limit;
+      return;
+    }
+    get().insert(name, name_string, value);
+  }
+
+  void on_chunk_header_impl(std::uint64_t size, beast::string_view extensions, beast::error_code& ec) override {
+    body_bytes_ += size + extensions.size();
+    if (body_bytes_ > body_budget_) ec = http::error::body_limit;
+  }
+
+  uint64_t field_budget_, body_budget_;
+  uint64_t field_bytes_ = 0, body_bytes_ = 0;
 };
 
 std::string_view sv(beast::string_view s) { return {s.data(), s.size()}; }
@@ -242,7 +298,16 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     std::string id;
     uint64_t rid = 0;
     int32_t next_index = 0;
+    bool first_sent = false;  // its accepted (or the error ending it) is out
+    int32_t duplicates = 0;   // generate frames with its id refused before that: answered after it
   };
+
+  static std::string duplicate_frame(const std::string& id) {
+    return error_frame(id, error_code::invalid_request,
+                       fmt::format("id: \"{}\" is already in flight on this connection: this generate is refused, "
+                                   "the request in flight with that id goes on",
+                                   id));
+  }
 
   void on_event(const std::shared_ptr<live>& lr, const event& e) {
     auto it = live_.find(lr->id);
@@ -261,6 +326,12 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
       }
       case event::kind::done: send(done_frame(lr->id, e)); break;
       case event::kind::error: send(error_frame(lr->id, e.code, e.message, e.retry_after_ms)); break;
+    }
+    if (!lr->first_sent) {
+      // A duplicate's refusal never precedes the first frame of the request it duplicates,
+      // so a client cannot take it for that request's end before it even began.
+      lr->first_sent = true;
+      for (; lr->duplicates > 0; --lr->duplicates) send(duplicate_frame(lr->id));
     }
     if (e.terminal()) {
       log_outcome(conn_, "ws", lr->id, lr->rid, e);
@@ -334,10 +405,11 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
       send(error_frame(g.id, error_code::unavailable, "the model is not loaded yet"));
       return;
     }
-    if (live_.count(g.id)) {
+    if (auto dup = live_.find(g.id); dup != live_.end()) {
       spdlog::info("request id={} conn={} api=ws outcome=invalid_request message=\"duplicate id\"", q(g.id), conn_);
       count_rejection(svc, error_code::invalid_request);
-      send(error_frame(g.id, error_code::invalid_request, fmt::format("id: \"{}\" is already in flight", g.id)));
+      if (dup->second->first_sent) send(duplicate_frame(g.id));
+      else ++dup->second->duplicates;
       return;
     }
     if (int64_t(live_.size()) >= st_.cfg.max_inflight_per_connection) {
@@ -452,7 +524,8 @@ template <class Stream>
 class http_session : public std::enable_shared_from_this<http_session<Stream>> {
  public:
   http_session(Stream&& s, server_state& st, connection_slot slot, uint64_t conn, std::string client)
-      : stream_(std::move(s)), st_(st), slot_(std::move(slot)), conn_(conn), client_(std::move(client)) {}
+      : stream_(std::move(s)), buffer_(st.max_buffered_bytes()), st_(st), slot_(std::move(slot)), conn_(conn),
+        client_(std::move(client)) {}
 
   auto executor() { return stream_.get_executor(); }
 
@@ -525,10 +598,27 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   }
 
   void do_read() {
-    parser_.emplace();
-    parser_->header_limit(uint32_t(std::min<int64_t>(st_.cfg.max_header_bytes, UINT32_MAX)));
-    parser_->body_limit(uint64_t(st_.cfg.max_frame_bytes));
-    beast::get_lowest_layer(stream_).expires_after(st_.idle());
+    parser_.emplace(uint64_t(std::max<int64_t>(st_.cfg.max_header_bytes, 1)), uint64_t(st_.cfg.max_frame_bytes));
+    if (heads_read_ > 0 && buffer_.size() == 0) {
+      // A keep-alive connection may wait idle_timeout_ms for its next request; the head's own
+      // clock (header_timeout_ms) starts with that request's first byte.
+      beast::get_lowest_layer(stream_).expires_after(st_.idle());
+      stream_.async_read_some(buffer_.prepare(4096),
+                              beast::bind_front_handler(&http_session::on_first_byte, this->shared_from_this()));
+      return;
+    }
+    read_head();
+  }
+
+  void on_first_byte(beast::error_code ec, size_t n) {
+    if (ec) return on_read(ec == asio::error::eof ? beast::error_code(http::error::end_of_stream) : ec, 0);
+    buffer_.commit(n);
+    read_head();
+  }
+
+  // The whole head within header_timeout_ms, however slowly it trickles in (slowloris).
+  void read_head() {
+    beast::get_lowest_layer(stream_).expires_after(st_.header_timeout());
     http::async_read_header(stream_, buffer_, *parser_,
                             beast::bind_front_handler(&http_session::on_header, this->shared_from_this()));
   }
@@ -536,7 +626,12 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   // Header first, so that a client waiting for "100 Continue" (curl, for bodies over
   // 1 KiB) gets it at once instead of sending its body after a pause.
   void on_header(beast::error_code ec, size_t n) {
+    if (ec == beast::error::timeout)
+      spdlog::info("conn={} client={} request head incomplete after server.header_timeout_ms ({} ms): closing", conn_,
+                   client_, st_.cfg.header_timeout_ms);
     if (ec) return on_read(ec, n);
+    ++heads_read_;
+    beast::get_lowest_layer(stream_).expires_after(st_.idle());  // the body: the idle time again
     auto& req = parser_->get();
     auto expect = req.find(http::field::expect);
     if (!parser_->is_done() && expect != req.end() && beast::iequals(expect->value(), "100-continue")) {
@@ -558,12 +653,20 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
 
   void on_read(beast::error_code ec, size_t) {
     if (ec == http::error::end_of_stream) return do_close();
-    if (ec == http::error::header_limit)
-      return respond(http::status::request_header_fields_too_large, plain_error("request header too large"),
+    // buffer_overflow: a request head or a trailer section longer than the connection buffers.
+    if (ec == http::error::header_limit || ec == http::error::buffer_overflow)
+      return respond(http::status::request_header_fields_too_large,
+                     plain_error(fmt::format("request header fields too large: the request head, and the header and "
+                                             "trailer fields together, may take {} bytes (server.max_header_bytes), "
+                                             "one field at most 65533",
+                                             st_.cfg.max_header_bytes)),
                      "application/json", false);
     if (ec == http::error::body_limit)
-      return respond(http::status::payload_too_large, plain_error("request body too large"), "application/json",
-                     false);
+      return respond(http::status::payload_too_large,
+                     plain_error(fmt::format("request body too large: at most {} bytes (server.max_frame_bytes; "
+                                             "chunked: chunk data and extensions together)",
+                                             st_.cfg.max_frame_bytes)),
+                     "application/json", false);
     if (ec) {
       if (ec != beast::error::timeout && ec != asio::error::connection_reset)
         spdlog::debug("conn={} http read: {}", conn_, ec.message());
@@ -608,11 +711,12 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
 
     if (path == "/healthz" && get) return respond(http::status::ok, R"({"status":"ok"})", "application/json", keep);
     if (path == "/readyz" && get) {
-      bool ready = svc && svc->ready();
-      return respond(ready ? http::status::ok : http::status::service_unavailable,
-                     ready ? R"({"status":"ready"})" : (svc ? R"({"status":"no healthy worker"})"
-                                                            : R"({"status":"loading"})"),
-                     "application/json", keep);
+      const std::string why = svc ? svc->not_ready_reason() : std::string("loading");
+      if (why.empty()) return respond(http::status::ok, R"({"status":"ready"})", "application/json", keep);
+      std::string body = R"({"status":)";
+      append_json_string(body, why);
+      body += "}";
+      return respond(http::status::service_unavailable, std::move(body), "application/json", keep);
     }
     // The page (web/, embedded) is public like the probes: it holds no data, and a browser
     // navigating to it cannot send a bearer token. What it then fetches is checked as usual.
@@ -680,8 +784,13 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (auto* bad = std::get_if<invalid_request>(&r))
       return respond(http::status::bad_request, openai_error_json(error_code::invalid_request, bad->message),
                      "application/json", keep);
-    auto ids = svc.tok().encode(std::get<std::string>(r));
-    respond(http::status::ok, tokenize_response_json(ids, svc.n_ctx()), "application/json", keep);
+    // Off the io thread: a megabyte of text takes a while to encode.
+    asio::post(*st_.blocking, [self = this->shared_from_this(), &svc, keep, text = std::move(std::get<std::string>(r))] {
+      std::string body = tokenize_response_json(svc.tok().encode(text), svc.n_ctx());
+      asio::post(self->executor(), [self, keep, body = std::move(body)]() mutable {
+        self->respond(http::status::ok, std::move(body), "application/json", keep);
+      });
+    });
   }
 
   void detokenize(service& svc) {
@@ -720,6 +829,22 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
                      "application/json", keep, false, wait);
     }
     auto& cmd = std::get<completion_command>(parsed);
+    // The deadline: the body's timeout_ms, else the X-Request-Timeout header (milliseconds),
+    // else queue.default_timeout_ms.
+    if (auto h = req.find("X-Request-Timeout"); h != req.end() && cmd.request.timeout_ms == 0) {
+      std::string_view v = sv(h->value());
+      int64_t ms = 0;
+      bool ok = !v.empty() && v.size() <= 9;
+      for (char ch : v) ok = ok && ch >= '0' && ch <= '9', ms = ms * 10 + (ch - '0');
+      if (!ok || ms > 24LL * 3600 * 1000) {
+        count_rejection(svc, error_code::invalid_request);
+        return respond(http::status::bad_request,
+                       openai_error_json(error_code::invalid_request,
+                                         "X-Request-Timeout: must be milliseconds, 0..86400000"),
+                       "application/json", keep);
+      }
+      cmd.request.timeout_ms = ms;
+    }
     if (!cmd.seeded) cmd.request.sampling.seed = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
     auto c = std::make_shared<completion_state>();
     c->stream = cmd.stream;
@@ -741,14 +866,28 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   // Reads while a completion runs, so a client that hangs up cancels its request.
   // Plain TCP only: a TLS read cannot be abandoned midway without breaking the stream.
   void start_watch() {
+    // A client that sent that much ahead is not watched (prepare would throw): TCP holds the rest.
+    const size_t room = std::min<size_t>(4096, buffer_.max_size() - buffer_.size());
+    if (room == 0 || peer_half_closed_) return;
     watching_ = true;
-    stream_.async_read_some(buffer_.prepare(4096),
+    stream_.async_read_some(buffer_.prepare(room),
                             beast::bind_front_handler(&http_session::on_watch, this->shared_from_this()));
   }
 
   void on_watch(beast::error_code ec, size_t n) {
     watching_ = false;
     if (!ec) buffer_.commit(n);  // the client's next request: parsed later
+    if (ec == asio::error::eof && cur_) {
+      // shutdown(SHUT_WR) after the request: HTTP allows a half-close, so the client still
+      // gets its answer; the connection ends after it.
+      peer_half_closed_ = true;
+      cur_->keep_alive = false;
+      if (resume_after_watch_) {
+        resume_after_watch_ = false;
+        do_read();
+      }
+      return;
+    }
     if (ec && ec != asio::error::operation_aborted) {
       if (cur_ && !cur_->client_gone) {
         spdlog::info("request id={} conn={} rid={} client disconnected: cancelling", cur_->cmpl_id, conn_, cur_->rid);
@@ -881,8 +1020,29 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
       if (close && cur_) cur_->keep_alive = false;
       return finish_exchange();
     }
+    if (close && parser_ && !parser_->is_done()) return linger_close();
     if (close) return do_close();
     do_read();
+  }
+
+  // Refused before the request was read to its end (431, 413, 400): the client may still be
+  // sending. Closing with unread bytes would reset the connection, and a reset can destroy
+  // the response before the client reads it; so read and drop for a short while first.
+  void linger_close() {
+    do_close();
+    if constexpr (!is_tls<Stream>) {
+      beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(2));
+      buffer_.clear();
+      do_linger_read();
+    }
+  }
+
+  void do_linger_read() {
+    stream_.async_read_some(buffer_.prepare(4096), [self = this->shared_from_this()](beast::error_code ec, size_t n) {
+      self->lingered_ += n;
+      if (ec || self->lingered_ > (size_t(1) << 20)) return;  // ended, timed out, or too much to wait for
+      self->do_linger_read();
+    });
   }
 
   void do_close() {
@@ -896,8 +1056,11 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   }
 
   Stream stream_;
-  beast::flat_buffer buffer_;
-  std::optional<http::request_parser<http::string_body>> parser_;
+  beast::flat_buffer buffer_;  // bounded: max_buffered_bytes()
+  std::optional<request_parser> parser_;
+  uint64_t heads_read_ = 0;
+  bool peer_half_closed_ = false;
+  size_t lingered_ = 0;
   server_state& st_;
   connection_slot slot_;
   uint64_t conn_;
@@ -926,7 +1089,8 @@ std::string client_key(const tcp::socket& sock) {
 
 class listener : public std::enable_shared_from_this<listener> {
  public:
-  listener(asio::io_context& ioc, ssl::context* tls, server_state& st) : ioc_(ioc), tls_(tls), acc_(ioc), st_(st) {}
+  listener(asio::io_context& ioc, ssl::context* tls, server_state& st)
+      : ioc_(ioc), tls_(tls), acc_(ioc), st_(st), pause_(ioc) {}
 
   status open(const tcp::endpoint& ep) {
     beast::error_code ec;
@@ -945,6 +1109,7 @@ class listener : public std::enable_shared_from_this<listener> {
   void close() {
     beast::error_code ec;
     acc_.close(ec);
+    pause_.cancel();
   }
 
  private:
@@ -952,11 +1117,37 @@ class listener : public std::enable_shared_from_this<listener> {
     acc_.async_accept(asio::make_strand(ioc_), beast::bind_front_handler(&listener::on_accept, shared_from_this()));
   }
 
+  // Out of descriptors (or kernel memory): accepting again at once fails again at once, a
+  // busy loop. Pause, and log once a second with the count, until descriptors free up.
+  static bool out_of_resources(const beast::error_code& ec) {
+    if (ec.category() != boost::system::system_category()) return false;
+    const int e = ec.value();
+    return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM;
+  }
+  static constexpr auto accept_pause = std::chrono::milliseconds(100);
+
   void on_accept(beast::error_code ec, tcp::socket sock) {
     if (ec) {
       if (ec == asio::error::operation_aborted || !acc_.is_open()) return;
-      spdlog::warn("accept failed: {}", ec.message());
-      return do_accept();
+      ++accept_failures_;
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_accept_log_ >= std::chrono::seconds(1)) {
+        rlimit rl{};
+        ::getrlimit(RLIMIT_NOFILE, &rl);
+        spdlog::warn("accept failed: {} ({} times since the last report; {} connections open, server.max_connections "
+                     "{}, open-file limit {}){}",
+                     ec.message(), accept_failures_, st_.connections.load(std::memory_order_relaxed),
+                     st_.cfg.max_connections, uint64_t(rl.rlim_cur),
+                     out_of_resources(ec) ? ": pausing accepts until descriptors free up" : "");
+        last_accept_log_ = now;
+        accept_failures_ = 0;
+      }
+      if (!out_of_resources(ec)) return do_accept();
+      pause_.expires_after(accept_pause);
+      pause_.async_wait([self = shared_from_this()](beast::error_code e) {
+        if (!e && self->acc_.is_open()) self->do_accept();
+      });
+      return;
     }
     if (st_.connections.load(std::memory_order_relaxed) >= st_.cfg.max_connections) {
       st_.rejected_connections.fetch_add(1, std::memory_order_relaxed);
@@ -965,12 +1156,25 @@ class listener : public std::enable_shared_from_this<listener> {
       sock.close(ignored);
       return do_accept();
     }
+    std::string client = client_key(sock);
+    if (const int32_t cap = st_.cfg.max_connections_per_client; cap > 0) {
+      std::lock_guard<std::mutex> lk(st_.per_client_mu);
+      int32_t& open = st_.per_client[client];
+      if (open >= cap) {
+        if (open == 0) st_.per_client.erase(client);
+        st_.rejected_connections.fetch_add(1, std::memory_order_relaxed);
+        spdlog::info("connection from {} refused: server.max_connections_per_client ({}) reached", client, cap);
+        beast::error_code ignored;
+        sock.close(ignored);
+        return do_accept();
+      }
+      ++open;
+    }
     st_.connections.fetch_add(1, std::memory_order_relaxed);
-    connection_slot slot(&st_);
+    connection_slot slot(&st_, st_.cfg.max_connections_per_client > 0 ? client : std::string());
     uint64_t conn = st_.next_conn.fetch_add(1, std::memory_order_relaxed);
     beast::error_code ignored;
     sock.set_option(tcp::no_delay(true), ignored);  // one small frame per token
-    std::string client = client_key(sock);
     if (tls_)
       std::make_shared<http_session<tls_stream>>(tls_stream(std::move(sock), *tls_), st_, std::move(slot), conn,
                                                  std::move(client))
@@ -986,6 +1190,9 @@ class listener : public std::enable_shared_from_this<listener> {
   ssl::context* tls_;
   tcp::acceptor acc_;
   server_state& st_;
+  asio::steady_timer pause_;
+  uint64_t accept_failures_ = 0;
+  std::chrono::steady_clock::time_point last_accept_log_{};
 };
 
 std::string model_display_name(const std::string& spec) {
@@ -1011,8 +1218,9 @@ struct server::impl {
   uint16_t port = 0;
   bool stopped = false;
   std::vector<std::unique_ptr<server::clock_fn>> clocks;
+  asio::thread_pool blocking{1};
 
-  explicit impl(int threads_hint) : ioc(std::max(1, threads_hint)) {}
+  explicit impl(int threads_hint) : ioc(std::max(1, threads_hint)) { st.blocking = &blocking; }
 };
 
 result<std::pair<std::string, uint16_t>> parse_listen_address(const std::string& listen) {
@@ -1070,7 +1278,32 @@ result<std::unique_ptr<server>> server::start(const service_config& cfg) {
   p->port = p->lst->port();
   p->lst->start();
   p->work.emplace(p->ioc.get_executor());
-  for (int i = 0; i < std::max(1, cfg.io_threads); ++i) p->threads.emplace_back([io = &p->ioc] { io->run(); });
+  for (int i = 0; i < std::max(1, cfg.io_threads); ++i)
+    p->threads.emplace_back([io = &p->ioc] {
+      // The backstop of "no exception escapes a network handler": the connection whose
+      // handler threw loses its handler (and so ends); the io thread and the server go on.
+      for (;;) {
+        try {
+          io->run();
+          return;
+        } catch (const std::exception& e) {
+          spdlog::error("exception escaped a network handler (its connection is dropped): {}", e.what());
+        } catch (...) {
+          spdlog::error("unknown exception escaped a network handler (its connection is dropped)");
+        }
+      }
+    });
+  {
+    // Each connection is a descriptor: past RLIMIT_NOFILE accept fails long before max_connections.
+    rlimit rl{};
+    constexpr uint64_t reserve = 64;  // listener, log, model files, CAF, eventfds
+    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        uint64_t(rl.rlim_cur) < uint64_t(cfg.max_connections) + reserve)
+      spdlog::warn("server.max_connections is {} but the open-file limit (RLIMIT_NOFILE, ulimit -n) is {}: "
+                   "connections beyond about {} fail to be accepted; raise the limit or lower max_connections",
+                   cfg.max_connections, uint64_t(rl.rlim_cur),
+                   uint64_t(rl.rlim_cur) > reserve ? uint64_t(rl.rlim_cur) - reserve : 0);
+  }
   spdlog::info("listening on {}://{}:{} ({} io threads)", p->tls ? "https" : "http",
                ip.is_v6() ? "[" + ip.to_string() + "]" : ip.to_string(), p->port, std::max(1, cfg.io_threads));
   return std::unique_ptr<server>(new server(std::move(p)));
@@ -1086,8 +1319,13 @@ void server::attach(service& svc) {
   lim.n_vocab = svc.tok().n_vocab();
   lim.max_tokens_default = impl_->st.cfg.max_tokens_default;
   lim.max_tokens_limit = impl_->st.cfg.max_tokens_limit;
-  const tokenizer* tok = &svc.tok();
-  lim.encode = [tok](std::string_view text) { return tok->encode(text); };
+  // No lim.encode: tokenizing a long prompt here would stall an io thread (and with it every
+  // connection on it); the service tokenizes on its own threads. A prompt too long in bytes
+  // to fit the context in any tokenization is refused here without tokenizing.
+  const tokenizer& tok = svc.tok();
+  size_t longest = 1;
+  for (int32_t id = 0; id < tok.n_vocab(); ++id) longest = std::max(longest, tok.token_bytes(id).size());
+  lim.max_token_bytes = longest;
   impl_->st.limits = std::move(lim);
   impl_->st.svc.store(&svc, std::memory_order_release);
 }
@@ -1106,6 +1344,7 @@ void server::stop() {
   impl_->stopped = true;
   impl_->work.reset();
   impl_->ioc.stop();
+  impl_->blocking.join();  // what it finishes posts into the stopped context: dropped with it
   for (auto& t : impl_->threads) t.join();
   impl_->threads.clear();
   impl_->lst->close();
