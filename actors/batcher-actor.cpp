@@ -1,15 +1,16 @@
 #include "actors/batcher-actor.hpp"
 
-#include <limits>
-
 #include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
 #include <deque>
+#include <limits>
 #include <optional>
 #include <unordered_map>
 #include <unordered_set>
+
+#include <fmt/format.h>
 
 #include "actors/messages.hpp"
 #include "supervision/circuit-breaker.hpp"
@@ -92,7 +93,10 @@ struct batcher_state {
   std::vector<bool> gave_up;                   // by worker index: its device was given up
   std::unordered_map<uint64_t, suspect> suspects;
   uint64_t next_group = 0;
-  double step_ms = 0;                          // moving average of measured step times
+  // Moving averages of measured steps, kept apart: a prefill step costs per token of the
+  // prompt, a decode step per generated token, and one average of both overstates decoding.
+  double decode_step_ms = 0;                   // steps of decodes only (one token per sequence)
+  double prefill_token_ms = 0;                 // steps with prefill tokens: time per token in it
   bool dispatch_timer = false;                 // an idispatch is pending
   std::chrono::steady_clock::time_point dispatch_due;  // when it fires
   overload_monitor overload;                   // sustained overload: caps max_tokens (degradation)
@@ -388,15 +392,26 @@ void leave_exclusive(worker_slot& w, uint64_t id) {
   }
 }
 
-// A lower bound of the time a new request needs: its own decode steps, plus the queue ahead
-// of it served max_running at a time per worker. 0 before any step was measured.
+// Decode steps a request can take: max_tokens, but never past the context (the engine ends
+// it there with finish_reason length).
+int64_t decode_steps(const batcher_state& st, const enqueue_msg& m) {
+  const int64_t left = int64_t(st.core->n_ctx) - int64_t(m.prompt.size()) - int64_t(m.generated.size());
+  const int64_t want = int64_t(m.max_tokens) - int64_t(m.generated.size());
+  return std::max<int64_t>(0, st.core->n_ctx > 0 ? std::min(want, left) : want);
+}
+
+// An estimate of the time a new request needs: its prefill and its decode steps, plus the
+// queue ahead of it served max_running at a time per worker. 0 before any step was measured.
+// On an idle server it is what the request takes, so a request that can make its deadline
+// is not refused.
 int64_t estimate_ms(batcher_state& st, const enqueue_msg& m) {
-  if (st.step_ms <= 0) return 0;
+  if (st.decode_step_ms <= 0 && st.prefill_token_ms <= 0) return 0;
   int64_t slots = 0;
   for (auto& w : st.workers)
     if (w.up) slots += w.max_running;
   const double rounds = 1.0 + double(st.queued) / double(std::max<int64_t>(slots, 1));
-  return int64_t(st.step_ms * double(m.max_tokens) * rounds);
+  const double own = st.prefill_token_ms * double(m.prompt.size()) + st.decode_step_ms * double(decode_steps(st, m));
+  return int64_t(own * rounds);
 }
 
 bool remove_queued(batcher_state& st, uint64_t id) {
@@ -444,10 +459,11 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         if (int64_t est = estimate_ms(st, m); m.timeout_ms > 0 && est > m.timeout_ms) {
           self->send(m.request,
                      admission_msg{m.id, false, uint8_t(error_code::timeout), 0,
-                                   "the deadline cannot be met: about " + std::to_string(est) + " ms needed (" +
-                                       std::to_string(st.queued) + " queued, steps of " +
-                                       std::to_string(int64_t(std::lround(st.step_ms))) + " ms), " +
-                                       std::to_string(m.timeout_ms) + " ms left"});
+                                   fmt::format("the deadline cannot be met: about {} ms needed ({} prompt tokens at "
+                                               "{:.3f} ms, {} decode steps at {:.2f} ms, {} queued), {} ms left; "
+                                               "raise timeout_ms",
+                                               est, m.prompt.size(), st.prefill_token_ms, decode_steps(st, m),
+                                               st.decode_step_ms, st.queued, m.timeout_ms)});
           return;
         }
         if (st.queued >= st.core->cfg.queue_capacity) {
@@ -525,7 +541,9 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
             w.exclusive_group = false;
           }
           const double ms = double(r.step_us) / 1000.0;
-          st.step_ms = st.step_ms <= 0 ? ms : 0.9 * st.step_ms + 0.1 * ms;
+          auto ema = [](double avg, double x) { return avg <= 0 ? x : 0.9 * avg + 0.1 * x; };
+          if (r.batch_tokens <= r.batch_seqs) st.decode_step_ms = ema(st.decode_step_ms, ms);
+          else st.prefill_token_ms = ema(st.prefill_token_ms, ms / double(r.batch_tokens));
         }
         for (uint64_t id : r.left) {
           st.suspects.erase(id);

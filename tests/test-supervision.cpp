@@ -517,10 +517,16 @@ TEST_CASE("breakers: when every worker's breaker is open, new requests fail fast
 TEST_CASE("deadlines: admission rejects with timeout what the measured step times cannot meet") {
   collector col;
   sup_env env(sup_config(1), [](int32_t) { return tiny_cpu_backend(); });
-  auto warm = env.svc->generate(greedy_request(test_prompt(3, 8), 16));  // measures step times
+  // A long prompt leaves 124 of the 1,024 positions: max_tokens 4000 means 124 decode steps.
+  const auto prompt = test_prompt(4, 900);
+  auto warm = env.svc->generate(greedy_request(prompt, 4000));  // measures prefill and decode steps
   REQUIRE(warm.ok);
-  auto req = greedy_request(test_prompt(4, 8), 4000);
-  req.timeout_ms = 100;
+  CHECK(warm.terminal.reason == finish_reason::length);
+  CHECK(warm.tokens.size() == 124);
+  const double took = warm.terminal.total_ms;
+  // An eighth of what the same request took cannot be met: refused before it starts.
+  auto req = greedy_request(prompt, 4000);
+  req.timeout_ms = std::max<int64_t>(1, int64_t(took / 8));
   uint64_t id = env.svc->submit(req, col.cb());
   REQUIRE(col.wait_terminal(id));
   CHECK(col.well_formed(id));
@@ -529,6 +535,57 @@ TEST_CASE("deadlines: admission rejects with timeout what the measured step time
   CHECK(contains(t.message, "cannot be met"));
   std::lock_guard<std::mutex> lk(col.mu);
   CHECK(col.recs[id].events.size() == 1);  // no accepted: rejected at admission
+}
+
+// Issue 13.8: the estimate multiplied one average of all steps (prefill ones included) by an
+// unclamped max_tokens, and refused what an idle server finishes well inside the deadline.
+TEST_CASE("deadlines: max_tokens past the context and prefill steps do not inflate the estimate") {
+  collector col;
+  sup_env env(sup_config(1), [](int32_t) { return tiny_cpu_backend(); });
+  // 24 positions left: 4096 asked, 24 possible. The old estimate (4096 times one average of
+  // every step) came to far more than four times what the request takes.
+  const auto prompt = test_prompt(5, 1000);
+  auto warm = env.svc->generate(greedy_request(prompt, 4096));
+  REQUIRE(warm.ok);
+  CHECK(warm.tokens.size() == 24);
+  const double took = warm.terminal.total_ms;
+  // Four times what it took: the same request again must be served.
+  auto again = greedy_request(prompt, 4096);
+  again.timeout_ms = std::max<int64_t>(50, int64_t(took * 4));
+  auto r = env.svc->generate(again);
+  INFO(r.terminal.message);
+  CHECK(r.ok);
+  CHECK(r.terminal.reason == finish_reason::length);
+  CHECK(r.tokens.size() == 24);
+}
+
+// Issue 13.7: readiness said 200 while every running worker's breaker was open.
+TEST_CASE("readiness: not ready while every breaker is open, and the reason says why; draining says draining") {
+  collector col;
+  auto cfg = sup_config(1);
+  cfg.breaker_failures = 2;
+  cfg.breaker_open_ms = 600000;  // stays open for the whole test
+  sup_env env(cfg, [](int32_t) -> result<std::unique_ptr<backend>> {
+    auto r = tiny_cpu_backend();
+    if (!r) return r;
+    fault_options o;
+    o.rate = 1.0;
+    o.kind = fault_kind::throw_exception;
+    return make_faulty_backend(std::move(r.value()), o, nullptr, 0);
+  });
+  REQUIRE(eventually([&] { return env.svc->ready(); }));  // a worker up, its breaker closed
+  CHECK(env.svc->not_ready_reason().empty());
+  uint64_t first = env.svc->submit(greedy_request(test_prompt(1, 8), 8), col.cb());
+  REQUIRE(eventually([&] { return contains(env.svc->status_json(), "\"breaker\":\"open\""); }));
+  // The worker is running again (restarted), but its breaker is open for ten minutes.
+  REQUIRE(eventually([&] { return contains(env.svc->status_json(), "\"state\":\"running\""); }));
+  CHECK_FALSE(env.svc->ready());
+  CHECK(contains(env.svc->not_ready_reason(), "circuit breaker is open"));
+  env.svc->cancel(first);
+  REQUIRE(col.wait_terminal(first));
+  env.svc->shutdown(std::chrono::milliseconds(1));
+  CHECK_FALSE(env.svc->ready());
+  CHECK(contains(env.svc->not_ready_reason(), "draining"));
 }
 
 TEST_CASE("shutdown: drain lets requests in flight finish, then refuses new ones") {
