@@ -13,12 +13,18 @@
 namespace infer {
 
 struct sampling_params {
-  float temperature = 0.0f;  // 0: greedy
+  // Below this a temperature samples exactly as greedy. 1/T overflows float for tiny T (1e-40
+  // gives inf, and 0 * inf = NaN in the softmax: the sampler then returned the lowest-ranked
+  // id), and long before that only the top logit keeps any mass anyway.
+  static constexpr float greedy_below = 1e-5f;
+
+  float temperature = 0.0f;  // 0 (anything < greedy_below): greedy
   int32_t top_k = 0;         // 0: off
   float top_p = 1.0f;        // 1: off
   uint64_t seed = 0;
 
-  INFER_HOST_DEVICE bool greedy() const { return temperature <= 0.0f || top_k == 1; }
+  // `!(t >= ...)` also takes a NaN temperature as greedy: no NaN reaches a softmax.
+  INFER_HOST_DEVICE bool greedy() const { return !(temperature >= greedy_below) || top_k == 1; }
 };
 
 // Counter-based randomness: the draw for a sequence's n-th generated token depends

@@ -53,7 +53,7 @@ void paged_attention_forward(float* out, const float* qkv, const float* k_cache,
 void lm_head_forward(float* logits, const float* x, const float* wte, int N, int C, int V);
 
 // The sampling rule shared by every backend (so the same seed gives the same tokens):
-//   greedy (temperature <= 0 or top_k == 1): argmax, lowest id on ties;
+//   greedy (temperature < sampling_params::greedy_below, 1e-5, or top_k == 1): argmax, lowest id on ties;
 //   otherwise rank ids by (logit desc, id asc), keep top_k (if > 0), softmax of
 //   logit / temperature over them, keep the shortest prefix whose mass reaches top_p,
 //   draw u = sampling_uniform(seed, counter) and take the first id whose cumulative

@@ -352,6 +352,18 @@ TEST_CASE("sampling: greedy, top-k, top-p and seeds") {
   }
   CHECK(differ > 0);
 
+  // Issue 13.9: tiny temperatures are greedy. 1e-40 (a float denormal) made 1/T infinite and
+  // the softmax NaN, and the sampler returned the lowest-ranked id.
+  for (float t : {1e-40f, 1e-30f, 1e-7f, 9.99e-6f}) {
+    for (float top_p : {1.0f, 0.9f}) {
+      sampling_params tiny{t, 0, top_p, 5};
+      CAPTURE(t);
+      for (uint64_t c = 0; c < 20; ++c) CHECK(cpu::sample_token(logits.data(), V, tiny, c, scratch.data()) == argmax);
+    }
+  }
+  CHECK(sampling_params{1e-5f, 0, 1.0f, 0}.greedy() == false);  // from 1e-5 on: sampled
+  CHECK(sampling_params{std::nanf(""), 0, 1.0f, 0}.greedy());
+
   // Frequencies follow the softmax: with temperature 1 over 3 candidates.
   std::vector<float> three{2.0f, 1.0f, 0.0f};
   std::vector<float> sc3(6);

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <iterator>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -408,6 +409,52 @@ TEST_CASE("sample_token: greedy, temperature, top-k, top-p on the device") {
       CAPTURE(i);
       CHECK(got[i] == want[i]);
     }
+  }
+}
+
+// Issue 13.9: temperatures under sampling_params::greedy_below (1e-5) pick the argmax on the
+// device too. Before, T = 1e-40 made 1/T infinite, the softmax mass NaN, and the sorted sampler
+// returned the last kept id.
+TEST_CASE("sample_token: temperatures below 1e-5 are greedy on the device") {
+  const int V = 50257;
+  const float temps[] = {1e-40f, 1e-30f, 1e-7f, 9.99e-6f, 0.f};
+  const int N = int(std::size(temps));
+  std::vector<sampling_params> sp(N);
+  for (int r = 0; r < N; ++r) {
+    sp[r].temperature = temps[r];
+    sp[r].top_p = r % 2 ? 0.9f : 1.0f;
+    sp[r].seed = uint64_t(r + 1);
+  }
+  const int ld = V;
+  std::vector<float> logits = rand_f32(size_t(N) * ld, 3.f);
+  std::vector<int32_t> argmax(N);
+  for (int r = 0; r < N; ++r) {
+    argmax[r] = 1234 + 97 * r;
+    logits[size_t(r) * ld + argmax[r]] = 40.f;  // clearly the largest
+  }
+  std::vector<uint8_t> do_sample(N, 1);
+  std::vector<uint64_t> counters(N, 3);
+  std::vector<int32_t> rows(N);
+  std::iota(rows.begin(), rows.end(), 0);
+  dbuf<float> dl(logits);
+  dbuf<sampling_params> dsp(sp);
+  dbuf<uint8_t> dds(do_sample);
+  dbuf<uint64_t> dc(counters);
+  dbuf<int32_t> dr(rows), tok(N);
+  REQUIRE(cuda::sample_greedy_forward(tok.p, dl.p, ld, dr.p, N, V, dsp.p, dds.p, s0) == cudaSuccess);
+  size_t temp = 0;
+  REQUIRE(cuda::sort_rows_forward(nullptr, temp, nullptr, nullptr, nullptr, ld, nullptr, N, V, nullptr, nullptr,
+                                  s0) == cudaSuccess);
+  dbuf<uint8_t> dtemp(temp);
+  dbuf<float> sl(size_t(N) * V), cmp(size_t(N) * V), prob(size_t(N) * V);
+  dbuf<int32_t> sid(size_t(N) * V), ids(size_t(N) * V);
+  REQUIRE(cuda::sort_rows_forward(dtemp.p, temp, sl.p, sid.p, dl.p, ld, dr.p, N, V, cmp.p, ids.p, s0) ==
+          cudaSuccess);
+  REQUIRE(cuda::sample_sorted_forward(tok.p, sl.p, sid.p, N, V, dsp.p, dc.p, dds.p, prob.p, s0) == cudaSuccess);
+  auto got = tok.down();
+  for (int r = 0; r < N; ++r) {
+    CAPTURE(temps[r]);
+    CHECK(got[r] == argmax[r]);
   }
 }
 
