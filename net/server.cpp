@@ -27,6 +27,7 @@
 #include <thread>
 
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unordered_map>
 
 #include "actors/metrics.hpp"
@@ -877,16 +878,13 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   void on_watch(beast::error_code ec, size_t n) {
     watching_ = false;
     if (!ec) buffer_.commit(n);  // the client's next request: parsed later
-    if (ec == asio::error::eof && cur_) {
-      // shutdown(SHUT_WR) after the request: HTTP allows a half-close, so the client still
-      // gets its answer; the connection ends after it.
-      peer_half_closed_ = true;
+    if (ec == asio::error::eof && cur_ && !resume_after_watch_ && probe_after_eof()) return;
+    if (ec == asio::error::eof && cur_ && resume_after_watch_) {
+      // The answer is out and the client has nothing more to send: done.
       cur_->keep_alive = false;
-      if (resume_after_watch_) {
-        resume_after_watch_ = false;
-        do_read();
-      }
-      return;
+      peer_half_closed_ = true;
+      resume_after_watch_ = false;
+      return do_read();
     }
     if (ec && ec != asio::error::operation_aborted) {
       if (cur_ && !cur_->client_gone) {
@@ -902,6 +900,43 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
       do_read();
     }
     // else: the completion still runs; its end resumes reading.
+  }
+
+  // End of file while a completion runs: the client either hung up (close) or only ended its
+  // side (shutdown(SHUT_WR) after the request, which HTTP allows: it still wants the answer).
+  // Only a write tells them apart: to a closed socket the peer answers with a reset. So send
+  // what the client ignores (an interim 100 response before the answer, an SSE comment inside
+  // the stream), then look again shortly: a reset (a pending socket error: reads keep
+  // saying end of file once it came) cancels; none means a half-close, and the answer is
+  // sent, the connection closed after it. False: cannot probe (HTTP/1.0 takes no interim
+  // responses): taken as a hang-up.
+  bool probe_after_eof() {
+    auto c = cur_;
+    std::string probe;
+    if (c->headers_sent) probe = c->chunked ? "3\r\n:\n\n\r\n" : ":\n\n";
+    else if (c->chunked) probe = "HTTP/1.1 100 Continue\r\n\r\n";  // chunked: an HTTP/1.1 request
+    else return false;
+    peer_half_closed_ = true;
+    c->keep_alive = false;
+    if (!writing_ && !res_) {
+      // Nothing of ours in flight, so the probe cannot interleave with another write; never
+      // blocking: a full send buffer skips it (the writes that filled it will tell).
+      beast::error_code ec;
+      auto& sock = beast::get_lowest_layer(stream_).socket();
+      sock.non_blocking(true, ec);
+      if (!ec) sock.send(asio::buffer(probe), 0, ec);
+      if (ec) return ec != asio::error::would_block ? false : true;
+    }
+    probe_timer_.expires_after(std::chrono::milliseconds(100));
+    probe_timer_.async_wait([self = this->shared_from_this(), c](beast::error_code ec) {
+      if (ec || self->cur_ != c || c->client_gone) return;
+      int err = 0;
+      socklen_t len = sizeof err;
+      ::getsockopt(beast::get_lowest_layer(self->stream_).socket().native_handle(), SOL_SOCKET, SO_ERROR, &err, &len);
+      if (err == 0) return;  // half-closed, still reading: it gets its answer
+      self->on_watch(beast::error_code(err, boost::system::system_category()), 0);
+    });
+    return true;
   }
 
   void send_sse_headers(completion_state& c) {
@@ -1027,7 +1062,8 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
 
   // Refused before the request was read to its end (431, 413, 400): the client may still be
   // sending. Closing with unread bytes would reset the connection, and a reset can destroy
-  // the response before the client reads it; so read and drop for a short while first.
+  // the response before the client reads it; so read and drop for up to 2 s first (bounded in
+  // time, and in memory: the same 4 KiB again and again).
   void linger_close() {
     do_close();
     if constexpr (!is_tls<Stream>) {
@@ -1039,8 +1075,8 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
 
   void do_linger_read() {
     stream_.async_read_some(buffer_.prepare(4096), [self = this->shared_from_this()](beast::error_code ec, size_t n) {
-      self->lingered_ += n;
-      if (ec || self->lingered_ > (size_t(1) << 20)) return;  // ended, timed out, or too much to wait for
+      (void)n;  // dropped: prepare() reuses the same bytes
+      if (ec) return;  // the client closed, or the 2 s are up
       self->do_linger_read();
     });
   }
@@ -1060,7 +1096,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   std::optional<request_parser> parser_;
   uint64_t heads_read_ = 0;
   bool peer_half_closed_ = false;
-  size_t lingered_ = 0;
+  asio::steady_timer probe_timer_{stream_.get_executor()};
   server_state& st_;
   connection_slot slot_;
   uint64_t conn_;

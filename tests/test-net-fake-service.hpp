@@ -3,7 +3,8 @@
 // accepted, then one token per tick per running request ('a', 'b', 'c', ... as ids of
 // the tokenizer it is given), then done(length) after max_tokens or done(stop) when
 // the text ends with a stop sequence. Knobs: `hold` keeps accepted requests from
-// producing tokens (to cancel or disconnect mid-stream), `reject_overloaded` rejects
+// producing tokens (to cancel or disconnect mid-stream), `hold_accept` keeps submissions
+// from even being accepted, `reject_overloaded` rejects
 // the next N submissions, `tokens_per_tick` floods (a client that cannot keep up).
 // kv_blocks_used counts live requests, as the real pool would; it and `cancels` change
 // before the event that reveals the change is delivered, so a test that has seen the
@@ -31,6 +32,7 @@ class fake_service final : public service {
   ~fake_service() override { shutdown(); }
 
   std::atomic<bool> hold{false};
+  std::atomic<bool> hold_accept{false};  // submissions wait, unanswered (not even accepted)
   std::atomic<int> reject_overloaded{0};
   std::atomic<int> capacity{0};  // > 0: requests beyond this many running are overloaded
   std::atomic<bool> is_ready{true};
@@ -86,7 +88,7 @@ class fake_service final : public service {
     while (true) {
       cv_.wait_for(lk, std::chrono::milliseconds(1));
       std::deque<job> fresh;
-      fresh.swap(incoming_);
+      if (!hold_accept || stop_) fresh.swap(incoming_);
       std::vector<uint64_t> cancel_now;
       cancel_now.swap(cancel_ids_);
       bool stopping = stop_;

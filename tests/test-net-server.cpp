@@ -331,6 +331,37 @@ TEST_CASE("ws: every malformed frame gets invalid_request and the connection sta
   CHECK(c.recv()["type"] == "accepted");
 }
 
+// Issue 13.10: the refusal of a duplicate live id went out at once, before the first
+// request's accepted (which comes from the service later), so a client saw error(X) and then
+// accepted(X). It now follows the first request's first frame.
+TEST_CASE("ws: a duplicate id's error never precedes the accepted of the request it duplicates") {
+  fixture f;
+  f.svc->hold_accept = true;
+  ws_client c(f.port());
+  c.send(gen("x", "first", 3));
+  c.send(gen("x", "second", 3));
+  // The server has refused the second (counted) while the first is not yet accepted.
+  bool counted = false;
+  for (int i = 0; i < 2000 && !counted; ++i) {
+    counted = f.svc->stats().render_prometheus().find("infer_requests_total{outcome=\"invalid_request\"} 1") !=
+              std::string::npos;
+    if (!counted) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  REQUIRE(counted);
+  f.svc->hold_accept = false;
+  auto first = c.recv();
+  CHECK(first["type"] == "accepted");
+  CHECK(first["id"] == "x");
+  auto dup = c.recv();
+  CHECK(dup["type"] == "error");
+  CHECK(dup["id"] == "x");
+  CHECK(dup["code"] == "invalid_request");
+  CHECK(dup["message"].get<std::string>().find("already in flight") != std::string::npos);
+  for (int i = 0; i < 3; ++i) CHECK(c.recv()["type"] == "token");
+  CHECK(c.recv()["type"] == "done");
+  CHECK(f.svc->submitted == 1);
+}
+
 TEST_CASE("ws: binary frame closes with 1003, oversize frame with 1009, others unaffected") {
   fixture f([](infer::service_config& c) { c.max_frame_bytes = 1024; });
   ws_client bystander(f.port());
