@@ -104,6 +104,21 @@ TEST_CASE("without an encoder a text prompt is passed on as text") {
   CHECK(g.request.prompt == "a long prompt, longer than eight");
 }
 
+// Issue 13.10: the server no longer tokenizes on its io threads; a text prompt that cannot fit
+// the context in any tokenization is refused by its byte length alone.
+TEST_CASE("without an encoder a text prompt too long in bytes for any tokenization is refused") {
+  protocol_limits lim = test_limits();  // n_ctx 8
+  lim.encode = nullptr;
+  lim.max_token_bytes = 4;  // at most 7 prompt tokens of at most 4 bytes: 28 bytes may fit
+  auto ok = expect_generate(R"({"type":"generate","id":"x","prompt":")" + std::string(31, 'a') + R"("})", lim);
+  CHECK(ok.request.prompt.size() == 31);  // 31 / 4 = 7 tokens at the least: may fit, the service decides
+  auto bad = expect_invalid(R"({"type":"generate","id":"x","prompt":")" + std::string(32, 'a') + R"("})", lim);
+  CHECK(bad.message.find("32 bytes, more than the context holds") != std::string::npos);
+  auto c = parse_completion_request(R"({"prompt":")" + std::string(1000, 'b') + R"("})", lim);
+  REQUIRE(std::holds_alternative<invalid_request>(c));
+  CHECK(std::get<invalid_request>(c).message.find("1000 bytes") != std::string::npos);
+}
+
 TEST_CASE("cancel") {
   command c = parse_command(R"({"type":"cancel","id":"c9"})", test_limits());
   REQUIRE(std::holds_alternative<cancel_command>(c));
@@ -265,6 +280,17 @@ TEST_CASE("OpenAI completion requests") {
   CHECK(c.request.sampling.temperature == 1.0f);  // OpenAI's default
   CHECK(c.request.stop == std::vector<std::string>{"\n"});
   CHECK(c.request.prompt_tokens.size() == 3);
+
+  // Issue 13.8: a deadline per HTTP request, as on the WebSocket.
+  auto t = parse_completion_request(R"({"prompt":"hey","timeout_ms":120000})", lim);
+  REQUIRE(std::holds_alternative<completion_command>(t));
+  CHECK(std::get<completion_command>(t).request.timeout_ms == 120000);
+  CHECK(std::get<completion_command>(parse_completion_request(R"({"prompt":"hey"})", lim)).request.timeout_ms == 0);
+  for (const char* body : {R"({"prompt":"a","timeout_ms":-1})", R"({"prompt":"a","timeout_ms":"5s"})",
+                           R"({"prompt":"a","timeout_ms":86400001})"}) {
+    INFO(body);
+    CHECK(std::holds_alternative<invalid_request>(parse_completion_request(body, lim)));
+  }
 
   auto ids = parse_completion_request(R"({"prompt":[5,6]})", lim);
   REQUIRE(std::holds_alternative<completion_command>(ids));
