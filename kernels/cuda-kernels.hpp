@@ -129,15 +129,9 @@ cudaError_t residual_rmsnorm_forward(float* residual, T* out, const T* x, const 
                                      const float* w, int Tn, int C, float eps,
                                      cudaStream_t stream);
 
-// cos/sin table of RoPE, built once per model: table[p * n_freq + i] =
-// (cos(p * inv_freq[i]) * scale, sin(p * inv_freq[i]) * scale) for p < n_pos, with
-// n_freq = rot_dim / 2 and inv_freq (device, fp32) already carrying the rope scaling
-// (llama3, linear, ...); scale is the attention factor of the scaling (1 for most).
-cudaError_t rope_table_forward(float2* table, const float* inv_freq, int n_pos, int n_freq,
-                               float scale, cudaStream_t stream);
-
 // In place on the q and k heads of qkv [T, sh.q_ld()] for tokens at pos[t] (< 0:
-// padding, left alone): first, where q_norm_w / k_norm_w are given, the per-head RMSNorm
+// padding, left alone), table[p * rot_dim / 2 + i] = (cos, sin) of position p,
+// frequency i (model/rope.hpp's tables): first, where q_norm_w / k_norm_w are given, the per-head RMSNorm
 // of q / k (Qwen3; weights [head_dim], eps), then the rotation of each head's first
 // rot_dim values (rot_dim < head_dim: partial rotary; 0: none) in pairs (i, i + rot/2)
 // (neox) or (2i, 2i + 1) (interleaved, GPT-J / GLM). Where k_cache is given, each

@@ -3,8 +3,8 @@
 // rotated K and the V of each token stored into the paged cache in the same pass (so
 // that attention reads the cache only). A warp a (token, head): the head's values sit
 // in registers, the rotation partner comes through the warp's shared row.
-// cos/sin come from a table built once per position (rope_table_forward), in fp32 as
-// transformers computes them (angle = float(pos) * inv_freq[i], then cos / sin).
+// cos/sin come from the model layer's tables (model/rope.hpp), uploaded once: row p,
+// entry i = (cos, sin) of p * inv_freq[i].
 #include "kernels/cuda-dtype.cuh"
 #include "kernels/cuda-kernels.hpp"
 
@@ -12,15 +12,6 @@ namespace infer::cuda {
 namespace {
 
 constexpr int rope_warps = 4;
-
-__global__ void rope_table_kernel(float2* table, const float* inv_freq, int n_pos, int n_freq,
-                                  float scale) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= int64_t(n_pos) * n_freq) return;
-  const int p = int(i / n_freq), f = int(i % n_freq);
-  const float a = float(p) * inv_freq[f];
-  table[i] = make_float2(cosf(a) * scale, sinf(a) * scale);
-}
 
 template <class T>
 __global__ void __launch_bounds__(rope_warps * 32)
@@ -96,15 +87,6 @@ __global__ void __launch_bounds__(rope_warps * 32)
 }
 
 }  // namespace
-
-cudaError_t rope_table_forward(float2* table, const float* inv_freq, int n_pos, int n_freq,
-                               float scale, cudaStream_t stream) {
-  const int64_t n = int64_t(n_pos) * n_freq;
-  if (n <= 0) return cudaSuccess;
-  rope_table_kernel<<<unsigned((n + 255) / 256), 256, 0, stream>>>(table, inv_freq, n_pos, n_freq,
-                                                                   scale);
-  return cudaGetLastError();
-}
 
 bool rope_shape_supported(int head_dim, int rot_dim) {
   return head_dim % 32 == 0 && head_dim <= rope_max_head_dim && rot_dim >= 0 &&
