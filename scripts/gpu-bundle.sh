@@ -16,7 +16,7 @@ JOBS=${JOBS:-2}
 export PATH=/usr/local/cuda/bin:$PATH
 command -v patchelf >/dev/null || { echo "gpu-bundle: patchelf missing (apt-get install patchelf)"; exit 1; }
 
-TARGETS=(test_cuda_kernels test_cuda_backend infer-bench-cuda cuda-logits-dump
+TARGETS=(test_cuda_kernels test_cuda_llama_kernels test_cuda_backend infer-bench-cuda cuda-logits-dump
          infer-bench-actors inferd infer-bench)
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DINFER_CUDA=ON \

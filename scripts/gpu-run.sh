@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine, from the bundle made by scripts/gpu-bundle.sh:
-#   bash .gpu-bundle/gpu-run.sh [env] [tests] [check] [bench] [actors] [server] [profile]
-#   (default: env tests check bench)
+#   bash .gpu-bundle/gpu-run.sh [env] [tests] [check] [llama] [bench] [bench-llama] [actors]
+#        [server] [profile]   (default: env tests check bench)
 # Each stage logs to $OUT/<stage>.log; results.jsonl collects the machine-readable figures.
 # Stages go on after a failing one; the exit status is the number of failed stages.
 set -uo pipefail
@@ -61,6 +61,7 @@ for st in "${STAGES[@]}"; do
       ;;
     tests)
       stage tests 240 "$B/bin/test_cuda_kernels"
+      stage tests 240 "$B/bin/test_cuda_llama_kernels"
       stage tests 240 "$B/bin/test_cuda_backend"
       ;;
     check)
@@ -72,6 +73,32 @@ for st in "${STAGES[@]}"; do
         stage check 300 "$B/bin/cuda-logits-dump" "$WORK/$preset" "$WORK/$preset/prompts.txt" "$WORK/$preset/cpu.bin" --steps 64 --backend cpu
         stage check 180 python3 "$B/gpu-hf.py" check --model "$WORK/$preset" --dump "$WORK/$preset/cuda.bin" \
           --cpu-dump "$WORK/$preset/cpu.bin" --json "$OUT/results.jsonl" --name $preset
+      done
+      ;;
+    llama)
+      # The Llama family: real configs (Llama-3.2-1B, Qwen2.5-0.5B, Qwen3-0.6B, 2-layer cuts
+      # of GLM-4-9B-0414 and Mistral-7B), seeded random weights saved bf16 by transformers
+      # (sharded past 1 GB), streamed by our loader, compared with transformers in fp32 and
+      # against transformers' own bf16 error. LLAMA_CPU=0 skips the CPU backend's dumps.
+      for preset in ${LLAMA_PRESETS:-qwen2.5-0.5b qwen3-0.6b llama3.2-1b glm4-9b-2l mistral-7b-2l-sw32}; do
+        d="$WORK/$preset"
+        stage llama 180 python3 "$B/gpu-hf.py" export --preset $preset --seed 1 --out "$d" --prompts 16 || continue
+        stage llama 180 "$B/bin/cuda-logits-dump" "$d" "$d/prompts.txt" "$d/cuda.bin" --steps 64 --dtype ${LLAMA_DTYPE:-bf16}
+        cpu_arg=()
+        if [ "${LLAMA_CPU:-1}" != 0 ] && stage llama 300 "$B/bin/cuda-logits-dump" "$d" "$d/prompts.txt" "$d/cpu.bin" --steps 64 --backend cpu; then
+          cpu_arg=(--cpu-dump "$d/cpu.bin")
+        fi
+        stage llama 300 python3 "$B/gpu-hf.py" check --model "$d" --dump "$d/cuda.bin" "${cpu_arg[@]}" \
+          --json "$OUT/results.jsonl" --name $preset --dtype ${LLAMA_DTYPE:-bf16}
+        rm -rf "$d"  # the disk holds a few of these, not all
+      done
+      grep -h "\] prefill\|\] transformers low\|\] cuda vs cpu\|mismatch" "$OUT/llama.log" || true
+      ;;
+    bench-llama)
+      # Engine throughput on the Llama family's real shapes (synthetic weights, bf16).
+      for m in ${LLAMA_BENCH:-synthetic:llama3.2-1b synthetic:qwen3-0.6b}; do
+        stage bench-llama 200 "$B/bin/infer-bench-cuda" --model $m --batches ${LLAMA_BATCHES:-1,64,256} \
+          --prompt 32 --new 128 --json "$OUT/results.jsonl"
       done
       ;;
     bench)
