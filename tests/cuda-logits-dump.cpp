@@ -10,11 +10,13 @@
 // PROMPTS: one prompt a line, token ids separated by spaces.
 // OUT (little endian): int32 n_prompts, int32 V, int32 steps; per prompt: int32 L,
 //   int32 gen[steps], float32 logits[L + steps - 1][V] (positions 0 .. L + steps - 2).
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/backend.hpp"
@@ -64,6 +66,7 @@ int main(int argc, char** argv) {
   o.kind = kind;
   o.kv_block_size = 16;
   o.dtype = dtype;
+  o.threads = int32_t(std::max(1u, std::thread::hardware_concurrency()));  // CPU: every core
   const int N = int(prompts.size());
   auto mcfg = load_model_config(model, max_len);
   if (!mcfg) {
