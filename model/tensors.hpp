@@ -62,5 +62,11 @@ struct tensor_spec {
 // GPT2LMHeadModel say "transformer.", GPT2Model ""; Llama-family names are absolute
 // ("model.layers...", "lm_head.weight") and prefix is "".
 std::vector<tensor_spec> tensor_table(const model_config& cfg, const std::string& prefix = "");
+// One part of the table appended to out: part -1 the leading per-model tensors (embeddings),
+// 0..n_layer-1 a layer, -2 the trailing ones (final norm, untied head). tensor_table is
+// head, layers, tail; a loader walks parts so that a config claiming 2^31 layers fails at
+// the first missing tensor instead of building the table.
+void tensor_table_part(const model_config& cfg, const std::string& prefix, int part,
+                       std::vector<tensor_spec>& out);
 
 }  // namespace infer

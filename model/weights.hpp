@@ -93,10 +93,11 @@ struct checkpoint {
   std::vector<int32_t> shard_of;    // [table.size()] index into shards
   std::string torch_dtype() const { return cfg.torch_dtype; }
   // Calls fn for every table entry, shard by shard: each shard is mapped, its tensors
-  // checked (present, shape, readable dtype) and handed over, then it is unmapped.
+  // checked (present, shape, readable dtype) and handed over with the shard (path() for
+  // errors; mapping() to keep it mapped past the call), then it is unmapped.
   // Errors name the shard file and the tensor.
   status visit(const std::function<status(const tensor_spec&, const st_tensor_view&,
-                                          const std::string& file)>& fn) const;
+                                          const safetensors_file& shard)>& fn) const;
 };
 // Reads config.json (max_model_len caps n_ctx, see serve_context) and the index; checks
 // that every shard exists and every table tensor is listed. Nothing is mapped yet.
@@ -105,6 +106,7 @@ result<checkpoint> open_checkpoint(const std::string& dir, int32_t max_model_len
 struct load_options {
   uint64_t seed = 1234;        // synthetic models
   int32_t max_model_len = 0;   // > 0: serve at most this context (n_ctx = min(max_position_embeddings, it))
+  int64_t host_memory_limit = 0;  // bytes the fp32 weights may take; 0: host_memory_available()
 };
 
 // Loads "synthetic:NAME" or a Hugging Face directory as host fp32.
