@@ -256,7 +256,7 @@ result<std::shared_ptr<const cuda_device_weights>> upload_spec(const std::string
   // put() has read the mapped bytes (into pinned staging) before it returns, so the
   // shard may be unmapped as soon as visit moves on.
   INFER_STATUS_TRY(ck.value().visit(
-      [&](const tensor_spec& s, const st_tensor_view& v, const std::string&) -> status {
+      [&](const tensor_spec& s, const st_tensor_view& v, const safetensors_file&) -> status {
         return put_spec(up, *dw, s, v.data, v.dtype, v.numel());
       }));
   INFER_STATUS_TRY(up.finish());

@@ -101,6 +101,13 @@ for st in "${STAGES[@]}"; do
           --prompt 32 --new 128 --json "$OUT/results.jsonl"
       done
       ;;
+    bench-engine)
+      # The engine table alone (no transformers generate()): the GPT-2 regression figures.
+      [ -d "$WORK/gpt2-small" ] || python3 "$B/gpu-hf.py" export --preset gpt2-small --seed 1 --out "$WORK/gpt2-small" --prompts 16 >>"$OUT/bench-engine.log" 2>&1
+      stage bench-engine 200 "$B/bin/infer-bench-cuda" --model "$WORK/gpt2-small" --batches 1,8,32,64,128,256 \
+        --prompt 32 --new 128 --json "$OUT/results.jsonl"
+      cat "$OUT/bench-engine.log"
+      ;;
     bench)
       [ -d "$WORK/gpt2-small" ] || python3 "$B/gpu-hf.py" export --preset gpt2-small --seed 1 --out "$WORK/gpt2-small" --prompts 16 >>"$OUT/bench.log" 2>&1
       stage bench 300 "$B/bin/infer-bench-cuda" --model "$WORK/gpt2-small" --batches 1,8,32,64,128,256 \
