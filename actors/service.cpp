@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "actors/batcher-actor.hpp"
 #include "actors/messages.hpp"
@@ -221,7 +222,9 @@ result<std::unique_ptr<service>> start_core(caf::actor_system& sys, service_core
 result<tokenizer> tokenizer_for(const service_config& cfg, const model_weights& w) {
   if (!cfg.tokenizer_dir.empty()) return tokenizer::from_dir(cfg.tokenizer_dir);
   if (cfg.model.rfind("synthetic:", 0) == 0) {
-    if (w.cfg.n_vocab <= 256) return tokenizer::byte_level();
+    // Synthetic Llama-family models have no tokenizer of their own yet: bytes, with the ids
+    // past 255 (the padding up to the model's vocabulary size) decoding to nothing.
+    if (w.cfg.n_vocab <= 256 || w.cfg.arch != arch_id::gpt2) return tokenizer::byte_level();
     return tokenizer::gpt2_builtin();
   }
   return tokenizer::from_dir(cfg.model);
@@ -288,9 +291,20 @@ result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const se
 
 result<service_hooks> model_hooks(service_config& run_cfg) {
   const service_config cfg = run_cfg;
-  auto w = load_model_weights(cfg.model, cfg.model_seed);
+  load_options lo;
+  lo.seed = cfg.model_seed;
+  lo.max_model_len = cfg.max_model_len;
+  auto w = load_model_weights(cfg.model, lo);
   if (!w) return w.error();
   std::shared_ptr<const model_weights> weights = w.value();
+  {
+    const model_config& mc = weights->cfg;
+    spdlog::info("model {}: {} {} layers, hidden {}, {} heads ({} KV, head_dim {}), vocabulary {}; serving a context "
+                 "of {} tokens (max_position_embeddings {}{})",
+                 cfg.model, arch_name(mc.arch), mc.n_layer, mc.n_embd, mc.n_head, mc.kv_heads(), mc.head_dim(),
+                 mc.n_vocab, mc.n_ctx, mc.n_positions(),
+                 cfg.max_model_len > 0 ? fmt::format(", --max-model-len {}", cfg.max_model_len) : std::string());
+  }
   auto tok = tokenizer_for(cfg, *weights);
   if (!tok) return tok.error();
 
@@ -319,6 +333,8 @@ result<service_hooks> model_hooks(service_config& run_cfg) {
   const auto& mc = weights->cfg;
   hooks.model_id = fmt::format("n_vocab={} n_ctx={} n_embd={} n_layer={} n_head={} tokenizer={}", mc.n_vocab,
                                mc.n_ctx, mc.n_embd, mc.n_layer, mc.n_head, hooks.tok.n_vocab());
+  if (mc.arch != arch_id::gpt2)  // GPT-2 ids stay as they were (nodes compare them)
+    hooks.model_id += fmt::format(" arch={} n_kv_head={} head_dim={}", arch_name(mc.arch), mc.kv_heads(), mc.head_dim());
   if (cfg.model.rfind("synthetic:", 0) == 0)  // the seed decides the weights, so the tokens
     hooks.model_id = cfg.model + " seed=" + std::to_string(cfg.model_seed) + " " + hooks.model_id;
   // One device supervisor per GPU: every visible one unless backend.devices lists them.
