@@ -30,6 +30,7 @@ const value_flag k_flags[] = {
     {"--tokenizer-dir", "model.tokenizer_dir", "folder with encoder.json and vocab.bpe", nullptr, true},
     {"--max-model-len", "model.max_model_len", "context served, capped by the model's max_position_embeddings (0: the model's)", nullptr, false},
     {"--backend", "backend.backend", "auto|cpu|cuda", nullptr, true},
+    {"--dtype", "backend.dtype", "auto|bf16|fp16: the CUDA backend's weights/activations (auto: the checkpoint's torch_dtype; GPT-2 fp16)", nullptr, true},
     {"--workers", "backend.workers", "engine instances (1..64)", nullptr, false},
     {"--kv-memory-mb", "backend.kv_memory_mb", "KV cache memory per worker / device share, MiB", nullptr, false},
     {"--kv-block-size", "backend.kv_block_size", "tokens per KV block (power of two, 1..256)", nullptr, false},

@@ -43,6 +43,7 @@ const key_def k_keys[] = {
     {"model", "max_model_len", &service_config::max_model_len},
 
     {"backend", "backend", &service_config::backend},
+    {"backend", "dtype", &service_config::dtype},
     {"backend", "workers", &service_config::workers},
     {"backend", "cpu_threads", &service_config::cpu_threads},
     {"backend", "devices", &service_config::devices},
@@ -524,6 +525,8 @@ status validate(const service_config& c) {
         num(c.max_model_len));
 
   // [backend]
+  check(c.dtype == "auto" || c.dtype == "bf16" || c.dtype == "fp16", "backend.dtype", "auto|bf16|fp16",
+        quoted(c.dtype));
   check(c.backend == "auto" || c.backend == "cpu" || c.backend == "cuda", "backend.backend", "auto|cpu|cuda",
         quoted(c.backend));
   // A front node may leave all the work to its worker nodes.

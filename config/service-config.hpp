@@ -20,6 +20,7 @@ struct service_config {
 
   // [backend]
   std::string backend = "auto";  // auto | cpu | cuda
+  std::string dtype = "auto";    // CUDA: auto (checkpoint's torch_dtype; GPT-2 fp16) | bf16 | fp16
   int32_t workers = 1;           // engine instances
   int32_t cpu_threads = 0;       // BLAS threads per CPU worker, 0: library default
   std::vector<int32_t> devices;  // CUDA devices, empty: all visible
