@@ -8,9 +8,10 @@
 // device-to-device copy measured here (bytes read + written per second).
 //
 //   bench-cuda [--model synthetic:gpt2-small] [--batches 1,8,32,64,128,256]
-//              [--prompt 32] [--new 128] [--dtype auto|bf16|fp16] [--json results.jsonl]
+//              [--prompt 32] [--new 128] [--dtype auto|bf16|fp16] [--max-model-len N]
+//              [--json results.jsonl]
 // The weights are streamed to the device (any architecture, synthetic or a directory);
-// the context is capped at prompt + new.
+// the context served is --max-model-len (default: prompt + new, rounded to a KV block).
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -115,7 +116,7 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
 
 int main(int argc, char** argv) {
   std::string model = "synthetic:gpt2-small", batches = "1,8,32,64,128,256", json, dtype = "auto";
-  int prompt = 32, n_new = 128;
+  int prompt = 32, n_new = 128, max_len = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--model")) model = argv[i + 1];
     else if (!std::strcmp(argv[i], "--batches")) batches = argv[i + 1];
@@ -123,6 +124,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--new")) n_new = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--json")) json = argv[i + 1];
     else if (!std::strcmp(argv[i], "--dtype")) dtype = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--max-model-len")) max_len = std::atoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
@@ -146,7 +148,7 @@ int main(int argc, char** argv) {
   o.kv_blocks = maxB * ((prompt + n_new + 15) / 16);
   o.dtype = dtype;
   load_options lo;
-  lo.max_model_len = (prompt + n_new + 15) / 16 * 16;
+  lo.max_model_len = max_len > 0 ? max_len : (prompt + n_new + 15) / 16 * 16;
   auto be = make_cuda_backend(model, lo, o);
   if (!be && model.rfind("synthetic:", 0) != 0) {
     // Same shape, our own seeded weights: the figures do not depend on the values.

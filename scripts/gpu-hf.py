@@ -179,7 +179,8 @@ def compare(name, m, prompts, dump, steps_greedy=32, tol=1e-2, m_low=None, tol_f
              prefill_rel_mean=0.0, decode_rel_mean=0.0, greedy_compared=0, greedy_mismatches=[])
     if m_low is not None:
         r.update(hf_low_prefill_rel_max=0.0, hf_low_decode_rel_max=0.0,
-                 hf_low_prefill_rel_mean=0.0, hf_low_decode_rel_mean=0.0)
+                 hf_low_prefill_rel_mean=0.0, hf_low_decode_rel_mean=0.0,
+                 hf_low_greedy_mismatches=0)
     npre = ndec = 0
     for i, (L, gen, lg) in enumerate(ours):
         assert L == len(prompts[i]), (L, len(prompts[i]))
@@ -209,6 +210,8 @@ def compare(name, m, prompts, dump, steps_greedy=32, tol=1e-2, m_low=None, tol_f
             row = ref[L - 1 + k]
             want = int(np.argmax(row))  # lowest id on ties, like our rule
             r["greedy_compared"] += 1
+            if low is not None and int(np.argmax(low[L - 1 + k])) != want:
+                r["hf_low_greedy_mismatches"] += 1  # for scale: transformers' own low precision
             if int(gen[k]) != want:
                 top = np.sort(row)[::-1]
                 mm = dict(prompt=i, step=k, ours=int(gen[k]), hf=want,
@@ -239,7 +242,8 @@ def compare(name, m, prompts, dump, steps_greedy=32, tol=1e-2, m_low=None, tol_f
     if m_low is not None:
         print(f"[{name}] transformers low precision vs fp32 on the same sequences: prefill max "
               f"{r['hf_low_prefill_rel_max']:.2e} (mean {r['hf_low_prefill_rel_mean']:.2e}), decode max "
-              f"{r['hf_low_decode_rel_max']:.2e} (mean {r['hf_low_decode_rel_mean']:.2e})")
+              f"{r['hf_low_decode_rel_max']:.2e} (mean {r['hf_low_decode_rel_mean']:.2e}); its greedy "
+              f"tokens differ from fp32's at {r['hf_low_greedy_mismatches']} of {r['greedy_compared']}")
     for mm in r["greedy_mismatches"][:10]:
         print("   mismatch", mm)
     return r, ours

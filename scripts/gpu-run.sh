@@ -105,7 +105,14 @@ for st in "${STAGES[@]}"; do
       # The engine table alone (no transformers generate()): the GPT-2 regression figures.
       [ -d "$WORK/gpt2-small" ] || python3 "$B/gpu-hf.py" export --preset gpt2-small --seed 1 --out "$WORK/gpt2-small" --prompts 16 >>"$OUT/bench-engine.log" 2>&1
       stage bench-engine 200 "$B/bin/infer-bench-cuda" --model "$WORK/gpt2-small" --batches 1,8,32,64,128,256 \
-        --prompt 32 --new 128 --json "$OUT/results.jsonl"
+        --prompt 32 --new 128 --max-model-len 1024 --json "$OUT/results.jsonl"
+      # A baseline binary carried beside ours (BASELINE_BENCH), same machine, same weights.
+      if [ -n "${BASELINE_BENCH:-}" ] && [ -x "$BASELINE_BENCH" ]; then
+        stage bench-engine 200 "$BASELINE_BENCH" --model "$WORK/gpt2-small" --batches 1,8,32,64,128,256 \
+          --prompt 32 --new 128
+        stage bench-engine 200 "$B/bin/infer-bench-cuda" --model "$WORK/gpt2-small" --batches 1,8,32,64,128,256 \
+          --prompt 32 --new 128 --max-model-len 1024
+      fi
       cat "$OUT/bench-engine.log"
       ;;
     bench)

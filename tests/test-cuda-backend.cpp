@@ -441,7 +441,7 @@ TEST_CASE("cuda backend matches the cpu backend on every Llama-family architectu
       REQUIRE(gpu_nograph.value()->step(dc.batch, on, logits_mode::all));
       REQUIRE(og.logits.size() == oc.logits.size());
       const double e0 = rel_err(og.logits.data(), oc.logits.data(), oc.logits.size());
-      MESSAGE(ac.name, " ", dt, " prefill rel err ", e0);
+      MESSAGE((std::string(ac.name) + " " + dt + " prefill rel err " + std::to_string(e0)));
       CHECK(e0 < tol);
       CHECK(rel_err(on.logits.data(), oc.logits.data(), oc.logits.size()) < tol);
       int compared = 0;
@@ -464,7 +464,8 @@ TEST_CASE("cuda backend matches the cpu backend on every Llama-family architectu
         dc.advance();
         for (size_t s = 0; s < prompts.size(); ++s) dc.seqs[s].push_back(oc.tokens[s]);
       }
-      MESSAGE(ac.name, " ", dt, " decode rel err max ", worst, ", tokens compared ", compared);
+      MESSAGE((std::string(ac.name) + " " + dt + " decode rel err max " + std::to_string(worst) +
+               ", tokens compared " + std::to_string(compared)));
       CHECK(compared > 40);
       CHECK(cuda_backend_get_stats(*gpu.value())->graph_steps >= 23);
     }
