@@ -381,6 +381,7 @@ result<service_hooks> model_hooks(service_config& run_cfg) {
       return weights ? make_cuda_backend(weights, o) : make_cuda_backend(cfg.model, lo, o);
 #endif
     }
+    if (!weights) return make_status(errc::invalid_argument, "backend: no host weights for a CPU worker");
     return make_cpu_backend(weights, o);
   };
   // CPU fallback workers (degradation): the same host weights, the CPU backend, their own KV.

@@ -21,19 +21,39 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
-// Eight 16-bit values (one 16-byte load) to floats and back.
+// Eight 16-bit values (one 16-byte load) to floats and back, converted in pairs (one
+// instruction per pair: the attention kernel's inner loop is bound by these).
+__device__ __forceinline__ float2 pair_to_f32(__half2 v) { return __half22float2(v); }
+__device__ __forceinline__ float2 pair_to_f32(__nv_bfloat162 v) { return __bfloat1622float2(v); }
+template <class T>
+struct pair_of;
+template <>
+struct pair_of<__half> {
+  using type = __half2;
+  static __device__ __forceinline__ type make(float a, float b) { return __floats2half2_rn(a, b); }
+};
+template <>
+struct pair_of<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+  static __device__ __forceinline__ type make(float a, float b) { return __floats2bfloat162_rn(a, b); }
+};
+
 template <class T>
 __device__ __forceinline__ void unpack8(const uint4& raw, float* f) {
-  const T* v = reinterpret_cast<const T*>(&raw);
+  const auto* v = reinterpret_cast<const typename pair_of<T>::type*>(&raw);
 #pragma unroll
-  for (int i = 0; i < 8; ++i) f[i] = to_f32(v[i]);
+  for (int i = 0; i < 4; ++i) {
+    const float2 p = pair_to_f32(v[i]);
+    f[2 * i] = p.x;
+    f[2 * i + 1] = p.y;
+  }
 }
 template <class T>
 __device__ __forceinline__ uint4 pack8(const float* f) {
   uint4 raw;
-  T* v = reinterpret_cast<T*>(&raw);
+  auto* v = reinterpret_cast<typename pair_of<T>::type*>(&raw);
 #pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = from_f32<T>(f[i]);
+  for (int i = 0; i < 4; ++i) v[i] = pair_of<T>::make(f[2 * i], f[2 * i + 1]);
   return raw;
 }
 
