@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <new>
 #include <optional>
 #include <thread>
@@ -328,7 +329,8 @@ result<checkpoint> open_checkpoint(const std::string& dir_in, int32_t max_model_
     auto wm = ij->find("weight_map");
     if (wm == ij->end() || !wm->is_object())
       return make_status(errc::format_error, fmt::format("{}: missing object 'weight_map'", index_path));
-    std::unordered_map<std::string, int32_t> shard_ids;
+    // Shards are visited in file-name order (model-00001-of-N first), as they were written.
+    std::map<std::string, int32_t> shard_ids;
     for (auto it = wm->begin(); it != wm->end(); ++it) {
       if (!it.value().is_string())
         return make_status(errc::format_error,
@@ -338,10 +340,13 @@ result<checkpoint> open_checkpoint(const std::string& dir_in, int32_t max_model_
         return make_status(errc::format_error,
                            fmt::format("{}: weight_map['{}'] = \"{}\" is not a file in the directory", index_path,
                                        it.key(), file));
-      auto [sid, fresh] = shard_ids.emplace(file, int32_t(ck.shards.size()));
-      if (fresh) ck.shards.push_back(dir + "/" + file);
-      where[it.key()] = sid->second;
+      shard_ids.emplace(file, 0);
     }
+    for (auto& [file, id] : shard_ids) {
+      id = int32_t(ck.shards.size());
+      ck.shards.push_back(dir + "/" + file);
+    }
+    for (auto it = wm->begin(); it != wm->end(); ++it) where[it.key()] = shard_ids.at(it.value().get<std::string>());
   } else if (exists(single)) {
     auto f = safetensors_file::open(single);
     if (!f) return f.error();
