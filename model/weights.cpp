@@ -454,7 +454,7 @@ status check_host_memory(const std::string& what, int64_t need, int64_t limit) {
   const int64_t have = limit > 0 ? limit : host_memory_available();
   if (need <= have) return status::ok();
   return make_status(errc::out_of_memory,
-                     fmt::format("{}: the CPU backend holds weights in fp32 and needs {} bytes ({:.1f} GiB); "
+                     fmt::format("{}: the weights, held in host memory as fp32, need {} bytes ({:.1f} GiB); "
                                  "{} bytes ({:.1f} GiB) are available",
                                  what, need, double(need) / double(1 << 30), have, double(have) / double(1 << 30)));
 }
