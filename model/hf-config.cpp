@@ -369,9 +369,9 @@ result<model_config> parse_hf_config(const json& j, const std::string& path) {
     c.n_ff = 4 * c.n_embd;
   }
   if (c.uses_rope()) {
-    const double rd = double(c.n_head_dim) * x.partial_rotary;
-    c.rotary_dim = int32_t(std::lround(rd));
-    if (c.rotary_dim < 2 || c.rotary_dim % 2 != 0 || std::abs(rd - c.rotary_dim) > 1e-9)
+    // int(head_dim * partial_rotary_factor), as transformers' rope init truncates it.
+    c.rotary_dim = int32_t(double(c.n_head_dim) * x.partial_rotary + 1e-9);
+    if (c.rotary_dim < 2 || c.rotary_dim % 2 != 0)
       return err(fmt::format("head_dim {} * partial_rotary_factor {} is not a positive even number of dims",
                              c.n_head_dim, x.partial_rotary));
   }
