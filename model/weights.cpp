@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <new>
 #include <optional>
 #include <thread>
@@ -328,7 +329,8 @@ result<checkpoint> open_checkpoint(const std::string& dir_in, int32_t max_model_
     auto wm = ij->find("weight_map");
     if (wm == ij->end() || !wm->is_object())
       return make_status(errc::format_error, fmt::format("{}: missing object 'weight_map'", index_path));
-    std::unordered_map<std::string, int32_t> shard_ids;
+    // Shards are visited in file-name order (model-00001-of-N first), as they were written.
+    std::map<std::string, int32_t> shard_ids;
     for (auto it = wm->begin(); it != wm->end(); ++it) {
       if (!it.value().is_string())
         return make_status(errc::format_error,
@@ -338,10 +340,13 @@ result<checkpoint> open_checkpoint(const std::string& dir_in, int32_t max_model_
         return make_status(errc::format_error,
                            fmt::format("{}: weight_map['{}'] = \"{}\" is not a file in the directory", index_path,
                                        it.key(), file));
-      auto [sid, fresh] = shard_ids.emplace(file, int32_t(ck.shards.size()));
-      if (fresh) ck.shards.push_back(dir + "/" + file);
-      where[it.key()] = sid->second;
+      shard_ids.emplace(file, 0);
     }
+    for (auto& [file, id] : shard_ids) {
+      id = int32_t(ck.shards.size());
+      ck.shards.push_back(dir + "/" + file);
+    }
+    for (auto it = wm->begin(); it != wm->end(); ++it) where[it.key()] = shard_ids.at(it.value().get<std::string>());
   } else if (exists(single)) {
     auto f = safetensors_file::open(single);
     if (!f) return f.error();
@@ -449,7 +454,7 @@ status check_host_memory(const std::string& what, int64_t need, int64_t limit) {
   const int64_t have = limit > 0 ? limit : host_memory_available();
   if (need <= have) return status::ok();
   return make_status(errc::out_of_memory,
-                     fmt::format("{}: the CPU backend holds weights in fp32 and needs {} bytes ({:.1f} GiB); "
+                     fmt::format("{}: the weights, held in host memory as fp32, need {} bytes ({:.1f} GiB); "
                                  "{} bytes ({:.1f} GiB) are available",
                                  what, need, double(need) / double(1 << 30), have, double(have) / double(1 << 30)));
 }
