@@ -107,11 +107,14 @@ for st in "${STAGES[@]}"; do
       stage bench-engine 200 "$B/bin/infer-bench-cuda" --model "$WORK/gpt2-small" --batches 1,8,32,64,128,256 \
         --prompt 32 --new 128 --max-model-len 1024 --json "$OUT/results.jsonl"
       # A baseline binary carried beside ours (BASELINE_BENCH), same machine, same weights.
+      # Alternated (baseline, ours) x BASELINE_REPEAT so that drift of the card hits both.
       if [ -n "${BASELINE_BENCH:-}" ] && [ -x "$BASELINE_BENCH" ]; then
-        stage bench-engine 200 "$BASELINE_BENCH" --model "$WORK/gpt2-small" --batches 1,8,32,64,128,256 \
-          --prompt 32 --new 128
-        stage bench-engine 200 "$B/bin/infer-bench-cuda" --model "$WORK/gpt2-small" --batches 1,8,32,64,128,256 \
-          --prompt 32 --new 128 --max-model-len 1024
+        for i in $(seq 1 ${BASELINE_REPEAT:-1}); do
+          stage bench-engine 200 "$BASELINE_BENCH" --model "$WORK/gpt2-small" --batches 1,8,32,64,128,256 \
+            --prompt 32 --new 128
+          stage bench-engine 200 "$B/bin/infer-bench-cuda" --model "$WORK/gpt2-small" --batches 1,8,32,64,128,256 \
+            --prompt 32 --new 128 --max-model-len 1024
+        done
       fi
       cat "$OUT/bench-engine.log"
       ;;

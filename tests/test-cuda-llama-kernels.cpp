@@ -1,9 +1,12 @@
 // The CUDA kernels of the Llama family (RMSNorm, RoPE with q/k norm and the cache
 // store, SiLU-mul, bias add, grouped-query paged attention with a sliding window, the
 // nn.Linear and LM-head GEMMs) in bf16 and fp16, on random data of several shapes,
-// against straightforward float64 references written here. Inputs are rounded to the
-// 16-bit type first so both sides see the same numbers; tolerances are those of one
-// 16-bit rounding of the result. Exits 77 (skipped) where there is no CUDA device.
+// against the CPU twin of the same name (kernels/cpu-kernels.hpp: rmsnorm_forward,
+// residual_rmsnorm_forward, head_rmsnorm_forward + rope_forward + kv_store_gqa_forward,
+// silu_mul_forward, bias_add_forward, matmul_nt_forward, paged_attention_gqa_forward).
+// Inputs are rounded to the 16-bit type first so both sides see the same numbers;
+// tolerances are those of one 16-bit rounding of the result. Exits 77 (skipped) where
+// there is no CUDA device.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
@@ -16,6 +19,7 @@
 
 #include "engine/half.hpp"
 #include "gpu/cuda-resources.hpp"
+#include "kernels/cpu-kernels.hpp"
 #include "kernels/cuda-kernels.hpp"
 
 using namespace infer;
@@ -89,6 +93,10 @@ double worst(const std::vector<float>& got, const std::vector<double>& want, dou
   }
   return w;
 }
+double worst(const std::vector<float>& got, const std::vector<float>& want, double atol,
+             double rtol) {
+  return worst(got, std::vector<double>(want.begin(), want.end()), atol, rtol);
+}
 // One rounding of a result of magnitude ~1 in the type, plus fp32 accumulation.
 double rtol_of(dtype dt) { return dt == dtype::bf16 ? 1.2e-2 : 2e-3; }
 
@@ -98,14 +106,6 @@ T* as(dbuf<uint16_t>& b) {
 }
 
 cudaStream_t s0 = nullptr;
-
-// ---- references (float64) ----
-void ref_rmsnorm(double* out, const double* x, const float* w, int C, double eps) {
-  double ss = 0;
-  for (int c = 0; c < C; ++c) ss += x[c] * x[c];
-  const double r = 1.0 / std::sqrt(ss / C + eps);
-  for (int c = 0; c < C; ++c) out[c] = x[c] * r * w[c];
-}
 
 }  // namespace
 
@@ -123,17 +123,14 @@ TEST_CASE_TEMPLATE("rmsnorm_forward and residual_rmsnorm_forward (plain and post
     dbuf<uint16_t> dx(x.h);
     for (int mode = 0; mode < 3; ++mode) {
       CAPTURE(mode);
-      std::vector<double> want(size_t(Tn) * C), want_res(size_t(Tn) * C);
-      for (int t = 0; t < Tn; ++t) {
-        std::vector<double> r(C), xr(C), xn(C);
-        for (int c = 0; c < C; ++c) {
-          r[c] = res[size_t(t) * C + c];
-          xr[c] = x.f[size_t(t) * C + c];
-        }
-        if (mode == 2) ref_rmsnorm(xn.data(), xr.data(), xw.data(), C, eps);
-        for (int c = 0; c < C; ++c) r[c] += mode == 1 ? xr[c] : mode == 2 ? xn[c] : 0.0;
-        ref_rmsnorm(want.data() + size_t(t) * C, r.data(), w.data(), C, eps);
-        std::copy(r.begin(), r.end(), want_res.begin() + size_t(t) * C);
+      // The CPU twins; GLM-4's post-norm is rmsnorm_forward of x, then the residual add.
+      std::vector<float> want(size_t(Tn) * C), want_res = res, xin = x.f;
+      if (mode == 0) {
+        cpu::rmsnorm_forward(want.data(), res.data(), w.data(), Tn, C, eps);
+      } else {
+        if (mode == 2) cpu::rmsnorm_forward(xin.data(), x.f.data(), xw.data(), Tn, C, eps);
+        cpu::residual_rmsnorm_forward(want_res.data(), want.data(), xin.data(), w.data(), Tn, C,
+                                      eps);
       }
       dbuf<float> dres(res);
       dbuf<uint16_t> out(size_t(Tn) * C);
@@ -208,33 +205,30 @@ TEST_CASE_TEMPLATE("rope_forward: neox, interleaved, partial; q/k norm; cache st
     }
     auto qkv = rand16(size_t(Tn) * ld, dt, 1.5f);
     auto qn = rand32(k.hd, 0.3f, 1.f), kn = rand32(k.hd, 0.3f, 1.f);
-    // Reference: norm (fp64) then rotation with the angle formed in fp32 as transformers
-    // does (float(pos) * inv_freq), cos/sin in fp64.
-    std::vector<double> want(qkv.f.begin(), qkv.f.end());
-    for (int t = 0; t < Tn; ++t) {
-      if (pos[t] < 0) continue;
-      for (int h = 0; h < k.NH + k.NKV; ++h) {
-        double* x = want.data() + size_t(t) * ld + size_t(h) * k.hd;
-        if (k.qk_norm) {
-          std::vector<double> in(x, x + k.hd);
-          ref_rmsnorm(x, in.data(), h < k.NH ? qn.data() : kn.data(), k.hd, eps);
-        }
-        std::vector<double> in(x, x + k.hd);
-        for (int i = 0; i < nf; ++i) {
-          const float a = float(pos[t]) * inv[i];
-          const double c = std::cos(double(a)), s = std::sin(double(a));
-          const int d0 = k.interleaved ? 2 * i : i, d1 = k.interleaved ? 2 * i + 1 : i + nf;
-          x[d0] = in[d0] * c - in[d1] * s;
-          x[d1] = in[d1] * c + in[d0] * s;
-        }
-      }
-    }
-    std::vector<float2> tab(size_t(n_pos) * std::max(nf, 1));
+    // The CPU twins in forward order: head norm of q and of k, rotation, cache store
+    // (padding rows, pos < 0, are left out: the twins know no padding).
+    std::vector<float> cosv(size_t(n_pos) * std::max(nf, 1)), sinv(cosv.size());
     for (int p = 0; p < n_pos; ++p)
       for (int i = 0; i < nf; ++i) {
         const float a = float(p) * inv[i];
-        tab[size_t(p) * nf + i] = make_float2(float(std::cos(double(a))), float(std::sin(double(a))));
+        cosv[size_t(p) * nf + i] = float(std::cos(double(a)));
+        sinv[size_t(p) * nf + i] = float(std::sin(double(a)));
       }
+    std::vector<float> want = qkv.f;
+    for (int t = 0; t < Tn; ++t) {
+      if (pos[t] < 0) continue;
+      float* row = want.data() + size_t(t) * ld;
+      if (k.qk_norm) {
+        cpu::head_rmsnorm_forward(row, qn.data(), 1, ld, k.NH, k.hd, float(eps));
+        cpu::head_rmsnorm_forward(row + size_t(k.NH) * k.hd, kn.data(), 1, ld, k.NKV, k.hd,
+                                  float(eps));
+      }
+      if (k.rot > 0)
+        cpu::rope_forward(row, &pos[t], cosv.data(), sinv.data(), 1, ld, k.NH + k.NKV, k.hd,
+                          k.rot, k.interleaved);
+    }
+    std::vector<float2> tab(cosv.size());
+    for (size_t i = 0; i < tab.size(); ++i) tab[i] = make_float2(cosv[i], sinv[i]);
     dbuf<float2> table(tab);
     dbuf<uint16_t> dq(qkv.h);
     dbuf<int32_t> dpos(pos), dslot(slot);
@@ -255,6 +249,18 @@ TEST_CASE_TEMPLATE("rope_forward: neox, interleaved, partial; q/k norm; cache st
       for (int c = (pos[t] < 0 ? 0 : (k.NH + k.NKV) * k.hd); c < ld; ++c)
         REQUIRE(got_bits[size_t(t) * ld + c] == qkv.h[size_t(t) * ld + c]);
     if (k.store) {
+      // kv_store_gqa_forward of the device's own rotated rows: the stores are copies.
+      std::vector<float> kref(cache_n, 0.f), vref(cache_n, 0.f), rows;
+      std::vector<int32_t> live_slot;
+      for (int t = 0; t < Tn; ++t) {
+        if (slot[t] < 0) continue;
+        live_slot.push_back(slot[t]);
+        rows.insert(rows.end(), got.begin() + size_t(t) * ld, got.begin() + size_t(t + 1) * ld);
+      }
+      cpu::kv_store_gqa_forward(kref.data(), vref.data(), rows.data(), live_slot.data(),
+                                int(live_slot.size()), k.NH * k.hd, kvw);
+      CHECK(to_float(kc.down(), dt) == kref);
+      CHECK(to_float(vc.down(), dt) == vref);
       const auto kb = kc.down(), vb = vc.down();
       for (int t = 0; t < Tn; ++t) {
         for (int c = 0; c < kvw; ++c) {
@@ -278,20 +284,16 @@ TEST_CASE_TEMPLATE("silu_mul_forward and bias_add_forward", T, cuda::half, cuda:
     CAPTURE(Tn);
     CAPTURE(I);
     auto gu = rand16(size_t(Tn) * 2 * I, dt, 2.f);
-    std::vector<double> want(size_t(Tn) * I);
-    for (int t = 0; t < Tn; ++t)
-      for (int i = 0; i < I; ++i) {
-        const double g = gu.f[size_t(t) * 2 * I + i], u = gu.f[size_t(t) * 2 * I + I + i];
-        want[size_t(t) * I + i] = g / (1.0 + std::exp(-g)) * u;
-      }
+    std::vector<float> want(size_t(Tn) * I);
+    cpu::silu_mul_forward(want.data(), gu.f.data(), Tn, I);
     dbuf<uint16_t> dgu(gu.h), out(size_t(Tn) * I);
     REQUIRE(cuda::silu_mul_forward(as<T>(out), as<T>(dgu), Tn, I, s0) == cudaSuccess);
     CHECK(worst(to_float(out.down(), dt), want, 1e-2, rtol_of(dt)) <= 1.0);
 
     auto b = rand16(size_t(I), dt);
-    std::vector<double> wb(size_t(Tn) * 2 * I);
-    for (size_t i = 0; i < wb.size(); ++i) wb[i] = double(gu.f[i]) + b.f[i % size_t(I)];
-    // bias over rows of N = I, applied to the first Tn * I values viewed as [2 Tn, I]
+    // gate_up viewed as [2 Tn, I] rows
+    std::vector<float> wb = gu.f;
+    cpu::bias_add_forward(wb.data(), b.f.data(), 2 * Tn, I);
     dbuf<uint16_t> db(b.h);
     REQUIRE(cuda::bias_add_forward(as<T>(dgu), as<T>(db), 2 * Tn, I, s0) == cudaSuccess);
     CHECK(worst(to_float(dgu.down(), dt), wb, 1e-2, rtol_of(dt)) <= 1.0);
@@ -317,14 +319,9 @@ TEST_CASE("linear_forward (nn.Linear layout, bias or none) and lm_head_forward, 
         auto in = rand16(size_t(Tn) * IN, dt);
         auto w = rand16(size_t(OUT) * IN, dt, 1.f / std::sqrt(float(IN)));
         auto b = rand16(OUT, dt, 0.5f);
-        std::vector<double> want(size_t(Tn) * OUT);
-        for (int t = 0; t < Tn; ++t)
-          for (int o = 0; o < OUT; ++o) {
-            double acc = bias ? b.f[o] : 0.0;
-            for (int i = 0; i < IN; ++i)
-              acc += double(in.f[size_t(t) * IN + i]) * w.f[size_t(o) * IN + i];
-            want[size_t(t) * OUT + o] = acc;
-          }
+        std::vector<float> want(size_t(Tn) * OUT);
+        cpu::matmul_nt_forward(want.data(), in.f.data(), w.f.data(), bias ? b.f.data() : nullptr,
+                               Tn, IN, OUT);
         dbuf<uint16_t> din(in.h), dw(w.h), db(b.h), out(size_t(Tn) * OUT);
         REQUIRE(mm.linear_forward(out.p, din.p, dw.p, bias ? db.p : nullptr, Tn, IN, OUT, dt,
                                   s0) == CUBLAS_STATUS_SUCCESS);
@@ -335,13 +332,8 @@ TEST_CASE("linear_forward (nn.Linear layout, bias or none) and lm_head_forward, 
       const int ld = (V + 63) / 64 * 64;
       auto x = rand16(size_t(N) * C, dt);
       auto w = rand16(size_t(ld) * C, dt, 0.05f);
-      std::vector<double> want(size_t(N) * V);
-      for (int r = 0; r < N; ++r)
-        for (int v = 0; v < V; ++v) {
-          double acc = 0;
-          for (int c = 0; c < C; ++c) acc += double(x.f[size_t(r) * C + c]) * w.f[size_t(v) * C + c];
-          want[size_t(r) * V + v] = acc;
-        }
+      std::vector<float> want(size_t(N) * V);
+      cpu::lm_head_forward(want.data(), x.f.data(), w.f.data(), N, C, V);
       dbuf<uint16_t> dx(x.h), dw(w.h);
       dbuf<float> out(size_t(N) * ld);
       REQUIRE(mm.lm_head_forward(out.p, ld, dx.p, dw.p, N, C, ld, dt, s0) == CUBLAS_STATUS_SUCCESS);
@@ -361,41 +353,18 @@ struct attn_case {
   std::vector<int> past, len;
 };
 
-// out [T, NH*hd] over the paged cache, float64, keys max(0, pos-window+1) .. pos.
-std::vector<double> ref_attention(const std::vector<float>& qkv, const std::vector<float>& kc,
-                                  const std::vector<float>& vc, const std::vector<int32_t>& seq,
-                                  const std::vector<int32_t>& pos,
-                                  const std::vector<int32_t>& tables, int MB, const attn_case& a) {
-  const int T = int(seq.size()), ld = (a.NH + 2 * a.NKV) * a.hd, kvw = a.NKV * a.hd;
-  const int group = a.NH / a.NKV;
-  std::vector<double> out(size_t(T) * a.NH * a.hd, 0.0);
-  for (int t = 0; t < T; ++t) {
-    const int p = pos[t];
-    if (p < 0) continue;
-    const int lo = a.window > 0 ? std::max(0, p - a.window + 1) : 0;
-    for (int h = 0; h < a.NH; ++h) {
-      const int kvh = h / group;
-      const float* q = qkv.data() + size_t(t) * ld + size_t(h) * a.hd;
-      std::vector<double> sc(p + 1 - lo);
-      double m = -1e300;
-      for (int j = lo; j <= p; ++j) {
-        const int blk = tables[size_t(seq[t]) * MB + j / a.bs];
-        const float* k = kc.data() + (size_t(blk) * a.bs + j % a.bs) * kvw + size_t(kvh) * a.hd;
-        double d = 0;
-        for (int i = 0; i < a.hd; ++i) d += double(q[i]) * k[i];
-        sc[j - lo] = d / std::sqrt(double(a.hd));
-        m = std::max(m, sc[j - lo]);
-      }
-      double l = 0;
-      for (auto& s : sc) l += (s = std::exp(s - m));
-      double* o = out.data() + size_t(t) * a.NH * a.hd + size_t(h) * a.hd;
-      for (int j = lo; j <= p; ++j) {
-        const int blk = tables[size_t(seq[t]) * MB + j / a.bs];
-        const float* v = vc.data() + (size_t(blk) * a.bs + j % a.bs) * kvw + size_t(kvh) * a.hd;
-        for (int i = 0; i < a.hd; ++i) o[i] += sc[j - lo] / l * v[i];
-      }
-    }
-  }
+// The CPU twin: out [T, NH*hd] over the paged cache, keys max(0, pos-window+1) .. pos.
+std::vector<float> ref_attention(const std::vector<float>& qkv, const std::vector<float>& kc,
+                                 const std::vector<float>& vc, const std::vector<int32_t>& seq,
+                                 const std::vector<int32_t>& pos,
+                                 const std::vector<int32_t>& tables, int MB, const attn_case& a) {
+  const int T = int(seq.size());
+  int max_pos = 0;
+  for (int p : pos) max_pos = std::max(max_pos, p);
+  std::vector<float> out(size_t(T) * a.NH * a.hd), scratch(size_t(max_pos) + 1);
+  cpu::paged_attention_gqa_forward(out.data(), qkv.data(), kc.data(), vc.data(), seq.data(),
+                                   pos.data(), tables.data(), MB, a.bs, T, a.NH, a.NKV, a.hd,
+                                   a.window, float(1.0 / std::sqrt(double(a.hd))), scratch.data());
   return out;
 }
 }  // namespace
