@@ -155,6 +155,21 @@ for st in "${STAGES[@]}"; do
       stage server 120 "$B/bin/infer-bench" --url "$url" --requests 100 --serial --prompt-tokens 32 --max-tokens 64
       kill -TERM $ipid; wait $ipid; echo "inferd exit: $?" >>"$OUT/server.log"
       ;;
+    server-llama)
+      # inferd on the CUDA backend with a Llama-family model streamed to the device: a greedy
+      # completion over HTTP, and the start-up line naming the type and context served.
+      rm -f "$WORK/port"
+      "$B/bin/inferd" --model ${SERVER_MODEL:-synthetic:llama-tiny} --backend cuda --listen 127.0.0.1:0 \
+        --port-file "$WORK/port" --max-model-len 512 --kv-memory-mb 1024 >"$OUT/inferd-llama.log" 2>&1 &
+      ipid=$!
+      for i in $(seq 1 240); do [ -s "$WORK/port" ] && break; sleep 0.25; done
+      for i in $(seq 1 600); do curl -sf "http://127.0.0.1:$(cat "$WORK/port" 2>/dev/null)/readyz" >/dev/null && break; sleep 0.1; done
+      stage server-llama 30 curl -sf "http://127.0.0.1:$(cat "$WORK/port" 2>/dev/null)/v1/completions" \
+        -d '{"prompt":"Hello","max_tokens":16,"temperature":0}'
+      kill -TERM $ipid; wait $ipid; echo "inferd exit: $?" >>"$OUT/server-llama.log"
+      grep -i "model \|dtype\|bf16\|error" "$OUT/inferd-llama.log" | head -5 >>"$OUT/server-llama.log"
+      cat "$OUT/server-llama.log"
+      ;;
     cluster)
       # Messaging overhead of a remote worker node: local worker vs worker node on loopback.
       [ -d "$WORK/gpt2-small" ] || python3 "$B/gpu-hf.py" export --preset gpt2-small --seed 1 --out "$WORK/gpt2-small" --prompts 16 >>"$OUT/cluster.log" 2>&1
