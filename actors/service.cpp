@@ -337,8 +337,10 @@ result<service_hooks> model_hooks(service_config& run_cfg) {
     dtype_note = fmt::format(", {} on the GPU (backend.dtype {})", cuda::dtype_name(dt.value()), cfg.dtype);
   }
 #else
-  const std::string dtype_note;
+  std::string dtype_note;
 #endif
+  if (kind == "cpu" && cfg.dtype != "auto")  // said, not silently dropped
+    dtype_note = fmt::format(", fp32 on the CPU (backend.dtype {} applies to CUDA workers)", cfg.dtype);
   {
     const model_config& mc = mcfg;
     spdlog::info("model {}: {} {} layers, hidden {}, {} heads ({} KV, head_dim {}), vocabulary {}; serving a context "
