@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "actors/batcher-actor.hpp"
 #include "actors/messages.hpp"
@@ -20,6 +21,7 @@
 #include <cuda_runtime_api.h>
 
 #include "gpu/cuda-backend.hpp"
+#include "gpu/cuda-device-weights.hpp"
 #endif
 
 namespace infer {
@@ -226,10 +228,12 @@ result<std::unique_ptr<service>> start_core(caf::actor_system& sys, service_core
   return std::unique_ptr<service>(new service_impl(sys, std::move(core)));
 }
 
-result<tokenizer> tokenizer_for(const service_config& cfg, const model_weights& w) {
+result<tokenizer> tokenizer_for(const service_config& cfg, const model_config& mc) {
   if (!cfg.tokenizer_dir.empty()) return tokenizer::from_dir(cfg.tokenizer_dir);
   if (cfg.model.rfind("synthetic:", 0) == 0) {
-    if (w.cfg.n_vocab <= 256) return tokenizer::byte_level();
+    // Synthetic Llama-family models have no tokenizer of their own yet: bytes, with the ids
+    // past 255 (the padding up to the model's vocabulary size) decoding to nothing.
+    if (mc.n_vocab <= 256 || mc.arch != arch_id::gpt2) return tokenizer::byte_level();
     return tokenizer::gpt2_builtin();
   }
   return tokenizer::from_dir(cfg.model);
@@ -296,11 +300,9 @@ result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const se
 
 result<service_hooks> model_hooks(service_config& run_cfg) {
   const service_config cfg = run_cfg;
-  auto w = load_model_weights(cfg.model, cfg.model_seed);
-  if (!w) return w.error();
-  std::shared_ptr<const model_weights> weights = w.value();
-  auto tok = tokenizer_for(cfg, *weights);
-  if (!tok) return tok.error();
+  load_options lo;
+  lo.seed = cfg.model_seed;
+  lo.max_model_len = cfg.max_model_len;
 
   std::string kind = cfg.backend;
   int n_devices = 0;
@@ -320,32 +322,76 @@ result<service_hooks> model_hooks(service_config& run_cfg) {
 #endif
     );
 
+  // Host fp32 weights only where a CPU backend runs (CPU workers, CPU fallback workers):
+  // CUDA workers stream the checkpoint to each device shard by shard instead, so the
+  // model never sits whole in host memory.
+  std::shared_ptr<const model_weights> weights;
+  model_config mcfg;
+  if (kind == "cpu" || cfg.fallback_cpu_workers > 0) {
+    auto w = load_model_weights(cfg.model, lo);
+    if (!w) return w.error();
+    weights = w.value();
+    mcfg = weights->cfg;
+  } else {
+    auto c = load_model_config(cfg.model, cfg.max_model_len);
+    if (!c) return c.error();
+    mcfg = c.value();
+  }
+#ifdef INFER_HAVE_CUDA
+  std::string dtype_note;
+  if (kind == "cuda") {  // a dtype the model cannot run in is a start-up error, not a worker crash
+    auto dt = gpu::resolve_device_dtype(mcfg, cfg.dtype);
+    if (!dt) return make_status(errc::invalid_argument, "backend.dtype: " + dt.error().message);
+    dtype_note = fmt::format(", {} on the GPU (backend.dtype {})", cuda::dtype_name(dt.value()), cfg.dtype);
+  }
+#else
+  std::string dtype_note;
+#endif
+  if (kind == "cpu" && cfg.dtype != "auto")  // said, not silently dropped
+    dtype_note = fmt::format(", fp32 on the CPU (backend.dtype {} applies to CUDA workers)", cfg.dtype);
+  {
+    const model_config& mc = mcfg;
+    spdlog::info("model {}: {} {} layers, hidden {}, {} heads ({} KV, head_dim {}), vocabulary {}; serving a context "
+                 "of {} tokens (max_position_embeddings {}{}){}",
+                 cfg.model, arch_name(mc.arch), mc.n_layer, mc.n_embd, mc.n_head, mc.kv_heads(), mc.head_dim(),
+                 mc.n_vocab, mc.n_ctx, mc.n_positions(),
+                 cfg.max_model_len > 0 ? fmt::format(", --max-model-len {}", cfg.max_model_len) : std::string(),
+                 dtype_note);
+  }
+  auto tok = tokenizer_for(cfg, mcfg);
+  if (!tok) return tok.error();
+
   service_hooks hooks;
   hooks.tok = tok.value();
-  hooks.n_ctx = weights->cfg.n_ctx;
-  hooks.n_vocab = weights->cfg.n_vocab;
-  const auto& mc = weights->cfg;
+  hooks.n_ctx = mcfg.n_ctx;
+  hooks.n_vocab = mcfg.n_vocab;
+  const auto& mc = mcfg;
   hooks.model_id = fmt::format("n_vocab={} n_ctx={} n_embd={} n_layer={} n_head={} tokenizer={}", mc.n_vocab,
                                mc.n_ctx, mc.n_embd, mc.n_layer, mc.n_head, hooks.tok.n_vocab());
+  if (mc.arch != arch_id::gpt2)  // GPT-2 ids stay as they were (nodes compare them)
+    hooks.model_id += fmt::format(" arch={} n_kv_head={} head_dim={}", arch_name(mc.arch), mc.kv_heads(), mc.head_dim());
   if (cfg.model.rfind("synthetic:", 0) == 0)  // the seed decides the weights, so the tokens
     hooks.model_id = cfg.model + " seed=" + std::to_string(cfg.model_seed) + " " + hooks.model_id;
   // One device supervisor per GPU: every visible one unless backend.devices lists them.
   if (kind == "cuda" && run_cfg.devices.empty())
     for (int d = 0; d < n_devices; ++d) run_cfg.devices.push_back(d);
   const device_plan plan = make_device_plan(run_cfg.workers, run_cfg.devices);
-  hooks.make_backend = [weights, cfg, kind, plan](int32_t index) -> result<std::unique_ptr<backend>> {
+  hooks.make_backend = [weights, cfg, lo, kind, plan](int32_t index) -> result<std::unique_ptr<backend>> {
     backend_options o;
     o.kind = kind;
     o.kv_block_size = cfg.kv_block_size;
     o.kv_blocks = cfg.kv_blocks;
     o.kv_memory_mb = cfg.kv_memory_mb;
     o.threads = cfg.cpu_threads;
+    o.dtype = cfg.dtype;
     if (kind == "cuda") {
       o.device = std::max(plan.device_of(index), 0);
 #ifdef INFER_HAVE_CUDA
-      return make_cuda_backend(weights, o);
+      // Workers of one device share one upload either way.
+      return weights ? make_cuda_backend(weights, o) : make_cuda_backend(cfg.model, lo, o);
 #endif
     }
+    if (!weights) return make_status(errc::invalid_argument, "backend: no host weights for a CPU worker");
     return make_cpu_backend(weights, o);
   };
   // CPU fallback workers (degradation): the same host weights, the CPU backend, their own KV.

@@ -8,7 +8,10 @@
 // device-to-device copy measured here (bytes read + written per second).
 //
 //   bench-cuda [--model synthetic:gpt2-small] [--batches 1,8,32,64,128,256]
-//              [--prompt 32] [--new 128] [--json results.jsonl]
+//              [--prompt 32] [--new 128] [--dtype auto|bf16|fp16] [--max-model-len N]
+//              [--json results.jsonl]
+// The weights are streamed to the device (any architecture, synthetic or a directory);
+// the context served is --max-model-len (default: prompt + new, rounded to a KV block).
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -88,7 +91,7 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
   auto t1 = clk::now();
   r.prefill_s = seconds(t0, t1);
   for (int s = 0; s < B; ++s) toks[s].push_back(out.tokens[s]);
-  const double kv_per_pos = double(cfg.n_layer) * 2 * cfg.n_embd * 2;  // fp16 K and V
+  const double kv_per_pos = double(cfg.kv_bytes_per_token(2));  // 16-bit K and V
   for (int k = 1; k < n_new; ++k) {
     b.reset(max_blocks);
     for (int s = 0; s < B; ++s) {
@@ -112,14 +115,20 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model = "synthetic:gpt2-small", batches = "1,8,32,64,128,256", json;
-  int prompt = 32, n_new = 128;
+  std::string model = "synthetic:gpt2-small", batches = "1,8,32,64,128,256", json, dtype = "auto";
+  int prompt = 32, n_new = 128, max_len = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--model")) model = argv[i + 1];
     else if (!std::strcmp(argv[i], "--batches")) batches = argv[i + 1];
     else if (!std::strcmp(argv[i], "--prompt")) prompt = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--new")) n_new = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--json")) json = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--dtype")) dtype = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--max-model-len")) max_len = std::atoi(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "unknown option %s\n", argv[i]);
+      return 2;
+    }
   }
   if (!cuda_device_available()) {
     std::printf("bench-cuda: no CUDA device\n");
@@ -133,23 +142,21 @@ int main(int argc, char** argv) {
   }
   int maxB = 1;
   for (int b : Bs) maxB = std::max(maxB, b);
-  auto w = load_model_weights(model);
-  if (!w && model.rfind("synthetic:", 0) != 0) {
-    // Same shape, our own seeded weights: the figures do not depend on the values.
-    std::fprintf(stderr, "load %s: %s; using synthetic:gpt2-small\n", model.c_str(),
-                 w.error().message.c_str());
-    model = "synthetic:gpt2-small";
-    w = load_model_weights(model);
-  }
-  if (!w) {
-    std::fprintf(stderr, "load %s: %s\n", model.c_str(), w.error().message.c_str());
-    return 1;
-  }
   backend_options o;
   o.kind = "cuda";
   o.kv_block_size = 16;
   o.kv_blocks = maxB * ((prompt + n_new + 15) / 16);
-  auto be = make_cuda_backend(w.value(), o);
+  o.dtype = dtype;
+  load_options lo;
+  lo.max_model_len = max_len > 0 ? max_len : (prompt + n_new + 15) / 16 * 16;
+  auto be = make_cuda_backend(model, lo, o);
+  if (!be && model.rfind("synthetic:", 0) != 0) {
+    // Same shape, our own seeded weights: the figures do not depend on the values.
+    std::fprintf(stderr, "load %s: %s; using synthetic:gpt2-small\n", model.c_str(),
+                 be.error().message.c_str());
+    model = "synthetic:gpt2-small";
+    be = make_cuda_backend(model, lo, o);
+  }
   if (!be) {
     std::fprintf(stderr, "backend: %s\n", be.error().message.c_str());
     return 1;
@@ -159,8 +166,10 @@ int main(int argc, char** argv) {
   const double copy_rate = measure_copy_rate();
   const auto* st = cuda_backend_get_stats(*be.value());
   const double weight_bytes = double(st->weight_bytes);
-  std::printf("device: %s, d2d copy %.0f GB/s (read+write), weights %.1f MB fp16, model %s\n",
-              prop.name, copy_rate / 1e9, weight_bytes / 1e6, model.c_str());
+  const char* dt = cuda_backend_dtype(*be.value());
+  std::printf("device: %s, d2d copy %.0f GB/s (read+write), weights %.1f MB %s, model %s (%s)\n",
+              prop.name, copy_rate / 1e9, weight_bytes / 1e6, dt, model.c_str(),
+              arch_name(be.value()->config().arch));
   std::printf("%6s %12s %14s %14s %12s %10s %9s\n", "batch", "step_ms", "decode_tok/s",
               "e2e_tok/s", "prefill_ms", "bw_floor", "gpu_busy");
   std::FILE* jf = json.empty() ? nullptr : std::fopen(json.c_str(), "a");
@@ -181,11 +190,11 @@ int main(int argc, char** argv) {
                 e2e_tps, r.prefill_s * 1e3, floor_frac * 100, busy * 100);
     if (jf)
       std::fprintf(jf,
-                   "{\"bench\":\"cuda-engine\",\"device\":\"%s\",\"model\":\"%s\",\"batch\":%d,"
+                   "{\"bench\":\"cuda-engine\",\"device\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"batch\":%d,"
                    "\"prompt\":%d,\"new\":%d,\"step_ms\":%.4f,\"decode_tok_s\":%.1f,"
                    "\"e2e_tok_s\":%.1f,\"prefill_ms\":%.3f,\"bytes_per_step\":%.0f,"
                    "\"copy_rate_gbs\":%.1f,\"bw_floor_fraction\":%.4f,\"gpu_busy\":%.4f}\n",
-                   prop.name, model.c_str(), B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
+                   prop.name, model.c_str(), dt, B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
                    r.prefill_s * 1e3, bytes_per_step, copy_rate / 1e9, floor_frac, busy);
   }
   std::printf("graph steps %lld of %lld, graphs captured %lld\n", (long long)st->graph_steps,

@@ -44,8 +44,10 @@ const key_def k_keys[] = {
     {"model", "model", &service_config::model},
     {"model", "model_seed", &service_config::model_seed},
     {"model", "tokenizer_dir", &service_config::tokenizer_dir},
+    {"model", "max_model_len", &service_config::max_model_len},
 
     {"backend", "backend", &service_config::backend},
+    {"backend", "dtype", &service_config::dtype},
     {"backend", "workers", &service_config::workers},
     {"backend", "cpu_threads", &service_config::cpu_threads},
     {"backend", "devices", &service_config::devices},
@@ -556,8 +558,12 @@ status validate(const service_config& c) {
   check(!c.model.empty(), "model.model", "a model directory or synthetic:NAME", "\"\"");
   if (c.model.rfind("synthetic:", 0) == 0)
     check(c.model.size() > 10, "model.model", "synthetic:NAME with a NAME", quoted(c.model));
+  check(c.max_model_len >= 0, "model.max_model_len", ">= 0 (0: the model's max_position_embeddings)",
+        num(c.max_model_len));
 
   // [backend]
+  check(c.dtype == "auto" || c.dtype == "bf16" || c.dtype == "fp16", "backend.dtype", "auto|bf16|fp16",
+        quoted(c.dtype));
   check(c.backend == "auto" || c.backend == "cpu" || c.backend == "cuda", "backend.backend", "auto|cpu|cuda",
         quoted(c.backend));
   // A front node may leave all the work to its worker nodes.

@@ -16,9 +16,11 @@ struct service_config {
   std::string model = "synthetic:tiny";  // a directory or synthetic:NAME
   uint64_t model_seed = 1234;            // synthetic weights
   std::string tokenizer_dir;             // empty: beside the model, or the built-in one
+  int32_t max_model_len = 0;             // context served: min(max_position_embeddings, this); 0: the model's
 
   // [backend]
   std::string backend = "auto";  // auto | cpu | cuda
+  std::string dtype = "auto";    // CUDA: auto (checkpoint's torch_dtype; GPT-2 fp16) | bf16 | fp16
   int32_t workers = 1;           // engine instances
   int32_t cpu_threads = 0;       // BLAS threads per CPU worker, 0: library default
   std::vector<int32_t> devices;  // CUDA devices, empty: all visible

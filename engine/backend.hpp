@@ -95,6 +95,7 @@ struct backend_options {
   int32_t kv_blocks = 0;      // 0: sized from kv_memory_mb
   int64_t kv_memory_mb = 256;
   int32_t device = 0;         // CUDA device ordinal
+  std::string dtype = "auto"; // CUDA: auto (checkpoint's torch_dtype; GPT-2 fp16) | bf16 | fp16
   int32_t threads = 0;        // CPU: BLAS threads (process-wide), 0 = 1
 };
 

@@ -1,14 +1,18 @@
 #include "gpu/cuda-backend.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include <fmt/format.h>
 
 #include "gpu/cuda-device-weights.hpp"
 #include "gpu/cuda-resources.hpp"
 #include "kernels/cuda-kernels.hpp"
+#include "model/forward.hpp"
+#include "model/rope.hpp"
 
 namespace infer {
 
@@ -20,6 +24,7 @@ using gpu::cuda_device_weights;
 using gpu::device_buffer;
 using gpu::pinned_buffer;
 using half = __half;
+using bf16 = cuda::bf16;
 
 constexpr size_t lt_workspace_bytes = size_t(32) << 20;
 constexpr int max_graph_bucket = 512;
@@ -75,6 +80,10 @@ struct graph_key {
   bool operator==(const graph_key&) const = default;
 };
 
+class cuda_backend;
+template <class E>
+struct cuda_ops;
+
 class cuda_backend final : public backend {
  public:
   cuda_backend() = default;
@@ -86,31 +95,20 @@ class cuda_backend final : public backend {
     graphs_.clear();
   }
 
-  status init(std::shared_ptr<const model_weights> host, const backend_options& opts) {
+  // weights already on the device (uploaded from host weights or streamed).
+  status init(std::shared_ptr<const cuda_device_weights> dw, const backend_options& opts) {
     device_ = opts.device;
-    cfg_ = host->cfg;
-    const int hd = cfg_.head_dim();
-    if (cfg_.n_embd % cfg_.n_head != 0 || !cuda::attention_head_dim_supported(hd) ||
-        cfg_.n_embd % 8 != 0)
-      return make_status(errc::invalid_argument,
-                         fmt::format("cuda backend: head size {} (n_embd {}) not supported; "
-                                     "heads of 32, 64 or 128 and n_embd a multiple of 8 are",
-                                     hd, cfg_.n_embd));
+    w_ = std::move(dw);
+    cfg_ = w_->cfg;
+    dt_ = w_->dt;
+    stats_.weight_bytes = int64_t(w_->storage.bytes());
+    INFER_STATUS_TRY(check_shape());
     if (opts.kv_block_size < 1)
       return make_status(errc::invalid_argument, "kv_block_size must be >= 1");
-    const int ndev = gpu::cuda_device_count();
-    if (device_ < 0 || device_ >= ndev)
-      return make_status(errc::device_error,
-                         fmt::format("cuda backend: device {} not present ({} found)", device_, ndev));
     INFER_CUDA_TRY(cudaSetDevice(device_));
     cudaDeviceProp prop{};
     INFER_CUDA_TRY(cudaGetDeviceProperties(&prop, device_));
     n_sm_ = prop.multiProcessorCount;
-
-    auto dw = gpu::acquire_cuda_device_weights(host, device_);
-    if (!dw) return dw.error();
-    w_ = dw.value();
-    stats_.weight_bytes = int64_t(w_->storage.bytes());
 
     INFER_STATUS_TRY(stream_.create());
     INFER_STATUS_TRY(ev_start_.create(true));
@@ -124,9 +122,25 @@ class cuda_backend final : public backend {
     ld_logits_ = w_->vocab_padded;
     INFER_STATUS_TRY(ensure_capacity(256, 256));
 
-    // KV cache: what the options ask for, never more than fits in free memory (keeping
+    // RoPE: the model layer's cos/sin tables for every served position, once.
+    if (cfg_.uses_rope()) {
+      std::vector<float> cs, sn;
+      rope_tables(cfg_, cfg_.n_ctx, cs, sn);
+      const size_t nf = size_t(cfg_.rot_dim() / 2);
+      std::vector<float> packed(size_t(cfg_.n_ctx) * nf * 2);
+      for (size_t i = 0; i < size_t(cfg_.n_ctx) * nf; ++i) {
+        packed[2 * i] = cs[i];
+        packed[2 * i + 1] = sn[i];
+      }
+      INFER_STATUS_TRY(rope_table_.allocate(packed.size() * 4));
+      INFER_CUDA_TRY(cudaMemcpy(rope_table_.get(), packed.data(), packed.size() * 4,
+                                cudaMemcpyHostToDevice));
+    }
+
+    // KV cache: n_layer x (k, v) x [n_blocks, block_size, n_kv_head * head_dim] 16-bit
+    // values; what the options ask for, never more than fits in free memory (keeping
     // room for activations of larger steps and other workers).
-    const size_t block_bytes = size_t(cfg_.n_layer) * 2 * kv_.block_size * cfg_.n_embd * 2;
+    const size_t block_bytes = size_t(cfg_.kv_bytes_per_token(2)) * kv_.block_size;
     size_t want = 0;
     if (opts.kv_blocks > 0)
       want = size_t(opts.kv_blocks);
@@ -147,8 +161,40 @@ class cuda_backend final : public backend {
     // Zeroed so that a bug reading an unwritten slot shows up as zeros, not NaNs.
     INFER_CUDA_TRY(cudaMemsetAsync(kv_cache_.get(), 0, kv_cache_.bytes(), stream_.get()));
     INFER_CUDA_TRY(cudaStreamSynchronize(stream_.get()));
-    layer_stride_ = size_t(kv_.n_blocks) * kv_.block_size * cfg_.n_embd;
+    layer_stride_ = size_t(kv_.n_blocks) * kv_.block_size * cfg_.kv_dim();
     stats_.kv_bytes = int64_t(kv_cache_.bytes());
+    return status::ok();
+  }
+
+  // What the kernels cannot run is refused here, naming the value.
+  status check_shape() const {
+    const int hd = cfg_.head_dim();
+    auto bad = [](std::string what) {
+      return make_status(errc::invalid_argument, "cuda backend: " + what);
+    };
+    if (!cuda::attention_head_dim_supported(hd))
+      return bad(fmt::format("head_dim {} not supported (32, 64 or 128 are)", hd));
+    if (cfg_.n_head % cfg_.kv_heads() != 0)
+      return bad(fmt::format("n_head {} is not a multiple of n_kv_head {}", cfg_.n_head,
+                             cfg_.kv_heads()));
+    if (cfg_.n_embd % 8 != 0 || cfg_.qkv_dim() % 8 != 0 || cfg_.ff_dim() % 8 != 0)
+      return bad(fmt::format("hidden {}, qkv {} and intermediate {} sizes must be multiples of 8",
+                             cfg_.n_embd, cfg_.qkv_dim(), cfg_.ff_dim()));
+    if (cfg_.arch == arch_id::gpt2) {
+      if (dt_ != cuda::dtype::f16) return bad("GPT-2 runs in fp16");
+      if (cfg_.kv_heads() != cfg_.n_head || cfg_.n_embd % cfg_.n_head != 0 ||
+          cfg_.head_dim() * cfg_.n_head != cfg_.n_embd)
+        return bad("GPT-2 layout with n_kv_head != n_head or head_dim * n_head != n_embd");
+      return status::ok();
+    }
+    if (cfg_.norm != norm_kind::rmsnorm || !cfg_.uses_rope() || !cfg_.glu ||
+        cfg_.act != act_kind::silu || !cfg_.linear_out_in)
+      return bad(fmt::format("architecture {}: only GPT-2 and the RMSNorm / RoPE / SwiGLU "
+                             "family run here", arch_name(cfg_.arch)));
+    if (cfg_.n_embd > cuda::rmsnorm_max_width)
+      return bad(fmt::format("hidden size {} over {}", cfg_.n_embd, cuda::rmsnorm_max_width));
+    if (!cuda::rope_shape_supported(hd, cfg_.rot_dim()))
+      return bad(fmt::format("rotary dim {} of head_dim {}", cfg_.rot_dim(), hd));
     return status::ok();
   }
 
@@ -156,6 +202,7 @@ class cuda_backend final : public backend {
   const model_config& config() const override { return cfg_; }
   kv_geometry kv() const override { return kv_; }
   const cuda_backend_stats& stats() const { return stats_; }
+  cuda::dtype dtype() const { return dt_; }
   void set_graphs(bool on) {
     graphs_enabled_ = on;
     if (!on) graphs_.clear();
@@ -323,55 +370,10 @@ class cuda_backend final : public backend {
     return nullptr;
   }
 
-  // Kernel sequence of one step; captured as is into decode graphs.
+  // Kernel sequence of one step (model/forward.hpp over cuda_ops); captured as is into
+  // decode graphs.
   status enqueue_forward(const step_ptrs& d, const int32_t* d_gather, int T, int R, int nseq,
-                         int n_splits, int split_len, bool decode) {
-    cudaStream_t st = stream_.get();
-    const int C = cfg_.n_embd, NH = cfg_.n_head;
-    const float eps = cfg_.ln_eps;
-    float* res = residual_.as<float>();
-    half* ln = ln_.as<half>();
-    half* qkv = qkv_.as<half>();
-    half* att = att_.as<half>();
-    half* proj = proj_.as<half>();
-    half* fc = fc_.as<half>();
-    float* scratch = attn_scratch_.as<float>();
-    INFER_CUDA_TRY(cuda::embed_forward(res, d.tokens, d.pos, w_->wte, w_->wpe, T, C, st));
-    INFER_CUDA_TRY(cuda::layernorm_forward(ln, res, w_->layers[0].ln1_w, w_->layers[0].ln1_b, T,
-                                           C, eps, st));
-    for (int l = 0; l < cfg_.n_layer; ++l) {
-      const auto& L = w_->layers[l];
-      half* kc = kv_cache_.as<half>() + (2 * size_t(l)) * layer_stride_;
-      half* vc = kv_cache_.as<half>() + (2 * size_t(l) + 1) * layer_stride_;
-      INFER_CUBLAS_TRY(mm_.matmul_forward(qkv, ln, L.qkv_w, L.qkv_b, T, C, 3 * C, false, st));
-      // Decode (one token a sequence): attention stores the token's K/V itself.
-      if (!decode) INFER_CUDA_TRY(cuda::kv_store_forward(kc, vc, qkv, d.slot, T, C, st));
-      INFER_CUDA_TRY(cuda::paged_attention_forward(att, qkv, kc, vc, d.seq, d.pos, d.tables,
-                                                   max_blocks_, kv_.block_size, T, C, NH,
-                                                   n_splits, split_len, scratch,
-                                                   decode ? d.slot : nullptr, st));
-      INFER_CUBLAS_TRY(mm_.matmul_forward(proj, att, L.proj_w, L.proj_b, T, C, C, false, st));
-      INFER_CUDA_TRY(cuda::residual_layernorm_forward(res, ln, proj, L.ln2_w, L.ln2_b, T, C, eps,
-                                                      st));
-      INFER_CUBLAS_TRY(mm_.matmul_forward(fc, ln, L.fc_w, L.fc_b, T, C, 4 * C, true, st));
-      INFER_CUBLAS_TRY(mm_.matmul_forward(proj, fc, L.fcproj_w, L.fcproj_b, T, 4 * C, C, false, st));
-      const bool last = l + 1 == cfg_.n_layer;
-      const float* nw = last ? w_->lnf_w : w_->layers[l + 1].ln1_w;
-      const float* nb = last ? w_->lnf_b : w_->layers[l + 1].ln1_b;
-      INFER_CUDA_TRY(cuda::residual_layernorm_forward(res, ln, proj, nw, nb, T, C, eps, st));
-    }
-    if (R == 0) {
-      INFER_CUDA_TRY(cudaMemsetAsync(tokens_out_.get(), 0xff, size_t(nseq) * 4, st));
-      return status::ok();
-    }
-    INFER_CUDA_TRY(cuda::gather_rows_forward(gathered_.as<half>(), ln, d_gather, R, C, st));
-    INFER_CUBLAS_TRY(mm_.lm_head_forward(logits_.as<float>(), ld_logits_, gathered_.as<half>(),
-                                         w_->wte, R, C, w_->vocab_padded, st));
-    INFER_CUDA_TRY(cuda::sample_greedy_forward(tokens_out_.as<int32_t>(), logits_.as<float>(),
-                                               ld_logits_, d.rows, nseq, cfg_.n_vocab, d.params,
-                                               d.sample, st));
-    return status::ok();
-  }
+                         int n_splits, int split_len, bool decode);
 
   status enqueue_sorted_sampling(const step_ptrs& d, int nseq) {
     cudaStream_t st = stream_.get();
@@ -406,15 +408,16 @@ class cuda_backend final : public backend {
     if (T <= cap_tokens_ && R <= cap_rows_) return status::ok();
     INFER_CUDA_TRY(cudaStreamSynchronize(stream_.get()));
     graphs_.clear();
-    const size_t C = size_t(cfg_.n_embd);
+    const size_t C = size_t(cfg_.n_embd), F = size_t(cfg_.ff_dim());
     if (T > cap_tokens_) {
       const int nt = std::max(T, cap_tokens_ * 2);
       INFER_STATUS_TRY(residual_.allocate(size_t(nt) * C * 4));
       INFER_STATUS_TRY(ln_.allocate(size_t(nt) * C * 2));
-      INFER_STATUS_TRY(qkv_.allocate(size_t(nt) * 3 * C * 2));
-      INFER_STATUS_TRY(att_.allocate(size_t(nt) * C * 2));
+      INFER_STATUS_TRY(qkv_.allocate(size_t(nt) * cfg_.qkv_dim() * 2));
+      INFER_STATUS_TRY(att_.allocate(size_t(nt) * cfg_.q_dim() * 2));
       INFER_STATUS_TRY(proj_.allocate(size_t(nt) * C * 2));
-      INFER_STATUS_TRY(fc_.allocate(size_t(nt) * 4 * C * 2));
+      INFER_STATUS_TRY(fc_.allocate(size_t(nt) * (cfg_.glu ? 2 * F : F) * 2));
+      if (cfg_.glu) INFER_STATUS_TRY(fc_act_.allocate(size_t(nt) * F * 2));
       // Staging: the step's layout for nt tokens and nt sequences, plus the gather list.
       const size_t stage = step_layout(nt, nt, max_blocks_).bytes + size_t(nt) * 4;
       INFER_STATUS_TRY(host_stage_.allocate(stage));
@@ -448,7 +451,11 @@ class cuda_backend final : public backend {
 
   status validate(const step_batch& b) const { return validate_step_batch(b, cfg_, kv_); }
 
+  template <class E>
+  friend struct cuda_ops;
+
   model_config cfg_;
+  cuda::dtype dt_ = cuda::dtype::f16;
   int device_ = 0;
   int n_sm_ = 1;
   std::shared_ptr<const cuda_device_weights> w_;
@@ -460,11 +467,12 @@ class cuda_backend final : public backend {
   kv_geometry kv_;
   int max_blocks_ = 0;
   int ld_logits_ = 0;
-  size_t layer_stride_ = 0;  // halves per layer per k or v
-  device_buffer kv_cache_;   // [n_layer][k|v][n_blocks][block_size][C]
+  size_t layer_stride_ = 0;  // 16-bit values per layer per k or v
+  device_buffer kv_cache_;   // [n_layer][k|v][n_blocks][block_size][kv_dim]
+  device_buffer rope_table_;  // float2 [n_ctx, rot_dim / 2]: (cos, sin)
 
   int cap_tokens_ = 0, cap_rows_ = 0;
-  device_buffer residual_, ln_, qkv_, att_, proj_, fc_, gathered_, logits_, tokens_out_;
+  device_buffer residual_, ln_, qkv_, att_, proj_, fc_, fc_act_, gathered_, logits_, tokens_out_;
   device_buffer attn_scratch_;
   size_t attn_cap_ = 0;
   pinned_buffer host_stage_, host_tokens_;
@@ -479,14 +487,295 @@ class cuda_backend final : public backend {
   cuda_backend_stats stats_;
 };
 
+
+// model/forward.hpp's op vocabulary on the device. Some ops only note what they ask
+// for and a later op launches it fused: the per-head q/k norm and RoPE ride in the KV
+// store (one pass over q|k|v that also writes the cache), a post-norm (GLM-4) rides in
+// the next residual add + norm, GPT-2's GELU in its up-projection's epilogue, GPT-2's
+// decode-step KV store in the attention kernel, and the last residual add in the final
+// norm before the LM head. The first failing launch is kept and the rest are skipped.
+template <class E>
+struct cuda_ops {
+  cuda_backend& b;
+  const step_ptrs& d;
+  const int32_t* gather;
+  int T, R, nseq, n_splits, split_len;
+  bool decode;
+  cudaStream_t st;
+  status err = status::ok();
+
+  const float* post_norm = nullptr;  // GLM-4: norm of proj pending before the next add
+  float post_eps = 0.f;
+  const float *q_norm = nullptr, *k_norm = nullptr;
+  float head_eps = 0.f;
+  const rope_op* rope_pending = nullptr;
+  rope_op rope_{};
+  bool kv_in_attention = false;  // GPT-2 decode: the attention kernel stores K/V
+  bool gelu_fused = false;
+  bool residual_pending = false;
+
+  static constexpr bool is_half = std::is_same_v<E, half>;
+  const model_config& cfg() const { return b.cfg_; }
+  const cuda_device_weights& w() const { return *b.w_; }
+
+  bool ok() const { return bool(err); }
+  void fail(status s) {
+    if (err) err = std::move(s);
+  }
+  void cu(cudaError_t e, const char* what) {
+    if (e != cudaSuccess && err) err = gpu::cuda_status(e, what, __FILE__, __LINE__);
+  }
+  void lt(cublasStatus_t s, const char* what) {
+    if (s != CUBLAS_STATUS_SUCCESS && err) err = gpu::cublas_status(s, what, __FILE__, __LINE__);
+  }
+  void unsupported(const char* what) {
+    fail(make_status(errc::invalid_argument, fmt::format("cuda backend: {} for {} in {}", what,
+                                                         arch_name(cfg().arch),
+                                                         cuda::dtype_name(b.dt_))));
+  }
+
+  E* buf(act_buf a) const {
+    switch (a) {
+      case act_buf::x: return b.ln_.as<E>();
+      case act_buf::qkv: return b.qkv_.as<E>();
+      case act_buf::att: return b.att_.as<E>();
+      case act_buf::proj: return b.proj_.as<E>();
+      case act_buf::ffn: return b.fc_.as<E>();
+      case act_buf::ffn_act: return b.fc_act_.as<E>();
+      default: return nullptr;  // res is fp32: res()
+    }
+  }
+  float* res() const { return b.residual_.as<float>(); }
+  const E* wt(tensor_role r, int layer) const { return static_cast<const E*>(w().get(r, layer)); }
+  const float* wf(tensor_role r, int layer) const { return w().f32(r, layer); }
+  E* kc(int l) const { return b.kv_cache_.as<E>() + (2 * size_t(l)) * b.layer_stride_; }
+  E* vc(int l) const { return b.kv_cache_.as<E>() + (2 * size_t(l) + 1) * b.layer_stride_; }
+
+  void embed() {
+    if (!ok()) return;
+    if (cfg().pos == pos_kind::learned) {
+      if constexpr (is_half)
+        cu(cuda::embed_forward(res(), d.tokens, d.pos, wt(tensor_role::tok_embd, -1),
+                               wt(tensor_role::pos_embd, -1), T, cfg().n_embd, st),
+           "embed_forward");
+      else
+        unsupported("learned positions");
+    } else {
+      cu(cuda::embed_tokens_forward<E>(res(), d.tokens, wt(tensor_role::tok_embd, -1), T,
+                                       cfg().n_embd, st),
+         "embed_tokens_forward");
+    }
+  }
+
+  void norm(const norm_op& n, act_buf in, act_buf out) {
+    if (!ok()) return;
+    if (in == act_buf::proj && out == act_buf::proj) {  // a post-norm: fused into the next add
+      if (n.kind != norm_kind::rmsnorm || post_norm) return unsupported("this post-norm");
+      post_norm = wf(n.w, n.layer);
+      post_eps = n.eps;
+      return;
+    }
+    if (in != act_buf::res || out != act_buf::x) return unsupported("this norm");
+    if (n.kind == norm_kind::layernorm) {
+      if constexpr (is_half)
+        cu(cuda::layernorm_forward(buf(out), res(), wf(n.w, n.layer), wf(n.b, n.layer), T, n.dim,
+                                   n.eps, st),
+           "layernorm_forward");
+      else
+        unsupported("LayerNorm");
+    } else {
+      cu(cuda::rmsnorm_forward<E>(buf(out), res(), wf(n.w, n.layer), T, n.dim, n.eps, st),
+         "rmsnorm_forward");
+    }
+  }
+
+  void add_norm(const norm_op& n, act_buf x, act_buf out, int rows_T) {
+    if (!ok()) return;
+    if (n.kind == norm_kind::layernorm) {
+      if (post_norm) return unsupported("a post-norm before LayerNorm");
+      if constexpr (is_half)
+        cu(cuda::residual_layernorm_forward(res(), buf(out), buf(x), wf(n.w, n.layer),
+                                            wf(n.b, n.layer), rows_T, n.dim, n.eps, st),
+           "residual_layernorm_forward");
+      else
+        unsupported("LayerNorm");
+    } else {
+      // One eps per model: the post-norm's equals the block norm's.
+      if (post_norm && post_eps != n.eps) return unsupported("post-norm eps differing");
+      cu(cuda::residual_rmsnorm_forward<E>(res(), buf(out), buf(x), post_norm, wf(n.w, n.layer),
+                                           rows_T, n.dim, n.eps, st),
+         "residual_rmsnorm_forward");
+      post_norm = nullptr;
+    }
+  }
+  void add_norm(const norm_op& n, act_buf x, act_buf out) { add_norm(n, x, out, T); }
+
+  void linear(const linear_op& o) {
+    if (!ok()) return;
+    const void* wp = w().get(o.w, o.layer);
+    const void* bp = o.b == no_tensor ? nullptr : w().get(o.b, o.layer);
+    if (!wp || (o.b != no_tensor && !bp)) return unsupported("a missing weight");
+    if (o.out_in) {
+      lt(b.mm_.linear_forward(buf(o.out), buf(o.in), wp, bp, T, o.in_dim, o.out_dim, b.dt_, st),
+         "linear_forward");
+      return;
+    }
+    if constexpr (is_half) {
+      // GPT-2's up-projection carries its GELU in the epilogue (activation() is then done).
+      const bool gelu = o.w == tensor_role::ffn_up_w && !cfg().glu;
+      if (!bp) return unsupported("a Conv1D linear without bias");
+      lt(b.mm_.matmul_forward(buf(o.out), buf(o.in), static_cast<const half*>(wp),
+                              static_cast<const half*>(bp), T, o.in_dim, o.out_dim, gelu, st),
+         "matmul_forward");
+      gelu_fused = gelu;
+    } else {
+      unsupported("Conv1D layout");
+    }
+  }
+
+  void head_norm(const head_norm_op& h) {
+    q_norm = wf(tensor_role::q_norm_w, h.layer);
+    k_norm = wf(tensor_role::k_norm_w, h.layer);
+    head_eps = h.eps;
+  }
+  void rope(const rope_op& r) {
+    rope_ = r;
+    rope_pending = &rope_;
+  }
+
+  void kv_store(int l) {
+    if (!ok()) return;
+    const model_config& c = cfg();
+    const cuda::qkv_shape sh{c.n_head, c.kv_heads(), c.head_dim(), 0};
+    if (rope_pending || q_norm) {
+      const int rot = rope_pending ? rope_pending->rot_dim : 0;
+      const bool inter = rope_pending && rope_pending->kind == pos_kind::rope_interleaved;
+      cu(cuda::rope_forward<E>(buf(act_buf::qkv), d.pos, b.rope_table_.as<float2>(), T, sh, rot,
+                               inter, q_norm, k_norm, head_eps, kc(l), vc(l), d.slot, st),
+         "rope_forward");
+      rope_pending = nullptr;
+      q_norm = k_norm = nullptr;
+      return;
+    }
+    if constexpr (is_half) {
+      if (c.kv_heads() != c.n_head) return unsupported("grouped heads without RoPE");
+      if (decode) {
+        kv_in_attention = true;
+      } else {
+        cu(cuda::kv_store_forward(kc(l), vc(l), buf(act_buf::qkv), d.slot, T, c.n_embd, st),
+           "kv_store_forward");
+      }
+    } else {
+      unsupported("a model without RoPE");
+    }
+  }
+
+  void attention(const attention_op& a) {
+    if (!ok()) return;
+    if (std::fabs(a.scale * std::sqrt(float(a.head_dim)) - 1.f) > 1e-6f)
+      return unsupported("an attention scale other than 1/sqrt(head_dim)");
+    cu(cuda::paged_attention_forward<E>(
+           buf(act_buf::att), buf(act_buf::qkv), kc(a.layer), vc(a.layer), d.seq, d.pos, d.tables,
+           b.max_blocks_, b.kv_.block_size, T,
+           cuda::attention_shape{a.n_head, a.n_kv_head, a.head_dim, a.window}, n_splits,
+           split_len, b.attn_scratch_.template as<float>(), kv_in_attention ? d.slot : nullptr,
+           st),
+       "paged_attention_forward");
+    kv_in_attention = false;
+  }
+
+  void glu(act_kind k, int F) {
+    if (!ok()) return;
+    if (k != act_kind::silu) return unsupported("this GLU activation");
+    cu(cuda::silu_mul_forward<E>(buf(act_buf::ffn_act), buf(act_buf::ffn), T, F, st),
+       "silu_mul_forward");
+  }
+  void activation(act_kind k, int) {
+    if (!ok()) return;
+    if (!(gelu_fused && k == act_kind::gelu_tanh)) return unsupported("this activation");
+    gelu_fused = false;
+  }
+  void residual(act_buf x) {
+    if (x != act_buf::proj) return unsupported("a residual of this buffer");
+    residual_pending = true;
+  }
+
+  void lm_head(const norm_op& n, tensor_role head) {
+    if (!ok()) return;
+    if (!residual_pending) return unsupported("an LM head without the last residual");
+    add_norm(n, act_buf::proj, act_buf::x);
+    residual_pending = false;
+    if (!ok()) return;
+    if (R == 0) {
+      cu(cudaMemsetAsync(b.tokens_out_.get(), 0xff, size_t(nseq) * 4, st), "memset");
+      return;
+    }
+    const int C = cfg().n_embd;
+    // tok_embd (tied) or lm_head, both padded to vocab_padded rows on the device.
+    const void* hw = w().get(head);
+    if (!hw) return unsupported("a missing LM head");
+    cu(cuda::gather_rows_forward(b.gathered_.template as<half>(),
+                                 reinterpret_cast<const half*>(buf(act_buf::x)), gather, R, C, st),
+       "gather_rows_forward");
+    if (!ok()) return;
+    lt(b.mm_.lm_head_forward(b.logits_.template as<float>(), b.ld_logits_,
+                             b.gathered_.get(), hw, R, C, w().vocab_padded, b.dt_, st),
+       "lm_head_forward");
+    if (!ok()) return;
+    cu(cuda::sample_greedy_forward(b.tokens_out_.template as<int32_t>(),
+                                   b.logits_.template as<float>(), b.ld_logits_, d.rows, nseq,
+                                   cfg().n_vocab, d.params, d.sample, st),
+       "sample_greedy_forward");
+  }
+};
+
+status cuda_backend::enqueue_forward(const step_ptrs& d, const int32_t* d_gather, int T, int R,
+                                     int nseq, int n_splits, int split_len, bool decode) {
+  if (dt_ == cuda::dtype::bf16) {
+    cuda_ops<bf16> ops{*this, d, d_gather, T, R, nseq, n_splits, split_len, decode, stream_.get(), status::ok()};
+    forward(ops, cfg_);
+    return ops.err;
+  }
+  cuda_ops<half> ops{*this, d, d_gather, T, R, nseq, n_splits, split_len, decode, stream_.get(), status::ok()};
+  forward(ops, cfg_);
+  return ops.err;
+}
+
 }  // namespace
 
 result<std::unique_ptr<backend>> make_cuda_backend(std::shared_ptr<const model_weights> weights,
                                                    const backend_options& opts) {
   if (!weights) return make_status(errc::invalid_argument, "cuda backend: no weights");
+  const int ndev = gpu::cuda_device_count();
+  if (opts.device < 0 || opts.device >= ndev)
+    return make_status(errc::device_error,
+                       fmt::format("cuda backend: device {} not present ({} found)", opts.device, ndev));
+  auto dt = gpu::resolve_device_dtype(weights->cfg, opts.dtype);
+  if (!dt) return dt.error();
+  auto dw = gpu::acquire_cuda_device_weights(weights, opts.device, dt.value());
+  if (!dw) return dw.error();
   auto b = std::make_unique<cuda_backend>();
-  if (auto s = b->init(std::move(weights), opts); !s) return s;
+  if (auto s = b->init(dw.value(), opts); !s) return s;
   return std::unique_ptr<backend>(std::move(b));
+}
+
+result<std::unique_ptr<backend>> make_cuda_backend(const std::string& spec,
+                                                   const load_options& load,
+                                                   const backend_options& opts) {
+  const int ndev = gpu::cuda_device_count();
+  if (opts.device < 0 || opts.device >= ndev)
+    return make_status(errc::device_error,
+                       fmt::format("cuda backend: device {} not present ({} found)", opts.device, ndev));
+  auto dw = gpu::acquire_cuda_device_weights(spec, load, opts.device, opts.dtype);
+  if (!dw) return dw.error();
+  auto b = std::make_unique<cuda_backend>();
+  if (auto s = b->init(dw.value(), opts); !s) return s;
+  return std::unique_ptr<backend>(std::move(b));
+}
+
+const char* cuda_backend_dtype(const backend& b) {
+  const auto* cb = dynamic_cast<const cuda_backend*>(&b);
+  return cb ? cuda::dtype_name(cb->dtype()) : nullptr;
 }
 
 const cuda_backend_stats* cuda_backend_get_stats(const backend& b) {

@@ -1,5 +1,6 @@
-// cuda_backend: the GPT-2 forward pass on one CUDA device (fp16 weights, activations and
-// paged KV cache, fp32 accumulation), implementing infer::backend. Each backend owns one
+// cuda_backend: the forward pass of model/forward.hpp on one CUDA device (GPT-2 in fp16,
+// the Llama family in bf16 or fp16: weights, activations and paged KV cache; fp32
+// residual stream and accumulation), implementing infer::backend. Each backend owns one
 // CUDA stream, its cuBLASLt handle and workspace, its KV cache and its staging buffers;
 // several backends (worker actors) on one device share the device copy of the weights
 // (cuda_device_weights), which is uploaded once per (weights, device).
@@ -13,14 +14,24 @@
 
 #include "engine/backend.hpp"
 #include "engine/model-weights.hpp"
+#include "model/weights.hpp"
 
 namespace infer {
 
 // True where the CUDA runtime finds at least one device.
 bool cuda_device_available();
 
+// opts.dtype: auto (the checkpoint's torch_dtype; GPT-2 always fp16), bf16 or fp16.
 result<std::unique_ptr<backend>> make_cuda_backend(std::shared_ptr<const model_weights> weights,
                                                    const backend_options& opts);
+// Streams "synthetic:NAME" or a Hugging Face directory straight to the device (shard by
+// shard, never the whole model in host memory); backends of one spec share the copy.
+result<std::unique_ptr<backend>> make_cuda_backend(const std::string& spec,
+                                                   const load_options& load,
+                                                   const backend_options& opts);
+
+// "bf16" / "fp16": the type a CUDA backend runs in; null where b is not one.
+const char* cuda_backend_dtype(const backend& b);
 
 // What a CUDA backend did, for benchmarks and tests.
 struct cuda_backend_stats {

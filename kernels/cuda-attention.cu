@@ -3,8 +3,12 @@
 // 16-byte loads, so a group of threads streams one cache line per key; the scores of
 // the split stay in shared memory, softmax is exact within the split, and splits are
 // merged (flash-decoding style) by attention_merge_kernel.
+// One template serves fp16 (GPT-2) and bf16 (the Llama family), grouped-query heads
+// (query head h reads KV head h / (n_head / n_kv_head); the cache rows are
+// n_kv_head * head_dim wide) and a sliding window (keys pos - window + 1 .. pos).
 #include <cmath>
 
+#include "kernels/cuda-dtype.cuh"
 #include "kernels/cuda-kernels.hpp"
 
 namespace infer::cuda {
@@ -34,14 +38,14 @@ __device__ inline float block_reduce_sum(float v, float* red) {
   return r;
 }
 
-template <int HD>
+template <class T, int HD>
 __global__ void __launch_bounds__(attn_threads)
-    paged_attention_kernel(half* out, const half* qkv, const half* k_cache, const half* v_cache,
+    paged_attention_kernel(T* out, const T* qkv, const T* k_cache, const T* v_cache,
                            const int32_t* tok_seq, const int32_t* tok_pos,
-                           const int32_t* block_tables, int max_blocks, int bs, int C,
-                           int n_splits, int split_len, float* scratch,
-                           const int32_t* fused_kv_slot) {
-  constexpr int G = HD / 8;  // threads per key, 8 halves (16 bytes) each
+                           const int32_t* block_tables, int max_blocks, int bs, int group,
+                           int q_ld, int kvw, int window, int n_splits, int split_len,
+                           float* scratch, const int32_t* fused_kv_slot) {
+  constexpr int G = HD / 8;  // threads per key, 8 values (16 bytes) each
   constexpr int NG = attn_threads / G;
   __shared__ float s_p[attention_max_split_len];
   __shared__ float s_acc[NG][HD];
@@ -49,14 +53,16 @@ __global__ void __launch_bounds__(attn_threads)
 
   const int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   const int NH = gridDim.y;
+  const int kvh = h / group;
   const int pos = tok_pos[t];
-  const int k0 = split * split_len;
-  const int k1 = min(pos + 1, k0 + split_len);
-  half* o = out + size_t(t) * C + size_t(h) * HD;
+  const int lo = window > 0 ? max(0, pos - window + 1) : 0;
+  const int k0 = max(split * split_len, lo);
+  const int k1 = min(pos + 1, split * split_len + split_len);
+  T* o = out + size_t(t) * NH * HD + size_t(h) * HD;
   float* part = scratch + ((size_t(t) * NH + h) * n_splits + split) * (HD + 2);
   if (k0 >= k1) {  // an empty split, or a padding token (pos < 0)
     if (n_splits == 1) {
-      for (int d = threadIdx.x; d < HD; d += attn_threads) o[d] = __float2half(0.f);
+      for (int d = threadIdx.x; d < HD; d += attn_threads) o[d] = from_f32<T>(0.f);
     } else if (threadIdx.x == 0) {
       part[HD] = -INFINITY;
       part[HD + 1] = 0.f;
@@ -66,20 +72,13 @@ __global__ void __launch_bounds__(attn_threads)
 
   const int g = threadIdx.x / G, li = threadIdx.x % G;
   const float scale = rsqrtf(float(HD));
+  const T* qrow = qkv + size_t(t) * q_ld;
   float q[8];
-  {
-    const uint4 raw = *reinterpret_cast<const uint4*>(qkv + size_t(t) * 3 * C + size_t(h) * HD +
-                                                      li * 8);
-    const half2* q2 = reinterpret_cast<const half2*>(&raw);
+  unpack8<T>(*reinterpret_cast<const uint4*>(qrow + size_t(h) * HD + li * 8), q);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = __half22float2(q2[i]);
-      q[2 * i] = f.x * scale;
-      q[2 * i + 1] = f.y * scale;
-    }
-  }
+  for (int i = 0; i < 8; ++i) q[i] *= scale;
   const int32_t* table = block_tables + size_t(tok_seq[t]) * max_blocks;
-  const size_t head_off = size_t(h) * HD + li * 8;
+  const size_t head_off = size_t(kvh) * HD + li * 8;
 
   // Scores. Each group has U keys' loads in flight before it reduces (a key at a time
   // left one memory latency per key on the critical path). The loop bound is uniform
@@ -87,20 +86,22 @@ __global__ void __launch_bounds__(attn_threads)
   constexpr int U = 4;
   // With a fused store the token's own K/V are read from qkv (they are not in the
   // cache yet) and written to it below.
-  const half* own = qkv + size_t(t) * 3 * C + head_off;
-  auto key_row = [&](const half* cache, int j) {
+  const T* own_k = qrow + size_t(NH) * HD + head_off;
+  const T* own_v = own_k + kvw;
+  auto key_row = [&](const T* cache, int j) {
     if (fused_kv_slot && j == pos)
-      return reinterpret_cast<const uint4*>(own + (cache == k_cache ? C : 2 * C));
+      return reinterpret_cast<const uint4*>(cache == k_cache ? own_k : own_v);
     const int blk = table[j / bs];
-    return reinterpret_cast<const uint4*>(cache + (size_t(blk) * bs + (j % bs)) * C + head_off);
+    return reinterpret_cast<const uint4*>(cache + (size_t(blk) * bs + (j % bs)) * kvw + head_off);
   };
-  if (fused_kv_slot && pos >= k0 && pos < k1 && g == 0) {
+  // One query head of the group stores the KV head's row.
+  if (fused_kv_slot && pos >= k0 && pos < k1 && g == 0 && h % group == 0) {
     const int slot = fused_kv_slot[t];
     if (slot >= 0) {
-      *reinterpret_cast<uint4*>(const_cast<half*>(k_cache) + size_t(slot) * C + head_off) =
-          *reinterpret_cast<const uint4*>(own + C);
-      *reinterpret_cast<uint4*>(const_cast<half*>(v_cache) + size_t(slot) * C + head_off) =
-          *reinterpret_cast<const uint4*>(own + 2 * C);
+      *reinterpret_cast<uint4*>(const_cast<T*>(k_cache) + size_t(slot) * kvw + head_off) =
+          *reinterpret_cast<const uint4*>(own_k);
+      *reinterpret_cast<uint4*>(const_cast<T*>(v_cache) + size_t(slot) * kvw + head_off) =
+          *reinterpret_cast<const uint4*>(own_v);
     }
   }
   for (int jb = k0; jb < k1; jb += NG * U) {
@@ -115,12 +116,10 @@ __global__ void __launch_bounds__(attn_threads)
       const int j = jb + u * NG + g;
       float dot = 0.f;
       if (j < k1) {
-        const half2* k2 = reinterpret_cast<const half2*>(&raw[u]);
+        float k[8];
+        unpack8<T>(raw[u], k);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float2 f = __half22float2(k2[i]);
-          dot += q[2 * i] * f.x + q[2 * i + 1] * f.y;
-        }
+        for (int i = 0; i < 8; ++i) dot += q[i] * k[i];
       }
 #pragma unroll
       for (int off = G / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
@@ -153,14 +152,11 @@ __global__ void __launch_bounds__(attn_threads)
     for (int u = 0; u < U; ++u) {
       const int j = jb + u * NG + g;
       if (j >= k1) continue;
-      const half2* v2 = reinterpret_cast<const half2*>(&raw[u]);
+      float v[8];
+      unpack8<T>(raw[u], v);
       const float p = s_p[j - k0];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 f = __half22float2(v2[i]);
-        acc[2 * i] += p * f.x;
-        acc[2 * i + 1] += p * f.y;
-      }
+      for (int i = 0; i < 8; ++i) acc[i] += p * v[i];
     }
   }
 #pragma unroll
@@ -171,7 +167,7 @@ __global__ void __launch_bounds__(attn_threads)
 #pragma unroll 4
     for (int gg = 0; gg < NG; ++gg) s += s_acc[gg][d];
     if (n_splits == 1)
-      o[d] = __float2half(s / l);
+      o[d] = from_f32<T>(s / l);
     else
       part[d] = s;
   }
@@ -181,8 +177,8 @@ __global__ void __launch_bounds__(attn_threads)
   }
 }
 
-template <int HD>
-__global__ void attention_merge_kernel(half* out, const float* scratch, int C, int n_splits) {
+template <class T, int HD>
+__global__ void attention_merge_kernel(T* out, const float* scratch, int n_splits) {
   const int t = blockIdx.x, h = blockIdx.y, NH = gridDim.y;
   const float* base = scratch + (size_t(t) * NH + h) * n_splits * (HD + 2);
   float M = -INFINITY;
@@ -190,7 +186,7 @@ __global__ void attention_merge_kernel(half* out, const float* scratch, int C, i
     const float* p = base + size_t(s) * (HD + 2);
     if (p[HD + 1] > 0.f) M = fmaxf(M, p[HD]);
   }
-  half* o = out + size_t(t) * C + size_t(h) * HD;
+  T* o = out + size_t(t) * NH * HD + size_t(h) * HD;
   for (int d = threadIdx.x; d < HD; d += blockDim.x) {
     float L = 0.f, acc = 0.f;
     for (int s = 0; s < n_splits; ++s) {
@@ -200,22 +196,23 @@ __global__ void attention_merge_kernel(half* out, const float* scratch, int C, i
       L += w * p[HD + 1];
       acc += w * p[d];
     }
-    o[d] = __float2half(L > 0.f ? acc / L : 0.f);
+    o[d] = from_f32<T>(L > 0.f ? acc / L : 0.f);
   }
 }
 
-template <int HD>
-cudaError_t launch(half* out, const half* qkv, const half* k_cache, const half* v_cache,
+template <class T, int HD>
+cudaError_t launch(T* out, const T* qkv, const T* k_cache, const T* v_cache,
                    const int32_t* tok_seq, const int32_t* tok_pos, const int32_t* block_tables,
-                   int max_blocks, int block_size, int T, int C, int NH, int n_splits,
-                   int split_len, float* scratch, const int32_t* fused_kv_slot,
+                   int max_blocks, int block_size, int Tn, const attention_shape& sh,
+                   int n_splits, int split_len, float* scratch, const int32_t* fused_kv_slot,
                    cudaStream_t stream) {
-  dim3 grid(T, NH, n_splits);
-  paged_attention_kernel<HD><<<grid, attn_threads, 0, stream>>>(
-      out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks, block_size, C,
-      n_splits, split_len, scratch, fused_kv_slot);
+  const dim3 grid(Tn, sh.n_head, n_splits);
+  const int group = sh.n_head / sh.n_kv_head;
+  paged_attention_kernel<T, HD><<<grid, attn_threads, 0, stream>>>(
+      out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks, block_size, group,
+      sh.q_ld(), sh.n_kv_head * HD, sh.window, n_splits, split_len, scratch, fused_kv_slot);
   if (n_splits > 1)
-    attention_merge_kernel<HD><<<dim3(T, NH), HD, 0, stream>>>(out, scratch, C, n_splits);
+    attention_merge_kernel<T, HD><<<dim3(Tn, sh.n_head), HD, 0, stream>>>(out, scratch, n_splits);
   return cudaGetLastError();
 }
 
@@ -223,29 +220,42 @@ cudaError_t launch(half* out, const half* qkv, const half* k_cache, const half* 
 
 bool attention_head_dim_supported(int hd) { return hd == 32 || hd == 64 || hd == 128; }
 
-cudaError_t paged_attention_forward(half* out, const half* qkv, const half* k_cache,
-                                    const half* v_cache, const int32_t* tok_seq,
-                                    const int32_t* tok_pos, const int32_t* block_tables,
-                                    int max_blocks, int block_size, int T, int C, int NH,
-                                    int n_splits, int split_len, float* scratch,
-                                    const int32_t* fused_kv_slot, cudaStream_t stream) {
-  if (T <= 0) return cudaSuccess;
+template <class T>
+cudaError_t paged_attention_forward(T* out, const T* qkv, const T* k_cache, const T* v_cache,
+                                    const int32_t* tok_seq, const int32_t* tok_pos,
+                                    const int32_t* block_tables, int max_blocks, int block_size,
+                                    int Tn, const attention_shape& sh, int n_splits,
+                                    int split_len, float* scratch, const int32_t* fused_kv_slot,
+                                    cudaStream_t stream) {
+  if (Tn <= 0) return cudaSuccess;
   if (n_splits < 1 || split_len < 1 || split_len > attention_max_split_len ||
-      (n_splits > 1 && scratch == nullptr))
+      (n_splits > 1 && scratch == nullptr) || sh.n_kv_head < 1 ||
+      sh.n_head % sh.n_kv_head != 0 || sh.window < 0)
     return cudaErrorInvalidValue;
-  switch (C / NH) {
+  switch (sh.head_dim) {
     case 32:
-      return launch<32>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks,
-                        block_size, T, C, NH, n_splits, split_len, scratch, fused_kv_slot, stream);
+      return launch<T, 32>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables,
+                           max_blocks, block_size, Tn, sh, n_splits, split_len, scratch,
+                           fused_kv_slot, stream);
     case 64:
-      return launch<64>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks,
-                        block_size, T, C, NH, n_splits, split_len, scratch, fused_kv_slot, stream);
+      return launch<T, 64>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables,
+                           max_blocks, block_size, Tn, sh, n_splits, split_len, scratch,
+                           fused_kv_slot, stream);
     case 128:
-      return launch<128>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables, max_blocks,
-                         block_size, T, C, NH, n_splits, split_len, scratch, fused_kv_slot, stream);
+      return launch<T, 128>(out, qkv, k_cache, v_cache, tok_seq, tok_pos, block_tables,
+                            max_blocks, block_size, Tn, sh, n_splits, split_len, scratch,
+                            fused_kv_slot, stream);
     default:
       return cudaErrorInvalidValue;
   }
 }
+
+#define INFER_INST(T)                                                                        \
+  template cudaError_t paged_attention_forward<T>(                                           \
+      T*, const T*, const T*, const T*, const int32_t*, const int32_t*, const int32_t*, int, \
+      int, int, const attention_shape&, int, int, float*, const int32_t*, cudaStream_t);
+INFER_INST(half)
+INFER_INST(bf16)
+#undef INFER_INST
 
 }  // namespace infer::cuda

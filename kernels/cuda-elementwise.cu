@@ -1,6 +1,7 @@
 // Row-wise and element-wise kernels: embedding, LayerNorm (fused with the residual
 // add), GELU, row gather and the KV-cache store. All are memory bound: one warp a row,
 // fp32 math, loads and stores as wide as the row allows.
+#include "kernels/cuda-dtype.cuh"
 #include "kernels/cuda-kernels.hpp"
 
 namespace infer::cuda {
@@ -23,6 +24,16 @@ __global__ void embed_kernel(float* __restrict__ out, const int32_t* __restrict_
   float* o = out + size_t(t) * C;
 #pragma unroll 4
   for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = __half2float(te[c]) + __half2float(pe[c]);
+}
+
+template <class T>
+__global__ void embed_tokens_kernel(float* __restrict__ out, const int32_t* __restrict__ tokens,
+                                    const T* __restrict__ wte, int C) {
+  const int t = blockIdx.x;
+  const T* te = wte + size_t(tokens[t]) * C;
+  float* o = out + size_t(t) * C;
+#pragma unroll 4
+  for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = to_f32(te[c]);
 }
 
 // Two passes over the row (mean, then centred variance) like the CPU reference, so
@@ -191,6 +202,18 @@ cudaError_t embed_forward(float* out, const int32_t* tokens, const int32_t* pos,
   embed_kernel<<<T, 256, 0, stream>>>(out, tokens, pos, wte, wpe, C);
   return cudaGetLastError();
 }
+
+template <class T>
+cudaError_t embed_tokens_forward(float* out, const int32_t* tokens, const T* wte, int Tn, int C,
+                                 cudaStream_t stream) {
+  if (Tn <= 0) return cudaSuccess;
+  embed_tokens_kernel<T><<<Tn, 256, 0, stream>>>(out, tokens, wte, C);
+  return cudaGetLastError();
+}
+template cudaError_t embed_tokens_forward<half>(float*, const int32_t*, const half*, int, int,
+                                                cudaStream_t);
+template cudaError_t embed_tokens_forward<bf16>(float*, const int32_t*, const bf16*, int, int,
+                                                cudaStream_t);
 
 cudaError_t layernorm_forward(half* out, const float* in, const float* w, const float* b, int T,
                               int C, float eps, cudaStream_t stream) {

@@ -1,5 +1,5 @@
-// CUDA kernels of the GPT-2 forward pass: fp16 weights and activations, fp32
-// accumulation, over the ragged batch of one step (all sequences' tokens back to back,
+// CUDA kernels of the forward pass: fp16 (GPT-2) or bf16 (the Llama family) weights and
+// activations, fp32 accumulation, over the ragged batch of one step (all sequences' tokens back to back,
 // no padding to the longest). Each launcher is named after the CPU reference function
 // in kernels/cpu-kernels.hpp that computes the same thing (tests compare the two),
 // takes the stream it runs on, and returns the launch's error; none synchronises,
@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
@@ -24,6 +25,11 @@
 namespace infer::cuda {
 
 using half = __half;
+using bf16 = __nv_bfloat16;
+
+// The 16-bit type of a model's weights, activations and KV cache on the device.
+enum class dtype : uint8_t { f16, bf16 };
+inline const char* dtype_name(dtype d) { return d == dtype::bf16 ? "bf16" : "fp16"; }
 
 // out[t] = wte[tokens[t]] + wpe[max(pos[t], 0)]  (fp32 residual stream)
 cudaError_t embed_forward(float* out, const int32_t* tokens, const int32_t* pos, const half* wte,
@@ -69,13 +75,83 @@ inline constexpr int attention_max_split_len = 256;
 inline size_t attention_scratch_floats(int T, int NH, int n_splits, int hd) {
   return n_splits > 1 ? size_t(T) * NH * n_splits * (hd + 2) : 0;
 }
-cudaError_t paged_attention_forward(half* out, const half* qkv, const half* k_cache,
-                                    const half* v_cache, const int32_t* tok_seq,
-                                    const int32_t* tok_pos, const int32_t* block_tables,
-                                    int max_blocks, int block_size, int T, int C, int NH,
-                                    int n_splits, int split_len, float* scratch,
-                                    const int32_t* fused_kv_slot, cudaStream_t stream);
+
+// Heads of the fused q|k|v rows: q [n_head * head_dim] | k [n_kv_head * head_dim] |
+// v [n_kv_head * head_dim]; the KV cache rows are n_kv_head * head_dim wide. GPT-2 is
+// n_kv_head == n_head, head_dim = C / n_head. window > 0: token at pos attends to
+// positions pos - window + 1 .. pos only (Mistral's sliding window); 0: all of 0 .. pos.
+struct attention_shape {
+  int n_head = 1, n_kv_head = 1, head_dim = 64, window = 0;
+  int q_ld() const { return (n_head + 2 * n_kv_head) * head_dim; }  // qkv row width
+};
+using qkv_shape = attention_shape;
+
+// out [T, n_head * head_dim]. T is __half or bf16.
+template <class T>
+cudaError_t paged_attention_forward(T* out, const T* qkv, const T* k_cache, const T* v_cache,
+                                    const int32_t* tok_seq, const int32_t* tok_pos,
+                                    const int32_t* block_tables, int max_blocks, int block_size,
+                                    int Tn, const attention_shape& sh, int n_splits,
+                                    int split_len, float* scratch, const int32_t* fused_kv_slot,
+                                    cudaStream_t stream);
+// GPT-2's form: qkv [T, 3C], cache rows of C, NH heads of C / NH.
+inline cudaError_t paged_attention_forward(half* out, const half* qkv, const half* k_cache,
+                                           const half* v_cache, const int32_t* tok_seq,
+                                           const int32_t* tok_pos, const int32_t* block_tables,
+                                           int max_blocks, int block_size, int T, int C, int NH,
+                                           int n_splits, int split_len, float* scratch,
+                                           const int32_t* fused_kv_slot, cudaStream_t stream) {
+  return paged_attention_forward<half>(out, qkv, k_cache, v_cache, tok_seq, tok_pos,
+                                       block_tables, max_blocks, block_size, T,
+                                       attention_shape{NH, NH, C / NH, 0}, n_splits, split_len,
+                                       scratch, fused_kv_slot, stream);
+}
 bool attention_head_dim_supported(int hd);
+
+// ---- Llama-family ops (T is __half or bf16; the residual stream stays fp32) ----
+
+// out[t] = wte[tokens[t]] (no position table: positions enter through RoPE)
+template <class T>
+cudaError_t embed_tokens_forward(float* out, const int32_t* tokens, const T* wte, int Tn, int C,
+                                 cudaStream_t stream);
+
+// out[t] = in[t] / sqrt(mean(in[t]^2) + eps) * w   (C <= rmsnorm_max_width)
+inline constexpr int rmsnorm_max_width = 8192;
+template <class T>
+cudaError_t rmsnorm_forward(T* out, const float* in, const float* w, int Tn, int C, float eps,
+                            cudaStream_t stream);
+
+// residual += x (x_norm_w null) or residual += rmsnorm(x) * x_norm_w (GLM-4's post-norms),
+// then out = rmsnorm(residual) * w: the end of one block and the start of the next in
+// one pass over the row.
+template <class T>
+cudaError_t residual_rmsnorm_forward(float* residual, T* out, const T* x, const float* x_norm_w,
+                                     const float* w, int Tn, int C, float eps,
+                                     cudaStream_t stream);
+
+// In place on the q and k heads of qkv [T, sh.q_ld()] for tokens at pos[t] (< 0:
+// padding, left alone), table[p * rot_dim / 2 + i] = (cos, sin) of position p,
+// frequency i (model/rope.hpp's tables): first, where q_norm_w / k_norm_w are given, the per-head RMSNorm
+// of q / k (Qwen3; weights [head_dim], eps), then the rotation of each head's first
+// rot_dim values (rot_dim < head_dim: partial rotary; 0: none) in pairs (i, i + rot/2)
+// (neox) or (2i, 2i + 1) (interleaved, GPT-J / GLM). Where k_cache is given, each
+// token's rotated K and its V are also stored at cache slot[t] (rows of
+// n_kv_head * head_dim; slot < 0 skipped). head_dim a multiple of 32, at most 256.
+inline constexpr int rope_max_head_dim = 256;
+bool rope_shape_supported(int head_dim, int rot_dim);
+template <class T>
+cudaError_t rope_forward(T* qkv, const int32_t* pos, const float2* table, int Tn,
+                         const qkv_shape& sh, int rot_dim, bool interleaved,
+                         const float* q_norm_w, const float* k_norm_w, float eps, T* k_cache,
+                         T* v_cache, const int32_t* slot, cudaStream_t stream);
+
+// out[t, i] = silu(gate_up[t, i]) * gate_up[t, I + i]   (gate_up [T, 2I], out [T, I])
+template <class T>
+cudaError_t silu_mul_forward(T* out, const T* gate_up, int Tn, int I, cudaStream_t stream);
+
+// x[t, n] += bias[n]   (x [T, N])
+template <class T>
+cudaError_t bias_add_forward(T* x, const T* bias, int Tn, int N, cudaStream_t stream);
 
 // GEMMs through cuBLASLt. A matmul_runner owns the handle's plan cache (layouts and the
 // heuristic's algorithm per shape) so that a repeated shape costs no host-side search;
@@ -96,11 +172,22 @@ class matmul_runner {
 
   // logits[N, ld] (fp32; columns V..ld-1 untouched or padding) = x[N, C] @ wte[V, C]^T
   cublasStatus_t lm_head_forward(float* logits, int ld, const half* x, const half* wte, int N,
-                                 int C, int V, cudaStream_t stream);
+                                 int C, int V, cudaStream_t stream) {
+    return lm_head_forward(logits, ld, x, wte, N, C, V, dtype::f16, stream);
+  }
+  cublasStatus_t lm_head_forward(float* logits, int ld, const void* x, const void* w, int N,
+                                 int C, int V, dtype dt, cudaStream_t stream);
+
+  // nn.Linear layout (the Llama family): out[T, OUT] = in[T, IN] @ w[OUT, IN]^T + bias
+  // (bias may be null), all of type dt, fp32 accumulate. The bias rides in cuBLASLt's
+  // epilogue where the heuristic offers one for the shape, else bias_add_forward.
+  cublasStatus_t linear_forward(void* out, const void* in, const void* w, const void* bias,
+                                int T, int IN, int OUT, dtype dt, cudaStream_t stream);
 
  private:
   struct plan;
-  plan* find_or_make(int kind, int M, int N, int K, int ldc, bool gelu, cublasStatus_t& st);
+  plan* find_or_make(int kind, dtype dt, int M, int N, int K, int ldc, bool gelu, bool bias,
+                     cublasStatus_t& st);
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;

@@ -16,8 +16,10 @@ JOBS=${JOBS:-2}
 export PATH=/usr/local/cuda/bin:$PATH
 command -v patchelf >/dev/null || { echo "gpu-bundle: patchelf missing (apt-get install patchelf)"; exit 1; }
 
-TARGETS=(test_cuda_kernels test_cuda_backend infer-bench-cuda cuda-logits-dump
+TARGETS=(test_cuda_kernels test_cuda_llama_kernels test_cuda_backend infer-bench-cuda cuda-logits-dump
          infer-bench-actors inferd infer-bench)
+# GPU_TARGETS="a b": a smaller bundle (the engine checks need only the first five).
+[ -n "${GPU_TARGETS:-}" ] && read -r -a TARGETS <<<"$GPU_TARGETS"
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DINFER_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc

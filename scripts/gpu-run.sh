@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine, from the bundle made by scripts/gpu-bundle.sh:
-#   bash .gpu-bundle/gpu-run.sh [env] [tests] [check] [bench] [actors] [server] [profile]
-#   (default: env tests check bench)
+#   bash .gpu-bundle/gpu-run.sh [env] [tests] [check] [llama] [bench] [bench-llama] [actors]
+#        [server] [profile]   (default: env tests check bench)
 # Each stage logs to $OUT/<stage>.log; results.jsonl collects the machine-readable figures.
 # Stages go on after a failing one; the exit status is the number of failed stages.
 set -uo pipefail
@@ -61,6 +61,7 @@ for st in "${STAGES[@]}"; do
       ;;
     tests)
       stage tests 240 "$B/bin/test_cuda_kernels"
+      stage tests 240 "$B/bin/test_cuda_llama_kernels"
       stage tests 240 "$B/bin/test_cuda_backend"
       ;;
     check)
@@ -73,6 +74,49 @@ for st in "${STAGES[@]}"; do
         stage check 180 python3 "$B/gpu-hf.py" check --model "$WORK/$preset" --dump "$WORK/$preset/cuda.bin" \
           --cpu-dump "$WORK/$preset/cpu.bin" --json "$OUT/results.jsonl" --name $preset
       done
+      ;;
+    llama)
+      # The Llama family: real configs (Llama-3.2-1B, Qwen2.5-0.5B, Qwen3-0.6B, 2-layer cuts
+      # of GLM-4-9B-0414 and Mistral-7B), seeded random weights saved bf16 by transformers
+      # (sharded past 1 GB), streamed by our loader, compared with transformers in fp32 and
+      # against transformers' own bf16 error. LLAMA_CPU=0 skips the CPU backend's dumps.
+      for preset in ${LLAMA_PRESETS:-qwen2.5-0.5b qwen3-0.6b llama3.2-1b glm4-9b-2l mistral-7b-2l-sw32}; do
+        d="$WORK/$preset"
+        stage llama 180 python3 "$B/gpu-hf.py" export --preset $preset --seed 1 --out "$d" --prompts 16 || continue
+        stage llama 180 "$B/bin/cuda-logits-dump" "$d" "$d/prompts.txt" "$d/cuda.bin" --steps 64 --dtype ${LLAMA_DTYPE:-bf16}
+        cpu_arg=()
+        if [ "${LLAMA_CPU:-1}" != 0 ] && stage llama 300 "$B/bin/cuda-logits-dump" "$d" "$d/prompts.txt" "$d/cpu.bin" --steps 64 --backend cpu; then
+          cpu_arg=(--cpu-dump "$d/cpu.bin")
+        fi
+        stage llama 300 python3 "$B/gpu-hf.py" check --model "$d" --dump "$d/cuda.bin" "${cpu_arg[@]}" \
+          --json "$OUT/results.jsonl" --name $preset --dtype ${LLAMA_DTYPE:-bf16}
+        rm -rf "$d"  # the disk holds a few of these, not all
+      done
+      grep -h "\] prefill\|\] transformers low\|\] cuda vs cpu\|mismatch" "$OUT/llama.log" || true
+      ;;
+    bench-llama)
+      # Engine throughput on the Llama family's real shapes (synthetic weights, bf16).
+      for m in ${LLAMA_BENCH:-synthetic:llama3.2-1b synthetic:qwen3-0.6b}; do
+        stage bench-llama 200 "$B/bin/infer-bench-cuda" --model $m --batches ${LLAMA_BATCHES:-1,64,256} \
+          --prompt 32 --new 128 --json "$OUT/results.jsonl"
+      done
+      ;;
+    bench-engine)
+      # The engine table alone (no transformers generate()): the GPT-2 regression figures.
+      [ -d "$WORK/gpt2-small" ] || python3 "$B/gpu-hf.py" export --preset gpt2-small --seed 1 --out "$WORK/gpt2-small" --prompts 16 >>"$OUT/bench-engine.log" 2>&1
+      stage bench-engine 200 "$B/bin/infer-bench-cuda" --model "$WORK/gpt2-small" --batches 1,8,32,64,128,256 \
+        --prompt 32 --new 128 --max-model-len 1024 --json "$OUT/results.jsonl"
+      # A baseline binary carried beside ours (BASELINE_BENCH), same machine, same weights.
+      # Alternated (baseline, ours) x BASELINE_REPEAT so that drift of the card hits both.
+      if [ -n "${BASELINE_BENCH:-}" ] && [ -x "$BASELINE_BENCH" ]; then
+        for i in $(seq 1 ${BASELINE_REPEAT:-1}); do
+          stage bench-engine 200 "$BASELINE_BENCH" --model "$WORK/gpt2-small" --batches 1,8,32,64,128,256 \
+            --prompt 32 --new 128
+          stage bench-engine 200 "$B/bin/infer-bench-cuda" --model "$WORK/gpt2-small" --batches 1,8,32,64,128,256 \
+            --prompt 32 --new 128 --max-model-len 1024
+        done
+      fi
+      cat "$OUT/bench-engine.log"
       ;;
     bench)
       [ -d "$WORK/gpt2-small" ] || python3 "$B/gpu-hf.py" export --preset gpt2-small --seed 1 --out "$WORK/gpt2-small" --prompts 16 >>"$OUT/bench.log" 2>&1
@@ -110,6 +154,21 @@ for st in "${STAGES[@]}"; do
       stage server 60 "$B/bin/infer-bench" --url "$url" --requests 100 --concurrency 100 --prompt-tokens 32 --max-tokens 64 --json
       stage server 120 "$B/bin/infer-bench" --url "$url" --requests 100 --serial --prompt-tokens 32 --max-tokens 64
       kill -TERM $ipid; wait $ipid; echo "inferd exit: $?" >>"$OUT/server.log"
+      ;;
+    server-llama)
+      # inferd on the CUDA backend with a Llama-family model streamed to the device: a greedy
+      # completion over HTTP, and the start-up line naming the type and context served.
+      rm -f "$WORK/port"
+      "$B/bin/inferd" --model ${SERVER_MODEL:-synthetic:llama-tiny} --backend cuda --listen 127.0.0.1:0 \
+        --port-file "$WORK/port" --max-model-len 512 --kv-memory-mb 1024 >"$OUT/inferd-llama.log" 2>&1 &
+      ipid=$!
+      for i in $(seq 1 240); do [ -s "$WORK/port" ] && break; sleep 0.25; done
+      for i in $(seq 1 600); do curl -sf "http://127.0.0.1:$(cat "$WORK/port" 2>/dev/null)/readyz" >/dev/null && break; sleep 0.1; done
+      stage server-llama 30 curl -sf "http://127.0.0.1:$(cat "$WORK/port" 2>/dev/null)/v1/completions" \
+        -d '{"prompt":"Hello","max_tokens":16,"temperature":0}'
+      kill -TERM $ipid; wait $ipid; echo "inferd exit: $?" >>"$OUT/server-llama.log"
+      grep -i "model \|dtype\|bf16\|error" "$OUT/inferd-llama.log" | head -5 >>"$OUT/server-llama.log"
+      cat "$OUT/server-llama.log"
       ;;
     cluster)
       # Messaging overhead of a remote worker node: local worker vs worker node on loopback.

@@ -1,17 +1,22 @@
 // cuda-logits-dump: runs prompts through a backend (cuda or cpu) the way the server
 // does (one ragged prefill of all prompts, then batched greedy decode steps) and writes
-// every position's logits and the greedy tokens, for scripts/gpu-hf-check.py to compare
-// against PyTorch transformers' GPT2LMHeadModel on the same weights.
+// every position's logits and the greedy tokens, for scripts/gpu-hf.py check to compare
+// against PyTorch transformers on the same weights (GPT-2 and the Llama family).
+// The CUDA backend streams the checkpoint to the device (no host copy of the model);
+// the CPU backend loads it as host fp32. The context is capped at --max-model-len.
 //
 //   cuda-logits-dump MODEL PROMPTS OUT [--backend cuda|cpu] [--steps 64]
+//                    [--dtype auto|bf16|fp16] [--max-model-len 512]
 // PROMPTS: one prompt a line, token ids separated by spaces.
 // OUT (little endian): int32 n_prompts, int32 V, int32 steps; per prompt: int32 L,
 //   int32 gen[steps], float32 logits[L + steps - 1][V] (positions 0 .. L + steps - 2).
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/backend.hpp"
@@ -27,10 +32,17 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::string model = argv[1], prompts_path = argv[2], out_path = argv[3], kind = "cuda";
-  int steps = 64;
+  std::string dtype = "auto";
+  int steps = 64, max_len = 512;
   for (int i = 4; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--backend")) kind = argv[i + 1];
     else if (!std::strcmp(argv[i], "--steps")) steps = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--dtype")) dtype = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--max-model-len")) max_len = std::atoi(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "unknown option %s\n", argv[i]);
+      return 2;
+    }
   }
   std::vector<std::vector<int32_t>> prompts;
   {
@@ -48,23 +60,38 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "no prompts in %s\n", prompts_path.c_str());
     return 2;
   }
-  auto w = load_model_weights(model);
-  if (!w) {
-    std::fprintf(stderr, "load %s: %s\n", model.c_str(), w.error().message.c_str());
-    return 1;
-  }
-  const model_config cfg = w.value()->cfg;
-  const int V = cfg.n_vocab, N = int(prompts.size());
+  load_options lo;
+  lo.max_model_len = max_len;
   backend_options o;
   o.kind = kind;
   o.kv_block_size = 16;
-  const int max_blocks = (cfg.n_ctx + 15) / 16;
+  o.dtype = dtype;
+  o.threads = int32_t(std::max(1u, std::thread::hardware_concurrency()));  // CPU: every core
+  const int N = int(prompts.size());
+  auto mcfg = load_model_config(model, max_len);
+  if (!mcfg) {
+    std::fprintf(stderr, "load %s: %s\n", model.c_str(), mcfg.error().message.c_str());
+    return 1;
+  }
+  const int max_blocks = (mcfg.value().n_ctx + 15) / 16;
   o.kv_blocks = N * max_blocks;
-  auto be = kind == "cpu" ? make_cpu_backend(w.value(), o) : make_cuda_backend(w.value(), o);
+  result<std::unique_ptr<backend>> be = make_status(errc::invalid_argument, "backend " + kind);
+  if (kind == "cpu") {
+    auto w = load_model_weights(model, lo);
+    if (!w) {
+      std::fprintf(stderr, "load %s: %s\n", model.c_str(), w.error().message.c_str());
+      return 1;
+    }
+    be = make_cpu_backend(w.value(), o);
+  } else {
+    be = make_cuda_backend(model, lo, o);
+  }
   if (!be) {
     std::fprintf(stderr, "backend: %s\n", be.error().message.c_str());
     return 1;
   }
+  const model_config cfg = be.value()->config();
+  const int V = cfg.n_vocab;
   std::vector<std::vector<int32_t>> blocks(N), gen(N);
   std::vector<std::vector<float>> logits(N);
   for (int s = 0; s < N; ++s)
@@ -115,6 +142,8 @@ int main(int argc, char** argv) {
     std::fwrite(logits[s].data(), 4, logits[s].size(), f);
   }
   std::fclose(f);
-  std::printf("%s: %d prompts, %d steps, backend %s\n", out_path.c_str(), N, steps, be.value()->name());
+  const char* dt = cuda_backend_dtype(*be.value());
+  std::printf("%s: %d prompts, %d steps, backend %s (%s), %s\n", out_path.c_str(), N, steps,
+              be.value()->name(), dt ? dt : "fp32", arch_name(cfg.arch));
   return 0;
 }
