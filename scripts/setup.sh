@@ -9,7 +9,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 PKGS=(build-essential cmake ninja-build pkg-config git
       libcaf-dev libboost1.81-dev libfmt-dev doctest-dev nlohmann-json3-dev
       libtomlplusplus-dev libcli11-dev libspdlog-dev libopenblas-dev libpcre2-dev
-      libssl-dev libbenchmark-dev python3 python3-websockets curl patchelf chromium
+      libssl-dev libutf8proc-dev libbenchmark-dev python3 python3-websockets curl patchelf chromium
       clang libclang-rt-14-dev)
 missing=()
 for p in "${PKGS[@]}"; do
