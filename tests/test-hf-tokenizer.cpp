@@ -539,3 +539,17 @@ TEST_CASE("tokenizer.json errors name the component") {
   CHECK(err("{not json").find("not valid JSON") != std::string::npos);
   CHECK(tokenizer::from_tokenizer_json("/nonexistent/tokenizer.json").error().code == infer::errc::io_error);
 }
+
+TEST_CASE("DeepSeek V3 and Gemma 3 tokenizer.json equal @huggingface/tokenizers") {
+  for (const char* name : {"deepseek_v3", "gemma3"}) {
+    tokenizer tok = load_json(name);
+    std::vector<std::string> specials;
+    for (const char* s : {"<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<bos>", "<eos>",
+                          "<start_of_turn>", "<end_of_turn>"})
+      if (tok.token_id(s) >= 0 && tok.is_special(tok.token_id(s))) specials.emplace_back(s);
+    CHECK(specials.size() >= 2);
+    auto r = compare(tok, pkg_models(name) + "/tokenizer.json", cases(specials, 71));
+    CHECK(r.mismatches == 0);
+    MESSAGE(std::string(name) << ": compared " << r.compared << " strings with the oracle");
+  }
+}
