@@ -237,7 +237,9 @@ const char* synthetic_tokenizer(std::string_view name) {
   return nullptr;
 }
 
-result<tokenizer> tokenizer_for(const service_config& cfg, const model_weights& w) {
+}  // namespace
+
+result<tokenizer> model_tokenizer(const service_config& cfg, int32_t model_n_vocab) {
   auto pick = [&]() -> result<tokenizer> {
     // model.tokenizer_dir: a folder, or "builtin:NAME" for a packaged real tokenizer.
     if (cfg.tokenizer_dir.rfind("builtin:", 0) == 0) return tokenizer::builtin(cfg.tokenizer_dir.substr(8));
@@ -245,7 +247,7 @@ result<tokenizer> tokenizer_for(const service_config& cfg, const model_weights& 
     if (cfg.model.rfind("synthetic:", 0) == 0) {
       std::string name = cfg.model.substr(10);
       if (const char* t = synthetic_tokenizer(name)) return tokenizer::builtin(t);
-      if (w.cfg.n_vocab < 50257) return tokenizer::byte_level();
+      if (model_n_vocab < 50257) return tokenizer::byte_level();
       return tokenizer::gpt2_builtin();
     }
     return tokenizer::from_dir(cfg.model);
@@ -253,15 +255,13 @@ result<tokenizer> tokenizer_for(const service_config& cfg, const model_weights& 
   auto tok = pick();
   if (!tok) return tok;
   // An id the model has no row for would index past its embedding.
-  if (tok.value().n_vocab() > w.cfg.n_vocab)
+  if (tok.value().n_vocab() > model_n_vocab)
     return make_status(errc::invalid_argument,
                        fmt::format("tokenizer: {} ids ({}) but the model has only {} (vocab_size); use a tokenizer "
                                    "of this model (model.tokenizer_dir)",
-                                   tok.value().n_vocab(), tok.value().describe(), w.cfg.n_vocab));
+                                   tok.value().n_vocab(), tok.value().describe(), model_n_vocab));
   return tok;
 }
-
-}  // namespace
 
 // Validates the configuration, lays out the devices and wraps the backend factory with
 // fault injection: what a front node and a worker node both need before spawning.
@@ -325,7 +325,7 @@ result<service_hooks> model_hooks(service_config& run_cfg) {
   auto w = load_model_weights(cfg.model, cfg.model_seed);
   if (!w) return w.error();
   std::shared_ptr<const model_weights> weights = w.value();
-  auto tok = tokenizer_for(cfg, *weights);
+  auto tok = model_tokenizer(cfg, weights->cfg.n_vocab);
   if (!tok) return tok.error();
 
   std::string kind = cfg.backend;
