@@ -346,7 +346,10 @@ void tokenizer::impl::bpe(scratch& sc) const {
 void tokenizer::impl::word_symbols(std::string_view word, scratch& sc) const {
   sc.syms.clear();
   if (byte_symbols) {
-    for (char c : word) sc.syms.push_back(byte_id[uint8_t(c)]);
+    // -1: a byte the vocabulary lacks and no unk_token to stand for it (dropped, as
+    // the library would fail the encode instead).
+    for (char c : word)
+      if (int32_t id = byte_id[uint8_t(c)]; id >= 0) sc.syms.push_back(id);
     return;
   }
   bool last_unk = false;
@@ -379,7 +382,7 @@ void tokenizer::impl::word_symbols(std::string_view word, scratch& sc) const {
 void tokenizer::impl::encode_word(std::string_view word, std::vector<int32_t>& out, scratch& sc) const {
   if (word.empty()) return;
   if (byte_symbols && word.size() == 1) {
-    out.push_back(byte_id[uint8_t(word[0])]);
+    if (byte_id[uint8_t(word[0])] >= 0) out.push_back(byte_id[uint8_t(word[0])]);
     return;
   }
   if (ignore_merges) {
