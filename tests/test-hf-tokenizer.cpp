@@ -348,13 +348,11 @@ TEST_CASE("GPT-2 as tokenizer.json equals @huggingface/tokenizers and the vocab.
   MESSAGE("GPT-2 (tokenizer.json): compared " << res.compared << " strings with the oracle");
   // The same BPE built both ways gives the same ids wherever the two pre-tokenizers
   // agree: the vocab.json path keeps gpt-3-encoder's ECMAScript \s (U+FEFF is space,
-  // U+0085 is not; tokenizer.json's is Unicode White_Space), treats "<|endoftext|>" in
-  // text as text, and keeps invalid bytes raw.
+  // U+0085 is not; tokenizer.json's is Unicode White_Space; texts holds neither here) and
+  // keeps invalid bytes raw.
   int same = 0;
   for (const auto& t : texts) {
-    if (!infer::utf8_is_valid(t) || t.find("<|endoftext|>") != std::string::npos ||
-        t.find("\ufeff") != std::string::npos || t.find("\u0085") != std::string::npos)
-      continue;
+    if (!infer::utf8_is_valid(t)) continue;
     CHECK_MESSAGE(tok.encode(t) == old.value().encode(t), "hex " << to_hex(t));
     ++same;
   }

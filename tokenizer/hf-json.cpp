@@ -904,6 +904,12 @@ void split_added(std::string_view s, const added_trie& trie, const std::vector<a
 
 }  // namespace
 
+void tok_detail::split_added_tokens(std::string_view s, const added_trie& trie, const std::vector<added_token>& added,
+                                    bool split_special, const std::function<void(std::string_view, size_t)>& gap,
+                                    const std::function<void(int32_t)>& match) {
+  split_added(s, trie, added, split_special, gap, match);
+}
+
 void tokenizer::impl::hf_encode(std::string_view text, std::vector<int32_t>& out, const encode_options& o) const {
   std::string fixed;
   if (!utf8_is_valid(text)) {

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -129,6 +130,12 @@ struct added_trie {
   int32_t longest(std::string_view s, size_t pos, size_t& len) const;
   bool empty() const { return nodes.size() == 1; }
 };
+
+// The tokenizers library's AddedVocabulary::find_matches over s: gap(text, offset) for the
+// text between matches, match(id) for each added token found (hf-json.cpp).
+void split_added_tokens(std::string_view s, const added_trie& trie, const std::vector<added_token>& added,
+                        bool split_special, const std::function<void(std::string_view, size_t)>& gap,
+                        const std::function<void(int32_t)>& match);
 
 }  // namespace infer::tok_detail
 

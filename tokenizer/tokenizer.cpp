@@ -547,6 +547,11 @@ result<tokenizer> tokenizer::from_files(const std::string& vocab_json, const std
   for (auto& [key, id] : id_of) tok_strs[size_t(id)] = key;
   p->str_to_id = std::move(id_of);
   p->finish_tables(tok_bytes, tok_strs);
+  if (p->eot >= 0) {
+    p->added.push_back({"<|endoftext|>", p->eot, true, false, false, false, false});
+    p->raw_trie.insert("<|endoftext|>", 0);
+    p->special[size_t(p->eot)] = 1;
+  }
   return tokenizer(std::move(p));
 }
 
@@ -715,10 +720,18 @@ void tokenizer::encode(std::string_view text, std::vector<int32_t>& out, const e
       for (char c : text) out.push_back(int32_t(uint8_t(c)));
       return;
     case impl::kind_t::gpt2: {
+      // "<|endoftext|>" in the text is that one id, as transformers' GPT2Tokenizer has it
+      // (an added token); split_special_tokens keeps it as text (what gpt-3-encoder does).
       std::vector<std::string_view> chunks;
-      pre_tokenize(text, chunks);
       impl::scratch sc;
-      for (auto c : chunks) p_->encode_word(c, out, sc);
+      split_added_tokens(
+          text, p_->raw_trie, p_->added, o.split_special_tokens,
+          [&](std::string_view piece, size_t) {
+            chunks.clear();
+            pre_tokenize(piece, chunks);
+            for (auto c : chunks) p_->encode_word(c, out, sc);
+          },
+          [&](int32_t id) { out.push_back(id); });
       return;
     }
     case impl::kind_t::hf:

