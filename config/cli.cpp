@@ -28,6 +28,7 @@ const value_flag k_flags[] = {
     {"--model", "model.model", "model directory or synthetic:NAME", nullptr, true},
     {"--seed", "model.model_seed", "seed of synthetic weights", nullptr, false},
     {"--tokenizer-dir", "model.tokenizer_dir", "tokenizer folder (tokenizer.json, or vocab.json + merges.txt) or builtin:NAME", nullptr, true},
+    {"--max-model-len", "model.max_model_len", "context served, capped by the model's max_position_embeddings (0: the model's)", nullptr, false},
     {"--backend", "backend.backend", "auto|cpu|cuda", nullptr, true},
     {"--workers", "backend.workers", "engine instances (1..64)", nullptr, false},
     {"--kv-memory-mb", "backend.kv_memory_mb", "KV cache memory per worker / device share, MiB", nullptr, false},

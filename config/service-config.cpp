@@ -40,6 +40,7 @@ const key_def k_keys[] = {
     {"model", "model", &service_config::model},
     {"model", "model_seed", &service_config::model_seed},
     {"model", "tokenizer_dir", &service_config::tokenizer_dir},
+    {"model", "max_model_len", &service_config::max_model_len},
 
     {"backend", "backend", &service_config::backend},
     {"backend", "workers", &service_config::workers},
@@ -519,6 +520,8 @@ status validate(const service_config& c) {
   check(!c.model.empty(), "model.model", "a model directory or synthetic:NAME", "\"\"");
   if (c.model.rfind("synthetic:", 0) == 0)
     check(c.model.size() > 10, "model.model", "synthetic:NAME with a NAME", quoted(c.model));
+  check(c.max_model_len >= 0, "model.max_model_len", ">= 0 (0: the model's max_position_embeddings)",
+        num(c.max_model_len));
 
   // [backend]
   check(c.backend == "auto" || c.backend == "cpu" || c.backend == "cuda", "backend.backend", "auto|cpu|cuda",

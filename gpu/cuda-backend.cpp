@@ -89,6 +89,12 @@ class cuda_backend final : public backend {
   status init(std::shared_ptr<const model_weights> host, const backend_options& opts) {
     device_ = opts.device;
     cfg_ = host->cfg;
+    // The fused GPT-2 pass below knows nothing of RoPE, GQA or RMSNorm: refuse the other
+    // architectures until this backend runs model/forward.hpp's ops.
+    if (cfg_.arch != arch_id::gpt2)
+      return make_status(errc::invalid_argument,
+                         fmt::format("cuda backend: architecture {} is not supported yet (GPT-2 only; use "
+                                     "--backend cpu)", arch_name(cfg_.arch)));
     const int hd = cfg_.head_dim();
     if (cfg_.n_embd % cfg_.n_head != 0 || !cuda::attention_head_dim_supported(hd) ||
         cfg_.n_embd % 8 != 0)

@@ -187,6 +187,10 @@ void matmul_nt_forward(float* out, const float* in, const float* w, const float*
   if (bias) {
     for (int t = 0; t < T; ++t) std::memcpy(out + int64_t(t) * OUT, bias, sizeof(float) * OUT);
   }
+  if (T == 1) {  // one decode token: a matrix-vector product, which sgemm handles poorly here
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, OUT, IN, 1.0f, w, IN, in, 1, bias ? 1.0f : 0.0f, out, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, OUT, IN, 1.0f, in, IN, w, IN,
               bias ? 1.0f : 0.0f, out, OUT);
 }

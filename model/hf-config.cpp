@@ -293,28 +293,32 @@ const key_row k_keys[] = {
 // architectures[] first (the class decides the weights' names), then model_type; a
 // GPT-2 config without either (old exports) is GPT-2.
 result<const arch_traits*> pick_arch(const json& j, const std::string& path) {
-  auto unknown = [&](const char* key, const json& v) {
-    return make_status(errc::format_error,
-                       fmt::format("{}: key '{}' = {} is not supported (supported architectures: {})", path, key,
-                                   brief(v), supported_architectures()));
-  };
   auto ar = j.find("architectures");
-  if (ar != j.end() && !ar->is_null()) {
-    if (!ar->is_array()) return unknown("architectures", *ar);
-    for (const auto& a : *ar)
-      if (a.is_string())
-        if (const arch_traits* t = find_arch(a.get<std::string>())) return t;
-  }
   auto mt = j.find("model_type");
-  if (mt != j.end()) {
-    if (mt->is_string())
-      if (const arch_traits* t = find_arch(mt->get<std::string>())) return t;
-    return unknown("model_type", *mt);
+  std::string named;  // what the config says it is, for the error
+  if (ar != j.end() && ar->is_array()) {
+    for (const auto& a : *ar) {
+      if (!a.is_string()) continue;
+      if (const arch_traits* t = find_arch(a.get<std::string>())) return t;
+      named += fmt::format("{}{}", named.empty() ? "" : ", ", a.get<std::string>());
+    }
   }
-  if (ar != j.end() && !ar->is_null() && !ar->empty()) return unknown("architectures", *ar);
-  if (j.contains("n_embd")) return &arch_row(arch_id::gpt2);
+  if (mt != j.end() && mt->is_string()) {
+    if (const arch_traits* t = find_arch(mt->get<std::string>())) return t;
+    named += fmt::format("{}model_type \"{}\"", named.empty() ? "" : ", ", mt->get<std::string>());
+  }
+  if (named.empty() && (ar == j.end() || ar->is_null()) && mt == j.end()) {
+    if (j.contains("n_embd")) return &arch_row(arch_id::gpt2);  // old GPT-2 exports name neither
+    return make_status(errc::format_error,
+                       fmt::format("{}: no 'architectures' or 'model_type' (supported architectures: {})", path,
+                                   supported_architectures()));
+  }
+  if (named.empty()) {
+    const json& v = (ar != j.end() && !ar->is_null()) ? *ar : *mt;
+    named = brief(v);
+  }
   return make_status(errc::format_error,
-                     fmt::format("{}: no 'architectures' or 'model_type' (supported architectures: {})", path,
+                     fmt::format("{}: architecture {} is not supported (supported architectures: {})", path, named,
                                  supported_architectures()));
 }
 
@@ -330,7 +334,7 @@ result<model_config> parse_hf_config(const json& j, const std::string& path) {
   c.n_ctx = 0;
   c.max_position_embeddings = (*t)->max_pos_default;
   c.n_ff = 0;
-  if ((*t)->sliding_window) c.sliding_window = 4096;  // MistralConfig's default
+  c.sliding_window = (*t)->sliding_window_default;
   ctx x{j, path, **t, c};
   x.partial_rotary = (*t)->partial_rotary_default;
   const uint8_t fam = c.arch == arch_id::gpt2 ? gpt2 : rope;
@@ -365,9 +369,9 @@ result<model_config> parse_hf_config(const json& j, const std::string& path) {
     c.n_ff = 4 * c.n_embd;
   }
   if (c.uses_rope()) {
-    const double rd = double(c.n_head_dim) * x.partial_rotary;
-    c.rotary_dim = int32_t(std::lround(rd));
-    if (c.rotary_dim < 2 || c.rotary_dim % 2 != 0 || std::abs(rd - c.rotary_dim) > 1e-9)
+    // int(head_dim * partial_rotary_factor), as transformers' rope init truncates it.
+    c.rotary_dim = int32_t(double(c.n_head_dim) * x.partial_rotary + 1e-9);
+    if (c.rotary_dim < 2 || c.rotary_dim % 2 != 0)
       return err(fmt::format("head_dim {} * partial_rotary_factor {} is not a positive even number of dims",
                              c.n_head_dim, x.partial_rotary));
   }

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <new>
 #include <optional>
 #include <thread>
@@ -222,6 +223,12 @@ const known_synthetic k_synthetic[] = {
                     "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
                     "attention_bias": true, "tie_word_embeddings": false, "hidden_act": "silu",
                     "eos_token_id": [151329, 151336, 151338], "torch_dtype": "bfloat16"})"},
+    {"phi3-mini", R"({"architectures": ["Phi3ForCausalLM"], "vocab_size": 32064, "hidden_size": 3072,
+                      "intermediate_size": 8192, "num_hidden_layers": 32, "num_attention_heads": 32,
+                      "num_key_value_heads": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+                      "rope_theta": 10000.0, "rope_scaling": null, "sliding_window": 2047,
+                      "tie_word_embeddings": false, "bos_token_id": 1, "eos_token_id": 32000, "hidden_act": "silu",
+                      "torch_dtype": "bfloat16"})"},
 };
 
 }  // namespace
@@ -328,7 +335,8 @@ result<checkpoint> open_checkpoint(const std::string& dir_in, int32_t max_model_
     auto wm = ij->find("weight_map");
     if (wm == ij->end() || !wm->is_object())
       return make_status(errc::format_error, fmt::format("{}: missing object 'weight_map'", index_path));
-    std::unordered_map<std::string, int32_t> shard_ids;
+    // Shards are visited in file-name order (model-00001-of-N first), as they were written.
+    std::map<std::string, int32_t> shard_ids;
     for (auto it = wm->begin(); it != wm->end(); ++it) {
       if (!it.value().is_string())
         return make_status(errc::format_error,
@@ -338,10 +346,13 @@ result<checkpoint> open_checkpoint(const std::string& dir_in, int32_t max_model_
         return make_status(errc::format_error,
                            fmt::format("{}: weight_map['{}'] = \"{}\" is not a file in the directory", index_path,
                                        it.key(), file));
-      auto [sid, fresh] = shard_ids.emplace(file, int32_t(ck.shards.size()));
-      if (fresh) ck.shards.push_back(dir + "/" + file);
-      where[it.key()] = sid->second;
+      shard_ids.emplace(file, 0);
     }
+    for (auto& [file, id] : shard_ids) {
+      id = int32_t(ck.shards.size());
+      ck.shards.push_back(dir + "/" + file);
+    }
+    for (auto it = wm->begin(); it != wm->end(); ++it) where[it.key()] = shard_ids.at(it.value().get<std::string>());
   } else if (exists(single)) {
     auto f = safetensors_file::open(single);
     if (!f) return f.error();
@@ -449,7 +460,7 @@ status check_host_memory(const std::string& what, int64_t need, int64_t limit) {
   const int64_t have = limit > 0 ? limit : host_memory_available();
   if (need <= have) return status::ok();
   return make_status(errc::out_of_memory,
-                     fmt::format("{}: the CPU backend holds weights in fp32 and needs {} bytes ({:.1f} GiB); "
+                     fmt::format("{}: the weights, held in host memory as fp32, need {} bytes ({:.1f} GiB); "
                                  "{} bytes ({:.1f} GiB) are available",
                                  what, need, double(need) / double(1 << 30), have, double(have) / double(1 << 30)));
 }
