@@ -27,7 +27,7 @@ struct value_flag {
 const value_flag k_flags[] = {
     {"--model", "model.model", "model directory or synthetic:NAME", nullptr, true},
     {"--seed", "model.model_seed", "seed of synthetic weights", nullptr, false},
-    {"--tokenizer-dir", "model.tokenizer_dir", "folder with encoder.json and vocab.bpe", nullptr, true},
+    {"--tokenizer-dir", "model.tokenizer_dir", "tokenizer folder (tokenizer.json, or vocab.json + merges.txt) or builtin:NAME", nullptr, true},
     {"--max-model-len", "model.max_model_len", "context served, capped by the model's max_position_embeddings (0: the model's)", nullptr, false},
     {"--backend", "backend.backend", "auto|cpu|cuda", nullptr, true},
     {"--dtype", "backend.dtype", "auto|bf16|fp16: the CUDA backend's weights/activations (auto: the checkpoint's torch_dtype; GPT-2 fp16)", nullptr, true},
