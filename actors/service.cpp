@@ -121,6 +121,7 @@ class service_impl final : public service {
   }
 
   const tokenizer& tok() const override { return core_->tok; }
+  std::vector<int32_t> eos_ids() const override { return core_->eos_ids; }
   int32_t n_ctx() const override { return core_->n_ctx; }
   bool ready() const override { return !core_->closed.load() && core_->workers_ready.load() > 0; }
   metrics& stats() override { return core_->stats; }
@@ -270,6 +271,8 @@ result<service_core_ptr> make_core(const service_config& cfg, const service_hook
   auto core = std::make_shared<service_core>();
   core->cfg = cfg;
   core->tok = hooks.tok;
+  core->eos_ids = hooks.eos_ids;
+  if (core->eos_ids.empty() && hooks.tok.eot() >= 0) core->eos_ids.push_back(hooks.tok.eot());
   core->n_ctx = hooks.n_ctx;
   core->n_vocab = hooks.n_vocab > 0 ? hooks.n_vocab : hooks.tok.n_vocab();
   core->make_backend = hooks.make_backend;

@@ -133,6 +133,12 @@ std::optional<std::string> get_sampling(const json& o, const protocol_limits& li
   r.sampling.top_p = float(d);
   if (auto e = get_u64(o, "seed", r.sampling.seed)) return e;
   if (auto e = get_stop(o, lim, r.stop)) return e;
+  if (auto e = get_bool(o, "ignore_eos", r.ignore_eos)) return e;
+  if (!absent(o, "stop_token_ids")) {
+    if (auto e = check_token_ids(o.at("stop_token_ids"), "stop_token_ids", lim.n_vocab, r.stop_token_ids)) return e;
+    if (r.stop_token_ids.size() > lim.max_stop_token_ids)
+      return fmt::format("stop_token_ids: at most {} ids, got {}", lim.max_stop_token_ids, r.stop_token_ids.size());
+  }
   return std::nullopt;
 }
 

@@ -31,6 +31,7 @@ struct protocol_limits {
   size_t max_id_bytes = 128;
   size_t max_stop = 16;         // stop sequences per request
   size_t max_stop_bytes = 256;  // bytes per stop sequence
+  size_t max_stop_token_ids = 64;
   // Turns a text prompt into ids so that its length is checked here and the service
   // receives ids. Empty: text prompts are passed on as text, unchecked.
   std::function<std::vector<int32_t>(std::string_view)> encode;
