@@ -28,6 +28,7 @@ const value_flag k_flags[] = {
     {"--model", "model.model", "model directory or synthetic:NAME", nullptr, true},
     {"--seed", "model.model_seed", "seed of synthetic weights", nullptr, false},
     {"--tokenizer-dir", "model.tokenizer_dir", "folder with encoder.json and vocab.bpe", nullptr, true},
+    {"--chat-template", "model.chat_template", "Jinja file replacing the model's chat template", nullptr, true},
     {"--backend", "backend.backend", "auto|cpu|cuda", nullptr, true},
     {"--workers", "backend.workers", "engine instances (1..64)", nullptr, false},
     {"--kv-memory-mb", "backend.kv_memory_mb", "KV cache memory per worker / device share, MiB", nullptr, false},

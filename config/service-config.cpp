@@ -40,6 +40,7 @@ const key_def k_keys[] = {
     {"model", "model", &service_config::model},
     {"model", "model_seed", &service_config::model_seed},
     {"model", "tokenizer_dir", &service_config::tokenizer_dir},
+    {"model", "chat_template", &service_config::chat_template},
 
     {"backend", "backend", &service_config::backend},
     {"backend", "workers", &service_config::workers},

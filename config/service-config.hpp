@@ -16,6 +16,7 @@ struct service_config {
   std::string model = "synthetic:tiny";  // a directory or synthetic:NAME
   uint64_t model_seed = 1234;            // synthetic weights
   std::string tokenizer_dir;             // empty: beside the model, or the built-in one
+  std::string chat_template;             // a Jinja file replacing the model's chat template(s)
 
   // [backend]
   std::string backend = "auto";  // auto | cpu | cuda
