@@ -204,12 +204,46 @@ const char* type_name(const value& v) {
   return "?";
 }
 
-// JSON text as Python's json.dumps(ensure_ascii=False) writes it, which is what
-// transformers' tojson filter calls: ", " and ": " separators unless indented.
-void append_json_string(std::string& out, const std::string& s) {
+// JSON text as Python's json.dumps writes it, which is what transformers' tojson filter
+// calls (ensure_ascii=False unless asked): ", " and ": " separators unless indented.
+struct json_opts {
+  int indent = 0;
+  bool sort_keys = false;
+  bool ensure_ascii = false;
+  std::string item_sep = ", ", key_sep = ": ";
+  bool custom_seps = false;
+};
+
+void append_u16(std::string& out, uint32_t u) {
+  static const char* hex = "0123456789abcdef";
+  out += "\\u";
+  for (int sh = 12; sh >= 0; sh -= 4) out.push_back(hex[(u >> sh) & 15]);
+}
+
+void append_json_string(std::string& out, const std::string& s, bool ensure_ascii = false) {
   static const char* hex = "0123456789abcdef";
   out.push_back('"');
-  for (unsigned char c : s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (ensure_ascii && c >= 0x80) {  // \uXXXX, surrogate pairs above the BMP, as Python
+      uint32_t cp = 0;
+      size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+      if (len == 1 || i + len > s.size()) {
+        append_u16(out, 0xFFFD);
+        continue;
+      }
+      cp = c & (0xFF >> (len + 1));
+      for (size_t k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
+      i += len - 1;
+      if (cp >= 0x10000) {
+        cp -= 0x10000;
+        append_u16(out, 0xD800 + (cp >> 10));
+        append_u16(out, 0xDC00 + (cp & 0x3FF));
+      } else {
+        append_u16(out, cp);
+      }
+      continue;
+    }
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
@@ -231,8 +265,11 @@ void append_json_string(std::string& out, const std::string& s) {
   out.push_back('"');
 }
 
-void to_json(std::string& out, const value& v, int indent, int depth, bool sort_keys) {
-  const std::string item_sep = indent > 0 ? "," : ", ";
+void to_json(std::string& out, const value& v, const json_opts& o, int depth) {
+  const int indent = o.indent;
+  const bool sort_keys = o.sort_keys;
+  const std::string item_sep = o.custom_seps ? o.item_sep : indent > 0 ? "," : ", ";
+  const std::string& key_sep = o.key_sep;
   auto newline = [&](int d) {
     out.push_back('\n');
     out.append(size_t(indent * d), ' ');
@@ -245,13 +282,13 @@ void to_json(std::string& out, const value& v, int indent, int depth, bool sort_
     case value::kind::floating:
       out += std::isfinite(v.d) ? float_repr(v.d) : (std::isnan(v.d) ? "NaN" : v.d > 0 ? "Infinity" : "-Infinity");
       return;
-    case value::kind::string: append_json_string(out, v.s); return;
+    case value::kind::string: append_json_string(out, v.s, o.ensure_ascii); return;
     case value::kind::array: {
       out.push_back('[');
       for (size_t n = 0; n < v.a->size(); ++n) {
         if (n) out += item_sep;
         if (indent > 0) newline(depth + 1);
-        to_json(out, (*v.a)[n], indent, depth + 1, sort_keys);
+        to_json(out, (*v.a)[n], o, depth + 1);
       }
       if (indent > 0 && !v.a->empty()) newline(depth);
       out.push_back(']');
@@ -266,9 +303,9 @@ void to_json(std::string& out, const value& v, int indent, int depth, bool sort_
       for (size_t n = 0; n < items.size(); ++n) {
         if (n) out += item_sep;
         if (indent > 0) newline(depth + 1);
-        append_json_string(out, items[n]->first);
-        out += ": ";
-        to_json(out, items[n]->second, indent, depth + 1, sort_keys);
+        append_json_string(out, items[n]->first, o.ensure_ascii);
+        out += key_sep;
+        to_json(out, items[n]->second, o, depth + 1);
       }
       if (indent > 0 && !items.empty()) newline(depth);
       out.push_back('}');
@@ -1891,10 +1928,23 @@ class renderer {
       return v;
     }
     if (name == "tojson") {
+      json_opts o;
       const value* ind = pos_or_kw(0, "indent");
-      const value* sk = a.get(99, "sort_keys");
+      if (ind && ind->k == value::kind::integer) o.indent = int(ind->i);
+      if (const value* sk = a.get(99, "sort_keys")) o.sort_keys = truthy(*sk);
+      if (const value* ea = a.get(99, "ensure_ascii")) o.ensure_ascii = truthy(*ea);
+      if (const value* sep = a.get(99, "separators"); sep && !sep->is_none()) {
+        if (!sep->is_array() || sep->a->size() != 2 || !(*sep->a)[0].is_string() || !(*sep->a)[1].is_string())
+          fail(line, "tojson: separators must be a pair of strings");
+        o.custom_seps = true;
+        o.item_sep = (*sep->a)[0].s;
+        o.key_sep = (*sep->a)[1].s;
+      }
+      for (const auto& [k, x] : a.kw)
+        if (k != "indent" && k != "sort_keys" && k != "ensure_ascii" && k != "separators")
+          fail(line, fmt::format("tojson: unknown argument '{}'", k));
       std::string out;
-      to_json(out, v, ind && ind->k == value::kind::integer ? int(ind->i) : 0, 0, sk && truthy(*sk));
+      to_json(out, v, o, 0);
       return value::string(out);
     }
     if (name == "join") {

@@ -74,6 +74,9 @@ TEST_CASE("Python semantics of values") {
   CHECK(render("{{ x | tojson }}", {{"x", {{"b", 1}, {"a", {true, nullptr, "é\n"}}}}}) ==
         "{\"b\": 1, \"a\": [true, null, \"é\\n\"]}");
   CHECK(render("{{ x | tojson(indent=2) }}", {{"x", {{"a", {1}}}}}) == "{\n  \"a\": [\n    1\n  ]\n}");
+  CHECK(render("{{ x | tojson(ensure_ascii=true, separators=(',', ':')) }}", {{"x", {{"k", "é🙂"}}}}) ==
+        "{\"k\":\"\\u00e9\\ud83d\\ude42\"}");
+  CHECK(render("{{ x | tojson(sort_keys=true) }}", {{"x", {{"b", 1}, {"a", 2}}}}) == "{\"a\": 2, \"b\": 1}");
   CHECK(render("{{ strftime_now('%Y') | length }}") == "4");
   CHECK(render("{% for k, v in d | items %}{{ k }}{{ v }}{% endfor %}", {{"d", {{"z", 1}, {"a", 2}}}}) == "z1a2");
 }
