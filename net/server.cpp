@@ -539,7 +539,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
 
   void on_event(const std::shared_ptr<completion_state>& c, const event& e) {
     if (c != cur_) return;
-    if (e.terminal()) log_outcome(conn_, "openai", c->cmpl_id, c->rid, e);
+    if (e.terminal()) log_outcome(conn_, c->chat ? "chat" : "openai", c->cmpl_id, c->rid, e);
     if (c->client_gone) {
       if (e.terminal()) cur_.reset();
       return;

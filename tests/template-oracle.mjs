@@ -85,6 +85,55 @@ end
 `,
   `{% for m in messages %}{% if m.role == 'system' %}{% continue %}{% endif %}{% if loop.index > 3 %}{% break %}{% endif %}{% if loop.index0 > 0 %}{{ loop.previtem.role }}>{% endif %}{{ m.role }}!{% endfor %}`,
   `{{ raise_exception('role ' + messages[0].role + ' not allowed') if messages[0].role == 'system' else 'ok' }}`,
+  // The shape of Llama 3.1's tool-calling template: system extraction, indented tool JSON,
+  // arguments as items, the ipython role.
+  `{{- bos_token }}
+{%- if not date_string is defined %}{%- set date_string = "26 Jul 2024" %}{%- endif %}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
+{%- if tools is not none %}
+    {{- "Environment: ipython\n" }}
+{%- endif %}
+{{- "Today Date: " + date_string + "\n\n" }}
+{%- for t in tools %}
+    {{- t | tojson(indent=4) }}
+    {{- "\n\n" }}
+{%- endfor %}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+{%- for message in messages %}
+    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
+        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
+    {%- elif 'tool_calls' in message %}
+        {%- set tool_call = message.tool_calls[0].function %}
+        {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+        {{- '{"name": "' + tool_call.name + '", ' }}
+        {{- '"parameters": ' }}
+        {%- if tool_call.arguments is mapping %}
+            {%- for arg_name, arg_val in tool_call.arguments | items %}{{ arg_name }}={{ arg_val }}{% if not loop.last %}, {% endif %}{%- endfor %}
+        {%- else %}
+            {{- tool_call.arguments }}
+        {%- endif %}
+        {{- "}<|eot_id|>" }}
+    {%- elif message.role == "tool" or message.role == "ipython" %}
+        {{- "<|start_header_id|>ipython<|end_header_id|>\n\n" }}
+        {%- if message.content is mapping or message.content is iterable %}
+            {{- message.content | tojson }}
+        {%- else %}
+            {{- message.content }}
+        {%- endif %}
+        {{- "<|eot_id|>" }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+`,
 ];
 
 const cases = [];
