@@ -94,6 +94,10 @@ using service_core_ptr = std::shared_ptr<service_core>;
 // Loads the model named by cfg (cfg.model, cfg.backend) and returns the hooks that build its
 // engines; fills cfg.devices with every visible GPU when CUDA is used and none are listed.
 result<service_hooks> model_hooks(service_config& cfg);
+// The tokenizer model_hooks uses for cfg and a model of model_n_vocab ids: model.tokenizer_dir
+// (a folder or builtin:NAME), else the real tokenizer of a synthetic model, else the model
+// directory's. A tokenizer with more ids than the model is an error.
+result<tokenizer> model_tokenizer(const service_config& cfg, int32_t model_n_vocab);
 // Validates core.cfg, lays out the devices (core.plan) and wraps the backend factory with
 // fault injection: what a front node and a worker node both do before spawning actors.
 status prepare_core(service_core& core);

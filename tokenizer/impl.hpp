@@ -198,7 +198,6 @@ struct tokenizer::impl {
   struct scratch {
     std::vector<node> nodes;
     std::vector<cand> heap;
-    std::vector<int32_t> merged;
     std::vector<int32_t> ids;
     std::vector<int32_t> syms;
     tok_detail::piece_list a, b;

@@ -307,11 +307,14 @@ void tokenizer::impl::push_cand(scratch& sc, int32_t left) const {
   std::push_heap(sc.heap.begin(), sc.heap.end(), std::greater<>{});
 }
 
-// Same result as encoder.py's bpe() and the tokenizers library's merge_word: the
-// lowest-ranked pair present is merged first, leftmost first among equals, and pairs
-// a merge makes compete from then on. A heap of candidates (rank, position) over a
-// linked list of symbols makes it O(n log n); the vectors live in the caller's
-// scratch, so a word allocates nothing once they have grown.
+// The tokenizers library's merge_word: the lowest-ranked pair present is merged first,
+// leftmost first among equals, and the pairs a merge makes compete at once (so a file
+// whose merges rank a longer pair before a shorter one, like Gemma 3's runs of U+2581,
+// gets the library's result). On learned merges, where a pair ranks after the pairs
+// that made its halves, this equals encoder.py's round-by-round merging (the GPT-2
+// oracle). A heap of candidates (rank, position) over a linked list of symbols makes it
+// O(n log n); the vectors live in the caller's scratch, so a word allocates nothing
+// once they have grown.
 void tokenizer::impl::bpe(scratch& sc) const {
   sc.nodes.clear();
   sc.heap.clear();
@@ -320,26 +323,18 @@ void tokenizer::impl::bpe(scratch& sc) const {
   for (int32_t i = 0; i < n; ++i) sc.nodes.push_back({sc.syms[size_t(i)], i - 1, i + 1 < n ? i + 1 : -1});
   for (int32_t i = 0; i + 1 < n; ++i) push_cand(sc, i);
   while (!sc.heap.empty()) {
-    const uint32_t rank = sc.heap.front().rank;
-    sc.merged.clear();
-    while (!sc.heap.empty() && sc.heap.front().rank == rank) {
-      std::pop_heap(sc.heap.begin(), sc.heap.end(), std::greater<>{});
-      const cand c = sc.heap.back();
-      sc.heap.pop_back();
-      node& l = sc.nodes[size_t(c.left)];
-      if (l.id != c.a || l.next < 0 || sc.nodes[size_t(l.next)].id != c.b) continue;  // stale
-      node& r = sc.nodes[size_t(l.next)];
-      l.id = c.merged;
-      l.next = r.next;
-      if (r.next >= 0) sc.nodes[size_t(r.next)].prev = c.left;
-      r.id = -1;  // dead
-      sc.merged.push_back(c.left);
-    }
-    for (int32_t m : sc.merged) {
-      const node& mn = sc.nodes[size_t(m)];
-      if (mn.prev >= 0) push_cand(sc, mn.prev);
-      push_cand(sc, m);
-    }
+    std::pop_heap(sc.heap.begin(), sc.heap.end(), std::greater<>{});
+    const cand c = sc.heap.back();
+    sc.heap.pop_back();
+    node& l = sc.nodes[size_t(c.left)];
+    if (l.id != c.a || l.next < 0 || sc.nodes[size_t(l.next)].id != c.b) continue;  // stale
+    node& r = sc.nodes[size_t(l.next)];
+    l.id = c.merged;
+    l.next = r.next;
+    if (r.next >= 0) sc.nodes[size_t(r.next)].prev = c.left;
+    r.id = -1;  // dead
+    if (l.prev >= 0) push_cand(sc, l.prev);
+    push_cand(sc, c.left);
   }
   for (int32_t i = 0; i >= 0 && i < n; i = sc.nodes[size_t(i)].next) sc.ids.push_back(sc.nodes[size_t(i)].id);
 }
@@ -351,7 +346,10 @@ void tokenizer::impl::bpe(scratch& sc) const {
 void tokenizer::impl::word_symbols(std::string_view word, scratch& sc) const {
   sc.syms.clear();
   if (byte_symbols) {
-    for (char c : word) sc.syms.push_back(byte_id[uint8_t(c)]);
+    // -1: a byte the vocabulary lacks and no unk_token to stand for it (dropped, as
+    // the library would fail the encode instead).
+    for (char c : word)
+      if (int32_t id = byte_id[uint8_t(c)]; id >= 0) sc.syms.push_back(id);
     return;
   }
   bool last_unk = false;
@@ -384,7 +382,7 @@ void tokenizer::impl::word_symbols(std::string_view word, scratch& sc) const {
 void tokenizer::impl::encode_word(std::string_view word, std::vector<int32_t>& out, scratch& sc) const {
   if (word.empty()) return;
   if (byte_symbols && word.size() == 1) {
-    out.push_back(byte_id[uint8_t(word[0])]);
+    if (byte_id[uint8_t(word[0])] >= 0) out.push_back(byte_id[uint8_t(word[0])]);
     return;
   }
   if (ignore_merges) {

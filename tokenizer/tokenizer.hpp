@@ -32,6 +32,13 @@
 // default true) is about the post-processor: whether BOS (and whatever else the tokenizer's
 // template says) is added around the text.
 //
+// Decoding: token_bytes(id) is the decoder's output for that token inside a sequence
+// (computed once per id); the decoder's start-of-sequence strip (Llama 2's leading space)
+// applies to decode() / decode_text() and to a token_stream_decoder that starts a
+// sequence. One deliberate difference from the library: a run of <0xNN> byte tokens that is
+// not valid UTF-8 gets one U+FFFD per maximal ill-formed subpart (as streaming can know
+// it), not one per token.
+//
 // Thread safety: a tokenizer is an immutable, cheaply copyable handle (shared state).
 // encode() may be called from many threads at once: the only mutable state is the
 // word -> ids cache, split in shards that each have their own mutex.
