@@ -259,6 +259,7 @@ void admit_to(batcher_actor* self, int best, enqueue_msg& m, int32_t n) {
   a.generated = std::move(m.generated);
   a.max_tokens = m.max_tokens;
   a.sampling = m.sampling;
+  a.stop_ids = std::move(m.stop_ids);
   a.attempt = m.attempt;
   self->send(w.handle, std::move(a));
 }

@@ -39,7 +39,7 @@ using relink_atom = caf::atom_constant<caf::atom("irelink")>;      // node link 
 // compare it in their handshake (which uses only built-in types, so it always decodes)
 // and refuse each other on a mismatch: CAF 0.17 would otherwise deliver unknown or
 // changed types as empty messages. Bump it whenever a crossing message changes.
-constexpr uint32_t wire_protocol_version = 1;
+constexpr uint32_t wire_protocol_version = 2;  // 2: stop ids on admit, stop flag on token
 
 // sampling_params without floats on the wire.
 struct wire_sampling {
@@ -75,6 +75,7 @@ struct enqueue_msg {
   std::vector<int32_t> generated;
   int32_t max_tokens = 0;
   wire_sampling sampling;
+  std::vector<int32_t> stop_ids;  // EOS ids (unless ignore_eos) and the request's stop_token_ids
   bool resume = false;
   int64_t timeout_ms = 0;  // time left until the request's deadline (0: none): admission checks it
   uint32_t attempt = 0;    // bumped by every (re)submission: tokens of an older attempt are dropped
@@ -82,7 +83,7 @@ struct enqueue_msg {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, enqueue_msg& x) {
   return f(caf::meta::type_name("infer.enqueue"), x.id, x.request, x.prio, x.prompt, x.generated, x.max_tokens,
-           x.sampling, x.resume, x.timeout_ms, x.attempt);
+           x.sampling, x.stop_ids, x.resume, x.timeout_ms, x.attempt);
 }
 
 // batcher -> request: accepted into the queue, or rejected (code: infer::error_code).
@@ -130,16 +131,18 @@ struct admit_msg {
   std::vector<int32_t> generated;
   int32_t max_tokens = 0;
   wire_sampling sampling;
+  std::vector<int32_t> stop_ids;  // the worker's scheduler ends the sequence on one of these
   uint32_t attempt = 0;  // echoed in every token_msg
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, admit_msg& x) {
   return f(caf::meta::type_name("infer.admit"), x.id, x.request, x.prompt, x.generated, x.max_tokens, x.sampling,
-           x.attempt);
+           x.stop_ids, x.attempt);
 }
 
 // worker -> request (crosses nodes): one sampled token. `last`: the worker ended
-// the sequence (max_tokens or context limit) and freed its blocks. `attempt`: that of
+// the sequence (max_tokens, context limit or a stop id) and freed its blocks; `stop`:
+// it ended because this token is a stop id (finish reason stop, its text not shown). `attempt`: that of
 // the admission; a worker cut off from the front (a hung node taken back) may still
 // send tokens of a sequence that was resumed elsewhere: the request drops them.
 struct token_msg {
@@ -147,11 +150,12 @@ struct token_msg {
   int32_t index = 0;
   int32_t token = -1;
   bool last = false;
+  bool stop = false;
   uint32_t attempt = 0;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, token_msg& x) {
-  return f(caf::meta::type_name("infer.token"), x.id, x.index, x.token, x.last, x.attempt);
+  return f(caf::meta::type_name("infer.token"), x.id, x.index, x.token, x.last, x.stop, x.attempt);
 }
 
 // worker -> batcher (crosses nodes): announces a worker that is ready to run.

@@ -31,6 +31,7 @@ struct request_state {
 
   std::vector<int32_t> prompt;
   std::vector<int32_t> tokens;
+  std::vector<int32_t> stop_ids;  // the worker ends the sequence on these (EOS unless ignored, stop_token_ids)
   uint32_t attempt = 0;  // of the latest enqueue_msg; tokens must carry it
   utf8_stream_decoder dec;
   std::string held;  // decoded text not yet streamed: it may be the start of a stop string
@@ -127,6 +128,7 @@ void send_enqueue(request_actor* self, bool resume) {
   m.generated = st.tokens;
   m.max_tokens = st.req.max_tokens;
   m.sampling = wire_sampling::from(st.req.sampling);
+  m.stop_ids = st.stop_ids;
   m.resume = resume;
   m.attempt = ++st.attempt;
   const int64_t limit = st.req.timeout_ms > 0 ? st.req.timeout_ms : st.core->cfg.default_timeout_ms;
@@ -193,6 +195,14 @@ status validate(request_state& st) {
   if (!(r.sampling.top_p > 0.0f && r.sampling.top_p <= 1.0f)) return bad("top_p: must be in (0, 1]");
   if (r.sampling.top_k < 0) return bad("top_k: must be >= 0");
   if (r.timeout_ms < 0) return bad("timeout_ms: must be >= 0");
+  st.stop_ids.clear();
+  if (!r.ignore_eos) st.stop_ids = st.core->eos_ids;
+  for (int32_t t : r.stop_token_ids) {
+    if (t < 0 || t >= st.core->n_vocab)
+      return bad("stop_token_ids: id " + std::to_string(t) + " outside the vocabulary [0, " +
+                 std::to_string(st.core->n_vocab) + ")");
+    if (std::find(st.stop_ids.begin(), st.stop_ids.end(), t) == st.stop_ids.end()) st.stop_ids.push_back(t);
+  }
   return status::ok();
 }
 
@@ -212,8 +222,10 @@ void on_token(request_actor* self, const token_msg& m) {
   st.tokens.push_back(m.token);
 
   st.piece.clear();
-  st.dec.push(st.core->tok.token_bytes(m.token), st.piece);
-  st.held += st.piece;
+  if (!m.stop) {  // a stop id's own text (an EOS's "<|endoftext|>") is never returned
+    st.dec.push(st.core->tok.token_bytes(m.token), st.piece);
+    st.held += st.piece;
+  }
   if (m.last) st.dec.flush(st.held);
 
   event e;
@@ -235,7 +247,7 @@ void on_token(request_actor* self, const token_msg& m) {
   e.text = st.held.substr(0, st.held.size() - keep);
   st.held.erase(0, st.held.size() - keep);
   emit(self, e);
-  if (m.last) finish(self, make_done(finish_reason::length));
+  if (m.last) finish(self, make_done(m.stop ? finish_reason::stop : finish_reason::length));
 }
 
 caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t id, generate_request req,

@@ -35,6 +35,8 @@ struct service_hooks {
   // the primary workers' engines.
   backend_factory make_fallback_backend;
   tokenizer tok;                 // default: byte level
+  // End-of-sequence ids. Empty: the tokenizer's end-of-text id, if it has one.
+  std::vector<int32_t> eos_ids;
   int32_t n_ctx = 0;             // the engine's context and vocabulary, for validation
   int32_t n_vocab = 0;
   std::string model_id;          // what a front and a worker node compare before working together
@@ -48,6 +50,7 @@ struct live_request {
 struct service_core {
   service_config cfg;
   tokenizer tok;
+  std::vector<int32_t> eos_ids;  // every sequence stops at these unless its request ignores them
   int32_t n_ctx = 0;
   int32_t n_vocab = 0;
   metrics stats;

@@ -3,6 +3,8 @@
 #include "actors/service.hpp"
 
 #include <chrono>
+#include <fstream>
+#include <sstream>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -16,6 +18,7 @@
 #include "engine/cpu-backend.hpp"
 #include "engine/model-weights.hpp"
 #include "supervision/circuit-breaker.hpp"
+#include "template/jinja.hpp"
 
 #ifdef INFER_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -123,6 +126,7 @@ class service_impl final : public service {
   }
 
   const tokenizer& tok() const override { return core_->tok; }
+  std::vector<int32_t> eos_ids() const override { return core_->eos_ids; }
   int32_t n_ctx() const override { return core_->n_ctx; }
   bool ready() const override { return not_ready_reason().empty(); }
   std::string not_ready_reason() const override {
@@ -311,11 +315,39 @@ status prepare_core(service_core& core) {
 }
 
 
+// --chat-template FILE replaces the model's templates; then every template must parse, so
+// that one using something the interpreter lacks stops the start-up with its line instead
+// of failing the first chat request.
+status apply_chat_template(const service_config& cfg, tokenizer& tok) {
+  if (!cfg.chat_template.empty()) {
+    std::ifstream f(cfg.chat_template, std::ios::binary);
+    if (!f) return make_status(errc::io_error, "model.chat_template: cannot read " + cfg.chat_template);
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    tokenizer_info info = tok.info();
+    info.chat_templates = {{"default", ss.str()}};
+    info.files.push_back(cfg.chat_template);
+    tok = tok.with_info(std::move(info));
+  }
+  for (const auto& e : tok.info().chat_templates) {
+    auto t = jinja::jinja_template::parse(e.source, "chat template \"" + e.name + "\"");
+    if (!t)
+      return make_status(errc::invalid_argument,
+                         (cfg.chat_template.empty() ? std::string("the model's ") : cfg.chat_template + ": ") +
+                             t.error().message);
+  }
+  return status::ok();
+}
+
 result<service_core_ptr> make_core(const service_config& cfg, const service_hooks& hooks) {
   if (!hooks.make_backend) return make_status(errc::invalid_argument, "service_hooks: make_backend is empty");
   auto core = std::make_shared<service_core>();
   core->cfg = cfg;
   core->tok = hooks.tok;
+  if (status s = apply_chat_template(cfg, core->tok); !s) return s;
+  core->eos_ids = hooks.eos_ids;
+  if (core->eos_ids.empty()) core->eos_ids = hooks.tok.eos_ids();
+  if (core->eos_ids.empty() && hooks.tok.eot() >= 0) core->eos_ids.push_back(hooks.tok.eot());
   core->n_ctx = hooks.n_ctx;
   core->n_vocab = hooks.n_vocab > 0 ? hooks.n_vocab : hooks.tok.n_vocab();
   core->make_backend = hooks.make_backend;

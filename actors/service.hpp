@@ -67,6 +67,11 @@ struct generate_request {
   int32_t max_tokens = 16;
   sampling_params sampling;
   std::vector<std::string> stop;       // stop sequences, matched on generated text
+  // Token ids that end the sequence where it is generated (finish reason stop; the id is
+  // counted in completion_tokens, as vLLM does, but its text is not returned): the
+  // model's end-of-sequence ids unless ignore_eos, and stop_token_ids.
+  bool ignore_eos = false;
+  std::vector<int32_t> stop_token_ids;
   priority prio = priority::normal;
   int64_t timeout_ms = 0;              // 0: the service default
 };
@@ -131,6 +136,8 @@ class service {
   virtual completion generate(generate_request req) = 0;
 
   virtual const tokenizer& tok() const = 0;
+  // The model's end-of-sequence ids: generation stops at any of them (unless ignore_eos).
+  virtual std::vector<int32_t> eos_ids() const { return {}; }
   virtual int32_t n_ctx() const = 0;
   virtual bool ready() const = 0;  // a request sent now can be served: a worker up, its breaker not open
   // Why not ready(), for GET /readyz: "draining", "no worker running", "no healthy worker: ...";

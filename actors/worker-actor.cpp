@@ -165,6 +165,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         s.generated = std::move(m.generated);
         s.max_tokens = m.max_tokens;
         s.sampling = m.sampling.to();
+        s.stop_ids = std::move(m.stop_ids);
         status ok = st.sched ? st.sched->add(std::move(s)) : make_status(errc::internal, "worker not ready");
         if (!ok) {
           report(self, 0, 0, 0, 0, {});
@@ -213,7 +214,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         for (const auto& r : st.results) {
           auto it = st.requests.find(r.id);
           if (it == st.requests.end()) continue;
-          self->send(it->second.request, token_msg{r.id, r.index, r.token, r.finished, it->second.attempt});
+          self->send(it->second.request, token_msg{r.id, r.index, r.token, r.finished, r.stopped, it->second.attempt});
           if (r.finished) {
             left.push_back(r.id);
             st.requests.erase(it);

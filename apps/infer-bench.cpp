@@ -232,8 +232,10 @@ class bench {
 
  private:
   std::string make_frame(int idx) {
+    // ignore_eos: every request generates max_tokens (as vLLM's benchmarks do), so runs
+    // compare whatever the model's end-of-sequence choices.
     json f = {{"type", "generate"}, {"id", fmt::format("b{}", idx)}, {"max_tokens", o_.max_tokens},
-              {"temperature", o_.temperature}, {"seed", o_.seed + uint64_t(idx)}};
+              {"temperature", o_.temperature}, {"seed", o_.seed + uint64_t(idx)}, {"ignore_eos", true}};
     if (!o_.prompt.empty()) {
       f["prompt"] = o_.prompt;
     } else {

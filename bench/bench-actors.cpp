@@ -48,6 +48,7 @@ std::vector<generate_request> make_tasks(int n, int prompt_len, int new_tokens) 
       r.prompt_tokens.push_back(int32_t(x % 256));
     }
     r.max_tokens = new_tokens;
+    r.ignore_eos = true;  // the measured token count does not depend on where EOS falls
     tasks.push_back(std::move(r));
   }
   return tasks;

@@ -29,6 +29,7 @@ const value_flag k_flags[] = {
     {"--seed", "model.model_seed", "seed of synthetic weights", nullptr, false},
     {"--tokenizer-dir", "model.tokenizer_dir", "tokenizer folder (tokenizer.json, or vocab.json + merges.txt) or builtin:NAME", nullptr, true},
     {"--max-model-len", "model.max_model_len", "context served, capped by the model's max_position_embeddings (0: the model's)", nullptr, false},
+    {"--chat-template", "model.chat_template", "Jinja file replacing the model's chat template", nullptr, true},
     {"--backend", "backend.backend", "auto|cpu|cuda", nullptr, true},
     {"--dtype", "backend.dtype", "auto|bf16|fp16: the CUDA backend's weights/activations (auto: the checkpoint's torch_dtype; GPT-2 fp16)", nullptr, true},
     {"--workers", "backend.workers", "engine instances (1..64)", nullptr, false},

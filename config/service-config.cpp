@@ -45,6 +45,7 @@ const key_def k_keys[] = {
     {"model", "model_seed", &service_config::model_seed},
     {"model", "tokenizer_dir", &service_config::tokenizer_dir},
     {"model", "max_model_len", &service_config::max_model_len},
+    {"model", "chat_template", &service_config::chat_template},
 
     {"backend", "backend", &service_config::backend},
     {"backend", "dtype", &service_config::dtype},

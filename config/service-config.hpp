@@ -17,6 +17,7 @@ struct service_config {
   uint64_t model_seed = 1234;            // synthetic weights
   std::string tokenizer_dir;             // empty: beside the model, or the built-in one
   int32_t max_model_len = 0;             // context served: min(max_position_embeddings, this); 0: the model's
+  std::string chat_template;             // a Jinja file replacing the model's chat template(s)
 
   // [backend]
   std::string backend = "auto";  // auto | cpu | cuda

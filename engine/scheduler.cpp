@@ -13,6 +13,7 @@ struct scheduler::sequence {
   int32_t n_prompt = 0;
   int32_t max_tokens = 0;
   sampling_params sampling;
+  std::vector<int32_t> stop_ids;  // few (the EOS ids, a request's stop_token_ids): a linear scan
   int32_t n_cached = 0;         // tokens whose K/V are in `blocks`
   std::vector<int32_t> blocks;  // block table
   uint64_t scheduled_at = 0;    // step_no_ of the last step that included it
@@ -61,6 +62,7 @@ status scheduler::add(seq_spec s) {
   seq->n_prompt = n_prompt;
   seq->max_tokens = s.max_tokens;
   seq->sampling = s.sampling;
+  seq->stop_ids = std::move(s.stop_ids);
   seq->blocks.reserve(size_t(max_blocks_));
   waiting_.push_back(seq.get());
   seqs_.emplace(s.id, std::move(seq));
@@ -201,7 +203,8 @@ void scheduler::on_step_done(const step_output& out, std::vector<seq_result>& re
     r.id = s->id;
     r.index = s->n_generated() - 1;
     r.token = tok;
-    r.finished = s->n_generated() >= s->max_tokens || s->n_tokens() >= cfg_.n_ctx;
+    r.stopped = std::find(s->stop_ids.begin(), s->stop_ids.end(), tok) != s->stop_ids.end();
+    r.finished = r.stopped || s->n_generated() >= s->max_tokens || s->n_tokens() >= cfg_.n_ctx;
     results.push_back(r);
     if (r.finished) release(s);
   }
@@ -228,6 +231,7 @@ std::vector<seq_spec> scheduler::drain() {
     sp.generated.assign(s->tokens.begin() + s->n_prompt, s->tokens.end());
     sp.max_tokens = s->max_tokens;
     sp.sampling = s->sampling;
+    sp.stop_ids = s->stop_ids;
     outv.push_back(std::move(sp));
   };
   for (sequence* s : running_) take(s);

@@ -16,8 +16,11 @@
 // the resumed output identical. A sequence is never dropped for lack of memory.
 //
 // The scheduler ends a sequence at max_tokens or at the context limit (finish reason
-// length). Stop strings need the detokenized text: the request actor matches them and
-// cancels the sequence, which frees its blocks at once (cancel()).
+// length), and when it samples one of the sequence's stop ids (the model's end-of-sequence
+// ids unless the request ignores them, plus its stop_token_ids: finish reason stop). Both
+// free the blocks in the same on_step_done() that produced the last token, on whichever
+// node the worker runs. Stop strings need the detokenized text: the request actor matches
+// them and cancels the sequence, which frees its blocks at once (cancel()).
 //
 // Protocol: schedule() -> the backend runs the batch -> on_step_done(out) (or
 // on_step_failed()) -> schedule() ... add() and cancel() may be called at any time,
@@ -51,6 +54,7 @@ struct seq_spec {
   std::vector<int32_t> generated;  // already generated (a resumed sequence)
   int32_t max_tokens = 16;         // generated tokens in all, `generated` included
   sampling_params sampling;
+  std::vector<int32_t> stop_ids;   // sampling one of these ends the sequence (it is its last token)
 };
 
 // One sampled token of one sequence.
@@ -58,7 +62,8 @@ struct seq_result {
   uint64_t id = 0;
   int32_t index = 0;  // position among the generated tokens, 0-based
   int32_t token = -1;
-  bool finished = false;  // the last token: max_tokens or the context limit reached
+  bool finished = false;  // the last token: max_tokens, the context limit or a stop id
+  bool stopped = false;   // finished because `token` is one of the sequence's stop ids
 };
 
 class scheduler {

@@ -57,9 +57,12 @@ const net::protocol_limits& limits(bool tight) {
   return tight ? small : loose;
 }
 
-bool check_request(const generate_request& r, const net::protocol_limits& lim) {
-  if (r.prompt.empty() && r.prompt_tokens.empty()) return fail("accepted an empty prompt");
-  if (lim.encode && r.prompt_tokens.empty()) return fail("text prompt left unencoded");
+// chat: the prompt comes later, from the chat template (messages were checked instead).
+bool check_request(const generate_request& r, const net::protocol_limits& lim, bool chat = false) {
+  if (!chat && r.prompt.empty() && r.prompt_tokens.empty()) return fail("accepted an empty prompt");
+  if (!chat && lim.encode && r.prompt_tokens.empty()) return fail("text prompt left unencoded");
+  for (int32_t t : r.stop_token_ids)
+    if (t < 0 || t >= lim.n_vocab) return fail("stop token id outside the vocabulary", std::to_string(t));
   for (int32_t t : r.prompt_tokens)
     if (t < 0 || t >= lim.n_vocab) return fail("token id outside the vocabulary", std::to_string(t));
   if (int64_t(r.prompt_tokens.size()) >= lim.n_ctx) return fail("prompt leaves no room in the context");
@@ -98,7 +101,13 @@ bool protocol_command(std::string_view text, const net::protocol_limits& lim) {
   // The id came out of a JSON string, so it is valid UTF-8 and must come back unchanged.
   if (!frame["id"].is_string() || frame["id"].get<std::string>() != id) return fail("id not echoed verbatim");
   if (auto* gen = std::get_if<net::generate_command>(&cmd)) {
-    if (!check_request(gen->request, lim)) return false;
+    if (!check_request(gen->request, lim, gen->chat.has_value())) return false;
+    if (gen->chat) {
+      const auto& msgs = gen->chat->vars["messages"];
+      if (!msgs.is_array() || msgs.empty()) return fail("chat accepted without messages");
+      for (const auto& m : msgs)
+        if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) return fail("chat message without a role");
+    }
     std::string out;
     net::token_frame(out, id, 0, 0, gen->request.prompt);
     if (!json_object(out)) return fail("token frame is not a JSON object");

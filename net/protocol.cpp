@@ -133,6 +133,12 @@ std::optional<std::string> get_sampling(const json& o, const protocol_limits& li
   r.sampling.top_p = float(d);
   if (auto e = get_u64(o, "seed", r.sampling.seed)) return e;
   if (auto e = get_stop(o, lim, r.stop)) return e;
+  if (auto e = get_bool(o, "ignore_eos", r.ignore_eos)) return e;
+  if (!absent(o, "stop_token_ids")) {
+    if (auto e = check_token_ids(o.at("stop_token_ids"), "stop_token_ids", lim.n_vocab, r.stop_token_ids)) return e;
+    if (r.stop_token_ids.size() > lim.max_stop_token_ids)
+      return fmt::format("stop_token_ids: at most {} ids, got {}", lim.max_stop_token_ids, r.stop_token_ids.size());
+  }
   return std::nullopt;
 }
 
@@ -165,6 +171,94 @@ std::optional<json> parse_json(std::string_view text, std::string& err) {
 }
 
 std::string fmt_ms(double v) { return fmt::format("{:.3f}", v); }
+
+using ojson = nlohmann::ordered_json;
+
+// The body again with its keys in the client's order, for the chat template (a
+// template's tojson prints tools and arguments in that order, as Python's would).
+std::optional<ojson> parse_ordered(std::string_view text, std::string& err) {
+  try {
+    return ojson::parse(text.begin(), text.end());
+  } catch (const std::exception&) {
+    err = "not valid JSON";
+  }
+  return std::nullopt;
+}
+
+bool o_absent(const ojson& o, const char* key) {
+  auto it = o.find(key);
+  return it == o.end() || it->is_null();
+}
+
+std::optional<std::string> o_get_bool(const ojson& o, const char* key, bool& out) {
+  if (o_absent(o, key)) return std::nullopt;
+  if (!o.at(key).is_boolean()) return fmt::format("{}: must be true or false", key);
+  out = o.at(key).get<bool>();
+  return std::nullopt;
+}
+
+// messages (+ tools, chat_template_kwargs, add_generation_prompt, continue_final_message)
+// into the chat template's variables. agp_default: add_generation_prompt when absent.
+std::optional<std::string> get_chat_input(const ojson& o, bool agp_default, chat_input& in) {
+  if (o_absent(o, "messages")) return "messages: missing";
+  const ojson& msgs = o.at("messages");
+  if (!msgs.is_array() || msgs.empty()) return "messages: must be a non-empty array";
+  ojson out = ojson::array();
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    const ojson& m = msgs[i];
+    if (!m.is_object()) return fmt::format("messages[{}]: must be an object", i);
+    auto role = m.find("role");
+    if (role == m.end() || !role->is_string() || role->get_ref<const std::string&>().empty())
+      return fmt::format("messages[{}].role: missing (a string such as \"user\")", i);
+    ojson msg = m;
+    auto c = m.find("content");
+    if (c != m.end() && c->is_array()) {
+      std::string text;
+      for (size_t k = 0; k < c->size(); ++k) {
+        const ojson& part = (*c)[k];
+        if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
+          return fmt::format("messages[{}].content[{}]: must be a {{\"type\": ...}} part", i, k);
+        const auto& type = part["type"].get_ref<const std::string&>();
+        if (type != "text")
+          return fmt::format("messages[{}].content[{}].type: only \"text\" parts are supported, got \"{}\"", i, k, type);
+        if (!part.contains("text") || !part["text"].is_string())
+          return fmt::format("messages[{}].content[{}].text: must be a string", i, k);
+        if (k) text += "\n";
+        text += part["text"].get_ref<const std::string&>();
+      }
+      msg["content"] = text;
+    } else if (c != m.end() && !c->is_string() && !c->is_null()) {
+      return fmt::format("messages[{}].content: must be a string, null or an array of text parts", i);
+    }
+    out.push_back(std::move(msg));
+  }
+  ojson vars = ojson::object();
+  vars["messages"] = std::move(out);
+  if (!o_absent(o, "tools")) {
+    if (!o.at("tools").is_array()) return "tools: must be an array";
+    if (!o.at("tools").empty()) vars["tools"] = o.at("tools");
+  }
+  bool agp = agp_default;
+  if (auto e = o_get_bool(o, "add_generation_prompt", agp)) return e;
+  if (auto e = o_get_bool(o, "continue_final_message", in.continue_final_message)) return e;
+  if (in.continue_final_message) {
+    if (!o_absent(o, "add_generation_prompt") && agp)
+      return "continue_final_message and add_generation_prompt: at most one of them can be true";
+    agp = false;
+  }
+  vars["add_generation_prompt"] = agp;
+  if (!o_absent(o, "chat_template_kwargs")) {
+    const ojson& kw = o.at("chat_template_kwargs");
+    if (!kw.is_object()) return "chat_template_kwargs: must be an object";
+    for (auto it = kw.begin(); it != kw.end(); ++it) {
+      if (it.key() == "messages" || it.key() == "tools")
+        return fmt::format("chat_template_kwargs.{}: give it at the top level", it.key());
+      vars[it.key()] = it.value();
+    }
+  }
+  in.vars = std::move(vars);
+  return std::nullopt;
+}
 
 }  // namespace
 
@@ -200,10 +294,18 @@ command parse_command(std::string_view frame, const protocol_limits& lim) {
   cmd.id = *id;
   generate_request& r = cmd.request;
   r.sampling = sampling_params{};  // temperature 0: greedy unless asked
-  bool has_text = !absent(o, "prompt"), has_ids = !absent(o, "prompt_tokens");
-  if (has_text && has_ids) return invalid_request{id, "prompt and prompt_tokens: give one, not both"};
-  if (!has_text && !has_ids) return invalid_request{id, "prompt: missing (or prompt_tokens)"};
-  if (has_text) {
+  bool has_text = !absent(o, "prompt"), has_ids = !absent(o, "prompt_tokens"), has_msgs = !absent(o, "messages");
+  if (int(has_text) + int(has_ids) + int(has_msgs) > 1)
+    return invalid_request{id, "prompt, prompt_tokens and messages: give one of them"};
+  if (!has_text && !has_ids && !has_msgs) return invalid_request{id, "prompt: missing (or prompt_tokens, or messages)"};
+  if (has_msgs) {
+    std::string err2;
+    auto od = parse_ordered(frame, err2);
+    if (!od) return invalid_request{id, "frame is " + err2};
+    chat_input in;
+    if (auto e = get_chat_input(*od, true, in)) return invalid_request{id, *e};
+    cmd.chat = std::move(in);
+  } else if (has_text) {
     const json& p = o.at("prompt");
     if (!p.is_string()) return invalid_request{id, "prompt: must be a string"};
     r.prompt = p.get<std::string>();
@@ -226,7 +328,8 @@ command parse_command(std::string_view frame, const protocol_limits& lim) {
   int64_t t = 0;
   if (auto e = get_int(o, "timeout_ms", 0, 24LL * 3600 * 1000, t)) return invalid_request{id, *e};
   r.timeout_ms = t;
-  if (auto e = finish_prompt(lim, r)) return invalid_request{id, *e};
+  if (!cmd.chat)
+    if (auto e = finish_prompt(lim, r)) return invalid_request{id, *e};
   return cmd;
 }
 
@@ -493,7 +596,152 @@ std::string openai_usage_chunk_json(std::string_view cmpl_id, int64_t created, s
   return out;
 }
 
+// ---- OpenAI chat completions ------------------------------------------------------------
+
+std::variant<chat_command, invalid_request> parse_chat_request(std::string_view body, const protocol_limits& lim) {
+  std::string err;
+  auto doc = parse_json(body, err);
+  if (!doc) return invalid_request{std::nullopt, "body is " + err};
+  const json& o = *doc;
+  if (!o.is_object()) return invalid_request{std::nullopt, "body must be a JSON object"};
+  chat_command cmd;
+  generate_request& r = cmd.request;
+  r.sampling = sampling_params{};
+  r.sampling.temperature = 1.0f;  // OpenAI's default
+  if (absent(o, "messages")) return invalid_request{std::nullopt, "messages: missing"};
+  if (!absent(o, "prompt")) return invalid_request{std::nullopt, "prompt: not a chat field (use messages, or /v1/completions)"};
+  if (auto e = get_sampling(o, lim, r)) return invalid_request{std::nullopt, *e};
+  int64_t i = 0;
+  if (!absent(o, "max_completion_tokens")) {  // OpenAI's newer name wins over max_tokens
+    if (auto e = get_int(o, "max_completion_tokens", 1, lim.max_tokens_limit, i)) return invalid_request{std::nullopt, *e};
+    r.max_tokens = int32_t(i);
+  }
+  int64_t n = 1;
+  if (auto e = get_int(o, "n", 1, 1, n)) return invalid_request{std::nullopt, *e + " (one choice per request)"};
+  for (const char* key : {"logprobs"}) {
+    bool b = false;
+    if (auto e = get_bool(o, key, b)) return invalid_request{std::nullopt, *e};
+    if (b) return invalid_request{std::nullopt, fmt::format("{}: not supported", key)};
+  }
+  if (!absent(o, "top_logprobs")) return invalid_request{std::nullopt, "top_logprobs: not supported"};
+  if (!absent(o, "response_format")) {
+    const json& rf = o.at("response_format");
+    if (!(rf.is_object() && rf.value("type", "") == "text"))
+      return invalid_request{std::nullopt, "response_format: only {\"type\": \"text\"} is supported"};
+  }
+  if (!absent(o, "tool_choice")) {
+    const json& tc = o.at("tool_choice");
+    if (!(tc.is_string() && (tc.get<std::string>() == "none" || tc.get<std::string>() == "auto")))
+      return invalid_request{std::nullopt,
+                             "tool_choice: only \"none\" and \"auto\" are supported (tool calls come back as text)"};
+  }
+  if (auto e = get_bool(o, "stream", cmd.stream)) return invalid_request{std::nullopt, *e};
+  if (!absent(o, "stream_options")) {
+    const json& so = o.at("stream_options");
+    if (!so.is_object()) return invalid_request{std::nullopt, "stream_options: must be an object"};
+    if (auto e = get_bool(so, "include_usage", cmd.include_usage)) return invalid_request{std::nullopt, *e};
+  }
+  if (!absent(o, "model")) {
+    if (!o.at("model").is_string()) return invalid_request{std::nullopt, "model: must be a string"};
+    cmd.model = o.at("model").get<std::string>();
+  }
+  cmd.seeded = !absent(o, "seed");
+  auto od = parse_ordered(body, err);
+  if (!od) return invalid_request{std::nullopt, "body is " + err};
+  if (auto e = get_chat_input(*od, true, cmd.chat)) return invalid_request{std::nullopt, *e};
+  return cmd;
+}
+
+namespace {
+void append_chat_head(std::string& out, std::string_view id, int64_t created, std::string_view model, bool chunk) {
+  out += R"({"id":)";
+  append_json_string(out, id);
+  fmt::format_to(std::back_inserter(out), R"(,"object":"{}","created":{},"model":)",
+                 chunk ? "chat.completion.chunk" : "chat.completion", created);
+  append_json_string(out, model);
+}
+void append_usage(std::string& out, const event& done) {
+  fmt::format_to(std::back_inserter(out), R"("usage":{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{}}})",
+                 done.prompt_tokens, done.completion_tokens, done.prompt_tokens + done.completion_tokens);
+}
+}  // namespace
+
+std::string openai_chat_json(std::string_view id, int64_t created, std::string_view model, std::string_view text,
+                             const event& done) {
+  std::string out;
+  append_chat_head(out, id, created, model, false);
+  out += R"(,"choices":[{"index":0,"message":{"role":"assistant","content":)";
+  append_json_string(out, text);
+  fmt::format_to(std::back_inserter(out), R"(}},"logprobs":null,"finish_reason":"{}"}}],)", openai_finish(done.reason));
+  append_usage(out, done);
+  append_degradation(out, done);
+  out.push_back('}');
+  return out;
+}
+
+std::string openai_chat_chunk_json(std::string_view id, int64_t created, std::string_view model, bool role,
+                                   std::string_view text, const char* finish) {
+  std::string out;
+  append_chat_head(out, id, created, model, true);
+  out += R"(,"choices":[{"index":0,"delta":{)";
+  if (role) out += R"("role":"assistant",)";
+  if (!finish) {
+    out += R"("content":)";
+    append_json_string(out, text);
+  } else if (role) {
+    out.pop_back();
+  }
+  out += R"(},"logprobs":null,"finish_reason":)";
+  if (finish) fmt::format_to(std::back_inserter(out), R"("{}")", finish);
+  else out += "null";
+  out += "}]}";
+  return out;
+}
+
+std::string openai_chat_final_chunk_json(std::string_view id, int64_t created, std::string_view model,
+                                         const event& done) {
+  std::string out = openai_chat_chunk_json(id, created, model, false, "", openai_finish(done.reason));
+  out.pop_back();
+  append_degradation(out, done);
+  out.push_back('}');
+  return out;
+}
+
+std::string openai_chat_usage_chunk_json(std::string_view id, int64_t created, std::string_view model,
+                                         const event& done) {
+  std::string out;
+  append_chat_head(out, id, created, model, true);
+  out += R"(,"choices":[],)";
+  append_usage(out, done);
+  out.push_back('}');
+  return out;
+}
+
 // ---- vLLM tokenize / detokenize -----------------------------------------------------------
+
+std::variant<tokenize_command, invalid_request> parse_tokenize_command(std::string_view body) {
+  std::string err;
+  auto doc = parse_ordered(body, err);
+  if (!doc) return invalid_request{std::nullopt, "body is " + err};
+  const ojson& o = *doc;
+  if (!o.is_object()) return invalid_request{std::nullopt, "body must be a JSON object"};
+  tokenize_command cmd;
+  const bool has_msgs = !o_absent(o, "messages");
+  const char* key = !o_absent(o, "prompt") ? "prompt" : !o_absent(o, "text") ? "text" : nullptr;
+  if (has_msgs && key) return invalid_request{std::nullopt, fmt::format("{} and messages: give one, not both", key)};
+  if (!has_msgs && !key) return invalid_request{std::nullopt, "prompt: missing (or messages)"};
+  cmd.add_special_tokens = !has_msgs;  // vLLM: a chat template writes its own BOS
+  if (auto e = o_get_bool(o, "add_special_tokens", cmd.add_special_tokens)) return invalid_request{std::nullopt, *e};
+  if (has_msgs) {
+    chat_input in;
+    if (auto e = get_chat_input(o, true, in)) return invalid_request{std::nullopt, *e};
+    cmd.chat = std::move(in);
+    return cmd;
+  }
+  if (!o.at(key).is_string()) return invalid_request{std::nullopt, fmt::format("{}: must be a string", key)};
+  cmd.prompt = o.at(key).get<std::string>();
+  return cmd;
+}
 
 std::variant<std::string, invalid_request> parse_tokenize_request(std::string_view body) {
   std::string err;

@@ -7,6 +7,9 @@
 //   OpenAI completions (POST /v1/completions):
 //     body --parse_completion_request--> completion_command | invalid_request
 //     events --openai_*_json--> response body / SSE chunks
+//   OpenAI chat completions (POST /v1/chat/completions):
+//     body --parse_chat_request--> chat_command (template variables) | invalid_request
+//     the chat template (net/chat.hpp) turns the variables into the prompt, off the io threads
 //   vLLM tokenize / detokenize bodies.
 #pragma once
 #include <cstdint>
@@ -17,6 +20,8 @@
 #include <string_view>
 #include <variant>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "actors/service.hpp"
 
@@ -31,6 +36,7 @@ struct protocol_limits {
   size_t max_id_bytes = 128;
   size_t max_stop = 16;         // stop sequences per request
   size_t max_stop_bytes = 256;  // bytes per stop sequence
+  size_t max_stop_token_ids = 64;
   // Turns a text prompt into ids so that its length is checked here and the service
   // receives ids. Empty: text prompts are passed on as text, unchecked.
   std::function<std::vector<int32_t>(std::string_view)> encode;
@@ -40,9 +46,21 @@ struct protocol_limits {
   size_t max_token_bytes = 0;
 };
 
+// The conversation of a chat request, as the chat template receives it (net/chat.hpp):
+// `vars` holds messages (each with a role; content a string: a list of text parts is
+// joined with "\n", as vLLM does for string-content templates), tools when given,
+// add_generation_prompt, and chat_template_kwargs' members at the top level (as
+// transformers passes them, e.g. Qwen3's enable_thinking). Key order is the client's
+// (tojson in templates keeps it).
+struct chat_input {
+  nlohmann::ordered_json vars = nlohmann::ordered_json::object();
+  bool continue_final_message = false;  // vLLM: the prompt ends inside the last (assistant) message
+};
+
 struct generate_command {
   std::string id;
   generate_request request;
+  std::optional<chat_input> chat;  // "messages" instead of a prompt: rendered before submission
 };
 struct cancel_command {
   std::string id;
@@ -105,9 +123,42 @@ std::string openai_final_chunk_json(std::string_view cmpl_id, int64_t created, s
 std::string openai_usage_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
                                     const event& done);
 
+// ---- OpenAI chat completions --------------------------------------------------------
+struct chat_command {
+  generate_request request;  // prompt left empty: the chat template makes it
+  chat_input chat;
+  bool stream = false;
+  bool include_usage = false;
+  std::string model;
+  bool seeded = false;
+};
+// messages, stream, stream_options, the sampling fields of completions, max_completion_tokens
+// (taking precedence over max_tokens), tools, tool_choice (none / auto: tool calls come back
+// as text), chat_template_kwargs, add_generation_prompt, continue_final_message.
+std::variant<chat_command, invalid_request> parse_chat_request(std::string_view body, const protocol_limits& lim);
+std::string openai_chat_json(std::string_view id, int64_t created, std::string_view model, std::string_view text,
+                             const event& done);
+// One chat.completion.chunk: `role` true puts the role in the delta (the first chunk);
+// finish is nullptr except on the last choice chunk (whose delta is empty).
+std::string openai_chat_chunk_json(std::string_view id, int64_t created, std::string_view model, bool role,
+                                   std::string_view text, const char* finish);
+std::string openai_chat_final_chunk_json(std::string_view id, int64_t created, std::string_view model,
+                                         const event& done);
+std::string openai_chat_usage_chunk_json(std::string_view id, int64_t created, std::string_view model,
+                                         const event& done);
+
 // ---- vLLM tokenize / detokenize -----------------------------------------------------
 // {"prompt":"..."} (also "text") -> the prompt text.
 std::variant<std::string, invalid_request> parse_tokenize_request(std::string_view body);
+// vLLM's two forms: {"prompt", "add_special_tokens": true} or {"messages",
+// "add_generation_prompt": true, "add_special_tokens": false, "tools", "chat_template_kwargs",
+// "continue_final_message"} (those defaults).
+struct tokenize_command {
+  std::string prompt;
+  bool add_special_tokens = true;
+  std::optional<chat_input> chat;
+};
+std::variant<tokenize_command, invalid_request> parse_tokenize_command(std::string_view body);
 std::string tokenize_response_json(std::span<const int32_t> tokens, int32_t n_ctx);
 // {"tokens":[...]} -> ids, each checked against n_vocab.
 std::variant<std::vector<int32_t>, invalid_request> parse_detokenize_request(std::string_view body,

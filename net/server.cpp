@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <boost/asio.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -33,6 +34,7 @@
 #include "actors/metrics.hpp"
 #include "actors/service.hpp"
 #include "engine/tokenizer.hpp"
+#include "net/chat.hpp"
 #include "net/protocol.hpp"
 #include "net/rate-limiter.hpp"
 #include "web/static-files.hpp"
@@ -74,6 +76,9 @@ struct server_state {
   // that cap is on. Touched at accept and when a connection's last session ends.
   std::mutex per_client_mu;
   std::unordered_map<std::string, int32_t> per_client;
+  // Chat templates (written once by attach() before svc is published; null: the model has
+  // none) rendered (and tokenized) on `blocking`: never an io thread.
+  std::shared_ptr<const chat_formatter> chat;
 
   std::chrono::milliseconds idle() const { return std::chrono::milliseconds(cfg.idle_timeout_ms); }
   std::chrono::milliseconds header_timeout() const { return std::chrono::milliseconds(cfg.header_timeout_ms); }
@@ -301,6 +306,8 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     int32_t next_index = 0;
     bool first_sent = false;  // its accepted (or the error ending it) is out
     int32_t duplicates = 0;   // generate frames with its id refused before that: answered after it
+    bool rendering = false;  // a chat request whose template runs on the render pool: not submitted yet
+    bool cancel_pending = false;
   };
 
   static std::string duplicate_frame(const std::string& id) {
@@ -397,7 +404,8 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     if (auto* c = std::get_if<cancel_command>(&cmd)) {
       // Idempotent: a request that already ended (or never existed) has nothing to cancel.
       auto it = live_.find(c->id);
-      if (it != live_.end() && svc) svc->cancel(it->second->rid);
+      if (it != live_.end() && it->second->rendering) it->second->cancel_pending = true;
+      else if (it != live_.end() && svc) svc->cancel(it->second->rid);
       return;
     }
     auto& g = std::get<generate_command>(cmd);
@@ -434,8 +442,59 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     auto lr = std::make_shared<live>();
     lr->id = g.id;
     live_.emplace(g.id, lr);
+    if (g.chat) return render_chat(lr, std::move(g));
     // Events are posted to this strand, so none is handled before rid is set.
     lr->rid = svc->submit(std::move(g.request), post_to(this->shared_from_this(), lr));
+  }
+
+  // `messages` instead of a prompt: the template runs on the render pool, the request is
+  // submitted back on this strand (it holds the live entry, so its id stays taken and it
+  // counts in flight meanwhile).
+  void render_chat(std::shared_ptr<live> lr, generate_command g) {
+    service* svc = st_.current();
+    auto tpl = st_.chat;
+    if (!tpl) {
+      live_.erase(lr->id);
+      count_rejection(svc, error_code::invalid_request);
+      send(error_frame(lr->id, error_code::invalid_request, no_chat_template_message()));
+      return;
+    }
+    lr->rendering = true;
+    auto job = std::make_shared<generate_command>(std::move(g));
+    const tokenizer* tok = &svc->tok();
+    asio::post(*st_.blocking, [self = this->shared_from_this(), lr, job, tpl, tok]() {
+      auto ids = tpl->render_tokens(*job->chat, *tok, false);
+      asio::post(self->executor(), [self, lr, job, ids = std::move(ids)]() mutable {
+        self->on_chat_rendered(lr, std::move(*job), std::move(ids));
+      });
+    });
+  }
+
+  void on_chat_rendered(const std::shared_ptr<live>& lr, generate_command g, result<std::vector<int32_t>> ids) {
+    lr->rendering = false;
+    auto it = live_.find(lr->id);
+    if (it == live_.end() || it->second != lr) return;
+    service* svc = st_.current();
+    std::string why;
+    if (!ids) why = ids.error().message;
+    else if (ids.value().empty()) why = "messages: the chat template made an empty prompt";
+    else if (int64_t(ids.value().size()) >= st_.limits.n_ctx)
+      why = fmt::format("messages: the prompt is {} tokens, longer than the context allows ({} tokens)",
+                        ids.value().size(), st_.limits.n_ctx);
+    if (closed_ || !svc) {  // the connection went away meanwhile: nothing was submitted
+      live_.erase(it);
+      return;
+    }
+    if (!why.empty()) {
+      spdlog::info("request id={} conn={} api=ws outcome=invalid_request message=\"{}\"", q(lr->id), conn_, q(why));
+      count_rejection(svc, error_code::invalid_request);
+      live_.erase(it);
+      send(error_frame(lr->id, error_code::invalid_request, why));
+      return;
+    }
+    g.request.prompt_tokens = std::move(ids.value());
+    lr->rid = svc->submit(std::move(g.request), post_to(this->shared_from_this(), lr));
+    if (lr->cancel_pending) svc->cancel(lr->rid);
   }
 
   void cancel_all() {
@@ -544,6 +603,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   // One OpenAI completion in progress on this connection (no pipelining meanwhile).
   struct completion_state {
     uint64_t rid = 0;
+    bool chat = false;  // /v1/chat/completions: chat.completion objects
     bool stream = false, include_usage = false, keep_alive = true, chunked = true;
     bool headers_sent = false, finished = false, client_gone = false;
     std::string cmpl_id, model, text;
@@ -552,11 +612,12 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
 
   void on_event(const std::shared_ptr<completion_state>& c, const event& e) {
     if (c != cur_) return;
-    if (e.terminal()) log_outcome(conn_, "openai", c->cmpl_id, c->rid, e);
+    if (e.terminal()) log_outcome(conn_, c->chat ? "chat" : "openai", c->cmpl_id, c->rid, e);
     if (c->client_gone) {
       if (e.terminal()) cur_.reset();
       return;
     }
+    if (c->chat) return on_chat_event(*c, e);
     switch (e.type) {
       case event::kind::accepted:
         if (c->stream) send_sse_headers(*c);
@@ -584,6 +645,41 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
           c->finished = true;
           respond(http::status(http_status(e.code)), openai_error_json(e.code, e.message, e.retry_after_ms),
                   "application/json", c->keep_alive, true, e.retry_after_ms);
+        }
+        break;
+    }
+  }
+
+  // The chat flavour of on_event: the role in the first delta, no empty content deltas.
+  void on_chat_event(completion_state& c, const event& e) {
+    switch (e.type) {
+      case event::kind::accepted:
+        if (c.stream) send_sse(c, openai_chat_chunk_json(c.cmpl_id, c.created, c.model, true, "", nullptr));
+        break;
+      case event::kind::token:
+        if (!c.stream) c.text += e.text;
+        else if (!e.text.empty())
+          send_sse(c, openai_chat_chunk_json(c.cmpl_id, c.created, c.model, false, e.text, nullptr));
+        break;
+      case event::kind::done:
+        if (c.stream) {
+          send_sse(c, openai_chat_final_chunk_json(c.cmpl_id, c.created, c.model, e));
+          if (c.include_usage) send_sse(c, openai_chat_usage_chunk_json(c.cmpl_id, c.created, c.model, e));
+          end_sse(c);
+        } else {
+          c.finished = true;
+          respond(http::status::ok, openai_chat_json(c.cmpl_id, c.created, c.model, c.text, e), "application/json",
+                  c.keep_alive, true);
+        }
+        break;
+      case event::kind::error:
+        if (c.stream && c.headers_sent) {
+          send_sse(c, openai_error_json(e.code, e.message));
+          end_sse(c);
+        } else {
+          c.finished = true;
+          respond(http::status(http_status(e.code)), openai_error_json(e.code, e.message, e.retry_after_ms),
+                  "application/json", c.keep_alive, true, e.retry_after_ms);
         }
         break;
     }
@@ -738,6 +834,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
       return respond(http::status::ok, std::move(body), "application/json", keep);
     }
     if (path == "/v1/completions" && post) return start_completion();
+    if (path == "/v1/chat/completions" && post) return start_chat();
     if ((path == "/tokenize" || path == "/detokenize") && post) {
       if (!svc)
         return respond(http::status::service_unavailable,
@@ -750,7 +847,8 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
                      "application/json", keep);
     bool known = path == "/healthz" || path == "/readyz" || path == "/metrics" || path == "/v1/status" ||
                  path == "/v1/models" ||
-                 path == "/v1/completions" || path == "/tokenize" || path == "/detokenize";
+                 path == "/v1/completions" || path == "/v1/chat/completions" || path == "/tokenize" ||
+                 path == "/detokenize";
     if (known) return respond(http::status::method_not_allowed, plain_error("method not allowed"), "application/json", keep);
     return respond(http::status::not_found, plain_error(fmt::format("no route for {}", path)), "application/json", keep);
   }
@@ -781,15 +879,39 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
 
   void tokenize(service& svc) {
     bool keep = parser_->get().keep_alive();
-    auto r = parse_tokenize_request(parser_->get().body());
+    auto r = parse_tokenize_command(parser_->get().body());
     if (auto* bad = std::get_if<invalid_request>(&r))
       return respond(http::status::bad_request, openai_error_json(error_code::invalid_request, bad->message),
                      "application/json", keep);
-    // Off the io thread: a megabyte of text takes a while to encode.
-    asio::post(*st_.blocking, [self = this->shared_from_this(), &svc, keep, text = std::move(std::get<std::string>(r))] {
-      std::string body = tokenize_response_json(svc.tok().encode(text), svc.n_ctx());
-      asio::post(self->executor(), [self, keep, body = std::move(body)]() mutable {
-        self->respond(http::status::ok, std::move(body), "application/json", keep);
+    auto& cmd = std::get<tokenize_command>(r);
+    if (!cmd.chat) {
+      encode_options o;
+      o.add_special_tokens = cmd.add_special_tokens;
+      // Off the io thread: a megabyte of text takes a while to encode.
+      asio::post(*st_.blocking, [self = this->shared_from_this(), &svc, keep, o, text = std::move(cmd.prompt)] {
+        std::string body = tokenize_response_json(svc.tok().encode(text, o), svc.n_ctx());
+        asio::post(self->executor(), [self, keep, body = std::move(body)]() mutable {
+          self->respond(http::status::ok, std::move(body), "application/json", keep);
+        });
+      });
+      return;
+    }
+    // The exact prompt a chat request would get: rendered on the blocking pool.
+    auto tpl = st_.chat;
+    if (!tpl)
+      return respond(http::status::bad_request, openai_error_json(error_code::invalid_request, no_chat_template_message()),
+                     "application/json", keep);
+    beast::get_lowest_layer(stream_).expires_never();
+    auto job = std::make_shared<tokenize_command>(std::move(cmd));
+    const tokenizer* tok = &svc.tok();
+    const int32_t n_ctx = svc.n_ctx();
+    asio::post(*st_.blocking, [self = this->shared_from_this(), job, tpl, tok, keep, n_ctx]() {
+      auto ids = tpl->render_tokens(*job->chat, *tok, job->add_special_tokens);
+      std::string body = ids ? tokenize_response_json(ids.value(), n_ctx)
+                             : openai_error_json(error_code::invalid_request, ids.error().message);
+      const bool ok = ids.has_value();
+      asio::post(self->executor(), [self, body = std::move(body), ok, keep]() mutable {
+        self->respond(ok ? http::status::ok : http::status::bad_request, std::move(body), "application/json", keep);
       });
     });
   }
@@ -861,6 +983,84 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     // noticed by the watch read below (plain TCP) or by a failing write.
     beast::get_lowest_layer(stream_).expires_never();
     c->rid = svc->submit(std::move(cmd.request), post_to(this->shared_from_this(), c));
+    if constexpr (!is_tls<Stream>) start_watch();
+  }
+
+  // POST /v1/chat/completions: parsed here, the template rendered and tokenized on the
+  // render pool, then submitted back on this strand (on_chat_rendered). The connection
+  // reads nothing meanwhile, as during any completion.
+  void start_chat() {
+    auto& req = parser_->get();
+    bool keep = req.keep_alive();
+    service* svc = st_.current();
+    if (!svc)
+      return respond(http::status::service_unavailable,
+                     openai_error_json(error_code::unavailable, "the model is not loaded yet"), "application/json",
+                     keep);
+    auto parsed = parse_chat_request(req.body(), st_.limits);
+    std::string bad_msg;
+    if (auto* bad = std::get_if<invalid_request>(&parsed)) bad_msg = bad->message;
+    else if (!st_.chat) bad_msg = no_chat_template_message();
+    if (!bad_msg.empty()) {
+      spdlog::info("request id=null conn={} api=chat outcome=invalid_request message=\"{}\"", conn_, q(bad_msg));
+      count_rejection(svc, error_code::invalid_request);
+      return respond(http::status::bad_request, openai_error_json(error_code::invalid_request, bad_msg),
+                     "application/json", keep);
+    }
+    if (int64_t wait = st_.rate_limit(client_)) {
+      spdlog::info("request id=null conn={} client={} api=chat outcome=rate_limited message=\"client rate limit\" "
+                   "retry_after_ms={}",
+                   conn_, client_, wait);
+      count_rejection(svc, error_code::rate_limited);
+      return respond(http::status::too_many_requests,
+                     openai_error_json(error_code::rate_limited, st_.rate_limit_message(wait), wait),
+                     "application/json", keep, false, wait);
+    }
+    auto cmd = std::make_shared<chat_command>(std::move(std::get<chat_command>(parsed)));
+    if (!cmd->seeded) cmd->request.sampling.seed = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
+    auto c = std::make_shared<completion_state>();
+    c->chat = true;
+    c->stream = cmd->stream;
+    c->include_usage = cmd->include_usage;
+    c->keep_alive = keep;
+    c->chunked = req.version() >= 11;
+    c->cmpl_id = fmt::format("chatcmpl-{}", st_.next_cmpl.fetch_add(1, std::memory_order_relaxed));
+    c->model = cmd->model.empty() ? st_.model_name : cmd->model;
+    c->created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+                     .count();
+    cur_ = c;
+    beast::get_lowest_layer(stream_).expires_never();
+    auto tpl = st_.chat;
+    const tokenizer* tok = &svc->tok();
+    asio::post(*st_.blocking, [self = this->shared_from_this(), c, cmd, tpl, tok]() {
+      auto ids = tpl->render_tokens(cmd->chat, *tok, false);
+      asio::post(self->executor(), [self, c, cmd, ids = std::move(ids)]() mutable {
+        self->on_chat_rendered(c, std::move(cmd->request), std::move(ids));
+      });
+    });
+  }
+
+  void on_chat_rendered(const std::shared_ptr<completion_state>& c, generate_request r,
+                        result<std::vector<int32_t>> ids) {
+    if (c != cur_) return;
+    service* svc = st_.current();
+    std::string why;
+    if (!ids) why = ids.error().message;
+    else if (ids.value().empty()) why = "messages: the chat template made an empty prompt";
+    else if (int64_t(ids.value().size()) >= st_.limits.n_ctx)
+      why = fmt::format("messages: the prompt is {} tokens, longer than the context allows ({} tokens, at most {} "
+                        "for the prompt)",
+                        ids.value().size(), st_.limits.n_ctx, st_.limits.n_ctx - 1);
+    if (!svc) why = "the service is shutting down";
+    if (!why.empty()) {
+      spdlog::info("request id={} conn={} api=chat outcome=invalid_request message=\"{}\"", c->cmpl_id, conn_, q(why));
+      count_rejection(svc, error_code::invalid_request);
+      c->finished = true;
+      return respond(http::status::bad_request, openai_error_json(error_code::invalid_request, why),
+                     "application/json", c->keep_alive, true);
+    }
+    r.prompt_tokens = std::move(ids.value());
+    c->rid = svc->submit(std::move(r), post_to(this->shared_from_this(), c));
     if constexpr (!is_tls<Stream>) start_watch();
   }
 
@@ -1254,7 +1454,7 @@ struct server::impl {
   uint16_t port = 0;
   bool stopped = false;
   std::vector<std::unique_ptr<server::clock_fn>> clocks;
-  asio::thread_pool blocking{1};
+  asio::thread_pool blocking{2};  // tokenizing long prompts, rendering chat templates
 
   explicit impl(int threads_hint) : ioc(std::max(1, threads_hint)) { st.blocking = &blocking; }
 };
@@ -1363,6 +1563,12 @@ void server::attach(service& svc) {
   for (int32_t id = 0; id < tok.n_vocab(); ++id) longest = std::max(longest, tok.token_bytes(id).size());
   lim.max_token_bytes = longest;
   impl_->st.limits = std::move(lim);
+  // The service refused to start with a template that does not parse, so this succeeds.
+  auto chat = chat_formatter::from_tokenizer(svc.tok());
+  if (!chat) spdlog::error("chat templates disabled: {}", chat.error().message);
+  impl_->st.chat = chat ? chat.value() : nullptr;
+  spdlog::info("chat template: {}", impl_->st.chat ? "yes (/v1/chat/completions)"
+                                                    : "none (/v1/chat/completions answers 400; --chat-template FILE)");
   impl_->st.svc.store(&svc, std::memory_order_release);
 }
 

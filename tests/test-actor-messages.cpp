@@ -57,6 +57,7 @@ TEST_CASE("messages: sampling parameters cross as bit patterns, even NaN, -0 and
     a.generated = {4};
     a.max_tokens = 9;
     a.sampling = wire_sampling::from(p);
+    a.stop_ids = {50256, 7};
     admit_msg b = round_trip(*f.sys, a);
     sampling_params q = b.sampling.to();
     CHECK(std::bit_cast<uint32_t>(q.temperature) == std::bit_cast<uint32_t>(t));
@@ -67,17 +68,20 @@ TEST_CASE("messages: sampling parameters cross as bit patterns, even NaN, -0 and
     CHECK(b.prompt == a.prompt);
     CHECK(b.generated == a.generated);
     CHECK(b.max_tokens == 9);
+    CHECK(b.stop_ids == a.stop_ids);
   }
 }
 
 TEST_CASE("messages: every message type that crosses nodes round-trips") {
   sys_fixture f;
-  token_msg t{42, 3, 255, true};
+  token_msg t{42, 3, 255, true, true, 5};
   auto t2 = round_trip(*f.sys, t);
   CHECK(t2.id == 42);
   CHECK(t2.index == 3);
   CHECK(t2.token == 255);
   CHECK(t2.last);
+  CHECK(t2.stop);
+  CHECK(t2.attempt == 5);
 
   worker_report_msg r;
   r.worker = 1;

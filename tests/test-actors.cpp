@@ -500,3 +500,83 @@ TEST_CASE("actors: a CUDA worker warms up before its hello; the warm-up leaves n
   CHECK(c.tokens == solo_greedy(prompt, 12));
   (*svc)->shutdown();
 }
+
+// A model whose EOS (id 10, "\n" in the byte vocabulary) is the greedy choice after exactly
+// 7 tokens: the sequence ends there with finish_reason stop, the EOS counted but its text not
+// returned; ignore_eos runs on to max_tokens; stop_token_ids end it at any other id.
+TEST_CASE("actors: generation stops at EOS; ignore_eos and stop_token_ids") {
+  caf::actor_system_config caf_cfg;
+  register_message_types(caf_cfg);
+  caf::actor_system sys{caf_cfg};
+  constexpr int32_t eos = 10, n_before = 7, max_tokens = 40;
+  service_hooks hooks;
+  hooks.tok = tokenizer::byte_level();
+  hooks.eos_ids = {eos};
+  hooks.n_ctx = 256;
+  hooks.n_vocab = 128;
+  hooks.make_backend = [](int32_t) -> result<std::unique_ptr<backend>> {
+    auto b = std::make_unique<fake_backend>(fake_config(256, 128), kv_geometry{16, 64});
+    b->forced_eos = eos;
+    b->forced_eos_at = n_before;
+    return std::unique_ptr<backend>(std::move(b));
+  };
+  service_config cfg = base_config();
+  auto started = service::start(sys, cfg, hooks);
+  REQUIRE_MESSAGE(started, started.error().message);
+  auto& svc = *started.value();
+  collector col;
+  auto run = [&](generate_request r) {
+    uint64_t id = svc.submit(std::move(r), col.cb());
+    REQUIRE(col.wait_terminal(id));
+    CHECK(col.well_formed(id));
+    return id;
+  };
+  auto text_of = [&](uint64_t id) {
+    std::lock_guard<std::mutex> lk(col.mu);
+    std::string t;
+    for (auto& e : col.recs[id].events) t += e.text;
+    return t;
+  };
+  const std::vector<int32_t> prompt = {72, 105, 33};
+
+  uint64_t a = run(greedy_request(prompt, max_tokens));
+  event ta = col.terminal(a);
+  CHECK(ta.type == event::kind::done);
+  CHECK(ta.reason == finish_reason::stop);
+  auto toks = col.tokens(a);
+  REQUIRE(toks.size() == size_t(n_before + 1));  // 7 tokens, then the EOS itself
+  CHECK(toks.back() == eos);
+  CHECK(ta.completion_tokens == n_before + 1);   // vLLM counts the EOS in usage
+  std::string want;
+  for (int i = 0; i < n_before; ++i) {
+    CHECK(toks[size_t(i)] != eos);
+    want.push_back(char(toks[size_t(i)]));
+  }
+  CHECK(text_of(a) == want);  // no "\n": the EOS is not part of the text
+  CHECK(eventually([&] { return svc.stats().kv_blocks_used.load() == 0; }));
+
+  auto r = greedy_request(prompt, max_tokens);
+  r.ignore_eos = true;
+  uint64_t b = run(r);
+  CHECK(col.terminal(b).reason == finish_reason::length);
+  auto tb = col.tokens(b);
+  REQUIRE(tb.size() == size_t(max_tokens));
+  CHECK(tb[size_t(n_before)] == eos);
+  CHECK(std::equal(toks.begin(), toks.end(), tb.begin()));
+  CHECK(text_of(b).find('\n') == size_t(n_before));
+
+  // stop_token_ids: the id at index 3 ends it there (also with ignore_eos).
+  r.stop_token_ids = {tb[3]};
+  uint64_t c = run(r);
+  CHECK(col.terminal(c).reason == finish_reason::stop);
+  auto tc = col.tokens(c);
+  const size_t first = size_t(std::find(tb.begin(), tb.end(), tb[3]) - tb.begin());
+  CHECK(tc.size() == first + 1);
+  CHECK(text_of(c) == text_of(b).substr(0, first));
+
+  r.stop_token_ids = {500};
+  uint64_t d = run(r);
+  CHECK(col.terminal(d).type == event::kind::error);
+  CHECK(col.terminal(d).code == error_code::invalid_request);
+  svc.shutdown();
+}

@@ -3,6 +3,8 @@
 // are in tests/e2e/cluster-e2e.js; these check the handshake and the token path.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+
 #include <chrono>
 #include <thread>
 
@@ -155,6 +157,19 @@ TEST_CASE("front node with no local workers: tokens come from the worker node, e
   CHECK(st.find("\"state\":\"connected\"") != std::string::npos);
   CHECK(st.find("\"node\":\"127.0.0.1:" + std::to_string((*node)->port()) + "\"") != std::string::npos);
   for (int i = 0; i < 4; ++i) CHECK(greedy(**front, "prompt " + std::to_string(i), 20) == local[size_t(i)]);
+  {
+    // A stop token id ends the sequence on the worker node, where the token is generated.
+    infer::generate_request req;
+    req.prompt = "prompt 0";
+    req.max_tokens = 20;
+    req.sampling.temperature = 0;
+    req.stop_token_ids = {local[0][5]};
+    auto c = (*front)->generate(req);
+    REQUIRE_MESSAGE(c.ok, c.terminal.message);
+    CHECK(c.terminal.reason == infer::finish_reason::stop);
+    const auto first = std::find(local[0].begin(), local[0].end(), local[0][5]);
+    CHECK(c.tokens == std::vector<int32_t>(local[0].begin(), first + 1));
+  }
 
   // A front whose model differs is refused: the node shows up as refused, nothing is routed.
   caf::actor_system_config gcfg;

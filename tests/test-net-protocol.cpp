@@ -425,3 +425,129 @@ TEST_CASE("mutated frames never crash and every accepted command is within the l
   CHECK(generates > 0);
   CHECK(invalids > 0);
 }
+
+TEST_CASE("stop token ids and ignore_eos") {
+  auto g = expect_generate(R"({"type":"generate","id":"a","prompt":"x","stop_token_ids":[5,299],"ignore_eos":true})");
+  CHECK(g.request.stop_token_ids == std::vector<int32_t>{5, 299});
+  CHECK(g.request.ignore_eos);
+  auto d = expect_generate(R"({"type":"generate","id":"a","prompt":"x"})");
+  CHECK_FALSE(d.request.ignore_eos);
+  CHECK(d.request.stop_token_ids.empty());
+  CHECK(expect_invalid(R"({"type":"generate","id":"a","prompt":"x","stop_token_ids":[300]})").message.find("stop_token_ids[0]") != std::string::npos);
+  CHECK(expect_invalid(R"({"type":"generate","id":"a","prompt":"x","stop_token_ids":5})").message.find("stop_token_ids") != std::string::npos);
+  CHECK(expect_invalid(R"({"type":"generate","id":"a","prompt":"x","ignore_eos":1})").message.find("ignore_eos") != std::string::npos);
+  auto c = parse_completion_request(R"({"prompt":"x","stop_token_ids":[1],"ignore_eos":true})", test_limits());
+  REQUIRE(std::holds_alternative<completion_command>(c));
+  CHECK(std::get<completion_command>(c).request.ignore_eos);
+}
+
+TEST_CASE("WebSocket generate with messages") {
+  auto g = expect_generate(
+      R"({"type":"generate","id":"c","messages":[{"role":"user","content":"hi","name":"z"}],"max_tokens":3,)"
+      R"("chat_template_kwargs":{"enable_thinking":false},"tools":[{"type":"function","function":{"name":"f"}}]})");
+  REQUIRE(g.chat.has_value());
+  CHECK(g.request.prompt.empty());
+  CHECK(g.request.prompt_tokens.empty());  // the template runs later, off the io thread
+  CHECK(g.request.max_tokens == 3);
+  const auto& v = g.chat->vars;
+  CHECK(v["messages"][0]["role"] == "user");
+  CHECK(v["messages"][0]["name"] == "z");  // other fields reach the template as given
+  CHECK(v["add_generation_prompt"] == true);
+  CHECK(v["enable_thinking"] == false);
+  CHECK(v["tools"][0]["function"]["name"] == "f");
+  CHECK(expect_invalid(R"({"type":"generate","id":"c","messages":[{"content":"x"}]})").message ==
+        "messages[0].role: missing (a string such as \"user\")");
+  CHECK(expect_invalid(R"({"type":"generate","id":"c","messages":[]})").message.find("non-empty") != std::string::npos);
+  CHECK(expect_invalid(R"({"type":"generate","id":"c","prompt":"x","messages":[{"role":"user"}]})").message.find("one of") !=
+        std::string::npos);
+}
+
+TEST_CASE("OpenAI chat requests") {
+  auto ok = [](std::string_view body) {
+    auto r = parse_chat_request(body, test_limits());
+    if (auto* b = std::get_if<invalid_request>(&r)) FAIL_CHECK(b->message);
+    REQUIRE(std::holds_alternative<chat_command>(r));
+    return std::get<chat_command>(r);
+  };
+  auto bad = [](std::string_view body) {
+    auto r = parse_chat_request(body, test_limits());
+    REQUIRE(std::holds_alternative<invalid_request>(r));
+    return std::get<invalid_request>(r).message;
+  };
+  auto c = ok(R"({"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],)"
+              R"("max_tokens":9,"max_completion_tokens":4,"stream":true,"stream_options":{"include_usage":true},"seed":3,"top_k":2})");
+  CHECK(c.request.max_tokens == 4);  // max_completion_tokens wins
+  CHECK(c.stream);
+  CHECK(c.include_usage);
+  CHECK(c.seeded);
+  CHECK(c.model == "m");
+  CHECK(c.request.sampling.top_k == 2);
+  CHECK(c.request.sampling.temperature == 1.0f);  // OpenAI's default
+  CHECK(c.chat.vars["messages"][1]["content"] == "a\nb");  // text parts joined, as vLLM does
+  // Key order is the client's, for tojson in templates.
+  auto t = ok(R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f","z":1,"a":2}}]})");
+  CHECK(t.chat.vars["tools"][0]["function"].dump() == R"({"name":"f","z":1,"a":2})");
+  CHECK(ok(R"({"messages":[{"role":"user","content":"x"}],"add_generation_prompt":false})").chat.vars["add_generation_prompt"] == false);
+  auto cont = ok(R"({"messages":[{"role":"assistant","content":"x"}],"continue_final_message":true})");
+  CHECK(cont.chat.continue_final_message);
+  CHECK(cont.chat.vars["add_generation_prompt"] == false);
+  CHECK(bad(R"({})") == "messages: missing");
+  CHECK(bad(R"({"messages":[{"role":"user","content":[{"type":"image_url"}]}]})").find("only \"text\" parts") != std::string::npos);
+  CHECK(bad(R"({"messages":[{"role":"user","content":5}]})").find("messages[0].content") != std::string::npos);
+  CHECK(bad(R"({"messages":[{"role":"user"}],"n":2})").find("n:") != std::string::npos);
+  CHECK(bad(R"({"messages":[{"role":"user"}],"max_completion_tokens":0})").find("max_completion_tokens") != std::string::npos);
+  CHECK(bad(R"({"messages":[{"role":"user"}],"tool_choice":"required"})").find("tool_choice") != std::string::npos);
+  CHECK(bad(R"({"messages":[{"role":"user"}],"chat_template_kwargs":[]})").find("chat_template_kwargs") != std::string::npos);
+  CHECK(bad(R"({"messages":[{"role":"user"}],"logprobs":true})").find("logprobs") != std::string::npos);
+  CHECK(bad(R"({"messages":[{"role":"user"}],"continue_final_message":true,"add_generation_prompt":true})").find("at most one") !=
+        std::string::npos);
+}
+
+TEST_CASE("OpenAI chat response bodies") {
+  event done;
+  done.type = event::kind::done;
+  done.reason = finish_reason::stop;
+  done.prompt_tokens = 5;
+  done.completion_tokens = 2;
+  auto body = json::parse(openai_chat_json("chatcmpl-1", 7, "m", "hé", done));
+  CHECK(body["id"] == "chatcmpl-1");
+  CHECK(body["object"] == "chat.completion");
+  CHECK(body["choices"][0]["message"]["role"] == "assistant");
+  CHECK(body["choices"][0]["message"]["content"] == "hé");
+  CHECK(body["choices"][0]["finish_reason"] == "stop");
+  CHECK(body["usage"]["total_tokens"] == 7);
+  auto first = json::parse(openai_chat_chunk_json("chatcmpl-1", 7, "m", true, "", nullptr));
+  CHECK(first["object"] == "chat.completion.chunk");
+  CHECK(first["choices"][0]["delta"]["role"] == "assistant");
+  CHECK(first["choices"][0]["finish_reason"].is_null());
+  auto tok = json::parse(openai_chat_chunk_json("chatcmpl-1", 7, "m", false, "x", nullptr));
+  CHECK_FALSE(tok["choices"][0]["delta"].contains("role"));
+  CHECK(tok["choices"][0]["delta"]["content"] == "x");
+  auto fin = json::parse(openai_chat_final_chunk_json("chatcmpl-1", 7, "m", done));
+  CHECK(fin["choices"][0]["delta"].empty());
+  CHECK(fin["choices"][0]["finish_reason"] == "stop");
+  auto usage = json::parse(openai_chat_usage_chunk_json("chatcmpl-1", 7, "m", done));
+  CHECK(usage["choices"].empty());
+  CHECK(usage["usage"]["completion_tokens"] == 2);
+}
+
+TEST_CASE("tokenize: vLLM's prompt and messages forms") {
+  auto p = parse_tokenize_command(R"({"prompt":"hi"})");
+  REQUIRE(std::holds_alternative<tokenize_command>(p));
+  CHECK(std::get<tokenize_command>(p).add_special_tokens);
+  CHECK_FALSE(std::get<tokenize_command>(p).chat);
+  auto p2 = parse_tokenize_command(R"({"prompt":"hi","add_special_tokens":false})");
+  CHECK_FALSE(std::get<tokenize_command>(p2).add_special_tokens);
+  auto m = parse_tokenize_command(R"({"messages":[{"role":"user","content":"x"}],"chat_template_kwargs":{"k":1}})");
+  REQUIRE(std::holds_alternative<tokenize_command>(m));
+  const auto& mc = std::get<tokenize_command>(m);
+  CHECK_FALSE(mc.add_special_tokens);  // the template writes BOS
+  REQUIRE(mc.chat);
+  CHECK(mc.chat->vars["add_generation_prompt"] == true);
+  CHECK(mc.chat->vars["k"] == 1);
+  auto both = parse_tokenize_command(R"({"prompt":"x","messages":[{"role":"user"}]})");
+  CHECK(std::holds_alternative<invalid_request>(both));
+  auto norole = parse_tokenize_command(R"({"messages":[{"content":"x"}]})");
+  REQUIRE(std::holds_alternative<invalid_request>(norole));
+  CHECK(std::get<invalid_request>(norole).message.find("role") != std::string::npos);
+}

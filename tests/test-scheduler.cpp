@@ -261,3 +261,50 @@ TEST_CASE("scheduler: max_running bounds the batch; the rest wait FIFO") {
   h.run();
   for (uint64_t id = 1; id <= 5; ++id) CHECK(h.finished[id] == 1);
 }
+
+TEST_CASE("scheduler: a stop id ends the sequence in the step that sampled it and frees its blocks") {
+  model_config mc = fake_config(256, 64);
+  kv_geometry kv{4, 32};
+  fake_backend be(mc, kv);
+  const std::vector<int32_t> prompt = {1, 2, 3, 4, 5};
+  const auto ref = fake_reference(prompt, 30, mc.n_vocab, mc.n_ctx);
+  scheduler_config sc;
+  sc.n_ctx = mc.n_ctx;
+  scheduler s(sc, kv);
+  seq_spec a;
+  a.id = 1;
+  a.prompt = prompt;
+  a.max_tokens = 30;
+  a.stop_ids = {ref[5]};
+  seq_spec b = a;
+  b.id = 2;
+  b.stop_ids.clear();  // the same sequence without stop ids runs on
+  REQUIRE(s.add(a));
+  REQUIRE(s.add(b));
+  const size_t stop_at = size_t(std::find(ref.begin(), ref.end(), ref[5]) - ref.begin());
+  step_batch batch;
+  step_output out;
+  std::vector<seq_result> res;
+  std::vector<int32_t> got_a;
+  bool a_done = false;
+  while (s.schedule(batch) > 0) {
+    REQUIRE(be.step(batch, out));
+    res.clear();
+    s.on_step_done(out, res);
+    for (const auto& r : res) {
+      if (r.id != 1) continue;
+      got_a.push_back(r.token);
+      if (r.finished) {
+        a_done = true;
+        CHECK(r.stopped);
+        CHECK(r.token == ref[5]);
+        CHECK_FALSE(s.contains(1));  // left, blocks freed, in this very step
+      } else {
+        CHECK_FALSE(r.stopped);
+      }
+    }
+  }
+  CHECK(a_done);
+  CHECK(got_a == std::vector<int32_t>(ref.begin(), ref.begin() + long(stop_at) + 1));
+  CHECK(s.pool().n_free() == s.pool().n_total());
+}

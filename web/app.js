@@ -1,6 +1,7 @@
 // app: the playground. Speaks the WebSocket protocol v1 of /v1/stream (docs/protocol.md):
 //
 //   page -> server  {"type":"generate","id":"p1","prompt":...,"max_tokens":...}
+//                   {"type":"generate","id":"p2","messages":[{"role":"system",...},...],...}  (chat mode)
 //                   {"type":"cancel","id":"p1"}
 //   server -> page  accepted, token (index 0, 1, 2, ...), then exactly one done or error
 //
@@ -17,7 +18,54 @@ const ui = {
   error: $('error'), errorCode: $('error-code'), errorMessage: $('error-message'), errorRetry: $('error-retry'),
   errorHint: $('error-hint'),
   outPrompt: $('output-prompt'), outText: $('output-text'), result: $('result'), conn: $('conn'),
+  modeChat: $('mode-chat'), modeComplete: $('mode-complete'), systemBox: $('system-box'), system: $('system'),
+  promptLabel: $('prompt-label'), output: $('output'), chatLog: $('chat-log'),
 };
+
+// ---- chat mode ------------------------------------------------------------------------
+// The conversation lives in the page: each turn sends the system prompt (as it is now),
+// every earlier turn and the new user message; the server's chat template makes the
+// prompt. A turn joins the history when it ends (done, or cancelled: what was shown);
+// a turn that fails leaves the history as it was and puts the message back.
+
+const chat = { history: [] };  // [{role, content}] without the system prompt
+
+function chatMode() { return ui.modeChat.checked; }
+
+function applyMode() {
+  const on = chatMode();
+  ui.systemBox.hidden = !on;
+  ui.chatLog.hidden = !on;
+  ui.output.hidden = on;
+  ui.promptLabel.textContent = on ? 'Message' : 'Prompt';
+  ui.generate.textContent = on ? 'Send' : 'Generate';
+  ui.clear.textContent = on ? 'New chat' : 'Clear';
+  ui.prompt.placeholder = on ? 'Write a message' : 'Once upon a time';
+}
+
+function addBubble(role, text, state) {
+  const div = document.createElement('div');
+  div.className = 'msg';
+  div.dataset.role = role;
+  if (state) div.dataset.state = state;
+  const r = document.createElement('span');
+  r.className = 'role';
+  r.textContent = role;
+  const c = document.createElement('div');
+  c.className = 'content';
+  c.textContent = text;
+  div.append(r, c);
+  ui.chatLog.appendChild(div);
+  ui.chatLog.scrollTop = ui.chatLog.scrollHeight;
+  return div;
+}
+
+function chatMessages(userText) {
+  const msgs = [];
+  const sys = ui.system.value;
+  if (sys.trim() !== '') msgs.push({ role: 'system', content: sys });
+  return msgs.concat(chat.history, [{ role: 'user', content: userText }]);
+}
 
 // ---- connection ---------------------------------------------------------------------
 
@@ -70,6 +118,7 @@ function setStatus(state, text) {
   const live = state === 'waiting' || state === 'running' || state === 'cancelling';
   ui.cancel.disabled = !live;
   ui.generate.disabled = live;
+  ui.modeChat.disabled = ui.modeComplete.disabled = live;
 }
 
 // What each error code of the protocol means for the person at the keyboard.
@@ -140,7 +189,8 @@ export function parseStop(text) {
 }
 
 function buildFrame(id) {
-  const frame = { type: 'generate', id, prompt: ui.prompt.value };
+  const frame = chatMode() ? { type: 'generate', id, messages: chatMessages(ui.prompt.value) }
+                           : { type: 'generate', id, prompt: ui.prompt.value };
   for (const k of ['max_tokens', 'temperature', 'top_k', 'top_p', 'seed', 'timeout_ms']) {
     const v = numberField(k);
     if (v !== undefined) frame[k] = v;
@@ -170,10 +220,11 @@ function onEvent(ev) {
       span.className = 'tok';
       span.textContent = ev.text ?? '';
       span.title = `#${ev.index} id ${ev.token}`;
+      if (current.chat) current.chat.reply += ev.text ?? '';
       // Follow the text while the reader is at the bottom; leave them be when they scrolled up.
-      const out = ui.outText.parentElement;
+      const out = current.chat ? ui.chatLog : ui.outText.parentElement;
       const follow = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
-      ui.outText.appendChild(span);
+      (current.chat ? current.chat.bubble.querySelector('.content') : ui.outText).appendChild(span);
       if (follow) out.scrollTop = out.scrollHeight;
       current.tokens++;
       ui.count.textContent = String(current.tokens);
@@ -190,7 +241,20 @@ function onEvent(ev) {
   }
 }
 
+function finishChat(state) {
+  const c = current.chat;
+  if (state === 'error') {
+    c.userBubble.remove();
+    c.bubble.remove();
+    if (ui.prompt.value === '') ui.prompt.value = c.user;
+    return;
+  }
+  c.bubble.dataset.state = state;
+  chat.history.push({ role: 'user', content: c.user }, { role: 'assistant', content: c.reply });
+}
+
 function finish(state, ev) {
+  if (current?.chat) finishChat(state);
   if (state === 'error') {
     showError(ev.code, ev.message, ev.retry_after_ms);
     setStatus('error', `error: ${ev.code}`);
@@ -225,8 +289,14 @@ ui.form.addEventListener('submit', (e) => {
   resetOutput();
   const id = `p${++seq}`;
   const frame = buildFrame(id);
-  current = { id, tokens: 0, started: performance.now(), firstAt: null, cancelRequested: false };
-  ui.outPrompt.textContent = frame.prompt;
+  current = { id, tokens: 0, started: performance.now(), firstAt: null, cancelRequested: false, chat: null };
+  if (frame.messages) {
+    const user = ui.prompt.value;
+    current.chat = { user, reply: '', userBubble: addBubble('user', user), bubble: addBubble('assistant', '', 'streaming') };
+    ui.prompt.value = '';
+  } else {
+    ui.outPrompt.textContent = frame.prompt;
+  }
   setStatus('waiting', 'waiting');
   if (!conn.send(frame)) finish('error', { code: 'disconnected', message: 'not connected to the server yet' });
 });
@@ -247,8 +317,17 @@ ui.cancel.addEventListener('click', () => {
 });
 
 ui.clear.addEventListener('click', () => {
-  if (!current) { resetOutput(); setStatus('idle'); }
+  if (current) return;
+  resetOutput();
+  setStatus('idle');
+  if (chatMode()) {
+    chat.history = [];
+    ui.chatLog.replaceChildren();
+  }
 });
+
+for (const r of [ui.modeChat, ui.modeComplete]) r.addEventListener('change', () => { if (!current) applyMode(); });
+applyMode();
 
 // /dashboard shows the dashboard alone; / shows both.
 if (location.pathname.replace(/\/+$/, '') === '/dashboard') {

@@ -385,6 +385,8 @@ test('tokenize / detokenize on the GPT-2 vocabulary match gpt-3-encoder', async 
     assert.equal(d.json().prompt, text);
   }
   assert.equal((await request(B.port, 'POST', '/detokenize', {tokens: [50257]}, auth)).status, 400);
+  // Special tokens stay in /detokenize's text (vLLM's behaviour): the EOS is spelled out.
+  assert.equal((await request(B.port, 'POST', '/detokenize', {tokens: [15496, 50256]}, auth)).json().prompt, 'Hello<|endoftext|>');
 });
 
 test('bearer token: required on upgrade and HTTP when set', async () => {

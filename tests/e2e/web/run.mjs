@@ -387,6 +387,91 @@ test('supervision', async ({ main }) => {
   await page.close();
 });
 
+// Chat mode: a conversation over the WebSocket's messages, replies streamed into the
+// assistant's bubble, the system prompt editable between turns. What the page sends is
+// checked against the server itself: the same conversation through /v1/chat/completions
+// (greedy) gives the same reply, and the prompt size it reports is /tokenize's.
+test('chat', async ({ main }) => {
+  const srv = await startInferd('chat', ['--chat-template', path.join(repo, 'tests', 'e2e', 'data', 'chatml.jinja')]);
+  try {
+    const page = await openPage(srv);
+    assert.equal(await page.isVisible('#system'), false);
+    await page.check('#mode-chat');
+    assert.equal(await page.isVisible('#system'), true);
+    assert.equal(await page.isVisible('#chat-log'), true);
+    assert.equal(await page.isVisible('#output'), false);
+    assert.equal(await page.textContent('#generate'), 'Send');
+    await fillParams(page, { max_tokens: 6, temperature: 0, top_k: 0, top_p: 1, seed: 1 });
+    const reference = async (messages) => {
+      const r = await request(srv.port, 'POST', '/v1/chat/completions', { messages, max_tokens: 6, temperature: 0 });
+      assert.equal(r.status, 200, r.body);
+      return JSON.parse(r.body).choices[0].message.content;
+    };
+    const promptTokens = async (messages) =>
+      JSON.parse((await request(srv.port, 'POST', '/tokenize', { messages })).body).count;
+    const turn = async (text) => {
+      await page.fill('#prompt', text);
+      await watchCounter(page);
+      await page.click('#generate');
+      assert.equal(await terminalState(page), 'done');
+      return page.evaluate(() => [...document.querySelectorAll('#chat-log .msg')].map((m) => ({
+        role: m.dataset.role, state: m.dataset.state ?? null, text: m.querySelector('.content').textContent,
+        tokens: m.querySelectorAll('.tok').length })));
+    };
+
+    await page.fill('#system', 'Be brief.');
+    let log = await turn('Hello there');
+    assert.equal(log.length, 2);
+    assert.deepEqual(log[0], { role: 'user', state: null, text: 'Hello there', tokens: 0 });
+    assert.equal(log[1].role, 'assistant');
+    assert.equal(log[1].state, 'done');
+    assert.equal(log[1].tokens, 6);  // streamed token by token into the bubble
+    assert.deepEqual((await page.evaluate(() => window.__seen)).map((s) => s.n), [1, 2, 3, 4, 5, 6]);
+    assert.equal(await page.inputValue('#prompt'), '');
+    const first = [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hello there' }];
+    assert.equal(log[1].text, await reference(first));
+    assert.equal(Number(await page.textContent('#r-prompt')), await promptTokens(first));
+
+    // The second turn carries the first; a changed system prompt applies from now on.
+    await page.fill('#system', 'Be very brief.');
+    log = await turn('And again?');
+    assert.equal(log.length, 4);
+    const second = [{ role: 'system', content: 'Be very brief.' }, { role: 'user', content: 'Hello there' },
+      { role: 'assistant', content: log[1].text }, { role: 'user', content: 'And again?' }];
+    assert.equal(log[3].text, await reference(second));
+    assert.equal(Number(await page.textContent('#r-prompt')), await promptTokens(second));
+    await screenshot(page, 'chat');
+
+    // A turn the server refuses leaves the conversation as it was and gives the text back.
+    await fillParams(page, { top_p: 2 });
+    await page.fill('#prompt', 'third');
+    await page.click('#generate');
+    assert.equal(await terminalState(page), 'error');
+    assert.match(await page.textContent('#error-message'), /top_p/);
+    assert.equal(await page.locator('#chat-log .msg').count(), 4);
+    assert.equal(await page.inputValue('#prompt'), 'third');
+    await fillParams(page, { top_p: 1 });
+
+    // New chat empties it.
+    await page.click('#clear');
+    assert.equal(await page.locator('#chat-log .msg').count(), 0);
+    await page.close();
+
+    // A server without a chat template says how to get one.
+    const plain = await openPage(main);
+    await plain.check('#mode-chat');
+    await plain.fill('#prompt', 'hi');
+    await plain.click('#generate');
+    assert.equal(await terminalState(plain), 'error');
+    assert.equal(await plain.getAttribute('#error', 'data-code'), 'invalid_request');
+    assert.match(await plain.textContent('#error-message'), /--chat-template/);
+    assert.equal(await plain.locator('#chat-log .msg').count(), 0);
+    await plain.close();
+  } finally {
+    await srv.stop();
+  }
+});
+
 // ---- main -----------------------------------------------------------------------------
 
 let failed = 0;
