@@ -27,7 +27,8 @@ struct arch_traits {
   bool qk_norm;
   bool post_norms;
   bool tied_default;           // tie_word_embeddings when absent
-  bool sliding_window;         // honours config.json sliding_window (Mistral)
+  bool sliding_window;         // honours config.json sliding_window (Mistral, Phi-3)
+  int32_t sliding_window_default;  // when config.json omits it (0: none)
   double partial_rotary_default;  // partial_rotary_factor when absent (GLM-4: 0.5)
   double rms_eps_default;      // rms_norm_eps when absent
   double rope_theta_default;

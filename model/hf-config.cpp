@@ -334,7 +334,7 @@ result<model_config> parse_hf_config(const json& j, const std::string& path) {
   c.n_ctx = 0;
   c.max_position_embeddings = (*t)->max_pos_default;
   c.n_ff = 0;
-  if ((*t)->sliding_window) c.sliding_window = 4096;  // MistralConfig's default
+  c.sliding_window = (*t)->sliding_window_default;
   ctx x{j, path, **t, c};
   x.partial_rotary = (*t)->partial_rotary_default;
   const uint8_t fam = c.arch == arch_id::gpt2 ? gpt2 : rope;

@@ -16,7 +16,7 @@
 
 namespace infer {
 
-enum class arch_id : uint8_t { gpt2, llama, mistral, qwen2, qwen3, glm4 };
+enum class arch_id : uint8_t { gpt2, llama, mistral, qwen2, qwen3, glm4, phi3 };
 
 enum class norm_kind : uint8_t {
   layernorm,  // (x - mean) / sqrt(var + eps) * w + b

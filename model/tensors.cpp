@@ -136,14 +136,20 @@ void llama_layer(table_builder& b, int l) {
   const model_config& c = b.c;
   const std::string h = fmt::format("model.layers.{}.", l);
   const int64_t Q = c.q_dim(), KV = c.kv_dim(), F = c.ff_dim();
-  const bool glm = c.arch == arch_id::glm4;
+  // Checkpoints that store a projection already fused in our layout (q|k|v rows, gate|up rows).
+  const bool fused_qkv = c.arch == arch_id::phi3;
+  const bool fused_gate_up = c.arch == arch_id::glm4 || c.arch == arch_id::phi3;
   b.whole(R::attn_norm_w, l, h + "input_layernorm.weight");
-  b.part(R::qkv_w, l, h + "self_attn.q_proj.weight", 0, Q);
-  b.part(R::qkv_w, l, h + "self_attn.k_proj.weight", Q, KV);
-  b.part(R::qkv_w, l, h + "self_attn.v_proj.weight", Q + KV, KV);
-  b.part(R::qkv_b, l, h + "self_attn.q_proj.bias", 0, Q);
-  b.part(R::qkv_b, l, h + "self_attn.k_proj.bias", Q, KV);
-  b.part(R::qkv_b, l, h + "self_attn.v_proj.bias", Q + KV, KV);
+  if (fused_qkv) {
+    b.whole(R::qkv_w, l, h + "self_attn.qkv_proj.weight");
+  } else {
+    b.part(R::qkv_w, l, h + "self_attn.q_proj.weight", 0, Q);
+    b.part(R::qkv_w, l, h + "self_attn.k_proj.weight", Q, KV);
+    b.part(R::qkv_w, l, h + "self_attn.v_proj.weight", Q + KV, KV);
+    b.part(R::qkv_b, l, h + "self_attn.q_proj.bias", 0, Q);
+    b.part(R::qkv_b, l, h + "self_attn.k_proj.bias", Q, KV);
+    b.part(R::qkv_b, l, h + "self_attn.v_proj.bias", Q + KV, KV);
+  }
   b.whole(R::q_norm_w, l, h + "self_attn.q_norm.weight");
   b.whole(R::k_norm_w, l, h + "self_attn.k_norm.weight");
   b.whole(R::attn_out_w, l, h + "self_attn.o_proj.weight");
@@ -152,8 +158,8 @@ void llama_layer(table_builder& b, int l) {
   // there as in Llama; the two extra ones are post_self_attn_ and post_mlp_layernorm.
   b.whole(R::post_attn_norm_w, l, h + "post_self_attn_layernorm.weight");
   b.whole(R::ffn_norm_w, l, h + "post_attention_layernorm.weight");
-  if (glm) {
-    b.whole(R::ffn_up_w, l, h + "mlp.gate_up_proj.weight");  // already gate | up
+  if (fused_gate_up) {
+    b.whole(R::ffn_up_w, l, h + "mlp.gate_up_proj.weight");  // chunk(2): gate rows, then up
   } else {
     b.part(R::ffn_up_w, l, h + "mlp.gate_proj.weight", 0, F);
     b.part(R::ffn_up_w, l, h + "mlp.up_proj.weight", F, F);

@@ -223,6 +223,12 @@ const known_synthetic k_synthetic[] = {
                     "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
                     "attention_bias": true, "tie_word_embeddings": false, "hidden_act": "silu",
                     "eos_token_id": [151329, 151336, 151338], "torch_dtype": "bfloat16"})"},
+    {"phi3-mini", R"({"architectures": ["Phi3ForCausalLM"], "vocab_size": 32064, "hidden_size": 3072,
+                      "intermediate_size": 8192, "num_hidden_layers": 32, "num_attention_heads": 32,
+                      "num_key_value_heads": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+                      "rope_theta": 10000.0, "rope_scaling": null, "sliding_window": 2047,
+                      "tie_word_embeddings": false, "bos_token_id": 1, "eos_token_id": 32000, "hidden_act": "silu",
+                      "torch_dtype": "bfloat16"})"},
 };
 
 }  // namespace

@@ -72,7 +72,7 @@ struct model_weights {
 // "synthetic:NAME": seeded random weights of a known shape, no files.
 //   tiny, gpt2-small                    GPT-2 (tiny: byte vocabulary)
 //   llama-tiny                          Llama, GQA (8 heads, 2 KV heads), byte vocabulary padded: CI's model
-//   llama3.2-1b, llama3.1-8b, qwen2.5-0.5b, qwen3-0.6b, glm4-9b   real shapes for benchmarks
+//   llama3.2-1b, llama3.1-8b, qwen2.5-0.5b, qwen3-0.6b, glm4-9b, phi3-mini   real shapes for benchmarks
 // The config is what the real model's config.json gives (parse_hf_config of it).
 result<model_config> synthetic_config(const std::string& name);
 std::string synthetic_names();  // "tiny, gpt2-small, llama-tiny, ..."

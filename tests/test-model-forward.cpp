@@ -57,6 +57,7 @@ struct spec {
   int window = 0;
   bool tied = false, qkv_bias = false, o_bias = false, mlp_bias = false, qk_norm = false, post_norms = false;
   bool fused_gate_up = false;
+  bool fused_qkv = false;  // Phi-3: one qkv_proj [q_dim + 2 kv_dim, C] on disk
   bool explicit_head_dim = false;
   std::string extra_json;  // more config.json keys
 };
@@ -82,7 +83,7 @@ std::string config_json(const spec& s) {
     if (!scaling.empty()) j += fmt::format(R"(, "rope_scaling": {{{}}})", scaling);
   }
   if (s.partial != 1.0) j += fmt::format(R"(, "partial_rotary_factor": {})", s.partial);
-  if (s.hf_class == "MistralForCausalLM") {
+  if (s.hf_class == "MistralForCausalLM" || s.hf_class == "Phi3ForCausalLM") {
     j += s.window > 0 ? fmt::format(R"(, "sliding_window": {})", s.window) : std::string(R"(, "sliding_window": null)");
   }
   if (s.hf_class == "LlamaForCausalLM" || s.hf_class == "Qwen3ForCausalLM" || s.hf_class == "Glm4ForCausalLM")
@@ -121,9 +122,13 @@ hf_model random_hf(const spec& s, uint64_t seed) {
   for (int l = 0; l < s.L; ++l) {
     const std::string h = fmt::format("model.layers.{}.", l);
     add(h + "input_layernorm.weight", {C}, 0.1f, 1.f);
-    add(h + "self_attn.q_proj.weight", {Q, C}, 0.25f);
-    add(h + "self_attn.k_proj.weight", {KV, C}, 0.25f);
-    add(h + "self_attn.v_proj.weight", {KV, C}, 0.25f);
+    if (s.fused_qkv) {
+      add(h + "self_attn.qkv_proj.weight", {Q + 2 * KV, C}, 0.25f);
+    } else {
+      add(h + "self_attn.q_proj.weight", {Q, C}, 0.25f);
+      add(h + "self_attn.k_proj.weight", {KV, C}, 0.25f);
+      add(h + "self_attn.v_proj.weight", {KV, C}, 0.25f);
+    }
     if (s.qkv_bias) {
       add(h + "self_attn.q_proj.bias", {Q}, 0.1f);
       add(h + "self_attn.k_proj.bias", {KV}, 0.1f);
@@ -241,9 +246,16 @@ std::vector<vec> reference(const hf_model& m, const std::vector<int32_t>& toks) 
     std::vector<vec> q(T), k(T), v(T);
     for (int t = 0; t < T; ++t) {
       vec in = rms(x[t], m.get(h + "input_layernorm.weight"), s.eps);
-      q[t] = lin(in, m.get(h + "self_attn.q_proj.weight"), opt(h + "self_attn.q_proj.bias"), Q);
-      k[t] = lin(in, m.get(h + "self_attn.k_proj.weight"), opt(h + "self_attn.k_proj.bias"), KV);
-      v[t] = lin(in, m.get(h + "self_attn.v_proj.weight"), opt(h + "self_attn.v_proj.bias"), KV);
+      if (s.fused_qkv) {  // Phi3Attention: qkv[..., :Q], qkv[..., Q:Q+KV], qkv[..., Q+KV:]
+        const float* w = m.get(h + "self_attn.qkv_proj.weight");
+        q[t] = lin(in, w, nullptr, Q, 0);
+        k[t] = lin(in, w, nullptr, KV, size_t(Q));
+        v[t] = lin(in, w, nullptr, KV, size_t(Q + KV));
+      } else {
+        q[t] = lin(in, m.get(h + "self_attn.q_proj.weight"), opt(h + "self_attn.q_proj.bias"), Q);
+        k[t] = lin(in, m.get(h + "self_attn.k_proj.weight"), opt(h + "self_attn.k_proj.bias"), KV);
+        v[t] = lin(in, m.get(h + "self_attn.v_proj.weight"), opt(h + "self_attn.v_proj.bias"), KV);
+      }
       for (int hh = 0; hh < s.NH; ++hh) {
         if (s.qk_norm) {
           vec qh(q[t].begin() + hh * hd, q[t].begin() + (hh + 1) * hd);
@@ -286,7 +298,7 @@ std::vector<vec> reference(const hf_model& m, const std::vector<int32_t>& toks) 
     for (int t = 0; t < T; ++t) {
       vec in = rms(x[t], m.get(h + "post_attention_layernorm.weight"), s.eps);
       vec g, u;
-      if (s.fused_gate_up) {  // GLM-4: gate, up = gate_up_proj(x).chunk(2)
+      if (s.fused_gate_up) {  // GLM-4, Phi-3: gate, up = gate_up_proj(x).chunk(2)
         g = lin(in, m.get(h + "mlp.gate_up_proj.weight"), nullptr, s.F, 0);
         u = lin(in, m.get(h + "mlp.gate_up_proj.weight"), nullptr, s.F, size_t(s.F));
       } else {
@@ -406,6 +418,17 @@ std::vector<spec> specs() {
     s.post_norms = true;
     s.fused_gate_up = true;
     s.eps = 1e-5;
+    v.push_back(s);
+  }
+  {  // Phi-3: fused qkv_proj and gate_up_proj on disk, sliding window, partial neox rotary
+    spec s;
+    s.name = "phi3 fused qkv sliding window partial neox";
+    s.hf_class = "Phi3ForCausalLM";
+    s.NKV = 4;
+    s.window = 7;
+    s.partial = 0.75;
+    s.fused_qkv = true;
+    s.fused_gate_up = true;
     v.push_back(s);
   }
   return v;
@@ -575,4 +598,39 @@ TEST_CASE("the same checkpoint in bf16 on disk loads to the bf16-rounded weights
   const double e = rel_err(ob.logits.data(), ref);
   CHECK(e > 0);
   CHECK(e < 3e-2);
+}
+
+TEST_CASE("KV cache sized from n_layer * n_kv_head * head_dim; the context served is capped") {
+  load_options lo;
+  lo.max_model_len = 100;
+  auto w = load_model_weights("synthetic:llama-tiny", lo);
+  REQUIRE(w.has_value());
+  const model_config& c = (*w)->cfg;
+  CHECK(c.n_ctx == 100);
+  CHECK(c.n_positions() == 2048);
+  // 4 layers x (K, V) x 2 KV heads x 64 dims x 4 bytes = 4 KiB a token, 64 KiB a block of 16.
+  CHECK(c.kv_bytes_per_token(4) == 4096);
+  backend_options o;
+  o.kv_block_size = 16;
+  o.kv_memory_mb = 2;
+  auto be = make_cpu_backend(*w, o);
+  REQUIRE(be.has_value());
+  CHECK((*be)->kv().n_blocks == 32);
+  // Position 99 is served, 100 is past the capped context.
+  std::vector<int32_t> blocks{0, 1, 2, 3, 4, 5, 6};
+  std::vector<int32_t> one{65};
+  step_batch b;
+  step_output out;
+  b.reset(7);
+  b.add(99, one, blocks, true, {}, 0);
+  CHECK((*be)->step(b, out).is_ok());
+  b.reset(7);
+  b.add(100, one, blocks, true, {}, 0);
+  CHECK((*be)->step(b, out).code == errc::invalid_argument);
+  // GPT-2: capping n_ctx leaves the learned position table whole.
+  auto g = load_model_weights("synthetic:tiny", lo);
+  REQUIRE(g.has_value());
+  CHECK((*g)->cfg.n_ctx == 100);
+  CHECK((*g)->cfg.n_positions() == 1024);
+  CHECK((*g)->owned[1].size() == size_t(1024) * 128);
 }

@@ -203,7 +203,7 @@ TEST_CASE("config.json errors name the file and the key") {
   auto u = err(R"({"architectures": ["FalconForCausalLM"], "model_type": "falcon", "vocab_size": 8})");
   CHECK(contains(u, "falcon"));
   for (const char* a : {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-                        "Glm4ForCausalLM", "GPT2LMHeadModel"})
+                        "Glm4ForCausalLM", "Phi3ForCausalLM", "GPT2LMHeadModel"})
     CHECK(contains(u, a));
   CHECK(contains(err(R"({"architectures": ["MambaForCausalLM"]})"), "MambaForCausalLM"));
   // A quantized checkpoint.
@@ -217,6 +217,9 @@ TEST_CASE("config.json errors name the file and the key") {
     "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, )";
   CHECK(contains(err(base + R"("rope_scaling": {"rope_type": "yarn", "factor": 4}})"), "'yarn' is not supported"));
   CHECK(contains(err(base + R"("rope_scaling": {"rope_type": "dynamic", "factor": 4}})"), "dynamic"));
+  CHECK(contains(err(R"({"architectures": ["Phi3ForCausalLM"], "vocab_size": 8, "hidden_size": 16,
+    "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "rope_scaling": {"type": "longrope", "long_factor": [1], "short_factor": [1]}})"), "'longrope' is not supported"));
   CHECK(contains(err(base + R"("rope_scaling": {"rope_type": "llama3", "factor": 4}})"), "low_freq_factor"));
   CHECK(contains(err(base + R"("rope_scaling": {"rope_type": "linear"}})"), "factor"));
   // Missing and malformed keys.
@@ -247,6 +250,10 @@ TEST_CASE("synthetic models: real shapes from their config.json, deterministic w
     REQUIRE_MESSAGE(c.has_value(), c.error().message);
     CHECK(c->n_params() == params);
   }
+  auto phi = synthetic_config("phi3-mini");
+  REQUIRE(phi.has_value());
+  CHECK(phi->n_params() == 3821079552);  // Phi-3-mini-4k-instruct
+  CHECK(phi->sliding_window == 2047);
   auto glm = synthetic_config("glm4-9b");
   REQUIRE(glm.has_value());
   CHECK(glm->arch == arch_id::glm4);
@@ -327,7 +334,9 @@ TEST_CASE("Hugging Face directories: single file and sharded, F32/BF16/F16, fuse
       "head_dim": 8, "tie_word_embeddings": true})",
                         R"({"architectures": ["Glm4ForCausalLM"], "vocab_size": 40, "hidden_size": 16,
       "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-      "head_dim": 8})"}) {
+      "head_dim": 8})",
+                        R"({"architectures": ["Phi3ForCausalLM"], "vocab_size": 40, "hidden_size": 16,
+      "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4, "sliding_window": 5})"}) {
     const std::string dir = tmp.str(fmt::format("arch{}", std::strlen(c)));
     write_checkpoint(dir, c, 3, 2);
     auto w = load_model_weights(dir);
