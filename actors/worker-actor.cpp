@@ -54,6 +54,9 @@ void report(worker_actor* self, int32_t batch_seqs, int32_t batch_tokens, int32_
   r.n_sampled = n_sampled;
   r.step_us = step_us;
   r.preemptions = st.sched->n_preemptions();
+  r.prefix_queries = st.sched->prefix_queries();
+  r.prefix_hits = st.sched->prefix_hits();
+  r.cached_blocks = st.sched->pool().n_committed();
   r.left = std::move(left);
   self->send(st.core->batcher, std::move(r));
 }
@@ -141,6 +144,12 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
             sc.max_running = cfg.max_running;
             sc.prefill_chunk = cfg.prefill_chunk;
             sc.n_ctx = n_ctx;
+            sc.prefix_caching = cfg.prefix_caching;
+            // K/V of the same tokens differ between models and number formats: a cache is
+            // keyed by both (one pool per worker today; the salt also covers adapters later).
+            uint64_t salt = 1469598103934665603ull;
+            for (char c : st.core->model_id + "/" + name) salt = (salt ^ uint8_t(c)) * 1099511628211ull;
+            sc.cache_salt = salt;
             st.sched = std::make_unique<scheduler>(sc, kv_geometry{block_size, n_blocks});
             worker_hello_msg& h = st.hello;
             h.worker = st.index;
@@ -213,7 +222,8 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         for (const auto& r : st.results) {
           auto it = st.requests.find(r.id);
           if (it == st.requests.end()) continue;
-          self->send(it->second.request, token_msg{r.id, r.index, r.token, r.finished, it->second.attempt});
+          self->send(it->second.request,
+                     token_msg{r.id, r.index, r.token, r.finished, it->second.attempt, r.cached_tokens});
           if (r.finished) {
             left.push_back(r.id);
             st.requests.erase(it);
