@@ -490,6 +490,8 @@ TEST_CASE("actors: a CUDA worker warms up before its hello; the warm-up leaves n
   CHECK(m.steps.load() == 0);
   CHECK(m.tokens_generated.load() == 0);
   CHECK(m.kv_blocks_used.load() == 0);
+  CHECK(m.prefix_cache_queries.load() == 0);
+  CHECK(m.prefix_cache_blocks.load() == 0);
   const auto prompt = test_prompt(7, 20);
   generate_request req;
   req.prompt_tokens = prompt;
@@ -498,6 +500,10 @@ TEST_CASE("actors: a CUDA worker warms up before its hello; the warm-up leaves n
   auto c = (*svc)->generate(req);
   REQUIRE_MESSAGE(c.ok, c.terminal.message);
   CHECK(c.tokens == solo_greedy(prompt, 12));
+  // The warm-up's blocks were dropped and its lookups are not counted: only this request shows.
+  CHECK(eventually([&] { return m.prefix_cache_queries.load() == 20; }));
+  CHECK(m.prefix_cache_hits.load() == 0);
+  CHECK(eventually([&] { return m.prefix_cache_blocks.load() == 1; }));  // 31 tokens cached: one full block
   (*svc)->shutdown();
 }
 
