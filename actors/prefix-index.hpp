@@ -21,6 +21,21 @@ namespace infer {
 
 class prefix_index {
  public:
+  prefix_index() = default;
+  // A copy must point into its own list (the batcher's worker slots live in a vector that
+  // copies them when it grows): rebuild the positions.
+  prefix_index(const prefix_index& o) : capacity_(o.capacity_), lru_(o.lru_) { reindex(); }
+  prefix_index& operator=(const prefix_index& o) {
+    if (this != &o) {
+      capacity_ = o.capacity_;
+      lru_ = o.lru_;
+      reindex();
+    }
+    return *this;
+  }
+  prefix_index(prefix_index&&) noexcept = default;  // list nodes move along: positions stay valid
+  prefix_index& operator=(prefix_index&&) noexcept = default;
+
   // Forgets everything (a new or restarted worker has an empty cache).
   void reset(int32_t capacity_blocks) {
     capacity_ = size_t(capacity_blocks < 0 ? 0 : capacity_blocks);
@@ -54,6 +69,11 @@ class prefix_index {
   size_t size() const { return lru_.size(); }
 
  private:
+  void reindex() {
+    where_.clear();
+    for (auto it = lru_.begin(); it != lru_.end(); ++it) where_.emplace(*it, it);
+  }
+
   size_t capacity_ = 0;
   std::list<uint64_t> lru_;  // front: least recently sent
   std::unordered_map<uint64_t, std::list<uint64_t>::iterator> where_;

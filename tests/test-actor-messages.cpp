@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <memory>
 
 #include <caf/all.hpp>
 #include <caf/binary_deserializer.hpp>
@@ -171,6 +172,18 @@ TEST_CASE("prefix_index: the batcher's bounded estimate of a worker's cache") {
   CHECK(idx.match(cc) == 4);
   CHECK(idx.match(cb) == 2);  // the shared head was refreshed by b
   CHECK(idx.match(ca) == 2);
+  {
+    // A copy (a growing vector of worker slots) stands on its own.
+    auto copy = std::make_unique<prefix_index>(idx);
+    prefix_index moved = std::move(*copy);
+    copy.reset();
+    idx.insert(ca);
+    CHECK(moved.match(cc) == 4);
+    moved.insert(ca);
+    CHECK(moved.size() == 6);
+    CHECK(moved.match(ca) == 4);
+    CHECK(moved.match(cc) == 2);
+  }
   idx.reset(6);
   CHECK(idx.match(cc) == 0);
   prefix_chain(std::vector<int32_t>{1}, 16, cc);
