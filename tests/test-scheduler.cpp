@@ -514,6 +514,7 @@ TEST_CASE("scheduler: cancelled and drained sequences leave their blocks cached,
 }
 
 TEST_CASE("scheduler: random admit / cancel / fail / drain keep the pool balanced (property)") {
+  uint64_t preemptions = 0, hits = 0;
   for (uint32_t seed = 1; seed <= 6; ++seed) {
     CAPTURE(seed);
     std::mt19937 rng(seed);
@@ -542,6 +543,8 @@ TEST_CASE("scheduler: random admit / cancel / fail / drain keep the pool balance
         if (h->sched.schedule(h->batch) > 0) h->sched.on_step_failed();
       } else if (op < 45) {  // the worker goes away: its sequences resume on a fresh one
         auto specs = h->sched.drain();
+        preemptions += h->sched.n_preemptions();
+        hits += h->sched.prefix_hits();
         check_balanced(h->sched);
         auto fresh = std::make_unique<harness>(sc, g);
         fresh->tokens = h->tokens;
@@ -567,6 +570,11 @@ TEST_CASE("scheduler: random admit / cancel / fail / drain keep the pool balance
     }
     h->run();
     for (auto& [id, s] : live) CHECK(h->tokens[id] == fake_reference(s.prompt, s.max_tokens, 256, 96));
+    preemptions += h->sched.n_preemptions();
+    hits += h->sched.prefix_hits();
     check_balanced(h->sched);
   }
+  // The driver did reach the interesting states: preemptions with shared blocks, and hits.
+  CHECK(preemptions > 0);
+  CHECK(hits > 0);
 }
