@@ -335,7 +335,8 @@ void dispatch(batcher_actor* self) {
         ++n_fit;
         if (best < 0 || w.est_free() > st.workers[size_t(best)].est_free()) best = i;
       }
-      if (best >= 0 && key == 0 && st.core->cfg.prefix_affinity_tokens > 0 && st.workers.size() > 1) {
+      if (best >= 0 && key == 0 && st.core->cfg.prefix_caching && st.core->cfg.prefix_affinity_tokens > 0 &&
+          st.workers.size() > 1) {
         // Cache-aware routing (actors/README.md): a worker believed to hold a longer prefix
         // wins over the least loaded one when its extra prefix tokens outweigh
         // prefix_affinity_tokens per extra sequence it holds.
