@@ -71,15 +71,16 @@ if [ -z "$NCU" ]; then
   echo "no ncu on this machine" | tee "$OUT/ncu.log"
   exit 0
 fi
-for t in ${PERF_NCU:-main ours}; do
-  b="$B/bin/infer-bench-cuda"; [ "$t" = ours ] || b="$B/bin/infer-bench-cuda-$t"
-  for pb in ${PERF_NCU_BATCHES:-256 1}; do
-    if [ $((SECONDS - START)) -gt $((BUDGET - 60)) ]; then
+for pb in ${PERF_NCU_BATCHES:-256 1}; do
+  for t in ${PERF_NCU:-main ours}; do
+    b="$B/bin/infer-bench-cuda"; [ "$t" = ours ] || b="$B/bin/infer-bench-cuda-$t"
+    left=$((BUDGET - (SECONDS - START) - 10))
+    if [ $left -lt 40 ]; then
       echo "ncu $t b$pb skipped: $((SECONDS - START)) s used" >>"$OUT/ncu.log"
       continue
     fi
     # shellcheck disable=SC2046
-    timeout 90 "$NCU" --launch-skip 600 --launch-count 220 --csv --page raw \
+    timeout $((left < 90 ? left : 90)) "$NCU" --launch-skip 600 --launch-count 220 --csv --page raw \
       --metrics gpu__time_duration.sum --log-file "$OUT/ncu-$t-b$pb.csv" \
       "$b" --model "$WORK/gpt2-small" --batches $pb --prompt 32 --new 24 $(args "$b") \
       >>"$OUT/ncu.log" 2>&1
