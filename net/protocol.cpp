@@ -234,6 +234,10 @@ std::optional<std::string> get_chat_input(const ojson& o, bool agp_default, chat
   }
   ojson vars = ojson::object();
   vars["messages"] = std::move(out);
+  // As transformers and vLLM call templates: tools (and documents) are None when not given,
+  // so `tools is not none` and `tools is defined` read the same as there.
+  vars["tools"] = nullptr;
+  vars["documents"] = nullptr;
   if (!o_absent(o, "tools")) {
     if (!o.at("tools").is_array()) return "tools: must be an array";
     if (!o.at("tools").empty()) vars["tools"] = o.at("tools");

@@ -496,6 +496,9 @@ TEST_CASE("OpenAI chat requests") {
   auto t = ok(R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f","z":1,"a":2}}]})");
   CHECK(t.chat.vars["tools"][0]["function"].dump() == R"({"name":"f","z":1,"a":2})");
   CHECK(ok(R"({"messages":[{"role":"user","content":"x"}],"add_generation_prompt":false})").chat.vars["add_generation_prompt"] == false);
+  auto no_tools = ok(R"({"messages":[{"role":"user","content":"x"}]})");
+  CHECK(no_tools.chat.vars.contains("tools"));
+  CHECK(no_tools.chat.vars["tools"].is_null());  // None, as transformers passes it
   auto cont = ok(R"({"messages":[{"role":"assistant","content":"x"}],"continue_final_message":true})");
   CHECK(cont.chat.continue_final_message);
   CHECK(cont.chat.vars["add_generation_prompt"] == false);
