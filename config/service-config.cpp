@@ -117,6 +117,8 @@ const key_def k_keys[] = {
     {"cluster", "tls_key", &service_config::cluster_tls_key},
     {"cluster", "tls_ca", &service_config::cluster_tls_ca},
     {"cluster", "allow_insecure", &service_config::cluster_allow_insecure},
+    {"cluster", "max_connections", &service_config::cluster_max_connections},
+    {"cluster", "max_message_bytes", &service_config::cluster_max_message_bytes},
 
     {"log", "log_level", &service_config::log_level},
 };
@@ -695,6 +697,9 @@ status validate(const service_config& c) {
         "set together with cluster.tls_key and cluster.tls_ca (TLS without all three is not authenticated)",
         std::to_string(tls_set) + " of 3 set");
 
+  check(c.cluster_max_connections >= 1, "cluster.max_connections", ">= 1", num(c.cluster_max_connections));
+  check(c.cluster_max_message_bytes >= 4096 && c.cluster_max_message_bytes <= 4294967295LL,
+        "cluster.max_message_bytes", "4096..4294967295", num(c.cluster_max_message_bytes));
   // A worker node's CAF port (BASP) has no authentication and no bound on what a peer may
   // announce without TLS: only loopback, unless the operator says the network is trusted.
   if (c.role == "worker" && tls_set == 0 && !c.cluster_allow_insecure && addr && !is_loopback_host(addr.value().host))

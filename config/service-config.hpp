@@ -111,6 +111,10 @@ struct service_config {
   // A worker node's CAF port authenticates nobody without TLS: it listens on a non-loopback
   // address without cluster.tls_* only when this is true (a network you trust).
   bool cluster_allow_insecure = false;
+  // Worker node: connections its CAF port relays at once (a front node needs one), and the
+  // largest message a peer may announce there (plain TCP; CAF would allocate it unchecked).
+  int32_t cluster_max_connections = 8;
+  int64_t cluster_max_message_bytes = 64 << 20;
 
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off

@@ -195,6 +195,8 @@ TEST_CASE("each invalid value is rejected with a message naming the key and the 
       {"server.idle_timeout_ms = 0", "server.idle_timeout_ms", "0"},
       {"server.header_timeout_ms = 0", "server.header_timeout_ms", "0"},
       {"server.max_connections_per_client = -1", "server.max_connections_per_client", "-1"},
+      {"cluster.max_connections = 0", "cluster.max_connections", "0"},
+      {"cluster.max_message_bytes = 100", "cluster.max_message_bytes", "100"},
       {"server.max_inflight_per_connection = 0", "server.max_inflight_per_connection", "0"},
       {"server.max_pending_bytes = 100", "server.max_pending_bytes", "100"},
       {"server.rate_limit_rps = -0.5", "server.rate_limit_rps", "-0.5"},
