@@ -319,6 +319,8 @@ TEST_CASE("scheduler: a stop id ends the sequence in the step that sampled it an
   CHECK(a_done);
   CHECK(got_a == std::vector<int32_t>(ref.begin(), ref.begin() + long(stop_at) + 1));
   CHECK(s.pool().n_free() == s.pool().n_total());
+}
+
 // --- prefix caching ---
 
 namespace {
