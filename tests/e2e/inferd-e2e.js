@@ -322,7 +322,7 @@ test('ws and http: overloaded when the admission queue is full', async () => {
 });
 
 test('openai: completion without and with streaming', async () => {
-  const r = await request(A.port, 'POST', '/v1/completions', {model: 'tiny', prompt: 'Hello', max_tokens: 6, temperature: 0});
+  const r = await request(A.port, 'POST', '/v1/completions', {model: 'synthetic:tiny', prompt: 'Hello', max_tokens: 6, temperature: 0});
   assert.equal(r.status, 200, r.body);
   const j = r.json();
   assert.equal(j.object, 'text_completion');
