@@ -119,6 +119,12 @@ struct service_config {
   bool operator==(const service_config&) const = default;
 };
 
+// The names a request's "model" may give, the reported one first: model.served_model_name,
+// else model.model exactly as given (vLLM's rule: the path as typed).
+inline std::vector<std::string> served_model_names(const service_config& cfg) {
+  return cfg.served_model_name.empty() ? std::vector<std::string>{cfg.model} : cfg.served_model_name;
+}
+
 // Loads a TOML file over the defaults; an empty path gives the defaults.
 // Does not validate (command-line overrides may still fix a value): call validate() last.
 // Errors: io_error naming the path; format_error as "PATH:LINE:COLUMN: message" for syntax

@@ -23,6 +23,10 @@
 #include <boost/beast/websocket/ssl.hpp>
 #include <chrono>
 #include <deque>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -124,6 +128,56 @@ std::string request_id_of(std::string_view given) {
   bool ok = !given.empty() && given.size() <= 128;
   for (char c : given) ok = ok && c > 0x20 && c < 0x7f && c != '"' && c != '\\';
   return ok ? std::string(given) : random_id();
+}
+
+// The standard process_* families (Prometheus client libraries' names), from /proc: what
+// dashboards and alerts written for any exporter plot. Nothing is written when /proc is absent.
+std::string process_metrics() {
+  std::string out;
+  std::ifstream f("/proc/self/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const size_t rp = stat.rfind(')');  // the command name may hold spaces and parentheses
+  if (rp == std::string::npos) return out;
+  std::istringstream in(stat.substr(rp + 2));
+  std::vector<std::string> v;  // from field 3 (state) on
+  for (std::string x; in >> x;) v.push_back(x);
+  if (v.size() < 22) return out;
+  const double tick = double(::sysconf(_SC_CLK_TCK));
+  const double page = double(::sysconf(_SC_PAGESIZE));
+  const double cpu = (std::stod(v[11]) + std::stod(v[12])) / tick;  // utime + stime
+  const double start_ticks = std::stod(v[19]);
+  const double vsize = std::stod(v[20]), rss = std::stod(v[21]) * page;
+  double boot = 0;
+  {
+    std::ifstream s("/proc/stat");
+    for (std::string line; std::getline(s, line);)
+      if (line.rfind("btime ", 0) == 0) boot = std::stod(line.substr(6));
+  }
+  int64_t fds = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec); !ec && it != std::filesystem::directory_iterator();
+       it.increment(ec))
+    ++fds;
+  rlimit rl{};
+  const bool have_rl = ::getrlimit(RLIMIT_NOFILE, &rl) == 0;
+  fmt::format_to(std::back_inserter(out),
+                 "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+                 "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {:g}\n"
+                 "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+                 "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {:.0f}\n"
+                 "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n"
+                 "# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes {:.0f}\n"
+                 "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+                 "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {:.2f}\n"
+                 "# HELP process_open_fds Number of open file descriptors.\n"
+                 "# TYPE process_open_fds gauge\nprocess_open_fds {}\n",
+                 cpu, rss, vsize, boot + start_ticks / tick, fds);
+  if (have_rl && rl.rlim_cur != RLIM_INFINITY)
+    fmt::format_to(std::back_inserter(out),
+                   "# HELP process_max_fds Maximum number of open file descriptors.\n"
+                   "# TYPE process_max_fds gauge\nprocess_max_fds {}\n",
+                   uint64_t(rl.rlim_cur));
+  return out;
 }
 
 // A rejection decided by net itself (never submitted) still counts in
@@ -955,6 +1009,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
                    "infer_ready {}\n",
                    st_.connections.load(), st_.rejected_connections.load(), st_.slow_clients.load(),
                    st_.limiter->clients(), svc && svc->ready() ? 1 : 0);
+    out += process_metrics();
     return out;
   }
 
@@ -1579,7 +1634,7 @@ result<std::unique_ptr<server>> server::start(const service_config& cfg) {
   p->st.limiter.emplace(cfg.rate_limit_rps, double(cfg.rate_limit_burst), size_t(std::max(1, cfg.rate_limit_clients)));
   // The served name: what the operator passed, as vLLM does (the path as given), unless
   // model.served_model_name says otherwise.
-  p->st.model_names = cfg.served_model_name.empty() ? std::vector<std::string>{cfg.model} : cfg.served_model_name;
+  p->st.model_names = served_model_names(cfg);
   p->st.model_name = p->st.model_names.front();
   p->host = addr->first;
 

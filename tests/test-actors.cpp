@@ -407,7 +407,7 @@ TEST_CASE("actors: service::start from a config loads synthetic:tiny on the CPU 
   for (const char* name :
        {"infer_requests_total{outcome=\"done_length\"} 1", "infer_queue_depth 0", "infer_running_sequences",
         "infer_tokens_generated_total", "infer_worker_restarts_total 0", "infer_kv_blocks_used",
-        "infer_kv_blocks_total", "infer_time_to_first_token_seconds_bucket{le=\"+Inf\"} 1",
+        "infer_kv_blocks_capacity", "infer_time_to_first_token_seconds_bucket{le=\"+Inf\"} 1",
         "infer_inter_token_latency_seconds_count 4", "infer_batch_size_bucket", "infer_step_time_seconds_sum"})
     CHECK_MESSAGE(text.find(name) != std::string::npos, name);
   svc->shutdown();

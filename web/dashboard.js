@@ -136,7 +136,7 @@ function renderTotals(m) {
   set('t-requests', scalar(m, 'infer_requests_total'));
   set('t-queue', scalar(m, 'infer_queue_depth'));
   set('t-running', scalar(m, 'infer_running_sequences'));
-  const used = scalar(m, 'infer_kv_blocks_used'), total = scalar(m, 'infer_kv_blocks_total');
+  const used = scalar(m, 'infer_kv_blocks_used'), total = scalar(m, 'infer_kv_blocks_capacity');
   set('t-kv', used === null ? null : `${used} / ${total ?? '?'}`);
   set('t-conns', scalar(m, 'infer_connections_open'));
   const restarts = scalar(m, 'infer_worker_restarts_total');
