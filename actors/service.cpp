@@ -94,17 +94,17 @@ class service_impl final : public service {
     caf::anon_send(h, cancel_atom::value);
   }
 
-  std::vector<std::future<completion>> submit(std::vector<generate_request> tasks) override {
+  std::vector<completion_handle> submit(std::vector<generate_request> tasks) override {
     struct pending {
       std::promise<completion> p;
       completion c;
     };
-    std::vector<std::future<completion>> futures;
-    futures.reserve(tasks.size());
+    std::vector<completion_handle> handles;
+    handles.reserve(tasks.size());
     for (auto& t : tasks) {
       auto pd = std::make_shared<pending>();
-      futures.push_back(pd->p.get_future());
-      submit(std::move(t), [pd](const event& e) {
+      auto f = pd->p.get_future();
+      const uint64_t id = submit(std::move(t), [pd](const event& e) {
         pd->c.request_id = e.request_id;
         if (e.type == event::kind::token) {
           pd->c.tokens.push_back(e.token);
@@ -115,8 +115,9 @@ class service_impl final : public service {
           pd->p.set_value(std::move(pd->c));
         }
       });
+      handles.emplace_back(this, id, std::move(f));
     }
-    return futures;
+    return handles;
   }
 
   completion generate(generate_request req) override {
