@@ -10,6 +10,11 @@ const LATENCY_WINDOW_S = 10;
 
 const $ = (id) => document.getElementById(id);
 
+// The API key the page was given (app.js), sent on every fetch; empty: none.
+let apiKey = '';
+export function setApiKey(key) { apiKey = key; }
+export function authHeaders() { return apiKey ? { Authorization: `Bearer ${apiKey}` } : {}; }
+
 // Outcomes a person reads as "went well" vs "cancelled" vs "failed".
 const OK_OUTCOMES = new Set(['done_length', 'done_stop']);
 
@@ -111,13 +116,13 @@ export function startDashboard() {
 }
 
 async function fetchText(url) {
-  const r = await fetch(url, { cache: 'no-store' });
+  const r = await fetch(url, { cache: 'no-store', headers: authHeaders() });
   if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
   return r.text();
 }
 
 async function fetchJson(url) {
-  const r = await fetch(url, { cache: 'no-store' });
+  const r = await fetch(url, { cache: 'no-store', headers: authHeaders() });
   if (!r.ok) {
     const e = new Error(`${r.status} ${r.statusText}`);
     e.status = r.status;
