@@ -84,7 +84,8 @@ class streamConnection {
     let ws;
     try {
       // The key travels as the subprotocol bearer.KEY (a browser cannot set Authorization here).
-      ws = new WebSocket(this.url, apiKey ? [`bearer.${apiKey}`] : []);
+      // inferd.v1 is offered too, so that the server answers with it and never echoes the key.
+      ws = new WebSocket(this.url, apiKey ? ['inferd.v1', `bearer.${apiKey}`] : []);
     } catch (e) {  // a key with characters a subprotocol cannot hold
       this.onState('closed', e);
       return;
