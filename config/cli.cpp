@@ -133,7 +133,6 @@ cli_outcome parse_command_line(int argc, const char* const* argv, const std::str
   for (size_t i = 0; i < std::size(k_flags); ++i) {
     const auto& f = k_flags[i];
     std::string help = std::string(f.help) + " [" + f.key + "]";
-    if (f.env) help += " (env " + std::string(f.env) + ")";
     auto* o = app.add_option(f.flag, values[i], help)
                   ->type_name(f.raw_string ? std::string("TEXT") : service_config_value_kind(f.key));
     std::string dflt = service_config_value_text(defaults, f.key);
