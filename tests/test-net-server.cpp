@@ -645,9 +645,11 @@ TEST_CASE("bearer token: required on upgrade and HTTP, not on health probes") {
   auto no = http_call(f.port(), http::verb::post, "/v1/completions", R"({"prompt":"hi"})");
   CHECK(no.status == 401);
   CHECK(no.j()["error"]["code"] == "unauthorized");
-  CHECK(http_call(f.port(), http::verb::get, "/metrics").status == 401);
-  CHECK(http_call(f.port(), http::verb::get, "/metrics", "", "wrong").status == 401);
-  CHECK(http_call(f.port(), http::verb::get, "/metrics", "", "s3cret").status == 200);
+  // /metrics stays open (server.metrics_require_key = false, as vLLM); /v1/status does not.
+  CHECK(http_call(f.port(), http::verb::get, "/metrics").status == 200);
+  CHECK(http_call(f.port(), http::verb::get, "/v1/status").status == 401);
+  CHECK(http_call(f.port(), http::verb::get, "/v1/status", "", "wrong").status == 401);
+  CHECK(http_call(f.port(), http::verb::get, "/v1/status", "", "s3cret").status == 200);
   CHECK(http_call(f.port(), http::verb::post, "/v1/completions", R"({"prompt":"hi","max_tokens":1})", "s3cret")
             .status == 200);
   CHECK(http_call(f.port(), http::verb::get, "/healthz").status == 200);
