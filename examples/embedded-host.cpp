@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
   handles.back().cancel();  // a handle also cancels its task: this one ends done(cancelled)
   for (size_t i = 0; i < handles.size(); ++i) {
     infer::completion c = handles[i].get();  // blocks this (non-actor) thread only
-    std::printf("task %zu: %s, %zu tokens, %.1f ms\n", i, c.ok ? "ok" : infer::to_string(c.terminal.code),
+    std::printf("task %zu: %s, %zu tokens, %.1f ms\n", i, c.ok ? infer::to_string(c.terminal.reason) : infer::to_string(c.terminal.code),
                 c.tokens.size(), c.terminal.total_ms);
   }
 
