@@ -372,8 +372,13 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     t.idle_timeout = st_.idle();
     t.keep_alive_pings = true;  // a quiet but alive client answers pings; a dead one times out
     ws_.set_option(t);
-    ws_.set_option(websocket::stream_base::decorator([subprotocol](websocket::response_type& res) {
+    // The handshake's answer carries X-Request-Id like every HTTP response (the requests on
+    // the socket then have their own ids).
+    auto given = req.find("X-Request-Id");
+    std::string rid = request_id_of(given != req.end() ? sv(given->value()) : std::string_view());
+    ws_.set_option(websocket::stream_base::decorator([subprotocol, rid](websocket::response_type& res) {
       res.set(http::field::server, server_name);
+      res.set("X-Request-Id", rid);
       if (!subprotocol.empty()) res.set(http::field::sec_websocket_protocol, subprotocol);
     }));
     ws_.read_message_max(size_t(st_.cfg.max_frame_bytes));

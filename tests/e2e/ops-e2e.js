@@ -128,6 +128,13 @@ async function main() {
   assert.notEqual(fresh.headers['x-request-id'], fresh2.headers['x-request-id']);
   assert.match(fresh.json().id, /^cmpl-[0-9a-f]{32}$/, 'completion ids are not sequence numbers');
   assert.equal((await call(V.port, 'GET', '/nope', undefined, {...auth, 'X-Request-Id': 'r404'})).headers['x-request-id'], 'r404');
+  const wsRid = await new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${V.port}/v1/stream`, [`bearer.${KEY}`], {headers: {'X-Request-Id': 'ops-ws-rid'}});
+    ws.on('upgrade', (res) => { resolve(res.headers['x-request-id']); });
+    ws.on('open', () => ws.close());
+    ws.on('error', reject);
+  });
+  assert.equal(wsRid, 'ops-ws-rid', 'the WebSocket handshake carries X-Request-Id too');
   await waitFor('request ids in the log', () => /request_id=ops-e2e-rid-1 /.test(V.log) && /request_id=ops-e2e-rid-2 /.test(V.log));
 
   // Probes: public, as vLLM's and SageMaker's.
