@@ -31,6 +31,7 @@ struct worker_state {
   std::vector<seq_result> results;
   worker_hello_msg hello;  // sent again after a reset (a new front node)
   bool warming = false;    // running the start-up warm-up: no hello yet
+  uint64_t warm_queries = 0, warm_hits = 0;  // the warm-up's prefix cache figures, left out of reports
 };
 
 // Sequence ids of the warm-up (request ids count up from 1 and never get here).
@@ -54,6 +55,9 @@ void report(worker_actor* self, int32_t batch_seqs, int32_t batch_tokens, int32_
   r.n_sampled = n_sampled;
   r.step_us = step_us;
   r.preemptions = st.sched->n_preemptions();
+  r.prefix_queries = st.sched->prefix_queries() - st.warm_queries;
+  r.prefix_hits = st.sched->prefix_hits() - st.warm_hits;
+  r.cached_blocks = st.sched->pool().n_committed();
   r.left = std::move(left);
   self->send(st.core->batcher, std::move(r));
 }
@@ -141,6 +145,12 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
             sc.max_running = cfg.max_running;
             sc.prefill_chunk = cfg.prefill_chunk;
             sc.n_ctx = n_ctx;
+            sc.prefix_caching = cfg.prefix_caching;
+            // K/V of the same tokens differ between models and number formats: a cache is
+            // keyed by both (one pool per worker today; the salt also covers adapters later).
+            uint64_t salt = 1469598103934665603ull;
+            for (char c : st.core->model_id + "/" + name) salt = (salt ^ uint8_t(c)) * 1099511628211ull;
+            sc.cache_salt = salt;
             st.sched = std::make_unique<scheduler>(sc, kv_geometry{block_size, n_blocks});
             worker_hello_msg& h = st.hello;
             h.worker = st.index;
@@ -214,7 +224,8 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         for (const auto& r : st.results) {
           auto it = st.requests.find(r.id);
           if (it == st.requests.end()) continue;
-          self->send(it->second.request, token_msg{r.id, r.index, r.token, r.finished, r.stopped, it->second.attempt});
+          self->send(it->second.request,
+                     token_msg{r.id, r.index, r.token, r.finished, r.stopped, it->second.attempt, r.cached_tokens});
           if (r.finished) {
             left.push_back(r.id);
             st.requests.erase(it);
@@ -223,6 +234,10 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         report(self, st.batch_seqs, st.batch_tokens, int32_t(st.results.size()), job->step_us, std::move(left));
         if (st.warming && st.sched->n_running() + st.sched->n_waiting() == 0) {
           st.warming = false;
+          // Its blocks would only crowd the cache and its figures the metrics.
+          st.sched->flush_prefix_cache();
+          st.warm_queries = st.sched->prefix_queries();
+          st.warm_hits = st.sched->prefix_hits();
           self->send(st.core->batcher, st.hello);
         }
         kick(self);

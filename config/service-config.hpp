@@ -33,11 +33,16 @@ struct service_config {
   // CUDA: fraction of the device's memory for weights + KV cache of its workers (vLLM's
   // --gpu-memory-utilization); 0: size the KV cache from kv_memory_mb. No effect on CPU workers.
   double gpu_memory_utilization = 0.0;
+  bool prefix_caching = true;    // keep finished sequences' full KV blocks and reuse shared prefixes
 
   // [batching]
   int32_t max_batch_tokens = 512;  // token budget of one step (prefill chunks + decodes)
   int32_t max_running = 64;        // sequences running at once per worker
   int32_t prefill_chunk = 256;     // longest prefill slice of one sequence in one step
+  // Cache-aware routing (actors/README.md): a worker holding a longer cached prefix of a new
+  // request wins over the least loaded one when it holds at least this many more prefix
+  // tokens per extra sequence it already holds. 0: route by load only.
+  int32_t prefix_affinity_tokens = 64;
 
   // [queue]
   int32_t queue_capacity = 256;    // admission queue bound; beyond: overloaded
@@ -112,6 +117,10 @@ struct service_config {
   // A worker node's CAF port authenticates nobody without TLS: it listens on a non-loopback
   // address without cluster.tls_* only when this is true (a network you trust).
   bool cluster_allow_insecure = false;
+  // Worker node: connections its CAF port relays at once (a front node needs one), and the
+  // largest message a peer may announce there (plain TCP; CAF would allocate it unchecked).
+  int32_t cluster_max_connections = 8;
+  int64_t cluster_max_message_bytes = 64 << 20;
 
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off
