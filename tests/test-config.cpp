@@ -376,7 +376,7 @@ TEST_CASE("a worker node refuses a non-loopback plain CAF port unless cluster.al
   CHECK_MESSAGE(front.run, front.message);
   auto bad = parse_service_config("cluster.allow_insecure = 1", "t.toml");
   REQUIRE_FALSE(bad);
-  CHECK(contains(bad.error().message, "cluster.allow_insecure: expected a boolean, got an integer"));
+  CHECK(contains(bad.error().message, "cluster.allow_insecure: expected true or false, got an integer"));
 }
 
 TEST_CASE("set_service_config_value reads TOML values and bare strings") {
