@@ -25,7 +25,21 @@ int outcome_index(const char* outcome) {
 // Prometheus renders floats in Go's shortest form; %g is what clients parse happily.
 std::string num(double v) { return fmt::format("{:g}", v); }
 
+// CPU workers have no device number: "cpu", not -1.
+std::string device_label(int32_t device) { return device < 0 ? std::string("cpu") : std::to_string(device); }
+
 }  // namespace
+
+// A label value escaped as the text format wants (backslash, quote, newline).
+std::string label_value(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out.push_back('\\'), out.push_back(c);
+    else if (c == '\n') out += "\\n";
+    else out.push_back(c);
+  }
+  return out;
+}
 
 void histogram::observe(double v) {
   if (!(v >= 0)) v = 0;  // NaN and negatives (clock skew) count as 0
@@ -57,16 +71,18 @@ double histogram::quantile(double q) const {
   return bounds_[n_buckets - 1];
 }
 
-std::string histogram::render(const std::string& name, const std::string& help) const {
+std::string histogram::render(const std::string& name, const std::string& help, const std::string& labels) const {
   std::string s = fmt::format("# HELP {} {}\n# TYPE {} histogram\n", name, help, name);
+  const std::string pre = labels.empty() ? std::string() : labels + ",";
+  const std::string only = labels.empty() ? std::string() : "{" + labels + "}";
   uint64_t cum = 0;
   for (int i = 0; i < n_buckets; ++i) {
     cum += counts_[size_t(i)].load(std::memory_order_relaxed);
-    s += fmt::format("{}_bucket{{le=\"{}\"}} {}\n", name, num(bounds_[size_t(i)]), cum);
+    s += fmt::format("{}_bucket{{{}le=\"{}\"}} {}\n", name, pre, num(bounds_[size_t(i)]), cum);
   }
   cum += counts_[n_buckets].load(std::memory_order_relaxed);
-  s += fmt::format("{}_bucket{{le=\"+Inf\"}} {}\n", name, cum);
-  s += fmt::format("{}_sum {}\n{}_count {}\n", name, num(sum()), name, cum);
+  s += fmt::format("{}_bucket{{{}le=\"+Inf\"}} {}\n", name, pre, cum);
+  s += fmt::format("{}_sum{} {}\n{}_count{} {}\n", name, only, num(sum()), name, only, cum);
   return s;
 }
 
@@ -75,7 +91,28 @@ metrics::metrics()
       inter_token_latency(
           {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}),
       batch_size({1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512}),
-      step_time({0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}) {}
+      step_time({0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}),
+      e2e_time({0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120, 300}),
+      queue_time({0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}),
+      prefill_time({0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}),
+      decode_time({0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120, 300}),
+      prompt_len({1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000}),
+      generation_len({1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000}) {}
+
+void metrics::observe_finished(int32_t prompt, int32_t generated, double queue_ms, double first_token_ms,
+                               double total_ms) {
+  e2e_time.observe(total_ms / 1e3);
+  queue_time.observe(queue_ms / 1e3);
+  // No token (cancelled in the queue, or max_tokens reached by nothing): all of it counts as
+  // prefill, none as decode.
+  const double first = first_token_ms > 0 ? first_token_ms : total_ms;
+  prefill_time.observe((first - queue_ms) / 1e3);
+  decode_time.observe((total_ms - first) / 1e3);
+  prompt_len.observe(double(prompt));
+  generation_len.observe(double(generated));
+  prompt_tokens.fetch_add(uint64_t(std::max(prompt, 0)), std::memory_order_relaxed);
+  generation_tokens.fetch_add(uint64_t(std::max(generated, 0)), std::memory_order_relaxed);
+}
 
 void metrics::count_outcome(const char* outcome) {
   int i = outcome_index(outcome);
@@ -86,6 +123,8 @@ uint64_t metrics::outcome_count(const char* outcome) const {
   int i = outcome_index(outcome);
   return i < 0 ? 0 : outcomes_[size_t(i)].load(std::memory_order_relaxed);
 }
+
+std::string metrics::model_label() const { return "model_name=\"" + label_value(model_name) + "\""; }
 
 const char* to_string(worker_gauge::run_state s) {
   switch (s) {
@@ -112,7 +151,14 @@ std::string metrics::render_prometheus() const {
   gauge("infer_queue_depth", "Requests waiting in the admission queue.", ld(queue_depth));
   gauge("infer_running_sequences", "Sequences held by workers (running or about to run).", ld(running_sequences));
   gauge("infer_kv_blocks_used", "KV cache blocks in use, all workers.", ld(kv_blocks_used));
-  gauge("infer_kv_blocks_total", "KV cache blocks, all workers.", ld(kv_blocks_total));
+  gauge("infer_kv_blocks_capacity", "KV cache blocks, all workers.", ld(kv_blocks_total));
+  {
+    // vLLM's gpu_cache_usage_perc, as a 0..1 ratio (Prometheus' convention).
+    const int64_t total = ld(kv_blocks_total);
+    s += fmt::format("# HELP infer_kv_cache_usage_ratio Fraction of the KV cache blocks in use (0..1), all "
+                     "workers.\n# TYPE infer_kv_cache_usage_ratio gauge\ninfer_kv_cache_usage_ratio{{{}}} {}\n",
+                     model_label(), num(total > 0 ? double(ld(kv_blocks_used)) / double(total) : 0.0));
+  }
   counter("infer_tokens_generated_total", "Tokens sampled.", ld(tokens_generated));
   counter("infer_worker_restarts_total", "Workers restarted by the supervisor.", ld(worker_restarts));
   counter("infer_steps_total", "Engine steps run.", ld(steps));
@@ -147,13 +193,13 @@ std::string metrics::render_prometheus() const {
     auto family = [&](const char* name, const char* type, const char* help, auto value) {
       s += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
       for (const auto& w : ws)
-        s += fmt::format("{}{{worker=\"{}\",device=\"{}\"}} {}\n", name, w.id, w.device, value(w));
+        s += fmt::format("{}{{worker=\"{}\",device=\"{}\"}} {}\n", name, w.id, device_label(w.device), value(w));
     };
     family("infer_worker_up", "gauge", "1 while the worker is running.",
            [](const worker_gauge& w) { return w.state == worker_gauge::run_state::running ? 1 : 0; });
     family("infer_worker_breaker_state", "gauge", "Circuit breaker of the worker: 0 closed, 1 open, 2 half-open.",
            [](const worker_gauge& w) { return int(w.breaker); });
-    family("infer_worker_restarts", "counter", "Restarts of this worker.",
+    family("infer_worker_restarts_by_worker_total", "counter", "Restarts of this worker.",
            [](const worker_gauge& w) { return w.restarts; });
     family("infer_worker_running_sequences", "gauge", "Sequences held by this worker.",
            [](const worker_gauge& w) { return w.running; });
@@ -167,7 +213,7 @@ std::string metrics::render_prometheus() const {
         int64_t sum = 0;
         for (const auto& w : ws)
           if (w.device == d) sum += int64_t(value(w));
-        s += fmt::format("{}{{device=\"{}\"}} {}\n", name, d, sum);
+        s += fmt::format("{}{{device=\"{}\"}} {}\n", name, device_label(d), sum);
       }
     };
     per_device("infer_device_workers_up", "gauge", "Running workers of the device.",
@@ -201,6 +247,26 @@ std::string metrics::render_prometheus() const {
   s += inter_token_latency.render("infer_inter_token_latency_seconds", "Time between consecutive tokens of a request.");
   s += batch_size.render("infer_batch_size", "Sequences per engine step.");
   s += step_time.render("infer_step_time_seconds", "Engine step duration.");
+  // Request-level figures of finished requests, named after vLLM's (vllm:e2e_request_latency_seconds,
+  // ...), labelled with the served model.
+  const std::string ml = model_label();
+  s += fmt::format("# HELP infer_prompt_tokens_total Prompt tokens of finished requests.\n"
+                   "# TYPE infer_prompt_tokens_total counter\ninfer_prompt_tokens_total{{{}}} {}\n",
+                   ml, ld(prompt_tokens));
+  s += fmt::format("# HELP infer_generation_tokens_total Tokens returned by finished requests.\n"
+                   "# TYPE infer_generation_tokens_total counter\ninfer_generation_tokens_total{{{}}} {}\n",
+                   ml, ld(generation_tokens));
+  s += e2e_time.render("infer_e2e_request_latency_seconds", "End-to-end time of finished requests.", ml);
+  s += queue_time.render("infer_request_queue_time_seconds", "Time finished requests waited for a worker.", ml);
+  s += prefill_time.render("infer_request_prefill_time_seconds",
+                           "Time from dispatch to the first token of finished requests.", ml);
+  s += decode_time.render("infer_request_decode_time_seconds",
+                          "Time from the first token to the end of finished requests.", ml);
+  s += prompt_len.render("infer_request_prompt_tokens", "Prompt length of finished requests, in tokens.", ml);
+  s += generation_len.render("infer_request_generation_tokens", "Tokens generated by finished requests.", ml);
+  s += fmt::format("# HELP infer_build_info Version of this build and the model served (value 1).\n"
+                   "# TYPE infer_build_info gauge\ninfer_build_info{{version=\"{}\",{}}} 1\n",
+                   label_value(version.empty() ? std::string("unknown") : version), ml);
   return s;
 }
 

@@ -39,13 +39,16 @@ struct node_gauge {
   std::string last_error;
 };
 const char* to_string(worker_gauge::run_state s);
+// `v` escaped for a Prometheus label value.
+std::string label_value(const std::string& v);
 
 class histogram {
  public:
   static constexpr int n_buckets = 16;
   explicit histogram(std::array<double, n_buckets> upper_bounds) : bounds_(upper_bounds) {}
   void observe(double v);
-  std::string render(const std::string& name, const std::string& help) const;  // Prometheus text
+  // Prometheus text; `labels` (e.g. model_name="m") go on every sample.
+  std::string render(const std::string& name, const std::string& help, const std::string& labels = {}) const;
   uint64_t count() const { return count_.load(std::memory_order_relaxed); }
   double sum() const;
   double quantile(double q) const;  // estimate from buckets
@@ -86,6 +89,18 @@ class metrics {
   histogram inter_token_latency;  // seconds
   histogram batch_size;           // sequences per step
   histogram step_time;            // seconds
+  // Per finished request (vLLM's request-level figures): end-to-end, queue, prefill (dispatch
+  // to first token) and decode (first token to end) times, prompt and generation lengths.
+  histogram e2e_time, queue_time, prefill_time, decode_time;  // seconds
+  histogram prompt_len, generation_len;                       // tokens
+  std::atomic<uint64_t> prompt_tokens{0};      // prompt tokens of finished requests
+  std::atomic<uint64_t> generation_tokens{0};  // tokens returned by finished requests
+  // Labels every request-level family and infer_build_info carry (the served model name),
+  // and the build's version. Set once before the service starts.
+  std::string model_name;
+  std::string version;
+  // At a request's `done` event; times in milliseconds (as the event has them).
+  void observe_finished(int32_t prompt, int32_t generated, double queue_ms, double first_token_ms, double total_ms);
 
   std::atomic<uint64_t> step_failures{0};   // steps that failed or timed out (watchdog)
   std::atomic<uint64_t> step_timeouts{0};   // of which the watchdog fired
@@ -131,6 +146,7 @@ class metrics {
 
   uint64_t outcome_count(const char* outcome) const;
   std::string render_prometheus() const;  // the whole text exposition
+  std::string model_label() const;         // model_name="..." (escaped)
 
  private:
   static constexpr int n_outcomes = 9;

@@ -86,6 +86,7 @@ void finish(request_actor* self, event e) {
   e.max_tokens_capped_to = st.max_tokens_capped_to;
   auto& m = st.core->stats;
   m.count_outcome(outcome_of(e));
+  if (e.type == event::kind::done) m.observe_finished(e.prompt_tokens, e.completion_tokens, e.queue_ms, e.first_token_ms, e.total_ms);
   if (e.cpu_fallback) m.degraded_cpu_fallback.fetch_add(1, std::memory_order_relaxed);
   if (e.max_tokens_capped_to > 0) m.degraded_max_tokens_capped.fetch_add(1, std::memory_order_relaxed);
   emit(self, e);

@@ -94,17 +94,17 @@ class service_impl final : public service {
     caf::anon_send(h, cancel_atom::value);
   }
 
-  std::vector<std::future<completion>> submit(std::vector<generate_request> tasks) override {
+  std::vector<completion_handle> submit(std::vector<generate_request> tasks) override {
     struct pending {
       std::promise<completion> p;
       completion c;
     };
-    std::vector<std::future<completion>> futures;
-    futures.reserve(tasks.size());
+    std::vector<completion_handle> handles;
+    handles.reserve(tasks.size());
     for (auto& t : tasks) {
       auto pd = std::make_shared<pending>();
-      futures.push_back(pd->p.get_future());
-      submit(std::move(t), [pd](const event& e) {
+      auto f = pd->p.get_future();
+      const uint64_t id = submit(std::move(t), [pd](const event& e) {
         pd->c.request_id = e.request_id;
         if (e.type == event::kind::token) {
           pd->c.tokens.push_back(e.token);
@@ -115,8 +115,9 @@ class service_impl final : public service {
           pd->p.set_value(std::move(pd->c));
         }
       });
+      handles.emplace_back(this, id, std::move(f));
     }
-    return futures;
+    return handles;
   }
 
   completion generate(generate_request req) override {
@@ -349,6 +350,8 @@ result<service_core_ptr> make_core(const service_config& cfg, const service_hook
   if (!hooks.make_backend) return make_status(errc::invalid_argument, "service_hooks: make_backend is empty");
   auto core = std::make_shared<service_core>();
   core->cfg = cfg;
+  core->stats.model_name = served_model_names(cfg).front();
+  core->stats.version = INFER_VERSION;
   core->tok = hooks.tok;
   if (status s = apply_chat_template(cfg, core->tok); !s) return s;
   core->eos_ids = hooks.eos_ids;
@@ -421,6 +424,10 @@ result<service_hooks> model_hooks(service_config& run_cfg) {
 #endif
   if (kind == "cpu" && cfg.dtype != "auto")  // said, not silently dropped
     dtype_note = fmt::format(", fp32 on the CPU (backend.dtype {} applies to CUDA workers)", cfg.dtype);
+  if (kind == "cpu" && cfg.gpu_memory_utilization > 0)
+    spdlog::warn("backend.gpu_memory_utilization {} does not apply to CPU workers: each has backend.kv_memory_mb "
+                 "({} MiB) of KV cache",
+                 cfg.gpu_memory_utilization, cfg.kv_memory_mb);
   {
     const model_config& mc = mcfg;
     spdlog::info("model {}: {} {} layers, hidden {}, {} heads ({} KV, head_dim {}), vocabulary {}; serving a context "
@@ -458,6 +465,10 @@ result<service_hooks> model_hooks(service_config& run_cfg) {
     o.dtype = cfg.dtype;
     if (kind == "cuda") {
       o.device = std::max(plan.device_of(index), 0);
+      o.gpu_memory_utilization = cfg.gpu_memory_utilization;
+      o.device_workers = 0;
+      for (int32_t w = 0; w < plan.n_primary; ++w) o.device_workers += plan.device_of(w) == plan.device_of(index);
+      o.device_workers = std::max(o.device_workers, 1);
 #ifdef INFER_HAVE_CUDA
       // Workers of one device share one upload either way.
       return weights ? make_cuda_backend(weights, o) : make_cuda_backend(cfg.model, lo, o);

@@ -114,6 +114,34 @@ struct completion {
   event terminal;                 // the done or error event
 };
 
+class service;
+
+// One task of service::submit(tasks): its outcome to wait for, and the means to cancel it.
+// Movable, not copyable; must not outlive the service that made it.
+class completion_handle {
+ public:
+  completion_handle() = default;
+  completion_handle(service* svc, uint64_t id, std::future<completion> f)
+      : svc_(svc), id_(id), f_(std::move(f)) {}
+
+  uint64_t request_id() const { return id_; }
+  bool valid() const { return f_.valid(); }
+  // Ends the request with done(cancelled) unless it already ended; get() still returns its
+  // completion (with the tokens made so far). Any thread, any time; idempotent.
+  inline void cancel();
+  // Blocks the calling (non-actor) thread until the request ends; once only.
+  completion get() { return f_.get(); }
+  template <class Rep, class Period>
+  std::future_status wait_for(std::chrono::duration<Rep, Period> d) const {
+    return f_.wait_for(d);
+  }
+
+ private:
+  service* svc_ = nullptr;
+  uint64_t id_ = 0;
+  std::future<completion> f_;
+};
+
 class service {
  public:
   virtual ~service() = default;
@@ -131,8 +159,9 @@ class service {
   // Cancel at any moment; the request ends with done(cancelled) unless already ended.
   virtual void cancel(uint64_t request_id) = 0;
 
-  // The "parallel engine" shape: submit a list, get a future per task.
-  virtual std::vector<std::future<completion>> submit(std::vector<generate_request> tasks) = 0;
+  // The "parallel engine" shape: submit a list, get a handle per task (in order) to wait on
+  // or cancel.
+  virtual std::vector<completion_handle> submit(std::vector<generate_request> tasks) = 0;
   // Convenience: blocks the calling (non-actor) thread until the request ends.
   virtual completion generate(generate_request req) = 0;
 
@@ -168,5 +197,9 @@ class service {
   // The default (a service without a supervision tree) lists no workers.
   virtual std::string status_json() const { return "{\"workers\":[],\"queue_depth\":0}"; }
 };
+
+inline void completion_handle::cancel() {
+  if (svc_) svc_->cancel(id_);
+}
 
 }  // namespace infer

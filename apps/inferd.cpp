@@ -3,7 +3,8 @@
 // system and attaches it to the server; SIGINT / SIGTERM shut down in order:
 // service first (every request gets its terminal event), then the network.
 //
-//   inferd --config config/inferd.toml [--listen HOST:PORT] [--model SPEC] [--backend cpu]
+//   inferd [serve] [MODEL] [--config config/inferd.toml] [--listen HOST:PORT | --host H --port P]
+//          [--model SPEC] [--backend cpu]   (vllm serve / llama-server flags: README)
 //          [--port-file PATH]   (writes the bound port, for --listen HOST:0)
 //          [--worker-node HOST:PORT]...   (front node: use these worker nodes too, or only them
 //                                          with --workers 0)
@@ -148,7 +149,9 @@ int main(int argc, char** argv) {
       spdlog::info("tokenizer: {}", tok.describe());
       if (!tok.info().generation.empty())
         spdlog::info("model's generation defaults (generation_config.json): {}", tok.info().generation.describe());
-      spdlog::info("ready: model {} n_ctx {}", cfg.model, (*svc)->n_ctx());
+      std::string names;
+      for (const auto& n : infer::served_model_names(cfg)) names += (names.empty() ? "" : ", ") + n;
+      spdlog::info("ready: model {} served as {} n_ctx {}", cfg.model, names, (*svc)->n_ctx());
       int sig = 0;
       sigwait(&sigs, &sig);
       spdlog::info("signal {}: draining for up to {} ms", sig, cfg.drain_timeout_ms);

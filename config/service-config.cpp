@@ -45,6 +45,7 @@ const key_def k_keys[] = {
     {"model", "tokenizer_dir", &service_config::tokenizer_dir},
     {"model", "max_model_len", &service_config::max_model_len},
     {"model", "chat_template", &service_config::chat_template},
+    {"model", "served_model_name", &service_config::served_model_name},
 
     {"backend", "backend", &service_config::backend},
     {"backend", "dtype", &service_config::dtype},
@@ -54,6 +55,7 @@ const key_def k_keys[] = {
     {"backend", "kv_block_size", &service_config::kv_block_size},
     {"backend", "kv_memory_mb", &service_config::kv_memory_mb},
     {"backend", "kv_blocks", &service_config::kv_blocks},
+    {"backend", "gpu_memory_utilization", &service_config::gpu_memory_utilization},
     {"backend", "prefix_caching", &service_config::prefix_caching},
 
     {"batching", "max_batch_tokens", &service_config::max_batch_tokens},
@@ -69,6 +71,7 @@ const key_def k_keys[] = {
     {"server", "listen", &service_config::listen},
     {"server", "io_threads", &service_config::io_threads},
     {"server", "api_key", &service_config::api_key},
+    {"server", "metrics_require_key", &service_config::metrics_require_key},
     {"server", "tls_cert", &service_config::tls_cert},
     {"server", "tls_key", &service_config::tls_key},
     {"server", "max_connections", &service_config::max_connections},
@@ -510,6 +513,38 @@ std::string toml_string_literal(std::string_view text) {
   return out;
 }
 
+namespace {
+void format_value(std::ostream& out, const service_config& cfg, const key_def& k) {
+  std::visit(
+      [&](auto field) {
+        using F = decltype(field);
+        if constexpr (std::is_same_v<F, str_field>) {
+          out << toml_string_literal(cfg.*field);
+        } else if constexpr (std::is_same_v<F, arr_field>) {
+          out << "[";
+          const auto& v = cfg.*field;
+          for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
+          out << "]";
+        } else if constexpr (std::is_same_v<F, strs_field>) {
+          out << "[";
+          const auto& v = cfg.*field;
+          for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << toml_string_literal(v[i]);
+          out << "]";
+        } else if constexpr (std::is_same_v<F, bool_field>) {
+          out << (cfg.*field ? "true" : "false");
+        } else if constexpr (std::is_same_v<F, f64_field>) {
+          out << toml::value<double>(cfg.*field);
+        } else if constexpr (std::is_same_v<F, u64_field>) {
+          // TOML integers are signed 64-bit; larger seeds cannot round-trip.
+          out << static_cast<int64_t>(std::min<uint64_t>(cfg.*field, std::numeric_limits<int64_t>::max()));
+        } else {
+          out << cfg.*field;
+        }
+      },
+      k.field);
+}
+}  // namespace
+
 std::string format_service_config(const service_config& cfg) {
   std::ostringstream out;
   for (const char* section : k_sections) {
@@ -517,38 +552,26 @@ std::string format_service_config(const service_config& cfg) {
     for (const auto& k : k_keys) {
       if (std::string_view(k.section) != section) continue;
       out << k.name << " = ";
-      std::visit(
-          [&](auto field) {
-            using F = decltype(field);
-            if constexpr (std::is_same_v<F, str_field>) {
-              out << toml_string_literal(cfg.*field);
-            } else if constexpr (std::is_same_v<F, arr_field>) {
-              out << "[";
-              const auto& v = cfg.*field;
-              for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << v[i];
-              out << "]";
-            } else if constexpr (std::is_same_v<F, strs_field>) {
-              out << "[";
-              const auto& v = cfg.*field;
-              for (size_t i = 0; i < v.size(); ++i) out << (i ? ", " : "") << toml_string_literal(v[i]);
-              out << "]";
-            } else if constexpr (std::is_same_v<F, bool_field>) {
-              out << (cfg.*field ? "true" : "false");
-            } else if constexpr (std::is_same_v<F, f64_field>) {
-              out << toml::value<double>(cfg.*field);
-            } else if constexpr (std::is_same_v<F, u64_field>) {
-              // TOML integers are signed 64-bit; larger seeds cannot round-trip.
-              out << static_cast<int64_t>(std::min<uint64_t>(cfg.*field, std::numeric_limits<int64_t>::max()));
-            } else {
-              out << cfg.*field;
-            }
-          },
-          k.field);
+      format_value(out, cfg, k);
       out << "\n";
     }
     out << "\n";
   }
   return out.str();
+}
+
+std::string service_config_value_text(const service_config& cfg, std::string_view key) {
+  for (const auto& k : k_keys) {
+    if (full_name(k) != key) continue;
+    std::ostringstream out;
+    format_value(out, cfg, k);
+    return out.str();
+  }
+  return "";
+}
+
+std::string closest_name(std::string_view bad, const std::vector<std::string>& candidates) {
+  return closest(bad, candidates);
 }
 
 status validate(const service_config& c) {
@@ -562,6 +585,10 @@ status validate(const service_config& c) {
   check(!c.model.empty(), "model.model", "a model directory or synthetic:NAME", "\"\"");
   if (c.model.rfind("synthetic:", 0) == 0)
     check(c.model.size() > 10, "model.model", "synthetic:NAME with a NAME", quoted(c.model));
+  for (size_t i = 0; i < c.served_model_name.size(); ++i) {
+    std::string key = "model.served_model_name[" + std::to_string(i) + "]";
+    check(!c.served_model_name[i].empty(), key.c_str(), "a non-empty name", "\"\"");
+  }
   check(c.max_model_len >= 0, "model.max_model_len", ">= 0 (0: the model's max_position_embeddings)",
         num(c.max_model_len));
 
@@ -589,6 +616,8 @@ status validate(const service_config& c) {
   check(c.kv_memory_mb >= 1 && c.kv_memory_mb <= (int64_t{1} << 30), "backend.kv_memory_mb", "1..1073741824",
         num(c.kv_memory_mb));
   check(c.kv_blocks >= 0, "backend.kv_blocks", ">= 0 (0: sized from kv_memory_mb)", num(c.kv_blocks));
+  check(c.gpu_memory_utilization >= 0.0 && c.gpu_memory_utilization <= 1.0, "backend.gpu_memory_utilization",
+        "a fraction in 0..1 (0: size the KV cache from kv_memory_mb)", std::to_string(c.gpu_memory_utilization));
 
   // [batching]
   check(c.max_batch_tokens >= 1, "batching.max_batch_tokens", ">= 1", num(c.max_batch_tokens));

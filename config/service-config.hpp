@@ -18,6 +18,8 @@ struct service_config {
   std::string tokenizer_dir;             // empty: beside the model, or the built-in one
   int32_t max_model_len = 0;             // context served: min(max_position_embeddings, this); 0: the model's
   std::string chat_template;             // a Jinja file replacing the model's chat template(s)
+  // Names clients use in "model" (the first is the one reported); empty: model.model as given.
+  std::vector<std::string> served_model_name;
 
   // [backend]
   std::string backend = "auto";  // auto | cpu | cuda
@@ -28,6 +30,9 @@ struct service_config {
   int32_t kv_block_size = 16;
   int64_t kv_memory_mb = 256;    // per worker (CPU) / per device share (CUDA)
   int32_t kv_blocks = 0;         // 0: sized from kv_memory_mb
+  // CUDA: fraction of the device's memory for weights + KV cache of its workers (vLLM's
+  // --gpu-memory-utilization); 0: size the KV cache from kv_memory_mb. No effect on CPU workers.
+  double gpu_memory_utilization = 0.0;
   bool prefix_caching = true;    // keep finished sequences' full KV blocks and reuse shared prefixes
 
   // [batching]
@@ -49,6 +54,7 @@ struct service_config {
   std::string listen = "127.0.0.1:8080";
   int32_t io_threads = 2;
   std::string api_key;             // empty: no authentication
+  bool metrics_require_key = false;  // /metrics needs the key too (default open, as vLLM: scrapers)
   std::string tls_cert, tls_key;   // both set: https / wss
   int32_t max_connections = 1024;
   int64_t max_frame_bytes = 1 << 20;
@@ -122,6 +128,12 @@ struct service_config {
   bool operator==(const service_config&) const = default;
 };
 
+// The names a request's "model" may give, the reported one first: model.served_model_name,
+// else model.model exactly as given (vLLM's rule: the path as typed).
+inline std::vector<std::string> served_model_names(const service_config& cfg) {
+  return cfg.served_model_name.empty() ? std::vector<std::string>{cfg.model} : cfg.served_model_name;
+}
+
 // Loads a TOML file over the defaults; an empty path gives the defaults.
 // Does not validate (command-line overrides may still fix a value): call validate() last.
 // Errors: io_error naming the path; format_error as "PATH:LINE:COLUMN: message" for syntax
@@ -145,6 +157,11 @@ std::vector<std::string> service_config_keys();
 std::string service_config_value_kind(std::string_view key);
 // The settings as TOML text that parse_service_config reads back to an equal service_config.
 std::string format_service_config(const service_config& cfg);
+
+// The value of `key` in `cfg` as TOML text ("" for an unknown key): --help shows defaults.
+std::string service_config_value_text(const service_config& cfg, std::string_view key);
+// The candidate close enough to `bad` to be a plausible typo of it, or "".
+std::string closest_name(std::string_view bad, const std::vector<std::string>& candidates);
 
 // `text` as a TOML basic string ("..." with escapes), read back as the same bytes when they are
 // valid UTF-8; an invalid sequence becomes U+FFFD (TOML strings are Unicode).

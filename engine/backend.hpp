@@ -94,6 +94,10 @@ struct backend_options {
   int32_t kv_block_size = 16;
   int32_t kv_blocks = 0;      // 0: sized from kv_memory_mb
   int64_t kv_memory_mb = 256;
+  // CUDA: > 0 sizes the KV cache instead of kv_memory_mb: this fraction of the device's memory
+  // holds the weights plus the KV caches of its `device_workers` workers (an equal share each).
+  double gpu_memory_utilization = 0.0;
+  int32_t device_workers = 1;
   int32_t device = 0;         // CUDA device ordinal
   std::string dtype = "auto"; // CUDA: auto (checkpoint's torch_dtype; GPT-2 fp16) | bf16 | fp16
   int32_t threads = 0;        // CPU: BLAS threads (process-wide), 0 = 1

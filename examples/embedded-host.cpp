@@ -2,7 +2,8 @@
 // inference service in it (no server, no network).
 //
 //   1. one request with a streaming callback (tokens printed as they come);
-//   2. a list of tasks submitted at once, one future per task ("parallel engine" style);
+//   2. a list of tasks submitted at once, one handle per task to wait on or cancel
+//      ("parallel engine" style);
 //   3. a cancel from the host thread.
 //
 //   ./build/bin/embedded-host [MODEL]      (default synthetic:tiny)
@@ -75,10 +76,11 @@ int main(int argc, char** argv) {
     t.prio = i == 7 ? infer::priority::high : infer::priority::normal;
     tasks.push_back(std::move(t));
   }
-  auto futures = svc->submit(std::move(tasks));
-  for (size_t i = 0; i < futures.size(); ++i) {
-    infer::completion c = futures[i].get();  // blocks this (non-actor) thread only
-    std::printf("task %zu: %s, %zu tokens, %.1f ms\n", i, c.ok ? "ok" : infer::to_string(c.terminal.code),
+  auto handles = svc->submit(std::move(tasks));
+  handles.back().cancel();  // a handle also cancels its task: this one ends done(cancelled)
+  for (size_t i = 0; i < handles.size(); ++i) {
+    infer::completion c = handles[i].get();  // blocks this (non-actor) thread only
+    std::printf("task %zu: %s, %zu tokens, %.1f ms\n", i, c.ok ? infer::to_string(c.terminal.reason) : infer::to_string(c.terminal.code),
                 c.tokens.size(), c.terminal.total_ms);
   }
 

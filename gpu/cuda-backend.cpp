@@ -148,6 +148,19 @@ class cuda_backend final : public backend {
       want = size_t(opts.kv_memory_mb) * (size_t(1) << 20) / block_bytes;
     size_t free_b = 0, total_b = 0;
     INFER_CUDA_TRY(cudaMemGetInfo(&free_b, &total_b));
+    if (opts.kv_blocks == 0 && opts.gpu_memory_utilization > 0) {
+      // vLLM's rule: the fraction covers the (shared) weights and every worker's KV cache;
+      // each worker of the device takes an equal share of what the weights leave, so the
+      // figure does not depend on which worker starts (or restarts) first.
+      const double budget = opts.gpu_memory_utilization * double(total_b) - double(stats_.weight_bytes);
+      if (budget < double(block_bytes) * opts.device_workers)
+        return make_status(errc::out_of_memory,
+                           fmt::format("backend.gpu_memory_utilization {}: {:.0f} MiB of the device's {:.0f} MiB "
+                                       "leave no room for the KV cache after {:.0f} MiB of weights",
+                                       opts.gpu_memory_utilization, opts.gpu_memory_utilization * double(total_b) / 1048576.0,
+                                       double(total_b) / 1048576.0, double(stats_.weight_bytes) / 1048576.0));
+      want = size_t(budget / opts.device_workers) / block_bytes;
+    }
     const size_t reserve = std::min(free_b / 10, size_t(2) << 30);
     const size_t fit = free_b > reserve ? (free_b - reserve) / block_bytes : 0;
     if (want == 0) want = fit;  // kv_memory_mb = 0 and kv_blocks = 0: use the free memory

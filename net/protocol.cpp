@@ -320,6 +320,10 @@ command parse_command(std::string_view frame, const protocol_limits& lim) {
     if (r.prompt_tokens.empty()) return invalid_request{id, "prompt_tokens: must not be empty"};
   }
   if (auto e = get_sampling(o, lim, r)) return invalid_request{id, *e};
+  if (!absent(o, "model")) {
+    if (!o.at("model").is_string()) return invalid_request{id, "model: must be a string"};
+    cmd.model = o.at("model").get<std::string>();
+  }
   if (!absent(o, "priority")) {
     const json& p = o.at("priority");
     if (!p.is_string()) return invalid_request{id, "priority: must be a string"};
@@ -432,6 +436,28 @@ std::string error_frame(const std::optional<std::string>& id, error_code c, std:
   append_json_string(out, message);
   if (c == error_code::rate_limited || c == error_code::overloaded)
     fmt::format_to(std::back_inserter(out), R"(,"retry_after_ms":{})", std::max<int64_t>(retry_after_ms, 0));
+  out.push_back('}');
+  return out;
+}
+
+std::string model_not_found_message(std::string_view asked, const std::vector<std::string>& served) {
+  std::string names;
+  for (const auto& n : served) names += (names.empty() ? "" : ", ") + n;
+  return fmt::format("The model `{}` does not exist (served: {})", asked, names);
+}
+
+std::string model_not_found_json(std::string_view message) {
+  std::string out = R"({"error":{"message":)";
+  append_json_string(out, message);
+  out += R"(,"type":"invalid_request_error","param":"model","code":"model_not_found"}})";
+  return out;
+}
+
+std::string model_not_found_frame(std::string_view id, std::string_view message) {
+  std::string out = R"({"type":"error","id":)";
+  append_json_string(out, id);
+  out += R"(,"code":"model_not_found","message":)";
+  append_json_string(out, message);
   out.push_back('}');
   return out;
 }

@@ -60,6 +60,7 @@ struct chat_input {
 
 struct generate_command {
   std::string id;
+  std::string model;  // empty: the default model; else one of the served names
   generate_request request;
   std::optional<chat_input> chat;  // "messages" instead of a prompt: rendered before submission
 };
@@ -89,6 +90,12 @@ std::string error_frame(const std::optional<std::string>& id, error_code c, std:
                         int64_t retry_after_ms = 0);
 // Any service event, dispatched on its kind.
 std::string event_frame(std::string_view id, const event& e);
+
+// A request naming a model this server does not serve (OpenAI's 404 model_not_found):
+// the message names the model asked for and those served.
+std::string model_not_found_message(std::string_view asked, const std::vector<std::string>& served);
+std::string model_not_found_json(std::string_view message);                // HTTP body
+std::string model_not_found_frame(std::string_view id, std::string_view message);  // WebSocket error
 
 // Appends `s` as a JSON string literal (with quotes). Invalid UTF-8 becomes U+FFFD, so
 // the output is always valid JSON whatever the bytes.

@@ -23,6 +23,10 @@
 #include <boost/beast/websocket/ssl.hpp>
 #include <chrono>
 #include <deque>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -60,13 +64,13 @@ constexpr const char* server_name = "inferd";
 // Shared by the listener and every session; outlives the io context (see impl).
 struct server_state {
   service_config cfg;
-  std::string model_name;
+  std::string model_name;                // reported in responses and /v1/models
+  std::vector<std::string> model_names;  // every name a request may give (model_name first)
   std::atomic<service*> svc{nullptr};
   protocol_limits limits;  // written once by attach() before svc is published
   std::atomic<int64_t> connections{0};
   std::atomic<uint64_t> rejected_connections{0};
   std::atomic<uint64_t> next_conn{1};
-  std::atomic<uint64_t> next_cmpl{1};
   std::atomic<uint64_t> slow_clients{0};  // connections closed for not reading
   std::optional<rate_limiter> limiter;    // set by server::start
   std::atomic<const server::clock_fn*> clock{nullptr};  // tests drive the rate limit's clock
@@ -89,6 +93,10 @@ struct server_state {
   // Pending outgoing bytes per connection beyond which the client counts as too slow.
   size_t max_pending_bytes() const { return size_t(std::max<int64_t>(cfg.max_pending_bytes, 1)); }
   service* current() const { return svc.load(std::memory_order_acquire); }
+  // A request's "model": empty (the default) or one of the served names.
+  bool serves(std::string_view model) const {
+    return model.empty() || std::find(model_names.begin(), model_names.end(), model) != model_names.end();
+  }
 
   // One generation request of `client`: 0 if the rate limit lets it through, else the
   // milliseconds until it would.
@@ -102,6 +110,75 @@ struct server_state {
                        cfg.rate_limit_burst, wait_ms);
   }
 };
+
+// Ids a client cannot guess from its own (completion ids, generated X-Request-Id): 128 random
+// bits as hex, from a per-thread generator seeded by the OS.
+std::string random_id() {
+  thread_local std::mt19937_64 gen = [] {
+    std::random_device rd;
+    std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+    return std::mt19937_64(seq);
+  }();
+  return fmt::format("{:016x}{:016x}", gen(), gen());
+}
+
+// A client's X-Request-Id kept if it is printable ASCII of at most 128 bytes (it goes into
+// headers and logs); otherwise, or when absent, a fresh one.
+std::string request_id_of(std::string_view given) {
+  bool ok = !given.empty() && given.size() <= 128;
+  for (char c : given) ok = ok && c > 0x20 && c < 0x7f && c != '"' && c != '\\';
+  return ok ? std::string(given) : random_id();
+}
+
+// The standard process_* families (Prometheus client libraries' names), from /proc: what
+// dashboards and alerts written for any exporter plot. Nothing is written when /proc is absent.
+std::string process_metrics() {
+  std::string out;
+  std::ifstream f("/proc/self/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const size_t rp = stat.rfind(')');  // the command name may hold spaces and parentheses
+  if (rp == std::string::npos) return out;
+  std::istringstream in(stat.substr(rp + 2));
+  std::vector<std::string> v;  // from field 3 (state) on
+  for (std::string x; in >> x;) v.push_back(x);
+  if (v.size() < 22) return out;
+  const double tick = double(::sysconf(_SC_CLK_TCK));
+  const double page = double(::sysconf(_SC_PAGESIZE));
+  const double cpu = (std::stod(v[11]) + std::stod(v[12])) / tick;  // utime + stime
+  const double start_ticks = std::stod(v[19]);
+  const double vsize = std::stod(v[20]), rss = std::stod(v[21]) * page;
+  double boot = 0;
+  {
+    std::ifstream s("/proc/stat");
+    for (std::string line; std::getline(s, line);)
+      if (line.rfind("btime ", 0) == 0) boot = std::stod(line.substr(6));
+  }
+  int64_t fds = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec); !ec && it != std::filesystem::directory_iterator();
+       it.increment(ec))
+    ++fds;
+  rlimit rl{};
+  const bool have_rl = ::getrlimit(RLIMIT_NOFILE, &rl) == 0;
+  fmt::format_to(std::back_inserter(out),
+                 "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+                 "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {:g}\n"
+                 "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+                 "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {:.0f}\n"
+                 "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n"
+                 "# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes {:.0f}\n"
+                 "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+                 "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {:.2f}\n"
+                 "# HELP process_open_fds Number of open file descriptors.\n"
+                 "# TYPE process_open_fds gauge\nprocess_open_fds {}\n",
+                 cpu, rss, vsize, boot + start_ticks / tick, fds);
+  if (have_rl && rl.rlim_cur != RLIM_INFINITY)
+    fmt::format_to(std::back_inserter(out),
+                   "# HELP process_max_fds Maximum number of open file descriptors.\n"
+                   "# TYPE process_max_fds gauge\nprocess_max_fds {}\n",
+                   uint64_t(rl.rlim_cur));
+  return out;
+}
 
 // A rejection decided by net itself (never submitted) still counts in
 // infer_requests_total{outcome}, like those the service decides.
@@ -255,15 +332,18 @@ std::string outcome_name(const event& e) {
   return to_string(e.code);
 }
 
-void log_outcome(uint64_t conn, std::string_view api, std::string_view id, uint64_t rid, const event& e) {
+// `request_id`: the HTTP request's X-Request-Id (WebSocket requests have their own ids).
+void log_outcome(uint64_t conn, std::string_view api, std::string_view id, uint64_t rid, const event& e,
+                 std::string_view request_id = {}) {
+  std::string xrid = request_id.empty() ? std::string() : fmt::format(" request_id={}", request_id);
   if (e.type == event::kind::done) {
     spdlog::info(
-        "request id={} conn={} rid={} api={} outcome={} prompt_tokens={} completion_tokens={} queue_ms={:.2f} "
+        "request id={}{} conn={} rid={} api={} outcome={} prompt_tokens={} completion_tokens={} queue_ms={:.2f} "
         "ttft_ms={:.2f} total_ms={:.2f}",
-        q(id), conn, rid, api, outcome_name(e), e.prompt_tokens, e.completion_tokens, e.queue_ms, e.first_token_ms,
-        e.total_ms);
+        q(id), xrid, conn, rid, api, outcome_name(e), e.prompt_tokens, e.completion_tokens, e.queue_ms,
+        e.first_token_ms, e.total_ms);
   } else {
-    spdlog::info("request id={} conn={} rid={} api={} outcome={} message=\"{}\"", q(id), conn, rid, api,
+    spdlog::info("request id={}{} conn={} rid={} api={} outcome={} message=\"{}\"", q(id), xrid, conn, rid, api,
                  outcome_name(e), q(e.message));
   }
 }
@@ -292,8 +372,13 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     t.idle_timeout = st_.idle();
     t.keep_alive_pings = true;  // a quiet but alive client answers pings; a dead one times out
     ws_.set_option(t);
-    ws_.set_option(websocket::stream_base::decorator([subprotocol](websocket::response_type& res) {
+    // The handshake's answer carries X-Request-Id like every HTTP response (the requests on
+    // the socket then have their own ids).
+    auto given = req.find("X-Request-Id");
+    std::string rid = request_id_of(given != req.end() ? sv(given->value()) : std::string_view());
+    ws_.set_option(websocket::stream_base::decorator([subprotocol, rid](websocket::response_type& res) {
       res.set(http::field::server, server_name);
+      res.set("X-Request-Id", rid);
       if (!subprotocol.empty()) res.set(http::field::sec_websocket_protocol, subprotocol);
     }));
     ws_.read_message_max(size_t(st_.cfg.max_frame_bytes));
@@ -412,6 +497,13 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     if (!svc) {
       spdlog::info("request id={} conn={} api=ws outcome=unavailable message=\"model loading\"", q(g.id), conn_);
       send(error_frame(g.id, error_code::unavailable, "the model is not loaded yet"));
+      return;
+    }
+    if (!st_.serves(g.model)) {
+      std::string msg = model_not_found_message(g.model, st_.model_names);
+      spdlog::info("request id={} conn={} api=ws outcome=invalid_request message=\"{}\"", q(g.id), conn_, q(msg));
+      count_rejection(svc, error_code::invalid_request);
+      send(model_not_found_frame(g.id, msg));
       return;
     }
     if (auto dup = live_.find(g.id); dup != live_.end()) {
@@ -606,13 +698,13 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     bool chat = false;  // /v1/chat/completions: chat.completion objects
     bool stream = false, include_usage = false, keep_alive = true, chunked = true;
     bool headers_sent = false, finished = false, client_gone = false;
-    std::string cmpl_id, model, text;
+    std::string cmpl_id, model, text, request_id;
     int64_t created = 0;
   };
 
   void on_event(const std::shared_ptr<completion_state>& c, const event& e) {
     if (c != cur_) return;
-    if (e.terminal()) log_outcome(conn_, c->chat ? "chat" : "openai", c->cmpl_id, c->rid, e);
+    if (e.terminal()) log_outcome(conn_, c->chat ? "chat" : "openai", c->cmpl_id, c->rid, e, c->request_id);
     if (c->client_gone) {
       if (e.terminal()) cur_.reset();
       return;
@@ -805,9 +897,12 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     bool keep = req.keep_alive();
     bool get = req.method() == http::verb::get, post = req.method() == http::verb::post;
     service* svc = st_.current();
+    req_id_ = request_id_of(req.find("X-Request-Id") != req.end() ? sv(req.find("X-Request-Id")->value()) : "");
 
     if (path == "/healthz" && get) return respond(http::status::ok, R"({"status":"ok"})", "application/json", keep);
-    if (path == "/readyz" && get) {
+    // /readyz, and /health (vLLM, TGI) and /ping (SageMaker; GET or POST) for probes written
+    // for those: one truth, whether a request could be served now.
+    if ((path == "/readyz" || path == "/health" || path == "/ping") && (get || (post && path == "/ping"))) {
       const std::string why = svc ? svc->not_ready_reason() : std::string("loading");
       if (why.empty()) return respond(http::status::ok, R"({"status":"ready"})", "application/json", keep);
       std::string body = R"({"status":)";
@@ -815,6 +910,13 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
       body += "}";
       return respond(http::status::service_unavailable, std::move(body), "application/json", keep);
     }
+    if (path == "/version" && get)
+      return respond(http::status::ok, fmt::format(R"({{"version":"{}"}})", INFER_VERSION), "application/json",
+                     keep);
+    // Open by default as in vLLM (Prometheus scrapes without a key; no request content is in
+    // it): server.metrics_require_key puts it behind the key.
+    if (path == "/metrics" && get && !st_.cfg.metrics_require_key)
+      return respond(http::status::ok, metrics_text(svc), "text/plain; version=0.0.4", keep);
     // The page (web/, embedded) is public like the probes: it holds no data, and a browser
     // navigating to it cannot send a bearer token. What it then fetches is checked as usual.
     if (get)
@@ -827,11 +929,16 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
       if (!svc) return respond(http::status::service_unavailable, R"({"status":"loading"})", "application/json", keep);
       return respond(http::status::ok, svc->status_json(), "application/json", keep);
     }
-    if (path == "/v1/models" && get) {
-      std::string body = R"({"object":"list","data":[{"id":)";
-      append_json_string(body, st_.model_name);
-      body += R"(,"object":"model","created":0,"owned_by":"infer"}]})";
-      return respond(http::status::ok, std::move(body), "application/json", keep);
+    if (path == "/v1/models" && get)
+      return respond(http::status::ok, R"({"object":"list","data":[)" + model_json(st_.model_name, svc) + "]}",
+                     "application/json", keep);
+    if (path.rfind("/v1/models/", 0) == 0 && path.size() > 11 && get) {
+      // Names with a slash (a path as given, org/name) arrive percent-encoded or not: both work.
+      std::string id = percent_decode(path.substr(11));
+      if (id.empty() || !st_.serves(id))
+        return respond(http::status::not_found,
+                       model_not_found_json(model_not_found_message(id, st_.model_names)), "application/json", keep);
+      return respond(http::status::ok, model_json(id, svc), "application/json", keep);
     }
     if (path == "/v1/completions" && post) return start_completion();
     if (path == "/v1/chat/completions" && post) return start_chat();
@@ -845,12 +952,45 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (path == "/v1/stream")
       return respond(http::status::upgrade_required, plain_error("/v1/stream speaks WebSocket only"),
                      "application/json", keep);
-    bool known = path == "/healthz" || path == "/readyz" || path == "/metrics" || path == "/v1/status" ||
+    bool known = path == "/healthz" || path == "/readyz" || path == "/health" || path == "/ping" ||
+                 path == "/version" || path == "/metrics" || path == "/v1/status" ||
                  path == "/v1/models" ||
                  path == "/v1/completions" || path == "/v1/chat/completions" || path == "/tokenize" ||
                  path == "/detokenize";
     if (known) return respond(http::status::method_not_allowed, plain_error("method not allowed"), "application/json", keep);
     return respond(http::status::not_found, plain_error(fmt::format("no route for {}", path)), "application/json", keep);
+  }
+
+  // One entry of /v1/models, as vLLM's (max_model_len: the context served; root: the model
+  // as loaded).
+  std::string model_json(std::string_view id, service* svc) const {
+    std::string body = R"({"id":)";
+    append_json_string(body, id);
+    body += R"(,"object":"model","created":0,"owned_by":"infer","root":)";
+    append_json_string(body, st_.cfg.model);
+    body += R"(,"parent":null,"max_model_len":)";
+    const int64_t n_ctx = svc ? svc->n_ctx() : st_.cfg.max_model_len;
+    body += n_ctx > 0 ? std::to_string(n_ctx) : std::string("null");
+    body += "}";
+    return body;
+  }
+
+  static std::string percent_decode(std::string_view s) {
+    std::string out;
+    auto hex = [](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      const char l = char(c | 32);
+      return l >= 'a' && l <= 'f' ? l - 'a' + 10 : -1;
+    };
+    for (size_t i = 0; i < s.size(); ++i) {
+      if (s[i] == '%' && i + 2 < s.size() && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
+        out.push_back(char(hex(s[i + 1]) * 16 + hex(s[i + 2])));
+        i += 2;
+      } else {
+        out.push_back(s[i]);
+      }
+    }
+    return out;
   }
 
   std::string metrics_text(service* svc) {
@@ -874,6 +1014,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
                    "infer_ready {}\n",
                    st_.connections.load(), st_.rejected_connections.load(), st_.slow_clients.load(),
                    st_.limiter->clients(), svc && svc->ready() ? 1 : 0);
+    out += process_metrics();
     return out;
   }
 
@@ -952,6 +1093,13 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
                      "application/json", keep, false, wait);
     }
     auto& cmd = std::get<completion_command>(parsed);
+    if (!st_.serves(cmd.model)) {
+      std::string msg = model_not_found_message(cmd.model, st_.model_names);
+      spdlog::info("request id=null request_id={} conn={} api=openai outcome=invalid_request message=\"{}\"", req_id_,
+                   conn_, q(msg));
+      count_rejection(svc, error_code::invalid_request);
+      return respond(http::status::not_found, model_not_found_json(msg), "application/json", keep);
+    }
     // The deadline: the body's timeout_ms, else the X-Request-Timeout header (milliseconds),
     // else queue.default_timeout_ms.
     if (auto h = req.find("X-Request-Timeout"); h != req.end() && cmd.request.timeout_ms == 0) {
@@ -974,7 +1122,8 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     c->include_usage = cmd.include_usage;
     c->keep_alive = keep;
     c->chunked = req.version() >= 11;
-    c->cmpl_id = fmt::format("cmpl-{}", st_.next_cmpl.fetch_add(1, std::memory_order_relaxed));
+    c->cmpl_id = "cmpl-" + random_id();
+    c->request_id = req_id_;
     c->model = cmd.model.empty() ? st_.model_name : cmd.model;
     c->created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
                      .count();
@@ -998,6 +1147,13 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
                      openai_error_json(error_code::unavailable, "the model is not loaded yet"), "application/json",
                      keep);
     auto parsed = parse_chat_request(req.body(), st_.limits);
+    if (auto* cc = std::get_if<chat_command>(&parsed); cc && !st_.serves(cc->model)) {
+      std::string msg = model_not_found_message(cc->model, st_.model_names);
+      spdlog::info("request id=null request_id={} conn={} api=chat outcome=invalid_request message=\"{}\"", req_id_,
+                   conn_, q(msg));
+      count_rejection(svc, error_code::invalid_request);
+      return respond(http::status::not_found, model_not_found_json(msg), "application/json", keep);
+    }
     std::string bad_msg;
     if (auto* bad = std::get_if<invalid_request>(&parsed)) bad_msg = bad->message;
     else if (!st_.chat) bad_msg = no_chat_template_message();
@@ -1024,7 +1180,8 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     c->include_usage = cmd->include_usage;
     c->keep_alive = keep;
     c->chunked = req.version() >= 11;
-    c->cmpl_id = fmt::format("chatcmpl-{}", st_.next_cmpl.fetch_add(1, std::memory_order_relaxed));
+    c->cmpl_id = "chatcmpl-" + random_id();
+    c->request_id = req_id_;
     c->model = cmd->model.empty() ? st_.model_name : cmd->model;
     c->created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
                      .count();
@@ -1142,6 +1299,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   void send_sse_headers(completion_state& c) {
     c.headers_sent = true;
     std::string h = "HTTP/1.1 200 OK\r\nServer: inferd\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n";
+    if (!c.request_id.empty()) h += "X-Request-Id: " + c.request_id + "\r\n";
     h += c.chunked ? "Transfer-Encoding: chunked\r\n" : "";
     h += c.keep_alive && c.chunked ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
     if (!c.chunked) c.keep_alive = false;
@@ -1236,6 +1394,9 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     res->set(http::field::content_type, content_type);
     if (status == http::status::unauthorized) res->set(http::field::www_authenticate, "Bearer");
     if (retry_after_ms > 0) res->set(http::field::retry_after, std::to_string((retry_after_ms + 999) / 1000));
+    // Every response carries its request's id; one refused before its head was read gets a
+    // fresh one.
+    res->set("X-Request-Id", req_id_.empty() ? random_id() : std::exchange(req_id_, std::string()));
     res->keep_alive(keep_alive);
     res->body() = std::move(body);
     res->prepare_payload();
@@ -1302,6 +1463,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   uint64_t conn_;
   std::string client_;
   std::shared_ptr<http::response<http::string_body>> res_;
+  std::string req_id_;  // X-Request-Id of the request being answered
   std::shared_ptr<completion_state> cur_;
   std::deque<std::string> out_;
   size_t pending_bytes_ = 0;
@@ -1431,13 +1593,6 @@ class listener : public std::enable_shared_from_this<listener> {
   std::chrono::steady_clock::time_point last_accept_log_{};
 };
 
-std::string model_display_name(const std::string& spec) {
-  if (spec.rfind("synthetic:", 0) == 0) return spec;
-  auto s = spec;
-  while (s.size() > 1 && s.back() == '/') s.pop_back();
-  auto slash = s.find_last_of('/');
-  return slash == std::string::npos ? s : s.substr(slash + 1);
-}
 
 }  // namespace
 
@@ -1482,7 +1637,10 @@ result<std::unique_ptr<server>> server::start(const service_config& cfg) {
   auto p = std::make_unique<impl>(cfg.io_threads);
   p->st.cfg = cfg;
   p->st.limiter.emplace(cfg.rate_limit_rps, double(cfg.rate_limit_burst), size_t(std::max(1, cfg.rate_limit_clients)));
-  p->st.model_name = model_display_name(cfg.model);
+  // The served name: what the operator passed, as vLLM does (the path as given), unless
+  // model.served_model_name says otherwise.
+  p->st.model_names = served_model_names(cfg);
+  p->st.model_name = p->st.model_names.front();
   p->host = addr->first;
 
   beast::error_code ec;

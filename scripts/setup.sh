@@ -10,7 +10,7 @@ PKGS=(build-essential cmake ninja-build pkg-config git
       libcaf-dev libboost1.81-dev libfmt-dev doctest-dev nlohmann-json3-dev
       libtomlplusplus-dev libcli11-dev libspdlog-dev libopenblas-dev libpcre2-dev
       libssl-dev libutf8proc-dev libbenchmark-dev python3 python3-websockets curl patchelf chromium
-      clang libclang-rt-14-dev)
+      clang libclang-rt-14-dev prometheus)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -176,6 +176,27 @@ TEST_CASE("actors: cancel in the queue and mid-generation frees KV blocks at onc
   CHECK(c.tokens == solo_greedy(test_prompt(9, 12), 4));
 }
 
+TEST_CASE("actors: submit(tasks) gives handles that wait and cancel") {
+  service_env env(base_config());
+  // Steps are held at the gate, so the cancel surely lands while the second task runs.
+  env.gate->close();
+  std::vector<generate_request> tasks{greedy_request(test_prompt(3, 8), 5), greedy_request(test_prompt(4, 8), 1000)};
+  auto handles = env.svc->submit(std::move(tasks));
+  REQUIRE(handles.size() == 2);
+  CHECK(handles[0].request_id() != handles[1].request_id());
+  env.gate->wait_held();
+  handles[1].cancel();
+  handles[1].cancel();  // idempotent
+  env.gate->release();
+  completion a = handles[0].get(), b = handles[1].get();
+  CHECK(a.ok);
+  CHECK(a.request_id == handles[0].request_id());
+  CHECK(a.tokens == solo_greedy(test_prompt(3, 8), 5));
+  CHECK(b.ok);
+  CHECK(b.terminal.reason == finish_reason::cancelled);
+  CHECK(b.tokens.size() < 1000);
+}
+
 TEST_CASE("actors: deadlines expire in the queue and mid-generation") {
   auto cfg = base_config();
   cfg.max_running = 1;
@@ -407,7 +428,7 @@ TEST_CASE("actors: service::start from a config loads synthetic:tiny on the CPU 
   for (const char* name :
        {"infer_requests_total{outcome=\"done_length\"} 1", "infer_queue_depth 0", "infer_running_sequences",
         "infer_tokens_generated_total", "infer_worker_restarts_total 0", "infer_kv_blocks_used",
-        "infer_kv_blocks_total", "infer_time_to_first_token_seconds_bucket{le=\"+Inf\"} 1",
+        "infer_kv_blocks_capacity", "infer_time_to_first_token_seconds_bucket{le=\"+Inf\"} 1",
         "infer_inter_token_latency_seconds_count 4", "infer_batch_size_bucket", "infer_step_time_seconds_sum"})
     CHECK_MESSAGE(text.find(name) != std::string::npos, name);
   svc->shutdown();

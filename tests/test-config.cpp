@@ -376,7 +376,7 @@ TEST_CASE("a worker node refuses a non-loopback plain CAF port unless cluster.al
   CHECK_MESSAGE(front.run, front.message);
   auto bad = parse_service_config("cluster.allow_insecure = 1", "t.toml");
   REQUIRE_FALSE(bad);
-  CHECK(contains(bad.error().message, "cluster.allow_insecure: expected a boolean, got an integer"));
+  CHECK(contains(bad.error().message, "cluster.allow_insecure: expected true or false, got an integer"));
 }
 
 TEST_CASE("set_service_config_value reads TOML values and bare strings") {
@@ -563,6 +563,86 @@ TEST_CASE("[cluster]: roles, worker node addresses, TLS all-or-none, workers = 0
   auto port0 = parse_command_line({"--worker-node", "a:0"});
   CHECK_FALSE(port0.run);
   CHECK(contains(port0.message, "a port other than 0"));
+}
+
+TEST_CASE("command line: vllm serve and llama-server habits") {
+  // vllm serve MODEL --host H --port P --served-model-name A B --max-model-len N --api-key K
+  auto v = parse_command_line({"serve", "synthetic:tiny", "--host", "0.0.0.0", "--port", "8000", "--served-model-name",
+                               "tiny", "alias", "--max-model-len", "64", "--api-key", "k", "--max-num-seqs", "8",
+                               "--gpu-memory-utilization", "0.5", "--dtype", "bf16"});
+  REQUIRE_MESSAGE(v.run, v.message);
+  CHECK(v.config.model == "synthetic:tiny");
+  CHECK(v.config.listen == "0.0.0.0:8000");
+  CHECK(v.config.served_model_name == std::vector<std::string>{"tiny", "alias"});
+  CHECK(v.config.max_model_len == 64);
+  CHECK(v.config.api_key == "k");
+  CHECK(v.config.max_running == 8);
+  CHECK(v.config.gpu_memory_utilization == doctest::Approx(0.5));
+  CHECK(v.config.dtype == "bf16");
+  // llama-server -m MODEL --host H --port P --ctx-size N
+  auto l = parse_command_line({"-m", "synthetic:tiny", "--host", "::1", "--port", "0", "--ctx-size", "128"});
+  REQUIRE_MESSAGE(l.run, l.message);
+  CHECK(l.config.listen == "[::1]:0");
+  CHECK(l.config.max_model_len == 128);
+  // --port alone keeps the host of server.listen.
+  auto p = parse_command_line({"--port", "9001"});
+  REQUIRE_MESSAGE(p.run, p.message);
+  CHECK(p.config.listen == "127.0.0.1:9001");
+  auto both = parse_command_line({"--listen", "127.0.0.1:1", "--port", "2"});
+  CHECK_FALSE(both.run);
+  CHECK(contains(both.message, "--listen"));
+  auto bad_port = parse_command_line({"--port", "70000"});
+  CHECK_FALSE(bad_port.run);
+  CHECK(contains(bad_port.message, "--port"));
+  auto twice = parse_command_line({"synthetic:tiny", "--model", "synthetic:small"});
+  CHECK_FALSE(twice.run);
+  CHECK(contains(twice.message, "twice"));
+}
+
+TEST_CASE("command line: -c NUMBER hints at --ctx-size, unknown flags get a suggestion, tp > 1 is refused") {
+  auto c = parse_command_line({"-c", "512"});
+  CHECK_FALSE(c.run);
+  CHECK(c.exit_code == cli_exit_usage);
+  CHECK(contains(c.message, "--ctx-size 512"));
+  auto typo = parse_command_line({"--lisen", "127.0.0.1:1"});
+  CHECK_FALSE(typo.run);
+  CHECK(contains(typo.message, "unknown option --lisen (did you mean --listen?)"));
+  auto typo_eq = parse_command_line({"--max-model-lenn=5"});
+  CHECK(contains(typo_eq.message, "did you mean --max-model-len?"));
+  auto far = parse_command_line({"--zzzzzzzzzzzz"});
+  CHECK_FALSE(far.run);
+  CHECK(contains(far.message, "unknown option --zzzzzzzzzzzz"));
+  CHECK_FALSE(contains(far.message, "did you mean"));
+  auto tp = parse_command_line({"--tensor-parallel-size", "2"});
+  CHECK_FALSE(tp.run);
+  CHECK(contains(tp.message, "not yet"));
+  auto tp1 = parse_command_line({"--tensor-parallel-size", "1"});
+  CHECK_MESSAGE(tp1.run, tp1.message);
+  auto help = parse_command_line({"--help"});
+  CHECK(contains(help.message, "--fault-rate NUMBER"));
+  CHECK(contains(help.message, "--workers INT=1"));
+  CHECK(contains(help.message, "--ctx-size"));
+  CHECK(contains(help.message, "INFERD_MODEL"));
+}
+
+TEST_CASE("command line: INFERD_MODEL, INFERD_HOST and INFERD_PORT; flags beat them") {
+  ::setenv("INFERD_MODEL", "synthetic:small", 1);
+  ::setenv("INFERD_HOST", "0.0.0.0", 1);
+  ::setenv("INFERD_PORT", "8123", 1);
+  auto env = parse_command_line(std::vector<std::string>{});
+  auto flags = parse_command_line({"synthetic:tiny", "--port", "9"});
+  auto listen = parse_command_line({"--listen", "127.0.0.1:7"});
+  ::unsetenv("INFERD_MODEL");
+  ::unsetenv("INFERD_HOST");
+  ::unsetenv("INFERD_PORT");
+  REQUIRE_MESSAGE(env.run, env.message);
+  CHECK(env.config.model == "synthetic:small");
+  CHECK(env.config.listen == "0.0.0.0:8123");
+  REQUIRE_MESSAGE(flags.run, flags.message);
+  CHECK(flags.config.model == "synthetic:tiny");
+  CHECK(flags.config.listen == "0.0.0.0:9");
+  REQUIRE_MESSAGE(listen.run, listen.message);
+  CHECK(listen.config.listen == "127.0.0.1:7");
 }
 
 TEST_CASE("prefix caching: a boolean key, a flag pair, and the routing trade-off") {

@@ -60,7 +60,7 @@ TEST_CASE("metrics: outcomes and the whole exposition") {
   for (const char* line :
        {"infer_requests_total{outcome=\"done_length\"} 2\n", "infer_requests_total{outcome=\"overloaded\"} 1\n",
         "infer_requests_total{outcome=\"timeout\"} 0\n", "infer_queue_depth 3\n", "infer_kv_blocks_used 10\n",
-        "infer_kv_blocks_total 64\n", "infer_tokens_generated_total 99\n", "infer_worker_restarts_total 2\n",
+        "infer_kv_blocks_capacity 64\n", "infer_tokens_generated_total 99\n", "infer_worker_restarts_total 2\n",
         "infer_running_sequences 0\n", "infer_batch_size_count 1\n", "infer_time_to_first_token_seconds_count 0\n",
         "infer_inter_token_latency_seconds_bucket{le=\"+Inf\"} 0\n", "infer_step_time_seconds_sum 0\n",
         "infer_prefix_cache_queries_total 400\n", "infer_prefix_cache_hits_total 100\n",
@@ -77,4 +77,32 @@ TEST_CASE("metrics: outcomes and the whole exposition") {
     CHECK(l.rfind("infer_", 0) == 0);
   }
   CHECK(samples > 70);
+}
+
+TEST_CASE("metrics: request-level families (vLLM parity), KV usage ratio, build info, cpu device label") {
+  metrics m;
+  m.model_name = "org/\"m\"";
+  m.version = "1.2.3";
+  m.kv_blocks_used = 16;
+  m.kv_blocks_total = 64;
+  // 10 ms queued, first token at 30 ms, done at 130 ms; 5 prompt tokens, 4 generated.
+  m.observe_finished(5, 4, 10.0, 30.0, 130.0);
+  m.observe_finished(7, 0, 2.0, 0.0, 2.0);  // no token: nothing counts as decode
+  m.update_worker(0, [](worker_gauge& w) { w.device = -1; });
+  std::string t = m.render_prometheus();
+  const std::string ml = "model_name=\"org/\\\"m\\\"\"";
+  for (const std::string& line :
+       {"infer_prompt_tokens_total{" + ml + "} 12\n", "infer_generation_tokens_total{" + ml + "} 4\n",
+        "infer_e2e_request_latency_seconds_count{" + ml + "} 2\n", "infer_e2e_request_latency_seconds_sum{" + ml + "} 0.132\n",
+        "infer_request_queue_time_seconds_sum{" + ml + "} 0.012\n",
+        "infer_request_prefill_time_seconds_sum{" + ml + "} 0.02\n",
+        "infer_request_decode_time_seconds_sum{" + ml + "} 0.1\n",
+        "infer_request_prompt_tokens_bucket{" + ml + ",le=\"5\"} 1\n",
+        "infer_request_generation_tokens_bucket{" + ml + ",le=\"1\"} 1\n",
+        "infer_kv_cache_usage_ratio{" + ml + "} 0.25\n", "infer_build_info{version=\"1.2.3\"," + ml + "} 1\n",
+        std::string("infer_worker_up{worker=\"0\",device=\"cpu\"} 0\n"), std::string("infer_device_workers_up{device=\"cpu\"} 0\n")})
+    CHECK_MESSAGE(t.find(line) != std::string::npos, line);
+  CHECK(t.find("device=\"-1\"") == std::string::npos);
+  CHECK(t.find("infer_kv_blocks_total") == std::string::npos);  // a gauge named like a counter
+  CHECK(t.find("# TYPE infer_worker_restarts_by_worker_total counter") != std::string::npos);
 }

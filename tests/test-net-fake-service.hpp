@@ -55,7 +55,7 @@ class fake_service final : public service {
     cv_.notify_one();
   }
 
-  std::vector<std::future<completion>> submit(std::vector<generate_request>) override { return {}; }
+  std::vector<completion_handle> submit(std::vector<generate_request>) override { return {}; }
   completion generate(generate_request) override { return {}; }
   const tokenizer& tok() const override { return tok_; }
   int32_t n_ctx() const override { return n_ctx_; }

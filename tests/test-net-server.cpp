@@ -448,14 +448,83 @@ TEST_CASE("http: health, readiness before and after attach, metrics, 404/405/426
   CHECK(http_call(f.port(), http::verb::get, "/v1/stream").status == 426);
 }
 
+TEST_CASE("http: model names (404 model_not_found), /v1/models/{id}, /health, /ping, /version, open /metrics") {
+  fixture f([](infer::service_config& c) {
+    c.served_model_name = {"first", "org/second"};
+    c.api_key = "k";
+  }, /*attach=*/false);
+  // Probes are public and tell the same truth as /readyz.
+  CHECK(http_call(f.port(), http::verb::get, "/health").status == 503);
+  CHECK(http_call(f.port(), http::verb::get, "/ping").status == 503);
+  f.srv->attach(*f.svc);
+  CHECK(http_call(f.port(), http::verb::get, "/health").status == 200);
+  CHECK(http_call(f.port(), http::verb::post, "/ping").status == 200);
+  f.svc->is_ready = false;
+  CHECK(http_call(f.port(), http::verb::get, "/health").status == 503);
+  f.svc->is_ready = true;
+  auto v = http_call(f.port(), http::verb::get, "/version");
+  CHECK(v.status == 200);
+  CHECK(v.j()["version"].is_string());
+  // /metrics open without the key by default (server.metrics_require_key = false).
+  CHECK(http_call(f.port(), http::verb::get, "/metrics").status == 200);
+
+  auto list = http_call(f.port(), http::verb::get, "/v1/models", "", "k");
+  REQUIRE(list.status == 200);
+  CHECK(list.j()["data"][0]["id"] == "first");
+  CHECK(list.j()["data"][0]["max_model_len"] == 64);
+  CHECK(http_call(f.port(), http::verb::get, "/v1/models/org%2Fsecond", "", "k").j()["id"] == "org/second");
+  CHECK(http_call(f.port(), http::verb::get, "/v1/models/org/second", "", "k").status == 200);
+  auto none = http_call(f.port(), http::verb::get, "/v1/models/other", "", "k");
+  CHECK(none.status == 404);
+  CHECK(none.j()["error"]["code"] == "model_not_found");
+
+  auto wrong = http_call(f.port(), http::verb::post, "/v1/completions", R"({"model":"other","prompt":"hi"})", "k");
+  CHECK(wrong.status == 404);
+  CHECK(wrong.j()["error"]["code"] == "model_not_found");
+  CHECK(wrong.j()["error"]["type"] == "invalid_request_error");
+  CHECK(wrong.j()["error"]["param"] == "model");
+  auto wrong_chat = http_call(f.port(), http::verb::post, "/v1/chat/completions",
+                              R"({"model":"other","messages":[{"role":"user","content":"hi"}]})", "k");
+  CHECK(wrong_chat.status == 404);
+  CHECK(wrong_chat.j()["error"]["code"] == "model_not_found");
+  auto alias = http_call(f.port(), http::verb::post, "/v1/completions",
+                         R"({"model":"org/second","prompt":"hi","max_tokens":2})", "k");
+  CHECK(alias.status == 200);
+  CHECK(http_call(f.port(), http::verb::post, "/v1/completions", R"({"prompt":"hi","max_tokens":2})", "k").j()["model"] ==
+        "first");
+}
+
+TEST_CASE("http: /metrics behind the key with server.metrics_require_key; WebSocket model names") {
+  fixture f([](infer::service_config& c) { c.metrics_require_key = true; c.api_key = "k"; });
+  CHECK(http_call(f.port(), http::verb::get, "/metrics").status == 401);
+  CHECK(http_call(f.port(), http::verb::get, "/metrics", "", "k").status == 200);
+}
+
+TEST_CASE("ws: a generate naming another model is refused with model_not_found") {
+  fixture f;
+  ws_client c(f.port());
+  json g = gen("w", "hi", 1);
+  g["model"] = "other";
+  c.send(g);
+  auto e = c.recv();
+  CHECK(e["type"] == "error");
+  CHECK(e["id"] == "w");
+  CHECK(e["code"] == "model_not_found");
+  g["model"] = "synthetic:tiny";
+  c.send(g);
+  CHECK(c.recv()["type"] == "accepted");
+}
+
 TEST_CASE("http: OpenAI completions, plain and streamed, and their errors") {
   fixture f;
   auto r = http_call(f.port(), http::verb::post, "/v1/completions",
-                     R"({"model":"x","prompt":"hi","max_tokens":4,"temperature":0})");
+                     R"({"model":"synthetic:tiny","prompt":"hi","max_tokens":4,"temperature":0})");
   REQUIRE(r.status == 200);
   auto j = r.j();
   CHECK(j["object"] == "text_completion");
-  CHECK(j["model"] == "x");
+  CHECK(j["model"] == "synthetic:tiny");
+  CHECK(std::string(j["id"]).size() == 5 + 32);  // cmpl- and 128 random bits, not a sequence number
+  CHECK(r.headers["X-Request-Id"].size() == 32);
   CHECK(j["choices"][0]["text"] == "abcd");
   CHECK(j["choices"][0]["finish_reason"] == "length");
   CHECK(j["usage"]["completion_tokens"] == 4);
@@ -576,9 +645,11 @@ TEST_CASE("bearer token: required on upgrade and HTTP, not on health probes") {
   auto no = http_call(f.port(), http::verb::post, "/v1/completions", R"({"prompt":"hi"})");
   CHECK(no.status == 401);
   CHECK(no.j()["error"]["code"] == "unauthorized");
-  CHECK(http_call(f.port(), http::verb::get, "/metrics").status == 401);
-  CHECK(http_call(f.port(), http::verb::get, "/metrics", "", "wrong").status == 401);
-  CHECK(http_call(f.port(), http::verb::get, "/metrics", "", "s3cret").status == 200);
+  // /metrics stays open (server.metrics_require_key = false, as vLLM); /v1/status does not.
+  CHECK(http_call(f.port(), http::verb::get, "/metrics").status == 200);
+  CHECK(http_call(f.port(), http::verb::get, "/v1/status").status == 401);
+  CHECK(http_call(f.port(), http::verb::get, "/v1/status", "", "wrong").status == 401);
+  CHECK(http_call(f.port(), http::verb::get, "/v1/status", "", "s3cret").status == 200);
   CHECK(http_call(f.port(), http::verb::post, "/v1/completions", R"({"prompt":"hi","max_tokens":1})", "s3cret")
             .status == 200);
   CHECK(http_call(f.port(), http::verb::get, "/healthz").status == 200);

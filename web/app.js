@@ -8,7 +8,7 @@
 // One connection for the page's life, reconnected with back-off when it drops. Each token
 // is put on screen as its frame arrives (no batching per animation frame), so what a
 // person sees is what the server streams.
-import { startDashboard } from './dashboard.js';
+import { startDashboard, setApiKey, authHeaders } from './dashboard.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -81,7 +81,15 @@ class streamConnection {
 
   open() {
     this.onState('connecting');
-    const ws = new WebSocket(this.url);
+    let ws;
+    try {
+      // The key travels as the subprotocol bearer.KEY (a browser cannot set Authorization here).
+      // inferd.v1 is offered too, so that the server answers with it and never echoes the key.
+      ws = new WebSocket(this.url, apiKey ? ['inferd.v1', `bearer.${apiKey}`] : []);
+    } catch (e) {  // a key with characters a subprotocol cannot hold
+      this.onState('closed', e);
+      return;
+    }
     this.ws = ws;
     ws.onopen = () => { this.backoff = 250; this.onState('open'); };
     ws.onmessage = (m) => {
@@ -279,6 +287,41 @@ function onConnState(state) {
     finish('error', { code: 'disconnected', message: 'the connection to the server closed mid-request' });
   }
 }
+
+// ---- the served model and the API key -----------------------------------------------------
+
+let apiKey = sessionStorage.getItem('inferd.apiKey') || '';
+setApiKey(apiKey);
+
+// GET /v1/models names the served model; a 401 means the server wants a key: the key field
+// appears, and what is typed there is used for the WebSocket and every fetch.
+async function showModel() {
+  const el = $('model');
+  try {
+    const r = await fetch('/v1/models', { cache: 'no-store', headers: authHeaders() });
+    if (r.status === 401) {
+      $('key-form').hidden = false;
+      el.textContent = apiKey ? 'model: wrong API key' : 'model: API key needed';
+      return;
+    }
+    const m = (await r.json()).data[0];
+    el.textContent = m.id;
+    el.title = `GET /v1/models: ${m.id}${m.max_model_len ? `, context ${m.max_model_len} tokens` : ''}`;
+  } catch (e) {
+    el.textContent = 'model: ?';
+    el.title = `GET /v1/models failed: ${e.message}`;
+  }
+}
+
+$('key-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  apiKey = $('api-key').value.trim();
+  sessionStorage.setItem('inferd.apiKey', apiKey);
+  setApiKey(apiKey);
+  if (conn.ws) conn.ws.close();  // reconnects with the new subprotocol (else a retry is due anyway)
+  showModel();
+});
+showModel();
 
 const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
 const conn = new streamConnection(`${scheme}://${location.host}/v1/stream`, onEvent, onConnState);

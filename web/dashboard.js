@@ -10,6 +10,11 @@ const LATENCY_WINDOW_S = 10;
 
 const $ = (id) => document.getElementById(id);
 
+// The API key the page was given (app.js), sent on every fetch; empty: none.
+let apiKey = '';
+export function setApiKey(key) { apiKey = key; }
+export function authHeaders() { return apiKey ? { Authorization: `Bearer ${apiKey}` } : {}; }
+
 // Outcomes a person reads as "went well" vs "cancelled" vs "failed".
 const OK_OUTCOMES = new Set(['done_length', 'done_stop']);
 
@@ -111,13 +116,13 @@ export function startDashboard() {
 }
 
 async function fetchText(url) {
-  const r = await fetch(url, { cache: 'no-store' });
+  const r = await fetch(url, { cache: 'no-store', headers: authHeaders() });
   if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
   return r.text();
 }
 
 async function fetchJson(url) {
-  const r = await fetch(url, { cache: 'no-store' });
+  const r = await fetch(url, { cache: 'no-store', headers: authHeaders() });
   if (!r.ok) {
     const e = new Error(`${r.status} ${r.statusText}`);
     e.status = r.status;
@@ -136,7 +141,7 @@ function renderTotals(m) {
   set('t-requests', scalar(m, 'infer_requests_total'));
   set('t-queue', scalar(m, 'infer_queue_depth'));
   set('t-running', scalar(m, 'infer_running_sequences'));
-  const used = scalar(m, 'infer_kv_blocks_used'), total = scalar(m, 'infer_kv_blocks_total');
+  const used = scalar(m, 'infer_kv_blocks_used'), total = scalar(m, 'infer_kv_blocks_capacity');
   set('t-kv', used === null ? null : `${used} / ${total ?? '?'}`);
   set('t-conns', scalar(m, 'infer_connections_open'));
   const restarts = scalar(m, 'infer_worker_restarts_total');

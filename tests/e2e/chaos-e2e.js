@@ -184,7 +184,7 @@ async function main() {
     assert.ok(failures > 0, 'no fault was injected: the run proves nothing');
     // Every failed step restarts its worker (a CUDA-like fault: the whole device's).
     assert.ok(restarts >= failures, `${restarts} restarts for ${failures} failed steps`);
-    assert.equal(metricSum(text, 'infer_worker_restarts'), restarts);
+    assert.equal(metricSum(text, 'infer_worker_restarts_by_worker_total'), restarts);
     assert.equal(status.workers.reduce((s, w) => s + w.restarts, 0), restarts);
   }
 

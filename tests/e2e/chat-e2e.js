@@ -94,7 +94,7 @@ async function main() {
   assert.equal(chunks[chunks.length - 2].choices[0].finish_reason, 'length');
 
   // max_completion_tokens wins over max_tokens.
-  const capped = await client.chat.completions.create({model: 'm', messages: conversation, max_tokens: 9,
+  const capped = await client.chat.completions.create({model: 'synthetic:tiny', messages: conversation, max_tokens: 9,
     max_completion_tokens: 3, temperature: 0});
   assert.equal(capped.usage.completion_tokens, 3);
   assert.ok(plain.choices[0].message.content.startsWith(capped.choices[0].message.content));
@@ -103,7 +103,7 @@ async function main() {
   const kw = {messages: conversation, chat_template_kwargs: {enable_thinking: false}};
   const tkw = (await httpGet(srv.port, '/tokenize', kw)).json();
   assert.ok(tkw.count > tk.count);
-  const withKw = await client.chat.completions.create({model: 'm', ...kw, max_tokens: 2, temperature: 0});
+  const withKw = await client.chat.completions.create({model: 'synthetic:tiny', ...kw, max_tokens: 2, temperature: 0});
   assert.equal(withKw.usage.prompt_tokens, tkw.count);
 
   // The WebSocket protocol takes messages; its token ids give a stop token id to try.
@@ -113,7 +113,7 @@ async function main() {
   assert.equal(ws.tokens.length, 12);
   const stopId = ws.tokens[4];
   const firstAt = ws.tokens.indexOf(stopId);
-  const stopped = await client.chat.completions.create({model: 'm', messages: conversation, max_tokens: 12,
+  const stopped = await client.chat.completions.create({model: 'synthetic:tiny', messages: conversation, max_tokens: 12,
     temperature: 0, stop_token_ids: [stopId]});
   assert.equal(stopped.choices[0].finish_reason, 'stop');
   assert.equal(stopped.usage.completion_tokens, firstAt + 1);  // the stop id counts, its text is not shown
@@ -125,7 +125,7 @@ async function main() {
 
   // Errors: 400s with the reason.
   const expect400 = async (body, re) => {
-    await assert.rejects(client.chat.completions.create({model: 'm', max_tokens: 2, ...body}), (e) => {
+    await assert.rejects(client.chat.completions.create({model: 'synthetic:tiny', max_tokens: 2, ...body}), (e) => {
       assert.ok(e instanceof BadRequestError, String(e));
       assert.equal(e.status, 400);
       assert.match(e.message, re);
@@ -147,7 +147,7 @@ async function main() {
   const none = await start('no-template', []);
   await ready(none);
   const c2 = new OpenAI({baseURL: `http://127.0.0.1:${none.port}/v1`, apiKey: 'unused', maxRetries: 0});
-  await assert.rejects(c2.chat.completions.create({model: 'm', messages: conversation}), (e) => {
+  await assert.rejects(c2.chat.completions.create({model: 'synthetic:tiny', messages: conversation}), (e) => {
     assert.equal(e.status, 400);
     assert.match(e.message, /--chat-template/);
     return true;

@@ -322,7 +322,7 @@ test('ws and http: overloaded when the admission queue is full', async () => {
 });
 
 test('openai: completion without and with streaming', async () => {
-  const r = await request(A.port, 'POST', '/v1/completions', {model: 'tiny', prompt: 'Hello', max_tokens: 6, temperature: 0});
+  const r = await request(A.port, 'POST', '/v1/completions', {model: 'synthetic:tiny', prompt: 'Hello', max_tokens: 6, temperature: 0});
   assert.equal(r.status, 200, r.body);
   const j = r.json();
   assert.equal(j.object, 'text_completion');
@@ -445,8 +445,10 @@ test('bearer token: required on upgrade and HTTP when set', async () => {
   checkStream(await c.collect('g'), 'g');
   c.close();
   assert.equal((await request(B.port, 'POST', '/v1/completions', {prompt: 'x', max_tokens: 1})).status, 401);
-  assert.equal((await request(B.port, 'GET', '/metrics')).status, 401);
-  assert.equal((await request(B.port, 'GET', '/metrics', undefined, {Authorization: 'Bearer e2e-key'})).status, 200);
+  // /metrics is open for scrapers (server.metrics_require_key false, as vLLM); /v1/status is not.
+  assert.equal((await request(B.port, 'GET', '/metrics')).status, 200);
+  assert.equal((await request(B.port, 'GET', '/v1/status')).status, 401);
+  assert.equal((await request(B.port, 'GET', '/v1/status', undefined, {Authorization: 'Bearer e2e-key'})).status, 200);
   const ok = await request(B.port, 'POST', '/v1/completions', {prompt: 'The', max_tokens: 2}, {Authorization: 'Bearer e2e-key'});
   assert.equal(ok.status, 200, ok.body);
   assert.equal(ok.json().usage.completion_tokens, 2);

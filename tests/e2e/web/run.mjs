@@ -352,6 +352,40 @@ test('dashboard', async ({ main }) => {
 // The supervision tree as the page draws it from the proposed GET /v1/status shape
 // (web/README.md). The browser answers /v1/status itself here, so this checks the page
 // whether or not this inferd has the endpoint; the server's own answer is checked above.
+// The served model in the header; behind --api-key the page asks for the key, then uses it
+// for the WebSocket (subprotocol bearer.KEY) and for its fetches.
+test('model-and-key', async ({ main }) => {
+  const page = await openPage(main);
+  await page.waitForFunction(() => document.getElementById('model').textContent === 'synthetic:tiny');
+  assert.equal(await page.isVisible('#key-form'), false);
+  await page.close();
+
+  const srv = await startInferd('keyed', ['--api-key', 'web-e2e-key', '--served-model-name', 'tiny-web']);
+  try {
+    const keyed = await context.newPage();
+    keyed.on('pageerror', (e) => pageErrors.push(`model-and-key: ${e.message}`));
+    await keyed.goto(srv.url + '/');
+    await keyed.waitForSelector('#key-form:not([hidden])');
+    assert.match(await keyed.textContent('#model'), /API key needed/);
+    assert.notEqual(await keyed.getAttribute('#conn', 'data-state'), 'open');
+    await keyed.fill('#api-key', 'web-e2e-key');
+    await keyed.click('#key-use');
+    await keyed.waitForFunction(() => document.getElementById('model').textContent === 'tiny-web');
+    await keyed.waitForSelector('#conn[data-state="open"]');
+    await keyed.waitForSelector('#supervision[data-state="ok"]');  // /v1/status fetched with the key
+    await keyed.fill('#prompt', 'With a key');
+    await fillParams(keyed, { max_tokens: 3, temperature: 0, top_k: 0, top_p: 1, seed: 1 });
+    await watchCounter(keyed);
+    await keyed.click('#generate');
+    assert.equal(await terminalState(keyed), 'done');
+    assert.equal(await keyed.textContent('#token-count'), '3');
+    await screenshot(keyed, 'api-key');
+    await keyed.close();
+  } finally {
+    await srv.stop();
+  }
+});
+
 test('supervision', async ({ main }) => {
   let status = {
     workers: [
