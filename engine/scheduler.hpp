@@ -27,6 +27,7 @@
 // including while a step is in flight (a cancelled sequence's blocks are reused only
 // by a later schedule(), after the step has ended).
 #pragma once
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -55,6 +56,7 @@ struct seq_spec {
   int32_t max_tokens = 16;         // generated tokens in all, `generated` included
   sampling_params sampling;
   std::vector<int32_t> stop_ids;   // sampling one of these ends the sequence (it is its last token)
+  std::vector<std::pair<int32_t, float>> logit_bias;  // token id -> added to its logit, distinct ids
 };
 
 // One sampled token of one sequence.
@@ -64,6 +66,10 @@ struct seq_result {
   int32_t token = -1;
   bool finished = false;  // the last token: max_tokens, the context limit or a stop id
   bool stopped = false;   // finished because `token` is one of the sequence's stop ids
+  int32_t n_top = -1;     // -1: no logprobs asked; else top_ids/top_logprobs[0, n_top) are set
+  float logprob = 0.0f;   // the token's (raw distribution), when n_top >= 0
+  std::array<int32_t, sampling_params::max_logprobs> top_ids{};
+  std::array<float, sampling_params::max_logprobs> top_logprobs{};
 };
 
 class scheduler {
@@ -125,6 +131,7 @@ class scheduler {
   void release(sequence* s);  // frees blocks, leaves running/waiting, destroys
   bool grow(sequence* s, int32_t n_tokens);  // blocks for n_tokens cached tokens
   void emit(step_batch& batch, sequence* s, int32_t n_new);
+  void count_token(sequence* s, int32_t tok, bool generated);
 
   scheduler_config cfg_;
   kv_block_pool pool_;
