@@ -200,8 +200,8 @@ status validate(request_state& st) {
     return bad("presence_penalty: must be in [-2, 2]");
   if (!(sp.frequency_penalty >= -2.0f && sp.frequency_penalty <= 2.0f))
     return bad("frequency_penalty: must be in [-2, 2]");
-  if (!(sp.repetition_penalty > 0.0f && sp.repetition_penalty <= 10.0f))
-    return bad("repetition_penalty: must be in (0, 10]");
+  if (!(sp.repetition_penalty > 0.0f && sp.repetition_penalty <= 100.0f))
+    return bad("repetition_penalty: must be in (0, 100]");
   if (sp.min_tokens < 0) return bad("min_tokens: must be >= 0");
   if (sp.min_tokens > r.max_tokens)
     return bad("min_tokens: " + std::to_string(sp.min_tokens) + " is more than max_tokens (" +

@@ -215,7 +215,13 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         for (const auto& r : st.results) {
           auto it = st.requests.find(r.id);
           if (it == st.requests.end()) continue;
-          token_msg tm{r.id, r.index, r.token, r.finished, r.stopped, it->second.attempt};
+          token_msg tm;
+          tm.id = r.id;
+          tm.index = r.index;
+          tm.token = r.token;
+          tm.last = r.finished;
+          tm.stop = r.stopped;
+          tm.attempt = it->second.attempt;
           if (r.n_top >= 0) {
             tm.n_top = r.n_top;
             tm.logprob_bits = std::bit_cast<uint32_t>(r.logprob);
