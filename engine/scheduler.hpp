@@ -22,6 +22,13 @@
 // node the worker runs. Stop strings need the detokenized text: the request actor matches
 // them and cancels the sequence, which frees its blocks at once (cancel()).
 //
+// Sampling controls that need a sequence's history are lists of sparse logit changes
+// (logit_adjust) handed to the backend with every sampled step: with penalties, one entry
+// per distinct token of prompt + output (output occurrences counted, kept up to date as
+// tokens are sampled); the request's logit_bias; and, while fewer than min_tokens tokens
+// are generated, -inf on every stop id. Both backends apply them the same way
+// (adjusted_logit) before temperature / top-k / top-p / min-p.
+//
 // Protocol: schedule() -> the backend runs the batch -> on_step_done(out) (or
 // on_step_failed()) -> schedule() ... add() and cancel() may be called at any time,
 // including while a step is in flight (a cancelled sequence's blocks are reused only

@@ -396,18 +396,22 @@ float log_softmax_top(const float* logits, int V, int k, int32_t* top_ids, float
   double sum = 0.0;
   for (int i = 0; i < V; ++i) sum += std::exp(double(logits[i] - maxl));
   const float lse = maxl + float(std::log(sum));
-  // k <= 20: k passes of a running best beat sorting V ids.
-  int n = 0;
-  for (; n < k && n < V; ++n) {
-    int best = -1;
+  // k <= 20 passes, each the best id ranked after the previous pick (logit desc, id asc):
+  // O(k V), no sort of V ids.
+  float pv = INFINITY;
+  int32_t pi = -1;
+  for (int n = 0; n < k && n < V; ++n) {
+    int32_t best = -1;
     for (int i = 0; i < V; ++i) {
-      bool taken = false;
-      for (int j = 0; j < n && !taken; ++j) taken = top_ids[j] == i;
-      if (taken) continue;
-      if (best < 0 || logits[i] > logits[best]) best = i;
+      const float v = logits[i];
+      if (!(v < pv || (v == pv && i > pi))) continue;
+      if (best < 0 || v > logits[best]) best = i;
     }
+    if (best < 0) break;
     top_ids[n] = best;
     top_lp[n] = logits[best] - lse;
+    pv = logits[best];
+    pi = best;
   }
   return lse;
 }

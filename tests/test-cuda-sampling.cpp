@@ -122,7 +122,7 @@ TEST_CASE("cuda sampler: adjustments, min_p and logprobs follow the cpu rule on 
     }
     s.sp.logprobs = i % 4 == 0 ? -1 : (i % 3) * 7;  // -1, 0, 7, 14
   }
-  std::vector<float> row(size_t(V)), scratch(size_t(2) * V);
+  std::vector<float> row(static_cast<size_t>(V)), scratch(static_cast<size_t>(2 * V));
   int agree = 0, compared = 0, forced = 0;
   for (int step = 0; step < 10; ++step) {  // step 0: prefill (eager); then decodes (graphs)
     step_batch b;
@@ -168,7 +168,7 @@ TEST_CASE("cuda sampler: adjustments, min_p and logprobs follow the cpu rule on 
         for (int v = 0; v < V; ++v) z += std::exp(double(raw[v]) - maxl);
         const double lse = maxl + std::log(z);
         CHECK(std::abs(out.logprob[size_t(i)] - (raw[got] - lse)) < 1e-4);
-        std::vector<int> order(size_t(V));
+        std::vector<int> order(static_cast<size_t>(V));
         std::iota(order.begin(), order.end(), 0);
         std::stable_sort(order.begin(), order.end(), [&](int a, int c) { return raw[a] > raw[c]; });
         for (int j = 0; j < s.sp.logprobs; ++j) {
