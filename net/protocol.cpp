@@ -618,7 +618,9 @@ std::variant<completion_command, invalid_request> parse_completion_request(std::
   completion_command cmd;
   generate_request& r = cmd.request;
   r.sampling = sampling_params{};
-  r.sampling.temperature = 1.0f;  // OpenAI's default
+  r.sampling.temperature = lim.default_temperature.value_or(1.0f);  // OpenAI's default
+  r.sampling.top_p = lim.default_top_p.value_or(1.0f);
+  r.sampling.top_k = lim.default_top_k.value_or(0);
 
   if (absent(o, "prompt")) return invalid_request{std::nullopt, "prompt: missing"};
   const json& p = o.at("prompt");
@@ -801,7 +803,9 @@ std::variant<chat_command, invalid_request> parse_chat_request(std::string_view 
   chat_command cmd;
   generate_request& r = cmd.request;
   r.sampling = sampling_params{};
-  r.sampling.temperature = 1.0f;  // OpenAI's default
+  r.sampling.temperature = lim.default_temperature.value_or(1.0f);  // OpenAI's default
+  r.sampling.top_p = lim.default_top_p.value_or(1.0f);
+  r.sampling.top_k = lim.default_top_k.value_or(0);
   if (absent(o, "messages")) return invalid_request{std::nullopt, "messages: missing"};
   if (!absent(o, "prompt")) return invalid_request{std::nullopt, "prompt: not a chat field (use messages, or /v1/completions)"};
   // Fields of OpenAI's chat API this server has no part for: refused, never dropped.

@@ -44,6 +44,11 @@ struct protocol_limits {
   // service tokenizes it on its own threads): a text prompt longer than n_ctx tokens of
   // max_token_bytes each cannot fit, and is refused without tokenizing. 0: not checked.
   size_t max_token_bytes = 0;
+  // The model's generation_config.json sampling defaults: the OpenAI endpoints use them for
+  // a field the request leaves out (vLLM's --generation-config auto), instead of OpenAI's
+  // temperature 1 / top_p 1 / top_k off. The WebSocket protocol keeps its own defaults.
+  std::optional<float> default_temperature, default_top_p;
+  std::optional<int32_t> default_top_k;
 };
 
 // The conversation of a chat request, as the chat template receives it (net/chat.hpp):

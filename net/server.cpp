@@ -1597,6 +1597,10 @@ void server::attach(service& svc) {
   size_t longest = 1;
   for (int32_t id = 0; id < tok.n_vocab(); ++id) longest = std::max(longest, tok.token_bytes(id).size());
   lim.max_token_bytes = longest;
+  const auto& gen = tok.info().generation;
+  lim.default_temperature = gen.temperature;
+  lim.default_top_p = gen.top_p;
+  lim.default_top_k = gen.top_k;
   impl_->st.limits = std::move(lim);
   // The service refused to start with a template that does not parse, so this succeeds.
   auto chat = chat_formatter::from_tokenizer(svc.tok());

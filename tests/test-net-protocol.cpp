@@ -713,3 +713,25 @@ TEST_CASE("logprobs in response bodies and frames") {
   token_frame(f, "id", 0, 1, "b");
   CHECK(!json::parse(f).contains("logprob"));
 }
+
+TEST_CASE("the model's generation_config defaults fill what an OpenAI request leaves out") {
+  auto lim = test_limits();
+  lim.default_temperature = 0.6f;
+  lim.default_top_p = 0.9f;
+  lim.default_top_k = 20;
+  auto d = std::get<completion_command>(parse_completion_request(R"({"prompt":"a"})", lim)).request.sampling;
+  CHECK(d.temperature == 0.6f);
+  CHECK(d.top_p == 0.9f);
+  CHECK(d.top_k == 20);
+  auto g = std::get<completion_command>(parse_completion_request(R"({"prompt":"a","temperature":1,"top_k":0})", lim))
+               .request.sampling;
+  CHECK(g.temperature == 1.0f);
+  CHECK(g.top_k == 0);
+  CHECK(g.top_p == 0.9f);
+  auto c = std::get<chat_command>(parse_chat_request(R"({"messages":[{"role":"user","content":"x"}]})", lim))
+               .request.sampling;
+  CHECK(c.temperature == 0.6f);
+  CHECK(c.top_k == 20);
+  // The WebSocket protocol keeps its own (greedy) defaults.
+  CHECK(expect_generate(R"({"type":"generate","id":"a","prompt":"x"})", lim).request.sampling.temperature == 0.0f);
+}
