@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "actors/messages.hpp"
+#include "actors/prefix-index.hpp"
 #include "supervision/circuit-breaker.hpp"
 #include "supervision/overload-monitor.hpp"
 
@@ -44,6 +45,9 @@ struct worker_slot {
   int32_t blocks_for(int32_t n) const { return (n + block_size - 1) / block_size; }
   int32_t n_ctx = 0;
   uint64_t preemptions = 0;  // the worker's cumulative count at its last report
+  uint64_t prefix_queries = 0, prefix_hits = 0;  // likewise, prefix cache tokens
+  int32_t cached_blocks = 0;
+  prefix_index cached;  // what it is believed to hold (actors/prefix-index.hpp)
   // Suspects retried here (the key of one suspect running alone, or of a failed step's
   // group retried together): nothing else is admitted until a step holding every one of
   // them succeeds (or they are gone).
@@ -100,6 +104,7 @@ struct batcher_state {
   bool dispatch_timer = false;                 // an idispatch is pending
   std::chrono::steady_clock::time_point dispatch_due;  // when it fires
   overload_monitor overload;                   // sustained overload: caps max_tokens (degradation)
+  std::vector<uint64_t> chain;                 // scratch: prefix block hashes of the sequence being routed
 };
 
 using batcher_actor = caf::stateful_actor<batcher_state>;
@@ -146,6 +151,9 @@ void publish_gauges(batcher_actor* self) {
   m.running_sequences.store(held);
   m.kv_blocks_used.store(used);
   m.kv_blocks_total.store(total);
+  int64_t cached = 0;
+  for (auto& w : st.workers) cached += w.up ? w.cached_blocks : 0;
+  m.prefix_cache_blocks.store(cached);
   int32_t ready = 0;
   for (auto& w : st.workers) ready += w.up ? 1 : 0;
   st.core->workers_ready.store(ready);
@@ -168,6 +176,7 @@ void publish_gauges(batcher_actor* self) {
       g.running = w.up ? w.held : 0;
       g.kv_free = w.up ? w.free_blocks : 0;
       g.kv_total = w.up ? w.total_blocks : 0;
+      g.kv_cached = w.up ? w.cached_blocks : 0;
     });
   }
 }
@@ -329,7 +338,7 @@ void dispatch(batcher_actor* self) {
         ++qi;
         continue;
       }
-      int best = -1;
+      int best = -1, n_fit = 0;
       for (int i = 0; i < int(st.workers.size()); ++i) {
         auto& w = st.workers[size_t(i)];
         if (!eligible(size_t(i))) continue;
@@ -340,7 +349,34 @@ void dispatch(batcher_actor* self) {
           if (key != 0 && (w.held != 0 || !w.in_transit.empty())) continue;  // suspects start on an idle worker
         }
         if (w.est_held() >= w.max_running || w.est_free() < w.blocks_for(n)) continue;
+        ++n_fit;
         if (best < 0 || w.est_free() > st.workers[size_t(best)].est_free()) best = i;
+      }
+      if (best >= 0 && key == 0 && st.core->cfg.prefix_caching && st.core->cfg.prefix_affinity_tokens > 0 &&
+          st.workers.size() > 1) {
+        // Cache-aware routing (actors/README.md): a worker believed to hold a longer prefix
+        // wins over the least loaded one when its extra prefix tokens outweigh
+        // prefix_affinity_tokens per extra sequence it holds.
+        const int32_t bs = st.workers[size_t(best)].block_size;
+        prefix_chain(std::span<const int32_t>(m.prompt), bs, st.chain);
+        const auto& b0 = st.workers[size_t(best)];
+        const int64_t base_hit = int64_t(b0.cached.match(st.chain)) * bs;
+        const int64_t per_seq = st.core->cfg.prefix_affinity_tokens;
+        int pick = best;
+        int64_t pick_score = 0;
+        if (n_fit > 1) {
+          for (int i = 0; i < int(st.workers.size()); ++i) {
+            auto& w = st.workers[size_t(i)];
+            if (i == best || !eligible(size_t(i)) || w.exclusive != 0 || w.reserved != 0) continue;
+            if (w.est_held() >= w.max_running || w.est_free() < w.blocks_for(n) || w.block_size != bs) continue;
+            const int64_t gain = int64_t(w.cached.match(st.chain)) * bs - base_hit;
+            const int64_t score = gain - per_seq * std::max<int64_t>(0, w.est_held() - b0.est_held());
+            if (gain > 0 && score > pick_score) pick = i, pick_score = score;
+          }
+        }
+        if (pick != best) st.core->stats.prefix_routed.fetch_add(1, std::memory_order_relaxed);
+        best = pick;
+        st.workers[size_t(best)].cached.insert(st.chain);
       }
       if (best < 0) {
         if (key != 0) {
@@ -510,6 +546,7 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         w.total_blocks = h.total_blocks;
         w.free_blocks = h.total_blocks;
         w.n_ctx = h.n_ctx;
+        w.cached.reset(h.total_blocks);  // a new worker (or a restarted one) starts with an empty cache
         breaker_of(st, size_t(h.worker));
         st.gave_up[size_t(h.worker)] = false;
         st.core->stats.update_worker(h.worker, [&](worker_gauge& g) {
@@ -568,6 +605,15 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
           m.preemptions.fetch_add(r.preemptions - w.preemptions, std::memory_order_relaxed);
           w.preemptions = r.preemptions;
         }
+        if (r.prefix_queries > w.prefix_queries) {
+          m.prefix_cache_queries.fetch_add(r.prefix_queries - w.prefix_queries, std::memory_order_relaxed);
+          w.prefix_queries = r.prefix_queries;
+        }
+        if (r.prefix_hits > w.prefix_hits) {
+          m.prefix_cache_hits.fetch_add(r.prefix_hits - w.prefix_hits, std::memory_order_relaxed);
+          w.prefix_hits = r.prefix_hits;
+        }
+        w.cached_blocks = r.cached_blocks;
         dispatch(self);
       },
       [=](const seq_gone_msg& g) {

@@ -39,8 +39,9 @@ using relink_atom = caf::atom_constant<caf::atom("irelink")>;      // node link 
 // compare it in their handshake (which uses only built-in types, so it always decodes)
 // and refuse each other on a mismatch: CAF 0.17 would otherwise deliver unknown or
 // changed types as empty messages. Bump it whenever a crossing message changes.
-// 2: stop ids on admit, stop flag on token; 3: penalties, min_p, logit_bias, logprobs.
-constexpr uint32_t wire_protocol_version = 3;
+// 2: stop ids on admit, stop flag on token; 3: cached_tokens on token; 4: penalties, min_p,
+// logit_bias, logprobs.
+constexpr uint32_t wire_protocol_version = 4;
 
 // sampling_params (and the logit_bias) without floats on the wire.
 struct wire_sampling {
@@ -192,6 +193,7 @@ struct token_msg {
   bool last = false;
   bool stop = false;
   uint32_t attempt = 0;
+  int32_t cached_tokens = -1;  // on the first token of an admission: prompt tokens found in the prefix cache
   int32_t n_top = -1;
   uint32_t logprob_bits = 0;
   std::vector<int32_t> top_ids;
@@ -199,8 +201,8 @@ struct token_msg {
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, token_msg& x) {
-  return f(caf::meta::type_name("infer.token"), x.id, x.index, x.token, x.last, x.stop, x.attempt, x.n_top,
-           x.logprob_bits, x.top_ids, x.top_bits);
+  return f(caf::meta::type_name("infer.token"), x.id, x.index, x.token, x.last, x.stop, x.attempt, x.cached_tokens,
+           x.n_top, x.logprob_bits, x.top_ids, x.top_bits);
 }
 
 // worker -> batcher (crosses nodes): announces a worker that is ready to run.
@@ -234,13 +236,17 @@ struct worker_report_msg {
   int32_t n_sampled = 0;
   int64_t step_us = 0;
   uint64_t preemptions = 0;
+  // Prefix cache, cumulative since the worker started (tokens), and blocks holding a cached prefix now.
+  uint64_t prefix_queries = 0;
+  uint64_t prefix_hits = 0;
+  int32_t cached_blocks = 0;
   std::vector<uint64_t> left;  // finished sequences
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_report_msg& x) {
   return f(caf::meta::type_name("infer.worker_report"), x.worker, x.admits_seen, x.n_running, x.n_waiting,
            x.free_blocks, x.total_blocks, x.used_blocks, x.batch_seqs, x.batch_tokens, x.n_sampled, x.step_us,
-           x.preemptions, x.left);
+           x.preemptions, x.prefix_queries, x.prefix_hits, x.cached_blocks, x.left);
 }
 
 // worker -> batcher (crosses nodes): a cancel was applied (found: it was still there),

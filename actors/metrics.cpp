@@ -118,6 +118,16 @@ std::string metrics::render_prometheus() const {
   counter("infer_steps_total", "Engine steps run.", ld(steps));
   counter("infer_preemptions_total", "Sequences preempted for lack of KV blocks (resumed by recompute).",
           ld(preemptions));
+  counter("infer_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache at admission.",
+          ld(prefix_cache_queries));
+  counter("infer_prefix_cache_hits_total", "Prompt tokens found in the prefix cache (not prefilled again).",
+          ld(prefix_cache_hits));
+  s += fmt::format("# HELP infer_prefix_cache_hit_rate {}\n# TYPE infer_prefix_cache_hit_rate gauge\n"
+                   "infer_prefix_cache_hit_rate {}\n",
+                   "Prefix cache hits over queries (tokens) since start.", num(prefix_cache_hit_rate()));
+  gauge("infer_prefix_cache_blocks", "KV blocks holding a cached prefix, all workers.", ld(prefix_cache_blocks));
+  counter("infer_prefix_routed_total", "Admissions routed to a worker for its cached prefix rather than its load.",
+          ld(prefix_routed));
   counter("infer_step_failures_total", "Engine steps that failed or timed out.", ld(step_failures));
   counter("infer_step_timeouts_total", "Steps the watchdog declared hung.", ld(step_timeouts));
   counter("infer_requests_quarantined_total", "Poison requests quarantined (error internal).", ld(quarantined));

@@ -24,6 +24,7 @@ struct worker_gauge {
   int64_t running = 0;
   int64_t kv_free = 0;
   int64_t kv_total = 0;
+  int64_t kv_cached = 0;       // blocks holding a cached prefix (in use or evictable)
   uint64_t step_failures = 0;  // failed or timed-out steps
   std::string node;            // "HOST:PORT" of its worker node; empty: this process
 };
@@ -70,6 +71,17 @@ class metrics {
   std::atomic<uint64_t> worker_restarts{0};
   std::atomic<uint64_t> steps{0};
   std::atomic<uint64_t> preemptions{0};  // sequences preempted for KV blocks (recomputed later)
+  // Automatic prefix caching (vLLM's prefix_cache_queries / _hits): prompt tokens looked up at
+  // admission and found cached, all workers; blocks holding a cached prefix now.
+  std::atomic<uint64_t> prefix_cache_queries{0};
+  std::atomic<uint64_t> prefix_cache_hits{0};
+  std::atomic<int64_t> prefix_cache_blocks{0};
+  // Admissions the router sent to a worker because of its cached prefix, over the least loaded one.
+  std::atomic<uint64_t> prefix_routed{0};
+  double prefix_cache_hit_rate() const {
+    const uint64_t q = prefix_cache_queries.load(std::memory_order_relaxed);
+    return q == 0 ? 0.0 : double(prefix_cache_hits.load(std::memory_order_relaxed)) / double(q);
+  }
   histogram time_to_first_token;  // seconds
   histogram inter_token_latency;  // seconds
   histogram batch_size;           // sequences per step

@@ -33,6 +33,7 @@ struct request_state {
   std::vector<int32_t> tokens;
   std::vector<int32_t> stop_ids;  // the worker ends the sequence on these (EOS unless ignored, stop_token_ids)
   uint32_t attempt = 0;  // of the latest enqueue_msg; tokens must carry it
+  int32_t cached_tokens = -1;  // from the first token of the first admission that produced one
   utf8_stream_decoder dec;
   std::string held;  // decoded text not yet streamed: it may be the start of a stop string
   std::string piece;
@@ -76,6 +77,7 @@ void finish(request_actor* self, event e) {
   if (e.type == event::kind::done) {
     e.prompt_tokens = int32_t(st.prompt.size());
     e.completion_tokens = int32_t(st.tokens.size());
+    e.cached_tokens = std::max(st.cached_tokens, 0);
     e.total_ms = ms_between(st.t_submit, now);
     e.queue_ms = st.dispatched ? ms_between(st.t_submit, st.t_dispatch) : e.total_ms;
     e.first_token_ms = st.tokens.empty() ? 0.0 : ms_between(st.t_submit, st.t_first);
@@ -236,6 +238,7 @@ void on_token(request_actor* self, const token_msg& m) {
   if (st.ended || st.closing) return;  // late tokens of a sequence being removed
   if (m.attempt != st.attempt) return;  // from a worker the sequence has since left (resumed elsewhere)
   if (m.index != int32_t(st.tokens.size())) return;  // a duplicate after a resume: already streamed
+  if (m.cached_tokens >= 0 && st.cached_tokens < 0) st.cached_tokens = m.cached_tokens;
   auto now = clock_type::now();
   if (st.tokens.empty()) {
     st.t_first = now;

@@ -149,9 +149,9 @@ class service_impl final : public service {
         if (c != '"' && c != '\\' && uint8_t(c) >= 0x20) backend += c;
       s += fmt::format(
           "{}{{\"id\":{},\"backend\":\"{}\",\"device\":{},\"state\":\"{}\",\"restarts\":{},"
-          "\"breaker\":\"{}\",\"running\":{},\"kv_free\":{},\"node\":\"{}\"}}",
+          "\"breaker\":\"{}\",\"running\":{},\"kv_free\":{},\"kv_cached\":{},\"node\":\"{}\"}}",
           i ? "," : "", w.id, backend, w.device, to_string(w.state), w.restarts,
-          to_string(circuit_breaker::state(w.breaker)), w.running, w.kv_free, json_safe(w.node));
+          to_string(circuit_breaker::state(w.breaker)), w.running, w.kv_free, w.kv_cached, json_safe(w.node));
     }
     s += "],\"nodes\":[";
     auto ns = core_->stats.nodes_snapshot();
@@ -163,7 +163,13 @@ class service_impl final : public service {
           i ? "," : "", json_safe(n.address), json_safe(n.state), n.workers, n.joins, n.losses,
           json_safe(n.last_error));
     }
-    s += fmt::format("],\"queue_depth\":{}}}", core_->stats.queue_depth.load());
+    const auto& m = core_->stats;
+    s += fmt::format(
+        "],\"prefix_cache\":{{\"enabled\":{},\"queries\":{},\"hits\":{},\"hit_rate\":{:.4f},\"blocks\":{},"
+        "\"routed\":{}}}",
+        core_->cfg.prefix_caching ? "true" : "false", m.prefix_cache_queries.load(), m.prefix_cache_hits.load(),
+        m.prefix_cache_hit_rate(), m.prefix_cache_blocks.load(), m.prefix_routed.load());
+    s += fmt::format(",\"queue_depth\":{}}}", core_->stats.queue_depth.load());
     return s;
   }
 

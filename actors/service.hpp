@@ -95,6 +95,7 @@ struct event {
   finish_reason reason = finish_reason::length;
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
+  int32_t cached_tokens = 0;  // prompt tokens whose K/V came from the prefix cache
   double queue_ms = 0, first_token_ms = 0, total_ms = 0;
   // error
   error_code code = error_code::internal;

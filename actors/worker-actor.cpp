@@ -31,6 +31,7 @@ struct worker_state {
   std::vector<seq_result> results;
   worker_hello_msg hello;  // sent again after a reset (a new front node)
   bool warming = false;    // running the start-up warm-up: no hello yet
+  uint64_t warm_queries = 0, warm_hits = 0;  // the warm-up's prefix cache figures, left out of reports
 };
 
 // Sequence ids of the warm-up (request ids count up from 1 and never get here).
@@ -54,6 +55,9 @@ void report(worker_actor* self, int32_t batch_seqs, int32_t batch_tokens, int32_
   r.n_sampled = n_sampled;
   r.step_us = step_us;
   r.preemptions = st.sched->n_preemptions();
+  r.prefix_queries = st.sched->prefix_queries() - st.warm_queries;
+  r.prefix_hits = st.sched->prefix_hits() - st.warm_hits;
+  r.cached_blocks = st.sched->pool().n_committed();
   r.left = std::move(left);
   self->send(st.core->batcher, std::move(r));
 }
@@ -141,6 +145,12 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
             sc.max_running = cfg.max_running;
             sc.prefill_chunk = cfg.prefill_chunk;
             sc.n_ctx = n_ctx;
+            sc.prefix_caching = cfg.prefix_caching;
+            // K/V of the same tokens differ between models and number formats: a cache is
+            // keyed by both (one pool per worker today; the salt also covers adapters later).
+            uint64_t salt = 1469598103934665603ull;
+            for (char c : st.core->model_id + "/" + name) salt = (salt ^ uint8_t(c)) * 1099511628211ull;
+            sc.cache_salt = salt;
             st.sched = std::make_unique<scheduler>(sc, kv_geometry{block_size, n_blocks});
             worker_hello_msg& h = st.hello;
             h.worker = st.index;
@@ -222,6 +232,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
           tm.last = r.finished;
           tm.stop = r.stopped;
           tm.attempt = it->second.attempt;
+          tm.cached_tokens = r.cached_tokens;
           if (r.n_top >= 0) {
             tm.n_top = r.n_top;
             tm.logprob_bits = std::bit_cast<uint32_t>(r.logprob);
@@ -237,6 +248,10 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         report(self, st.batch_seqs, st.batch_tokens, int32_t(st.results.size()), job->step_us, std::move(left));
         if (st.warming && st.sched->n_running() + st.sched->n_waiting() == 0) {
           st.warming = false;
+          // Its blocks would only crowd the cache and its figures the metrics.
+          st.sched->flush_prefix_cache();
+          st.warm_queries = st.sched->prefix_queries();
+          st.warm_hits = st.sched->prefix_hits();
           self->send(st.core->batcher, st.hello);
         }
         kick(self);

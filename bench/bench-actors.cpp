@@ -7,6 +7,11 @@
 //                      [--threads 1] [--max-running 128] [--model synthetic:tiny]
 //                      [--caf-policy stealing|sharing] [--repeat R] [--skip-serial]
 //                      [--backend cpu|cuda|auto] [--tokenizer-dir DIR] [--kv-memory-mb MB]
+//                      [--shared PERCENT] [--prefixes K] [--no-prefix-caching]
+//                      [--prefix-affinity-tokens T]
+// --shared: that share of every prompt is one of K system prompts (task i gets prefix i % K),
+// the rest its own: prefix caching and cache-aware routing at work (bench/RESULTS.md). Use it
+// with --skip-serial --repeat 1: a second run of the same tasks would find them all cached.
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -38,12 +43,18 @@ struct run_result {
   int failed = 0;
 };
 
-std::vector<generate_request> make_tasks(int n, int prompt_len, int new_tokens) {
+std::vector<generate_request> make_tasks(int n, int prompt_len, int new_tokens, int shared_pct = 0, int prefixes = 1) {
   std::vector<generate_request> tasks;
   uint64_t x = 42;
+  const int n_shared = prompt_len * std::clamp(shared_pct, 0, 100) / 100;
   for (int i = 0; i < n; ++i) {
     generate_request r;
-    for (int j = 0; j < prompt_len; ++j) {
+    uint64_t y = 7 + uint64_t(i % std::max(prefixes, 1));
+    for (int j = 0; j < n_shared; ++j) {
+      y = splitmix64(y);
+      r.prompt_tokens.push_back(int32_t(y % 256));
+    }
+    for (int j = n_shared; j < prompt_len; ++j) {
       x = splitmix64(x);
       r.prompt_tokens.push_back(int32_t(x % 256));
     }
@@ -127,6 +138,11 @@ int main(int argc, char** argv) {
   cfg.max_running = arg_int(argc, argv, "--max-running", 128);
   cfg.max_batch_tokens = arg_int(argc, argv, "--max-batch-tokens", 512);
   cfg.prefill_chunk = arg_int(argc, argv, "--prefill-chunk", 256);
+  for (int i = 1; i < argc; ++i)
+    if (std::strcmp(argv[i], "--no-prefix-caching") == 0) cfg.prefix_caching = false;
+  cfg.prefix_affinity_tokens = arg_int(argc, argv, "--prefix-affinity-tokens", cfg.prefix_affinity_tokens);
+  const int shared_pct = arg_int(argc, argv, "--shared", 0);
+  const int prefixes = arg_int(argc, argv, "--prefixes", 1);
   cfg.queue_capacity = std::max(n_tasks, 256);
   cfg.default_timeout_ms = 0;
   cfg.max_tokens_limit = std::max(new_tokens, 4096);
@@ -142,7 +158,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto svc = std::move(started.value());
-  auto tasks = make_tasks(n_tasks, prompt_len, new_tokens);
+  auto tasks = make_tasks(n_tasks, prompt_len, new_tokens, shared_pct, prefixes);
 
   // Warm-up (first steps allocate buffers).
   svc->generate(tasks[0]);
@@ -200,6 +216,9 @@ int main(int argc, char** argv) {
   auto& m = svc->stats();
   fmt::print("step time p50 {:.2f} ms, p99 {:.2f} ms (all steps)\n", m.step_time.quantile(0.5) * 1e3,
              m.step_time.quantile(0.99) * 1e3);
+  fmt::print("prefix cache ({}): {} of {} prompt tokens cached ({:.1f}%), {} admissions routed by prefix\n",
+             cfg.prefix_caching ? "on" : "off", m.prefix_cache_hits.load(), m.prefix_cache_queries.load(),
+             100.0 * m.prefix_cache_hit_rate(), m.prefix_routed.load());
   svc->shutdown();
   svc.reset();
   return serial.failed + together.failed ? 2 : 0;

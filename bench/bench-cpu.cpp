@@ -2,6 +2,15 @@
 // sequences, on synthetic:tiny and synthetic:gpt2-small. Prints a table (not a test).
 //
 //   build/bin/infer-bench-cpu [--steps N] [--models tiny,gpt2-small]
+//
+// --prefix: automatic prefix caching through the scheduler, on versus off. A closed loop of
+// `concurrency` sequences serves `requests` prompts of `prompt` tokens whose first
+// `shared` fraction is the same for all (a system prompt), then one long prompt cold and
+// again with its prefix cached (time to first token).
+//
+//   build/bin/infer-bench-cpu --prefix [--models tiny] [--requests 64] [--prompt 512]
+//        [--shared 0.9] [--max-tokens 16] [--concurrency 8]
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -9,6 +18,7 @@
 #include <vector>
 
 #include "engine/cpu-backend.hpp"
+#include "engine/scheduler.hpp"
 
 using namespace infer;
 using clk = std::chrono::steady_clock;
@@ -74,14 +84,136 @@ row run(const std::string& spec, int batch, int prompt, int steps) {
   return {spec, batch, prompt, pre, dec / steps, batch * steps / (dec / 1000.0)};
 }
 
+struct prefix_opts {
+  int requests = 64, prompt = 512, max_tokens = 16, concurrency = 8;
+  double shared = 0.9;
+};
+
+struct prefix_row {
+  double seconds = 0;
+  int64_t computed = 0;  // tokens run through the model
+  int64_t cached = 0;    // prompt tokens taken from the cache
+  double ttft_cold_ms = 0, ttft_warm_ms = 0;
+};
+
+prefix_row run_prefix(const std::string& spec, const prefix_opts& po, bool caching) {
+  auto w = load_model_weights(spec, 1234);
+  if (!w) {
+    std::fprintf(stderr, "%s: %s\n", spec.c_str(), w.error().message.c_str());
+    std::exit(1);
+  }
+  const auto& cfg = w.value()->cfg;
+  backend_options o;
+  o.kv_block_size = 16;
+  o.kv_blocks = (po.prompt + po.max_tokens + 16) / 16 * (po.concurrency + 4) + 8;
+  auto be = make_cpu_backend(w.value(), o);
+  if (!be) {
+    std::fprintf(stderr, "%s\n", be.error().message.c_str());
+    std::exit(1);
+  }
+  scheduler_config sc;
+  sc.max_batch_tokens = 512;
+  sc.max_running = po.concurrency;
+  sc.prefill_chunk = 256;
+  sc.n_ctx = cfg.n_ctx;
+  sc.prefix_caching = caching;
+  scheduler sched(sc, be.value()->kv());
+  step_batch b;
+  step_output out;
+  std::vector<seq_result> res;
+  prefix_row r;
+  auto run_until_idle = [&](auto on_result) {
+    while (sched.schedule(b) > 0) {
+      r.computed += b.n_tokens();
+      if (auto st = be.value()->step(b, out); !st) {
+        std::fprintf(stderr, "%s\n", st.message.c_str());
+        std::exit(1);
+      }
+      res.clear();
+      sched.on_step_done(out, res);
+      for (auto& x : res) on_result(x);
+    }
+  };
+  const int n_shared = int(po.prompt * po.shared);
+  auto prompt_of = [&](int i) {
+    seq_spec s;
+    s.id = uint64_t(i + 1);
+    for (int t = 0; t < n_shared; ++t) s.prompt.push_back((t * 7 + 3) % cfg.n_vocab);
+    for (int t = n_shared; t < po.prompt; ++t) s.prompt.push_back((i * 131 + t * 17 + 1) % cfg.n_vocab);
+    s.max_tokens = po.max_tokens;
+    s.sampling.temperature = 0;
+    return s;
+  };
+  // Throughput: a closed loop keeping `concurrency` sequences in flight.
+  int next = 0, done = 0;
+  auto t0 = clk::now();
+  while (next < std::min(po.concurrency, po.requests)) (void)sched.add(prompt_of(next++));
+  while (done < po.requests) {
+    run_until_idle([&](const seq_result& x) {
+      if (x.cached_tokens > 0) r.cached += x.cached_tokens;
+      if (!x.finished) return;
+      ++done;
+      if (next < po.requests) (void)sched.add(prompt_of(next++));
+    });
+  }
+  r.seconds = std::chrono::duration<double>(clk::now() - t0).count();
+  // Time to first token of one long prompt alone: cold, then with its prefix cached.
+  sched.flush_prefix_cache();
+  const int long_prompt = std::min(cfg.n_ctx - 8, 2000);
+  for (int pass = 0; pass < 2; ++pass) {
+    seq_spec s;
+    s.id = uint64_t(1000000 + pass);
+    for (int t = 0; t < long_prompt; ++t) s.prompt.push_back((t * 11 + 5) % cfg.n_vocab);
+    s.prompt.back() = pass;  // another question after the same long context
+    s.max_tokens = 1;
+    (void)sched.add(s);
+    auto t1 = clk::now();
+    run_until_idle([](const seq_result&) {});
+    (pass == 0 ? r.ttft_cold_ms : r.ttft_warm_ms) = std::chrono::duration<double, std::milli>(clk::now() - t1).count();
+  }
+  return r;
+}
+
+int prefix_main(const std::vector<std::string>& models, const prefix_opts& po) {
+  std::printf("prefix caching: %d requests of %d tokens (%.0f%% shared), %d generated each, %d at a time\n\n",
+              po.requests, po.prompt, po.shared * 100, po.max_tokens, po.concurrency);
+  std::printf("| model | caching | requests/s | generated tokens/s | tokens computed | prompt tokens cached | "
+              "TTFT cold ms | TTFT cached ms |\n");
+  std::printf("|---|---|---:|---:|---:|---:|---:|---:|\n");
+  for (auto& m : models) {
+    double base = 0;
+    for (bool caching : {false, true}) {
+      prefix_row r = run_prefix(m, po, caching);
+      const double rps = po.requests / r.seconds;
+      if (!caching) base = rps;
+      std::printf("| %s | %s | %.2f%s | %.0f | %lld | %lld | %.1f | %.1f |\n", m.c_str(), caching ? "on" : "off", rps,
+                  caching && base > 0 ? (" (" + std::to_string(rps / base).substr(0, 4) + "x)").c_str() : "",
+                  po.requests * po.max_tokens / r.seconds, (long long)r.computed, (long long)r.cached,
+                  r.ttft_cold_ms, r.ttft_warm_ms);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int steps = 64;
+  bool prefix = false;
+  prefix_opts po;
+  bool models_given = false;
   std::vector<std::string> models{"synthetic:tiny", "synthetic:gpt2-small"};
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--steps") && i + 1 < argc) steps = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--prefix")) prefix = true;
+    else if (!std::strcmp(argv[i], "--requests") && i + 1 < argc) po.requests = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--prompt") && i + 1 < argc) po.prompt = std::max(2, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--max-tokens") && i + 1 < argc) po.max_tokens = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--concurrency") && i + 1 < argc) po.concurrency = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--shared") && i + 1 < argc) po.shared = std::clamp(std::atof(argv[++i]), 0.0, 1.0);
     else if (!std::strcmp(argv[i], "--models") && i + 1 < argc) {
+      models_given = true;
       models.clear();
       std::string s = argv[++i];
       for (size_t p = 0; p <= s.size();) {
@@ -91,10 +223,15 @@ int main(int argc, char** argv) {
         p = q + 1;
       }
     } else {
-      std::fprintf(stderr, "usage: %s [--steps N] [--models tiny,gpt2-small]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--steps N] [--models tiny,gpt2-small]\n"
+                   "       %s --prefix [--models tiny] [--requests N] [--prompt TOKENS] [--shared FRACTION]"
+                   " [--max-tokens N] [--concurrency N]\n",
+                   argv[0], argv[0]);
       return 2;
     }
   }
+  if (prefix) return prefix_main(models_given ? models : std::vector<std::string>{"synthetic:tiny"}, po);
   std::printf("| model | batch | prompt | prefill ms | decode step ms | decode tokens/s |\n");
   std::printf("|---|---:|---:|---:|---:|---:|\n");
   for (auto& m : models)

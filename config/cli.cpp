@@ -37,6 +37,8 @@ const value_flag k_flags[] = {
     {"--kv-block-size", "backend.kv_block_size", "tokens per KV block (power of two, 1..256)", nullptr, false},
     {"--max-batch-tokens", "batching.max_batch_tokens", "token budget of one engine step", nullptr, false},
     {"--max-running", "batching.max_running", "sequences running at once per worker", nullptr, false},
+    {"--prefix-affinity-tokens", "batching.prefix_affinity_tokens",
+     "cache-aware routing: prefix tokens worth one extra sequence of load, 0: by load only", nullptr, false},
     {"--queue-capacity", "queue.queue_capacity", "admission queue bound", nullptr, false},
     {"--listen", "server.listen", "HOST:PORT to listen on, IPv6 as [::1]:8080", nullptr, true},
     {"--io-threads", "server.io_threads", "network I/O threads (1..64)", nullptr, false},
@@ -112,6 +114,10 @@ cli_outcome parse_command_line(int argc, const char* const* argv, const std::str
       ->type_name("SECTION.KEY=VALUE")
       ->expected(1)
       ->take_all();
+  bool prefix_caching = true;
+  auto* prefix_flag = app.add_flag("--prefix-caching,!--no-prefix-caching", prefix_caching,
+                                   "reuse the cached KV blocks of shared prompt prefixes (default: on) "
+                                   "[backend.prefix_caching]");
   bool print_config = false;
   app.add_flag("--print-config", print_config, "print the effective configuration as TOML and exit");
   bool version = false;
@@ -153,6 +159,7 @@ cli_outcome parse_command_line(int argc, const char* const* argv, const std::str
     if (!st) return fail(program + ": " + k_flags[i].flag + ": " + st.message);
   }
   if (!worker_nodes.empty()) cfg.worker_nodes = worker_nodes;  // the flags replace the file's list
+  if (prefix_flag->count() > 0) cfg.prefix_caching = prefix_caching;
   for (const auto& s : sets) {
     size_t eq = s.find('=');
     if (eq == std::string::npos || eq == 0)

@@ -31,8 +31,7 @@ using arr_field = std::vector<int32_t> service_config::*;
 using f64_field = double service_config::*;
 using strs_field = std::vector<std::string> service_config::*;
 using bool_field = bool service_config::*;
-using field_ptr =
-    std::variant<str_field, i32_field, i64_field, u64_field, arr_field, f64_field, strs_field, bool_field>;
+using field_ptr = std::variant<str_field, i32_field, i64_field, u64_field, arr_field, f64_field, strs_field, bool_field>;
 
 struct key_def {
   const char* section;
@@ -55,10 +54,12 @@ const key_def k_keys[] = {
     {"backend", "kv_block_size", &service_config::kv_block_size},
     {"backend", "kv_memory_mb", &service_config::kv_memory_mb},
     {"backend", "kv_blocks", &service_config::kv_blocks},
+    {"backend", "prefix_caching", &service_config::prefix_caching},
 
     {"batching", "max_batch_tokens", &service_config::max_batch_tokens},
     {"batching", "max_running", &service_config::max_running},
     {"batching", "prefill_chunk", &service_config::prefill_chunk},
+    {"batching", "prefix_affinity_tokens", &service_config::prefix_affinity_tokens},
 
     {"queue", "queue_capacity", &service_config::queue_capacity},
     {"queue", "default_timeout_ms", &service_config::default_timeout_ms},
@@ -116,6 +117,8 @@ const key_def k_keys[] = {
     {"cluster", "tls_key", &service_config::cluster_tls_key},
     {"cluster", "tls_ca", &service_config::cluster_tls_ca},
     {"cluster", "allow_insecure", &service_config::cluster_allow_insecure},
+    {"cluster", "max_connections", &service_config::cluster_max_connections},
+    {"cluster", "max_message_bytes", &service_config::cluster_max_message_bytes},
 
     {"log", "log_level", &service_config::log_level},
 };
@@ -261,7 +264,7 @@ status assign(service_config& cfg, const key_def& k, const toml::node& node, con
           return status::ok();
         } else if constexpr (std::is_same_v<F, bool_field>) {
           const auto* b = node.as_boolean();
-          if (!b) return locate(format_err(name + ": expected a boolean, got " + type_phrase(node.type())), node);
+          if (!b) return locate(format_err(name + ": expected true or false, got " + type_phrase(node.type())), node);
           cfg.*field = b->get();
           return status::ok();
         } else if constexpr (std::is_same_v<F, f64_field>) {
@@ -594,6 +597,8 @@ status validate(const service_config& c) {
   check(c.prefill_chunk >= 1 && (c.max_batch_tokens < 1 || c.prefill_chunk <= c.max_batch_tokens),
         "batching.prefill_chunk",
         "1..batching.max_batch_tokens (" + num(c.max_batch_tokens) + ")", num(c.prefill_chunk));
+  check(c.prefix_affinity_tokens >= 0 && c.prefix_affinity_tokens <= 1000000, "batching.prefix_affinity_tokens",
+        "0..1000000 (0: route by load only)", num(c.prefix_affinity_tokens));
 
   // [queue]
   check(c.queue_capacity >= 1, "queue.queue_capacity", ">= 1", num(c.queue_capacity));
@@ -692,6 +697,9 @@ status validate(const service_config& c) {
         "set together with cluster.tls_key and cluster.tls_ca (TLS without all three is not authenticated)",
         std::to_string(tls_set) + " of 3 set");
 
+  check(c.cluster_max_connections >= 1, "cluster.max_connections", ">= 1", num(c.cluster_max_connections));
+  check(c.cluster_max_message_bytes >= 4096 && c.cluster_max_message_bytes <= 4294967295LL,
+        "cluster.max_message_bytes", "4096..4294967295", num(c.cluster_max_message_bytes));
   // A worker node's CAF port (BASP) has no authentication and no bound on what a peer may
   // announce without TLS: only loopback, unless the operator says the network is trusted.
   if (c.role == "worker" && tls_set == 0 && !c.cluster_allow_insecure && addr && !is_loopback_host(addr.value().host))

@@ -28,11 +28,16 @@ struct service_config {
   int32_t kv_block_size = 16;
   int64_t kv_memory_mb = 256;    // per worker (CPU) / per device share (CUDA)
   int32_t kv_blocks = 0;         // 0: sized from kv_memory_mb
+  bool prefix_caching = true;    // keep finished sequences' full KV blocks and reuse shared prefixes
 
   // [batching]
   int32_t max_batch_tokens = 512;  // token budget of one step (prefill chunks + decodes)
   int32_t max_running = 64;        // sequences running at once per worker
   int32_t prefill_chunk = 256;     // longest prefill slice of one sequence in one step
+  // Cache-aware routing (actors/README.md): a worker holding a longer cached prefix of a new
+  // request wins over the least loaded one when it holds at least this many more prefix
+  // tokens per extra sequence it already holds. 0: route by load only.
+  int32_t prefix_affinity_tokens = 64;
 
   // [queue]
   int32_t queue_capacity = 256;    // admission queue bound; beyond: overloaded
@@ -106,6 +111,10 @@ struct service_config {
   // A worker node's CAF port authenticates nobody without TLS: it listens on a non-loopback
   // address without cluster.tls_* only when this is true (a network you trust).
   bool cluster_allow_insecure = false;
+  // Worker node: connections its CAF port relays at once (a front node needs one), and the
+  // largest message a peer may announce there (plain TCP; CAF would allocate it unchecked).
+  int32_t cluster_max_connections = 8;
+  int64_t cluster_max_message_bytes = 64 << 20;
 
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off

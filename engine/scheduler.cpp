@@ -23,6 +23,10 @@ struct scheduler::sequence {
   std::vector<int32_t> stop_adj;                // indices in adj of the stop ids
   int32_t n_cached = 0;         // tokens whose K/V are in `blocks`
   std::vector<int32_t> blocks;  // block table
+  std::vector<uint64_t> hashes;  // chain hashes of its full blocks so far (tokens never change)
+  int32_t n_committed = 0;      // leading blocks committed to (or taken from) the prefix cache
+  int32_t cached_prompt = -1;   // prompt tokens found cached at its first admission; -1: not admitted yet
+  bool cache_reported = false;  // cached_prompt went out with its first result
   uint64_t scheduled_at = 0;    // step_no_ of the last step that included it
   bool running = false;
 
@@ -37,6 +41,8 @@ scheduler::scheduler(const scheduler_config& cfg, kv_geometry kv)
   cfg_.prefill_chunk = std::max(cfg_.prefill_chunk, 1);
   cfg_.n_ctx = std::max(cfg_.n_ctx, 1);
   max_blocks_ = pool_.blocks_for(cfg_.n_ctx + 1);
+  root_hash_ = kv_hash_root(cfg_.cache_salt);
+  hits_.reserve(size_t(max_blocks_));
   running_.reserve(size_t(cfg_.max_running));
   scheduled_.reserve(size_t(cfg_.max_running));
 }
@@ -87,16 +93,62 @@ status scheduler::add(seq_spec s) {
     for (int32_t i = 0; i < q->n_tokens(); ++i) count_token(q, q->tokens[size_t(i)], i >= n_prompt);
   }
   seq->blocks.reserve(size_t(max_blocks_));
+  if (cfg_.prefix_caching) seq->hashes.reserve(size_t(max_blocks_));
   waiting_.push_back(seq.get());
   seqs_.emplace(s.id, std::move(seq));
   return status::ok();
 }
 
-void scheduler::release(sequence* s) {
-  if (!s->blocks.empty()) {
-    (void)pool_.free(std::span<const int32_t>(s->blocks));  // ids come from the pool: cannot fail
-    s->blocks.clear();
+void scheduler::free_blocks(sequence* s) {
+  // ids come from the pool and each is held once: cannot fail
+  for (auto it = s->blocks.rbegin(); it != s->blocks.rend(); ++it) (void)pool_.free(*it);
+  s->blocks.clear();
+  s->n_committed = 0;
+}
+
+void scheduler::hash_blocks(sequence* s, int32_t n_full) {
+  const int32_t bs = pool_.block_size();
+  while (int32_t(s->hashes.size()) < n_full) {
+    const size_t b = s->hashes.size();
+    const uint64_t parent = b == 0 ? root_hash_ : s->hashes[b - 1];
+    s->hashes.push_back(kv_block_hash(parent, std::span<const int32_t>(s->tokens.data() + b * size_t(bs), size_t(bs))));
   }
+}
+
+void scheduler::commit_blocks(sequence* s) {
+  const int32_t bs = pool_.block_size();
+  const int32_t n_full = std::min(s->n_cached / bs, int32_t(s->blocks.size()));
+  if (n_full <= s->n_committed) return;
+  hash_blocks(s, n_full);
+  for (int32_t b = s->n_committed; b < n_full; ++b) {
+    const uint64_t parent = b == 0 ? root_hash_ : s->hashes[size_t(b) - 1];
+    // false: another sequence committed the same prefix first; this copy stays private.
+    (void)pool_.commit(s->blocks[size_t(b)], s->hashes[size_t(b)], parent,
+                       std::span<const int32_t>(s->tokens.data() + size_t(b) * size_t(bs), size_t(bs)));
+  }
+  s->n_committed = n_full;
+}
+
+int32_t scheduler::find_prefix(sequence* s) {
+  hits_.clear();
+  if (!cfg_.prefix_caching) return 0;
+  const int32_t bs = pool_.block_size();
+  // Only blocks wholly before the last token: it is computed again for its logits, and a
+  // shared block is never written.
+  const int32_t max_hit = (s->n_tokens() - 1) / bs;
+  hash_blocks(s, max_hit);
+  for (int32_t b = 0; b < max_hit; ++b) {
+    const uint64_t parent = b == 0 ? root_hash_ : s->hashes[size_t(b) - 1];
+    const int32_t id = pool_.lookup(s->hashes[size_t(b)], parent,
+                                    std::span<const int32_t>(s->tokens.data() + size_t(b) * size_t(bs), size_t(bs)));
+    if (id < 0) break;
+    hits_.push_back(id);
+  }
+  return int32_t(hits_.size());
+}
+
+void scheduler::release(sequence* s) {
+  if (!s->blocks.empty()) free_blocks(s);
   if (s->running) {
     running_.erase(std::find(running_.begin(), running_.end(), s));
   } else {
@@ -114,8 +166,7 @@ bool scheduler::cancel(uint64_t id) {
 }
 
 void scheduler::preempt(sequence* s) {
-  (void)pool_.free(std::span<const int32_t>(s->blocks));
-  s->blocks.clear();
+  free_blocks(s);
   s->n_cached = 0;
   s->running = false;
   running_.erase(std::find(running_.begin(), running_.end(), s));
@@ -205,15 +256,32 @@ int32_t scheduler::schedule(step_batch& batch) {
   //    a newcomer waits until blocks free up.
   while (!waiting_.empty() && budget > 0 && int32_t(running_.size()) < cfg_.max_running) {
     sequence* s = waiting_.front();
-    int32_t n_new = std::min({s->n_tokens(), cfg_.prefill_chunk, budget});
-    int32_t room = pool_.n_free() * pool_.block_size();
+    const int32_t n_hit = find_prefix(s);
+    const int32_t n_reuse = n_hit * pool_.block_size();
+    // Cached blocks nobody holds count as free until this sequence takes them.
+    int32_t revived = 0;
+    for (int32_t id : hits_) revived += pool_.refs(id) == 0 ? 1 : 0;
+    int32_t n_new = std::min({s->n_tokens() - n_reuse, cfg_.prefill_chunk, budget});
+    int32_t room = (pool_.n_free() - revived) * pool_.block_size();
     if (room <= 0) break;
     n_new = std::min(n_new, room);
     waiting_.pop_front();
     s->running = true;
-    s->n_cached = 0;
+    for (int32_t id : hits_) {
+      (void)pool_.acquire(id);  // found by lookup: committed
+      s->blocks.push_back(id);
+    }
+    s->n_cached = n_reuse;
+    s->n_committed = n_hit;
+    if (s->cached_prompt < 0) {  // its first admission here (not a resume after preemption)
+      s->cached_prompt = std::min(n_reuse, s->n_prompt);
+      if (cfg_.prefix_caching) {
+        prefix_queries_ += uint64_t(s->n_tokens());
+        prefix_hits_ += uint64_t(n_reuse);
+      }
+    }
     running_.push_back(s);
-    grow(s, n_new);
+    grow(s, n_reuse + n_new);
     emit(batch, s, n_new);
     budget -= n_new;
   }
@@ -232,6 +300,7 @@ void scheduler::on_step_done(const step_output& out, std::vector<seq_result>& re
     sequence* s = it->second.get();
     if (!s->running) continue;  // cannot happen: preemption only inside schedule()
     s->n_cached += e.n_new;
+    if (cfg_.prefix_caching) commit_blocks(s);
     if (!e.sample) continue;
     int32_t tok = k < out.tokens.size() ? out.tokens[k] : -1;
     s->tokens.push_back(tok);
@@ -251,6 +320,10 @@ void scheduler::on_step_done(const step_output& out, std::vector<seq_result>& re
     }
     if (s->sampling.penalized() && tok >= 0) count_token(s, tok, true);
     r.finished = r.stopped || s->n_generated() >= s->max_tokens || s->n_tokens() >= cfg_.n_ctx;
+    if (!s->cache_reported) {
+      s->cache_reported = true;
+      r.cached_tokens = std::max(s->cached_prompt, 0);
+    }
     results.push_back(r);
     if (r.finished) release(s);
   }

@@ -15,6 +15,15 @@
 // its KV is recomputed by prefilling prompt + generated. Counter-based sampling makes
 // the resumed output identical. A sequence is never dropped for lack of memory.
 //
+// Prefix caching (prefix_caching, on by default): every full block whose K/V has been
+// written is committed to the pool under its chain hash (kv_block_hash over cache_salt);
+// when a sequence leaves (finished, cancelled, preempted, drained) its blocks are freed
+// tail first, and its committed ones stay cached until an allocation needs the room. An
+// admission takes the longest cached prefix of its tokens (shared, reference-counted) and
+// prefills only the rest; the last token is always computed, so there are logits to
+// sample from, and a partial last block is never shared. A preempted sequence thus finds
+// most of its own blocks again when it is re-admitted, unless they were evicted meanwhile.
+//
 // The scheduler ends a sequence at max_tokens or at the context limit (finish reason
 // length), and when it samples one of the sequence's stop ids (the model's end-of-sequence
 // ids unless the request ignores them, plus its stop_token_ids: finish reason stop). Both
@@ -53,6 +62,8 @@ struct scheduler_config {
   int32_t max_running = 64;        // sequences in the running batch
   int32_t prefill_chunk = 256;     // longest prefill slice of one sequence in one step
   int32_t n_ctx = 1024;            // context limit: prompt + generated tokens
+  bool prefix_caching = true;      // reuse cached full blocks of earlier sequences
+  uint64_t cache_salt = 0;         // what else the K/V depends on (model, weights, adapter)
 };
 
 // One sequence as handed to (or taken back from) a scheduler.
@@ -77,6 +88,9 @@ struct seq_result {
   float logprob = 0.0f;   // the token's (raw distribution), when n_top >= 0
   std::array<int32_t, sampling_params::max_logprobs> top_ids{};
   std::array<float, sampling_params::max_logprobs> top_logprobs{};
+  // On the first token a sequence samples after add(): the prompt tokens whose K/V came
+  // from the prefix cache at its admission (usage.prompt_tokens_details.cached_tokens); -1 else.
+  int32_t cached_tokens = -1;
 };
 
 class scheduler {
@@ -113,6 +127,12 @@ class scheduler {
   int32_t n_seqs() const { return int32_t(seqs_.size()); }
   uint64_t n_preemptions() const { return n_preemptions_; }
   const kv_block_pool& pool() const { return pool_; }
+  // Prefix cache figures, in tokens, over the first admission of every sequence added
+  // (re-admissions after a preemption are not counted): tokens looked up, tokens found.
+  uint64_t prefix_queries() const { return prefix_queries_; }
+  uint64_t prefix_hits() const { return prefix_hits_; }
+  // Drops every cached block nobody references (blocks in use keep their content).
+  int32_t flush_prefix_cache() { return pool_.flush(); }
   const scheduler_config& config() const { return cfg_; }
   int32_t max_blocks_per_seq() const { return max_blocks_; }
   // KV blocks the waiting sequences will need to start (their whole tokens so far).
@@ -139,6 +159,10 @@ class scheduler {
   bool grow(sequence* s, int32_t n_tokens);  // blocks for n_tokens cached tokens
   void emit(step_batch& batch, sequence* s, int32_t n_new);
   void count_token(sequence* s, int32_t tok, bool generated);
+  void free_blocks(sequence* s);       // tail first, so that its tail is evicted before its head
+  void hash_blocks(sequence* s, int32_t n_full);  // chain hashes of its first n_full blocks
+  void commit_blocks(sequence* s);     // commits the full blocks whose K/V is written
+  int32_t find_prefix(sequence* s);    // cached blocks of its longest prefix -> hits_
 
   scheduler_config cfg_;
   kv_block_pool pool_;
@@ -152,6 +176,9 @@ class scheduler {
   uint64_t step_no_ = 0;
   uint64_t n_preemptions_ = 0;
   int32_t last_prefill_tokens_ = 0;
+  uint64_t root_hash_ = 0;
+  std::vector<int32_t> hits_;  // scratch of find_prefix
+  uint64_t prefix_queries_ = 0, prefix_hits_ = 0;
 };
 
 }  // namespace infer

@@ -21,7 +21,7 @@ result<std::shared_ptr<const chat_formatter>> chat_formatter::from_tokenizer(con
 }
 
 result<std::string> chat_formatter::render(const chat_input& in) const {
-  const bool tools = in.vars.contains("tools");
+  const bool tools = in.vars.contains("tools") && !in.vars["tools"].is_null();
   const named* pick = nullptr;
   for (const auto& t : templates_)
     if (tools && t.name == "tool_use") pick = &t;

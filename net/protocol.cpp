@@ -290,6 +290,10 @@ std::optional<std::string> get_chat_input(const ojson& o, bool agp_default, chat
   }
   ojson vars = ojson::object();
   vars["messages"] = std::move(out);
+  // As transformers and vLLM call templates: tools (and documents) are None when not given,
+  // so `tools is not none` and `tools is defined` read the same as there.
+  vars["tools"] = nullptr;
+  vars["documents"] = nullptr;
   if (!o_absent(o, "tools")) {
     if (!o.at("tools").is_array()) return "tools: must be an array";
     if (!o.at("tools").empty()) vars["tools"] = o.at("tools");
@@ -570,9 +574,10 @@ std::string done_frame(std::string_view id, const event& e) {
   std::string out = R"({"type":"done","id":)";
   append_json_string(out, id);
   fmt::format_to(std::back_inserter(out),
-                 R"(,"finish_reason":"{}","usage":{{"prompt_tokens":{},"completion_tokens":{}}},)"
+                 R"(,"finish_reason":"{}","usage":{{"prompt_tokens":{},"completion_tokens":{},)"
+                 R"("prompt_tokens_details":{{"cached_tokens":{}}}}},)"
                  R"("timing_ms":{{"queue":{},"first_token":{},"total":{}}})",
-                 to_string(e.reason), e.prompt_tokens, e.completion_tokens, fmt_ms(e.queue_ms),
+                 to_string(e.reason), e.prompt_tokens, e.completion_tokens, e.cached_tokens, fmt_ms(e.queue_ms),
                  fmt_ms(e.first_token_ms), fmt_ms(e.total_ms));
   append_degradation(out, e);
   out.push_back('}');
@@ -750,9 +755,10 @@ std::string openai_completion_json(std::string_view cmpl_id, int64_t created, st
   out += logprobs.empty() ? std::string_view("null") : logprobs;
   fmt::format_to(std::back_inserter(out),
                  R"(,"finish_reason":"{}"}}],)"
-                 R"("usage":{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{}}})",
+                 R"("usage":{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{},)"
+                 R"("prompt_tokens_details":{{"cached_tokens":{}}}}})",
                  openai_finish(done.reason), done.prompt_tokens, done.completion_tokens,
-                 done.prompt_tokens + done.completion_tokens);
+                 done.prompt_tokens + done.completion_tokens, done.cached_tokens);
   append_degradation(out, done);
   out.push_back('}');
   return out;
@@ -787,8 +793,10 @@ std::string openai_usage_chunk_json(std::string_view cmpl_id, int64_t created, s
   std::string out;
   append_head(out, cmpl_id, created, model);
   fmt::format_to(std::back_inserter(out),
-                 R"(,"choices":[],"usage":{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{}}}}})",
-                 done.prompt_tokens, done.completion_tokens, done.prompt_tokens + done.completion_tokens);
+                 R"(,"choices":[],"usage":{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{},)"
+                 R"("prompt_tokens_details":{{"cached_tokens":{}}}}}}})",
+                 done.prompt_tokens, done.completion_tokens, done.prompt_tokens + done.completion_tokens,
+                 done.cached_tokens);
   return out;
 }
 

@@ -53,7 +53,8 @@ struct protocol_limits {
 
 // The conversation of a chat request, as the chat template receives it (net/chat.hpp):
 // `vars` holds messages (each with a role; content a string: a list of text parts is
-// joined with "\n", as vLLM does for string-content templates), tools when given,
+// joined with "\n", as vLLM does for string-content templates), tools and documents (null
+// when not given, as transformers passes them),
 // add_generation_prompt, and chat_template_kwargs' members at the top level (as
 // transformers passes them, e.g. Qwen3's enable_thinking). Key order is the client's
 // (tojson in templates keeps it).

@@ -149,7 +149,8 @@ for (const p of pkgs.map(packageTemplate)) {
     if (cname === 'tools_qwen' && p.name !== 'tokenizer-qwen3') continue;
     if (cname === 'parts' && p.name !== 'tokenizer-gemma3') continue;  // the others concatenate strings
     for (const agp of [true, false]) {
-      const v = { messages, add_generation_prompt: agp, bos_token: p.bos, eos_token: p.eos };
+      // As transformers and vLLM call templates: tools (and documents) are None when not given.
+      const v = { messages, tools: null, documents: null, add_generation_prompt: agp, bos_token: p.bos, eos_token: p.eos };
       if (cname === 'tools_qwen') v.tools = [weather];
       add(`${p.name} ${cname} agp=${agp}`, p.source, v);
       if (p.name === 'tokenizer-qwen3') {

@@ -4,12 +4,14 @@
 
 #include <cmath>
 #include <limits>
+#include <memory>
 
 #include <caf/all.hpp>
 #include <caf/binary_deserializer.hpp>
 #include <caf/binary_serializer.hpp>
 
 #include "actors/messages.hpp"
+#include "actors/prefix-index.hpp"
 
 using namespace infer;
 
@@ -98,7 +100,9 @@ TEST_CASE("messages: every message type that crosses nodes round-trips") {
   t.last = true;
   t.stop = true;
   t.attempt = 5;
+  t.cached_tokens = 48;
   auto t2 = round_trip(*f.sys, t);
+  CHECK(t2.cached_tokens == 48);
   CHECK(t2.id == 42);
   CHECK(t2.index == 3);
   CHECK(t2.token == 255);
@@ -127,6 +131,9 @@ TEST_CASE("messages: every message type that crosses nodes round-trips") {
   r.n_sampled = 3;
   r.step_us = 1234;
   r.preemptions = 5;
+  r.prefix_queries = 1000;
+  r.prefix_hits = 640;
+  r.cached_blocks = 40;
   r.left = {8, 9};
   auto r2 = round_trip(*f.sys, r);
   CHECK(r2.worker == 1);
@@ -134,6 +141,9 @@ TEST_CASE("messages: every message type that crosses nodes round-trips") {
   CHECK(r2.free_blocks == -4);
   CHECK(r2.step_us == 1234);
   CHECK(r2.preemptions == 5);
+  CHECK(r2.prefix_queries == 1000);
+  CHECK(r2.prefix_hits == 640);
+  CHECK(r2.cached_blocks == 40);
   CHECK(r2.left == std::vector<uint64_t>{8, 9});
 
   seq_gone_msg g{5, 1, true, false, "too long"};
@@ -169,4 +179,48 @@ TEST_CASE("messages: every message type that crosses nodes round-trips") {
   CHECK(round_trip(*f.sys, worker_down_msg{1, "x"}).reason == "x");
   CHECK(round_trip(*f.sys, admission_msg{1, false, 1, 100, "full"}).retry_after_ms == 100);
   CHECK(round_trip(*f.sys, dispatched_msg{1, 3}).worker == 3);
+}
+
+TEST_CASE("prefix_index: the batcher's bounded estimate of a worker's cache") {
+  std::vector<int32_t> a, b;
+  for (int i = 0; i < 65; ++i) a.push_back(i), b.push_back(i < 32 ? i : 1000 + i);
+  std::vector<uint64_t> ca, cb;
+  prefix_chain(a, 16, ca);
+  prefix_chain(b, 16, cb);
+  CHECK(ca.size() == 4);  // the blocks wholly before the last token
+  CHECK(ca[0] == cb[0]);
+  CHECK(ca[1] == cb[1]);
+  CHECK(ca[2] != cb[2]);  // a chain: equal from the first differing block on never again
+  prefix_index idx;
+  idx.reset(6);
+  CHECK(idx.match(ca) == 0);
+  idx.insert(ca);
+  CHECK(idx.match(ca) == 4);
+  CHECK(idx.match(cb) == 2);
+  idx.insert(cb);  // 4 + 2 new blocks: at the bound
+  CHECK(idx.size() == 6);
+  std::vector<int32_t> c(65, 7);
+  std::vector<uint64_t> cc;
+  prefix_chain(c, 16, cc);
+  idx.insert(cc);  // 4 more: the least recently sent go, tails before heads
+  CHECK(idx.size() == 6);
+  CHECK(idx.match(cc) == 4);
+  CHECK(idx.match(cb) == 2);  // the shared head was refreshed by b
+  CHECK(idx.match(ca) == 2);
+  {
+    // A copy (a growing vector of worker slots) stands on its own.
+    auto copy = std::make_unique<prefix_index>(idx);
+    prefix_index moved = std::move(*copy);
+    copy.reset();
+    idx.insert(ca);
+    CHECK(moved.match(cc) == 4);
+    moved.insert(ca);
+    CHECK(moved.size() == 6);
+    CHECK(moved.match(ca) == 4);
+    CHECK(moved.match(cc) == 2);
+  }
+  idx.reset(6);
+  CHECK(idx.match(cc) == 0);
+  prefix_chain(std::vector<int32_t>{1}, 16, cc);
+  CHECK(cc.empty());
 }

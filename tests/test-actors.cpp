@@ -490,6 +490,8 @@ TEST_CASE("actors: a CUDA worker warms up before its hello; the warm-up leaves n
   CHECK(m.steps.load() == 0);
   CHECK(m.tokens_generated.load() == 0);
   CHECK(m.kv_blocks_used.load() == 0);
+  CHECK(m.prefix_cache_queries.load() == 0);
+  CHECK(m.prefix_cache_blocks.load() == 0);
   const auto prompt = test_prompt(7, 20);
   generate_request req;
   req.prompt_tokens = prompt;
@@ -498,6 +500,10 @@ TEST_CASE("actors: a CUDA worker warms up before its hello; the warm-up leaves n
   auto c = (*svc)->generate(req);
   REQUIRE_MESSAGE(c.ok, c.terminal.message);
   CHECK(c.tokens == solo_greedy(prompt, 12));
+  // The warm-up's blocks were dropped and its lookups are not counted: only this request shows.
+  CHECK(eventually([&] { return m.prefix_cache_queries.load() == 20; }));
+  CHECK(m.prefix_cache_hits.load() == 0);
+  CHECK(eventually([&] { return m.prefix_cache_blocks.load() == 1; }));  // 31 tokens cached: one full block
   (*svc)->shutdown();
 }
 
@@ -579,4 +585,111 @@ TEST_CASE("actors: generation stops at EOS; ignore_eos and stop_token_ids") {
   CHECK(col.terminal(d).type == event::kind::error);
   CHECK(col.terminal(d).code == error_code::invalid_request);
   svc.shutdown();
+namespace {
+
+// Records, per worker, the first tokens of every sequence it prefills from position 0
+// (a prefix it did not take from its cache).
+struct prefill_log {
+  std::mutex mu;
+  std::map<int32_t, std::vector<std::vector<int32_t>>> from_scratch;
+  int count(int32_t worker, const std::vector<int32_t>& head) {
+    std::lock_guard<std::mutex> lk(mu);
+    int n = 0;
+    for (auto& h : from_scratch[worker]) n += h == head ? 1 : 0;
+    return n;
+  }
+};
+
+class logging_backend : public backend {
+ public:
+  logging_backend(std::unique_ptr<backend> inner, std::shared_ptr<prefill_log> log, int32_t worker)
+      : inner_(std::move(inner)), log_(std::move(log)), worker_(worker) {}
+  const char* name() const override { return inner_->name(); }
+  const model_config& config() const override { return inner_->config(); }
+  kv_geometry kv() const override { return inner_->kv(); }
+  status step(const step_batch& b, step_output& out, logits_mode mode = logits_mode::none) override {
+    {
+      std::lock_guard<std::mutex> lk(log_->mu);
+      for (int32_t i = 0; i < b.n_seqs(); ++i)
+        if (b.n_past[i] == 0 && b.seq_len(i) >= 8)
+          log_->from_scratch[worker_].emplace_back(b.tokens.begin() + b.seq_start[i],
+                                                   b.tokens.begin() + b.seq_start[i] + 8);
+    }
+    return inner_->step(b, out, mode);
+  }
+
+ private:
+  std::unique_ptr<backend> inner_;
+  std::shared_ptr<prefill_log> log_;
+  int32_t worker_;
+};
+
+}  // namespace
+
+TEST_CASE("actors: cache-aware routing sends each system prompt to the worker that holds it") {
+  // Two workers, two 320-token system prompts (20 blocks) with private questions, in waves
+  // of four requests (two of each prompt). The first of each prompt lands somewhere; every
+  // later one should find its prefix on that worker, while both workers keep working.
+  service_config cfg = base_config();
+  cfg.workers = 2;
+  cfg.max_running = 8;
+  caf::actor_system_config caf_cfg;
+  register_message_types(caf_cfg);
+  caf::actor_system sys(caf_cfg);
+  auto log = std::make_shared<prefill_log>();
+  service_hooks hooks;
+  hooks.tok = tokenizer::byte_level();
+  hooks.n_ctx = 1024;
+  hooks.n_vocab = 128;
+  hooks.make_backend = [log](int32_t index) -> result<std::unique_ptr<backend>> {
+    return std::unique_ptr<backend>(new logging_backend(
+        std::make_unique<fake_backend>(fake_config(1024, 128), kv_geometry{16, 512}), log, index));
+  };
+  auto started = service::start(sys, cfg, hooks);
+  REQUIRE(started.has_value());
+  auto svc = std::move(started.value());
+  // Both workers up first: a lone early worker would rightly take (and then keep) both prompts.
+  REQUIRE(eventually([&] {
+    int up = 0;
+    for (auto& g : svc->stats().workers_snapshot()) up += g.state == worker_gauge::run_state::running ? 1 : 0;
+    return up == 2;
+  }));
+  std::vector<int32_t> sys_a, sys_b;
+  for (int i = 0; i < 320; ++i) {
+    sys_a.push_back((i * 7 + 1) % 128);
+    sys_b.push_back((i * 11 + 5) % 128);
+  }
+  collector col;
+  const int waves = 8;
+  std::vector<uint64_t> all;
+  for (int wave = 0; wave < waves; ++wave) {
+    std::vector<uint64_t> ids;
+    for (int k = 0; k < 4; ++k) {
+      auto prompt = k % 2 ? sys_b : sys_a;
+      for (int j = 0; j < 5 + k; ++j) prompt.push_back((wave * 13 + k * 3 + j) % 128);
+      ids.push_back(svc->submit(greedy_request(prompt, 4), col.cb()));
+    }
+    for (uint64_t id : ids) REQUIRE(col.wait_terminal(id));
+    all.insert(all.end(), ids.begin(), ids.end());
+  }
+  const std::vector<int32_t> head_a(sys_a.begin(), sys_a.begin() + 8), head_b(sys_b.begin(), sys_b.begin() + 8);
+  // Each system prompt was prefilled from scratch on one worker only ...
+  CHECK(log->count(0, head_a) * log->count(1, head_a) == 0);
+  CHECK(log->count(0, head_b) * log->count(1, head_b) == 0);
+  // ... at most twice (both requests of the first wave may start before either is cached) ...
+  CHECK(log->count(0, head_a) + log->count(1, head_a) <= 2);
+  CHECK(log->count(0, head_b) + log->count(1, head_b) <= 2);
+  // ... and the two prompts went to different workers: both stayed busy.
+  CHECK(log->count(0, head_a) + log->count(0, head_b) > 0);
+  CHECK(log->count(1, head_a) + log->count(1, head_b) > 0);
+  auto& m = svc->stats();
+  const uint64_t min_hits = uint64_t(4 * waves - 4) * 320;
+  CHECK(m.prefix_cache_hits.load() >= min_hits);
+  CHECK(m.prefix_cache_hit_rate() > 0.8);  // 320 of about 326 tokens, in all but the first requests
+  for (uint64_t id : all) {
+    CHECK(col.well_formed(id));
+    CHECK(col.terminal(id).cached_tokens % 16 == 0);
+  }
+  CHECK(col.terminal(all.back()).cached_tokens == 320);
+  svc.reset();
 }

@@ -4,7 +4,8 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
-
+#include <array>
+#include <boost/asio.hpp>
 #include <chrono>
 #include <thread>
 
@@ -193,5 +194,67 @@ TEST_CASE("front node with no local workers: tokens come from the worker node, e
   // The first front still works after the refused one came and went.
   CHECK(greedy(**front, "prompt 0", 20) == local[0]);
   (*front)->shutdown();
+  (*node)->shutdown();
+}
+
+namespace {
+
+namespace asio = boost::asio;
+
+// Waits up to `limit` for the peer to close `s`: true if it did (EOF or reset).
+bool closed_by_peer(asio::ip::tcp::socket& s, std::chrono::milliseconds limit) {
+  timeval tv{long(limit.count() / 1000), long(limit.count() % 1000) * 1000};
+  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char b[64];
+  boost::system::error_code ec;
+  s.read_some(asio::buffer(b), ec);  // CAF's server handshake may come first: read on
+  while (!ec) s.read_some(asio::buffer(b), ec);
+  return ec == asio::error::eof || ec == asio::error::connection_reset;
+}
+
+}  // namespace
+
+// Issue 13.5: a peer of the worker's CAF port could announce any payload size in a 32-byte
+// BASP header and CAF allocated it (three headers of 1 GiB: +3 GB), with no connection cap.
+TEST_CASE("worker node: a BASP header announcing more than cluster.max_message_bytes closes the connection") {
+  caf::actor_system_config wcfg;
+  caf::actor_system wsys{with_middleman(wcfg)};
+  auto cfg = tiny();
+  cfg.role = "worker";
+  cfg.cluster_max_message_bytes = 1 << 20;
+  cfg.cluster_max_connections = 2;
+  auto node = infer::worker_node::start(wsys, cfg);
+  REQUIRE_MESSAGE(node, node.error().message);
+  asio::io_context ioc;
+  const asio::ip::tcp::endpoint ep(asio::ip::make_address("127.0.0.1"), (*node)->port());
+
+  asio::ip::tcp::socket hostile(ioc);
+  hostile.connect(ep);
+  std::array<uint8_t, 32> hdr{};
+  hdr[0] = 0x01;  // client_handshake
+  const uint32_t gib = 1u << 30;
+  hdr[4] = uint8_t(gib >> 24), hdr[5] = uint8_t(gib >> 16), hdr[6] = uint8_t(gib >> 8), hdr[7] = uint8_t(gib);
+  asio::write(hostile, asio::buffer(hdr));
+  // Within 1 s: less than middleman.connection-timeout (2 s), after which CAF itself would
+  // drop a silent peer; the guard closes at once.
+  CHECK(closed_by_peer(hostile, 1s));
+
+  // The cap: two open connections, the third is closed at once.
+  asio::ip::tcp::socket a(ioc), b(ioc), c(ioc);
+  a.connect(ep);
+  b.connect(ep);
+  std::this_thread::sleep_for(200ms);  // both accepted (a closed third would otherwise race them)
+  c.connect(ep);
+  CHECK(closed_by_peer(c, 1s));
+  a.close();
+  b.close();
+  std::this_thread::sleep_for(500ms);  // the guard sees them go
+
+  // And the node still takes a front.
+  caf::actor_system_config fcfg;
+  caf::actor_system fsys{with_middleman(fcfg)};
+  const std::string model = "synthetic:tiny seed=5 n_vocab=256 n_ctx=1024 n_embd=128 n_layer=4 n_head=4 tokenizer=256";
+  auto ok = join(fsys, (*node)->port(), infer::wire_protocol_version, model);
+  CHECK_MESSAGE(ok.ok, ok.why);
   (*node)->shutdown();
 }

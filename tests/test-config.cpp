@@ -195,6 +195,8 @@ TEST_CASE("each invalid value is rejected with a message naming the key and the 
       {"server.idle_timeout_ms = 0", "server.idle_timeout_ms", "0"},
       {"server.header_timeout_ms = 0", "server.header_timeout_ms", "0"},
       {"server.max_connections_per_client = -1", "server.max_connections_per_client", "-1"},
+      {"cluster.max_connections = 0", "cluster.max_connections", "0"},
+      {"cluster.max_message_bytes = 100", "cluster.max_message_bytes", "100"},
       {"server.max_inflight_per_connection = 0", "server.max_inflight_per_connection", "0"},
       {"server.max_pending_bytes = 100", "server.max_pending_bytes", "100"},
       {"server.rate_limit_rps = -0.5", "server.rate_limit_rps", "-0.5"},
@@ -561,4 +563,34 @@ TEST_CASE("[cluster]: roles, worker node addresses, TLS all-or-none, workers = 0
   auto port0 = parse_command_line({"--worker-node", "a:0"});
   CHECK_FALSE(port0.run);
   CHECK(contains(port0.message, "a port other than 0"));
+}
+
+TEST_CASE("prefix caching: a boolean key, a flag pair, and the routing trade-off") {
+  CHECK(service_config{}.prefix_caching);  // on by default (bench/RESULTS.md)
+  auto off = parse_service_config("[backend]\nprefix_caching = false\n[batching]\nprefix_affinity_tokens = 0\n", "t");
+  REQUIRE_MESSAGE(off.has_value(), off.error().message);
+  CHECK_FALSE(off->prefix_caching);
+  CHECK(off->prefix_affinity_tokens == 0);
+  auto wrong = parse_service_config("[backend]\nprefix_caching = 1\n", "t");
+  REQUIRE_FALSE(wrong.has_value());
+  CHECK(contains(wrong.error().message, "backend.prefix_caching: expected true or false, got an integer"));
+
+  auto flag = parse_command_line({"--no-prefix-caching"});
+  REQUIRE_MESSAGE(flag.run, flag.message);
+  CHECK_FALSE(flag.config.prefix_caching);
+  auto last = parse_command_line({"--no-prefix-caching", "--prefix-caching"});
+  REQUIRE(last.run);
+  CHECK(last.config.prefix_caching);
+  auto set = parse_command_line({"--set", "backend.prefix_caching=false"});
+  REQUIRE(set.run);
+  CHECK_FALSE(set.config.prefix_caching);
+  auto printed = parse_command_line({"--no-prefix-caching", "--print-config"});
+  auto back = parse_service_config(printed.message, "printed");
+  REQUIRE(back.has_value());
+  CHECK_FALSE(back->prefix_caching);
+
+  service_config c;
+  c.prefix_affinity_tokens = -1;
+  status st = validate(c);
+  CHECK(contains(st.message, "batching.prefix_affinity_tokens"));
 }

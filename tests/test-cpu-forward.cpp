@@ -634,3 +634,95 @@ TEST_CASE("logprobs are the log-softmax of the raw logits, sorted, the sampled o
   REQUIRE(sched.add(sn).is_ok());
   for (const auto& q : run_all(*be, sched)) CHECK(q.n_top == -1);
 }
+
+// Prefix caching end to end on the CPU backend: the scheduler hands a second request the
+// KV blocks the first one left, and the real forward pass must give the same greedy tokens
+// as recomputing everything.
+#include "engine/model-weights.hpp"
+#include "engine/scheduler.hpp"
+
+namespace {
+
+struct served {
+  std::map<uint64_t, std::vector<int32_t>> tokens;
+  std::map<uint64_t, int32_t> cached;
+  std::map<uint64_t, int32_t> computed;  // tokens run through the model, per sequence
+};
+
+// Runs `prompts` one after another (each to completion) through one scheduler and backend.
+served serve_in_turn(bool caching, const std::vector<std::vector<int32_t>>& prompts, int32_t max_tokens) {
+  auto w = load_model_weights("synthetic:tiny", 7);
+  REQUIRE(w.has_value());
+  backend_options o;
+  o.kv_block_size = 16;
+  o.kv_blocks = 64;
+  auto be = make_cpu_backend(w.value(), o);
+  REQUIRE(be.has_value());
+  scheduler_config sc{.max_batch_tokens = 128, .max_running = 4, .prefill_chunk = 64, .n_ctx = 512};
+  sc.prefix_caching = caching;
+  scheduler sched(sc, be.value()->kv());
+  served out;
+  step_batch batch;
+  step_output so;
+  std::vector<seq_result> results;
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    seq_spec s;
+    s.id = i + 1;
+    s.prompt = prompts[i];
+    s.max_tokens = max_tokens;
+    s.sampling.temperature = 0;
+    REQUIRE(sched.add(s).is_ok());
+    while (sched.schedule(batch) > 0) {
+      sched.scheduled_ids(ids);
+      for (int32_t k = 0; k < batch.n_seqs(); ++k) out.computed[ids[size_t(k)]] += batch.seq_len(k);
+      REQUIRE(be.value()->step(batch, so).is_ok());
+      results.clear();
+      sched.on_step_done(so, results);
+      for (auto& r : results) {
+        out.tokens[r.id].push_back(r.token);
+        if (r.cached_tokens >= 0) out.cached[r.id] = r.cached_tokens;
+      }
+    }
+  }
+  CHECK(sched.pool().n_used() == 0);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("prefix caching on the CPU backend: same greedy tokens, fewer tokens prefilled") {
+  std::vector<int32_t> system;
+  for (int i = 0; i < 100; ++i) system.push_back((i * 37 + 5) % 256);
+  auto with_tail = [&](std::vector<int32_t> tail) {
+    auto p = system;
+    p.insert(p.end(), tail.begin(), tail.end());
+    return p;
+  };
+  const std::vector<std::vector<int32_t>> prompts = {
+      with_tail({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}),  // 111 tokens
+      with_tail({20, 21, 22}),                         // shares 96 tokens (6 blocks) with it
+      {9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20},  // shares nothing
+      with_tail({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}),  // the first again
+  };
+  const int32_t max_tokens = 8;
+  served off = serve_in_turn(false, prompts, max_tokens);
+  served on = serve_in_turn(true, prompts, max_tokens);
+  for (uint64_t id = 1; id <= prompts.size(); ++id) {
+    CAPTURE(id);
+    REQUIRE(on.tokens[id].size() == size_t(max_tokens));
+    CHECK(on.tokens[id] == off.tokens[id]);
+    CHECK(off.cached[id] == 0);
+    CHECK(off.computed[id] == int32_t(prompts[id - 1].size()) + max_tokens - 1);
+  }
+  CHECK(on.cached[1] == 0);
+  CHECK(on.cached[2] == 96);
+  CHECK(on.cached[3] == 0);
+  CHECK(on.cached[4] == 96);  // of 111 + 8 generated: the prompt's full blocks before its last token
+  CHECK(on.computed[2] == 103 - 96 + max_tokens - 1);
+  CHECK(on.computed[4] == 111 - 96 + max_tokens - 1);
+  int32_t total_on = 0, total_off = 0;
+  for (auto& [id, n] : on.computed) total_on += n;
+  for (auto& [id, n] : off.computed) total_off += n;
+  CHECK(total_on == total_off - 2 * 96);
+}

@@ -248,6 +248,7 @@ TEST_CASE("paged_attention_forward (prefill and decode, split and unsplit)") {
       {768, 12, 16, {0, 10, 100}, {32, 1, 1}},        // mixed, head 64
       {768, 12, 16, {500, 1000, 7, 63}, {1, 1, 1, 1}},  // decode, long contexts
       {256, 2, 8, {300, 0}, {4, 64}},                 // head 128, block size 8
+      {768, 12, 12, {0, 40, 200}, {20, 1, 1}},        // block size 12: no shift / mask
   };
   for (const auto& sh : shapes) {
     const int S = int(sh.past.size()), C = sh.C, NH = sh.NH, bs = sh.bs;

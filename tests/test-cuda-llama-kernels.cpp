@@ -380,6 +380,9 @@ TEST_CASE_TEMPLATE("paged_attention_forward: grouped-query heads, sliding window
       {8, 2, 128, 64, 16, {0, 300, 40}, {100, 1, 30}},           // sliding window < prompt
       {4, 4, 64, 17, 16, {500, 0}, {1, 40}},                     // window, no grouping
       {8, 1, 32, 0, 16, {0}, {33}},                              // multi-query, head 32
+      {8, 2, 64, 0, 12, {0, 100}, {30, 1}},                      // block size 12: no shift / mask
+      {4, 4, 64, 0, 10, {0, 50}, {20, 1}},                       // ungrouped, block size 10
+      {4, 4, 64, 0, 16, {0, 300}, {40, 1}},                      // ungrouped, no window (GPT-2's path)
   };
   for (const auto& a : cases) {
     const int S = int(a.past.size()), bs = a.bs;

@@ -52,13 +52,19 @@ TEST_CASE("metrics: outcomes and the whole exposition") {
   m.tokens_generated = 99;
   m.worker_restarts = 2;
   m.batch_size.observe(8);
+  m.prefix_cache_queries = 400;
+  m.prefix_cache_hits = 100;
+  m.prefix_cache_blocks = 12;
   std::string t = m.render_prometheus();
+  CHECK(m.prefix_cache_hit_rate() == doctest::Approx(0.25));
   for (const char* line :
        {"infer_requests_total{outcome=\"done_length\"} 2\n", "infer_requests_total{outcome=\"overloaded\"} 1\n",
         "infer_requests_total{outcome=\"timeout\"} 0\n", "infer_queue_depth 3\n", "infer_kv_blocks_used 10\n",
         "infer_kv_blocks_total 64\n", "infer_tokens_generated_total 99\n", "infer_worker_restarts_total 2\n",
         "infer_running_sequences 0\n", "infer_batch_size_count 1\n", "infer_time_to_first_token_seconds_count 0\n",
-        "infer_inter_token_latency_seconds_bucket{le=\"+Inf\"} 0\n", "infer_step_time_seconds_sum 0\n"})
+        "infer_inter_token_latency_seconds_bucket{le=\"+Inf\"} 0\n", "infer_step_time_seconds_sum 0\n",
+        "infer_prefix_cache_queries_total 400\n", "infer_prefix_cache_hits_total 100\n",
+        "infer_prefix_cache_hit_rate 0.25\n", "infer_prefix_cache_blocks 12\n", "infer_prefix_routed_total 0\n"})
     CHECK_MESSAGE(t.find(line) != std::string::npos, line);
   // Every sample line is "name{labels} value" or "name value"; every family has HELP and TYPE.
   std::istringstream in(t);

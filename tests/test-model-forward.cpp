@@ -599,3 +599,38 @@ TEST_CASE("the same checkpoint in bf16 on disk loads to the bf16-rounded weights
   CHECK(e > 0);
   CHECK(e < 3e-2);
 }
+
+TEST_CASE("KV cache sized from n_layer * n_kv_head * head_dim; the context served is capped") {
+  load_options lo;
+  lo.max_model_len = 100;
+  auto w = load_model_weights("synthetic:llama-tiny", lo);
+  REQUIRE(w.has_value());
+  const model_config& c = (*w)->cfg;
+  CHECK(c.n_ctx == 100);
+  CHECK(c.n_positions() == 2048);
+  // 4 layers x (K, V) x 2 KV heads x 64 dims x 4 bytes = 4 KiB a token, 64 KiB a block of 16.
+  CHECK(c.kv_bytes_per_token(4) == 4096);
+  backend_options o;
+  o.kv_block_size = 16;
+  o.kv_memory_mb = 2;
+  auto be = make_cpu_backend(*w, o);
+  REQUIRE(be.has_value());
+  CHECK((*be)->kv().n_blocks == 32);
+  // Position 99 is served, 100 is past the capped context.
+  std::vector<int32_t> blocks{0, 1, 2, 3, 4, 5, 6};
+  std::vector<int32_t> one{65};
+  step_batch b;
+  step_output out;
+  b.reset(7);
+  b.add(99, one, blocks, true, {}, 0);
+  CHECK((*be)->step(b, out).is_ok());
+  b.reset(7);
+  b.add(100, one, blocks, true, {}, 0);
+  CHECK((*be)->step(b, out).code == errc::invalid_argument);
+  // GPT-2: capping n_ctx leaves the learned position table whole.
+  auto g = load_model_weights("synthetic:tiny", lo);
+  REQUIRE(g.has_value());
+  CHECK((*g)->cfg.n_ctx == 100);
+  CHECK((*g)->cfg.n_positions() == 1024);
+  CHECK((*g)->owned[1].size() == size_t(1024) * 128);
+}

@@ -222,6 +222,7 @@ TEST_CASE("server frames are valid JSON with the documented fields") {
   d.reason = finish_reason::stop;
   d.prompt_tokens = 5;
   d.completion_tokens = 9;
+  d.cached_tokens = 4;
   d.queue_ms = 1.5;
   d.first_token_ms = 12.25;
   d.total_ms = 40;
@@ -230,6 +231,7 @@ TEST_CASE("server frames are valid JSON with the documented fields") {
   CHECK(j["finish_reason"] == "stop");
   CHECK(j["usage"]["prompt_tokens"] == 5);
   CHECK(j["usage"]["completion_tokens"] == 9);
+  CHECK(j["usage"]["prompt_tokens_details"]["cached_tokens"] == 4);
   CHECK(j["timing_ms"]["first_token"].get<double>() == doctest::Approx(12.25));
   CHECK(j["timing_ms"]["total"].get<double>() == doctest::Approx(40));
   CHECK(!j.contains("degraded"));  // a request served normally says nothing
@@ -323,6 +325,12 @@ TEST_CASE("OpenAI response bodies") {
   d.completion_tokens = 3;
   auto j = json::parse(openai_completion_json("cmpl-1", 100, "gpt2", "abc", d));
   CHECK(j["object"] == "text_completion");
+  CHECK(j["usage"]["prompt_tokens_details"]["cached_tokens"] == 0);  // OpenAI's field, always there
+  d.cached_tokens = 2;
+  CHECK(json::parse(openai_completion_json("cmpl-1", 100, "gpt2", "abc", d))["usage"]["prompt_tokens_details"]
+            ["cached_tokens"] == 2);
+  CHECK(json::parse(openai_usage_chunk_json("cmpl-1", 100, "gpt2", d))["usage"]["prompt_tokens_details"]
+            ["cached_tokens"] == 2);
   CHECK(j["choices"][0]["text"] == "abc");
   CHECK(j["choices"][0]["finish_reason"] == "length");
   CHECK(j["usage"]["total_tokens"] == 5);
@@ -491,6 +499,9 @@ TEST_CASE("OpenAI chat requests") {
   auto t = ok(R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f","z":1,"a":2}}]})");
   CHECK(t.chat.vars["tools"][0]["function"].dump() == R"({"name":"f","z":1,"a":2})");
   CHECK(ok(R"({"messages":[{"role":"user","content":"x"}],"add_generation_prompt":false})").chat.vars["add_generation_prompt"] == false);
+  auto no_tools = ok(R"({"messages":[{"role":"user","content":"x"}]})");
+  CHECK(no_tools.chat.vars.contains("tools"));
+  CHECK(no_tools.chat.vars["tools"].is_null());  // None, as transformers passes it
   auto cont = ok(R"({"messages":[{"role":"assistant","content":"x"}],"continue_final_message":true})");
   CHECK(cont.chat.continue_final_message);
   CHECK(cont.chat.vars["add_generation_prompt"] == false);

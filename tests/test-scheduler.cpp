@@ -25,6 +25,9 @@ struct harness {
   std::vector<seq_result> results;
   std::map<uint64_t, std::vector<int32_t>> tokens;
   std::map<uint64_t, int> finished;
+  std::map<uint64_t, int32_t> computed;  // tokens each sequence had computed (prefill + decode)
+  std::map<uint64_t, int32_t> cached;    // its cached_tokens, from its first result
+  std::vector<uint64_t> ids;
   int steps = 0;
 
   harness(scheduler_config sc, kv_geometry g) : mc(fake_config(sc.n_ctx)), kv(g), be(mc, g), sched(sc, g) {}
@@ -35,11 +38,20 @@ struct harness {
     if (n == 0) return 0;
     REQUIRE(batch.n_tokens() <= sched.config().max_batch_tokens);
     REQUIRE(n <= sched.config().max_running);
+    // A committed block is immutable (other sequences may read it): nothing writes into one.
+    sched.scheduled_ids(ids);
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t* table = batch.block_tables.data() + size_t(i) * size_t(batch.max_blocks_per_seq);
+      for (int32_t p = batch.n_past[i]; p < batch.n_past[i] + batch.seq_len(i); ++p)
+        REQUIRE_FALSE(sched.pool().is_committed(table[p / kv.block_size]));
+      computed[ids[size_t(i)]] += batch.seq_len(i);
+    }
     status s = be.step(batch, out, logits_mode::none);
     REQUIRE_MESSAGE(s.is_ok(), s.message);
     results.clear();
     sched.on_step_done(out, results);
     for (auto& r : results) {
+      if (r.cached_tokens >= 0) cached[r.id] = r.cached_tokens;
       auto& v = tokens[r.id];
       REQUIRE(r.index == int32_t(v.size()));  // no gap, no duplicate
       v.push_back(r.token);
@@ -307,4 +319,309 @@ TEST_CASE("scheduler: a stop id ends the sequence in the step that sampled it an
   CHECK(a_done);
   CHECK(got_a == std::vector<int32_t>(ref.begin(), ref.begin() + long(stop_at) + 1));
   CHECK(s.pool().n_free() == s.pool().n_total());
+}
+
+// --- prefix caching ---
+
+namespace {
+
+// A prompt made of a shared head (seeded by `head`) and a private tail (seeded by `tail`).
+std::vector<int32_t> prompt_of(int32_t head_len, uint32_t head, int32_t tail_len, uint32_t tail) {
+  std::vector<int32_t> p;
+  for (int32_t i = 0; i < head_len; ++i) p.push_back(int32_t((head * 131 + uint32_t(i) * 17 + 3) % 256));
+  for (int32_t i = 0; i < tail_len; ++i) p.push_back(int32_t((tail * 57 + uint32_t(i) * 29 + 11) % 256));
+  return p;
+}
+
+seq_spec seq_with(uint64_t id, std::vector<int32_t> prompt, int32_t max_tokens) {
+  seq_spec s;
+  s.id = id;
+  s.prompt = std::move(prompt);
+  s.max_tokens = max_tokens;
+  return s;
+}
+
+// Nothing referenced, and nothing left once the cache is flushed.
+void check_balanced(scheduler& sched) {
+  const kv_block_pool& pool = sched.pool();
+  CHECK(pool.n_used() == 0);
+  CHECK(pool.n_free() == pool.n_total());
+  sched.flush_prefix_cache();
+  CHECK(pool.n_committed() == 0);
+  CHECK(pool.n_evictable() == 0);
+  CHECK(pool.n_free() == pool.n_total());
+}
+
+}  // namespace
+
+TEST_CASE("scheduler: a shared prefix is computed once; the output is that of a solo run") {
+  scheduler_config sc{.max_batch_tokens = 256, .max_running = 4, .prefill_chunk = 256, .n_ctx = 256};
+  harness h(sc, {16, 64});
+  auto a = seq_with(1, prompt_of(40, 1, 5, 1), 6);  // 45 tokens: blocks 0, 1 full
+  REQUIRE(h.sched.add(a).is_ok());
+  h.run();
+  CHECK(h.cached[1] == 0);
+  CHECK(h.computed[1] == 45 + 5);  // the prompt, then one token per decode step
+  CHECK(h.sched.pool().n_committed() == 3);  // 45 + 6 tokens sampled, 50 of them cached: 3 full blocks
+
+  SUBCASE("many blocks") {
+    auto b = seq_with(2, prompt_of(40, 1, 9, 2), 6);  // same 40-token head, another tail
+    REQUIRE(h.sched.add(b).is_ok());
+    h.run();
+    CHECK(h.tokens[2] == fake_reference(b.prompt, 6, 256, 256));
+    CHECK(h.cached[2] == 32);                 // two full blocks of the head
+    CHECK(h.computed[2] == 49 - 32 + 5);      // only the rest was prefilled
+    CHECK(h.sched.prefix_hits() == 32);
+    CHECK(h.sched.prefix_queries() == 45 + 49);
+  }
+  SUBCASE("one block") {
+    auto b = seq_with(2, prompt_of(20, 1, 4, 3), 6);
+    REQUIRE(h.sched.add(b).is_ok());
+    h.run();
+    CHECK(h.tokens[2] == fake_reference(b.prompt, 6, 256, 256));
+    CHECK(h.cached[2] == 16);
+    CHECK(h.computed[2] == 24 - 16 + 5);
+  }
+  SUBCASE("no block") {
+    auto b = seq_with(2, prompt_of(40, 7, 5, 1), 6);  // another head
+    REQUIRE(h.sched.add(b).is_ok());
+    h.run();
+    CHECK(h.tokens[2] == fake_reference(b.prompt, 6, 256, 256));
+    CHECK(h.cached[2] == 0);
+    CHECK(h.computed[2] == 45 + 5);
+  }
+  SUBCASE("the same prompt again: the last token is recomputed, a partial block is not shared") {
+    REQUIRE(h.sched.add(seq_with(2, a.prompt, 6)).is_ok());
+    h.run();
+    CHECK(h.tokens[2] == h.tokens[1]);
+    CHECK(h.cached[2] == 32);
+    CHECK(h.computed[2] == 13 + 5);
+  }
+  SUBCASE("generated tokens are cached too: a follow-up turn reuses prompt and answer") {
+    std::vector<int32_t> turn2 = a.prompt;
+    turn2.insert(turn2.end(), h.tokens[1].begin(), h.tokens[1].end());  // 51 tokens
+    turn2.push_back(42);
+    REQUIRE(h.sched.add(seq_with(2, turn2, 4)).is_ok());
+    h.run();
+    CHECK(h.tokens[2] == fake_reference(turn2, 4, 256, 256));
+    CHECK(h.cached[2] == 48);
+  }
+  check_balanced(h.sched);
+}
+
+TEST_CASE("scheduler: a prompt of whole blocks recomputes its last block only") {
+  scheduler_config sc{.max_batch_tokens = 256, .max_running = 4, .prefill_chunk = 256, .n_ctx = 256};
+  harness h(sc, {16, 64});
+  auto a = seq_with(1, prompt_of(32, 4, 0, 0), 3);
+  REQUIRE(h.sched.add(a).is_ok());
+  h.run();
+  REQUIRE(h.sched.add(seq_with(2, a.prompt, 3)).is_ok());
+  h.run();
+  CHECK(h.tokens[2] == h.tokens[1]);
+  CHECK(h.cached[2] == 16);
+  CHECK(h.computed[2] == 16 + 2);
+  check_balanced(h.sched);
+}
+
+TEST_CASE("scheduler: sequences running together share their cached prefix blocks") {
+  scheduler_config sc{.max_batch_tokens = 512, .max_running = 8, .prefill_chunk = 512, .n_ctx = 256};
+  harness h(sc, {16, 64});
+  auto first = seq_with(1, prompt_of(64, 9, 3, 1), 20);
+  REQUIRE(h.sched.add(first).is_ok());
+  h.step();  // its prompt is cached now
+  std::map<uint64_t, seq_spec> specs{{1, first}};
+  for (uint64_t id = 2; id <= 5; ++id) {
+    specs[id] = seq_with(id, prompt_of(64, 9, int32_t(id), uint32_t(id)), 20);
+    REQUIRE(h.sched.add(specs[id]).is_ok());
+  }
+  h.step();
+  // Five sequences hold the four head blocks: 4 shared + their own tails, not 5 copies.
+  CHECK(h.sched.pool().refs(h.batch.block_tables[0]) == 5);
+  CHECK(h.sched.pool().n_used() < 5 * 5);
+  h.run();
+  for (auto& [id, s] : specs) {
+    CHECK_MESSAGE(h.tokens[id] == fake_reference(s.prompt, 20, 256, 256), "sequence " << id);
+    if (id > 1) CHECK(h.cached[id] == 64);
+  }
+  check_balanced(h.sched);
+}
+
+TEST_CASE("scheduler: with prefix caching off nothing is shared or kept") {
+  scheduler_config sc{.max_batch_tokens = 256, .max_running = 4, .prefill_chunk = 256, .n_ctx = 256};
+  sc.prefix_caching = false;
+  harness h(sc, {16, 64});
+  auto a = seq_with(1, prompt_of(40, 1, 5, 1), 6);
+  REQUIRE(h.sched.add(a).is_ok());
+  h.run();
+  REQUIRE(h.sched.add(seq_with(2, a.prompt, 6)).is_ok());
+  h.run();
+  CHECK(h.tokens[2] == h.tokens[1]);
+  CHECK(h.cached[2] == 0);
+  CHECK(h.computed[2] == 45 + 5);
+  CHECK(h.sched.pool().n_committed() == 0);
+  CHECK(h.sched.prefix_queries() == 0);
+}
+
+TEST_CASE("scheduler: the cache salt separates caches") {
+  scheduler_config sc{.max_batch_tokens = 256, .max_running = 4, .prefill_chunk = 256, .n_ctx = 256};
+  sc.cache_salt = 1;
+  scheduler_config sc2 = sc;
+  sc2.cache_salt = 2;
+  harness h1(sc, {16, 64}), h2(sc2, {16, 64});
+  auto a = seq_with(1, prompt_of(40, 1, 5, 1), 2);
+  REQUIRE(h1.sched.add(a).is_ok());
+  h1.run();
+  // The same tokens hash differently under another salt: a block of one cache is no block of the other.
+  const int32_t bs = 16;
+  uint64_t h_1 = kv_block_hash(kv_hash_root(1), std::span<const int32_t>(a.prompt.data(), size_t(bs)));
+  uint64_t h_2 = kv_block_hash(kv_hash_root(2), std::span<const int32_t>(a.prompt.data(), size_t(bs)));
+  CHECK(h_1 != h_2);
+  CHECK(h1.sched.pool().lookup(h_1, kv_hash_root(1), std::span<const int32_t>(a.prompt.data(), size_t(bs))) >= 0);
+  CHECK(h1.sched.pool().lookup(h_2, kv_hash_root(2), std::span<const int32_t>(a.prompt.data(), size_t(bs))) < 0);
+}
+
+TEST_CASE("scheduler: preemption with shared blocks resumes from the cache; nothing is lost or leaked") {
+  // 14 blocks of 4 tokens for 6 sequences sharing a 12-token head and growing to 36 tokens each.
+  scheduler_config sc{.max_batch_tokens = 64, .max_running = 6, .prefill_chunk = 8, .n_ctx = 64};
+  harness h(sc, {4, 14});
+  std::map<uint64_t, std::vector<int32_t>> ref;
+  for (uint64_t id = 1; id <= 6; ++id) {
+    auto s = seq_with(id, prompt_of(12, 5, int32_t(id), uint32_t(id)), 24);
+    ref[id] = fake_reference(s.prompt, s.max_tokens, 256, 64);
+    REQUIRE(h.sched.add(s).is_ok());
+  }
+  h.run();
+  CHECK(h.sched.n_preemptions() > 0);
+  for (auto& [id, want] : ref) {
+    CHECK_MESSAGE(h.tokens[id] == want, "sequence " << id);
+    CHECK(h.finished[id] == 1);
+  }
+  check_balanced(h.sched);
+}
+
+TEST_CASE("scheduler: eviction takes the least recently used cached blocks, and only under pressure") {
+  scheduler_config sc{.max_batch_tokens = 256, .max_running = 4, .prefill_chunk = 256, .n_ctx = 128};
+  harness h(sc, {8, 12});
+  auto a = seq_with(1, prompt_of(33, 1, 0, 0), 1);  // 4 full blocks cached when it leaves
+  auto b = seq_with(2, prompt_of(33, 2, 0, 0), 1);
+  REQUIRE(h.sched.add(a).is_ok());
+  h.run();
+  REQUIRE(h.sched.add(b).is_ok());
+  h.run();
+  CHECK(h.sched.pool().n_committed() == 8);
+  CHECK(h.sched.pool().n_evictions() == 0);  // 4 blocks were still free
+  // a's blocks are the older ones: a newcomer needing 5 blocks takes the 4 free ones ...
+  auto c = seq_with(3, prompt_of(33, 3, 0, 0), 1);
+  REQUIRE(h.sched.add(c).is_ok());
+  h.run();
+  // ... and one cached block: a's tail (freed first), so a still hits its first 3 blocks.
+  CHECK(h.sched.pool().n_evictions() == 1);
+  CHECK(h.sched.pool().n_committed() == 11);
+  REQUIRE(h.sched.add(seq_with(4, a.prompt, 1)).is_ok());
+  h.run();
+  CHECK(h.cached[4] == 24);
+  // It needed two blocks beyond its 3 hits: the free one, then the LRU one, b's tail.
+  CHECK(h.sched.pool().n_evictions() == 2);
+  REQUIRE(h.sched.add(seq_with(5, b.prompt, 1)).is_ok());
+  h.run();
+  CHECK(h.cached[5] == 24);
+  CHECK(h.tokens[4] == h.tokens[1]);
+  CHECK(h.tokens[5] == h.tokens[2]);
+  check_balanced(h.sched);
+}
+
+TEST_CASE("scheduler: cancelled and drained sequences leave their blocks cached, not leaked") {
+  scheduler_config sc{.max_batch_tokens = 64, .max_running = 8, .prefill_chunk = 32, .n_ctx = 256};
+  harness h(sc, {16, 64});
+  auto head = prompt_of(48, 3, 0, 0);
+  for (uint64_t id = 1; id <= 4; ++id) REQUIRE(h.sched.add(seq_with(id, prompt_of(48, 3, 8, uint32_t(id)), 40)).is_ok());
+  for (int i = 0; i < 6; ++i) h.step();
+  CHECK(h.sched.cancel(2));
+  REQUIRE(h.sched.schedule(h.batch) > 0);
+  CHECK(h.sched.cancel(3));  // while its step is in flight
+  REQUIRE(h.be.step(h.batch, h.out).is_ok());
+  h.results.clear();
+  h.sched.on_step_done(h.out, h.results);
+  auto specs = h.sched.drain();  // as a worker that goes away
+  CHECK(specs.size() == 2);
+  CHECK(h.sched.pool().n_used() == 0);
+  CHECK(h.sched.pool().n_committed() > 0);
+  // A resumed sequence finds its own prefix (prompt and generated tokens) cached.
+  harness& again = h;
+  for (auto& s : specs) {
+    again.tokens[s.id] = s.generated;
+    REQUIRE(again.sched.add(s).is_ok());
+  }
+  again.run();
+  for (auto& s : specs) {
+    CHECK(again.tokens[s.id] == fake_reference(s.prompt, 40, 256, 256));
+    CHECK(again.cached[s.id] >= 48);
+  }
+  check_balanced(h.sched);
+}
+
+TEST_CASE("scheduler: random admit / cancel / fail / drain keep the pool balanced (property)") {
+  uint64_t preemptions = 0, hits = 0;
+  for (uint32_t seed = 1; seed <= 6; ++seed) {
+    CAPTURE(seed);
+    std::mt19937 rng(seed);
+    auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+    scheduler_config sc{.max_batch_tokens = pick(8, 64), .max_running = pick(1, 8), .prefill_chunk = pick(4, 32),
+                        .n_ctx = 96};
+    sc.prefill_chunk = std::min(sc.prefill_chunk, sc.max_batch_tokens);
+    const int32_t bs = 1 << pick(1, 3);
+    kv_geometry g{bs, pick(96 / bs + 1, 3 * 96 / bs)};
+    auto h = std::make_unique<harness>(sc, g);
+    std::map<uint64_t, seq_spec> live;
+    uint64_t next_id = 1;
+    int ops = 0;
+    for (; ops < 3000; ++ops) {
+      const int op = pick(0, 99);
+      if (op < 30) {  // admit: one of four heads, a short private tail
+        seq_spec s = seq_with(next_id++, prompt_of(pick(0, 40), uint32_t(pick(0, 3)), pick(1, 12), uint32_t(pick(0, 1000))),
+                              pick(1, 30));
+        if (h->sched.add(s).is_ok()) live[s.id] = s;
+      } else if (op < 40 && !live.empty()) {  // cancel a random one
+        auto it = std::next(live.begin(), pick(0, int(live.size()) - 1));
+        CHECK(h->sched.cancel(it->first));
+        h->tokens.erase(it->first);
+        live.erase(it);
+      } else if (op < 43) {  // a failed step
+        if (h->sched.schedule(h->batch) > 0) h->sched.on_step_failed();
+      } else if (op < 45) {  // the worker goes away: its sequences resume on a fresh one
+        auto specs = h->sched.drain();
+        preemptions += h->sched.n_preemptions();
+        hits += h->sched.prefix_hits();
+        check_balanced(h->sched);
+        auto fresh = std::make_unique<harness>(sc, g);
+        fresh->tokens = h->tokens;
+        fresh->finished = h->finished;
+        h = std::move(fresh);
+        for (auto& s : specs) REQUIRE(h->sched.add(s).is_ok());
+      } else {
+        h->step();
+      }
+      for (auto it = live.begin(); it != live.end();) {
+        if (h->finished[it->first]) {
+          const auto& s = it->second;
+          REQUIRE_MESSAGE(h->tokens[s.id] == fake_reference(s.prompt, s.max_tokens, 256, 96), "sequence " << s.id);
+          it = live.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      const auto& pool = h->sched.pool();
+      REQUIRE(pool.n_used() >= 0);
+      REQUIRE(pool.n_free() + pool.n_used() == pool.n_total());
+      REQUIRE(pool.n_evictable() <= pool.n_committed());
+    }
+    h->run();
+    for (auto& [id, s] : live) CHECK(h->tokens[id] == fake_reference(s.prompt, s.max_tokens, 256, 96));
+    preemptions += h->sched.n_preemptions();
+    hits += h->sched.prefix_hits();
+    check_balanced(h->sched);
+  }
+  // The driver did reach the interesting states: preemptions with shared blocks, and hits.
+  CHECK(preemptions > 0);
+  CHECK(hits > 0);
 }

