@@ -110,7 +110,7 @@ TEST_CASE("messages: every message type that crosses nodes round-trips") {
   CHECK(t2.stop);
   CHECK(t2.attempt == 5);
   CHECK(t2.n_top == -1);
-  token_msg tl{43, 0, 7, false, false, 1, 2, std::bit_cast<uint32_t>(-0.5f), {7, 8},
+  token_msg tl{43, 0, 7, false, false, 1, -1, 2, std::bit_cast<uint32_t>(-0.5f), {7, 8},
                {std::bit_cast<uint32_t>(-0.5f), std::bit_cast<uint32_t>(-std::numeric_limits<float>::infinity())}};
   auto tl2 = round_trip(*f.sys, tl);
   CHECK(tl2.n_top == 2);
