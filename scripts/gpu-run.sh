@@ -171,6 +171,15 @@ for st in "${STAGES[@]}"; do
       grep -i "model \|dtype\|bf16\|error" "$OUT/inferd-llama.log" | head -5 >>"$OUT/server-llama.log"
       cat "$OUT/server-llama.log"
       ;;
+    service-llama)
+      # The service end to end on real shapes: inferd's greedy tokens over WebSocket and
+      # /v1/completions against the CUDA engine alone (scripts/gpu-service-check.py).
+      for m in ${SERVICE_MODELS:-synthetic:llama3.2-1b synthetic:qwen2.5-0.5b synthetic:qwen3-0.6b}; do
+        stage service-llama 240 python3 "$B/gpu-service-check.py" --bin "$B/bin" --model $m \
+          --work "$WORK/service-${m#synthetic:}" --json "$OUT/results.jsonl"
+      done
+      grep -h "PASS\|FAIL\|!=" "$OUT/service-llama.log" || true
+      ;;
     cluster)
       # Messaging overhead of a remote worker node: local worker vs worker node on loopback.
       [ -d "$WORK/gpt2-small" ] || python3 "$B/gpu-hf.py" export --preset gpt2-small --seed 1 --out "$WORK/gpt2-small" --prompts 16 >>"$OUT/cluster.log" 2>&1

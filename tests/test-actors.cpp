@@ -585,6 +585,8 @@ TEST_CASE("actors: generation stops at EOS; ignore_eos and stop_token_ids") {
   CHECK(col.terminal(d).type == event::kind::error);
   CHECK(col.terminal(d).code == error_code::invalid_request);
   svc.shutdown();
+}
+
 namespace {
 
 // Records, per worker, the first tokens of every sequence it prefills from position 0
