@@ -39,17 +39,43 @@ using relink_atom = caf::atom_constant<caf::atom("irelink")>;      // node link 
 // compare it in their handshake (which uses only built-in types, so it always decodes)
 // and refuse each other on a mismatch: CAF 0.17 would otherwise deliver unknown or
 // changed types as empty messages. Bump it whenever a crossing message changes.
-constexpr uint32_t wire_protocol_version = 3;  // 2: stop ids on admit, stop flag on token; 3: cached_tokens on token
+// 2: stop ids on admit, stop flag on token; 3: cached_tokens on token; 4: penalties, min_p,
+// logit_bias, logprobs.
+constexpr uint32_t wire_protocol_version = 4;
 
-// sampling_params without floats on the wire.
+// sampling_params (and the logit_bias) without floats on the wire.
 struct wire_sampling {
   uint32_t temperature_bits = 0;
   int32_t top_k = 0;
   uint32_t top_p_bits = std::bit_cast<uint32_t>(1.0f);
   uint64_t seed = 0;
+  uint32_t min_p_bits = 0;
+  uint32_t presence_bits = 0;
+  uint32_t frequency_bits = 0;
+  uint32_t repetition_bits = std::bit_cast<uint32_t>(1.0f);
+  int32_t min_tokens = 0;
+  int32_t logprobs = -1;
+  std::vector<int32_t> bias_ids;     // logit_bias keys
+  std::vector<uint32_t> bias_bits;   // and values, same length
 
-  static wire_sampling from(const sampling_params& p) {
-    return {std::bit_cast<uint32_t>(p.temperature), p.top_k, std::bit_cast<uint32_t>(p.top_p), p.seed};
+  static wire_sampling from(const sampling_params& p,
+                            const std::vector<std::pair<int32_t, float>>& bias = {}) {
+    wire_sampling w;
+    w.temperature_bits = std::bit_cast<uint32_t>(p.temperature);
+    w.top_k = p.top_k;
+    w.top_p_bits = std::bit_cast<uint32_t>(p.top_p);
+    w.seed = p.seed;
+    w.min_p_bits = std::bit_cast<uint32_t>(p.min_p);
+    w.presence_bits = std::bit_cast<uint32_t>(p.presence_penalty);
+    w.frequency_bits = std::bit_cast<uint32_t>(p.frequency_penalty);
+    w.repetition_bits = std::bit_cast<uint32_t>(p.repetition_penalty);
+    w.min_tokens = p.min_tokens;
+    w.logprobs = p.logprobs;
+    for (const auto& [id, b] : bias) {
+      w.bias_ids.push_back(id);
+      w.bias_bits.push_back(std::bit_cast<uint32_t>(b));
+    }
+    return w;
   }
   sampling_params to() const {
     sampling_params p;
@@ -57,12 +83,26 @@ struct wire_sampling {
     p.top_k = top_k;
     p.top_p = std::bit_cast<float>(top_p_bits);
     p.seed = seed;
+    p.min_p = std::bit_cast<float>(min_p_bits);
+    p.presence_penalty = std::bit_cast<float>(presence_bits);
+    p.frequency_penalty = std::bit_cast<float>(frequency_bits);
+    p.repetition_penalty = std::bit_cast<float>(repetition_bits);
+    p.min_tokens = min_tokens;
+    p.logprobs = logprobs;
     return p;
+  }
+  std::vector<std::pair<int32_t, float>> bias() const {
+    std::vector<std::pair<int32_t, float>> b;
+    for (size_t i = 0; i < bias_ids.size() && i < bias_bits.size(); ++i)
+      b.emplace_back(bias_ids[i], std::bit_cast<float>(bias_bits[i]));
+    return b;
   }
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, wire_sampling& x) {
-  return f(caf::meta::type_name("infer.wire_sampling"), x.temperature_bits, x.top_k, x.top_p_bits, x.seed);
+  return f(caf::meta::type_name("infer.wire_sampling"), x.temperature_bits, x.top_k, x.top_p_bits, x.seed,
+           x.min_p_bits, x.presence_bits, x.frequency_bits, x.repetition_bits, x.min_tokens, x.logprobs,
+           x.bias_ids, x.bias_bits);
 }
 
 // request -> batcher (local). A resumed sequence (its worker died) carries the
@@ -145,6 +185,7 @@ typename Inspector::result_type inspect(Inspector& f, admit_msg& x) {
 // it ended because this token is a stop id (finish reason stop, its text not shown). `attempt`: that of
 // the admission; a worker cut off from the front (a hung node taken back) may still
 // send tokens of a sequence that was resumed elsewhere: the request drops them.
+// n_top >= 0 (logprobs asked): logprob_bits is the token's logprob, top_* the n_top best.
 struct token_msg {
   uint64_t id = 0;
   int32_t index = 0;
@@ -153,10 +194,15 @@ struct token_msg {
   bool stop = false;
   uint32_t attempt = 0;
   int32_t cached_tokens = -1;  // on the first token of an admission: prompt tokens found in the prefix cache
+  int32_t n_top = -1;
+  uint32_t logprob_bits = 0;
+  std::vector<int32_t> top_ids;
+  std::vector<uint32_t> top_bits;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, token_msg& x) {
-  return f(caf::meta::type_name("infer.token"), x.id, x.index, x.token, x.last, x.stop, x.attempt, x.cached_tokens);
+  return f(caf::meta::type_name("infer.token"), x.id, x.index, x.token, x.last, x.stop, x.attempt, x.cached_tokens,
+           x.n_top, x.logprob_bits, x.top_ids, x.top_bits);
 }
 
 // worker -> batcher (crosses nodes): announces a worker that is ready to run.

@@ -130,7 +130,7 @@ void send_enqueue(request_actor* self, bool resume) {
   m.prompt = st.prompt;
   m.generated = st.tokens;
   m.max_tokens = st.req.max_tokens;
-  m.sampling = wire_sampling::from(st.req.sampling);
+  m.sampling = wire_sampling::from(st.req.sampling, st.req.logit_bias);
   m.stop_ids = st.stop_ids;
   m.resume = resume;
   m.attempt = ++st.attempt;
@@ -197,6 +197,31 @@ status validate(request_state& st) {
     return bad("temperature: must be a finite number >= 0");
   if (!(r.sampling.top_p > 0.0f && r.sampling.top_p <= 1.0f)) return bad("top_p: must be in (0, 1]");
   if (r.sampling.top_k < 0) return bad("top_k: must be >= 0");
+  const auto& sp = r.sampling;
+  if (!(sp.min_p >= 0.0f && sp.min_p <= 1.0f)) return bad("min_p: must be in [0, 1]");
+  if (!(sp.presence_penalty >= -2.0f && sp.presence_penalty <= 2.0f))
+    return bad("presence_penalty: must be in [-2, 2]");
+  if (!(sp.frequency_penalty >= -2.0f && sp.frequency_penalty <= 2.0f))
+    return bad("frequency_penalty: must be in [-2, 2]");
+  if (!(sp.repetition_penalty > 0.0f && sp.repetition_penalty <= 100.0f))
+    return bad("repetition_penalty: must be in (0, 100]");
+  if (sp.min_tokens < 0) return bad("min_tokens: must be >= 0");
+  if (sp.min_tokens > r.max_tokens)
+    return bad("min_tokens: " + std::to_string(sp.min_tokens) + " is more than max_tokens (" +
+               std::to_string(r.max_tokens) + ")");
+  if (sp.logprobs < -1 || sp.logprobs > sampling_params::max_logprobs)
+    return bad("logprobs: at most " + std::to_string(sampling_params::max_logprobs));
+  if (r.logit_bias.size() > 300) return bad("logit_bias: at most 300 entries");
+  for (const auto& [t, b] : r.logit_bias) {
+    if (t < 0 || t >= st.core->n_vocab)
+      return bad("logit_bias: id " + std::to_string(t) + " outside the vocabulary [0, " +
+                 std::to_string(st.core->n_vocab) + ")");
+    if (!(b >= -100.0f && b <= 100.0f)) return bad("logit_bias: values must be in [-100, 100]");
+  }
+  for (size_t i = 0; i < r.logit_bias.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (r.logit_bias[i].first == r.logit_bias[j].first)
+        return bad("logit_bias: id " + std::to_string(r.logit_bias[i].first) + " given twice");
   if (r.timeout_ms < 0) return bad("timeout_ms: must be >= 0");
   st.stop_ids.clear();
   if (!r.ignore_eos) st.stop_ids = st.core->eos_ids;
@@ -236,6 +261,12 @@ void on_token(request_actor* self, const token_msg& m) {
   e.type = event::kind::token;
   e.index = m.index;
   e.token = m.token;
+  if (m.n_top >= 0) {
+    e.n_top = m.n_top;
+    e.logprob = std::bit_cast<float>(m.logprob_bits);
+    for (size_t j = 0; j < m.top_ids.size() && j < m.top_bits.size(); ++j)
+      e.top_logprobs.emplace_back(m.top_ids[j], std::bit_cast<float>(m.top_bits[j]));
+  }
   const auto& stops = st.req.stop;
   size_t stop_len = 0;
   size_t at = stops.empty() ? std::string::npos : find_stop(stops, st.held, stop_len);

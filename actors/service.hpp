@@ -72,6 +72,8 @@ struct generate_request {
   // model's end-of-sequence ids unless ignore_eos, and stop_token_ids.
   bool ignore_eos = false;
   std::vector<int32_t> stop_token_ids;
+  // token id -> added to its logit before sampling (-100..100, at most 300 distinct ids).
+  std::vector<std::pair<int32_t, float>> logit_bias;
   priority prio = priority::normal;
   int64_t timeout_ms = 0;              // 0: the service default
 };
@@ -84,6 +86,11 @@ struct event {
   int32_t index = 0;
   int32_t token = -1;
   std::string text;  // newly completed UTF-8 (possibly empty)
+  // When sampling.logprobs >= 0: the token's logprob and the best sampling.logprobs ids with
+  // theirs (the raw distribution: before penalties, bias and temperature). n_top -1: none.
+  int32_t n_top = -1;
+  float logprob = 0.0f;
+  std::vector<std::pair<int32_t, float>> top_logprobs;
   // done
   finish_reason reason = finish_reason::length;
   int32_t prompt_tokens = 0;

@@ -175,6 +175,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         s.generated = std::move(m.generated);
         s.max_tokens = m.max_tokens;
         s.sampling = m.sampling.to();
+        s.logit_bias = m.sampling.bias();
         s.stop_ids = std::move(m.stop_ids);
         status ok = st.sched ? st.sched->add(std::move(s)) : make_status(errc::internal, "worker not ready");
         if (!ok) {
@@ -224,8 +225,21 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         for (const auto& r : st.results) {
           auto it = st.requests.find(r.id);
           if (it == st.requests.end()) continue;
-          self->send(it->second.request,
-                     token_msg{r.id, r.index, r.token, r.finished, r.stopped, it->second.attempt, r.cached_tokens});
+          token_msg tm;
+          tm.id = r.id;
+          tm.index = r.index;
+          tm.token = r.token;
+          tm.last = r.finished;
+          tm.stop = r.stopped;
+          tm.attempt = it->second.attempt;
+          tm.cached_tokens = r.cached_tokens;
+          if (r.n_top >= 0) {
+            tm.n_top = r.n_top;
+            tm.logprob_bits = std::bit_cast<uint32_t>(r.logprob);
+            tm.top_ids.assign(r.top_ids.begin(), r.top_ids.begin() + r.n_top);
+            for (int32_t j = 0; j < r.n_top; ++j) tm.top_bits.push_back(std::bit_cast<uint32_t>(r.top_logprobs[size_t(j)]));
+          }
+          self->send(it->second.request, std::move(tm));
           if (r.finished) {
             left.push_back(r.id);
             st.requests.erase(it);

@@ -9,7 +9,10 @@
 //
 //   bench-cuda [--model synthetic:gpt2-small] [--batches 1,8,32,64,128,256]
 //              [--prompt 32] [--new 128] [--dtype auto|bf16|fp16] [--max-model-len N]
-//              [--json results.jsonl]
+//              [--json results.jsonl] [--sampling greedy|full]
+// --sampling full: every sequence samples at temperature 1 with top_p 0.95, min_p 0.01,
+// presence/frequency/repetition penalties over its tokens and 5 logprobs (issue 16): the
+// step time against greedy's is the cost of the sampling controls.
 // The weights are streamed to the device (any architecture, synthetic or a directory);
 // the context served is --max-model-len (default: prompt + new, rounded to a KV block).
 #include <chrono>
@@ -65,6 +68,20 @@ struct run_result {
   bool ok = true;
 };
 
+bool g_full_sampling = false;
+
+// A sequence's penalty entries as the scheduler lists them (distinct tokens, output counts).
+void penalty_entries(const std::vector<int32_t>& toks, int n_prompt, std::vector<logit_adjust>& out) {
+  out.clear();
+  for (size_t i = 0; i < toks.size(); ++i) {
+    logit_adjust* e = nullptr;
+    for (auto& a : out)
+      if (a.token == toks[i]) e = &a;
+    if (!e) e = &out.emplace_back(logit_adjust{toks[i], 0, 0.0f, 1});
+    if (int(i) >= n_prompt) ++e->count;
+  }
+}
+
 run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
   const model_config& cfg = be.config();
   const int bs = be.kv().block_size;
@@ -77,11 +94,25 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
     for (int i = 0; i < max_blocks; ++i) blocks[s].push_back(s * max_blocks + i);
   }
   sampling_params greedy;
+  if (g_full_sampling) {
+    greedy.temperature = 1.0f;
+    greedy.top_p = 0.95f;
+    greedy.min_p = 0.01f;
+    greedy.presence_penalty = 0.5f;
+    greedy.frequency_penalty = 0.5f;
+    greedy.repetition_penalty = 1.1f;
+    greedy.logprobs = 5;
+    greedy.seed = seed;
+  }
+  std::vector<logit_adjust> adj;
   step_batch b;
   step_output out;
   run_result r;
   b.reset(max_blocks);
-  for (int s = 0; s < B; ++s) b.add(0, toks[s], blocks[s], true, greedy, 0);
+  for (int s = 0; s < B; ++s) {
+    if (g_full_sampling) penalty_entries(toks[s], prompt, adj);
+    b.add(0, toks[s], blocks[s], true, greedy, 0, adj);
+  }
   auto t0 = clk::now();
   if (auto st = be.step(b, out); !st) {
     std::fprintf(stderr, "prefill: %s\n", st.message.c_str());
@@ -96,8 +127,9 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
     b.reset(max_blocks);
     for (int s = 0; s < B; ++s) {
       const int32_t past = int32_t(toks[s].size() - 1);
+      if (g_full_sampling) penalty_entries(toks[s], prompt, adj);
       b.add(past, std::span<const int32_t>(&toks[s].back(), 1), blocks[s], true, greedy,
-            uint64_t(k));
+            uint64_t(k), adj);
       r.kv_bytes_read += kv_per_pos * (past + 1);
     }
     if (auto st = be.step(b, out); !st) {
@@ -125,6 +157,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--json")) json = argv[i + 1];
     else if (!std::strcmp(argv[i], "--dtype")) dtype = argv[i + 1];
     else if (!std::strcmp(argv[i], "--max-model-len")) max_len = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--sampling")) g_full_sampling = !std::strcmp(argv[i + 1], "full");
     else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
@@ -190,11 +223,11 @@ int main(int argc, char** argv) {
                 e2e_tps, r.prefill_s * 1e3, floor_frac * 100, busy * 100);
     if (jf)
       std::fprintf(jf,
-                   "{\"bench\":\"cuda-engine\",\"device\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"batch\":%d,"
+                   "{\"bench\":\"cuda-engine%s\",\"device\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"batch\":%d,"
                    "\"prompt\":%d,\"new\":%d,\"step_ms\":%.4f,\"decode_tok_s\":%.1f,"
                    "\"e2e_tok_s\":%.1f,\"prefill_ms\":%.3f,\"bytes_per_step\":%.0f,"
                    "\"copy_rate_gbs\":%.1f,\"bw_floor_fraction\":%.4f,\"gpu_busy\":%.4f}\n",
-                   prop.name, model.c_str(), dt, B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
+                   g_full_sampling ? "-full-sampling" : "", prop.name, model.c_str(), dt, B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
                    r.prefill_s * 1e3, bytes_per_step, copy_rate / 1e9, floor_frac, busy);
   }
   std::printf("graph steps %lld of %lld, graphs captured %lld\n", (long long)st->graph_steps,

@@ -11,6 +11,15 @@ status validate_step_batch(const step_batch& b, const model_config& cfg, const k
       int64_t(b.block_tables.size()) != int64_t(S) * b.max_blocks_per_seq ||
       b.seq_start[0] != 0 || b.seq_start[S] != b.n_tokens())
     return bad("step: inconsistent batch arrays");
+  if (!b.adjust.empty() && (int(b.adjust_start.size()) != S + 1 || b.adjust_start[0] != 0 ||
+                            b.adjust_start[S] != int32_t(b.adjust.size())))
+    return bad("step: inconsistent logit adjustments");
+  for (const logit_adjust& a : b.adjust)
+    if (a.token < 0 || a.token >= cfg.n_vocab)
+      return bad("step: adjusted token id " + std::to_string(a.token) + " outside the vocabulary");
+  for (const sampling_params& p : b.sampling)
+    if (p.logprobs > sampling_params::max_logprobs)
+      return bad("step: more than " + std::to_string(sampling_params::max_logprobs) + " logprobs");
   for (int32_t tok : b.tokens)
     if (tok < 0 || tok >= cfg.n_vocab)
       return bad("step: token id " + std::to_string(tok) + " outside the vocabulary");

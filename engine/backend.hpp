@@ -32,18 +32,24 @@ struct step_batch {
   std::vector<uint8_t> sample;          // [n_seqs] 1: sample after the last new token
   std::vector<sampling_params> sampling;  // [n_seqs]
   std::vector<uint64_t> sample_counter;   // [n_seqs] index of the token being generated
+  // Sequence i's logit changes (penalties, logit_bias, min_tokens bans) before it samples:
+  // adjust[adjust_start[i] .. adjust_start[i + 1]). Logprobs ignore them (raw distribution).
+  std::vector<int32_t> adjust_start;      // [n_seqs + 1]
+  std::vector<logit_adjust> adjust;
 
   void reset(int32_t max_blocks) {
     max_blocks_per_seq = max_blocks;
     tokens.clear(); seq_start.assign(1, 0); n_past.clear(); block_tables.clear();
     sample.clear(); sampling.clear(); sample_counter.clear();
+    adjust_start.assign(1, 0); adjust.clear();
   }
   int32_t n_seqs() const { return int32_t(n_past.size()); }
   int32_t n_tokens() const { return int32_t(tokens.size()); }
   int32_t seq_len(int32_t i) const { return seq_start[i + 1] - seq_start[i]; }
 
   void add(int32_t past, std::span<const int32_t> new_tokens, std::span<const int32_t> blocks,
-           bool do_sample, const sampling_params& sp, uint64_t counter) {
+           bool do_sample, const sampling_params& sp, uint64_t counter,
+           std::span<const logit_adjust> adj = {}) {
     tokens.insert(tokens.end(), new_tokens.begin(), new_tokens.end());
     seq_start.push_back(int32_t(tokens.size()));
     n_past.push_back(past);
@@ -54,6 +60,20 @@ struct step_batch {
     sample.push_back(do_sample ? 1 : 0);
     sampling.push_back(sp);
     sample_counter.push_back(counter);
+    if (adjust_start.empty()) adjust_start.push_back(0);
+    if (do_sample) adjust.insert(adjust.end(), adj.begin(), adj.end());
+    adjust_start.push_back(int32_t(adjust.size()));
+  }
+  // Whether any sampled sequence needs more than the plain rule (adjustments or logprobs).
+  bool any_adjust() const { return !adjust.empty(); }
+  std::span<const logit_adjust> adjustments(int32_t i) const {
+    if (adjust.empty()) return {};
+    return {adjust.data() + adjust_start[i], size_t(adjust_start[i + 1] - adjust_start[i])};
+  }
+  bool any_logprobs() const {
+    for (size_t i = 0; i < sampling.size(); ++i)
+      if (sample[i] && sampling[i].logprobs >= 0) return true;
+    return false;
   }
 };
 
@@ -66,6 +86,11 @@ enum class logits_mode {
 struct step_output {
   std::vector<int32_t> tokens;  // [n_seqs], -1 where the sequence did not sample
   std::vector<float> logits;    // per logits_mode
+  // Only when some sampled sequence asks for logprobs (else empty), from the log-softmax of
+  // the raw logits (before adjustments and temperature, as vLLM's default):
+  std::vector<float> logprob;        // [n_seqs] the sampled token's
+  std::vector<int32_t> top_ids;      // [n_seqs * max_logprobs] best first (logit desc, id asc)
+  std::vector<float> top_logprobs;   // [n_seqs * max_logprobs]; the first sampling.logprobs are set
 };
 
 struct kv_geometry {

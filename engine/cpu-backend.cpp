@@ -5,6 +5,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include <fmt/format.h>
@@ -134,12 +135,37 @@ class cpu_backend final : public backend {
     const int R = n_rows_;
     const float* logits = logits_.data();
     out.tokens.assign(S, -1);
-    float* sscratch = ensure(sample_scratch_, size_t(2) * V);
+    // [0, 2V): the sampler's scratch; [2V, 3V): a row with its adjustments applied.
+    float* sscratch = ensure(sample_scratch_, size_t(3) * V);
+    float* adjusted = sscratch + size_t(2) * V;
+    const bool lp = b.any_logprobs();
+    constexpr int K = sampling_params::max_logprobs;
+    if (lp) {
+      out.logprob.assign(S, 0.0f);
+      out.top_ids.assign(size_t(S) * K, -1);
+      out.top_logprobs.assign(size_t(S) * K, 0.0f);
+    } else {
+      out.logprob.clear(); out.top_ids.clear(); out.top_logprobs.clear();
+    }
     for (int s = 0, r = 0; s < S; ++s) {
       const int last = b.seq_start[s + 1] - 1;
       while (r < R && rows[r] < last) ++r;
       if (!b.sample[s]) continue;
-      out.tokens[s] = cpu::sample_token(logits + int64_t(r) * V, V, b.sampling[s], b.sample_counter[s], sscratch);
+      const sampling_params& sp = b.sampling[s];
+      const float* row = logits + int64_t(r) * V;
+      const auto adj = b.adjustments(s);
+      const float* pick_from = row;
+      if (!adj.empty()) {
+        std::memcpy(adjusted, row, size_t(V) * sizeof(float));
+        cpu::apply_logit_adjust(adjusted, adj, sp);
+        pick_from = adjusted;
+      }
+      out.tokens[s] = cpu::sample_token(pick_from, V, sp, b.sample_counter[s], sscratch);
+      if (lp && sp.logprobs >= 0) {
+        const float lse = cpu::log_softmax_top(row, V, sp.logprobs, out.top_ids.data() + size_t(s) * K,
+                                               out.top_logprobs.data() + size_t(s) * K);
+        out.logprob[s] = row[out.tokens[s]] - lse;
+      }
     }
     if (mode == logits_mode::none) out.logits.clear();
     else out.logits.assign(logits, logits + int64_t(R) * V);

@@ -22,10 +22,42 @@ struct sampling_params {
   int32_t top_k = 0;         // 0: off
   float top_p = 1.0f;        // 1: off
   uint64_t seed = 0;
+  float min_p = 0.0f;        // 0: off; keeps ids whose probability is >= min_p * the top one's
+  // OpenAI: logit -= frequency * count + presence * (count > 0), count over generated tokens.
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  // HF/vLLM: a logit of a token seen in prompt or output is divided by it (> 0) or multiplied (<= 0).
+  float repetition_penalty = 1.0f;
+  int32_t min_tokens = 0;    // the stop ids are banned until this many tokens are generated
+  int32_t logprobs = -1;     // -1: none; k in 0..max_logprobs: the sampled token's and the top k
+
+  static constexpr int32_t max_logprobs = 20;
 
   // `!(t >= ...)` also takes a NaN temperature as greedy: no NaN reaches a softmax.
   INFER_HOST_DEVICE bool greedy() const { return !(temperature >= greedy_below) || top_k == 1; }
+  INFER_HOST_DEVICE bool penalized() const {
+    return presence_penalty != 0.0f || frequency_penalty != 0.0f || repetition_penalty != 1.0f;
+  }
 };
+
+// One sparse change to one sequence's logits before it samples: the scheduler lists, per
+// sequence and step, each distinct token that is seen (prompt or output), counted (output)
+// or biased (logit_bias, or -inf while min_tokens bans the stop ids). A token appears at
+// most once per sequence, so a device thread per entry needs no atomics.
+struct logit_adjust {
+  int32_t token = 0;
+  int32_t count = 0;  // occurrences among the generated tokens
+  float bias = 0.0f;
+  int32_t seen = 0;   // 1: in prompt or output (repetition_penalty applies)
+};
+
+// Penalties first (repetition, then frequency/presence, as vLLM), then the additive bias.
+INFER_HOST_DEVICE inline float adjusted_logit(float l, const logit_adjust& a, const sampling_params& p) {
+  if (a.seen && p.repetition_penalty != 1.0f)
+    l = l > 0.0f ? l / p.repetition_penalty : l * p.repetition_penalty;
+  if (a.count > 0) l -= p.frequency_penalty * float(a.count) + p.presence_penalty;
+  return l + a.bias;
+}
 
 // Counter-based randomness: the draw for a sequence's n-th generated token depends
 // only on (seed, n), never on batching, so the same seed gives the same output

@@ -1,6 +1,7 @@
 #include "engine/scheduler.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <span>
 #include <string>
 
@@ -14,6 +15,12 @@ struct scheduler::sequence {
   int32_t max_tokens = 0;
   sampling_params sampling;
   std::vector<int32_t> stop_ids;  // few (the EOS ids, a request's stop_token_ids): a linear scan
+  std::vector<std::pair<int32_t, float>> logit_bias;
+  // The logit adjustments handed to the backend with every sample: one entry per distinct
+  // token seen (when penalized), biased, or a stop id (when min_tokens bans them).
+  std::vector<logit_adjust> adj;
+  std::unordered_map<int32_t, int32_t> adj_at;  // token -> index in adj
+  std::vector<int32_t> stop_adj;                // indices in adj of the stop ids
   int32_t n_cached = 0;         // tokens whose K/V are in `blocks`
   std::vector<int32_t> blocks;  // block table
   std::vector<uint64_t> hashes;  // chain hashes of its full blocks so far (tokens never change)
@@ -69,6 +76,22 @@ status scheduler::add(seq_spec s) {
   seq->max_tokens = s.max_tokens;
   seq->sampling = s.sampling;
   seq->stop_ids = std::move(s.stop_ids);
+  seq->logit_bias = std::move(s.logit_bias);
+  sequence* q = seq.get();
+  auto entry = [q](int32_t tok) -> logit_adjust& {
+    auto [it, fresh] = q->adj_at.emplace(tok, int32_t(q->adj.size()));
+    if (fresh) q->adj.push_back(logit_adjust{tok, 0, 0.0f, 0});
+    return q->adj[size_t(it->second)];
+  };
+  for (const auto& [tok, bias] : q->logit_bias) entry(tok).bias += bias;
+  if (q->sampling.min_tokens > 0)
+    for (int32_t tok : q->stop_ids) {
+      entry(tok);
+      q->stop_adj.push_back(q->adj_at[tok]);
+    }
+  if (q->sampling.penalized()) {
+    for (int32_t i = 0; i < q->n_tokens(); ++i) count_token(q, q->tokens[size_t(i)], i >= n_prompt);
+  }
   seq->blocks.reserve(size_t(max_blocks_));
   if (cfg_.prefix_caching) seq->hashes.reserve(size_t(max_blocks_));
   waiting_.push_back(seq.get());
@@ -156,10 +179,23 @@ bool scheduler::grow(sequence* s, int32_t n_tokens) {
   return need <= 0 || pool_.allocate(need, s->blocks);
 }
 
+void scheduler::count_token(sequence* s, int32_t tok, bool generated) {
+  auto [it, fresh] = s->adj_at.emplace(tok, int32_t(s->adj.size()));
+  if (fresh) s->adj.push_back(logit_adjust{tok, 0, 0.0f, 0});
+  logit_adjust& a = s->adj[size_t(it->second)];
+  a.seen = 1;
+  if (generated) ++a.count;
+}
+
 void scheduler::emit(step_batch& batch, sequence* s, int32_t n_new) {
   const bool sample = s->n_cached + n_new == s->n_tokens();
+  const size_t base = batch.adjust.size();
   batch.add(s->n_cached, std::span<const int32_t>(s->tokens.data() + s->n_cached, size_t(n_new)),
-            std::span<const int32_t>(s->blocks), sample, s->sampling, uint64_t(s->n_generated()));
+            std::span<const int32_t>(s->blocks), sample, s->sampling, uint64_t(s->n_generated()),
+            std::span<const logit_adjust>(s->adj));
+  // min_tokens: the stop ids (EOS unless ignored, stop_token_ids) cannot be sampled yet.
+  if (sample && s->n_generated() < s->sampling.min_tokens)
+    for (int32_t i : s->stop_adj) batch.adjust[base + size_t(i)].bias = -INFINITY;
   scheduled_.push_back({s->id, s->serial, n_new, sample});
   s->scheduled_at = step_no_;
   if (!sample || n_new > 1) last_prefill_tokens_ += n_new;
@@ -273,6 +309,16 @@ void scheduler::on_step_done(const step_output& out, std::vector<seq_result>& re
     r.index = s->n_generated() - 1;
     r.token = tok;
     r.stopped = std::find(s->stop_ids.begin(), s->stop_ids.end(), tok) != s->stop_ids.end();
+    if (s->sampling.logprobs >= 0 && k < out.logprob.size()) {
+      constexpr size_t K = size_t(sampling_params::max_logprobs);
+      r.n_top = s->sampling.logprobs;
+      r.logprob = out.logprob[k];
+      for (int32_t j = 0; j < r.n_top; ++j) {
+        r.top_ids[size_t(j)] = out.top_ids[k * K + size_t(j)];
+        r.top_logprobs[size_t(j)] = out.top_logprobs[k * K + size_t(j)];
+      }
+    }
+    if (s->sampling.penalized() && tok >= 0) count_token(s, tok, true);
     r.finished = r.stopped || s->n_generated() >= s->max_tokens || s->n_tokens() >= cfg_.n_ctx;
     if (!s->cache_reported) {
       s->cache_reported = true;
@@ -305,6 +351,7 @@ std::vector<seq_spec> scheduler::drain() {
     sp.max_tokens = s->max_tokens;
     sp.sampling = s->sampling;
     sp.stop_ids = s->stop_ids;
+    sp.logit_bias = s->logit_bias;
     outv.push_back(std::move(sp));
   };
   for (sequence* s : running_) take(s);

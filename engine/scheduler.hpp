@@ -31,11 +31,19 @@
 // node the worker runs. Stop strings need the detokenized text: the request actor matches
 // them and cancels the sequence, which frees its blocks at once (cancel()).
 //
+// Sampling controls that need a sequence's history are lists of sparse logit changes
+// (logit_adjust) handed to the backend with every sampled step: with penalties, one entry
+// per distinct token of prompt + output (output occurrences counted, kept up to date as
+// tokens are sampled); the request's logit_bias; and, while fewer than min_tokens tokens
+// are generated, -inf on every stop id. Both backends apply them the same way
+// (adjusted_logit) before temperature / top-k / top-p / min-p.
+//
 // Protocol: schedule() -> the backend runs the batch -> on_step_done(out) (or
 // on_step_failed()) -> schedule() ... add() and cancel() may be called at any time,
 // including while a step is in flight (a cancelled sequence's blocks are reused only
 // by a later schedule(), after the step has ended).
 #pragma once
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -66,6 +74,7 @@ struct seq_spec {
   int32_t max_tokens = 16;         // generated tokens in all, `generated` included
   sampling_params sampling;
   std::vector<int32_t> stop_ids;   // sampling one of these ends the sequence (it is its last token)
+  std::vector<std::pair<int32_t, float>> logit_bias;  // token id -> added to its logit, distinct ids
 };
 
 // One sampled token of one sequence.
@@ -75,6 +84,10 @@ struct seq_result {
   int32_t token = -1;
   bool finished = false;  // the last token: max_tokens, the context limit or a stop id
   bool stopped = false;   // finished because `token` is one of the sequence's stop ids
+  int32_t n_top = -1;     // -1: no logprobs asked; else top_ids/top_logprobs[0, n_top) are set
+  float logprob = 0.0f;   // the token's (raw distribution), when n_top >= 0
+  std::array<int32_t, sampling_params::max_logprobs> top_ids{};
+  std::array<float, sampling_params::max_logprobs> top_logprobs{};
   // On the first token a sequence samples after add(): the prompt tokens whose K/V came
   // from the prefix cache at its admission (usage.prompt_tokens_details.cached_tokens); -1 else.
   int32_t cached_tokens = -1;
@@ -145,6 +158,7 @@ class scheduler {
   void release(sequence* s);  // frees blocks, leaves running/waiting, destroys
   bool grow(sequence* s, int32_t n_tokens);  // blocks for n_tokens cached tokens
   void emit(step_batch& batch, sequence* s, int32_t n_new);
+  void count_token(sequence* s, int32_t tok, bool generated);
   void free_blocks(sequence* s);       // tail first, so that its tail is evicted before its head
   void hash_blocks(sequence* s, int32_t n_full);  // chain hashes of its first n_full blocks
   void commit_blocks(sequence* s);     // commits the full blocks whose K/V is written

@@ -11,6 +11,7 @@
 #include "gpu/cuda-device-weights.hpp"
 #include "gpu/cuda-resources.hpp"
 #include "kernels/cuda-kernels.hpp"
+#include "kernels/cuda-sampling.hpp"
 #include "model/forward.hpp"
 #include "model/rope.hpp"
 
@@ -271,10 +272,11 @@ class cuda_backend final : public backend {
         h.slot[t] = table[p / bs] * bs + p % bs;
       }
       const int last = b.seq_start[s + 1] - 1;
-      h.sample[s] = b.sample[s];
+      const bool adjusted = b.sample[s] && !b.adjustments(s).empty();
+      h.sample[s] = adjusted ? cuda::sample_adjusted : b.sample[s];
       h.counters[s] = b.sample_counter[s];
       h.params[s] = b.sampling[s];
-      if (b.sample[s] && !b.sampling[s].greedy()) any_sorted = true;
+      if (b.sample[s] && (!b.sampling[s].greedy() || adjusted)) any_sorted = true;
       if (use_graph) {
         h.rows[s] = s;
       } else if (mode == logits_mode::all) {
@@ -341,7 +343,10 @@ class cuda_backend final : public backend {
       INFER_STATUS_TRY(
           enqueue_forward(d, d_gather, Tx, R, nseq_launch, n_splits, split_len, decode));
     }
-    if (any_sorted && R > 0) INFER_STATUS_TRY(enqueue_sorted_sampling(d, nseq_launch));
+    const bool any_lp = b.any_logprobs() && R > 0;
+    if (any_lp) INFER_STATUS_TRY(enqueue_logprobs_top(d, nseq_launch));
+    if (any_sorted && R > 0) INFER_STATUS_TRY(enqueue_sorted_sampling(b, d, nseq_launch));
+    if (any_lp) INFER_STATUS_TRY(enqueue_logprobs_gather(d, S));
 
     INFER_CUDA_TRY(cudaMemcpyAsync(host_tokens_.get(), tokens_out_.get(), size_t(S) * 4,
                                    cudaMemcpyDeviceToHost, st));
@@ -361,6 +366,17 @@ class cuda_backend final : public backend {
     out.tokens.resize(S);
     const int32_t* ht = host_tokens_.as<int32_t>();
     for (int s = 0; s < S; ++s) out.tokens[s] = b.sample[s] ? ht[s] : -1;
+    if (any_lp) {
+      constexpr size_t K = size_t(sampling_params::max_logprobs);
+      const float* hl = host_lp_.as<float>();
+      out.logprob.assign(hl, hl + S);
+      out.top_ids.assign(host_lp_.as<int32_t>() + lp_cap_, host_lp_.as<int32_t>() + lp_cap_ + size_t(S) * K);
+      out.top_logprobs.assign(hl + lp_cap_ * (1 + K), hl + lp_cap_ * (1 + K) + size_t(S) * K);
+    } else {
+      out.logprob.clear();
+      out.top_ids.clear();
+      out.top_logprobs.clear();
+    }
     ++stats_.steps;
     return status::ok();
   }
@@ -388,14 +404,13 @@ class cuda_backend final : public backend {
   status enqueue_forward(const step_ptrs& d, const int32_t* d_gather, int T, int R, int nseq,
                          int n_splits, int split_len, bool decode);
 
-  status enqueue_sorted_sampling(const step_ptrs& d, int nseq) {
+  status enqueue_sorted_sampling(const step_batch& b, const step_ptrs& d, int nseq) {
     cudaStream_t st = stream_.get();
     const int V = cfg_.n_vocab;
     if (sort_rows_cap_ < nseq) {
       const size_t n = size_t(nseq) * V;
       size_t temp = 0;
-      INFER_CUDA_TRY(cuda::sort_rows_forward(nullptr, temp, nullptr, nullptr, nullptr, ld_logits_,
-                                             nullptr, nseq, V, nullptr, nullptr, st));
+      INFER_CUDA_TRY(cuda::sort_compact_forward(nullptr, temp, nullptr, nullptr, nullptr, nullptr, nseq, V, st));
       INFER_STATUS_TRY(sort_temp_.allocate(temp));
       INFER_STATUS_TRY(sorted_logits_.allocate(n * 4));
       INFER_STATUS_TRY(sorted_ids_.allocate(n * 4));
@@ -404,14 +419,68 @@ class cuda_backend final : public backend {
       INFER_STATUS_TRY(probs_.allocate(n * 4));
       sort_rows_cap_ = nseq;
     }
+    INFER_CUDA_TRY(cuda::compact_rows_forward(compact_.as<float>(), ids_.as<int32_t>(), logits_.as<float>(),
+                                              ld_logits_, d.rows, nseq, V, st));
+    if (b.any_adjust()) {
+      // Starts for every launched row (padding rows: empty), then the entries. Pinned,
+      // and outside any graph: growing it invalidates nothing.
+      const int S = b.n_seqs();
+      const size_t starts = align16(size_t(nseq + 1) * 4);
+      const size_t bytes = starts + b.adjust.size() * sizeof(logit_adjust);
+      if (host_adj_.bytes() < bytes) {
+        INFER_CUDA_TRY(cudaStreamSynchronize(st));  // an earlier step may still read them
+        INFER_STATUS_TRY(host_adj_.allocate(bytes * 2));
+        INFER_STATUS_TRY(dev_adj_.allocate(bytes * 2));
+      }
+      int32_t* hs = host_adj_.as<int32_t>();
+      for (int s = 0; s <= nseq; ++s) hs[s] = s <= S ? b.adjust_start[size_t(s)] : b.adjust_start[size_t(S)];
+      std::memcpy(host_adj_.as<uint8_t>() + starts, b.adjust.data(), b.adjust.size() * sizeof(logit_adjust));
+      INFER_CUDA_TRY(cudaMemcpyAsync(dev_adj_.get(), host_adj_.get(), bytes, cudaMemcpyHostToDevice, st));
+      INFER_CUDA_TRY(cuda::adjust_rows_forward(
+          compact_.as<float>(), V, nseq, dev_adj_.as<int32_t>(),
+          reinterpret_cast<const logit_adjust*>(dev_adj_.as<uint8_t>() + starts), d.params, st));
+    }
     size_t temp = sort_temp_.bytes();
-    INFER_CUDA_TRY(cuda::sort_rows_forward(sort_temp_.get(), temp, sorted_logits_.as<float>(),
-                                           sorted_ids_.as<int32_t>(), logits_.as<float>(),
-                                           ld_logits_, d.rows, nseq, V, compact_.as<float>(),
-                                           ids_.as<int32_t>(), st));
+    INFER_CUDA_TRY(cuda::sort_compact_forward(sort_temp_.get(), temp, sorted_logits_.as<float>(),
+                                              sorted_ids_.as<int32_t>(), compact_.as<float>(),
+                                              ids_.as<int32_t>(), nseq, V, st));
     INFER_CUDA_TRY(cuda::sample_sorted_forward(tokens_out_.as<int32_t>(), sorted_logits_.as<float>(),
                                                sorted_ids_.as<int32_t>(), nseq, V, d.params,
                                                d.counters, d.sample, probs_.as<float>(), st));
+    return status::ok();
+  }
+
+  // Logprobs buffers: [lp_cap_] sampled logprobs, [lp_cap_ * K] top ids, [lp_cap_ * K] top
+  // logprobs on host and device, then [lp_cap_] lse on the device.
+  status ensure_logprobs(int nseq) {
+    if (lp_cap_ >= size_t(nseq)) return status::ok();
+    const size_t n = std::max<size_t>(size_t(nseq), lp_cap_ * 2);
+    const size_t K = size_t(sampling_params::max_logprobs);
+    INFER_CUDA_TRY(cudaStreamSynchronize(stream_.get()));
+    INFER_STATUS_TRY(host_lp_.allocate(n * (1 + 2 * K) * 4));
+    INFER_STATUS_TRY(dev_lp_.allocate(n * (2 + 2 * K) * 4));
+    lp_cap_ = n;
+    return status::ok();
+  }
+  status enqueue_logprobs_top(const step_ptrs& d, int nseq) {
+    INFER_STATUS_TRY(ensure_logprobs(nseq));
+    const size_t K = size_t(sampling_params::max_logprobs);
+    float* base = dev_lp_.as<float>();
+    INFER_CUDA_TRY(cuda::logprobs_top_forward(base + lp_cap_ * (1 + 2 * K),
+                                              reinterpret_cast<int32_t*>(base + lp_cap_),
+                                              base + lp_cap_ * (1 + K), logits_.as<float>(), ld_logits_,
+                                              d.rows, nseq, cfg_.n_vocab, d.params, d.sample, stream_.get()));
+    return status::ok();
+  }
+  status enqueue_logprobs_gather(const step_ptrs& d, int S) {
+    const size_t K = size_t(sampling_params::max_logprobs);
+    float* base = dev_lp_.as<float>();
+    cudaStream_t st = stream_.get();
+    INFER_CUDA_TRY(cuda::logprobs_gather_forward(base, tokens_out_.as<int32_t>(), base + lp_cap_ * (1 + 2 * K),
+                                                 logits_.as<float>(), ld_logits_, d.rows, S, d.params, d.sample,
+                                                 st));
+    INFER_CUDA_TRY(cudaMemcpyAsync(host_lp_.get(), dev_lp_.get(), lp_cap_ * (1 + 2 * K) * 4,
+                                   cudaMemcpyDeviceToHost, st));
     return status::ok();
   }
 
@@ -489,6 +558,9 @@ class cuda_backend final : public backend {
   device_buffer attn_scratch_;
   size_t attn_cap_ = 0;
   pinned_buffer host_stage_, host_tokens_;
+  pinned_buffer host_adj_, host_lp_;  // logit adjustments in, logprobs out
+  device_buffer dev_adj_, dev_lp_;
+  size_t lp_cap_ = 0;
   device_buffer dev_stage_;
   std::vector<int32_t> gather_;
 

@@ -348,6 +348,15 @@ int32_t sample_token(const float* logits, int V, const sampling_params& sp, uint
   }
   const float inv_t = 1.0f / sp.temperature;
   const float maxl = logits[ids[0]];
+  // min_p: probabilities relative to the top one are exp((l - max) / T), 1 for the first,
+  // non-increasing along the ranking: the kept ids are a prefix.
+  if (sp.min_p > 0.0f) {
+    for (int i = 1; i < K; ++i)
+      if (std::exp((logits[ids[i]] - maxl) * inv_t) < sp.min_p) {
+        K = i;
+        break;
+      }
+  }
   float total = 0.f;
   for (int i = 0; i < K; ++i) {
     probs[i] = std::exp((logits[ids[i]] - maxl) * inv_t);
@@ -375,6 +384,36 @@ int32_t sample_token(const float* logits, int V, const sampling_params& sp, uint
     if (u < cum) return ids[i];
   }
   return ids[keep - 1];
+}
+
+void apply_logit_adjust(float* logits, std::span<const logit_adjust> adj, const sampling_params& sp) {
+  for (const logit_adjust& a : adj) logits[a.token] = adjusted_logit(logits[a.token], a, sp);
+}
+
+float log_softmax_top(const float* logits, int V, int k, int32_t* top_ids, float* top_lp) {
+  float maxl = -INFINITY;
+  for (int i = 0; i < V; ++i) maxl = std::max(maxl, logits[i]);
+  double sum = 0.0;
+  for (int i = 0; i < V; ++i) sum += std::exp(double(logits[i] - maxl));
+  const float lse = maxl + float(std::log(sum));
+  // k <= 20 passes, each the best id ranked after the previous pick (logit desc, id asc):
+  // O(k V), no sort of V ids.
+  float pv = INFINITY;
+  int32_t pi = -1;
+  for (int n = 0; n < k && n < V; ++n) {
+    int32_t best = -1;
+    for (int i = 0; i < V; ++i) {
+      const float v = logits[i];
+      if (!(v < pv || (v == pv && i > pi))) continue;
+      if (best < 0 || v > logits[best]) best = i;
+    }
+    if (best < 0) break;
+    top_ids[n] = best;
+    top_lp[n] = logits[best] - lse;
+    pv = logits[best];
+    pi = best;
+  }
+  return lse;
 }
 
 }  // namespace infer::cpu

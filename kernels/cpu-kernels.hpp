@@ -9,6 +9,7 @@
 // row p % block_size.
 #pragma once
 #include <cstdint>
+#include <span>
 
 #include "engine/sampling-params.hpp"
 
@@ -115,7 +116,15 @@ void paged_attention_gqa_forward(float* out, const float* qkv, const float* k_ca
 //   draw u = sampling_uniform(seed, counter) and take the first id whose cumulative
 //   mass exceeds u * kept_mass.
 // scratch: at least 2 * V floats (as ints and floats).
+//   min_p > 0 keeps, after top_k, the ids whose exp((logit - max) / temperature) >= min_p.
 int32_t sample_token(const float* logits, int V, const sampling_params& sp, uint64_t counter,
                      float* scratch);
+
+// Applies a sequence's logit adjustments (penalties, bias: adjusted_logit) in place.
+void apply_logit_adjust(float* logits, std::span<const logit_adjust> adj, const sampling_params& sp);
+
+// Log-softmax of one row: returns log(sum exp(logits)) so that logprob(i) = logits[i] - lse,
+// and writes the k best ids (logit desc, id asc) with their logprobs.
+float log_softmax_top(const float* logits, int V, int k, int32_t* top_ids, float* top_lp);
 
 }  // namespace infer::cpu

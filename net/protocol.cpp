@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
 #include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -139,7 +140,62 @@ std::optional<std::string> get_sampling(const json& o, const protocol_limits& li
     if (r.stop_token_ids.size() > lim.max_stop_token_ids)
       return fmt::format("stop_token_ids: at most {} ids, got {}", lim.max_stop_token_ids, r.stop_token_ids.size());
   }
+  // A float field in [lo, hi] (checked on the float the sampler will use).
+  auto get_float = [&](const char* key, double lo, double hi, bool lo_open, float& out) -> std::optional<std::string> {
+    double v = out;
+    if (auto e = get_number(o, key, v)) return e;
+    const float f = float(v);
+    if (!(lo_open ? f > lo : f >= lo) || !(f <= hi))
+      return fmt::format("{}: must be in {}{}, {}], got {}", key, lo_open ? "(" : "[", lo, hi, v);
+    out = f;
+    return std::nullopt;
+  };
+  if (auto e = get_float("presence_penalty", -2, 2, false, r.sampling.presence_penalty)) return e;
+  if (auto e = get_float("frequency_penalty", -2, 2, false, r.sampling.frequency_penalty)) return e;
+  // vLLM accepts any positive value; beyond 100 a seen token's logit is all but erased anyway.
+  if (auto e = get_float("repetition_penalty", 0, 100, true, r.sampling.repetition_penalty)) return e;
+  if (auto e = get_float("min_p", 0, 1, false, r.sampling.min_p)) return e;
+  i = 0;
+  if (auto e = get_int(o, "min_tokens", 0, lim.max_tokens_limit, i)) return e;
+  r.sampling.min_tokens = int32_t(i);
+  if (!absent(o, "logit_bias")) {
+    const json& lb = o.at("logit_bias");
+    if (!lb.is_object()) return "logit_bias: must be an object mapping token ids to -100..100";
+    if (lb.size() > 300) return fmt::format("logit_bias: at most 300 entries, got {}", lb.size());
+    for (auto it = lb.begin(); it != lb.end(); ++it) {
+      const std::string& k = it.key();
+      int64_t id = -1;
+      bool digits = !k.empty() && k.size() <= 10;
+      for (char ch : k) digits = digits && ch >= '0' && ch <= '9';
+      if (digits) id = std::stoll(k);
+      if (!digits || id >= lim.n_vocab)
+        return fmt::format("logit_bias: key \"{}\" is not a token id in [0, {})", k.substr(0, 32), lim.n_vocab);
+      if (!it.value().is_number() || !std::isfinite(it.value().get<double>()))
+        return fmt::format("logit_bias: the value of {} must be a number", id);
+      const double b = it.value().get<double>();
+      if (b < -100 || b > 100) return fmt::format("logit_bias: the value of {} must be in [-100, 100], got {}", id, b);
+      for (const auto& [t, _] : r.logit_bias)  // "7" and "07" name the same id
+        if (t == id) return fmt::format("logit_bias: token id {} given twice", id);
+      r.logit_bias.emplace_back(int32_t(id), float(b));
+    }
+  }
+  if (!absent(o, "user") && !o.at("user").is_string()) return "user: must be a string";
   return std::nullopt;
+}
+
+// After max_tokens is final (chat: max_completion_tokens wins).
+std::optional<std::string> check_min_tokens(const generate_request& r) {
+  if (r.sampling.min_tokens > r.max_tokens)
+    return fmt::format("min_tokens: must be at most max_tokens ({}), got {}", r.max_tokens, r.sampling.min_tokens);
+  return std::nullopt;
+}
+
+// best_of is gone from vLLM V1 (and legacy in OpenAI): n is the only way to ask for choices.
+std::optional<std::string> check_best_of(const json& o) {
+  if (absent(o, "best_of")) return std::nullopt;
+  const json& b = o.at("best_of");
+  if (b.is_number_integer() && b.get<int64_t>() == 1) return std::nullopt;
+  return "best_of: not supported (as in vLLM V1); ask for n choices instead";
 }
 
 // Encodes a text prompt when the limits can, then checks the length against the context.
@@ -336,6 +392,10 @@ command parse_command(std::string_view frame, const protocol_limits& lim) {
   int64_t t = 0;
   if (auto e = get_int(o, "timeout_ms", 0, 24LL * 3600 * 1000, t)) return invalid_request{id, *e};
   r.timeout_ms = t;
+  int64_t lp = -1;
+  if (auto e = get_int(o, "logprobs", 0, sampling_params::max_logprobs, lp)) return invalid_request{id, *e};
+  r.sampling.logprobs = int32_t(lp);
+  if (auto e = check_min_tokens(r)) return invalid_request{id, *e};
   if (!cmd.chat)
     if (auto e = finish_prompt(lim, r)) return invalid_request{id, *e};
   return cmd;
@@ -389,13 +449,114 @@ std::string accepted_frame(std::string_view id) {
   return out;
 }
 
-void token_frame(std::string& out, std::string_view id, int32_t index, int32_t token, std::string_view text) {
+namespace {
+// A logprob as JSON: finite always (-inf, a token the model gives no mass, becomes -9999.0
+// as in vLLM's JSON).
+void append_logprob(std::string& out, float lp) {
+  if (!std::isfinite(lp)) lp = -9999.0f;
+  fmt::format_to(std::back_inserter(out), "{}", lp);
+}
+}  // namespace
+
+void token_frame(std::string& out, std::string_view id, int32_t index, int32_t token, std::string_view text,
+                 const event* lp) {
   out.clear();
   out += R"({"type":"token","id":)";
   append_json_string(out, id);
   fmt::format_to(std::back_inserter(out), R"(,"index":{},"token":{},"text":)", index, token);
   append_json_string(out, text);
+  if (lp && lp->n_top >= 0) {
+    out += R"(,"logprob":)";
+    append_logprob(out, lp->logprob);
+    out += R"(,"top_logprobs":[)";
+    for (size_t j = 0; j < lp->top_logprobs.size(); ++j) {
+      if (j) out.push_back(',');
+      fmt::format_to(std::back_inserter(out), R"({{"token":{},"logprob":)", lp->top_logprobs[j].first);
+      append_logprob(out, lp->top_logprobs[j].second);
+      out.push_back('}');
+    }
+    out.push_back(']');
+  }
   out.push_back('}');
+}
+
+void logprobs_builder::add(const event& e, const bytes_fn& token_bytes) {
+  if (e.n_top < 0) return;
+  const std::string_view tb = token_bytes(e.token);
+  auto bytes_array = [](std::string& out, std::string_view b) {
+    out.push_back('[');
+    for (size_t i = 0; i < b.size(); ++i) {
+      if (i) out.push_back(',');
+      fmt::format_to(std::back_inserter(out), "{}", unsigned(static_cast<unsigned char>(b[i])));
+    }
+    out.push_back(']');
+  };
+  if (chat) {
+    if (n) content.push_back(',');
+    content += R"({"token":)";
+    append_json_string(content, tb);
+    content += R"(,"logprob":)";
+    append_logprob(content, e.logprob);
+    content += R"(,"bytes":)";
+    bytes_array(content, tb);
+    content += R"(,"top_logprobs":[)";
+    for (size_t j = 0; j < e.top_logprobs.size(); ++j) {
+      const std::string_view b = token_bytes(e.top_logprobs[j].first);
+      if (j) content.push_back(',');
+      content += R"({"token":)";
+      append_json_string(content, b);
+      content += R"(,"logprob":)";
+      append_logprob(content, e.top_logprobs[j].second);
+      content += R"(,"bytes":)";
+      bytes_array(content, b);
+      content.push_back('}');
+    }
+    content += "]}";
+  } else {
+    const char* sep = n ? "," : "";
+    tokens += sep;
+    append_json_string(tokens, tb);
+    token_logprobs += sep;
+    append_logprob(token_logprobs, e.logprob);
+    text_offset += sep;
+    fmt::format_to(std::back_inserter(text_offset), "{}", offset);
+    // A dict keyed by token text: the sampled token, then the top k (a repeated string
+    // keeps its first, higher, logprob).
+    top_logprobs += sep;
+    top_logprobs.push_back('{');
+    std::vector<std::string> keys;
+    auto put = [&](int32_t id, float lp) {
+      std::string k;
+      append_json_string(k, token_bytes(id));
+      for (const auto& seen : keys)
+        if (seen == k) return;
+      if (!keys.empty()) top_logprobs.push_back(',');
+      top_logprobs += k;
+      top_logprobs.push_back(':');
+      append_logprob(top_logprobs, lp);
+      keys.push_back(std::move(k));
+    };
+    for (const auto& [id, lp] : e.top_logprobs) put(id, lp);
+    put(e.token, e.logprob);
+    top_logprobs.push_back('}');
+  }
+  offset += tb.size();
+  ++n;
+}
+
+std::string logprobs_builder::json() const {
+  if (chat) return R"({"content":[)" + content + R"(],"refusal":null})";
+  return R"({"tokens":[)" + tokens + R"(],"token_logprobs":[)" + token_logprobs + R"(],"top_logprobs":[)" +
+         top_logprobs + R"(],"text_offset":[)" + text_offset + "]}";
+}
+
+void logprobs_builder::clear_tokens() {
+  n = 0;
+  tokens.clear();
+  token_logprobs.clear();
+  top_logprobs.clear();
+  text_offset.clear();
+  content.clear();
 }
 
 // Degraded service is never silent: `,"degraded":["cpu_fallback","max_tokens_capped"]` and
@@ -467,7 +628,7 @@ std::string event_frame(std::string_view id, const event& e) {
     case event::kind::accepted: return accepted_frame(id);
     case event::kind::token: {
       std::string out;
-      token_frame(out, id, e.index, e.token, e.text);
+      token_frame(out, id, e.index, e.token, e.text, &e);
       return out;
     }
     case event::kind::done: return done_frame(id, e);
@@ -488,7 +649,9 @@ std::variant<completion_command, invalid_request> parse_completion_request(std::
   completion_command cmd;
   generate_request& r = cmd.request;
   r.sampling = sampling_params{};
-  r.sampling.temperature = 1.0f;  // OpenAI's default
+  r.sampling.temperature = lim.default_temperature.value_or(1.0f);  // OpenAI's default
+  r.sampling.top_p = lim.default_top_p.value_or(1.0f);
+  r.sampling.top_k = lim.default_top_k.value_or(0);
 
   if (absent(o, "prompt")) return invalid_request{std::nullopt, "prompt: missing"};
   const json& p = o.at("prompt");
@@ -514,14 +677,27 @@ std::variant<completion_command, invalid_request> parse_completion_request(std::
   r.timeout_ms = timeout;
   int64_t n = 1;
   if (auto e = get_int(o, "n", 1, 1, n)) return invalid_request{std::nullopt, *e + " (one choice per request)"};
-  if (auto e = get_int(o, "best_of", 1, 1, n)) return invalid_request{std::nullopt, *e};
-  bool echo = false;
-  if (auto e = get_bool(o, "echo", echo)) return invalid_request{std::nullopt, *e};
-  if (echo) return invalid_request{std::nullopt, "echo: not supported"};
+  if (auto e = check_best_of(o)) return invalid_request{std::nullopt, *e};
+  if (auto e = check_min_tokens(r)) return invalid_request{std::nullopt, *e};
+  if (auto e = get_bool(o, "echo", cmd.echo)) return invalid_request{std::nullopt, *e};
   if (!absent(o, "logprobs")) {
     const json& l = o.at("logprobs");
-    if (!(l.is_number_integer() && l.get<int64_t>() == 0) && !(l.is_boolean() && !l.get<bool>()))
-      return invalid_request{std::nullopt, "logprobs: not supported"};
+    if (l.is_boolean() && !l.get<bool>()) {
+      // false: none, as an absent field (some clients send it)
+    } else {
+      int64_t k = 0;
+      if (auto e = get_int(o, "logprobs", 0, sampling_params::max_logprobs, k)) return invalid_request{std::nullopt, *e};
+      r.sampling.logprobs = int32_t(k);
+    }
+  }
+  if (cmd.echo && r.sampling.logprobs >= 0)
+    return invalid_request{std::nullopt, "echo: the prompt's logprobs are not computed; echo without logprobs, or "
+                                         "logprobs without echo"};
+  if (!absent(o, "suffix")) {
+    const json& sf = o.at("suffix");
+    if (!sf.is_string()) return invalid_request{std::nullopt, "suffix: must be a string"};
+    if (!sf.get_ref<const std::string&>().empty())
+      return invalid_request{std::nullopt, "suffix: not supported (no insertion / fill-in-the-middle)"};
   }
   if (auto e = get_bool(o, "stream", cmd.stream)) return invalid_request{std::nullopt, *e};
   if (!absent(o, "stream_options")) {
@@ -562,7 +738,23 @@ std::string openai_error_json(error_code c, std::string_view message, int64_t re
   }
   std::string out = R"({"error":{"message":)";
   append_json_string(out, message);
-  fmt::format_to(std::back_inserter(out), R"(,"type":"{}","param":null,"code":"{}")", type, to_string(c));
+  // The field a validation message names ("top_p: must be ...", "logit_bias: ...",
+  // "messages[2].role: ..."): OpenAI clients read it from `param`.
+  std::string_view param;
+  if (c == error_code::invalid_request) {
+    size_t k = 0;
+    while (k < message.size() && (std::isalnum(static_cast<unsigned char>(message[k])) || message[k] == '_')) ++k;
+    size_t j = k;
+    while (j < message.size() && (std::isalnum(static_cast<unsigned char>(message[j])) || message[j] == '_' ||
+                                  message[j] == '[' || message[j] == ']' || message[j] == '.'))
+      ++j;
+    if (k > 0 && j < message.size() && message[j] == ':' && !std::isdigit(static_cast<unsigned char>(message[0])))
+      param = message.substr(0, k);
+  }
+  fmt::format_to(std::back_inserter(out), R"(,"type":"{}","param":)", type);
+  if (param.empty()) out += "null";
+  else append_json_string(out, param);
+  fmt::format_to(std::back_inserter(out), R"(,"code":"{}")", to_string(c));
   if (retry_after_ms > 0) fmt::format_to(std::back_inserter(out), R"(,"retry_after_ms":{})", retry_after_ms);
   out += "}}";
   return out;
@@ -580,13 +772,15 @@ void append_head(std::string& out, std::string_view cmpl_id, int64_t created, st
 }  // namespace
 
 std::string openai_completion_json(std::string_view cmpl_id, int64_t created, std::string_view model,
-                                   std::string_view text, const event& done) {
+                                   std::string_view text, const event& done, std::string_view logprobs) {
   std::string out;
   append_head(out, cmpl_id, created, model);
   out += R"(,"choices":[{"text":)";
   append_json_string(out, text);
+  out += R"(,"index":0,"logprobs":)";
+  out += logprobs.empty() ? std::string_view("null") : logprobs;
   fmt::format_to(std::back_inserter(out),
-                 R"(,"index":0,"logprobs":null,"finish_reason":"{}"}}],)"
+                 R"(,"finish_reason":"{}"}}],)"
                  R"("usage":{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{},)"
                  R"("prompt_tokens_details":{{"cached_tokens":{}}}}})",
                  openai_finish(done.reason), done.prompt_tokens, done.completion_tokens,
@@ -597,12 +791,14 @@ std::string openai_completion_json(std::string_view cmpl_id, int64_t created, st
 }
 
 std::string openai_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
-                              std::string_view text, const char* finish) {
+                              std::string_view text, const char* finish, std::string_view logprobs) {
   std::string out;
   append_head(out, cmpl_id, created, model);
   out += R"(,"choices":[{"text":)";
   append_json_string(out, text);
-  out += R"(,"index":0,"logprobs":null,"finish_reason":)";
+  out += R"(,"index":0,"logprobs":)";
+  out += logprobs.empty() ? std::string_view("null") : logprobs;
+  out += R"(,"finish_reason":)";
   if (finish) fmt::format_to(std::back_inserter(out), R"("{}")", finish);
   else out += "null";
   out += "}]}";
@@ -641,23 +837,39 @@ std::variant<chat_command, invalid_request> parse_chat_request(std::string_view 
   chat_command cmd;
   generate_request& r = cmd.request;
   r.sampling = sampling_params{};
-  r.sampling.temperature = 1.0f;  // OpenAI's default
+  r.sampling.temperature = lim.default_temperature.value_or(1.0f);  // OpenAI's default
+  r.sampling.top_p = lim.default_top_p.value_or(1.0f);
+  r.sampling.top_k = lim.default_top_k.value_or(0);
   if (absent(o, "messages")) return invalid_request{std::nullopt, "messages: missing"};
   if (!absent(o, "prompt")) return invalid_request{std::nullopt, "prompt: not a chat field (use messages, or /v1/completions)"};
+  // Fields of OpenAI's chat API this server has no part for: refused, never dropped.
+  for (const char* key : {"audio", "prediction", "functions", "function_call", "web_search_options", "reasoning_effort"})
+    if (!absent(o, key)) return invalid_request{std::nullopt, fmt::format("{}: not supported", key)};
+  bool store = false;
+  if (auto e = get_bool(o, "store", store)) return invalid_request{std::nullopt, *e};
+  if (store) return invalid_request{std::nullopt, "store: completions are not stored here"};
+  if (!absent(o, "modalities")) {
+    const json& m = o.at("modalities");
+    if (!(m.is_array() && m.size() == 1 && m[0] == "text"))
+      return invalid_request{std::nullopt, "modalities: only [\"text\"] is supported"};
+  }
   if (auto e = get_sampling(o, lim, r)) return invalid_request{std::nullopt, *e};
   int64_t i = 0;
   if (!absent(o, "max_completion_tokens")) {  // OpenAI's newer name wins over max_tokens
     if (auto e = get_int(o, "max_completion_tokens", 1, lim.max_tokens_limit, i)) return invalid_request{std::nullopt, *e};
     r.max_tokens = int32_t(i);
   }
+  if (auto e = check_min_tokens(r)) return invalid_request{std::nullopt, *e};
   int64_t n = 1;
   if (auto e = get_int(o, "n", 1, 1, n)) return invalid_request{std::nullopt, *e + " (one choice per request)"};
-  for (const char* key : {"logprobs"}) {
-    bool b = false;
-    if (auto e = get_bool(o, key, b)) return invalid_request{std::nullopt, *e};
-    if (b) return invalid_request{std::nullopt, fmt::format("{}: not supported", key)};
-  }
-  if (!absent(o, "top_logprobs")) return invalid_request{std::nullopt, "top_logprobs: not supported"};
+  if (auto e = check_best_of(o)) return invalid_request{std::nullopt, *e};
+  bool lp = false;
+  if (auto e = get_bool(o, "logprobs", lp)) return invalid_request{std::nullopt, *e};
+  int64_t top = 0;
+  if (auto e = get_int(o, "top_logprobs", 0, sampling_params::max_logprobs, top)) return invalid_request{std::nullopt, *e};
+  if (!absent(o, "top_logprobs") && !lp)
+    return invalid_request{std::nullopt, "top_logprobs: needs logprobs: true"};
+  if (lp) r.sampling.logprobs = int32_t(top);
   if (!absent(o, "response_format")) {
     const json& rf = o.at("response_format");
     if (!(rf.is_object() && rf.value("type", "") == "text"))
@@ -701,12 +913,14 @@ void append_usage(std::string& out, const event& done) {
 }  // namespace
 
 std::string openai_chat_json(std::string_view id, int64_t created, std::string_view model, std::string_view text,
-                             const event& done) {
+                             const event& done, std::string_view logprobs) {
   std::string out;
   append_chat_head(out, id, created, model, false);
   out += R"(,"choices":[{"index":0,"message":{"role":"assistant","content":)";
   append_json_string(out, text);
-  fmt::format_to(std::back_inserter(out), R"(}},"logprobs":null,"finish_reason":"{}"}}],)", openai_finish(done.reason));
+  out += R"(},"logprobs":)";
+  out += logprobs.empty() ? std::string_view("null") : logprobs;
+  fmt::format_to(std::back_inserter(out), R"(,"finish_reason":"{}"}}],)", openai_finish(done.reason));
   append_usage(out, done);
   append_degradation(out, done);
   out.push_back('}');
@@ -714,7 +928,7 @@ std::string openai_chat_json(std::string_view id, int64_t created, std::string_v
 }
 
 std::string openai_chat_chunk_json(std::string_view id, int64_t created, std::string_view model, bool role,
-                                   std::string_view text, const char* finish) {
+                                   std::string_view text, const char* finish, std::string_view logprobs) {
   std::string out;
   append_chat_head(out, id, created, model, true);
   out += R"(,"choices":[{"index":0,"delta":{)";
@@ -725,7 +939,9 @@ std::string openai_chat_chunk_json(std::string_view id, int64_t created, std::st
   } else if (role) {
     out.pop_back();
   }
-  out += R"(},"logprobs":null,"finish_reason":)";
+  out += R"(},"logprobs":)";
+  out += logprobs.empty() ? std::string_view("null") : logprobs;
+  out += R"(,"finish_reason":)";
   if (finish) fmt::format_to(std::back_inserter(out), R"("{}")", finish);
   else out += "null";
   out += "}]}";

@@ -44,6 +44,11 @@ struct protocol_limits {
   // service tokenizes it on its own threads): a text prompt longer than n_ctx tokens of
   // max_token_bytes each cannot fit, and is refused without tokenizing. 0: not checked.
   size_t max_token_bytes = 0;
+  // The model's generation_config.json sampling defaults: the OpenAI endpoints use them for
+  // a field the request leaves out (vLLM's --generation-config auto), instead of OpenAI's
+  // temperature 1 / top_p 1 / top_k off. The WebSocket protocol keeps its own defaults.
+  std::optional<float> default_temperature, default_top_p;
+  std::optional<int32_t> default_top_k;
 };
 
 // The conversation of a chat request, as the chat template receives it (net/chat.hpp):
@@ -84,7 +89,9 @@ command parse_command(std::string_view frame, const protocol_limits& lim);
 // Server-to-client frames.
 std::string accepted_frame(std::string_view id);
 // Appends to `out` (cleared first) so a caller can reuse one buffer per token.
-void token_frame(std::string& out, std::string_view id, int32_t index, int32_t token, std::string_view text);
+// With `lp` carrying logprobs (n_top >= 0): ,"logprob":x,"top_logprobs":[{"token":id,"logprob":x},...].
+void token_frame(std::string& out, std::string_view id, int32_t index, int32_t token, std::string_view text,
+                 const event* lp = nullptr);
 std::string done_frame(std::string_view id, const event& e);
 std::string error_frame(const std::optional<std::string>& id, error_code c, std::string_view message,
                         int64_t retry_after_ms = 0);
@@ -108,7 +115,27 @@ struct completion_command {
   bool include_usage = false;  // stream_options.include_usage
   std::string model;           // echoed back; empty: the server's model name
   bool seeded = false;         // false: the caller picks a fresh seed (OpenAI: unseeded is random)
+  bool echo = false;           // the prompt's text comes before the completion
 };
+// The `logprobs` value of one choice, grown token by token from token events that carry
+// logprobs (event::n_top >= 0). Completions: OpenAI's {tokens, token_logprobs, top_logprobs,
+// text_offset}, top_logprobs holding the sampled token and the top k; chat: {content: [{token,
+// logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}. Token strings are the
+// tokens' bytes as text (a byte-level piece of a character becomes U+FFFD; `bytes` has them
+// exactly). `offset`: text_offset of the next token (the echoed prompt's length first).
+struct logprobs_builder {
+  using bytes_fn = std::function<std::string_view(int32_t)>;
+  bool chat = false;
+  size_t offset = 0;
+  size_t n = 0;
+  std::string tokens, token_logprobs, top_logprobs, text_offset, content;
+
+  void add(const event& e, const bytes_fn& token_bytes);
+  bool empty() const { return n == 0; }
+  std::string json() const;
+  void clear_tokens();  // for the next streamed chunk (offset stays)
+};
+
 std::variant<completion_command, invalid_request> parse_completion_request(std::string_view body,
                                                                            const protocol_limits& lim);
 
@@ -120,10 +147,10 @@ std::string openai_error_json(error_code c, std::string_view message, int64_t re
 // Whole non-streaming response. OpenAI clients know only "length" and "stop": a
 // cancelled request (server shutdown) is reported as "stop".
 std::string openai_completion_json(std::string_view cmpl_id, int64_t created, std::string_view model,
-                                   std::string_view text, const event& done);
+                                   std::string_view text, const event& done, std::string_view logprobs = {});
 // One SSE `data:` payload; finish is nullptr for a token chunk.
 std::string openai_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
-                              std::string_view text, const char* finish);
+                              std::string_view text, const char* finish, std::string_view logprobs = {});
 // The SSE chunk that ends the choice: finish_reason from `done`, plus (top level) the
 // degradation fields when it was served degraded ("degraded", "max_tokens_capped_to").
 std::string openai_final_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
@@ -145,11 +172,11 @@ struct chat_command {
 // as text), chat_template_kwargs, add_generation_prompt, continue_final_message.
 std::variant<chat_command, invalid_request> parse_chat_request(std::string_view body, const protocol_limits& lim);
 std::string openai_chat_json(std::string_view id, int64_t created, std::string_view model, std::string_view text,
-                             const event& done);
+                             const event& done, std::string_view logprobs = {});
 // One chat.completion.chunk: `role` true puts the role in the delta (the first chunk);
 // finish is nullptr except on the last choice chunk (whose delta is empty).
 std::string openai_chat_chunk_json(std::string_view id, int64_t created, std::string_view model, bool role,
-                                   std::string_view text, const char* finish);
+                                   std::string_view text, const char* finish, std::string_view logprobs = {});
 std::string openai_chat_final_chunk_json(std::string_view id, int64_t created, std::string_view model,
                                          const event& done);
 std::string openai_chat_usage_chunk_json(std::string_view id, int64_t created, std::string_view model,

@@ -413,7 +413,7 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
                        e.index, lr->next_index);
         lr->next_index = e.index + 1;
         std::string frame;
-        token_frame(frame, lr->id, e.index, e.token, e.text);
+        token_frame(frame, lr->id, e.index, e.token, e.text, &e);
         send(std::move(frame));
         break;
       }
@@ -700,6 +700,20 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     bool headers_sent = false, finished = false, client_gone = false;
     std::string cmpl_id, model, text, request_id;
     int64_t created = 0;
+    std::string echo;                   // completions' echo: the prompt text, sent first
+    const tokenizer* tok = nullptr;     // the tokens' bytes for logprobs
+    logprobs_builder lp;                // the whole choice's (non-streamed) or one chunk's
+
+    logprobs_builder::bytes_fn bytes() const {
+      return [t = tok](int32_t id) { return t ? t->token_bytes(id) : std::string_view(); };
+    }
+    // The chunk's logprobs: this token's only (the builder keeps the running text offset).
+    std::string chunk_logprobs(const event& e) {
+      if (e.n_top < 0) return {};
+      lp.clear_tokens();
+      lp.add(e, bytes());
+      return lp.json();
+    }
   };
 
   void on_event(const std::shared_ptr<completion_state>& c, const event& e) {
@@ -712,11 +726,18 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (c->chat) return on_chat_event(*c, e);
     switch (e.type) {
       case event::kind::accepted:
-        if (c->stream) send_sse_headers(*c);
+        if (c->stream) {
+          send_sse_headers(*c);
+          if (!c->echo.empty()) send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, c->echo, nullptr));
+        }
         break;
       case event::kind::token:
-        if (c->stream) send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, e.text, nullptr));
-        else c->text += e.text;
+        if (c->stream) {
+          send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, e.text, nullptr, c->chunk_logprobs(e)));
+        } else {
+          c->text += e.text;
+          c->lp.add(e, c->bytes());
+        }
         break;
       case event::kind::done:
         if (c->stream) {
@@ -725,7 +746,9 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
           end_sse(*c);
         } else {
           c->finished = true;
-          respond(http::status::ok, openai_completion_json(c->cmpl_id, c->created, c->model, c->text, e),
+          const std::string lp = c->lp.empty() ? std::string() : c->lp.json();
+          respond(http::status::ok,
+                  openai_completion_json(c->cmpl_id, c->created, c->model, c->echo + c->text, e, lp),
                   "application/json", c->keep_alive, true);
         }
         break;
@@ -749,9 +772,13 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
         if (c.stream) send_sse(c, openai_chat_chunk_json(c.cmpl_id, c.created, c.model, true, "", nullptr));
         break;
       case event::kind::token:
-        if (!c.stream) c.text += e.text;
-        else if (!e.text.empty())
-          send_sse(c, openai_chat_chunk_json(c.cmpl_id, c.created, c.model, false, e.text, nullptr));
+        if (!c.stream) {
+          c.text += e.text;
+          c.lp.add(e, c.bytes());
+        } else if (!e.text.empty() || e.n_top >= 0) {  // every token's logprobs go out
+          send_sse(c, openai_chat_chunk_json(c.cmpl_id, c.created, c.model, false, e.text, nullptr,
+                                             c.chunk_logprobs(e)));
+        }
         break;
       case event::kind::done:
         if (c.stream) {
@@ -760,8 +787,9 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
           end_sse(c);
         } else {
           c.finished = true;
-          respond(http::status::ok, openai_chat_json(c.cmpl_id, c.created, c.model, c.text, e), "application/json",
-                  c.keep_alive, true);
+          const std::string lp = c.lp.empty() ? std::string() : c.lp.json();
+          respond(http::status::ok, openai_chat_json(c.cmpl_id, c.created, c.model, c.text, e, lp),
+                  "application/json", c.keep_alive, true);
         }
         break;
       case event::kind::error:
@@ -1118,6 +1146,11 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     }
     if (!cmd.seeded) cmd.request.sampling.seed = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
     auto c = std::make_shared<completion_state>();
+    c->tok = &svc->tok();
+    if (cmd.echo) {
+      c->echo = cmd.request.prompt_tokens.empty() ? cmd.request.prompt : svc->tok().decode(cmd.request.prompt_tokens);
+      c->lp.offset = c->echo.size();
+    }
     c->stream = cmd.stream;
     c->include_usage = cmd.include_usage;
     c->keep_alive = keep;
@@ -1176,6 +1209,8 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (!cmd->seeded) cmd->request.sampling.seed = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
     auto c = std::make_shared<completion_state>();
     c->chat = true;
+    c->lp.chat = true;
+    c->tok = &svc->tok();
     c->stream = cmd->stream;
     c->include_usage = cmd->include_usage;
     c->keep_alive = keep;
@@ -1720,6 +1755,10 @@ void server::attach(service& svc) {
   size_t longest = 1;
   for (int32_t id = 0; id < tok.n_vocab(); ++id) longest = std::max(longest, tok.token_bytes(id).size());
   lim.max_token_bytes = longest;
+  const auto& gen = tok.info().generation;
+  lim.default_temperature = gen.temperature;
+  lim.default_top_p = gen.top_p;
+  lim.default_top_k = gen.top_k;
   impl_->st.limits = std::move(lim);
   // The service refused to start with a template that does not parse, so this succeeds.
   auto chat = chat_formatter::from_tokenizer(svc.tok());

@@ -17,7 +17,7 @@ export PATH=/usr/local/cuda/bin:$PATH
 command -v patchelf >/dev/null || { echo "gpu-bundle: patchelf missing (apt-get install patchelf)"; exit 1; }
 
 TARGETS=(test_cuda_kernels test_cuda_llama_kernels test_cuda_backend infer-bench-cuda cuda-logits-dump
-         infer-bench-actors inferd infer-bench)
+         infer-bench-actors inferd infer-bench test_cuda_sampling)
 # GPU_TARGETS="a b": a smaller bundle (the engine checks need only the first five).
 [ -n "${GPU_TARGETS:-}" ] && read -r -a TARGETS <<<"$GPU_TARGETS"
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then

@@ -63,6 +63,7 @@ for st in "${STAGES[@]}"; do
       stage tests 240 "$B/bin/test_cuda_kernels"
       stage tests 240 "$B/bin/test_cuda_llama_kernels"
       stage tests 240 "$B/bin/test_cuda_backend"
+      if [ -x "$B/bin/test_cuda_sampling" ]; then stage tests 240 "$B/bin/test_cuda_sampling"; fi
       ;;
     check)
       # Small config and the gpt2-small config, seeded random weights, exported by

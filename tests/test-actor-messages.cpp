@@ -53,12 +53,18 @@ TEST_CASE("messages: sampling parameters cross as bit patterns, even NaN, -0 and
     p.top_k = 40;
     p.top_p = 0.95f;
     p.seed = 0xFEEDFACECAFEBEEFull;
+    p.min_p = t;
+    p.presence_penalty = -1.5f;
+    p.frequency_penalty = t;
+    p.repetition_penalty = 1.25f;
+    p.min_tokens = 3;
+    p.logprobs = 20;
     admit_msg a;
     a.id = 7;
     a.prompt = {1, 2, 3};
     a.generated = {4};
     a.max_tokens = 9;
-    a.sampling = wire_sampling::from(p);
+    a.sampling = wire_sampling::from(p, {{5, 100.0f}, {9, -t}});
     a.stop_ids = {50256, 7};
     admit_msg b = round_trip(*f.sys, a);
     sampling_params q = b.sampling.to();
@@ -66,6 +72,17 @@ TEST_CASE("messages: sampling parameters cross as bit patterns, even NaN, -0 and
     CHECK(q.top_p == 0.95f);
     CHECK(q.top_k == 40);
     CHECK(q.seed == p.seed);
+    CHECK(std::bit_cast<uint32_t>(q.min_p) == std::bit_cast<uint32_t>(t));
+    CHECK(std::bit_cast<uint32_t>(q.frequency_penalty) == std::bit_cast<uint32_t>(t));
+    CHECK(q.presence_penalty == -1.5f);
+    CHECK(q.repetition_penalty == 1.25f);
+    CHECK(q.min_tokens == 3);
+    CHECK(q.logprobs == 20);
+    const auto bias = b.sampling.bias();
+    REQUIRE(bias.size() == 2);
+    CHECK(bias[0] == std::pair<int32_t, float>{5, 100.0f});
+    CHECK(bias[1].first == 9);
+    CHECK(std::bit_cast<uint32_t>(bias[1].second) == std::bit_cast<uint32_t>(-t));
     CHECK(b.id == 7);
     CHECK(b.prompt == a.prompt);
     CHECK(b.generated == a.generated);
@@ -76,7 +93,14 @@ TEST_CASE("messages: sampling parameters cross as bit patterns, even NaN, -0 and
 
 TEST_CASE("messages: every message type that crosses nodes round-trips") {
   sys_fixture f;
-  token_msg t{42, 3, 255, true, true, 5, 48};
+  token_msg t;
+  t.id = 42;
+  t.index = 3;
+  t.token = 255;
+  t.last = true;
+  t.stop = true;
+  t.attempt = 5;
+  t.cached_tokens = 48;
   auto t2 = round_trip(*f.sys, t);
   CHECK(t2.cached_tokens == 48);
   CHECK(t2.id == 42);
@@ -85,6 +109,14 @@ TEST_CASE("messages: every message type that crosses nodes round-trips") {
   CHECK(t2.last);
   CHECK(t2.stop);
   CHECK(t2.attempt == 5);
+  CHECK(t2.n_top == -1);
+  token_msg tl{43, 0, 7, false, false, 1, -1, 2, std::bit_cast<uint32_t>(-0.5f), {7, 8},
+               {std::bit_cast<uint32_t>(-0.5f), std::bit_cast<uint32_t>(-std::numeric_limits<float>::infinity())}};
+  auto tl2 = round_trip(*f.sys, tl);
+  CHECK(tl2.n_top == 2);
+  CHECK(std::bit_cast<float>(tl2.logprob_bits) == -0.5f);
+  CHECK(tl2.top_ids == std::vector<int32_t>{7, 8});
+  CHECK(std::bit_cast<float>(tl2.top_bits[1]) == -std::numeric_limits<float>::infinity());
 
   worker_report_msg r;
   r.worker = 1;

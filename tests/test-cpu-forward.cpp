@@ -10,6 +10,7 @@
 #include <set>
 
 #include "engine/cpu-backend.hpp"
+#include "engine/scheduler.hpp"
 #include "kernels/cpu-kernels.hpp"
 
 using namespace infer;
@@ -374,6 +375,264 @@ TEST_CASE("sampling: greedy, top-k, top-p and seeds") {
   double z = std::exp(2.0) + std::exp(1.0) + 1.0;
   CHECK(std::abs(hist[0] / double(N) - std::exp(2.0) / z) < 0.02);
   CHECK(std::abs(hist[2] / double(N) - 1.0 / z) < 0.02);
+}
+
+// --- issue 16: penalties, logit_bias, min_p, min_tokens, stop ids, logprobs ---
+
+namespace {
+
+std::vector<double> softmax(const std::vector<float>& l) {
+  double m = *std::max_element(l.begin(), l.end()), z = 0;
+  std::vector<double> p(l.size());
+  for (size_t i = 0; i < l.size(); ++i) z += p[i] = std::exp(double(l[i]) - m);
+  for (auto& x : p) x /= z;
+  return p;
+}
+
+// Drives a scheduler over a backend until every sequence has finished.
+std::vector<seq_result> run_all(backend& be, scheduler& s, int* steps = nullptr) {
+  step_batch b;
+  step_output out;
+  std::vector<seq_result> res;
+  while (s.has_work()) {
+    if (s.schedule(b) == 0) break;
+    REQUIRE(be.step(b, out).is_ok());
+    s.on_step_done(out, res);
+    if (steps) ++*steps;
+  }
+  return res;
+}
+
+std::vector<int32_t> tokens_of(const std::vector<seq_result>& rs, uint64_t id) {
+  std::vector<int32_t> t;
+  for (const auto& r : rs)
+    if (r.id == id) t.push_back(r.token);
+  return t;
+}
+
+scheduler make_sched(const backend& be) {
+  scheduler_config sc;
+  sc.n_ctx = be.config().n_ctx;
+  return scheduler(sc, be.kv());
+}
+
+}  // namespace
+
+TEST_CASE("penalties: the scheduler's adjustments equal a straightforward reference") {
+  const int V = 50;
+  std::mt19937_64 rng(31);
+  std::normal_distribution<float> d(0, 2);
+  std::vector<float> logits(V);
+  for (auto& x : logits) x = d(rng);
+  // Tokens of both signs, repeated in prompt and output.
+  std::vector<int32_t> pos, neg;
+  for (int i = 0; i < V; ++i) (logits[i] > 0 ? pos : neg).push_back(i);
+  REQUIRE(pos.size() >= 3);
+  REQUIRE(neg.size() >= 3);
+  const std::vector<int32_t> prompt{pos[0], neg[0], neg[0], pos[1]};
+  const std::vector<int32_t> gen{neg[0], pos[2], pos[2], pos[2], neg[1]};
+
+  for (auto [rep, freq, pres] : {std::tuple{1.3f, 0.5f, 0.7f}, std::tuple{0.8f, -1.0f, 2.0f},
+                                 std::tuple{1.0f, 2.0f, 0.0f}, std::tuple{2.0f, 0.0f, -2.0f}}) {
+    CAPTURE(rep);
+    CAPTURE(freq);
+    CAPTURE(pres);
+    scheduler s(scheduler_config{}, kv_geometry{4, 64});
+    seq_spec sp;
+    sp.id = 1;
+    sp.prompt = prompt;
+    sp.generated = gen;
+    sp.max_tokens = 10;
+    sp.sampling.repetition_penalty = rep;
+    sp.sampling.frequency_penalty = freq;
+    sp.sampling.presence_penalty = pres;
+    REQUIRE(s.add(sp).is_ok());
+    step_batch b;
+    REQUIRE(s.schedule(b) == 1);
+    REQUIRE(b.sample[0] == 1);
+
+    auto reference = [&](const std::vector<int32_t>& g) {
+      std::vector<float> ref = logits;
+      std::set<int32_t> seen(prompt.begin(), prompt.end());
+      seen.insert(g.begin(), g.end());
+      for (int32_t t : seen) {
+        float l = ref[t];
+        l = l > 0 ? l / rep : l * rep;
+        const int c = int(std::count(g.begin(), g.end(), t));
+        l -= freq * float(c) + (c > 0 ? pres : 0.0f);
+        ref[t] = l;
+      }
+      return ref;
+    };
+    auto check_against = [&](const step_batch& bb, const std::vector<int32_t>& g) {
+      std::vector<float> got = logits;
+      cpu::apply_logit_adjust(got.data(), bb.adjustments(0), bb.sampling[0]);
+      auto ref = reference(g);
+      auto pg = softmax(got), pr = softmax(ref);
+      for (int i = 0; i < V; ++i) {
+        CHECK(std::abs(got[i] - ref[i]) < 1e-5);
+        CHECK(std::abs(pg[i] - pr[i]) < 1e-5);
+      }
+    };
+    check_against(b, gen);
+    // The sampled token is counted for the next step.
+    step_output out;
+    out.tokens = {pos[2]};
+    std::vector<seq_result> res;
+    s.on_step_done(out, res);
+    REQUIRE(s.schedule(b) == 1);
+    auto gen2 = gen;
+    gen2.push_back(pos[2]);
+    check_against(b, gen2);
+  }
+}
+
+TEST_CASE("logit_bias +100 forces its token, -100 bans it; min_p keeps what it should") {
+  const int V = 50;
+  std::mt19937_64 rng(32);
+  std::normal_distribution<float> d(0, 2);
+  std::vector<float> logits(V), scratch(2 * V);
+  for (auto& x : logits) x = d(rng);
+  const int lo = int(std::min_element(logits.begin(), logits.end()) - logits.begin());
+  const int hi = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  sampling_params t1{1.0f, 0, 1.0f, 5};
+  std::vector<float> forced = logits, banned = logits;
+  const logit_adjust up{lo, 0, 100.0f, 0}, down{hi, 0, -100.0f, 0};
+  cpu::apply_logit_adjust(forced.data(), std::span(&up, 1), t1);
+  cpu::apply_logit_adjust(banned.data(), std::span(&down, 1), t1);
+  for (uint64_t c = 0; c < 200; ++c) {
+    CHECK(cpu::sample_token(forced.data(), V, t1, c, scratch.data()) == lo);
+    CHECK(cpu::sample_token(banned.data(), V, t1, c, scratch.data()) != hi);
+  }
+  CHECK(cpu::sample_token(banned.data(), V, sampling_params{}, 0, scratch.data()) != hi);
+
+  // min_p 0.5 at temperature 1: exp(-0.5) = 0.61 stays, exp(-1) = 0.37 goes.
+  std::vector<float> l4{3.0f, 2.5f, 2.0f, 1.5f}, sc4(8);
+  sampling_params mp{1.0f, 0, 1.0f, 9};
+  mp.min_p = 0.5f;
+  std::set<int> with, without;
+  for (uint64_t c = 0; c < 400; ++c) {
+    with.insert(cpu::sample_token(l4.data(), 4, mp, c, sc4.data()));
+    without.insert(cpu::sample_token(l4.data(), 4, t1, c, sc4.data()));
+  }
+  CHECK(with == std::set<int>{0, 1});
+  CHECK(without.size() == 4);
+  // A higher temperature flattens the distribution: min_p then keeps more.
+  mp.temperature = 4.0f;  // exp(-1.5 / 4) = 0.69 >= 0.5: all four stay
+  with.clear();
+  for (uint64_t c = 0; c < 400; ++c) with.insert(cpu::sample_token(l4.data(), 4, mp, c, sc4.data()));
+  CHECK(with.size() == 4);
+}
+
+TEST_CASE("stop ids, min_tokens and logit_bias through scheduler and CPU backend") {
+  random_model m(tiny_cfg(), 33);
+  auto be = make(m);
+  std::mt19937_64 rng(34);
+  const auto prompt = random_tokens(rng, 7, m.w->cfg.n_vocab);
+  auto spec = [&](uint64_t id) {
+    seq_spec s;
+    s.id = id;
+    s.prompt = prompt;
+    s.max_tokens = 8;
+    return s;
+  };
+  auto sched = make_sched(*be);
+  REQUIRE(sched.add(spec(1)).is_ok());
+  const auto base = tokens_of(run_all(*be, sched), 1);
+  REQUIRE(base.size() == 8);
+
+  // The first greedy token as a stop id ends the sequence at once.
+  auto s2 = spec(2);
+  s2.stop_ids = {base[0]};
+  REQUIRE(sched.add(s2).is_ok());
+  auto r2 = run_all(*be, sched);
+  REQUIRE(r2.size() == 1);
+  CHECK(r2[0].token == base[0]);
+  CHECK(r2[0].stopped);
+  CHECK(r2[0].finished);
+
+  // min_tokens 3 bans it for the first three tokens only.
+  auto s3 = spec(3);
+  s3.stop_ids = {base[0]};
+  s3.sampling.min_tokens = 3;
+  REQUIRE(sched.add(s3).is_ok());
+  auto t3 = tokens_of(run_all(*be, sched), 3);
+  REQUIRE(t3.size() >= 3);
+  for (int i = 0; i < 3; ++i) CHECK(t3[size_t(i)] != base[0]);
+
+  // +100 on one id: greedy emits only it. -100 on the first greedy token: something else first.
+  const int32_t x = (base[0] + 11) % m.w->cfg.n_vocab;
+  auto s4 = spec(4);
+  s4.logit_bias = {{x, 100.0f}};
+  REQUIRE(sched.add(s4).is_ok());
+  for (int32_t t : tokens_of(run_all(*be, sched), 4)) CHECK(t == x);
+  auto s5 = spec(5);
+  s5.logit_bias = {{base[0], -100.0f}};
+  REQUIRE(sched.add(s5).is_ok());
+  auto t5 = tokens_of(run_all(*be, sched), 5);
+  REQUIRE(!t5.empty());
+  CHECK(t5[0] != base[0]);
+}
+
+TEST_CASE("logprobs are the log-softmax of the raw logits, sorted, the sampled one present") {
+  random_model m(tiny_cfg(), 35);
+  auto be = make(m);
+  const int V = m.w->cfg.n_vocab;
+  std::mt19937_64 rng(36);
+  const auto prompt = random_tokens(rng, 6, V);
+  // The reference: this prompt's last logits.
+  block_alloc ba(256);
+  step_batch b;
+  b.reset(16);
+  b.add(0, prompt, ba.take(2), false, {}, 0);
+  step_output out;
+  REQUIRE(be->step(b, out, logits_mode::last).is_ok());
+  std::vector<float> raw(out.logits.begin(), out.logits.begin() + V);
+  auto p = softmax(raw);
+
+  auto sched = make_sched(*be);
+  seq_spec s;
+  s.id = 1;
+  s.prompt = prompt;
+  s.max_tokens = 4;
+  s.sampling.temperature = 1.0f;
+  s.sampling.seed = 3;
+  s.sampling.logprobs = 5;
+  // Adjustments and temperature change what is sampled, never the reported distribution.
+  s.sampling.repetition_penalty = 1.5f;
+  s.logit_bias = {{7, 3.0f}};
+  REQUIRE(sched.add(s).is_ok());
+  auto rs = run_all(*be, sched);
+  REQUIRE(rs.size() == 4);
+  const auto& r = rs[0];
+  REQUIRE(r.n_top == 5);
+  CHECK(std::abs(r.logprob - std::log(p[size_t(r.token)])) < 1e-4);
+  std::vector<int> order(V);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int c) { return raw[a] > raw[c]; });
+  for (int j = 0; j < 5; ++j) {
+    CHECK(r.top_ids[size_t(j)] == order[size_t(j)]);
+    CHECK(std::abs(r.top_logprobs[size_t(j)] - std::log(p[size_t(order[size_t(j)])])) < 1e-4);
+    if (j > 0) CHECK(r.top_logprobs[size_t(j)] <= r.top_logprobs[size_t(j - 1)]);
+    if (r.top_ids[size_t(j)] == r.token) CHECK(std::abs(r.top_logprobs[size_t(j)] - r.logprob) < 1e-6);
+  }
+  for (const auto& q : rs) CHECK(q.n_top == 5);
+
+  // logprobs 0: only the sampled token's.
+  seq_spec s0 = s;
+  s0.id = 2;
+  s0.sampling.logprobs = 0;
+  REQUIRE(sched.add(s0).is_ok());
+  auto r0 = run_all(*be, sched);
+  REQUIRE(!r0.empty());
+  CHECK(r0[0].n_top == 0);
+  CHECK(r0[0].logprob <= 0.0f);
+  // No logprobs asked: none reported.
+  seq_spec sn = s;
+  sn.id = 3;
+  sn.sampling.logprobs = -1;
+  REQUIRE(sched.add(sn).is_ok());
+  for (const auto& q : run_all(*be, sched)) CHECK(q.n_top == -1);
 }
 
 // Prefix caching end to end on the CPU backend: the scheduler hands a second request the

@@ -2,6 +2,9 @@
 // v1 and the OpenAI / vLLM bodies, and the frames the server writes (parsed back).
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <limits>
+
 #include <nlohmann/json.hpp>
 
 #include "net/protocol.hpp"
@@ -302,8 +305,8 @@ TEST_CASE("OpenAI completion requests") {
   CHECK(std::holds_alternative<completion_command>(parse_completion_request(R"({"prompt":[[1,2]]})", lim)));
 
   for (const char* body : {"", "{", "[]", R"({})", R"({"prompt":""})", R"({"prompt":["a","b"]})",
-                           R"({"prompt":"a","n":2})", R"({"prompt":"a","echo":true})",
-                           R"({"prompt":"a","logprobs":3})", R"({"prompt":"a","max_tokens":-1})",
+                           R"({"prompt":"a","n":2})", R"({"prompt":"a","echo":true,"logprobs":1})",
+                           R"({"prompt":"a","logprobs":21})", R"({"prompt":"a","max_tokens":-1})",
                            R"({"prompt":"a","temperature":-1})", R"({"prompt":"a","top_p":2})",
                            R"({"prompt":"a","stream":"yes"})", R"({"prompt":"123456789"})",
                            R"({"prompt":[1,1000]})"}) {
@@ -509,7 +512,11 @@ TEST_CASE("OpenAI chat requests") {
   CHECK(bad(R"({"messages":[{"role":"user"}],"max_completion_tokens":0})").find("max_completion_tokens") != std::string::npos);
   CHECK(bad(R"({"messages":[{"role":"user"}],"tool_choice":"required"})").find("tool_choice") != std::string::npos);
   CHECK(bad(R"({"messages":[{"role":"user"}],"chat_template_kwargs":[]})").find("chat_template_kwargs") != std::string::npos);
-  CHECK(bad(R"({"messages":[{"role":"user"}],"logprobs":true})").find("logprobs") != std::string::npos);
+  CHECK(bad(R"({"messages":[{"role":"user"}],"logprobs":"yes"})").find("logprobs") != std::string::npos);
+  CHECK(bad(R"({"messages":[{"role":"user"}],"top_logprobs":3})").find("top_logprobs: needs logprobs") != std::string::npos);
+  CHECK(ok(R"({"messages":[{"role":"user"}],"logprobs":true})").request.sampling.logprobs == 0);
+  CHECK(ok(R"({"messages":[{"role":"user"}],"logprobs":true,"top_logprobs":4})").request.sampling.logprobs == 4);
+  CHECK(ok(R"({"messages":[{"role":"user"}]})").request.sampling.logprobs == -1);
   CHECK(bad(R"({"messages":[{"role":"user"}],"continue_final_message":true,"add_generation_prompt":true})").find("at most one") !=
         std::string::npos);
 }
@@ -561,4 +568,181 @@ TEST_CASE("tokenize: vLLM's prompt and messages forms") {
   auto norole = parse_tokenize_command(R"({"messages":[{"content":"x"}]})");
   REQUIRE(std::holds_alternative<invalid_request>(norole));
   CHECK(std::get<invalid_request>(norole).message.find("role") != std::string::npos);
+}
+
+// Issue 16: every sampling field parsed or refused naming it, `param` in OpenAI errors.
+TEST_CASE("sampling and output fields") {
+  auto lim = test_limits();
+  auto r = parse_completion_request(R"({"prompt":"ab","max_tokens":8,"presence_penalty":1.5,"frequency_penalty":-2,)"
+                                    R"("repetition_penalty":1.2,"min_p":0.05,"min_tokens":3,"logit_bias":{"7":100,"12":-50.5},)"
+                                    R"("logprobs":5,"user":"u","best_of":1,"suffix":""})",
+                                    lim);
+  if (auto* b = std::get_if<invalid_request>(&r)) INFO(b->message);
+  REQUIRE(std::holds_alternative<completion_command>(r));
+  const auto& c = std::get<completion_command>(r);
+  const auto& sp = c.request.sampling;
+  CHECK(sp.presence_penalty == 1.5f);
+  CHECK(sp.frequency_penalty == -2.0f);
+  CHECK(sp.repetition_penalty == 1.2f);
+  CHECK(sp.min_p == 0.05f);
+  CHECK(sp.min_tokens == 3);
+  CHECK(sp.logprobs == 5);
+  CHECK(!c.echo);
+  CHECK(std::get<completion_command>(parse_completion_request(R"({"prompt":"a","echo":true})", lim)).echo);
+  REQUIRE(c.request.logit_bias.size() == 2);
+  auto lb = c.request.logit_bias;
+  std::sort(lb.begin(), lb.end());
+  CHECK(lb[0] == std::pair<int32_t, float>{7, 100.0f});
+  CHECK(lb[1] == std::pair<int32_t, float>{12, -50.5f});
+  // Defaults leave the plain rule.
+  auto d = std::get<completion_command>(parse_completion_request(R"({"prompt":"a"})", lim));
+  CHECK(!d.request.sampling.penalized());
+  CHECK(d.request.sampling.min_p == 0.0f);
+  CHECK(d.request.sampling.logprobs == -1);
+  CHECK(d.request.logit_bias.empty());
+  CHECK(std::get<completion_command>(parse_completion_request(R"({"prompt":"a","logprobs":false})", lim))
+            .request.sampling.logprobs == -1);
+
+  auto param_of = [&](const std::string& body) {
+    auto b = parse_completion_request(body, lim);
+    INFO(body);
+    REQUIRE(std::holds_alternative<invalid_request>(b));
+    auto j = json::parse(openai_error_json(error_code::invalid_request, std::get<invalid_request>(b).message));
+    return j["error"]["param"].is_null() ? std::string("null") : j["error"]["param"].get<std::string>();
+  };
+  CHECK(param_of(R"({"prompt":"a","presence_penalty":2.01})") == "presence_penalty");
+  CHECK(param_of(R"({"prompt":"a","frequency_penalty":-2.5})") == "frequency_penalty");
+  CHECK(param_of(R"({"prompt":"a","repetition_penalty":0})") == "repetition_penalty");
+  CHECK(param_of(R"({"prompt":"a","repetition_penalty":-1})") == "repetition_penalty");
+  CHECK(param_of(R"({"prompt":"a","min_p":1.01})") == "min_p");
+  CHECK(param_of(R"({"prompt":"a","min_p":"x"})") == "min_p");
+  CHECK(param_of(R"({"prompt":"a","max_tokens":4,"min_tokens":5})") == "min_tokens");
+  CHECK(param_of(R"({"prompt":"a","min_tokens":-1})") == "min_tokens");
+  CHECK(param_of(R"({"prompt":"a","logit_bias":{"7":100.5}})") == "logit_bias");
+  CHECK(param_of(R"({"prompt":"a","logit_bias":{"300":1}})") == "logit_bias");  // n_vocab 300
+  CHECK(param_of(R"({"prompt":"a","logit_bias":{"-1":1}})") == "logit_bias");
+  CHECK(param_of(R"({"prompt":"a","logit_bias":{"7":1,"07":2}})") == "logit_bias");
+  CHECK(param_of(R"({"prompt":"a","logit_bias":[1]})") == "logit_bias");
+  CHECK(param_of(R"({"prompt":"a","logit_bias":{"7":"1"}})") == "logit_bias");
+  CHECK(param_of(R"({"prompt":"a","logprobs":21})") == "logprobs");
+  CHECK(param_of(R"({"prompt":"a","logprobs":-1})") == "logprobs");
+  CHECK(param_of(R"({"prompt":"a","echo":true,"logprobs":0})") == "echo");
+  CHECK(param_of(R"({"prompt":"a","suffix":"z"})") == "suffix");
+  CHECK(param_of(R"({"prompt":"a","best_of":3})") == "best_of");
+  CHECK(param_of(R"({"prompt":"a","n":2})") == "n");
+  CHECK(param_of(R"({"prompt":"a","user":1})") == "user");
+  CHECK(param_of(R"({"prompt":"a","stop_token_ids":[999]})") == "stop_token_ids");
+  CHECK(param_of(R"({"prompt":"a","top_p":0})") == "top_p");
+  CHECK(param_of("{") == "null");
+  lim.n_vocab = 1000;  // room for 301 distinct ids
+  std::string many = R"({"prompt":"a","logit_bias":{)";
+  for (int i = 0; i < 301; ++i) many += (i ? "," : "") + std::string("\"") + std::to_string(i) + "\":1";
+  CHECK(param_of(many + "}}") == "logit_bias");
+  many.erase(many.rfind(','));  // 300: allowed
+  CHECK(std::holds_alternative<completion_command>(parse_completion_request(many + "}}", lim)));
+  lim.n_vocab = 300;
+
+  // The WebSocket frame takes the same fields and logprobs as an integer.
+  auto g = expect_generate(R"({"type":"generate","id":"a","prompt":"x","logprobs":3,"min_p":0.5,"logit_bias":{"1":-100}})");
+  CHECK(g.request.sampling.logprobs == 3);
+  CHECK(g.request.sampling.min_p == 0.5f);
+  CHECK(g.request.logit_bias.size() == 1);
+  CHECK(expect_invalid(R"({"type":"generate","id":"a","prompt":"x","frequency_penalty":3})").message.find(
+            "frequency_penalty") == 0);
+  CHECK(expect_invalid(R"({"type":"generate","id":"a","prompt":"x","logprobs":true})").message.find("logprobs") == 0);
+
+  // Chat: max_completion_tokens before min_tokens is checked; refused fields.
+  auto chat_bad = [&](const std::string& body) {
+    auto b = parse_chat_request(body, lim);
+    REQUIRE(std::holds_alternative<invalid_request>(b));
+    return std::get<invalid_request>(b).message;
+  };
+  const std::string m = R"("messages":[{"role":"user","content":"x"}])";
+  CHECK(chat_bad("{" + m + R"(,"max_tokens":9,"max_completion_tokens":2,"min_tokens":3})").find("min_tokens") == 0);
+  CHECK(chat_bad("{" + m + R"(,"store":true})").find("store") == 0);
+  CHECK(chat_bad("{" + m + R"(,"audio":{}})").find("audio") == 0);
+  CHECK(chat_bad("{" + m + R"(,"modalities":["text","audio"]})").find("modalities") == 0);
+  CHECK(chat_bad("{" + m + R"(,"best_of":2})").find("best_of") == 0);
+  auto okc = parse_chat_request("{" + m + R"(,"modalities":["text"],"store":false,"presence_penalty":1})", lim);
+  REQUIRE(std::holds_alternative<chat_command>(okc));
+  CHECK(std::get<chat_command>(okc).request.sampling.presence_penalty == 1.0f);
+}
+
+TEST_CASE("logprobs in response bodies and frames") {
+  auto bytes = [](int32_t id) -> std::string_view {
+    static const std::string t[] = {"a", "b", "\xE2\x82", "\xAC"};
+    return id >= 0 && id < 4 ? std::string_view(t[id]) : std::string_view();
+  };
+  auto tok = [](int32_t id, float lp, std::vector<std::pair<int32_t, float>> top) {
+    event e;
+    e.type = event::kind::token;
+    e.token = id;
+    e.n_top = int32_t(top.size());
+    e.logprob = lp;
+    e.top_logprobs = std::move(top);
+    return e;
+  };
+  logprobs_builder b;
+  b.offset = 3;  // an echoed prompt of three bytes
+  b.add(tok(0, -0.5f, {{1, -0.25f}, {0, -0.5f}}), bytes);
+  b.add(tok(2, -1.0f, {}), bytes);
+  b.add(event{}, bytes);  // no logprobs: nothing added
+  auto j = json::parse(b.json());
+  CHECK(j["tokens"] == json::array({"a", "\uFFFD\uFFFD"}));  // each stray byte of a partial character
+  CHECK(j["token_logprobs"] == json::array({-0.5, -1.0}));
+  CHECK(j["text_offset"] == json::array({3, 4}));
+  CHECK(j["top_logprobs"][0] == json({{"b", -0.25}, {"a", -0.5}}));
+  CHECK(j["top_logprobs"][1] == json({{"\uFFFD\uFFFD", -1.0}}));
+
+  logprobs_builder c;
+  c.chat = true;
+  c.add(tok(2, -1.0f, {{2, -1.0f}, {3, -std::numeric_limits<float>::infinity()}}), bytes);
+  auto k = json::parse(c.json());
+  CHECK(k["refusal"].is_null());
+  REQUIRE(k["content"].size() == 1);
+  CHECK(k["content"][0]["bytes"] == json::array({0xE2, 0x82}));
+  CHECK(k["content"][0]["logprob"] == -1.0);
+  CHECK(k["content"][0]["top_logprobs"][1]["bytes"] == json::array({0xAC}));
+  CHECK(k["content"][0]["top_logprobs"][1]["logprob"] == -9999.0);
+
+  event d;
+  d.type = event::kind::done;
+  auto body = json::parse(openai_completion_json("c", 1, "m", "ab", d, b.json()));
+  CHECK(body["choices"][0]["logprobs"]["tokens"].size() == 2);
+  CHECK(json::parse(openai_completion_json("c", 1, "m", "ab", d))["choices"][0]["logprobs"].is_null());
+  CHECK(json::parse(openai_chat_json("c", 1, "m", "ab", d, c.json()))["choices"][0]["logprobs"]["content"].size() == 1);
+  CHECK(json::parse(openai_chat_chunk_json("c", 1, "m", false, "x", nullptr, c.json()))["choices"][0]["logprobs"]
+            ["content"].size() == 1);
+  CHECK(json::parse(openai_chunk_json("c", 1, "m", "x", nullptr, b.json()))["choices"][0]["logprobs"]["tokens"].size() == 2);
+
+  std::string f;
+  const event t = tok(1, -0.25f, {{1, -0.25f}, {0, -2.0f}});
+  token_frame(f, "id", 0, 1, "b", &t);
+  auto w = json::parse(f);
+  CHECK(w["logprob"] == -0.25);
+  CHECK(w["top_logprobs"] == json::array({json{{"token", 1}, {"logprob", -0.25}}, json{{"token", 0}, {"logprob", -2.0}}}));
+  token_frame(f, "id", 0, 1, "b");
+  CHECK(!json::parse(f).contains("logprob"));
+}
+
+TEST_CASE("the model's generation_config defaults fill what an OpenAI request leaves out") {
+  auto lim = test_limits();
+  lim.default_temperature = 0.6f;
+  lim.default_top_p = 0.9f;
+  lim.default_top_k = 20;
+  auto d = std::get<completion_command>(parse_completion_request(R"({"prompt":"a"})", lim)).request.sampling;
+  CHECK(d.temperature == 0.6f);
+  CHECK(d.top_p == 0.9f);
+  CHECK(d.top_k == 20);
+  auto g = std::get<completion_command>(parse_completion_request(R"({"prompt":"a","temperature":1,"top_k":0})", lim))
+               .request.sampling;
+  CHECK(g.temperature == 1.0f);
+  CHECK(g.top_k == 0);
+  CHECK(g.top_p == 0.9f);
+  auto c = std::get<chat_command>(parse_chat_request(R"({"messages":[{"role":"user","content":"x"}]})", lim))
+               .request.sampling;
+  CHECK(c.temperature == 0.6f);
+  CHECK(c.top_k == 20);
+  // The WebSocket protocol keeps its own (greedy) defaults.
+  CHECK(expect_generate(R"({"type":"generate","id":"a","prompt":"x"})", lim).request.sampling.temperature == 0.0f);
 }
