@@ -37,7 +37,7 @@ const close = (a, b, eps = 1e-4) => Math.abs(a - b) <= eps;
 
 async function main() {
   const srv = await lib.startInferd(INFERD, 'sampling', ['--listen', '127.0.0.1:0', '--backend', 'cpu', '--model',
-    'synthetic:tiny', '--chat-template', TEMPLATE]);
+    'synthetic:tiny', '--served-model-name', 'm', '--chat-template', TEMPLATE]);
   await waitFor('sampling: /readyz', async () => {
     if (srv.exited) throw new Error(`exited:\n${srv.log}`);
     return (await httpGet(srv.port, '/readyz')).status === 200;
