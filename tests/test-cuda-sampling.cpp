@@ -100,7 +100,7 @@ TEST_CASE("cuda sampler: adjustments, min_p and logprobs follow the cpu rule on 
   auto w = random_weights(small_config(), 21);
   const int V = w->cfg.n_vocab;
   backend_options o;
-  o.kv_blocks = 256;
+  o.kv_blocks = 512;  // 24 sequences x 16 blocks
   o.kv_block_size = 16;
   auto gpu = make_cuda_backend(w, o);
   REQUIRE(gpu);
@@ -137,7 +137,9 @@ TEST_CASE("cuda sampler: adjustments, min_p and logprobs follow the cpu rule on 
       b.add(s.past, nt, s.blocks, true, s.sp, uint64_t(s.tokens.size() - n_prompt), s.adj);
     }
     step_output out;
-    REQUIRE(gpu.value()->step(b, out, logits_mode::last));
+    const status st = gpu.value()->step(b, out, logits_mode::last);
+    INFO(st.message);
+    REQUIRE(st);
     REQUIRE(out.logits.size() == size_t(N) * V);
     REQUIRE(out.logprob.size() == size_t(N));
     for (int i = 0; i < N; ++i) {
