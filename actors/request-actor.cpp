@@ -251,7 +251,9 @@ void on_token(request_actor* self, const token_msg& m) {
   st.tokens.push_back(m.token);
 
   st.piece.clear();
-  if (!m.stop) {  // a stop id's own text (an EOS's "<|endoftext|>") is never returned
+  // A stop id's own text (an EOS's "<|endoftext|>") is never returned; other special tokens
+  // only when the request asks (skip_special_tokens: false).
+  if (!m.stop && !(st.req.skip_special_tokens && st.core->tok.is_special(m.token))) {
     st.dec.push(st.core->tok.token_bytes(m.token), st.piece);
     st.held += st.piece;
   }

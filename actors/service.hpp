@@ -72,6 +72,9 @@ struct generate_request {
   // model's end-of-sequence ids unless ignore_eos, and stop_token_ids.
   bool ignore_eos = false;
   std::vector<int32_t> stop_token_ids;
+  // vLLM's skip_special_tokens (default true there too): a special token the model generates
+  // (other than the stop id that ends it) adds no text; false streams its text.
+  bool skip_special_tokens = true;
   // token id -> added to its logit before sampling (-100..100, at most 300 distinct ids).
   std::vector<std::pair<int32_t, float>> logit_bias;
   priority prio = priority::normal;

@@ -135,6 +135,16 @@ std::optional<std::string> get_sampling(const json& o, const protocol_limits& li
   if (auto e = get_u64(o, "seed", r.sampling.seed)) return e;
   if (auto e = get_stop(o, lim, r.stop)) return e;
   if (auto e = get_bool(o, "ignore_eos", r.ignore_eos)) return e;
+  if (auto e = get_bool(o, "skip_special_tokens", r.skip_special_tokens)) return e;
+  // Constrained decoding is not implemented: a request asking for it must not get a looser
+  // output than it asked for (OpenAI's response_format, vLLM's structured_outputs / guided_*).
+  if (!absent(o, "response_format")) {
+    const json& rf = o.at("response_format");
+    if (!(rf.is_object() && rf.value("type", "") == "text"))
+      return std::string("response_format: only {\"type\": \"text\"} is supported (no constrained decoding)");
+  }
+  for (const char* k : {"structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar"})
+    if (!absent(o, k)) return fmt::format("{}: constrained decoding is not supported", k);
   if (!absent(o, "stop_token_ids")) {
     if (auto e = check_token_ids(o.at("stop_token_ids"), "stop_token_ids", lim.n_vocab, r.stop_token_ids)) return e;
     if (r.stop_token_ids.size() > lim.max_stop_token_ids)
@@ -870,11 +880,6 @@ std::variant<chat_command, invalid_request> parse_chat_request(std::string_view 
   if (!absent(o, "top_logprobs") && !lp)
     return invalid_request{std::nullopt, "top_logprobs: needs logprobs: true"};
   if (lp) r.sampling.logprobs = int32_t(top);
-  if (!absent(o, "response_format")) {
-    const json& rf = o.at("response_format");
-    if (!(rf.is_object() && rf.value("type", "") == "text"))
-      return invalid_request{std::nullopt, "response_format: only {\"type\": \"text\"} is supported"};
-  }
   if (!absent(o, "tool_choice")) {
     const json& tc = o.at("tool_choice");
     if (!(tc.is_string() && (tc.get<std::string>() == "none" || tc.get<std::string>() == "auto")))

@@ -746,3 +746,24 @@ TEST_CASE("the model's generation_config defaults fill what an OpenAI request le
   // The WebSocket protocol keeps its own (greedy) defaults.
   CHECK(expect_generate(R"({"type":"generate","id":"a","prompt":"x"})", lim).request.sampling.temperature == 0.0f);
 }
+
+TEST_CASE("skip_special_tokens (vLLM's, default true); structured-output fields refused, never ignored") {
+  CHECK(expect_generate(R"({"type":"generate","id":"a","prompt":"x"})").request.skip_special_tokens);
+  CHECK_FALSE(expect_generate(R"({"type":"generate","id":"a","prompt":"x","skip_special_tokens":false})")
+                  .request.skip_special_tokens);
+  CHECK(expect_invalid(R"({"type":"generate","id":"a","prompt":"x","skip_special_tokens":"no"})")
+            .message.find("skip_special_tokens") != std::string::npos);
+  auto c = parse_completion_request(R"({"prompt":"x","skip_special_tokens":false})", test_limits());
+  REQUIRE(std::holds_alternative<completion_command>(c));
+  CHECK_FALSE(std::get<completion_command>(c).request.skip_special_tokens);
+  for (const char* body : {R"({"prompt":"x","response_format":{"type":"json_object"}})",
+                           R"({"prompt":"x","guided_json":{"type":"object"}})",
+                           R"({"prompt":"x","guided_choice":["a","b"]})",
+                           R"({"prompt":"x","structured_outputs":{"regex":"a+"}})"}) {
+    auto r = parse_completion_request(body, test_limits());
+    REQUIRE(std::holds_alternative<invalid_request>(r));
+    CHECK(std::get<invalid_request>(r).message.find("not supported") != std::string::npos);
+  }
+  auto t = parse_completion_request(R"({"prompt":"x","response_format":{"type":"text"}})", test_limits());
+  CHECK(std::holds_alternative<completion_command>(t));
+}
