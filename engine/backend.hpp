@@ -36,12 +36,20 @@ struct step_batch {
   // adjust[adjust_start[i] .. adjust_start[i + 1]). Logprobs ignore them (raw distribution).
   std::vector<int32_t> adjust_start;      // [n_seqs + 1]
   std::vector<logit_adjust> adjust;
+  // Copy-on-write of forked sequences (n > 1): block copy_dst[i] gets the K/V of block
+  // copy_src[i] (every layer) before the step's forward runs.
+  std::vector<int32_t> copy_src, copy_dst;
 
   void reset(int32_t max_blocks) {
     max_blocks_per_seq = max_blocks;
     tokens.clear(); seq_start.assign(1, 0); n_past.clear(); block_tables.clear();
     sample.clear(); sampling.clear(); sample_counter.clear();
     adjust_start.assign(1, 0); adjust.clear();
+    copy_src.clear(); copy_dst.clear();
+  }
+  void add_copy(int32_t src, int32_t dst) {
+    copy_src.push_back(src);
+    copy_dst.push_back(dst);
   }
   int32_t n_seqs() const { return int32_t(n_past.size()); }
   int32_t n_tokens() const { return int32_t(tokens.size()); }
@@ -108,7 +116,18 @@ class backend {
   // is an invalid_argument error; device faults are device_error.
   virtual status step(const step_batch& batch, step_output& out,
                       logits_mode mode = logits_mode::none) = 0;
+  // Block dst[i] := block src[i], the K and V rows of every layer (a fork's copy-on-write of
+  // its partial last block). step() runs a batch's copies first through this; a wrapper that
+  // forwards step() needs nothing more. Errors: ids outside the pool, a dst listed twice or
+  // also a src (checked by validate_block_copies).
+  virtual status copy_blocks(std::span<const int32_t> src, std::span<const int32_t> dst) {
+    if (src.empty() && dst.empty()) return status::ok();
+    return make_status(errc::invalid_argument, std::string(name()) + " backend: no block copy");
+  }
 };
+
+// The checks of copy_blocks' arguments, for every backend.
+status validate_block_copies(std::span<const int32_t> src, std::span<const int32_t> dst, const kv_geometry& kv);
 
 // The checks every backend runs before a step: misuse is an invalid_argument error
 // naming the sequence, never a crash.

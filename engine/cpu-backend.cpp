@@ -91,8 +91,20 @@ class cpu_backend final : public backend {
   const model_config& config() const override { return w_->cfg; }
   kv_geometry kv() const override { return kv_; }
 
+  status copy_blocks(std::span<const int32_t> src, std::span<const int32_t> dst) override {
+    if (auto s = validate_block_copies(src, dst, kv_); !s) return s;
+    const int64_t block = int64_t(kv_.block_size) * w_->cfg.kv_dim();  // floats of one block in one plane
+    for (int plane = 0; plane < 2 * w_->cfg.n_layer; ++plane) {  // (layer, k|v)
+      float* base = kv_cache_.data() + plane * layer_stride_;
+      for (size_t i = 0; i < src.size(); ++i)
+        std::memcpy(base + dst[i] * block, base + src[i] * block, size_t(block) * sizeof(float));
+    }
+    return status::ok();
+  }
+
   status step(const step_batch& b, step_output& out, logits_mode mode) override {
     if (auto s = validate_step_batch(b, w_->cfg, kv_); !s) return s;
+    if (auto s = copy_blocks(b.copy_src, b.copy_dst); !s) return s;
     const auto& c = w_->cfg;
     const int T = b.n_tokens(), S = b.n_seqs(), bs = kv_.block_size, V = c.n_vocab;
 

@@ -222,9 +222,27 @@ class cuda_backend final : public backend {
     if (!on) graphs_.clear();
   }
 
+  // One 2-D copy per block: its rows sit at the same offset in each of the 2 * n_layer
+  // (layer, k|v) planes, layer_stride_ elements apart. Stream-ordered before the forward.
+  status copy_blocks(std::span<const int32_t> src, std::span<const int32_t> dst) override {
+    INFER_STATUS_TRY(validate_block_copies(src, dst, kv_));
+    if (src.empty()) return status::ok();
+    INFER_CUDA_TRY(cudaSetDevice(device_));
+    const size_t elem = 2;  // the cache holds fp16 / bf16
+    const size_t block_bytes = size_t(kv_.block_size) * cfg_.kv_dim() * elem;
+    const size_t pitch = layer_stride_ * elem;
+    uint8_t* base = kv_cache_.as<uint8_t>();
+    for (size_t i = 0; i < src.size(); ++i)
+      INFER_CUDA_TRY(cudaMemcpy2DAsync(base + size_t(dst[i]) * block_bytes, pitch, base + size_t(src[i]) * block_bytes,
+                                       pitch, block_bytes, size_t(2) * cfg_.n_layer, cudaMemcpyDeviceToDevice,
+                                       stream_.get()));
+    return status::ok();
+  }
+
   status step(const step_batch& b, step_output& out, logits_mode mode) override {
     INFER_STATUS_TRY(validate(b));
     INFER_CUDA_TRY(cudaSetDevice(device_));
+    INFER_STATUS_TRY(copy_blocks(b.copy_src, b.copy_dst));
     const int S = b.n_seqs(), T = b.n_tokens(), V = cfg_.n_vocab;
     const int bs = kv_.block_size;
     const bool decode = T == S;  // one new token per sequence
