@@ -270,6 +270,8 @@ void admit_to(batcher_actor* self, int best, enqueue_msg& m, int32_t n) {
   a.sampling = m.sampling;
   a.stop_ids = std::move(m.stop_ids);
   a.attempt = m.attempt;
+  a.n = m.n;
+  a.forks = std::move(m.forks);
   self->send(w.handle, std::move(a));
 }
 
@@ -308,7 +310,7 @@ void dispatch(batcher_actor* self) {
   for (auto& q : st.queues) {
     for (size_t qi = 0; qi < q.size();) {
       enqueue_msg& m = q[qi];
-      const int32_t n = int32_t(m.prompt.size() + m.generated.size()) + 1;
+      const int32_t n = m.kv_tokens();
       // A sequence that no worker could ever hold must not block the queue.
       bool any_up = false, fits_some = false;
       int32_t most = 0;
@@ -518,6 +520,12 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
       },
       [=](const cancel_msg& c) {
         auto& st = self->state;
+        if (c.fork >= 0) {  // one choice ends; the request goes on: nothing to confirm
+          auto it = st.routes.find(c.id);
+          if (it != st.routes.end() && it->second.worker >= 0 && st.workers[size_t(it->second.worker)].up)
+            self->send(st.workers[size_t(it->second.worker)].handle, c);
+          return;
+        }
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
         if (remove_queued(st, c.id)) {
           self->send(sender, seq_closed_msg{c.id, uint8_t(closed_why::cancelled), {}});

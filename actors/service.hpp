@@ -79,6 +79,11 @@ struct generate_request {
   std::vector<std::pair<int32_t, float>> logit_bias;
   priority prio = priority::normal;
   int64_t timeout_ms = 0;              // 0: the service default
+  // OpenAI's n: this many choices of the one prompt, prefilled once and forked in the KV
+  // cache, each sampled with its own seed (choice 0 with `seed`, choice i with fork_seed(seed, i)).
+  // Token events say their `choice`; the done event has each choice's finish reason.
+  int32_t n = 1;
+  static constexpr int32_t max_n = 16;
 };
 
 struct event {
@@ -86,6 +91,8 @@ struct event {
   kind type = kind::accepted;
   uint64_t request_id = 0;
   // token
+  int32_t choice = 0;        // n > 1: the choice it belongs to
+  bool choice_done = false;  // n > 1: the last token of its choice (`reason` says why)
   int32_t index = 0;
   int32_t token = -1;
   std::string text;  // newly completed UTF-8 (possibly empty)
@@ -99,6 +106,9 @@ struct event {
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
   int32_t cached_tokens = 0;  // prompt tokens whose K/V came from the prefix cache
+  // n > 1: each choice's finish reason and tokens (completion_tokens is their sum).
+  std::vector<finish_reason> choice_reasons;
+  std::vector<int32_t> choice_tokens;
   double queue_ms = 0, first_token_ms = 0, total_ms = 0;
   // error
   error_code code = error_code::internal;
@@ -119,8 +129,10 @@ using event_callback = std::function<void(const event&)>;
 struct completion {
   uint64_t request_id = 0;
   bool ok = false;                // done (any finish reason) vs error
-  std::vector<int32_t> tokens;
+  std::vector<int32_t> tokens;    // choice 0's (the only one unless n > 1)
   std::string text;
+  std::vector<std::vector<int32_t>> choice_tokens;  // every choice's, by index (n of them)
+  std::vector<std::string> choice_texts;
   event terminal;                 // the done or error event
 };
 

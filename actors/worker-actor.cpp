@@ -177,6 +177,8 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         s.sampling = m.sampling.to();
         s.logit_bias = m.sampling.bias();
         s.stop_ids = std::move(m.stop_ids);
+        s.n = m.n;
+        for (size_t i = 0; i < m.forks.ids.size(); ++i) s.forks.push_back({m.forks.ids[i], m.forks.generated(i)});
         status ok = st.sched ? st.sched->add(std::move(s)) : make_status(errc::internal, "worker not ready");
         if (!ok) {
           report(self, 0, 0, 0, 0, {});
@@ -188,6 +190,14 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
       },
       [=](const cancel_msg& c) {
         auto& st = self->state;
+        if (c.fork >= 0) {  // one choice: the request goes on unless it was its last one
+          if (!st.sched) return;
+          st.sched->cancel(c.id, c.fork);
+          std::vector<uint64_t> left;
+          if (!st.sched->contains(c.id) && st.requests.erase(c.id)) left.push_back(c.id);
+          report(self, 0, 0, 0, 0, std::move(left));
+          return;
+        }
         bool found = st.sched && st.sched->cancel(c.id);  // frees its blocks now
         st.requests.erase(c.id);
         if (st.sched) report(self, 0, 0, 0, 0, {});
@@ -227,6 +237,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
           if (it == st.requests.end()) continue;
           token_msg tm;
           tm.id = r.id;
+          tm.fork = r.fork;
           tm.index = r.index;
           tm.token = r.token;
           tm.last = r.finished;
@@ -240,7 +251,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
             for (int32_t j = 0; j < r.n_top; ++j) tm.top_bits.push_back(std::bit_cast<uint32_t>(r.top_logprobs[size_t(j)]));
           }
           self->send(it->second.request, std::move(tm));
-          if (r.finished) {
+          if (r.group_done) {  // its last choice ended
             left.push_back(r.id);
             st.requests.erase(it);
           }
