@@ -312,6 +312,7 @@ void on_token(request_actor* self, const token_msg& m) {
 
   event e;
   e.type = event::kind::token;
+  e.n_choices = int32_t(st.choices.size());
   e.choice = m.fork;
   e.index = m.index;
   e.token = m.token;

@@ -91,6 +91,7 @@ struct event {
   kind type = kind::accepted;
   uint64_t request_id = 0;
   // token
+  int32_t n_choices = 1;     // the request's n
   int32_t choice = 0;        // n > 1: the choice it belongs to
   bool choice_done = false;  // n > 1: the last token of its choice (`reason` says why)
   int32_t index = 0;

@@ -698,21 +698,43 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     bool chat = false;  // /v1/chat/completions: chat.completion objects
     bool stream = false, include_usage = false, keep_alive = true, chunked = true;
     bool headers_sent = false, finished = false, client_gone = false;
-    std::string cmpl_id, model, text, request_id;
+    std::string cmpl_id, model, request_id;
     int64_t created = 0;
-    std::string echo;                   // completions' echo: the prompt text, sent first
+    std::string echo;                   // completions' echo: the prompt text, sent first (each choice)
     const tokenizer* tok = nullptr;     // the tokens' bytes for logprobs
-    logprobs_builder lp;                // the whole choice's (non-streamed) or one chunk's
+    // Per choice (n of them): its text, and its logprobs, of the whole choice (non-streamed)
+    // or of one chunk.
+    std::vector<std::string> texts;
+    std::vector<logprobs_builder> lps;
 
+    void set_choices(int32_t n, bool chat_lp) {
+      texts.assign(size_t(std::max(n, 1)), {});
+      lps.assign(size_t(std::max(n, 1)), logprobs_builder{});
+      for (auto& l : lps) {
+        l.chat = chat_lp;
+        l.offset = echo.size();
+      }
+    }
     logprobs_builder::bytes_fn bytes() const {
       return [t = tok](int32_t id) { return t ? t->token_bytes(id) : std::string_view(); };
     }
+    logprobs_builder& lp_of(const event& e) { return lps[size_t(e.choice) < lps.size() ? size_t(e.choice) : 0]; }
     // The chunk's logprobs: this token's only (the builder keeps the running text offset).
     std::string chunk_logprobs(const event& e) {
       if (e.n_top < 0) return {};
+      auto& lp = lp_of(e);
       lp.clear_tokens();
       lp.add(e, bytes());
       return lp.json();
+    }
+    void add_token(const event& e) {
+      texts[size_t(e.choice) < texts.size() ? size_t(e.choice) : 0] += e.text;
+      lp_of(e).add(e, bytes());
+    }
+    std::vector<std::string> choice_logprobs() const {
+      std::vector<std::string> out;
+      for (const auto& l : lps) out.push_back(l.empty() ? std::string() : l.json());
+      return out;
     }
   };
 
@@ -728,27 +750,30 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
       case event::kind::accepted:
         if (c->stream) {
           send_sse_headers(*c);
-          if (!c->echo.empty()) send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, c->echo, nullptr));
+          if (!c->echo.empty())
+            for (size_t i = 0; i < c->texts.size(); ++i)
+              send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, c->echo, nullptr, {}, int32_t(i)));
         }
         break;
       case event::kind::token:
         if (c->stream) {
-          send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, e.text, nullptr, c->chunk_logprobs(e)));
+          send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, e.text, nullptr, c->chunk_logprobs(e),
+                                         e.choice));
         } else {
-          c->text += e.text;
-          c->lp.add(e, c->bytes());
+          c->add_token(e);
         }
         break;
       case event::kind::done:
         if (c->stream) {
-          send_sse(*c, openai_final_chunk_json(c->cmpl_id, c->created, c->model, e));
+          for (size_t i = 0; i < c->texts.size(); ++i)
+            send_sse(*c, openai_final_chunk_json(c->cmpl_id, c->created, c->model, e, int32_t(i)));
           if (c->include_usage) send_sse(*c, openai_usage_chunk_json(c->cmpl_id, c->created, c->model, e));
           end_sse(*c);
         } else {
           c->finished = true;
-          const std::string lp = c->lp.empty() ? std::string() : c->lp.json();
+          for (auto& t : c->texts) t.insert(0, c->echo);
           respond(http::status::ok,
-                  openai_completion_json(c->cmpl_id, c->created, c->model, c->echo + c->text, e, lp),
+                  openai_completion_json(c->cmpl_id, c->created, c->model, c->texts, e, c->choice_logprobs()),
                   "application/json", c->keep_alive, true);
         }
         break;
@@ -769,26 +794,27 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   void on_chat_event(completion_state& c, const event& e) {
     switch (e.type) {
       case event::kind::accepted:
-        if (c.stream) send_sse(c, openai_chat_chunk_json(c.cmpl_id, c.created, c.model, true, "", nullptr));
+        if (c.stream)
+          for (size_t i = 0; i < c.texts.size(); ++i)
+            send_sse(c, openai_chat_chunk_json(c.cmpl_id, c.created, c.model, true, "", nullptr, {}, int32_t(i)));
         break;
       case event::kind::token:
         if (!c.stream) {
-          c.text += e.text;
-          c.lp.add(e, c.bytes());
+          c.add_token(e);
         } else if (!e.text.empty() || e.n_top >= 0) {  // every token's logprobs go out
           send_sse(c, openai_chat_chunk_json(c.cmpl_id, c.created, c.model, false, e.text, nullptr,
-                                             c.chunk_logprobs(e)));
+                                             c.chunk_logprobs(e), e.choice));
         }
         break;
       case event::kind::done:
         if (c.stream) {
-          send_sse(c, openai_chat_final_chunk_json(c.cmpl_id, c.created, c.model, e));
+          for (size_t i = 0; i < c.texts.size(); ++i)
+            send_sse(c, openai_chat_final_chunk_json(c.cmpl_id, c.created, c.model, e, int32_t(i)));
           if (c.include_usage) send_sse(c, openai_chat_usage_chunk_json(c.cmpl_id, c.created, c.model, e));
           end_sse(c);
         } else {
           c.finished = true;
-          const std::string lp = c.lp.empty() ? std::string() : c.lp.json();
-          respond(http::status::ok, openai_chat_json(c.cmpl_id, c.created, c.model, c.text, e, lp),
+          respond(http::status::ok, openai_chat_json(c.cmpl_id, c.created, c.model, c.texts, e, c.choice_logprobs()),
                   "application/json", c.keep_alive, true);
         }
         break;
@@ -1147,10 +1173,9 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (!cmd.seeded) cmd.request.sampling.seed = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
     auto c = std::make_shared<completion_state>();
     c->tok = &svc->tok();
-    if (cmd.echo) {
+    if (cmd.echo)
       c->echo = cmd.request.prompt_tokens.empty() ? cmd.request.prompt : svc->tok().decode(cmd.request.prompt_tokens);
-      c->lp.offset = c->echo.size();
-    }
+    c->set_choices(cmd.request.n, false);
     c->stream = cmd.stream;
     c->include_usage = cmd.include_usage;
     c->keep_alive = keep;
@@ -1209,7 +1234,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (!cmd->seeded) cmd->request.sampling.seed = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
     auto c = std::make_shared<completion_state>();
     c->chat = true;
-    c->lp.chat = true;
+    c->set_choices(cmd->request.n, true);
     c->tok = &svc->tok();
     c->stream = cmd->stream;
     c->include_usage = cmd->include_usage;
