@@ -272,6 +272,7 @@ void admit_to(batcher_actor* self, int best, enqueue_msg& m, int32_t n) {
   a.attempt = m.attempt;
   a.n = m.n;
   a.forks = std::move(m.forks);
+  a.prompt_logprobs = m.prompt_logprobs;
   self->send(w.handle, std::move(a));
 }
 

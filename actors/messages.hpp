@@ -41,7 +41,8 @@ using relink_atom = caf::atom_constant<caf::atom("irelink")>;      // node link 
 // and refuse each other on a mismatch: CAF 0.17 would otherwise deliver unknown or
 // changed types as empty messages. Bump it whenever a crossing message changes.
 // 2: stop ids on admit, stop flag on token; 3: cached_tokens on token; 4: penalties, min_p,
-// logit_bias, logprobs; 5: n choices (forks on admit and enqueue, fork on token and cancel).
+// logit_bias, logprobs; 5: n choices (forks on admit and enqueue, fork on token and cancel),
+// prompt logprobs (flag on admit and enqueue, the prompt's on the first token).
 constexpr uint32_t wire_protocol_version = 5;
 
 // n > 1: the choices still to run of a resumed request, each with its tokens so far, flat
@@ -145,6 +146,7 @@ struct enqueue_msg {
   uint32_t attempt = 0;    // bumped by every (re)submission: tokens of an older attempt are dropped
   int32_t n = 1;           // choices (forks of one prompt); > 1: `generated` is unused
   wire_forks forks;
+  bool prompt_logprobs = false;  // the prompt's logprobs come with the first token
   // Tokens its KV will hold at first (all its forks): what admission reserves.
   int32_t kv_tokens() const {
     return int32_t(prompt.size() + generated.size() + forks.tokens.size()) + std::max(n, 1);
@@ -153,7 +155,7 @@ struct enqueue_msg {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, enqueue_msg& x) {
   return f(caf::meta::type_name("infer.enqueue"), x.id, x.request, x.prio, x.prompt, x.generated, x.max_tokens,
-           x.sampling, x.stop_ids, x.resume, x.timeout_ms, x.attempt, x.n, x.forks);
+           x.sampling, x.stop_ids, x.resume, x.timeout_ms, x.attempt, x.n, x.forks, x.prompt_logprobs);
 }
 
 // batcher -> request: accepted into the queue, or rejected (code: infer::error_code).
@@ -207,11 +209,12 @@ struct admit_msg {
   uint32_t attempt = 0;  // echoed in every token_msg
   int32_t n = 1;         // as enqueue_msg
   wire_forks forks;
+  bool prompt_logprobs = false;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, admit_msg& x) {
   return f(caf::meta::type_name("infer.admit"), x.id, x.request, x.prompt, x.generated, x.max_tokens, x.sampling,
-           x.stop_ids, x.attempt, x.n, x.forks);
+           x.stop_ids, x.attempt, x.n, x.forks, x.prompt_logprobs);
 }
 
 // worker -> request (crosses nodes): one sampled token. `last`: the worker ended
@@ -234,11 +237,17 @@ struct token_msg {
   std::vector<int32_t> top_ids;
   std::vector<uint32_t> top_bits;
   int32_t fork = 0;
+  // On the first token of a request that asked for prompt logprobs: prompt token j + 1's
+  // logprob (bits), its n_top best ids and their logprobs at [j * n_top, + n_top).
+  std::vector<uint32_t> prompt_bits;
+  std::vector<int32_t> prompt_top_ids;
+  std::vector<uint32_t> prompt_top_bits;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, token_msg& x) {
   return f(caf::meta::type_name("infer.token"), x.id, x.fork, x.index, x.token, x.last, x.stop, x.attempt,
-           x.cached_tokens, x.n_top, x.logprob_bits, x.top_ids, x.top_bits);
+           x.cached_tokens, x.n_top, x.logprob_bits, x.top_ids, x.top_bits, x.prompt_bits, x.prompt_top_ids,
+           x.prompt_top_bits);
 }
 
 // worker -> batcher (crosses nodes): announces a worker that is ready to run.

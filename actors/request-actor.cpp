@@ -45,6 +45,7 @@ struct request_state {
   uint32_t attempt = 0;  // of the latest enqueue_msg; tokens must carry it
   int32_t cached_tokens = -1;  // from the first token of the first admission that produced one
   int32_t n_tokens = 0;        // of all choices
+  bool have_prompt_lp = false;  // the prompt logprobs came (a resumed request does not ask again)
   std::string piece;
   bool accepted = false;
   bool closing = false;  // waiting for the batcher to confirm removal
@@ -156,6 +157,7 @@ void send_enqueue(request_actor* self, bool resume) {
   }
   m.sampling = wire_sampling::from(st.req.sampling, st.req.logit_bias);
   m.stop_ids = st.stop_ids;
+  m.prompt_logprobs = st.req.prompt_logprobs && !st.have_prompt_lp;
   m.resume = resume;
   m.attempt = ++st.attempt;
   const int64_t limit = st.req.timeout_ms > 0 ? st.req.timeout_ms : st.core->cfg.default_timeout_ms;
@@ -247,6 +249,7 @@ status validate(request_state& st) {
       if (r.logit_bias[i].first == r.logit_bias[j].first)
         return bad("logit_bias: id " + std::to_string(r.logit_bias[i].first) + " given twice");
   if (r.timeout_ms < 0) return bad("timeout_ms: must be >= 0");
+  if (r.prompt_logprobs && sp.logprobs < 0) return bad("prompt_logprobs: needs logprobs");
   if (r.n < 1 || r.n > generate_request::max_n)
     return bad("n: must be in [1, " + std::to_string(generate_request::max_n) + "], got " + std::to_string(r.n));
   st.stop_ids.clear();
@@ -316,6 +319,13 @@ void on_token(request_actor* self, const token_msg& m) {
   e.choice = m.fork;
   e.index = m.index;
   e.token = m.token;
+  if (st.req.prompt_logprobs && !st.have_prompt_lp && (!m.prompt_bits.empty() || st.prompt.size() == 1)) {
+    st.have_prompt_lp = true;
+    e.prompt_ids = st.prompt;
+    for (uint32_t b : m.prompt_bits) e.prompt_logprobs.push_back(std::bit_cast<float>(b));
+    for (size_t j = 0; j < m.prompt_top_ids.size() && j < m.prompt_top_bits.size(); ++j)
+      e.prompt_top.emplace_back(m.prompt_top_ids[j], std::bit_cast<float>(m.prompt_top_bits[j]));
+  }
   if (m.n_top >= 0) {
     e.n_top = m.n_top;
     e.logprob = std::bit_cast<float>(m.logprob_bits);

@@ -84,6 +84,10 @@ struct generate_request {
   // Token events say their `choice`; the done event has each choice's finish reason.
   int32_t n = 1;
   static constexpr int32_t max_n = 16;
+  // vLLM's prompt_logprobs (OpenAI's echo with logprobs; needs sampling.logprobs >= 0): the
+  // first token event carries the logprob of every prompt token after the first, with the
+  // top sampling.logprobs ids at each. Its prompt is computed in full (no prefix cache).
+  bool prompt_logprobs = false;
 };
 
 struct event {
@@ -102,6 +106,11 @@ struct event {
   int32_t n_top = -1;
   float logprob = 0.0f;
   std::vector<std::pair<int32_t, float>> top_logprobs;
+  // The request's first token event, when it asked for prompt logprobs: entry j is prompt
+  // token j + 1's logprob, prompt_top[j * n_top, + n_top) its best ids with theirs.
+  std::vector<int32_t> prompt_ids;  // the prompt's tokens (set with them, even for a one-token prompt)
+  std::vector<float> prompt_logprobs;
+  std::vector<std::pair<int32_t, float>> prompt_top;
   // done
   finish_reason reason = finish_reason::length;
   int32_t prompt_tokens = 0;

@@ -1,5 +1,7 @@
 #include "engine/backend.hpp"
 
+#include "kernels/cpu-kernels.hpp"
+
 namespace infer {
 
 status validate_step_batch(const step_batch& b, const model_config& cfg, const kv_geometry& kv) {
@@ -41,6 +43,10 @@ status validate_step_batch(const step_batch& b, const model_config& cfg, const k
                    std::to_string(table[i]) + " outside the pool");
   }
   return status::ok();
+}
+
+float log_softmax_top_row(const float* logits, int V, int k, int32_t* top_ids, float* top_lp) {
+  return cpu::log_softmax_top(logits, V, k, top_ids, top_lp);
 }
 
 status validate_block_copies(std::span<const int32_t> src, std::span<const int32_t> dst, const kv_geometry& kv) {

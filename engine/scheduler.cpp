@@ -30,6 +30,10 @@ struct scheduler::sequence {
   int32_t n_committed = 0;      // leading blocks committed to (or taken from) the prefix cache
   int32_t cached_prompt = -1;   // prompt tokens found cached at its first admission; -1: not admitted yet
   bool cache_reported = false;  // cached_prompt went out with its first result
+  bool prompt_lp = false;       // collects prompt logprobs (seq_spec::prompt_logprobs) until its first result
+  std::vector<float> plp;       // [j]: prompt token j + 1's logprob, as collected so far
+  std::vector<int32_t> ptop_ids;
+  std::vector<float> ptop_lps;
   uint64_t scheduled_at = 0;    // step_no_ of the last step that included it
   bool running = false;
 
@@ -126,6 +130,7 @@ scheduler::sequence* scheduler::create(const seq_spec& s, int32_t fork, std::spa
   seq->sampling.seed = fork_seed(s.sampling.seed, fork);
   seq->stop_ids = s.stop_ids;
   seq->logit_bias = s.logit_bias;
+  seq->prompt_lp = s.prompt_logprobs && fork == 0;  // a request's prompt logprobs come once
   sequence* q = seq.get();
   auto entry = [q](int32_t tok) -> logit_adjust& {
     auto [it, fresh] = q->adj_at.emplace(tok, int32_t(q->adj.size()));
@@ -247,6 +252,7 @@ void scheduler::commit_blocks(sequence* s) {
 int32_t scheduler::find_prefix(sequence* s) {
   hits_.clear();
   if (!cfg_.prefix_caching) return 0;
+  if (s->prompt_lp && int32_t(s->plp.size()) < s->n_prompt - 1) return 0;  // needs the prefix's logits
   const int32_t bs = pool_.block_size();
   // Only blocks wholly before the last token: it is computed again for its logits, and a
   // shared block is never written.
@@ -322,6 +328,11 @@ void scheduler::emit(step_batch& batch, sequence* s, int32_t n_new) {
             std::span<const logit_adjust>(s->adj));
   // A fork's first step: its own block gets the parent's prompt K/V before the forward.
   if (s->copy_src >= 0) batch.add_copy(s->copy_src, s->blocks[size_t(s->n_cached / pool_.block_size())]);
+  // Prompt logprobs still missing in this chunk: the token after it, if any, is the next one's.
+  if (s->prompt_lp && int32_t(s->plp.size()) < s->n_prompt - 1 && s->n_cached < s->n_prompt - 1) {
+    const int32_t end = s->n_cached + n_new;
+    batch.want_prompt_logprobs(end < s->n_tokens() ? s->tokens[size_t(end)] : -1);
+  }
   // min_tokens: the stop ids (EOS unless ignored, stop_token_ids) cannot be sampled yet.
   if (sample && s->n_generated() < s->sampling.min_tokens)
     for (int32_t i : s->stop_adj) batch.adjust[base + size_t(i)].bias = -INFINITY;
@@ -445,6 +456,20 @@ void scheduler::on_step_done(const step_output& out, std::vector<seq_result>& re
     if (it == seqs_.end() || it->second->serial != e.serial) continue;  // cancelled meanwhile
     sequence* s = it->second.get();
     if (!s->running) continue;  // cannot happen: preemption only inside schedule()
+    if (s->prompt_lp && k + 1 < out.prompt_start.size()) {
+      // Entry j of this chunk is the logprob of the token at n_cached + j + 1: keep prompt
+      // tokens not yet collected (a recompute after preemption finds them known).
+      constexpr size_t K = size_t(sampling_params::max_logprobs);
+      for (int32_t j = out.prompt_start[k]; j < out.prompt_start[k + 1]; ++j) {
+        const int32_t tok_at = s->n_cached + (j - out.prompt_start[k]) + 1;
+        if (tok_at != int32_t(s->plp.size()) + 1 || tok_at >= s->n_prompt) continue;
+        s->plp.push_back(out.prompt_logprob[size_t(j)]);
+        s->ptop_ids.insert(s->ptop_ids.end(), out.prompt_top_ids.begin() + std::ptrdiff_t(size_t(j) * K),
+                           out.prompt_top_ids.begin() + std::ptrdiff_t(size_t(j + 1) * K));
+        s->ptop_lps.insert(s->ptop_lps.end(), out.prompt_top_logprobs.begin() + std::ptrdiff_t(size_t(j) * K),
+                           out.prompt_top_logprobs.begin() + std::ptrdiff_t(size_t(j + 1) * K));
+      }
+    }
     s->n_cached += e.n_new;
     if (s->copy_src >= 0) {  // the copy ran with this step
       (void)pool_.free(s->copy_src);
@@ -474,6 +499,12 @@ void scheduler::on_step_done(const step_output& out, std::vector<seq_result>& re
     if (!s->cache_reported) {
       s->cache_reported = true;
       r.cached_tokens = std::max(s->cached_prompt, 0);
+    }
+    if (s->prompt_lp) {  // with its first result, once
+      s->prompt_lp = false;
+      r.prompt_logprob = std::move(s->plp);
+      r.prompt_top_ids = std::move(s->ptop_ids);
+      r.prompt_top_logprobs = std::move(s->ptop_lps);
     }
     if (r.finished) {
       const uint64_t id = s->id;
@@ -510,6 +541,7 @@ std::vector<seq_spec> scheduler::drain() {
     sp.sampling = g.sampling;
     sp.stop_ids = s->stop_ids;
     sp.logit_bias = s->logit_bias;
+    sp.prompt_logprobs = s->prompt_lp;  // not yet handed out
     sp.n = g.n;
     if (g.n == 1) {
       sp.generated.assign(s->tokens.begin() + s->n_prompt, s->tokens.end());

@@ -92,6 +92,11 @@ struct seq_spec {
   // n > 1: this many choices (forks). `forks` empty: all n start fresh from the prompt
   // (and `generated` must be empty); else the forks still to run, each with its tokens so
   // far (a resumed request), and `generated` is unused.
+  // Prompt logprobs (OpenAI's echo with logprobs): the logprob of every prompt token after the
+  // first and the top sampling.logprobs ids at each, from the backend's raw logits, handed
+  // out with the first result. Its prefill never starts from the prefix cache (the cached
+  // prefix's logits were never computed).
+  bool prompt_logprobs = false;
   int32_t n = 1;
   struct fork_state {
     int32_t index = 0;
@@ -116,6 +121,11 @@ struct seq_result {
   // On the first token a sequence samples after add(): the prompt tokens whose K/V came
   // from the prefix cache at its admission (usage.prompt_tokens_details.cached_tokens); -1 else.
   int32_t cached_tokens = -1;
+  // With the first result of a sequence that asked for prompt logprobs: entry j is prompt
+  // token j + 1's logprob, and its top ids / logprobs at [j * max_logprobs, + n_top).
+  std::vector<float> prompt_logprob;
+  std::vector<int32_t> prompt_top_ids;
+  std::vector<float> prompt_top_logprobs;
 };
 
 class scheduler {

@@ -200,6 +200,21 @@ std::optional<std::string> check_min_tokens(const generate_request& r) {
   return std::nullopt;
 }
 
+// vLLM's extra sampling fields this server does not implement: a 400 naming the field, never
+// an output that silently ignores it (those it implements are parsed in get_sampling).
+std::optional<std::string> check_unimplemented_vllm(const json& o) {
+  for (const char* k : {"use_beam_search", "length_penalty", "include_stop_str_in_output", "truncate_prompt_tokens",
+                        "allowed_token_ids", "bad_words", "prompt_logprobs", "logits_processors",
+                        "return_tokens_as_token_ids", "return_token_ids", "prompt_embeds", "kv_transfer_params",
+                        "vllm_xargs", "spaces_between_special_tokens"})
+    if (!absent(o, k)) {
+      if (std::string_view(k) == "prompt_logprobs")
+        return std::string("prompt_logprobs: not supported; on /v1/completions, echo with logprobs gives the prompt's");
+      return fmt::format("{}: not supported", k);
+    }
+  return std::nullopt;
+}
+
 // best_of is gone from vLLM V1 (and legacy in OpenAI): n is the only way to ask for choices.
 std::optional<std::string> check_best_of(const json& o) {
   if (absent(o, "best_of")) return std::nullopt;
@@ -560,6 +575,34 @@ void logprobs_builder::add(const event& e, const bytes_fn& token_bytes) {
   ++n;
 }
 
+void logprobs_builder::add_prompt(const event& e, const bytes_fn& token_bytes) {
+  const auto& ids = e.prompt_ids;
+  if (ids.empty()) return;
+  // The first prompt token has nothing before it: null, as OpenAI.
+  const std::string_view tb = token_bytes(ids[0]);
+  const char* sep = n ? "," : "";
+  tokens += sep;
+  append_json_string(tokens, tb);
+  token_logprobs += sep;
+  token_logprobs += "null";
+  top_logprobs += sep;
+  top_logprobs += "null";
+  text_offset += sep;
+  fmt::format_to(std::back_inserter(text_offset), "{}", offset);
+  offset += tb.size();
+  ++n;
+  const size_t m = e.prompt_logprobs.size();
+  const size_t k = m ? e.prompt_top.size() / m : 0;
+  for (size_t j = 0; j < m && j + 1 < ids.size(); ++j) {
+    event t;
+    t.n_top = int32_t(k);
+    t.token = ids[j + 1];
+    t.logprob = e.prompt_logprobs[j];
+    t.top_logprobs.assign(e.prompt_top.begin() + std::ptrdiff_t(j * k), e.prompt_top.begin() + std::ptrdiff_t((j + 1) * k));
+    add(t, token_bytes);
+  }
+}
+
 std::string logprobs_builder::json() const {
   if (chat) return R"({"content":[)" + content + R"(],"refusal":null})";
   return R"({"tokens":[)" + tokens + R"(],"token_logprobs":[)" + token_logprobs + R"(],"top_logprobs":[)" +
@@ -695,6 +738,7 @@ std::variant<completion_command, invalid_request> parse_completion_request(std::
   if (r.prompt.empty() && r.prompt_tokens.empty()) return invalid_request{std::nullopt, "prompt: must not be empty"};
 
   if (auto e = get_sampling(o, lim, r)) return invalid_request{std::nullopt, *e};
+  if (auto e = check_unimplemented_vllm(o)) return invalid_request{std::nullopt, *e};
   // As on the WebSocket (an extension: OpenAI has no such field); 0: the server's default.
   int64_t timeout = 0;
   if (auto e = get_int(o, "timeout_ms", 0, 24LL * 3600 * 1000, timeout)) return invalid_request{std::nullopt, *e};
@@ -715,9 +759,8 @@ std::variant<completion_command, invalid_request> parse_completion_request(std::
       r.sampling.logprobs = int32_t(k);
     }
   }
-  if (cmd.echo && r.sampling.logprobs >= 0)
-    return invalid_request{std::nullopt, "echo: the prompt's logprobs are not computed; echo without logprobs, or "
-                                         "logprobs without echo"};
+  // echo with logprobs: the prompt's tokens get theirs too (vLLM's prompt_logprobs).
+  r.prompt_logprobs = cmd.echo && r.sampling.logprobs >= 0;
   if (!absent(o, "suffix")) {
     const json& sf = o.at("suffix");
     if (!sf.is_string()) return invalid_request{std::nullopt, "suffix: must be a string"};
@@ -899,6 +942,7 @@ std::variant<chat_command, invalid_request> parse_chat_request(std::string_view 
       return invalid_request{std::nullopt, "modalities: only [\"text\"] is supported"};
   }
   if (auto e = get_sampling(o, lim, r)) return invalid_request{std::nullopt, *e};
+  if (auto e = check_unimplemented_vllm(o)) return invalid_request{std::nullopt, *e};
   int64_t i = 0;
   if (!absent(o, "max_completion_tokens")) {  // OpenAI's newer name wins over max_tokens
     if (auto e = get_int(o, "max_completion_tokens", 1, lim.max_tokens_limit, i)) return invalid_request{std::nullopt, *e};

@@ -131,6 +131,9 @@ struct logprobs_builder {
   std::string tokens, token_logprobs, top_logprobs, text_offset, content;
 
   void add(const event& e, const bytes_fn& token_bytes);
+  // Completions with echo and logprobs: the prompt's tokens first (e.prompt_ids, the first
+  // with null logprobs, the others from e.prompt_logprobs / e.prompt_top).
+  void add_prompt(const event& e, const bytes_fn& token_bytes);
   bool empty() const { return n == 0; }
   std::string json() const;
   void clear_tokens();  // for the next streamed chunk (offset stays)

@@ -701,6 +701,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     std::string cmpl_id, model, request_id;
     int64_t created = 0;
     std::string echo;                   // completions' echo: the prompt text, sent first (each choice)
+    bool echo_lp = false;               // echo with logprobs: the echo waits for the prompt's logprobs
     const tokenizer* tok = nullptr;     // the tokens' bytes for logprobs
     // Per choice (n of them): its text, and its logprobs, of the whole choice (non-streamed)
     // or of one chunk.
@@ -712,6 +713,14 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
       lps.assign(size_t(std::max(n, 1)), logprobs_builder{});
       for (auto& l : lps) {
         l.chat = chat_lp;
+        l.offset = echo_lp ? 0 : echo.size();
+      }
+    }
+    // The prompt's logprobs came (with the first token): every choice's start with them; the
+    // completion's offsets then count from the end of the echoed text.
+    void add_prompt(const event& e) {
+      for (auto& l : lps) {
+        l.add_prompt(e, bytes());
         l.offset = echo.size();
       }
     }
@@ -750,12 +759,26 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
       case event::kind::accepted:
         if (c->stream) {
           send_sse_headers(*c);
-          if (!c->echo.empty())
+          if (!c->echo.empty() && !c->echo_lp)
             for (size_t i = 0; i < c->texts.size(); ++i)
               send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, c->echo, nullptr, {}, int32_t(i)));
         }
         break;
       case event::kind::token:
+        if (c->echo_lp && !e.prompt_ids.empty()) {
+          if (c->stream) {  // each choice's echo chunk, with the prompt's logprobs
+            for (size_t i = 0; i < c->lps.size(); ++i) {
+              auto& l = c->lps[i];
+              l.clear_tokens();
+              l.offset = 0;
+              l.add_prompt(e, c->bytes());
+              send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, c->echo, nullptr, l.json(), int32_t(i)));
+              l.offset = c->echo.size();
+            }
+          } else {
+            c->add_prompt(e);
+          }
+        }
         if (c->stream) {
           send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, e.text, nullptr, c->chunk_logprobs(e),
                                          e.choice));
@@ -1175,6 +1198,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     c->tok = &svc->tok();
     if (cmd.echo)
       c->echo = cmd.request.prompt_tokens.empty() ? cmd.request.prompt : svc->tok().decode(cmd.request.prompt_tokens);
+    c->echo_lp = cmd.request.prompt_logprobs;
     c->set_choices(cmd.request.n, false);
     c->stream = cmd.stream;
     c->include_usage = cmd.include_usage;

@@ -305,7 +305,7 @@ TEST_CASE("OpenAI completion requests") {
   CHECK(std::holds_alternative<completion_command>(parse_completion_request(R"({"prompt":[[1,2]]})", lim)));
 
   for (const char* body : {"", "{", "[]", R"({})", R"({"prompt":""})", R"({"prompt":["a","b"]})",
-                           R"({"prompt":"a","n":17})", R"({"prompt":"a","n":0})", R"({"prompt":"a","echo":true,"logprobs":1})",
+                           R"({"prompt":"a","n":17})", R"({"prompt":"a","n":0})", R"({"prompt":"a","prompt_logprobs":1})",
                            R"({"prompt":"a","logprobs":21})", R"({"prompt":"a","max_tokens":-1})",
                            R"({"prompt":"a","temperature":-1})", R"({"prompt":"a","top_p":2})",
                            R"({"prompt":"a","stream":"yes"})", R"({"prompt":"123456789"})",
@@ -627,7 +627,9 @@ TEST_CASE("sampling and output fields") {
   CHECK(param_of(R"({"prompt":"a","logit_bias":{"7":"1"}})") == "logit_bias");
   CHECK(param_of(R"({"prompt":"a","logprobs":21})") == "logprobs");
   CHECK(param_of(R"({"prompt":"a","logprobs":-1})") == "logprobs");
-  CHECK(param_of(R"({"prompt":"a","echo":true,"logprobs":0})") == "echo");
+  CHECK(param_of(R"({"prompt":"a","prompt_logprobs":2})") == "prompt_logprobs");
+  CHECK(param_of(R"({"prompt":"a","use_beam_search":true})") == "use_beam_search");
+  CHECK(param_of(R"({"prompt":"a","include_stop_str_in_output":true})") == "include_stop_str_in_output");
   CHECK(param_of(R"({"prompt":"a","suffix":"z"})") == "suffix");
   CHECK(param_of(R"({"prompt":"a","best_of":3})") == "best_of");
   CHECK(param_of(R"({"prompt":"a","n":17})") == "n");
@@ -827,4 +829,42 @@ TEST_CASE("n choices: parsed on every entry point; one body with a choice per in
   auto one = json::parse(event_frame("r", t));
   CHECK_FALSE(one.contains("choice"));  // n = 1: the frame is as before
   CHECK_FALSE(one.contains("finish_reason"));
+}
+
+TEST_CASE("echo with logprobs: the prompt's tokens first, the first with null, then the completion's") {
+  protocol_limits lim;
+  lim.n_vocab = 300;
+  lim.n_ctx = 64;
+  auto c = std::get<completion_command>(parse_completion_request(R"({"prompt":"a","echo":true,"logprobs":2})", lim));
+  CHECK(c.request.prompt_logprobs);
+  CHECK_FALSE(std::get<completion_command>(parse_completion_request(R"({"prompt":"a","echo":true})", lim))
+                  .request.prompt_logprobs);
+  CHECK_FALSE(std::get<completion_command>(parse_completion_request(R"({"prompt":"a","logprobs":2})", lim))
+                  .request.prompt_logprobs);
+  auto bytes = [](int32_t id) -> std::string_view {
+    static const std::string names[] = {"A", "bb", "c", "dd"};
+    return names[id];
+  };
+  event e;
+  e.type = event::kind::token;
+  e.prompt_ids = {0, 1, 2};
+  e.prompt_logprobs = {-0.5f, -1.5f};
+  e.prompt_top = {{1, -0.5f}, {3, -0.9f}, {3, -0.2f}, {2, -1.5f}};
+  e.n_top = 2;
+  e.token = 3;
+  e.logprob = -0.1f;
+  e.top_logprobs = {{3, -0.1f}, {0, -3.0f}};
+  logprobs_builder b;
+  b.add_prompt(e, bytes);
+  b.offset = 5;  // the echoed text's length: the completion's offsets count from there
+  b.add(e, bytes);
+  auto j = json::parse(b.json());
+  CHECK(j["tokens"] == json::array({"A", "bb", "c", "dd"}));
+  CHECK(j["token_logprobs"][0].is_null());
+  CHECK(j["top_logprobs"][0].is_null());
+  CHECK(j["token_logprobs"][1] == -0.5);
+  CHECK(j["top_logprobs"][2]["dd"] == -0.2);
+  CHECK(j["top_logprobs"][2]["c"] == -1.5);
+  CHECK(j["text_offset"] == json::array({0, 1, 3, 5}));
+  CHECK(std::abs(j["token_logprobs"][3].get<double>() + 0.1) < 1e-6);
 }
