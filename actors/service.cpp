@@ -16,7 +16,7 @@
 #include "actors/service-core.hpp"
 #include "actors/supervisor-actor.hpp"
 #include "engine/cpu-backend.hpp"
-#include "engine/model-weights.hpp"
+#include "model/weights.hpp"
 #include "supervision/circuit-breaker.hpp"
 #include "template/jinja.hpp"
 

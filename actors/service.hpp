@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/result.hpp"
-#include "engine/sampling-params.hpp"
+#include "base/result.hpp"
+#include "base/sampling-params.hpp"
 
 namespace caf { class actor_system; }
 

@@ -37,7 +37,7 @@
 
 #include "actors/metrics.hpp"
 #include "actors/service.hpp"
-#include "engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 #include "net/chat.hpp"
 #include "net/protocol.hpp"
 #include "net/rate-limiter.hpp"

@@ -13,7 +13,7 @@
 #include <unistd.h>
 #include <vector>
 
-#include "engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 using infer::tokenizer;
 using infer::utf8_stream_decoder;
