@@ -31,7 +31,8 @@ EOF
 fi
 export LD_LIBRARY_PATH="$B/lib${cublas_dir:+:$cublas_dir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # Our libstdc++ only where the machine's lacks a symbol version the binaries need.
-if ldd "$B/bin/test_cuda_kernels" 2>&1 | grep -q "version .* not found"; then
+# (Any bundled binary tells: a GPU_TARGETS bundle may hold only some of them.)
+if ldd "$(ls "$B"/bin/* | head -1)" 2>&1 | grep -q "version .* not found"; then
   export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$B/lib-fallback"
   echo "gpu-run: using the bundled libstdc++"
 fi
@@ -64,6 +65,9 @@ for st in "${STAGES[@]}"; do
       stage tests 240 "$B/bin/test_cuda_llama_kernels"
       stage tests 240 "$B/bin/test_cuda_backend"
       if [ -x "$B/bin/test_cuda_sampling" ]; then stage tests 240 "$B/bin/test_cuda_sampling"; fi
+      ;;
+    backend)  # the CUDA backend's test alone (a GPU_TARGETS="test_cuda_backend" bundle)
+      stage backend 240 "$B/bin/test_cuda_backend"
       ;;
     check)
       # Small config and the gpt2-small config, seeded random weights, exported by
