@@ -931,7 +931,8 @@ std::variant<chat_command, invalid_request> parse_chat_request(std::string_view 
   if (absent(o, "messages")) return invalid_request{std::nullopt, "messages: missing"};
   if (!absent(o, "prompt")) return invalid_request{std::nullopt, "prompt: not a chat field (use messages, or /v1/completions)"};
   // Fields of OpenAI's chat API this server has no part for: refused, never dropped.
-  for (const char* key : {"audio", "prediction", "functions", "function_call", "web_search_options", "reasoning_effort"})
+  for (const char* key : {"audio", "prediction", "functions", "function_call", "web_search_options", "reasoning_effort",
+                          "verbosity"})
     if (!absent(o, key)) return invalid_request{std::nullopt, fmt::format("{}: not supported", key)};
   bool store = false;
   if (auto e = get_bool(o, "store", store)) return invalid_request{std::nullopt, *e};

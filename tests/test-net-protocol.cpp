@@ -667,6 +667,7 @@ TEST_CASE("sampling and output fields") {
   CHECK(chat_bad("{" + m + R"(,"audio":{}})").find("audio") == 0);
   CHECK(chat_bad("{" + m + R"(,"modalities":["text","audio"]})").find("modalities") == 0);
   CHECK(chat_bad("{" + m + R"(,"best_of":2})").find("best_of") == 0);
+  CHECK(chat_bad("{" + m + R"(,"verbosity":"low"})").find("verbosity") == 0);
   auto okc = parse_chat_request("{" + m + R"(,"modalities":["text"],"store":false,"presence_penalty":1})", lim);
   REQUIRE(std::holds_alternative<chat_command>(okc));
   CHECK(std::get<chat_command>(okc).request.sampling.presence_penalty == 1.0f);
