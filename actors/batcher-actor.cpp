@@ -105,6 +105,9 @@ struct batcher_state {
   std::chrono::steady_clock::time_point dispatch_due;  // when it fires
   overload_monitor overload;                   // sustained overload: caps max_tokens (degradation)
   std::vector<uint64_t> chain;                 // scratch: prefix block hashes of the sequence being routed
+  // Queued requests that have waited for the worker holding their prefix (counted in
+  // prefix_routed when they land there); an id leaves when its request leaves the queue.
+  std::unordered_set<uint64_t> waiting_for_prefix;
 };
 
 using batcher_actor = caf::stateful_actor<batcher_state>;
@@ -291,6 +294,10 @@ void prune_reservations(batcher_state& st, std::chrono::steady_clock::time_point
   }
 }
 
+// At most this many queued requests wait for the worker holding their prefix in one
+// dispatch pass (each costs its prompt's chain hashes); the next one takes the room it finds.
+constexpr int k_prefix_wait_scan = 32;
+
 // Admits queued sequences, highest priority first, while some worker has room. Suspects
 // run without others (their group together, or alone): they wait for an idle worker
 // without holding up the others. CPU fallback workers take sequences only while no
@@ -305,6 +312,7 @@ void dispatch(batcher_actor* self) {
   // suspects still go on: a worker reserved for them turns away ordinary sequences, so a
   // blocked head must not keep them from it.
   bool blocked = false;
+  int waits = 0;  // requests left waiting for their prefix's worker in this pass
   for (auto& q : st.queues) {
     for (size_t qi = 0; qi < q.size();) {
       enqueue_msg& m = q[qi];
@@ -323,6 +331,7 @@ void dispatch(batcher_actor* self) {
         self->send(m.request, seq_closed_msg{m.id, uint8_t(closed_why::rejected),
                                              "the sequence needs more KV cache than a worker has (" +
                                                  std::to_string(most) + " blocks)"});
+        st.waiting_for_prefix.erase(m.id);
         q.erase(q.begin() + std::ptrdiff_t(qi));
         --st.queued;
         continue;
@@ -374,7 +383,35 @@ void dispatch(batcher_actor* self) {
             if (gain > 0 && score > pick_score) pick = i, pick_score = score;
           }
         }
-        if (pick != best) st.core->stats.prefix_routed.fetch_add(1, std::memory_order_relaxed);
+        // The worker believed to hold the longest prefix may have no room now (under load,
+        // room appears one slot at a time, on whichever worker finishes first). Then the
+        // request waits for it, at the same price: while its extra prefix outweighs
+        // prefix_affinity_tokens per extra sequence that worker holds. Waiting does not
+        // block the queue: the requests behind it may take the room elsewhere.
+        int home = -1;
+        int64_t home_hit = 0;
+        for (int i = 0; i < int(st.workers.size()); ++i) {
+          auto& w = st.workers[size_t(i)];
+          if (!eligible(size_t(i)) || w.exclusive != 0 || w.reserved != 0 || w.block_size != bs) continue;
+          const int64_t hit = int64_t(w.cached.match(st.chain)) * bs;
+          if (hit > home_hit) home = i, home_hit = hit;
+        }
+        const auto& pw = st.workers[size_t(pick)];
+        if (home >= 0 && home != pick) {
+          const auto& hw = st.workers[size_t(home)];
+          const bool room = hw.est_held() < hw.max_running && hw.est_free() >= hw.blocks_for(n);
+          const int64_t pick_hit = int64_t(pw.cached.match(st.chain)) * bs;
+          const int64_t wait_score = home_hit - pick_hit - per_seq * std::max<int64_t>(0, hw.est_held() - pw.est_held());
+          if (!room && wait_score > 0 && waits < k_prefix_wait_scan) {
+            st.waiting_for_prefix.insert(m.id);
+            ++waits;
+            ++qi;
+            continue;
+          }
+        }
+        const bool waited = st.waiting_for_prefix.erase(m.id) > 0;
+        if (pick != best || (waited && pick == home))
+          st.core->stats.prefix_routed.fetch_add(1, std::memory_order_relaxed);
         best = pick;
         st.workers[size_t(best)].cached.insert(st.chain);
       }
@@ -457,6 +494,7 @@ bool remove_queued(batcher_state& st, uint64_t id) {
       if (it->id == id) {
         q.erase(it);
         --st.queued;
+        st.waiting_for_prefix.erase(id);
         return true;
       }
   return false;
