@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine, from the bundle made by scripts/gpu-bundle.sh:
 #   bash .gpu-bundle/gpu-run.sh [env] [tests] [check] [llama] [bench] [bench-llama] [actors]
-#        [server] [profile] [prefix] [tokenizer] [backend-test] [service-llama]
+#        [server] [profile] [prefix] [routing] [tokenizer] [backend-test] [service-llama]
 #        (default: env tests check bench)
 # Each stage logs to $OUT/<stage>.log; results.jsonl collects the machine-readable figures.
 # Stages go on after a failing one; the exit status is the number of failed stages.
@@ -190,6 +190,18 @@ for st in "${STAGES[@]}"; do
         stage prefix 200 "$B/bin/infer-bench-cuda" --prefix --model $m --json "$OUT/results.jsonl" ${PREFIX_ARGS:-}
       done
       cat "$OUT/prefix.log"
+      ;;
+    routing)
+      # Cache-aware routing (issue 19) through the actors: 2 CUDA workers on the device, 24
+      # system prompts (more than one worker's spare KV holds, half of them fit), all tasks
+      # submitted at once; prefix_affinity_tokens 0 (load only) against the default.
+      [ -d "$WORK/gpt2-small" ] || python3 "$B/gpu-hf.py" export --preset gpt2-small --seed 1 --out "$WORK/gpt2-small" --prompts 16 >>"$OUT/routing.log" 2>&1
+      for aff in ${ROUTING_AFFINITY:-0 64}; do
+        stage routing 120 "$B/bin/infer-bench-actors" --backend cuda --model synthetic:gpt2-small --tokenizer-dir "$B/vocab" \
+          --workers 2 --tasks ${ROUTING_TASKS:-2000} --prompt 256 --new 16 --shared 90 --prefixes ${ROUTING_PREFIXES:-24} \
+          --skip-serial --max-running 32 --max-batch-tokens 2048 --kv-memory-mb ${ROUTING_KV_MB:-400} --prefix-affinity-tokens $aff
+      done
+      grep -h "together \|engine busy\|prefix cache" "$OUT/routing.log" || true
       ;;
     tokenizer)
       # Our tokenizers and chat templates against Python tokenizers / transformers (issue 15):
