@@ -195,7 +195,6 @@ for st in "${STAGES[@]}"; do
       # Cache-aware routing (issue 19) through the actors: 2 CUDA workers on the device, 24
       # system prompts (more than one worker's spare KV holds, half of them fit), all tasks
       # submitted at once; prefix_affinity_tokens 0 (load only) against the default.
-      [ -d "$WORK/gpt2-small" ] || python3 "$B/gpu-hf.py" export --preset gpt2-small --seed 1 --out "$WORK/gpt2-small" --prompts 16 >>"$OUT/routing.log" 2>&1
       for aff in ${ROUTING_AFFINITY:-0 64}; do
         stage routing 120 "$B/bin/infer-bench-actors" --backend cuda --model synthetic:gpt2-small --tokenizer-dir "$B/vocab" \
           --workers 2 --tasks ${ROUTING_TASKS:-2000} --prompt 256 --new 16 --shared 90 --prefixes ${ROUTING_PREFIXES:-24} \
