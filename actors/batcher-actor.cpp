@@ -393,6 +393,7 @@ void dispatch(batcher_actor* self) {
         for (int i = 0; i < int(st.workers.size()); ++i) {
           auto& w = st.workers[size_t(i)];
           if (!eligible(size_t(i)) || w.exclusive != 0 || w.reserved != 0 || w.block_size != bs) continue;
+          if (w.blocks_for(n) > w.total_blocks) continue;  // it could never take it: do not wait for it
           const int64_t hit = int64_t(w.cached.match(st.chain)) * bs;
           if (hit > home_hit) home = i, home_hit = hit;
         }
