@@ -33,7 +33,7 @@
 #include <cuda_runtime_api.h>
 
 #include "bench/prefix-workload.hpp"
-#include "engine/model-weights.hpp"
+#include "model/weights.hpp"
 #include "gpu/cuda-backend.hpp"
 
 using namespace infer;
