@@ -7,8 +7,8 @@
 // max_running and with free KV blocks for it, counting admissions not yet acknowledged;
 // the one with the most free blocks wins, unless cache-aware routing finds one believed to
 // hold a longer prefix whose extra prefix tokens outweigh prefix_affinity_tokens per extra
-// sequence it holds. When the worker believed to hold the longest prefix has no room, the
-// sequence waits for it on the same terms (choice::wait), without blocking the queue: under
+// sequence it holds. When the worker believed to hold the longest prefix has no free slot
+// (max_running), the sequence waits for it on the same terms (choice::wait), without blocking the queue: under
 // load, room appears one slot at a time on whichever worker finishes first, and ranking
 // only the workers with room would route a saturated server by load alone. Suspects (suspect-tracker.hpp) run without others: only on an idle
 // worker, which they then hold exclusively (their group may join); when none is idle the
@@ -138,8 +138,8 @@ class worker_router {
   struct choice {
     int worker = -1;             // -1: none has room now (or it waits)
     bool prefix_routed = false;  // cache-aware routing chose another than the least loaded
-    // The worker believed to hold the longest prefix has no room now and is worth waiting
-    // for (worker is -1): the caller leaves the sequence queued and goes on with the next.
+    // The worker believed to hold the longest prefix has no free slot now and is worth
+    // waiting for (worker is -1): the caller leaves the sequence queued and goes on.
     bool wait = false;
     int home = -1;               // the worker believed to hold the longest prefix, -1: none
   };
@@ -200,9 +200,11 @@ class worker_router {
       if (may_wait && c.home >= 0 && c.home != pick) {
         const auto& hw = ws[size_t(c.home)];
         const auto& pw = ws[size_t(pick)];
-        const bool room = hw.est_held() < hw.max_running && hw.est_free() >= hw.blocks_for(n);
+        // Only for a slot: one frees whenever any of its sequences ends. A worker short of KV
+        // blocks may stay so for as long as its longest sequence runs: not worth waiting for.
+        const bool full = hw.est_held() >= hw.max_running;
         const int64_t gain = home_hit - int64_t(pw.cached.match(chain_)) * bs;
-        if (!room && gain - per_seq * std::max<int64_t>(0, hw.est_held() - pw.est_held()) > 0) {
+        if (full && gain - per_seq * std::max<int64_t>(0, hw.est_held() - pw.est_held()) > 0) {
           c.wait = true;
           return c;
         }

@@ -179,10 +179,18 @@ TEST_CASE("worker_router: a full worker holding the prefix is waited for while t
   CHECK_FALSE(c.wait);
   CHECK(c.worker == 1);
   ws[1].cached.reset(100);
-  // Out of KV blocks rather than slots: the same rule.
+  // Out of KV blocks rather than slots: not waited for (its longest sequence may hold them
+  // for long), the room elsewhere is taken.
   ws[0].held = 1;
   ws[0].free_blocks = 5;  // needs 21
   ws[1].held = 0;
+  c = r.choose(ws, all, 322, {}, prompt);
+  CHECK_FALSE(c.wait);
+  CHECK(c.worker == 1);
+  ws[1].cached.reset(100);
+  ws[0].held = 8;  // a slot, then: waited for
+  ws[0].free_blocks = 80;
+  ws[1].held = 7;
   CHECK(r.choose(ws, all, 322, {}, prompt).wait);
   // A worker that could never hold it (a smaller pool) is not waited for.
   ws[0].total_blocks = 20;
