@@ -5,6 +5,7 @@
 // sample_fused_forward (at the end) settles the same rule without the sort; the sort path
 // stays as its fallback and as the reference the device tests hold it to.
 #include <climits>
+#include <cstdint>
 
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -29,6 +30,41 @@ __device__ inline void better(float& bv, int& bi, float v, int i) {
   }
 }
 
+// f(v, i) for every element of a row, NT threads of a block. A row is 512 KB at a 128k
+// vocabulary and one block reads it: loads must be in flight together (16 floats a thread)
+// or the loop waits out the memory latency element by element.
+template <int NT, class F>
+__device__ __forceinline__ void for_row(const float* row, int V, F&& f) {
+  int tail = 0;
+  if ((reinterpret_cast<uintptr_t>(row) & 15) == 0) {
+    const float4* r4 = reinterpret_cast<const float4*>(row);
+    const int n4 = V / 4;
+    int i = threadIdx.x;
+    for (; i + 3 * NT < n4; i += 4 * NT) {
+      float4 x[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) x[u] = r4[i + u * NT];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int b = 4 * (i + u * NT);
+        f(x[u].x, b);
+        f(x[u].y, b + 1);
+        f(x[u].z, b + 2);
+        f(x[u].w, b + 3);
+      }
+    }
+    for (; i < n4; i += NT) {
+      const float4 x = r4[i];
+      f(x.x, 4 * i);
+      f(x.y, 4 * i + 1);
+      f(x.z, 4 * i + 2);
+      f(x.w, 4 * i + 3);
+    }
+    tail = 4 * n4;
+  }
+  for (int j = tail + int(threadIdx.x); j < V; j += NT) f(row[j], j);
+}
+
 __global__ void sample_greedy_kernel(int32_t* tokens, const float* logits, int ld,
                                      const int32_t* rows, int V, const sampling_params* sp,
                                      const uint8_t* do_sample) {
@@ -41,7 +77,7 @@ __global__ void sample_greedy_kernel(int32_t* tokens, const float* logits, int l
   const float* row = logits + size_t(rows[r]) * ld;
   float bv = -INFINITY;
   int bi = 0x7fffffff;
-  for (int i = threadIdx.x; i < V; i += greedy_threads) better(bv, bi, row[i], i);
+  for_row<greedy_threads>(row, V, [&](float v, int i) { better(bv, bi, v, i); });
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
     const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
@@ -423,9 +459,8 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
   float bv = -INFINITY, lm = -INFINITY, ls = 0.0f, mn = INFINITY, tmax = -INFINITY;
   int bi = INT_MAX;
   bool any = false;
-  for (int i = tid; i < V; i += fs_threads) {
-    const float raw = row[i];
-    if (raw != raw) continue;
+  for_row<fs_threads>(row, V, [&](float raw, int i) {
+    if (raw != raw) return;
     const float v = fused_view_value(raw, i);
     better(bv, bi, v, i);
     if (v > -INFINITY) mn = fminf(mn, v);
@@ -434,7 +469,7 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
       tmax = fmaxf(tmax, raw);
       any = true;
     }
-  }
+  });
   for (int k = a0 + tid; k < a1; k += fs_threads) {
     const float raw = a.adj_raw[k];
     const int t = a.adj[k].token;
@@ -501,15 +536,14 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
     g.scale = float(fs_bins - 1) / fminf(span, fs_span);
 
     // 2. Mass (and, under top_k, count) histogram of the sampling view.
-    for (int i = tid; i < V; i += fs_threads) {
-      const float raw = row[i];
-      if (raw != raw) continue;
+    for_row<fs_threads>(row, V, [&](float raw, int i) {
+      if (raw != raw) return;
       const float v = fused_view_value(raw, i);
       const int b = g.bin(v);
       if (kact && b < fs_bins - 1) atomicAdd(&cnt[b], 1u);
       const u64 f = g.mass(v);
       if (f) atomicAdd(&mass[b], f);
-    }
+    });
     for (int k = a0 + tid; k < a1; k += fs_threads) {
       const float v = fused_view_value(adjusted_logit(a.adj_raw[k], a.adj[k], p), a.adj[k].token);
       if (v != v) continue;
@@ -598,9 +632,8 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
   if (sel || k_lp > 0) {
     const int lo1 = c.lo1, hi1 = c.hi1, lo2 = c.lo2, hi2 = c.hi2;
     const float th = c.th_lp;
-    for (int i = tid; i < V; i += fs_threads) {
-      const float raw = row[i];
-      if (raw != raw) continue;
+    for_row<fs_threads>(row, V, [&](float raw, int i) {
+      if (raw != raw) return;
       if (sel) {
         const float v = fused_view_value(raw, i);
         const int b = g.bin(v);
@@ -613,7 +646,7 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
         const int j = atomicAdd(&c.n_l, 1);
         if (j < fs_cap_lp) cand_l[j] = fs_key(raw, i);
       }
-    }
+    });
     for (int k = a0 + tid; k < a1; k += fs_threads) {
       const float raw = a.adj_raw[k];
       const int t = a.adj[k].token;

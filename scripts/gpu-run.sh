@@ -99,11 +99,11 @@ for st in "${STAGES[@]}"; do
       # Issue 16: the sampling controls' device tests, then their cost at the Llama-3.2-1B
       # shape: greedy, the full controls through the fused kernel, and through the sort path.
       stage sampling 180 "$B/bin/test_cuda_sampling"
-      [ "${SAMPLING_BACKEND_TEST:-1}" != 0 ] && stage sampling 240 "$B/bin/test_cuda_backend"
-      for mode in greedy:fused full:fused full:sort; do
+      for mode in ${SAMPLING_MODES:-greedy:fused full:fused full:sort}; do
         stage sampling 150 "$B/bin/infer-bench-cuda" --model synthetic:llama3.2-1b --batches ${SAMPLING_BATCHES:-1,64,256} \
           --prompt 32 --new 64 --sampling ${mode%%:*} --sampler ${mode##*:} --json "$OUT/results.jsonl"
       done
+      [ "${SAMPLING_BACKEND_TEST:-1}" != 0 ] && stage sampling 240 "$B/bin/test_cuda_backend"
       grep -h "^ *[0-9]\|sort path\|== sampling\|\[doctest\]\|rows \|ERROR\|FAIL" "$OUT/sampling.log" || true
       ;;
     bench-llama)
