@@ -285,13 +285,18 @@ __global__ void logprobs_gather_kernel(float* logprob, const int32_t* tokens, co
 // ---- The fast path (cuda-sampling.hpp: fused_sampling_args) ----
 constexpr int fs_threads = 512;
 constexpr int fs_warps = fs_threads / 32;
-constexpr int fs_bins = 2048;    // mass histogram of the sampling view
+constexpr int fs_bins = 4096;    // mass histogram of the sampling view
 constexpr int fs_cap = 2048;     // gathered sampling candidates
 constexpr int fs_cap_lp = 512;   // gathered logprobs candidates
 // Masses are w * 2^40 truncated: w = exp(-d) < 2^-40 for d > 27.8 counts as 0, so bins
 // need to span at most 28 (temperature-scaled) nats below the maximum.
 constexpr float fs_span = 28.0f;
 constexpr float fs_fixed = 1099511627776.0f;  // 2^40
+// The histogram adds each mass as two 20-bit halves with 32-bit shared atomics (native;
+// a 64-bit shared add is a compare-and-swap loop, and it was most of the kernel's time);
+// a bin whose halves wrap (over 4096 elements of mass ~1 in one bin: ties) shows in the
+// check of the bins' sum against the exact total, and the row goes to the sort path.
+constexpr int fs_half = 20;
 constexpr size_t fs_smem_bytes = size_t(fs_bins) * 8 + size_t(2 * fs_cap) * 8 +
                                  size_t(2 * fs_cap_lp) * 8 + size_t(fs_bins) * 4;
 using u64 = unsigned long long;
@@ -357,12 +362,24 @@ __device__ __forceinline__ void lse_merge(float& m, float& s, float m2, float s2
 
 // Sorts n distinct keys descending: each key's rank is the number of keys above it.
 __device__ void fs_rank_sort(const u64* in, u64* out, int n) {
-  for (int j = threadIdx.x; j < n; j += fs_threads) {
-    const u64 kj = in[j];
-    int rank = 0;
-    for (int q = 0; q < n; ++q) rank += in[q] > kj;
-    out[rank] = kj;
+  constexpr int per = fs_cap / fs_threads;  // n <= fs_cap: each thread ranks up to 4 keys
+  u64 key[per];
+  int rank[per];
+#pragma unroll
+  for (int u = 0; u < per; ++u) {
+    const int j = threadIdx.x + u * fs_threads;
+    key[u] = j < n ? in[j] : 0;
+    rank[u] = 0;
   }
+  if (int(threadIdx.x) >= n) return;
+  for (int q = 0; q < n; ++q) {
+    const u64 kq = in[q];
+#pragma unroll
+    for (int u = 0; u < per; ++u) rank[u] += kq > key[u];
+  }
+#pragma unroll
+  for (int u = 0; u < per; ++u)
+    if (int(threadIdx.x) + u * fs_threads < n) out[rank[u]] = key[u];
 }
 
 // How many j < n satisfy pred (block-uniform call).
@@ -397,11 +414,14 @@ struct fs_ctl {
   int bk, need_k;          // top_k: the bin of the K-th element, and its rank inside the bin
   float u;
   int n_s, n_l, token;
+  bool wrapped;  // a histogram half wrapped: the row goes to the sort path
 };
 
 __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused_sampling_args a) {
   extern __shared__ __align__(16) unsigned char fs_dyn[];
-  u64* mass = reinterpret_cast<u64*>(fs_dyn);  // [fs_bins], then its inclusive prefix
+  u64* mass = reinterpret_cast<u64*>(fs_dyn);  // [fs_bins] inclusive prefix, after
+  uint32_t* mass_hi = reinterpret_cast<uint32_t*>(fs_dyn);  // the halves it is built from
+  uint32_t* mass_lo = mass_hi + fs_bins;
   u64* cand = mass + fs_bins;                  // gathered keys, then prefix masses
   u64* sorted = cand + fs_cap;
   u64* cand_l = sorted + fs_cap;
@@ -410,6 +430,7 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
   __shared__ fs_ctl c;
   __shared__ float w_bv[fs_warps], w_m[fs_warps], w_s[fs_warps], w_mn[fs_warps];
   __shared__ int w_bi[fs_warps];
+  __shared__ u64 w_sum[fs_warps];
   __shared__ u64 thr_key[fs_threads];
   using scan64 = cub::BlockScan<u64, fs_threads>;
   using scan32 = cub::BlockScan<uint32_t, fs_threads>;
@@ -442,7 +463,7 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
     row[t] = __int_as_float(0x7fc00000);
   }
   for (int b = tid; b < fs_bins; b += fs_threads) {
-    mass[b] = 0;
+    mass[b] = 0;  // both halves
     cnt[b] = 0;
   }
   if (tid == 0) {
@@ -451,6 +472,7 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
     c.token = -1;
     c.th_lp = -INFINITY;
     c.lo1 = c.lo2 = -1;
+    c.wrapped = false;
     c.hi1 = c.hi2 = -2;
   }
   __syncthreads();
@@ -536,27 +558,35 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
     g.scale = float(fs_bins - 1) / fminf(span, fs_span);
 
     // 2. Mass (and, under top_k, count) histogram of the sampling view.
-    for_row<fs_threads>(row, V, [&](float raw, int i) {
-      if (raw != raw) return;
-      const float v = fused_view_value(raw, i);
+    u64 tsum = 0;  // the exact total, for the check of the halves
+    auto add = [&](float v) {
       const int b = g.bin(v);
       if (kact && b < fs_bins - 1) atomicAdd(&cnt[b], 1u);
       const u64 f = g.mass(v);
-      if (f) atomicAdd(&mass[b], f);
+      if (f == 0) return;
+      tsum += f;
+      const uint32_t hi = uint32_t(f >> fs_half), lo = uint32_t(f) & ((1u << fs_half) - 1);
+      if (hi) atomicAdd(&mass_hi[b], hi);
+      if (lo) atomicAdd(&mass_lo[b], lo);
+    };
+    for_row<fs_threads>(row, V, [&](float raw, int i) {
+      if (raw == raw) add(fused_view_value(raw, i));
     });
     for (int k = a0 + tid; k < a1; k += fs_threads) {
       const float v = fused_view_value(adjusted_logit(a.adj_raw[k], a.adj[k], p), a.adj[k].token);
-      if (v != v) continue;
-      const int b = g.bin(v);
-      if (kact && b < fs_bins - 1) atomicAdd(&cnt[b], 1u);
-      const u64 f = g.mass(v);
-      if (f) atomicAdd(&mass[b], f);
+      if (v == v) add(v);
     }
+    for (int o = 16; o > 0; o >>= 1) tsum += __shfl_xor_sync(0xffffffffu, tsum, o);
+    if (tid % 32 == 0) w_sum[tid / 32] = tsum;
     __syncthreads();
     constexpr int per = fs_bins / fs_threads;
     {
       u64 it[per];
-      for (int q = 0; q < per; ++q) it[q] = mass[tid * per + q];
+      for (int q = 0; q < per; ++q) {
+        const int b = tid * per + q;
+        it[q] = (u64(mass_hi[b]) << fs_half) + u64(mass_lo[b]);
+      }
+      __syncthreads();  // the halves are read: mass[] overwrites them
       scan64(scan_tmp.s64).InclusiveSum(it, it);
       for (int q = 0; q < per; ++q) mass[tid * per + q] = it[q];
     }
@@ -574,6 +604,9 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
       auto excl = [&](int b) -> u64 { return b > 0 ? mass[b - 1] : 0; };
       auto incl_cnt = [&](int b) -> uint32_t { return b >= fs_bins - 1 ? uint32_t(V) : cnt[b]; };
       const u64 all = mass[fs_bins - 1];
+      u64 exact = 0;
+      for (int w = 0; w < fs_warps; ++w) exact += w_sum[w];
+      c.wrapped = exact != all;
       int bk = fs_bins;
       int need_k = 0;
       if (kact) {
@@ -665,7 +698,7 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
     }
     __syncthreads();
   }
-  const bool ok_s = sel && c.n_s > 0 && c.n_s <= fs_cap;
+  const bool ok_s = sel && !c.wrapped && c.n_s > 0 && c.n_s <= fs_cap;
   const bool ok_l = k_lp > 0 && c.n_l <= fs_cap_lp && c.n_l >= k_lp;
   const int n_s = min(c.n_s, fs_cap), n_l = min(c.n_l, fs_cap_lp);
   if (ok_s) fs_rank_sort(cand, sorted, n_s);
