@@ -27,7 +27,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "engine/model-weights.hpp"
+#include "model/weights.hpp"
 #include "gpu/cuda-backend.hpp"
 
 using namespace infer;

@@ -13,7 +13,7 @@
 #include <memory>
 
 #include "engine/backend.hpp"
-#include "engine/model-weights.hpp"
+#include "model/weights.hpp"
 #include "model/weights.hpp"
 
 namespace infer {

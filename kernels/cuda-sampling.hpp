@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "engine/sampling-params.hpp"
+#include "base/sampling-params.hpp"
 
 namespace infer::cuda {
 
