@@ -203,12 +203,13 @@ for st in "${STAGES[@]}"; do
       cat "$OUT/prefix.log"
       ;;
     routing)
-      # Cache-aware routing (issue 19) through the actors: 2 CUDA workers on the device, 24
-      # system prompts (more than one worker's spare KV holds, half of them fit), all tasks
-      # submitted at once; prefix_affinity_tokens 0 (load only) against the default.
+      # Cache-aware routing (issue 19) through the actors: 2 CUDA workers on the device, 64
+      # system prompts (more than one worker keeps beside its 32 running sequences; at 24
+      # both workers hold all of them and the hit rates match), all tasks submitted at once;
+      # prefix_affinity_tokens 0 (load only) against the default (bench/RESULTS.md).
       for aff in ${ROUTING_AFFINITY:-0 64}; do
         stage routing 120 "$B/bin/infer-bench-actors" --backend cuda --model synthetic:gpt2-small --tokenizer-dir "$B/vocab" \
-          --workers 2 --tasks ${ROUTING_TASKS:-2000} --prompt 256 --new 16 --shared 90 --prefixes ${ROUTING_PREFIXES:-24} \
+          --workers 2 --tasks ${ROUTING_TASKS:-2000} --prompt 256 --new 16 --shared 90 --prefixes ${ROUTING_PREFIXES:-64} \
           --skip-serial --max-running 32 --max-batch-tokens 2048 --kv-memory-mb ${ROUTING_KV_MB:-400} --prefix-affinity-tokens $aff
       done
       grep -h "together \|engine busy\|prefix cache" "$OUT/routing.log" || true
