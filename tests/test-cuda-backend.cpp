@@ -594,6 +594,7 @@ TEST_CASE("cuda backend: prompt logprobs match the cpu backend; a sequence that 
     }
     CHECK(og.tokens.size() == 2);
   }
+}
 
 // --- prefix caching on the device (issue 19) ---
 // The scheduler (prefix caching off, then on) drives one CUDA backend through the same
