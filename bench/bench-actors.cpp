@@ -31,7 +31,7 @@
 #include "actors/service-core.hpp"
 #include "actors/service.hpp"
 #include "config/service-config.hpp"
-#include "tests/fake-backend.hpp"
+#include "bench/sim-backend.hpp"
 
 using namespace infer;
 using clk = std::chrono::steady_clock;
@@ -125,49 +125,6 @@ std::string arg_str(int argc, char** argv, const char* name, const char* def) {
   return def;
 }
 
-// --backend sim: a backend that takes as long as a GPU would and costs the host no CPU, so
-// that the run shows what the actors (and only they) cost around the engine. Its tokens are
-// the fake backend's (a hash of the context: the scheduler's bookkeeping stays checked); its
-// step lasts fixed_us + per_seq_us per sequence + per_token_us per prompt token beyond one
-// per sequence, slept (and the last stretch spun, sleep being coarse), as a CUDA stream
-// synchronize would leave the thread. The defaults are GPT-2 small on the H200 (fp16,
-// graphs): 0.535 ms at 64 sequences, 0.80 ms at 256, 8192 prompt tokens in 6 ms.
-class sim_backend final : public backend {
- public:
-  sim_backend(model_config cfg, kv_geometry kv, double fixed_us, double per_seq_us, double per_token_us)
-      : inner_(cfg, kv), fixed_us_(fixed_us), per_seq_us_(per_seq_us), per_token_us_(per_token_us) {}
-  const char* name() const override { return "sim"; }
-  const model_config& config() const override { return inner_.config(); }
-  kv_geometry kv() const override { return inner_.kv(); }
-  status step(const step_batch& b, step_output& out, logits_mode m) override {
-    using clk = std::chrono::steady_clock;
-    auto t0 = clk::now();
-    if (last_end_ != clk::time_point{}) {
-      std::lock_guard<std::mutex> g(gaps_mu);  // one engine per thread; read once after the run
-      gaps_us.push_back(std::chrono::duration<double, std::micro>(t0 - last_end_).count());
-    }
-    status s = inner_.step(b, out, m);
-    const double us = fixed_us_ + per_seq_us_ * b.n_seqs() + per_token_us_ * std::max(0, b.n_tokens() - b.n_seqs());
-    auto end = t0 + std::chrono::nanoseconds(int64_t(us * 1e3));
-    auto coarse = end - std::chrono::microseconds(100);
-    if (clk::now() < coarse) std::this_thread::sleep_until(coarse);
-    while (clk::now() < end) {
-    }
-    last_end_ = clk::now();
-    return s;
-  }
-
-  // The host's time between the end of a step and the start of the next, per engine: what
-  // the device would idle. (Gaps with no work, between rounds, are in it too.)
-  static inline std::mutex gaps_mu;
-  static inline std::vector<double> gaps_us;
-
- private:
-  test::fake_backend inner_;
-  double fixed_us_, per_seq_us_, per_token_us_;
-  std::chrono::steady_clock::time_point last_end_{};
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -202,29 +159,15 @@ int main(int argc, char** argv) {
   const bool sim = cfg.backend == "sim";
   result<std::unique_ptr<service>> started = make_status(errc::internal, "not started");
   if (sim) {
-    // The GPT-2 vocabulary and context, so that detokenisation costs what it would.
-    service_hooks hooks;
-    const int32_t n_vocab = 50257, n_ctx = 1024;
-    service_config tc = cfg;
-    tc.model = "synthetic:gpt2-small";
-    auto tok = model_tokenizer(tc, n_vocab);
-    if (!tok) {
-      std::fprintf(stderr, "infer-bench-actors: sim tokenizer: %s\n", tok.error().message.c_str());
+    auto hooks = bench::sim_hooks(cfg, std::atof(arg_str(argc, argv, "--sim-fixed-us", "430").c_str()),
+                                  std::atof(arg_str(argc, argv, "--sim-seq-us", "1.45").c_str()),
+                                  std::atof(arg_str(argc, argv, "--sim-token-us", "0.7").c_str()));
+    if (!hooks) {
+      std::fprintf(stderr, "infer-bench-actors: %s\n", hooks.error().message.c_str());
       return 1;
     }
-    hooks.tok = std::move(tok.value());
-    hooks.n_ctx = n_ctx;
-    hooks.n_vocab = n_vocab;
-    const double fixed = std::atof(arg_str(argc, argv, "--sim-fixed-us", "430").c_str());
-    const double per_seq = std::atof(arg_str(argc, argv, "--sim-seq-us", "1.45").c_str());
-    const double per_tok = std::atof(arg_str(argc, argv, "--sim-token-us", "0.7").c_str());
-    const int32_t blocks = std::max(64, cfg.max_running * (n_ctx / 16));
-    hooks.make_backend = [=](int32_t) -> result<std::unique_ptr<backend>> {
-      return std::unique_ptr<backend>(
-          new sim_backend(test::fake_config(n_ctx, n_vocab), kv_geometry{16, blocks}, fixed, per_seq, per_tok));
-    };
     cfg.backend = "cpu";  // the service validates the name; the hooks build the engines
-    started = service::start(sys, cfg, hooks);
+    started = service::start(sys, cfg, hooks.value());
     cfg.backend = "sim";
   } else {
     started = service::start(sys, cfg);
@@ -290,8 +233,8 @@ int main(int argc, char** argv) {
              together_engine_s, together.total_s, 100.0 * together_engine_s / together.total_s / cfg.workers,
              together_steps ? 1e3 * together_engine_s / double(together_steps) : 0.0);
   if (sim) {
-    std::lock_guard<std::mutex> g(sim_backend::gaps_mu);
-    auto v = sim_backend::gaps_us;
+    std::lock_guard<std::mutex> g(bench::sim_backend::gaps_mu);
+    auto v = bench::sim_backend::gaps_us;
     std::sort(v.begin(), v.end());
     auto q = [&](double f) { return v.empty() ? 0.0 : v[std::min(v.size() - 1, size_t(f * double(v.size())))]; };
     fmt::print("sim: host gap between steps p50 {:.0f} us, p90 {:.0f} us, p99 {:.0f} us over {} gaps (all rounds)\n",

@@ -31,6 +31,7 @@
 #include <random>
 #include <thread>
 
+#include <netinet/tcp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unordered_map>
@@ -636,6 +637,10 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
 
   void do_write() {
     writing_ = true;
+    // More frames behind this one (a step's tokens of many requests): the socket is corked
+    // until the queue drains, so that the burst leaves in full segments with one transmit
+    // instead of one per frame (on loopback each transmit also runs the receiver's side).
+    set_cork(out_.size() > 1);
     ws_.text(true);
     ws_.async_write(asio::buffer(out_.front()),
                     beast::bind_front_handler(&ws_session::on_write, this->shared_from_this()));
@@ -652,7 +657,15 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     }
     pending_bytes_ -= out_.front().size();
     out_.pop_front();
-    if (!out_.empty() && !closed_) do_write();
+    if (!out_.empty() && !closed_) return do_write();
+    set_cork(false);  // pushes out what the cork held
+  }
+
+  void set_cork(bool on) {
+    if (on == corked_) return;
+    corked_ = on;
+    int v = on ? 1 : 0;
+    ::setsockopt(beast::get_lowest_layer(ws_).socket().native_handle(), IPPROTO_TCP, TCP_CORK, &v, sizeof v);
   }
 
   websocket::stream<Stream> ws_;
@@ -665,6 +678,7 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
   std::deque<std::string> out_;
   size_t pending_bytes_ = 0;
   bool writing_ = false;
+  bool corked_ = false;  // TCP_CORK set while a burst of frames is written
   bool closed_ = false;  // no more frames go out
   bool slow_ = false;    // closing for a slow client
   std::unordered_map<std::string, std::shared_ptr<live>> live_;
@@ -1343,13 +1357,15 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
 
   void send_sse(completion_state& c, std::string_view payload) {
     if (!c.headers_sent) send_sse_headers(c);
-    std::string data = "data: ";
-    data += payload;
-    data += "\n\n";
-    if (!c.chunked) return queue_raw(std::move(data));
-    std::string chunk = fmt::format("{:x}\r\n", data.size());
-    chunk += data;
-    chunk += "\r\n";
+    // One string per event, chunk framing included (one allocation on the streaming path).
+    const size_t n = payload.size() + 8;  // "data: " payload "\n\n"
+    std::string chunk;
+    if (c.chunked) fmt::format_to(std::back_inserter(chunk), "{:x}\r\n", n);
+    chunk.reserve(chunk.size() + n + 2);
+    chunk += "data: ";
+    chunk += payload;
+    chunk += "\n\n";
+    if (c.chunked) chunk += "\r\n";
     queue_raw(std::move(chunk));
   }
 
@@ -1371,10 +1387,10 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
         cur_->client_gone = true;
         if (service* svc = st_.current()) svc->cancel(cur_->rid);
       }
-      // The chunk being written stays alive until its handler runs (with the error of the close).
-      if (writing_) out_.erase(std::next(out_.begin()), out_.end());
-      else out_.clear();
-      pending_bytes_ = writing_ ? out_.front().size() : 0;
+      // The chunks being written stay alive until their handler runs (with the error of the close).
+      out_.erase(out_.begin() + std::ptrdiff_t(writing_ ? in_flight_ : 0), out_.end());
+      pending_bytes_ = 0;
+      for (const auto& o : out_) pending_bytes_ += o.size();
       beast::error_code ignored;
       beast::get_lowest_layer(stream_).socket().close(ignored);
       return;
@@ -1384,9 +1400,14 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (!writing_) do_write_raw();
   }
 
+  // Everything queued goes in one gathered write: the events that came while the last write
+  // was out leave together (one send, not one per event).
   void do_write_raw() {
     writing_ = true;
-    asio::async_write(stream_, asio::buffer(out_.front()),
+    in_flight_ = out_.size();
+    wbufs_.clear();
+    for (const auto& o : out_) wbufs_.push_back(asio::buffer(o));
+    asio::async_write(stream_, wbufs_,
                       beast::bind_front_handler(&http_session::on_write_raw, this->shared_from_this()));
   }
 
@@ -1395,6 +1416,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (ec) {
       spdlog::debug("conn={} write failed: {}", conn_, ec.message());
       out_.clear();
+      in_flight_ = 0;
       pending_bytes_ = 0;
       if (cur_ && !cur_->client_gone) {
         cur_->client_gone = true;
@@ -1402,8 +1424,10 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
       }
       return;
     }
-    pending_bytes_ -= out_.front().size();
-    out_.pop_front();
+    for (; in_flight_ > 0; --in_flight_) {
+      pending_bytes_ -= out_.front().size();
+      out_.pop_front();
+    }
     if (!out_.empty()) return do_write_raw();
     if (cur_ && cur_->finished) finish_exchange();
   }
@@ -1500,7 +1524,9 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   std::shared_ptr<http::response<http::string_body>> res_;
   std::string req_id_;  // X-Request-Id of the request being answered
   std::shared_ptr<completion_state> cur_;
-  std::deque<std::string> out_;
+  std::deque<std::string> out_;  // queued raw bytes; the first in_flight_ are being written
+  std::vector<asio::const_buffer> wbufs_;
+  size_t in_flight_ = 0;
   size_t pending_bytes_ = 0;
   bool writing_ = false;
   bool watching_ = false;

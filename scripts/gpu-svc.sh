@@ -23,7 +23,7 @@ L1=${L1:-synthetic:llama3.2-1b}
 BACKEND=${BACKEND:-cuda}  # cpu: a dry run of the script here
 G2TOK=(--tokenizer-dir "$B/vocab")
 [ "${G2#synthetic:gpt2}" = "$G2" ] && G2TOK=()  # a dry run with synthetic:tiny (its own vocabulary)
-SRV=(--max-running 256 --max-batch-tokens 4096 --kv-memory-mb 8192 --queue-capacity 2048 --log-level warn)
+SRV=(--max-running 256 --max-batch-tokens 4096 --kv-memory-mb 8192 --queue-capacity 2048 --log-level warn ${SERVER_ARGS:-})
 run() {  # run NAME TIMEOUT CMD...
   local name=$1 t=$2; shift 2
   echo "== $*" >>"$OUT/$name.log"
@@ -104,3 +104,5 @@ for st in "${STAGES[@]}"; do
 done
 # The summaries in one place (the --save-result files hold the rows).
 for f in "$OUT"/*.log; do echo "#### $f"; grep -vE "^\[20|^$" "$f" | head -80; done
+# The per-request rows in one archive (the device returns a limited number of files).
+( cd "$OUT" && ls *.json >/dev/null 2>&1 && tar czf rows.tgz *.json && rm -f *.json )
