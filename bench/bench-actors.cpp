@@ -153,7 +153,7 @@ int main(int argc, char** argv) {
 
   caf::actor_system_config caf_cfg;
   register_message_types(caf_cfg);
-  const std::string policy = arg_str(argc, argv, "--caf-policy", "sharing");  // inferd's default (runtime.actor_scheduler)
+  const std::string policy = arg_str(argc, argv, "--caf-policy", "stealing");  // inferd's default (runtime.actor_scheduler)
   caf_cfg.set("scheduler.policy", caf::atom_from_string(policy));
   caf::actor_system sys{caf_cfg};
   const bool sim = cfg.backend == "sim";

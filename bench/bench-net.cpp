@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
   cfg.queue_capacity = arg_int(argc, argv, "--queue-capacity", 2048);
   cfg.io_threads = arg_int(argc, argv, "--io-threads", 0);
   cfg.io_threads = resolved_io_threads(cfg);
-  cfg.actor_scheduler = arg_str(argc, argv, "--caf-policy", "sharing");
+  cfg.actor_scheduler = arg_str(argc, argv, "--caf-policy", "stealing");
   const std::string port_file = arg_str(argc, argv, "--port-file", "");
 
   sigset_t sigs;

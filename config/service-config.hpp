@@ -126,10 +126,11 @@ struct service_config {
   std::string log_level = "info";  // trace | debug | info | warn | error | off
 
   // [runtime]
-  // CAF's scheduler for the actors: "sharing" (one queue, idle threads woken at once) or
-  // "stealing" (per-thread queues; idle threads poll and sleep, which delays the worker's
-  // next step by up to its sleep: see bench/RESULTS.md, issue 18).
-  std::string actor_scheduler = "sharing";
+  // CAF's scheduler for the actors: "stealing" (CAF's default: a queue per thread, idle
+  // threads poll and then sleep) or "sharing" (one locked queue, an idle thread woken per
+  // job: lower latency at few messages, contention at many; bench/RESULTS.md, issue 18).
+  // The workers have threads of their own either way.
+  std::string actor_scheduler = "stealing";
 
   bool operator==(const service_config&) const = default;
 };
