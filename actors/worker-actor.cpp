@@ -268,7 +268,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
 }  // namespace
 
 caf::actor spawn_worker_actor(caf::local_actor* supervisor, service_core_ptr core, int32_t index) {
-  return supervisor->spawn<caf::linked + caf::detached>(worker_fun, std::move(core), index,
+  return supervisor->spawn<caf::linked>(worker_fun, std::move(core), index,
                                         caf::actor_cast<caf::actor>(supervisor));
 }
 

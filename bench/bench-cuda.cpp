@@ -9,10 +9,11 @@
 //
 //   bench-cuda [--model synthetic:gpt2-small] [--batches 1,8,32,64,128,256]
 //              [--prompt 32] [--new 128] [--dtype auto|bf16|fp16] [--max-model-len N]
-//              [--json results.jsonl] [--sampling greedy|full]
+//              [--json results.jsonl] [--sampling greedy|full] [--sampler fused|sort]
 // --sampling full: every sequence samples at temperature 1 with top_p 0.95, min_p 0.01,
 // presence/frequency/repetition penalties over its tokens and 5 logprobs (issue 16): the
-// step time against greedy's is the cost of the sampling controls.
+// step time against greedy's is the cost of the sampling controls. --sampler sort runs them
+// through the sort path the fused kernel replaced (its fallback), for the before/after.
 // The weights are streamed to the device (any architecture, synthetic or a directory);
 // the context served is --max-model-len (default: prompt + new, rounded to a KV block).
 #include <chrono>
@@ -21,11 +22,12 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <cuda_runtime_api.h>
 
-#include "engine/model-weights.hpp"
+#include "model/weights.hpp"
 #include "gpu/cuda-backend.hpp"
 
 using namespace infer;
@@ -69,18 +71,19 @@ struct run_result {
 };
 
 bool g_full_sampling = false;
+bool g_sort_sampler = false;
 
-// A sequence's penalty entries as the scheduler lists them (distinct tokens, output counts).
-void penalty_entries(const std::vector<int32_t>& toks, int n_prompt, std::vector<logit_adjust>& out) {
-  out.clear();
-  for (size_t i = 0; i < toks.size(); ++i) {
-    logit_adjust* e = nullptr;
-    for (auto& a : out)
-      if (a.token == toks[i]) e = &a;
-    if (!e) e = &out.emplace_back(logit_adjust{toks[i], 0, 0.0f, 1});
-    if (int(i) >= n_prompt) ++e->count;
+// A sequence's penalty entries as the scheduler keeps them: one per distinct token, updated
+// as each token comes (the host cost of the controls is the scheduler's, not a rescan).
+struct penalty_list {
+  std::vector<logit_adjust> adj;
+  std::unordered_map<int32_t, size_t> at;
+  void count(int32_t tok, bool generated) {
+    auto [it, fresh] = at.emplace(tok, adj.size());
+    if (fresh) adj.push_back(logit_adjust{tok, 0, 0.0f, 1});
+    if (generated) ++adj[it->second].count;
   }
-}
+};
 
 run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
   const model_config& cfg = be.config();
@@ -104,15 +107,15 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
     greedy.logprobs = 5;
     greedy.seed = seed;
   }
-  std::vector<logit_adjust> adj;
+  std::vector<penalty_list> pen(g_full_sampling ? B : 0);
+  for (int s = 0; s < int(pen.size()); ++s)
+    for (int32_t t : toks[s]) pen[s].count(t, false);
   step_batch b;
   step_output out;
   run_result r;
   b.reset(max_blocks);
-  for (int s = 0; s < B; ++s) {
-    if (g_full_sampling) penalty_entries(toks[s], prompt, adj);
-    b.add(0, toks[s], blocks[s], true, greedy, 0, adj);
-  }
+  for (int s = 0; s < B; ++s) b.add(0, toks[s], blocks[s], true, greedy, 0,
+          g_full_sampling ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{});
   auto t0 = clk::now();
   if (auto st = be.step(b, out); !st) {
     std::fprintf(stderr, "prefill: %s\n", st.message.c_str());
@@ -121,15 +124,17 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
   }
   auto t1 = clk::now();
   r.prefill_s = seconds(t0, t1);
-  for (int s = 0; s < B; ++s) toks[s].push_back(out.tokens[s]);
+  for (int s = 0; s < B; ++s) {
+    toks[s].push_back(out.tokens[s]);
+    if (g_full_sampling) pen[s].count(out.tokens[s], true);
+  }
   const double kv_per_pos = double(cfg.kv_bytes_per_token(2));  // 16-bit K and V
   for (int k = 1; k < n_new; ++k) {
     b.reset(max_blocks);
     for (int s = 0; s < B; ++s) {
       const int32_t past = int32_t(toks[s].size() - 1);
-      if (g_full_sampling) penalty_entries(toks[s], prompt, adj);
       b.add(past, std::span<const int32_t>(&toks[s].back(), 1), blocks[s], true, greedy,
-            uint64_t(k), adj);
+            uint64_t(k), g_full_sampling ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{});
       r.kv_bytes_read += kv_per_pos * (past + 1);
     }
     if (auto st = be.step(b, out); !st) {
@@ -137,7 +142,10 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
       r.ok = false;
       return r;
     }
-    for (int s = 0; s < B; ++s) toks[s].push_back(out.tokens[s]);
+    for (int s = 0; s < B; ++s) {
+      toks[s].push_back(out.tokens[s]);
+      if (g_full_sampling) pen[s].count(out.tokens[s], true);
+    }
     ++r.decode_steps;
   }
   r.decode_s = seconds(t1, clk::now());
@@ -158,6 +166,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--dtype")) dtype = argv[i + 1];
     else if (!std::strcmp(argv[i], "--max-model-len")) max_len = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--sampling")) g_full_sampling = !std::strcmp(argv[i + 1], "full");
+    else if (!std::strcmp(argv[i], "--sampler")) g_sort_sampler = !std::strcmp(argv[i + 1], "sort");
     else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
@@ -194,6 +203,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "backend: %s\n", be.error().message.c_str());
     return 1;
   }
+  if (g_sort_sampler) cuda_backend_set_fused_sampling(*be.value(), false);
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   const double copy_rate = measure_copy_rate();
@@ -227,11 +237,12 @@ int main(int argc, char** argv) {
                    "\"prompt\":%d,\"new\":%d,\"step_ms\":%.4f,\"decode_tok_s\":%.1f,"
                    "\"e2e_tok_s\":%.1f,\"prefill_ms\":%.3f,\"bytes_per_step\":%.0f,"
                    "\"copy_rate_gbs\":%.1f,\"bw_floor_fraction\":%.4f,\"gpu_busy\":%.4f}\n",
-                   g_full_sampling ? "-full-sampling" : "", prop.name, model.c_str(), dt, B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
+                   g_full_sampling ? (g_sort_sampler ? "-full-sampling-sort" : "-full-sampling") : "", prop.name, model.c_str(), dt, B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
                    r.prefill_s * 1e3, bytes_per_step, copy_rate / 1e9, floor_frac, busy);
   }
-  std::printf("graph steps %lld of %lld, graphs captured %lld\n", (long long)st->graph_steps,
-              (long long)st->steps, (long long)st->graphs_captured);
+  std::printf("graph steps %lld of %lld, graphs captured %lld, sampling rows left to the sort path %lld\n",
+              (long long)st->graph_steps, (long long)st->steps, (long long)st->graphs_captured,
+              (long long)st->sampling_fallback_rows);
   if (jf) std::fclose(jf);
   return 0;
 }

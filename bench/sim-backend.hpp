@@ -11,22 +11,22 @@
 #include "actors/service-core.hpp"
 #include "actors/service.hpp"
 #include "config/service-config.hpp"
-#include "tests/fake-backend.hpp"
+#include "engine/backend.hpp"
 
 namespace infer::bench {
 
-// Its tokens are the fake backend's (a hash of the context: the scheduler's bookkeeping stays checked); its
-// step lasts fixed_us + per_seq_us per sequence + per_token_us per prompt token beyond one
+// Its tokens are a hash of the sequence's last token, position and seed (deterministic,
+// spread over the vocabulary; no KV is kept: nothing reads it); its step lasts fixed_us + per_seq_us per sequence + per_token_us per prompt token beyond one
 // per sequence, slept (and the last stretch spun, sleep being coarse), as a CUDA stream
 // synchronize would leave the thread. The defaults are GPT-2 small on the H200 (fp16,
 // graphs): 0.535 ms at 64 sequences, 0.80 ms at 256, 8192 prompt tokens in 6 ms.
 class sim_backend final : public backend {
  public:
   sim_backend(model_config cfg, kv_geometry kv, double fixed_us, double per_seq_us, double per_token_us)
-      : inner_(cfg, kv), fixed_us_(fixed_us), per_seq_us_(per_seq_us), per_token_us_(per_token_us) {}
+      : cfg_(cfg), kv_(kv), fixed_us_(fixed_us), per_seq_us_(per_seq_us), per_token_us_(per_token_us) {}
   const char* name() const override { return "sim"; }
-  const model_config& config() const override { return inner_.config(); }
-  kv_geometry kv() const override { return inner_.kv(); }
+  const model_config& config() const override { return cfg_; }
+  kv_geometry kv() const override { return kv_; }
   status step(const step_batch& b, step_output& out, logits_mode m) override {
     using clk = std::chrono::steady_clock;
     auto t0 = clk::now();
@@ -34,7 +34,16 @@ class sim_backend final : public backend {
       std::lock_guard<std::mutex> g(gaps_mu);  // one engine per thread; read once after the run
       gaps_us.push_back(std::chrono::duration<double, std::micro>(t0 - last_end_).count());
     }
-    status s = inner_.step(b, out, m);
+    (void)m;
+    status s = validate_step_batch(b, cfg_, kv_);
+    out.tokens.assign(size_t(b.n_seqs()), -1);
+    for (int32_t i = 0; s && i < b.n_seqs(); ++i) {
+      if (!b.sample[size_t(i)]) continue;
+      const int32_t last = b.tokens[size_t(b.seq_start[size_t(i) + 1] - 1)];
+      const uint64_t h = splitmix64(uint64_t(uint32_t(last)) ^ (uint64_t(b.n_past[size_t(i)] + b.seq_len(i)) << 32) ^
+                                    b.sampling[size_t(i)].seed);
+      out.tokens[size_t(i)] = int32_t(h % uint64_t(cfg_.n_vocab));
+    }
     const double us = fixed_us_ + per_seq_us_ * b.n_seqs() + per_token_us_ * std::max(0, b.n_tokens() - b.n_seqs());
     auto end = t0 + std::chrono::nanoseconds(int64_t(us * 1e3));
     auto coarse = end - std::chrono::microseconds(100);
@@ -51,7 +60,8 @@ class sim_backend final : public backend {
   static inline std::vector<double> gaps_us;
 
  private:
-  test::fake_backend inner_;
+  model_config cfg_;
+  kv_geometry kv_;
   double fixed_us_, per_seq_us_, per_token_us_;
   std::chrono::steady_clock::time_point last_end_{};
 };
@@ -72,7 +82,13 @@ inline result<service_hooks> sim_hooks(const service_config& cfg, double fixed_u
   hooks.n_vocab = n_vocab;
   const int32_t blocks = std::max(64, cfg.max_running * (n_ctx / 16));
   hooks.make_backend = [=](int32_t) -> result<std::unique_ptr<backend>> {
-    return std::unique_ptr<backend>(new sim_backend(test::fake_config(n_ctx, n_vocab), kv_geometry{16, blocks},
+    model_config mc;
+    mc.n_vocab = n_vocab;
+    mc.n_ctx = n_ctx;
+    mc.n_embd = 8;
+    mc.n_layer = 1;
+    mc.n_head = 1;
+    return std::unique_ptr<backend>(new sim_backend(mc, kv_geometry{16, blocks},
                                                     fixed_us, per_seq_us, per_token_us));
   };
   return hooks;

@@ -7,7 +7,7 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/result.hpp"
+#include "base/result.hpp"
 
 namespace infer {
 
@@ -129,7 +129,6 @@ struct service_config {
   // CAF's scheduler for the actors: "stealing" (CAF's default: a queue per thread, idle
   // threads poll and then sleep) or "sharing" (one locked queue, an idle thread woken per
   // job: lower latency at few messages, contention at many; bench/RESULTS.md, issue 18).
-  // The workers have threads of their own either way.
   std::string actor_scheduler = "stealing";
 
   bool operator==(const service_config&) const = default;
