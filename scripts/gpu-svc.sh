@@ -68,6 +68,13 @@ for st in "${STAGES[@]}"; do
           --tasks $n --prompt 32 --new 128 --max-running 256 --max-batch-tokens 4096 --kv-memory-mb 8192 --skip-serial --repeat 2
       done
       ;;
+    actors-sharing)
+      # The same at 64 and 256 on CAF's sharing scheduler (runtime.actor_scheduler), for the comparison.
+      for n in 64 256; do
+        run actors-sharing 60 "$B/bin/infer-bench-actors" --backend cuda --model $G2 "${G2TOK[@]}" --caf-policy sharing \
+          --tasks $n --prompt 32 --new 128 --max-running 256 --max-batch-tokens 4096 --kv-memory-mb 4096 --skip-serial --repeat 2
+      done
+      ;;
     two)
       # Two engines alone on the one GPU at once, then the service with two workers there.
       ( "$B/bin/infer-bench-cuda" --model $G2 --batches 256 --prompt 32 --new 128 >"$OUT/two-e0.log" 2>&1 & a=$!
