@@ -3,6 +3,7 @@
 // No timing assertion: where a test needs the engine busy, it holds steps at a gate.
 #include <doctest/doctest.h>
 
+#include <set>
 #include <thread>
 
 #include "actor-test-util.hpp"
@@ -615,6 +616,10 @@ namespace {
 struct prefill_log {
   std::mutex mu;
   std::map<int32_t, std::vector<std::vector<int32_t>>> from_scratch;
+  // marker_at >= 0: per worker, the token at that position of every sequence whose prefill
+  // covers it (a request's own marker says where it ran, cached prefix or not).
+  int32_t marker_at = -1;
+  std::map<int32_t, std::vector<int32_t>> markers;
   int count(int32_t worker, const std::vector<int32_t>& head) {
     std::lock_guard<std::mutex> lk(mu);
     int n = 0;
@@ -633,10 +638,14 @@ class logging_backend : public backend {
   status step(const step_batch& b, step_output& out, logits_mode mode = logits_mode::none) override {
     {
       std::lock_guard<std::mutex> lk(log_->mu);
-      for (int32_t i = 0; i < b.n_seqs(); ++i)
+      for (int32_t i = 0; i < b.n_seqs(); ++i) {
         if (b.n_past[i] == 0 && b.seq_len(i) >= 8)
           log_->from_scratch[worker_].emplace_back(b.tokens.begin() + b.seq_start[i],
                                                    b.tokens.begin() + b.seq_start[i] + 8);
+        const int32_t at = log_->marker_at - b.n_past[i];
+        if (log_->marker_at >= 0 && b.seq_len(i) >= 2 && at >= 0 && at < b.seq_len(i))
+          log_->markers[worker_].push_back(b.tokens[size_t(b.seq_start[i] + at)]);
+      }
     }
     return inner_->step(b, out, mode);
   }
@@ -648,6 +657,94 @@ class logging_backend : public backend {
 };
 
 }  // namespace
+
+TEST_CASE("actors: under load, cache-aware routing keeps each system prompt on its worker, both busy") {
+  // Two workers of 2 running sequences each, 24 requests submitted at once, alternating two
+  // 320-token system prompts, each with its own question (whose first token marks the
+  // request). Room then appears one slot at a time on whichever worker finishes first; a
+  // request whose prefix is on the other (full) worker waits for it, since 320 tokens
+  // outweigh prefix_affinity_tokens (64) per extra sequence there, while the request
+  // behind it (the other prompt) takes the room. Routing by load alone (the batcher
+  // before this rule) mixed both prompts on both workers.
+  service_config cfg = base_config();
+  cfg.workers = 2;
+  cfg.max_running = 2;
+  caf::actor_system_config caf_cfg;
+  register_message_types(caf_cfg);
+  caf::actor_system sys(caf_cfg);
+  auto log = std::make_shared<prefill_log>();
+  log->marker_at = 320;
+  service_hooks hooks;
+  hooks.tok = tokenizer::byte_level();
+  hooks.n_ctx = 1024;
+  hooks.n_vocab = 128;
+  hooks.make_backend = [log](int32_t index) -> result<std::unique_ptr<backend>> {
+    return std::unique_ptr<backend>(new logging_backend(
+        std::make_unique<fake_backend>(fake_config(1024, 128), kv_geometry{16, 512}), log, index));
+  };
+  auto started = service::start(sys, cfg, hooks);
+  REQUIRE(started.has_value());
+  auto svc = std::move(started.value());
+  REQUIRE(eventually([&] {
+    int up = 0;
+    for (auto& g : svc->stats().workers_snapshot()) up += g.state == worker_gauge::run_state::running ? 1 : 0;
+    return up == 2;
+  }));
+  std::vector<int32_t> sys_a, sys_b;
+  for (int i = 0; i < 320; ++i) {
+    sys_a.push_back((i * 7 + 1) % 128);
+    sys_b.push_back((i * 11 + 5) % 128);
+  }
+  const int n = 24;
+  collector col;
+  std::vector<uint64_t> ids;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < n; ++i) {
+    auto prompt = i % 2 ? sys_b : sys_a;
+    prompt.push_back(i);  // the marker
+    for (int j = 0; j < 6; ++j) prompt.push_back((i * 13 + j * 5 + 40) % 128);
+    prompts.push_back(prompt);
+    ids.push_back(svc->submit(greedy_request(prompt, 6), col.cb()));
+  }
+  for (uint64_t id : ids) REQUIRE(col.wait_terminal(id));
+  // Where each request ran: the workers that prefilled its marker.
+  std::map<int32_t, std::set<int32_t>> ran_on;
+  {
+    std::lock_guard<std::mutex> lk(log->mu);
+    for (auto& [w, ms] : log->markers)
+      for (int32_t mk : ms) ran_on[mk].insert(w);
+  }
+  std::set<int32_t> workers_a, workers_b;
+  std::map<int32_t, int> per_worker;
+  for (int i = 0; i < n; ++i) {
+    CAPTURE(i);
+    REQUIRE(ran_on[i].size() == 1);
+    const int32_t w = *ran_on[i].begin();
+    (i % 2 ? workers_b : workers_a).insert(w);
+    ++per_worker[w];
+    CHECK(col.well_formed(ids[size_t(i)]));
+    CHECK(col.tokens(ids[size_t(i)]) == fake_reference(prompts[size_t(i)], 6, 128, 1024));
+  }
+  // Every request of a prompt landed on one worker, the two prompts on different workers,
+  // so both workers served half the requests.
+  CHECK(workers_a.size() == 1);
+  CHECK(workers_b.size() == 1);
+  CHECK(workers_a != workers_b);
+  CHECK(per_worker[0] == n / 2);
+  CHECK(per_worker[1] == n / 2);
+  // Each prompt prefilled from scratch at most twice (the two first requests of a worker
+  // start together, before either has cached it), every later request hit its 320 tokens.
+  const std::vector<int32_t> head_a(sys_a.begin(), sys_a.begin() + 8), head_b(sys_b.begin(), sys_b.begin() + 8);
+  CHECK(log->count(0, head_a) + log->count(1, head_a) <= 2);
+  CHECK(log->count(0, head_b) + log->count(1, head_b) <= 2);
+  int hits = 0;
+  for (uint64_t id : ids) hits += col.terminal(id).cached_tokens == 320 ? 1 : 0;
+  CHECK(hits >= n - 4);
+  auto& m = svc->stats();
+  CHECK(m.prefix_cache_hits.load() >= uint64_t(n - 4) * 320);
+  CHECK(m.prefix_routed.load() > 0);  // some request waited for its worker
+  svc.reset();
+}
 
 TEST_CASE("actors: cache-aware routing sends each system prompt to the worker that holds it") {
   // Two workers, two 320-token system prompts (20 blocks) with private questions, in waves
@@ -715,4 +812,156 @@ TEST_CASE("actors: cache-aware routing sends each system prompt to the worker th
   }
   CHECK(col.terminal(all.back()).cached_tokens == 320);
   svc.reset();
+}
+
+namespace {
+
+// Counts what the engine computed: prefill steps and tokens, block copies.
+struct compute_log {
+  std::mutex mu;
+  int64_t prefill_steps = 0, prefill_tokens = 0, copies = 0;
+};
+
+class counting_backend : public backend {
+ public:
+  counting_backend(std::unique_ptr<backend> inner, std::shared_ptr<compute_log> log)
+      : inner_(std::move(inner)), log_(std::move(log)) {}
+  const char* name() const override { return inner_->name(); }
+  const model_config& config() const override { return inner_->config(); }
+  kv_geometry kv() const override { return inner_->kv(); }
+  status step(const step_batch& b, step_output& out, logits_mode mode = logits_mode::none) override {
+    {
+      std::lock_guard<std::mutex> lk(log_->mu);
+      int64_t prefill = 0;
+      for (int32_t i = 0; i < b.n_seqs(); ++i)
+        if (b.seq_len(i) > 1) prefill += b.seq_len(i);
+      log_->prefill_steps += prefill > 0 ? 1 : 0;
+      log_->prefill_tokens += prefill;
+      log_->copies += int64_t(b.copy_src.size());
+    }
+    return inner_->step(b, out, mode);
+  }
+
+ private:
+  std::unique_ptr<backend> inner_;
+  std::shared_ptr<compute_log> log_;
+};
+
+generate_request choices_request(std::vector<int32_t> prompt, int32_t max_tokens, int32_t n, uint64_t seed) {
+  generate_request r = greedy_request(std::move(prompt), max_tokens);
+  r.n = n;
+  r.sampling.temperature = 1.0f;
+  r.sampling.seed = seed;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("actors: n = 4 choices prefill once and stream four distinct, seeded, reproducible choices") {
+  caf::actor_system_config caf_cfg;
+  register_message_types(caf_cfg);
+  caf::actor_system sys(caf_cfg);
+  auto log = std::make_shared<compute_log>();
+  auto w = tiny_weights();
+  service_hooks hooks;
+  hooks.tok = tokenizer::byte_level();
+  hooks.n_ctx = w->cfg.n_ctx;
+  hooks.n_vocab = w->cfg.n_vocab;
+  hooks.make_backend = [w, log](int32_t) -> result<std::unique_ptr<backend>> {
+    auto r = make_cpu_backend(w, tiny_options());
+    if (!r) return r.error();
+    return std::unique_ptr<backend>(new counting_backend(std::move(r.value()), log));
+  };
+  auto started = service::start(sys, base_config(), hooks);
+  REQUIRE(started.has_value());
+  auto svc = std::move(started.value());
+
+  const auto prompt = test_prompt(77, 40);
+  completion c = svc->generate(choices_request(prompt, 12, 4, 7));
+  REQUIRE(c.ok);
+  {
+    std::lock_guard<std::mutex> lk(log->mu);
+    CHECK(log->prefill_steps == 1);   // the prompt but its last token, once for the four
+    CHECK(log->prefill_tokens == 39);
+    CHECK(log->copies == 3);          // the block holding tokens 32..38, for forks 1..3
+  }
+  REQUIRE(c.choice_tokens.size() == 4);
+  std::set<std::vector<int32_t>> distinct(c.choice_tokens.begin(), c.choice_tokens.end());
+  CHECK(distinct.size() == 4);
+  CHECK(c.tokens == c.choice_tokens[0]);
+  const event& done = c.terminal;
+  CHECK(done.prompt_tokens == 40);      // once, as OpenAI counts
+  CHECK(done.completion_tokens == 48);  // summed over the choices
+  REQUIRE(done.choice_reasons.size() == 4);
+  for (int i = 0; i < 4; ++i) {
+    CHECK(done.choice_reasons[size_t(i)] == finish_reason::length);
+    CHECK(done.choice_tokens[size_t(i)] == 12);
+  }
+
+  // The same seed gives the same choices; choice 0 is what n = 1 gives with that seed.
+  completion again = svc->generate(choices_request(prompt, 12, 4, 7));
+  REQUIRE(again.ok);
+  CHECK(again.choice_tokens == c.choice_tokens);
+  completion one = svc->generate(choices_request(prompt, 12, 1, 7));
+  REQUIRE(one.ok);
+  CHECK(one.tokens == c.choice_tokens[0]);
+  completion other = svc->generate(choices_request(prompt, 12, 4, 8));
+  REQUIRE(other.ok);
+  CHECK(other.choice_tokens != c.choice_tokens);
+  svc.reset();
+}
+
+TEST_CASE("actors: cancelling n choices frees every fork; a worker failure resumes each from its own tokens") {
+  collector col;
+  service_env env(base_config());
+  auto& m = env.svc->stats();
+  uint64_t id = env.svc->submit(choices_request(test_prompt(5, 37), 1000, 4, 3), col.cb());
+  REQUIRE(col.wait_tokens(id, 12));  // every choice under way
+  env.gate->close();
+  env.gate->wait_held();
+  CHECK(m.kv_blocks_used.load() > 0);
+  env.svc->cancel(id);
+  REQUIRE(col.wait_terminal(id));
+  CHECK(col.terminal(id).reason == finish_reason::cancelled);
+  CHECK(col.terminal(id).choice_reasons.size() == 4);
+  CHECK(m.kv_blocks_used.load() == 0);  // all four forks' blocks, before the terminal event
+  CHECK(m.running_sequences.load() == 0);
+  env.gate->release();
+  {  // one terminal event, last; each choice's indices 0, 1, 2, ...
+    std::lock_guard<std::mutex> lk(col.mu);
+    auto& r = col.recs[id];
+    CHECK(r.terminals == 1);
+    CHECK_FALSE(r.after_terminal);
+    std::map<int32_t, int32_t> next;
+    for (auto& e : r.events)
+      if (e.type == event::kind::token) CHECK(e.index == next[e.choice]++);
+    CHECK(next.size() == 4);
+  }
+
+  // Uninterrupted, then with a step failing after the fork: the same tokens per choice.
+  completion clean = env.svc->generate(choices_request(test_prompt(6, 30), 16, 3, 11));
+  REQUIRE(clean.ok);
+  env.gate->fail_at = env.gate->steps + 4;
+  completion resumed = env.svc->generate(choices_request(test_prompt(6, 30), 16, 3, 11));
+  REQUIRE(resumed.ok);
+  CHECK(resumed.choice_tokens == clean.choice_tokens);
+  CHECK(m.worker_restarts.load() == 1);
+  CHECK(resumed.terminal.completion_tokens == 48);
+}
+
+TEST_CASE("actors: n is validated; a group that cannot run together is refused") {
+  service_env env(base_config());
+  for (int32_t n : {0, -1, generate_request::max_n + 1}) {
+    completion c = env.svc->generate(choices_request(test_prompt(1, 10), 4, n, 1));
+    CHECK_FALSE(c.ok);
+    CHECK(c.terminal.code == error_code::invalid_request);
+    CHECK(c.terminal.message.rfind("n: ", 0) == 0);
+  }
+  auto cfg = base_config();
+  cfg.max_running = 2;
+  service_env small(cfg);
+  completion c = small.svc->generate(choices_request(test_prompt(1, 10), 4, 3, 1));
+  CHECK_FALSE(c.ok);
+  CHECK(c.terminal.code == error_code::invalid_request);
+  CHECK(c.terminal.message.find("max_running") != std::string::npos);
 }
