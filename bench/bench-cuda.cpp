@@ -10,6 +10,7 @@
 //   bench-cuda [--model synthetic:gpt2-small] [--batches 1,8,32,64,128,256]
 //              [--prompt 32] [--new 128] [--dtype auto|bf16|fp16] [--max-model-len N]
 //              [--json results.jsonl] [--sampling greedy|full] [--sampler fused|sort]
+//              [--counts device|host]
 // --sampling full: every sequence samples at temperature 1 with top_p 0.95, min_p 0.01,
 // presence/frequency/repetition penalties over its tokens and 5 logprobs (issue 16): the
 // step time against greedy's is the cost of the sampling controls. --sampler sort runs them
@@ -72,6 +73,7 @@ struct run_result {
 
 bool g_full_sampling = false;
 bool g_sort_sampler = false;
+bool g_host_counts = false;  // --counts host: the penalty lists uploaded every step (before issue 16's slots)
 
 // A sequence's penalty entries as the scheduler keeps them: one per distinct token, updated
 // as each token comes (the host cost of the controls is the scheduler's, not a rescan).
@@ -114,8 +116,12 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
   step_output out;
   run_result r;
   b.reset(max_blocks);
+  // Device-held counts (as the scheduler on the CUDA backend): the list goes out with the
+  // first sampled step (the load), later steps name the slot only.
+  const bool slots = g_full_sampling && !g_host_counts && be.device_token_counts();
   for (int s = 0; s < B; ++s) b.add(0, toks[s], blocks[s], true, greedy, 0,
-          g_full_sampling ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{});
+          g_full_sampling ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{},
+          slots ? s : -1, slots);
   auto t0 = clk::now();
   if (auto st = be.step(b, out); !st) {
     std::fprintf(stderr, "prefill: %s\n", st.message.c_str());
@@ -133,8 +139,9 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
     b.reset(max_blocks);
     for (int s = 0; s < B; ++s) {
       const int32_t past = int32_t(toks[s].size() - 1);
-      b.add(past, std::span<const int32_t>(&toks[s].back(), 1), blocks[s], true, greedy,
-            uint64_t(k), g_full_sampling ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{});
+      b.add(past, std::span<const int32_t>(&toks[s].back(), 1), blocks[s], true, greedy, uint64_t(k),
+            g_full_sampling && !slots ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{},
+            slots ? s : -1, false);
       r.kv_bytes_read += kv_per_pos * (past + 1);
     }
     if (auto st = be.step(b, out); !st) {
@@ -167,6 +174,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--max-model-len")) max_len = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--sampling")) g_full_sampling = !std::strcmp(argv[i + 1], "full");
     else if (!std::strcmp(argv[i], "--sampler")) g_sort_sampler = !std::strcmp(argv[i + 1], "sort");
+    else if (!std::strcmp(argv[i], "--counts")) g_host_counts = !std::strcmp(argv[i + 1], "host");
     else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
