@@ -527,6 +527,47 @@ fused_case_result run_fused_case(int N, int V, uint32_t seed) {
       REQUIRE(cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess);
       MESSAGE("fused kernel, " << n << " rows of " << V << ": " << ms / 10 * 1000 << " us");
     }
+    // Each control's share: every row with the bench's controls (adjusted: the lists of
+    // the mixed case), then one control less at a time.
+    {
+      std::vector<sampling_params> all(static_cast<size_t>(N));
+      std::vector<uint8_t> ds_all(static_cast<size_t>(N), cuda::sample_adjusted);
+      gpu::device_buffer d_all, d_ds_all;
+      auto* dds_all = dev_copy(d_ds_all, ds_all);
+      const auto time_with = [&](const char* what, auto&& edit) {
+        for (auto& q : all) {
+          q = sampling_params{};
+          q.temperature = 1.0f;
+          q.top_p = 0.95f;
+          q.min_p = 0.01f;
+          q.presence_penalty = 0.5f;
+          q.frequency_penalty = 0.5f;
+          q.repetition_penalty = 1.1f;
+          q.logprobs = 5;
+          q.seed = 9;
+          edit(q);
+        }
+        cuda::fused_sampling_args b = a;
+        b.sp = dev_copy(d_all, all);
+        b.do_sample = dds_all;
+        REQUIRE(cuda::sample_fused_forward(b, nullptr) == cudaSuccess);
+        REQUIRE(cudaEventRecord(e0) == cudaSuccess);
+        for (int k = 0; k < 10; ++k) REQUIRE(cuda::sample_fused_forward(b, nullptr) == cudaSuccess);
+        REQUIRE(cudaEventRecord(e1) == cudaSuccess);
+        REQUIRE(cudaEventSynchronize(e1) == cudaSuccess);
+        float ms = 0;
+        REQUIRE(cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess);
+        MESSAGE("fused kernel, " << N << " rows, " << what << ": " << ms / 10 * 1000 << " us");
+      };
+      time_with("the bench's controls", [](sampling_params&) {});
+      time_with("no logprobs", [](sampling_params& q) { q.logprobs = -1; });
+      time_with("no logprobs, no min_p", [](sampling_params& q) { q.logprobs = -1; q.min_p = 0.0f; });
+      time_with("temperature alone", [](sampling_params& q) { q.logprobs = -1; q.min_p = 0.0f; q.top_p = 1.0f; });
+      time_with("greedy, adjusted", [](sampling_params& q) { q = sampling_params{}; q.presence_penalty = 0.5f; });
+      time_with("greedy, 5 logprobs", [](sampling_params& q) { q = sampling_params{}; q.logprobs = 5; q.presence_penalty = 0.5f; });
+      time_with("top_k 50", [](sampling_params& q) { q.logprobs = -1; q.min_p = 0.0f; q.top_p = 1.0f; q.top_k = 50; });
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    }
     a.N = N;
     REQUIRE(cudaEventRecord(e0) == cudaSuccess);
     for (int k = 0; k < 10; ++k)
