@@ -214,7 +214,7 @@ TEST_CASE("cuda sampler: token counts held on the device follow the host's over 
   auto w = random_weights(small_config(), 23);
   const int V = w->cfg.n_vocab;
   backend_options o;
-  o.kv_blocks = 24;  // 6 running x up to 5 blocks of 16: some must wait or be preempted
+  o.kv_blocks = 12;  // 6 running x up to 4 blocks of 16: some wait, some are preempted
   o.kv_block_size = 16;
   auto gpu = make_cuda_backend(w, o);
   REQUIRE(gpu);
@@ -318,7 +318,7 @@ TEST_CASE("cuda sampler: token counts held on the device follow the host's over 
   CHECK(stopped == 6);                  // the min_tokens rows, at their 5th token
   CHECK(loads >= 30);                   // each admission loads its slot once (resumes again)
   CHECK(sched.n_preemptions() > 0);     // and resumed ones rebuild their counts
-  CHECK(greedy_rows > 300);
+  CHECK(greedy_rows > 200);
   CHECK(agree >= sampled * 95 / 100);
   MESSAGE("device counts: " << steps << " steps, " << greedy_rows << " greedy rows equal, " << agree << " / "
                             << sampled << " sampled rows agree, " << loads << " slot loads, "
