@@ -13,6 +13,7 @@
 #include <array>
 #include <cstring>
 #include <span>
+#include <string>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -557,7 +558,7 @@ fused_case_result run_fused_case(int N, int V, uint32_t seed) {
         REQUIRE(cudaEventSynchronize(e1) == cudaSuccess);
         float ms = 0;
         REQUIRE(cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess);
-        MESSAGE("fused kernel, " << N << " rows, " << what << ": " << ms / 10 * 1000 << " us");
+        MESSAGE("fused kernel, " << N << " rows, " << std::string(what) << ": " << ms / 10 * 1000 << " us");
       };
       time_with("the bench's controls", [](sampling_params&) {});
       time_with("no logprobs", [](sampling_params& q) { q.logprobs = -1; });
