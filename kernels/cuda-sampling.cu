@@ -536,10 +536,7 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
   }
   __syncthreads();
 
-  // 1. Arg-max of the sampling view; each thread's maximum of the raw view (the row's, and
-  // the logprobs threshold); the raw view's lse where this is the row's only dense read
-  // (greedy rows), else pass 2 sums it with the exponentials it takes anyway.
-  const bool lse_p1 = want_lp && !sampled;
+  // 1. Arg-max of the sampling view; lse and each thread's maximum of the raw view.
   float bv = -INFINITY, lm = -INFINITY, ls = 0.0f, mn = INFINITY, tmax = -INFINITY;
   int bi = INT_MAX;
   bool any = false;
@@ -549,7 +546,7 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
     better(bv, bi, v, i);
     if (v > -INFINITY) mn = fminf(mn, v);
     if (want_lp) {
-      if (lse_p1) lse_add(lm, ls, raw);
+      lse_add(lm, ls, raw);
       tmax = fmaxf(tmax, raw);
       any = true;
     }
@@ -561,13 +558,12 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
     better(bv, bi, v, t);
     if (v > -INFINITY) mn = fminf(mn, v);
     if (want_lp && raw == raw) {
-      if (lse_p1) lse_add(lm, ls, raw);
+      lse_add(lm, ls, raw);
       tmax = fmaxf(tmax, raw);
       any = true;
     }
   }
   thr_key[tid] = any ? fs_key(tmax, tid) : 0;
-  if (!lse_p1) lm = tmax;  // ls stays 0: the merges below give the raw maximum
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
     const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
@@ -594,7 +590,7 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
     c.m_s = bv;
     c.arg = bi == INT_MAX ? 0 : bi;  // all -inf / NaN: id 0, as an arg-max that never improves
     c.m_l = lm;
-    c.lse = lse_p1 ? lm + logf(ls) : -INFINITY;  // else set by pass 2 (or the lse pass)
+    c.lse = lm + logf(ls);
     c.mn_s = mn;
   }
   // Logprobs threshold: the k-th largest thread maximum (each of those k threads holds an
@@ -609,34 +605,9 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
   }
   __syncthreads();
 
-  const float m_s = c.m_s, m_l = c.m_l;
+  const float m_s = c.m_s;
   const bool sel = sampled && m_s > -INFINITY && m_s < INFINITY;
   if (tid == 0 && !sel && (sampled || adjusted)) c.token = c.arg;
-  const bool lse_p2 = want_lp && sel;
-  if (want_lp && sampled && !sel) {  // nothing to sample from (all banned): the lse alone
-    lm = -INFINITY;
-    ls = 0.0f;
-    for_row<fs_threads>(row, V, [&](float raw, int) {
-      if (raw == raw) lse_add(lm, ls, raw);
-    });
-    for (int k = tid; k < nL; k += fs_threads)
-      if (LR[k] == LR[k]) lse_add(lm, ls, LR[k]);
-    for (int o = 16; o > 0; o >>= 1) {
-      const float om = __shfl_xor_sync(0xffffffffu, lm, o);
-      const float os = __shfl_xor_sync(0xffffffffu, ls, o);
-      lse_merge(lm, ls, om, os);
-    }
-    if (tid % 32 == 0) {
-      w_m[tid / 32] = lm;
-      w_s[tid / 32] = ls;
-    }
-    __syncthreads();
-    if (tid == 0) {
-      for (int w = 1; w < fs_warps; ++w) lse_merge(lm, ls, w_m[w], w_s[w]);
-      c.lse = lm + logf(ls);
-    }
-    __syncthreads();
-  }
   fs_view g{m_s, inv_t, 1.0f, p.min_p};
   const int K = p.top_k > 0 && p.top_k < V ? p.top_k : V;
   const bool kact = K < V;
@@ -646,52 +617,26 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
     g.scale = float(fs_bins - 1) / fminf(span, fs_span);
 
     // 2. Mass (and, under top_k, count) histogram of the sampling view.
-    // With logprobs, the raw view's sum of exponentials rides along: relative to m_s, the
-    // mass weight itself where the raw logit is the view's and T = 1 (most rows: one
-    // exponential a logit; scaled by exp(m_s - m_l) <= 1 at the end), else its own
-    // exponential relative to m_l (raw <= m_l always).
     u64 tsum = 0;  // the exact total, for the check of the halves
-    float ls_re = 0.0f, ls_ot = 0.0f;
-    // (m_s > m_l: a bias lifted a token above every raw logit; the weights relative to m_s
-    // may underflow there, so each takes its own exponential.)
-    const bool unit_t = inv_t == 1.0f && m_s <= m_l;
-    auto add = [&](float v) -> float {  // g.mass(v), its weight returned
+    auto add = [&](float v) {
       const int b = g.bin(v);
       if (kact && b < fs_bins - 1) atomicAdd(&cnt[b], 1u);
-      const float w = expf(-g.dist(v));
-      if (g.min_p > 0.0f && w < g.min_p) return w;
-      const u64 f = __float2ull_rz(w * fs_fixed);
-      if (f == 0) return w;
+      const u64 f = g.mass(v);
+      if (f == 0) return;
       tsum += f;
       const uint32_t hi = uint32_t(f >> fs_half), lo = uint32_t(f) & ((1u << fs_half) - 1);
       if (hi) atomicAdd(&mass_hi[b], hi);
       if (lo) atomicAdd(&mass_lo[b], lo);
-      return w;
     };
     for_row<fs_threads>(row, V, [&](float raw, int i) {
-      if (raw != raw) return;
-      const float v = fused_view_value(raw, i);
-      const float w = add(v);
-      if (lse_p2) {
-        if (unit_t && v == raw) ls_re += w;
-        else ls_ot += expf(raw - m_l);
-      }
+      if (raw == raw) add(fused_view_value(raw, i));
     });
     for (int k = tid; k < nL; k += fs_threads) {
       const float v = fused_view_value(adjusted_logit_at(LR[k], L[k], p, gen), L[k].token);
       if (v == v) add(v);
-      if (lse_p2 && LR[k] == LR[k]) ls_ot += expf(LR[k] - m_l);
     }
-    for (int o = 16; o > 0; o >>= 1) {
-      tsum += __shfl_xor_sync(0xffffffffu, tsum, o);
-      ls_re += __shfl_xor_sync(0xffffffffu, ls_re, o);
-      ls_ot += __shfl_xor_sync(0xffffffffu, ls_ot, o);
-    }
-    if (tid % 32 == 0) {
-      w_sum[tid / 32] = tsum;
-      w_s[tid / 32] = ls_re;
-      w_m[tid / 32] = ls_ot;
-    }
+    for (int o = 16; o > 0; o >>= 1) tsum += __shfl_xor_sync(0xffffffffu, tsum, o);
+    if (tid % 32 == 0) w_sum[tid / 32] = tsum;
     __syncthreads();
     constexpr int per = fs_bins / fs_threads;
     {
@@ -721,14 +666,6 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
       u64 exact = 0;
       for (int w = 0; w < fs_warps; ++w) exact += w_sum[w];
       c.wrapped = exact != all;
-      if (lse_p2) {
-        float re = 0.0f, ot = 0.0f;
-        for (int w = 0; w < fs_warps; ++w) {
-          re += w_s[w];
-          ot += w_m[w];
-        }
-        c.lse = m_l + logf(expf(m_s - m_l) * re + ot);
-      }
       int bk = fs_bins;
       int need_k = 0;
       if (kact) {
