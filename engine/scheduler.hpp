@@ -36,7 +36,12 @@
 // per distinct token of prompt + output (output occurrences counted, kept up to date as
 // tokens are sampled); the request's logit_bias; and, while fewer than min_tokens tokens
 // are generated, -inf on every stop id. Both backends apply them the same way
-// (adjusted_logit) before temperature / top-k / top-p / min-p.
+// (adjusted_logit) before temperature / top-k / top-p / min-p. A backend that keeps the
+// counts itself (device_counts: the CUDA one) gets a sequence's list once, with its first
+// sampled step after each admission, in the count slot the sequence holds while it runs;
+// later steps name the slot, the device counts the sampled tokens and bans the stop ids
+// (flagged adjust_stop) while min_tokens is not reached. The host's list stays the truth a
+// resumed (preempted) sequence or a failed step reloads from.
 //
 // Protocol: schedule() -> the backend runs the batch -> on_step_done(out) (or
 // on_step_failed()) -> schedule() ... add() and cancel() may be called at any time,
