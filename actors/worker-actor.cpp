@@ -146,6 +146,9 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
             sc.prefill_chunk = cfg.prefill_chunk;
             sc.n_ctx = n_ctx;
             sc.prefix_caching = cfg.prefix_caching;
+            // The engine names its backend; the CUDA one keeps token counts on the device
+            // (backend::device_token_counts), so the penalty lists go out once a sequence.
+            sc.device_counts = name == "cuda";
             // K/V of the same tokens differ between models and number formats: a cache is
             // keyed by both (one pool per worker today; the salt also covers adapters later).
             uint64_t salt = 1469598103934665603ull;

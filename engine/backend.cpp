@@ -16,6 +16,10 @@ status validate_step_batch(const step_batch& b, const model_config& cfg, const k
   if (!b.adjust.empty() && (int(b.adjust_start.size()) != S + 1 || b.adjust_start[0] != 0 ||
                             b.adjust_start[S] != int32_t(b.adjust.size())))
     return bad("step: inconsistent logit adjustments");
+  if (!b.counts_slot.empty() && (int(b.counts_slot.size()) != S || int(b.counts_load.size()) != S))
+    return bad("step: inconsistent count slots");
+  for (int32_t s : b.counts_slot)
+    if (s >= 0x100000) return bad("step: count slot " + std::to_string(s) + " out of range");
   for (const logit_adjust& a : b.adjust)
     if (a.token < 0 || a.token >= cfg.n_vocab)
       return bad("step: adjusted token id " + std::to_string(a.token) + " outside the vocabulary");

@@ -46,12 +46,19 @@ struct step_batch {
   // and no entry when that is -1) and the top sampling[i].logprobs ids. -2 (or no entry:
   // the vector stays empty while nobody asks) is off, and costs nothing.
   std::vector<int32_t> prompt_next;
+  // Backends that keep token counts per sequence (backend::device_token_counts): the slot of
+  // each sequence (-1: none, its list is the one above), and whether this step loads the
+  // slot from the list above (else the list above is empty and the slot's is used, with the
+  // sampled token counted into it after the step when the sequence is penalized).
+  std::vector<int32_t> counts_slot;       // [n_seqs]
+  std::vector<uint8_t> counts_load;       // [n_seqs]
 
   void reset(int32_t max_blocks) {
     max_blocks_per_seq = max_blocks;
     tokens.clear(); seq_start.assign(1, 0); n_past.clear(); block_tables.clear();
     sample.clear(); sampling.clear(); sample_counter.clear();
     adjust_start.assign(1, 0); adjust.clear();
+    counts_slot.clear(); counts_load.clear();
     copy_src.clear(); copy_dst.clear(); prompt_next.clear();
   }
   // Asks prompt logprobs of the sequence added last (see prompt_next).
@@ -75,7 +82,7 @@ struct step_batch {
 
   void add(int32_t past, std::span<const int32_t> new_tokens, std::span<const int32_t> blocks,
            bool do_sample, const sampling_params& sp, uint64_t counter,
-           std::span<const logit_adjust> adj = {}) {
+           std::span<const logit_adjust> adj = {}, int32_t slot = -1, bool load = false) {
     tokens.insert(tokens.end(), new_tokens.begin(), new_tokens.end());
     seq_start.push_back(int32_t(tokens.size()));
     n_past.push_back(past);
@@ -89,6 +96,13 @@ struct step_batch {
     if (adjust_start.empty()) adjust_start.push_back(0);
     if (do_sample) adjust.insert(adjust.end(), adj.begin(), adj.end());
     adjust_start.push_back(int32_t(adjust.size()));
+    counts_slot.push_back(slot);
+    counts_load.push_back(slot >= 0 && load ? 1 : 0);
+  }
+  bool any_slot() const {
+    for (int32_t s : counts_slot)
+      if (s >= 0) return true;
+    return false;
   }
   // Whether any sampled sequence needs more than the plain rule (adjustments or logprobs).
   bool any_adjust() const { return !adjust.empty(); }
@@ -181,6 +195,9 @@ class backend {
     if (src.empty() && dst.empty()) return status::ok();
     return make_status(errc::invalid_argument, std::string(name()) + " backend: no block copy");
   }
+  // Whether it keeps each sequence's token counts itself (step_batch::counts_slot): the
+  // scheduler then hands a sequence's list over once per admission instead of every step.
+  virtual bool device_token_counts() const { return false; }
 };
 
 // The checks of copy_blocks' arguments, for every backend.

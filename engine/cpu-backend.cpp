@@ -104,6 +104,11 @@ class cpu_backend final : public backend {
 
   status step(const step_batch& b, step_output& out, logits_mode mode) override {
     if (auto s = validate_step_batch(b, w_->cfg, kv_); !s) return s;
+    // The host list is this backend's only source of counts (device_token_counts: false).
+    for (size_t i = 0; i < b.counts_slot.size(); ++i)
+      if (b.counts_slot[i] >= 0 && !b.counts_load[i] && b.sample[i])
+        return make_status(errc::invalid_argument, "step: the cpu backend keeps no token counts (count slot of sequence " +
+                                                       std::to_string(i) + ")");
     if (auto s = copy_blocks(b.copy_src, b.copy_dst); !s) return s;
     const auto& c = w_->cfg;
     const int T = b.n_tokens(), S = b.n_seqs(), bs = kv_.block_size, V = c.n_vocab;

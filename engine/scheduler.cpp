@@ -24,6 +24,12 @@ struct scheduler::sequence {
   std::vector<logit_adjust> adj;
   std::unordered_map<int32_t, int32_t> adj_at;  // token -> index in adj
   std::vector<int32_t> stop_adj;                // indices in adj of the stop ids
+  // Device-held counts (scheduler_config::device_counts): the backend's slot of this
+  // sequence while it runs (-1: none), and whether the slot holds `adj` already (it is
+  // loaded from `adj` at the first sampled step after each admission, and kept up to date
+  // on the device from then on).
+  int32_t slot = -1;
+  bool slot_loaded = false;
   int32_t n_cached = 0;         // tokens whose K/V are in `blocks`
   std::vector<int32_t> blocks;  // block table
   std::vector<uint64_t> hashes;  // chain hashes of its full blocks so far (tokens never change)
@@ -51,6 +57,8 @@ scheduler::scheduler(const scheduler_config& cfg, kv_geometry kv)
   root_hash_ = kv_hash_root(cfg_.cache_salt);
   hits_.reserve(size_t(max_blocks_));
   running_.reserve(size_t(cfg_.max_running));
+  if (cfg_.device_counts)
+    for (int32_t i = cfg_.max_running - 1; i >= 0; --i) free_slots_.push_back(i);
   scheduled_.reserve(size_t(cfg_.max_running));
 }
 
@@ -140,7 +148,7 @@ scheduler::sequence* scheduler::create(const seq_spec& s, int32_t fork, std::spa
   for (const auto& [tok, bias] : q->logit_bias) entry(tok).bias += bias;
   if (q->sampling.min_tokens > 0)
     for (int32_t tok : q->stop_ids) {
-      entry(tok);
+      entry(tok).seen |= adjust_stop;
       q->stop_adj.push_back(q->adj_at[tok]);
     }
   if (q->sampling.penalized()) {
@@ -207,6 +215,10 @@ bool scheduler::fork_group(step_batch& batch, sequence* p) {
     q->n_committed = std::min(p->n_committed, shared);
     q->cached_prompt = p->cached_prompt;
     q->running = true;
+    if (cfg_.device_counts && !free_slots_.empty()) {  // its own slot, loaded from its copied list
+      q->slot = free_slots_.back();
+      free_slots_.pop_back();
+    }
     seqs_.emplace(seq_key{q->id, f}, std::move(seq));
     ++groups_[p->id].live;
     running_.insert(running_.begin() + std::ptrdiff_t(at++), q);
@@ -270,6 +282,7 @@ int32_t scheduler::find_prefix(sequence* s) {
 
 void scheduler::release(sequence* s) {
   free_blocks(s);
+  leave_slot(s);
   if (s->running) {
     running_.erase(std::find(running_.begin(), running_.end(), s));
   } else {
@@ -298,8 +311,16 @@ bool scheduler::cancel(uint64_t id, int32_t fork) {
   return true;
 }
 
+void scheduler::leave_slot(sequence* s) {
+  if (s->slot < 0) return;
+  free_slots_.push_back(s->slot);
+  s->slot = -1;
+  s->slot_loaded = false;
+}
+
 void scheduler::preempt(sequence* s) {
   free_blocks(s);
+  leave_slot(s);  // the counts are rebuilt from `adj` when it runs again
   s->n_cached = 0;
   s->running = false;
   running_.erase(std::find(running_.begin(), running_.end(), s));
@@ -316,16 +337,29 @@ void scheduler::count_token(sequence* s, int32_t tok, bool generated) {
   auto [it, fresh] = s->adj_at.emplace(tok, int32_t(s->adj.size()));
   if (fresh) s->adj.push_back(logit_adjust{tok, 0, 0.0f, 0});
   logit_adjust& a = s->adj[size_t(it->second)];
-  a.seen = 1;
+  a.seen |= adjust_seen;
   if (generated) ++a.count;
 }
 
 void scheduler::emit(step_batch& batch, sequence* s, int32_t n_new) {
   const bool sample = s->n_cached + n_new == s->n_tokens();
   const size_t base = batch.adjust.size();
-  batch.add(s->n_cached, std::span<const int32_t>(s->tokens.data() + s->n_cached, size_t(n_new)),
-            std::span<const int32_t>(s->blocks), sample, s->sampling, uint64_t(s->n_generated()),
-            std::span<const logit_adjust>(s->adj));
+  const std::span<const int32_t> fresh(s->tokens.data() + s->n_cached, size_t(n_new));
+  if (s->slot >= 0 && !s->adj.empty()) {
+    // The backend holds the list: it goes out once (the load), the device counts from then on
+    // and bans the stop ids itself (adjust_stop) while min_tokens is not reached.
+    const bool load = sample && !s->slot_loaded;
+    batch.add(s->n_cached, fresh, std::span<const int32_t>(s->blocks), sample, s->sampling,
+              uint64_t(s->n_generated()), load ? std::span<const logit_adjust>(s->adj) : std::span<const logit_adjust>{},
+              s->slot, load);
+    if (load) s->slot_loaded = true;
+  } else {
+    batch.add(s->n_cached, fresh, std::span<const int32_t>(s->blocks), sample, s->sampling,
+              uint64_t(s->n_generated()), std::span<const logit_adjust>(s->adj));
+    // min_tokens: the stop ids (EOS unless ignored, stop_token_ids) cannot be sampled yet.
+    if (sample && s->n_generated() < s->sampling.min_tokens)
+      for (int32_t i : s->stop_adj) batch.adjust[base + size_t(i)].bias = -INFINITY;
+  }
   // A fork's first step: its own block gets the parent's prompt K/V before the forward.
   if (s->copy_src >= 0) batch.add_copy(s->copy_src, s->blocks[size_t(s->n_cached / pool_.block_size())]);
   // Prompt logprobs still missing in this chunk: the token after it, if any, is the next one's.
@@ -333,9 +367,6 @@ void scheduler::emit(step_batch& batch, sequence* s, int32_t n_new) {
     const int32_t end = s->n_cached + n_new;
     batch.want_prompt_logprobs(end < s->n_tokens() ? s->tokens[size_t(end)] : -1);
   }
-  // min_tokens: the stop ids (EOS unless ignored, stop_token_ids) cannot be sampled yet.
-  if (sample && s->n_generated() < s->sampling.min_tokens)
-    for (int32_t i : s->stop_adj) batch.adjust[base + size_t(i)].bias = -INFINITY;
   scheduled_.push_back({s->id, s->fork, s->serial, n_new, sample});
   s->scheduled_at = step_no_;
   if (!sample || n_new > 1) last_prefill_tokens_ += n_new;
@@ -423,6 +454,11 @@ int32_t scheduler::schedule(step_batch& batch) {
     n_new = std::min(n_new, room);
     waiting_.pop_front();
     s->running = true;
+    if (cfg_.device_counts && !free_slots_.empty()) {
+      s->slot = free_slots_.back();
+      free_slots_.pop_back();
+      s->slot_loaded = false;
+    }
     for (int32_t id : hits_) {
       (void)pool_.acquire(id);  // found by lookup: committed
       s->blocks.push_back(id);
@@ -519,6 +555,8 @@ void scheduler::on_step_done(const step_output& out, std::vector<seq_result>& re
 void scheduler::on_step_failed() {
   in_flight_ = false;
   scheduled_.clear();
+  // The device may have counted the tokens the host never got: reload every slot.
+  for (sequence* s : running_) s->slot_loaded = false;
 }
 
 int32_t scheduler::waiting_blocks() const {

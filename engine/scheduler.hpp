@@ -36,7 +36,12 @@
 // per distinct token of prompt + output (output occurrences counted, kept up to date as
 // tokens are sampled); the request's logit_bias; and, while fewer than min_tokens tokens
 // are generated, -inf on every stop id. Both backends apply them the same way
-// (adjusted_logit) before temperature / top-k / top-p / min-p.
+// (adjusted_logit) before temperature / top-k / top-p / min-p. A backend that keeps the
+// counts itself (device_counts: the CUDA one) gets a sequence's list once, with its first
+// sampled step after each admission, in the count slot the sequence holds while it runs;
+// later steps name the slot, the device counts the sampled tokens and bans the stop ids
+// (flagged adjust_stop) while min_tokens is not reached. The host's list stays the truth a
+// resumed (preempted) sequence or a failed step reloads from.
 //
 // n > 1 (choices of one request, OpenAI's `n`): one sequence id holds n forks, numbered
 // 0..n-1. The prompt is prefilled once, up to its last token, by fork 0 alone; then the
@@ -78,6 +83,9 @@ struct scheduler_config {
   int32_t n_ctx = 1024;            // context limit: prompt + generated tokens
   bool prefix_caching = true;      // reuse cached full blocks of earlier sequences
   uint64_t cache_salt = 0;         // what else the K/V depends on (model, weights, adapter)
+  // The backend keeps each running sequence's token counts in a slot of its own
+  // (backend::device_token_counts): the list goes out once per admission, not every step.
+  bool device_counts = false;
 };
 
 // One sequence as handed to (or taken back from) a scheduler.
@@ -215,6 +223,7 @@ class scheduler {
   bool grow(sequence* s, int32_t n_tokens);  // blocks for n_tokens cached tokens
   void emit(step_batch& batch, sequence* s, int32_t n_new);
   void count_token(sequence* s, int32_t tok, bool generated);
+  void leave_slot(sequence* s);        // gives its device-counts slot back
   void free_blocks(sequence* s);       // tail first, so that its tail is evicted before its head
   void hash_blocks(sequence* s, int32_t n_full);  // chain hashes of its first n_full blocks
   void commit_blocks(sequence* s);     // commits the full blocks whose K/V is written
@@ -228,6 +237,7 @@ class scheduler {
   std::vector<sequence*> running_;  // admission order: the back is preempted first
   std::deque<sequence*> waiting_;
   std::vector<scheduled> scheduled_;
+  std::vector<int32_t> free_slots_;  // device-counts slots, [0, max_running)
   bool in_flight_ = false;
   uint64_t next_serial_ = 1;
   uint64_t step_no_ = 0;

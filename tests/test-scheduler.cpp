@@ -2,6 +2,8 @@
 // whose output depends on the K/V it reads back through the block tables.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 #include <random>
 #include <set>
@@ -627,6 +629,113 @@ TEST_CASE("scheduler: random admit / cancel / fail / drain keep the pool balance
   CHECK(hits > 0);
 }
 
+// Issue 16: with device_counts the list of a sequence goes out once per admission (the
+// load) and the backend counts the sampled tokens itself; here a host twin of the device's
+// slots (slot_load_forward, slot_count_forward, adjusted_logit_at's ban) is held, at every
+// sampled row, to the list rebuilt from the sequence's tokens. Slots are distinct among the
+// running rows and in [0, max_running); a preempted or finished sequence gives its slot back
+// and a resumed one reloads it; a failed step reloads every slot.
+TEST_CASE("scheduler: device-held token counts load once per admission and track the host's") {
+  scheduler_config sc{.max_batch_tokens = 64, .max_running = 4, .prefill_chunk = 8, .n_ctx = 64,
+                      .device_counts = true};
+  harness h(sc, {4, 12});
+  std::map<uint64_t, seq_spec> spec;
+  std::map<uint64_t, std::vector<int32_t>> gen;
+  for (uint64_t id = 1; id <= 12; ++id) {
+    auto s = make_seq(id, 4 + int32_t(id % 5), 10 + int32_t(id % 7));
+    s.sampling.frequency_penalty = id % 3 == 0 ? 0.0f : 0.5f;
+    s.sampling.repetition_penalty = id % 3 == 1 ? 1.2f : 1.0f;
+    s.sampling.presence_penalty = id % 3 == 0 ? 0.0f : 0.25f;
+    if (id % 4 == 0) {
+      s.sampling.min_tokens = 3;
+      s.stop_ids = {250};
+    }
+    if (id % 3 == 0) s.logit_bias = {{7, 2.0f}};
+    spec[id] = s;
+    REQUIRE(h.sched.add(s).is_ok());
+  }
+  std::map<int32_t, std::vector<logit_adjust>> slots;  // the twin of the device's lists
+  std::vector<uint64_t> ids;
+  int loads = 0, rows = 0, failed = 0;
+  for (int step = 0; step < 2000; ++step) {
+    const int32_t n = h.sched.schedule(h.batch);
+    if (n == 0) break;
+    h.sched.scheduled_ids(ids);
+    std::vector<int32_t> seen_slots;
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t slot = h.batch.counts_slot[size_t(i)];
+      REQUIRE(slot < sc.max_running);
+      if (slot < 0) continue;
+      CHECK(std::find(seen_slots.begin(), seen_slots.end(), slot) == seen_slots.end());
+      seen_slots.push_back(slot);
+      if (h.batch.counts_load[size_t(i)]) {
+        ++loads;
+        auto a = h.batch.adjustments(i);
+        slots[slot].assign(a.begin(), a.end());
+      } else {
+        CHECK(h.batch.adjustments(i).empty());
+      }
+      if (!h.batch.sample[size_t(i)]) continue;
+      ++rows;
+      const seq_spec& s = spec[ids[size_t(i)]];
+      const auto& g = gen[s.id];
+      // The list rebuilt from the tokens (scheduler::add + count_token), against the twin.
+      std::map<int32_t, logit_adjust> want;
+      for (auto [t, b] : s.logit_bias) want[t] = {t, 0, b, 0};
+      if (s.sampling.min_tokens > 0)
+        for (int32_t t : s.stop_ids) want.try_emplace(t, logit_adjust{t, 0, 0.0f, 0});
+      if (s.sampling.penalized())
+        for (int32_t t : s.prompt) want.try_emplace(t, logit_adjust{t, 0, 0.0f, 0}).first->second.seen = 1;
+      if (s.sampling.penalized())
+        for (int32_t t : g) {
+        auto& e = want.try_emplace(t, logit_adjust{t, 0, 0.0f, 0}).first->second;
+        e.seen = 1;
+        ++e.count;
+      }
+      const auto& have = slots[slot];
+      REQUIRE(have.size() == want.size());
+      for (const logit_adjust& e : have) {
+        REQUIRE(want.count(e.token));
+        const logit_adjust& w = want[e.token];
+        CHECK(e.count == w.count);
+        CHECK((e.seen & adjust_seen) == w.seen);
+        CHECK(e.bias == w.bias);
+        const bool banned = std::find(s.stop_ids.begin(), s.stop_ids.end(), e.token) != s.stop_ids.end() &&
+                            int32_t(g.size()) < s.sampling.min_tokens;
+        CHECK(std::isinf(adjusted_logit_at(1.0f, e, s.sampling, g.size())) == banned);
+      }
+    }
+    if (step == 9) {  // a failed step: nothing counted on the host, every slot reloads
+      h.sched.on_step_failed();
+      ++failed;
+      continue;
+    }
+    status st = h.be.step(h.batch, h.out, logits_mode::none);
+    REQUIRE(st.is_ok());
+    // The device's count after the step: the sampled token into the row's slot.
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t slot = h.batch.counts_slot[size_t(i)];
+      if (slot < 0 || !h.batch.sample[size_t(i)] || !h.batch.sampling[size_t(i)].penalized()) continue;
+      auto& L = slots[slot];
+      const int32_t t = h.out.tokens[size_t(i)];
+      auto it = std::find_if(L.begin(), L.end(), [&](const logit_adjust& e) { return e.token == t; });
+      if (it == L.end()) L.push_back({t, 1, 0.0f, adjust_seen});
+      else {
+        it->seen |= adjust_seen;
+        ++it->count;
+      }
+    }
+    h.results.clear();
+    h.sched.on_step_done(h.out, h.results);
+    for (auto& r : h.results) gen[r.id].push_back(r.token);
+  }
+  CHECK(failed == 1);
+  CHECK(h.sched.n_preemptions() > 0);
+  CHECK(loads > 12);  // once per admission, again after preemptions and the failed step
+  CHECK(rows > 100);
+  for (auto& [id, s] : spec) CHECK(int32_t(gen[id].size()) >= 1);
+}
+
 // ---- n > 1: forks ---------------------------------------------------------------------------
 
 namespace {
@@ -853,5 +962,47 @@ TEST_CASE("scheduler: a group whose whole prompt is cached still prefills a toke
   h.run();
   for (int32_t f = 0; f < 2; ++f) CHECK(h.tokens[K(2, f)] == fake_reference(g.prompt, 4, 256, 128, fork_params(g, f)));
   CHECK(h.sched.prefix_hits() > 0);
+  check_balanced(h.sched);
+}
+
+// Forks with device-held counts: each fork gets a slot of its own (distinct among the
+// running rows) and loads its copied list once, on its first sampled row.
+TEST_CASE("scheduler: n = 4 with device counts gives every fork its own slot, loaded once") {
+  scheduler_config sc{.max_batch_tokens = 64, .max_running = 8, .prefill_chunk = 64, .n_ctx = 64,
+                      .device_counts = true};
+  fork_harness h(sc, kv_geometry{16, 64});
+  seq_spec s = make_group(1, 37, 6, 4, 7);
+  s.sampling.frequency_penalty = 0.5f;
+  REQUIRE(h.sched.add(s).is_ok());
+  std::vector<int32_t> loads_of_slot(size_t(sc.max_running), 0);
+  int sampled_rows = 0;
+  for (int step = 0; step < 1000; ++step) {
+    const int32_t n = h.sched.schedule(h.batch);
+    if (n == 0) break;
+    std::vector<int32_t> seen;
+    for (int32_t i = 0; i < n; ++i) {
+      if (!h.batch.sample[size_t(i)]) continue;
+      ++sampled_rows;
+      const int32_t slot = h.batch.counts_slot[size_t(i)];
+      REQUIRE(slot >= 0);
+      REQUIRE(slot < sc.max_running);
+      CHECK(std::find(seen.begin(), seen.end(), slot) == seen.end());
+      seen.push_back(slot);
+      if (h.batch.counts_load[size_t(i)]) {
+        ++loads_of_slot[size_t(slot)];
+        CHECK(!h.batch.adjustments(i).empty());  // the prompt's tokens, penalized
+      }
+    }
+    REQUIRE(h.be.step(h.batch, h.out, logits_mode::none).is_ok());
+    h.results.clear();
+    h.sched.on_step_done(h.out, h.results);
+  }
+  CHECK(sampled_rows == 4 * 6);
+  int slots_loaded = 0;
+  for (int32_t c : loads_of_slot) {
+    CHECK(c <= 1);
+    slots_loaded += c;
+  }
+  CHECK(slots_loaded == 4);
   check_balanced(h.sched);
 }
