@@ -270,6 +270,7 @@ void admit_to(batcher_actor* self, int best, enqueue_msg& m, int32_t n) {
   a.sampling = m.sampling;
   a.stop_ids = std::move(m.stop_ids);
   a.attempt = m.attempt;
+  a.grammar = m.grammar;
   self->send(w.handle, std::move(a));
 }
 

@@ -40,8 +40,8 @@ using relink_atom = caf::atom_constant<caf::atom("irelink")>;      // node link 
 // and refuse each other on a mismatch: CAF 0.17 would otherwise deliver unknown or
 // changed types as empty messages. Bump it whenever a crossing message changes.
 // 2: stop ids on admit, stop flag on token; 3: cached_tokens on token; 4: penalties, min_p,
-// logit_bias, logprobs.
-constexpr uint32_t wire_protocol_version = 4;
+// logit_bias, logprobs; 5: constraint (grammar key) on enqueue/admit, complete flag on token.
+constexpr uint32_t wire_protocol_version = 5;
 
 // sampling_params (and the logit_bias) without floats on the wire.
 struct wire_sampling {
@@ -119,11 +119,12 @@ struct enqueue_msg {
   bool resume = false;
   int64_t timeout_ms = 0;  // time left until the request's deadline (0: none): admission checks it
   uint32_t attempt = 0;    // bumped by every (re)submission: tokens of an older attempt are dropped
+  std::string grammar;     // constrained decoding: grammar::grammar_spec::key(); empty: none
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, enqueue_msg& x) {
   return f(caf::meta::type_name("infer.enqueue"), x.id, x.request, x.prio, x.prompt, x.generated, x.max_tokens,
-           x.sampling, x.stop_ids, x.resume, x.timeout_ms, x.attempt);
+           x.sampling, x.stop_ids, x.resume, x.timeout_ms, x.attempt, x.grammar);
 }
 
 // batcher -> request: accepted into the queue, or rejected (code: infer::error_code).
@@ -173,11 +174,12 @@ struct admit_msg {
   wire_sampling sampling;
   std::vector<int32_t> stop_ids;  // the worker's scheduler ends the sequence on one of these
   uint32_t attempt = 0;  // echoed in every token_msg
+  std::string grammar;   // grammar_spec::key(): the worker looks it up in its node's cache (compiles on a miss)
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, admit_msg& x) {
   return f(caf::meta::type_name("infer.admit"), x.id, x.request, x.prompt, x.generated, x.max_tokens, x.sampling,
-           x.stop_ids, x.attempt);
+           x.stop_ids, x.attempt, x.grammar);
 }
 
 // worker -> request (crosses nodes): one sampled token. `last`: the worker ended
@@ -192,6 +194,7 @@ struct token_msg {
   int32_t token = -1;
   bool last = false;
   bool stop = false;
+  bool complete = false;  // `last` because the constraint's output is complete (finish reason stop, text shown)
   uint32_t attempt = 0;
   int32_t cached_tokens = -1;  // on the first token of an admission: prompt tokens found in the prefix cache
   int32_t n_top = -1;
@@ -201,7 +204,7 @@ struct token_msg {
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, token_msg& x) {
-  return f(caf::meta::type_name("infer.token"), x.id, x.index, x.token, x.last, x.stop, x.attempt, x.cached_tokens,
+  return f(caf::meta::type_name("infer.token"), x.id, x.index, x.token, x.last, x.stop, x.complete, x.attempt, x.cached_tokens,
            x.n_top, x.logprob_bits, x.top_ids, x.top_bits);
 }
 

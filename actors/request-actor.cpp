@@ -134,6 +134,7 @@ void send_enqueue(request_actor* self, bool resume) {
   m.stop_ids = st.stop_ids;
   m.resume = resume;
   m.attempt = ++st.attempt;
+  if (st.req.grammar) m.grammar = st.req.grammar->key();
   const int64_t limit = st.req.timeout_ms > 0 ? st.req.timeout_ms : st.core->cfg.default_timeout_ms;
   if (limit > 0) {  // what is left of the deadline: admission rejects what cannot make it
     const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - st.t_submit).count();
@@ -284,7 +285,7 @@ void on_token(request_actor* self, const token_msg& m) {
   e.text = st.held.substr(0, st.held.size() - keep);
   st.held.erase(0, st.held.size() - keep);
   emit(self, e);
-  if (m.last) finish(self, make_done(m.stop ? finish_reason::stop : finish_reason::length));
+  if (m.last) finish(self, make_done(m.stop || m.complete ? finish_reason::stop : finish_reason::length));
 }
 
 caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t id, generate_request req,
@@ -305,6 +306,16 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
   if (status s = validate(st); !s) {
     finish(self, make_error(error_code::invalid_request, s.message));
     return {};
+  }
+  if (st.req.grammar) {
+    // Compiled here, off the network threads, on the request's clock (send_enqueue passes
+    // on what is left of the deadline); the workers of this node find it in the cache.
+    auto g = st.core->grammars->get(*st.req.grammar);
+    if (!g) {
+      finish(self, make_error(error_code::invalid_request, std::string(grammar::to_string(st.req.grammar->kind)) +
+                                                               " constraint: " + g.error().message));
+      return {};
+    }
   }
   if (st.req.max_tokens == 0) {  // nothing to generate: no need to queue
     st.accepted = true;

@@ -14,8 +14,11 @@
 #include <string>
 #include <vector>
 
+#include <optional>
+
 #include "engine/result.hpp"
 #include "engine/sampling-params.hpp"
+#include "grammar/grammar.hpp"
 
 namespace caf { class actor_system; }
 
@@ -77,6 +80,10 @@ struct generate_request {
   bool skip_special_tokens = true;
   // token id -> added to its logit before sampling (-100..100, at most 300 distinct ids).
   std::vector<std::pair<int32_t, float>> logit_bias;
+  // Constrained decoding (grammar/grammar.hpp, docs/structured-output.md): the output is
+  // generated inside this language. Compiled (or found in the service's cache) by the
+  // request before it is queued; the time counts against timeout_ms.
+  std::optional<grammar::grammar_spec> grammar;
   priority prio = priority::normal;
   int64_t timeout_ms = 0;              // 0: the service default
 };

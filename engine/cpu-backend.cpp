@@ -155,9 +155,11 @@ class cpu_backend final : public backend {
       const float* row = logits + int64_t(r) * V;
       const auto adj = b.adjustments(s);
       const float* pick_from = row;
-      if (!adj.empty()) {
+      const uint32_t* mask = b.token_mask(s);
+      if (!adj.empty() || mask) {
         std::memcpy(adjusted, row, size_t(V) * sizeof(float));
         cpu::apply_logit_adjust(adjusted, adj, sp);
+        if (mask) cpu::apply_token_mask(adjusted, mask, V);
         pick_from = adjusted;
       }
       out.tokens[s] = cpu::sample_token(pick_from, V, sp, b.sample_counter[s], sscratch);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <span>
 #include <string>
 
@@ -21,6 +22,7 @@ struct scheduler::sequence {
   std::vector<logit_adjust> adj;
   std::unordered_map<int32_t, int32_t> adj_at;  // token -> index in adj
   std::vector<int32_t> stop_adj;                // indices in adj of the stop ids
+  grammar::grammar_matcher matcher;             // constrained decoding; empty: none
   int32_t n_cached = 0;         // tokens whose K/V are in `blocks`
   std::vector<int32_t> blocks;  // block table
   std::vector<uint64_t> hashes;  // chain hashes of its full blocks so far (tokens never change)
@@ -77,6 +79,13 @@ status scheduler::add(seq_spec s) {
   seq->sampling = s.sampling;
   seq->stop_ids = std::move(s.stop_ids);
   seq->logit_bias = std::move(s.logit_bias);
+  if (s.grammar) {
+    if (s.grammar->vocab().n_vocab() < 1) return bad("constraint without a vocabulary");
+    seq->matcher = grammar::grammar_matcher{std::move(s.grammar), 0};
+    for (int32_t tok : s.generated)
+      if (!seq->matcher.advance(tok)) return bad("its generated tokens leave its constraint");
+    if (seq->matcher.complete()) return bad("its constraint is already complete");
+  }
   sequence* q = seq.get();
   auto entry = [q](int32_t tok) -> logit_adjust& {
     auto [it, fresh] = q->adj_at.emplace(tok, int32_t(q->adj.size()));
@@ -196,6 +205,15 @@ void scheduler::emit(step_batch& batch, sequence* s, int32_t n_new) {
   // min_tokens: the stop ids (EOS unless ignored, stop_token_ids) cannot be sampled yet.
   if (sample && s->n_generated() < s->sampling.min_tokens)
     for (int32_t i : s->stop_adj) batch.adjust[base + size_t(i)].bias = -INFINITY;
+  if (sample && s->matcher) {
+    const grammar::compiled_grammar& g = *s->matcher.g;
+    const int32_t words = g.vocab().n_words();
+    uint32_t* row = batch.add_mask(words);
+    std::memcpy(row, g.mask(s->matcher.state, mask_scratch_), size_t(words) * sizeof(uint32_t));
+    if (s->matcher.accepting())
+      for (int32_t tok : s->stop_ids)
+        if (tok >= 0 && tok < g.vocab().n_vocab()) row[tok >> 5] |= 1u << (tok & 31);
+  }
   scheduled_.push_back({s->id, s->serial, n_new, sample});
   s->scheduled_at = step_no_;
   if (!sample || n_new > 1) last_prefill_tokens_ += n_new;
@@ -319,7 +337,16 @@ void scheduler::on_step_done(const step_output& out, std::vector<seq_result>& re
       }
     }
     if (s->sampling.penalized() && tok >= 0) count_token(s, tok, true);
-    r.finished = r.stopped || s->n_generated() >= s->max_tokens || s->n_tokens() >= cfg_.n_ctx;
+    // The mask allows only tokens that advance the matcher, and stop ids where it accepts. A
+    // token that does not advance it (possible only where no token spells the next byte, so
+    // the mask was empty) ends the sequence as "length" rather than go on outside the language.
+    bool off_grammar = false;
+    if (s->matcher && !r.stopped) {
+      off_grammar = !s->matcher.advance(tok);
+      r.complete = !off_grammar && s->matcher.complete();
+    }
+    r.finished = r.stopped || r.complete || off_grammar || s->n_generated() >= s->max_tokens ||
+                 s->n_tokens() >= cfg_.n_ctx;
     if (!s->cache_reported) {
       s->cache_reported = true;
       r.cached_tokens = std::max(s->cached_prompt, 0);
@@ -352,6 +379,7 @@ std::vector<seq_spec> scheduler::drain() {
     sp.sampling = s->sampling;
     sp.stop_ids = s->stop_ids;
     sp.logit_bias = s->logit_bias;
+    sp.grammar = s->matcher.g;
     outv.push_back(std::move(sp));
   };
   for (sequence* s : running_) take(s);

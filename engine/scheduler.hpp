@@ -38,6 +38,13 @@
 // are generated, -inf on every stop id. Both backends apply them the same way
 // (adjusted_logit) before temperature / top-k / top-p / min-p.
 //
+// Constrained decoding (seq_spec::grammar, grammar/grammar.hpp): the sequence's matcher
+// follows its generated tokens; every sampled step carries the mask of its automaton state
+// (step_batch::masks), with the stop ids added where the automaton accepts, so EOS is
+// possible exactly when the output is complete. When nothing can follow (an accepting end)
+// the sequence ends at that token (seq_result::complete: finish reason stop; min_tokens
+// yields to the constraint). A resumed or re-admitted sequence replays its tokens.
+//
 // Protocol: schedule() -> the backend runs the batch -> on_step_done(out) (or
 // on_step_failed()) -> schedule() ... add() and cancel() may be called at any time,
 // including while a step is in flight (a cancelled sequence's blocks are reused only
@@ -54,6 +61,7 @@
 #include "engine/kv-block-pool.hpp"
 #include "engine/result.hpp"
 #include "engine/sampling-params.hpp"
+#include "grammar/grammar.hpp"
 
 namespace infer {
 
@@ -75,6 +83,7 @@ struct seq_spec {
   sampling_params sampling;
   std::vector<int32_t> stop_ids;   // sampling one of these ends the sequence (it is its last token)
   std::vector<std::pair<int32_t, float>> logit_bias;  // token id -> added to its logit, distinct ids
+  grammar::grammar_ptr grammar;    // null: unconstrained
 };
 
 // One sampled token of one sequence.
@@ -84,6 +93,7 @@ struct seq_result {
   int32_t token = -1;
   bool finished = false;  // the last token: max_tokens, the context limit or a stop id
   bool stopped = false;   // finished because `token` is one of the sequence's stop ids
+  bool complete = false;  // finished because its constraint's output is complete (finish reason stop)
   int32_t n_top = -1;     // -1: no logprobs asked; else top_ids/top_logprobs[0, n_top) are set
   float logprob = 0.0f;   // the token's (raw distribution), when n_top >= 0
   std::array<int32_t, sampling_params::max_logprobs> top_ids{};
@@ -178,6 +188,7 @@ class scheduler {
   int32_t last_prefill_tokens_ = 0;
   uint64_t root_hash_ = 0;
   std::vector<int32_t> hits_;  // scratch of find_prefix
+  std::vector<uint32_t> mask_scratch_;  // a mask past the grammar's cache budget
   uint64_t prefix_queries_ = 0, prefix_hits_ = 0;
 };
 

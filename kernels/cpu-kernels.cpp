@@ -390,6 +390,16 @@ void apply_logit_adjust(float* logits, std::span<const logit_adjust> adj, const 
   for (const logit_adjust& a : adj) logits[a.token] = adjusted_logit(logits[a.token], a, sp);
 }
 
+void apply_token_mask(float* logits, const uint32_t* mask, int V) {
+  for (int w = 0; w * 32 < V; ++w) {
+    const uint32_t m = mask[w];
+    if (m == ~0u) continue;
+    const int n = std::min(32, V - w * 32);
+    for (int j = 0; j < n; ++j)
+      if (!((m >> j) & 1u)) logits[w * 32 + j] = -INFINITY;
+  }
+}
+
 float log_softmax_top(const float* logits, int V, int k, int32_t* top_ids, float* top_lp) {
   float maxl = -INFINITY;
   for (int i = 0; i < V; ++i) maxl = std::max(maxl, logits[i]);
