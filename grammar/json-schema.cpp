@@ -45,13 +45,17 @@ class builder {
     quote_ = P::make_byte('"');
     any_string_ = P::make_seq({quote_, P::make_repeat(str_char_, 0, -1), quote_});
     const auto digit = P::make_set(range('0', '9'));
+    // Digits are bounded (json_options::max_*_digits): every number a double can hold, and no
+    // overflow to infinity in a client's parser (1e999 is valid JSON that JavaScript reads as
+    // Infinity), nor a model stuck appending digits.
     auto int_part = P::make_seq({P::make_repeat(P::make_byte('-'), 0, 1),
                                  P::make_alt({P::make_byte('0'), P::make_seq({P::make_set(range('1', '9')),
-                                                                             P::make_repeat(digit, 0, -1)})})});
+                                                                             P::make_repeat(digit, 0, opt_.max_int_digits - 1)})})});
     integer_ = int_part;
-    number_ = P::make_seq({int_part, P::make_repeat(P::make_seq({P::make_byte('.'), P::make_repeat(digit, 1, -1)}), 0, 1),
+    number_ = P::make_seq({int_part,
+                           P::make_repeat(P::make_seq({P::make_byte('.'), P::make_repeat(digit, 1, opt_.max_frac_digits)}), 0, 1),
                            P::make_repeat(P::make_seq({P::make_set(chars("eE")), P::make_repeat(P::make_set(chars("+-")), 0, 1),
-                                                       P::make_repeat(digit, 1, -1)}),
+                                                       P::make_repeat(digit, 1, opt_.max_exp_digits)}),
                                           0, 1)});
     boolean_ = P::make_alt({P::make_literal("true"), P::make_literal("false")});
     null_ = P::make_literal("null");

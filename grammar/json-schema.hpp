@@ -12,7 +12,8 @@
 //
 // The output's shape: properties in the schema's order (required ones always, optional
 // ones may be left out), strings as their JSON literal (escapes allowed), at most
-// max_whitespace whitespace bytes (space, \n, \t) wherever JSON allows whitespace, and
+// max_whitespace whitespace bytes (space, \n, \t) wherever JSON allows whitespace, numbers of
+// bounded digits (json_options::max_*_digits), and
 // containers nested at most max_depth deep where the schema leaves the depth open
 // (json_object, an untyped value, a recursive $ref).
 #pragma once
@@ -26,7 +27,12 @@ namespace infer::grammar {
 struct json_options {
   int32_t max_whitespace = 2;
   int32_t max_depth = 5;
-  int32_t max_items_bound = 256;  // a larger minItems / maxItems / maxLength is refused
+  int32_t max_items_bound = 256;  // a larger minItems / maxItems is refused
+  // Numbers: at most this many digits before the point, after it, and in the exponent (so
+  // the largest is 9999999999999999.9999999999999999e99, well inside a double).
+  int32_t max_int_digits = 16;
+  int32_t max_frac_digits = 16;
+  int32_t max_exp_digits = 2;
 };
 
 // invalid_argument with the schema path and keyword, e.g.

@@ -128,6 +128,8 @@ TEST_CASE("json schema: objects with required and optional properties in order")
   CHECK_FALSE(d.matches(R"({"name":"bob",})"));                // trailing comma
   CHECK_FALSE(d.matches(R"({"name":"bob","age":4.5})"));       // integer
   CHECK_FALSE(d.matches(R"({"name":"bob","age":042})"));       // leading zero
+  CHECK(d.matches(R"({"name":"bob","age":1234567890123456})"));
+  CHECK_FALSE(d.matches(R"({"name":"bob","age":12345678901234567})"));  // more digits than a double keeps
   CHECK_FALSE(d.matches(R"({"name":"bob","tags":["a","b","c"]})"));  // maxItems
   CHECK_FALSE(d.matches(R"({"name":"bob","other":1})"));       // no additional properties
   CHECK_FALSE(d.matches("{\"name\":\"a\nb\"}"));               // a raw control character in a string
@@ -151,6 +153,7 @@ TEST_CASE("json schema: enum, const, anyOf, $ref, lengths, formats, type lists")
                           "required":["kind","v","at","id","day","code","n"]})");
   CHECK(d.matches(R"({"kind":"circle","v":{"a":[1,true]},"at":{"x":1.5e3,"y":-0.25},"id":"ab","day":"2024-02-29","code":"AB-12","n":null})"));
   CHECK(d.matches(R"({"kind":3,"v":{"a":[1,true]},"at":{"x":0,"y":1},"id":false,"day":"1999-12-31","code":"ZZ-0","n":-12})"));
+  CHECK_FALSE(d.matches(R"({"kind":3,"v":{"a":[1,true]},"at":{"x":1e999,"y":1},"id":false,"day":"1999-12-31","code":"ZZ-0","n":-12})"));
   CHECK_FALSE(d.matches(R"({"kind":"oval","v":{"a":[1,true]},"at":{"x":0,"y":1},"id":false,"day":"1999-12-31","code":"ZZ-0","n":1})"));
   CHECK_FALSE(d.matches(R"({"kind":3,"v":{"a":[1,false]},"at":{"x":0,"y":1},"id":false,"day":"1999-12-31","code":"ZZ-0","n":1})"));
   CHECK_FALSE(d.matches(R"({"kind":3,"v":{"a":[1,true]},"at":{"x":0},"id":false,"day":"1999-12-31","code":"ZZ-0","n":1})"));
