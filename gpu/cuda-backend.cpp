@@ -12,6 +12,7 @@
 #include "gpu/cuda-resources.hpp"
 #include "kernels/cuda-kernels.hpp"
 #include "kernels/cuda-sampling.hpp"
+#include "kernels/cuda-token-mask.hpp"
 #include "model/forward.hpp"
 #include "model/rope.hpp"
 
@@ -272,7 +273,8 @@ class cuda_backend final : public backend {
         h.slot[t] = table[p / bs] * bs + p % bs;
       }
       const int last = b.seq_start[s + 1] - 1;
-      const bool adjusted = b.sample[s] && !b.adjustments(s).empty();
+      // A token mask (constrained decoding) goes the adjusted way: applied to the compact row.
+      const bool adjusted = b.sample[s] && (!b.adjustments(s).empty() || b.token_mask(s));
       h.sample[s] = adjusted ? cuda::sample_adjusted : b.sample[s];
       h.counters[s] = b.sample_counter[s];
       h.params[s] = b.sampling[s];
@@ -440,6 +442,7 @@ class cuda_backend final : public backend {
           compact_.as<float>(), V, nseq, dev_adj_.as<int32_t>(),
           reinterpret_cast<const logit_adjust*>(dev_adj_.as<uint8_t>() + starts), d.params, st));
     }
+    if (b.any_mask()) INFER_STATUS_TRY(enqueue_token_masks(b));
     size_t temp = sort_temp_.bytes();
     INFER_CUDA_TRY(cuda::sort_compact_forward(sort_temp_.get(), temp, sorted_logits_.as<float>(),
                                               sorted_ids_.as<int32_t>(), compact_.as<float>(),
@@ -447,6 +450,28 @@ class cuda_backend final : public backend {
     INFER_CUDA_TRY(cuda::sample_sorted_forward(tokens_out_.as<int32_t>(), sorted_logits_.as<float>(),
                                                sorted_ids_.as<int32_t>(), nseq, V, d.params,
                                                d.counters, d.sample, probs_.as<float>(), st));
+    return status::ok();
+  }
+
+  // Constrained rows only: their compact-row indices, then their masks, in one upload.
+  status enqueue_token_masks(const step_batch& b) {
+    cudaStream_t st = stream_.get();
+    const int n = b.n_mask_rows();
+    const size_t rows_bytes = align16(size_t(n) * 4);
+    const size_t bytes = rows_bytes + b.masks.size() * sizeof(uint32_t);
+    if (host_mask_.bytes() < bytes) {
+      INFER_CUDA_TRY(cudaStreamSynchronize(st));  // an earlier step may still read them
+      INFER_STATUS_TRY(host_mask_.allocate(bytes * 2));
+      INFER_STATUS_TRY(dev_mask_.allocate(bytes * 2));
+    }
+    int32_t* rows = host_mask_.as<int32_t>();
+    for (int s = 0; s < b.n_seqs(); ++s)
+      if (const int32_t r = b.mask_row[size_t(s)]; r >= 0) rows[r] = s;
+    std::memcpy(host_mask_.as<uint8_t>() + rows_bytes, b.masks.data(), b.masks.size() * sizeof(uint32_t));
+    INFER_CUDA_TRY(cudaMemcpyAsync(dev_mask_.get(), host_mask_.get(), bytes, cudaMemcpyHostToDevice, st));
+    INFER_CUDA_TRY(cuda::token_mask_rows_forward(
+        compact_.as<float>(), cfg_.n_vocab, dev_mask_.as<int32_t>(),
+        reinterpret_cast<const uint32_t*>(dev_mask_.as<uint8_t>() + rows_bytes), b.mask_words, n, st));
     return status::ok();
   }
 
@@ -560,6 +585,8 @@ class cuda_backend final : public backend {
   pinned_buffer host_stage_, host_tokens_;
   pinned_buffer host_adj_, host_lp_;  // logit adjustments in, logprobs out
   device_buffer dev_adj_, dev_lp_;
+  pinned_buffer host_mask_;  // constrained rows: indices and token masks in
+  device_buffer dev_mask_;
   size_t lp_cap_ = 0;
   device_buffer dev_stage_;
   std::vector<int32_t> gather_;
