@@ -327,7 +327,11 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
   }
   send_enqueue(self, false);
   int64_t timeout_ms = st.req.timeout_ms > 0 ? st.req.timeout_ms : st.core->cfg.default_timeout_ms;
-  if (timeout_ms > 0) self->delayed_send(self, std::chrono::milliseconds(timeout_ms), deadline_atom::value);
+  if (timeout_ms > 0) {
+    // From submission: a constraint compiled above has spent part of it already.
+    const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - st.t_submit).count();
+    self->delayed_send(self, std::chrono::milliseconds(std::max<int64_t>(1, timeout_ms - spent)), deadline_atom::value);
+  }
 
   return {
       [=](const admission_msg& m) {

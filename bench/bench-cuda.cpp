@@ -9,10 +9,14 @@
 //
 //   bench-cuda [--model synthetic:gpt2-small] [--batches 1,8,32,64,128,256]
 //              [--prompt 32] [--new 128] [--dtype auto|bf16|fp16] [--max-model-len N]
-//              [--json results.jsonl] [--sampling greedy|full]
+//              [--json results.jsonl] [--sampling greedy|full] [--masked N]
 // --sampling full: every sequence samples at temperature 1 with top_p 0.95, min_p 0.01,
 // presence/frequency/repetition penalties over its tokens and 5 logprobs (issue 16): the
 // step time against greedy's is the cost of the sampling controls.
+// --masked N: the first N sequences of each batch are constrained (issue 20): each step
+// carries their token masks (a fixed random half of the vocabulary each, copied into the
+// batch as the scheduler does), so the step time against --masked 0 is what constrained
+// decoding costs on the device (mask upload and kernel, and the sorted sampler those rows take).
 // The weights are streamed to the device (any architecture, synthetic or a directory);
 // the context served is --max-model-len (default: prompt + new, rounded to a KV block).
 #include <chrono>
@@ -69,6 +73,8 @@ struct run_result {
 };
 
 bool g_full_sampling = false;
+int g_masked = 0;
+std::vector<std::vector<uint32_t>> g_masks;  // [g_masked][words]
 
 // A sequence's penalty entries as the scheduler lists them (distinct tokens, output counts).
 void penalty_entries(const std::vector<int32_t>& toks, int n_prompt, std::vector<logit_adjust>& out) {
@@ -112,6 +118,7 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
   for (int s = 0; s < B; ++s) {
     if (g_full_sampling) penalty_entries(toks[s], prompt, adj);
     b.add(0, toks[s], blocks[s], true, greedy, 0, adj);
+    if (s < g_masked) std::copy(g_masks[size_t(s)].begin(), g_masks[size_t(s)].end(), b.add_mask(int32_t(g_masks[size_t(s)].size())));
   }
   auto t0 = clk::now();
   if (auto st = be.step(b, out); !st) {
@@ -130,6 +137,7 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
       if (g_full_sampling) penalty_entries(toks[s], prompt, adj);
       b.add(past, std::span<const int32_t>(&toks[s].back(), 1), blocks[s], true, greedy,
             uint64_t(k), adj);
+      if (s < g_masked) std::copy(g_masks[size_t(s)].begin(), g_masks[size_t(s)].end(), b.add_mask(int32_t(g_masks[size_t(s)].size())));
       r.kv_bytes_read += kv_per_pos * (past + 1);
     }
     if (auto st = be.step(b, out); !st) {
@@ -158,6 +166,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--dtype")) dtype = argv[i + 1];
     else if (!std::strcmp(argv[i], "--max-model-len")) max_len = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--sampling")) g_full_sampling = !std::strcmp(argv[i + 1], "full");
+    else if (!std::strcmp(argv[i], "--masked")) g_masked = std::atoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
@@ -194,6 +203,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "backend: %s\n", be.error().message.c_str());
     return 1;
   }
+  {
+    const int V = be.value()->config().n_vocab, W = (V + 31) / 32;
+    std::mt19937 mrng(17);
+    g_masks.assign(size_t(std::max(g_masked, 0)), std::vector<uint32_t>(size_t(W)));
+    for (auto& m : g_masks)
+      for (int v = 0; v < V; ++v)
+        if (mrng() & 1u) m[size_t(v) >> 5] |= 1u << (v & 31);
+  }
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   const double copy_rate = measure_copy_rate();
@@ -203,6 +220,7 @@ int main(int argc, char** argv) {
   std::printf("device: %s, d2d copy %.0f GB/s (read+write), weights %.1f MB %s, model %s (%s)\n",
               prop.name, copy_rate / 1e9, weight_bytes / 1e6, dt, model.c_str(),
               arch_name(be.value()->config().arch));
+  if (g_masked > 0) std::printf("constrained: the first %d sequences of each batch carry a token mask\n", g_masked);
   std::printf("%6s %12s %14s %14s %12s %10s %9s\n", "batch", "step_ms", "decode_tok/s",
               "e2e_tok/s", "prefill_ms", "bw_floor", "gpu_busy");
   std::FILE* jf = json.empty() ? nullptr : std::fopen(json.c_str(), "a");
@@ -223,11 +241,11 @@ int main(int argc, char** argv) {
                 e2e_tps, r.prefill_s * 1e3, floor_frac * 100, busy * 100);
     if (jf)
       std::fprintf(jf,
-                   "{\"bench\":\"cuda-engine%s\",\"device\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"batch\":%d,"
+                   "{\"bench\":\"cuda-engine%s\",\"masked\":%d,\"device\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"batch\":%d,"
                    "\"prompt\":%d,\"new\":%d,\"step_ms\":%.4f,\"decode_tok_s\":%.1f,"
                    "\"e2e_tok_s\":%.1f,\"prefill_ms\":%.3f,\"bytes_per_step\":%.0f,"
                    "\"copy_rate_gbs\":%.1f,\"bw_floor_fraction\":%.4f,\"gpu_busy\":%.4f}\n",
-                   g_full_sampling ? "-full-sampling" : "", prop.name, model.c_str(), dt, B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
+                   g_full_sampling ? "-full-sampling" : "", g_masked, prop.name, model.c_str(), dt, B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
                    r.prefill_s * 1e3, bytes_per_step, copy_rate / 1e9, floor_frac, busy);
   }
   std::printf("graph steps %lld of %lld, graphs captured %lld\n", (long long)st->graph_steps,
