@@ -34,6 +34,7 @@ using dispatch_atom = caf::atom_constant<caf::atom("idispatch")>;  // batcher ->
 using join_atom = caf::atom_constant<caf::atom("ijoin")>;          // front's node link -> worker node's agent
 using reset_atom = caf::atom_constant<caf::atom("ireset")>;        // agent -> worker: drop every sequence
 using relink_atom = caf::atom_constant<caf::atom("irelink")>;      // node link -> itself: (re)connect now
+using grammar_atom = caf::atom_constant<caf::atom("igrammar")>;    // compile helper -> request: constraint compiled
 
 // The version of every message below that crosses nodes. A node link and a node agent
 // compare it in their handshake (which uses only built-in types, so it always decodes)
@@ -194,18 +195,18 @@ struct token_msg {
   int32_t token = -1;
   bool last = false;
   bool stop = false;
-  bool complete = false;  // `last` because the constraint's output is complete (finish reason stop, text shown)
   uint32_t attempt = 0;
   int32_t cached_tokens = -1;  // on the first token of an admission: prompt tokens found in the prefix cache
   int32_t n_top = -1;
   uint32_t logprob_bits = 0;
   std::vector<int32_t> top_ids;
   std::vector<uint32_t> top_bits;
+  bool complete = false;  // `last` because the constraint's output is complete (finish reason stop, text shown)
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, token_msg& x) {
-  return f(caf::meta::type_name("infer.token"), x.id, x.index, x.token, x.last, x.stop, x.complete, x.attempt, x.cached_tokens,
-           x.n_top, x.logprob_bits, x.top_ids, x.top_bits);
+  return f(caf::meta::type_name("infer.token"), x.id, x.index, x.token, x.last, x.stop, x.attempt, x.cached_tokens,
+           x.n_top, x.logprob_bits, x.top_ids, x.top_bits, x.complete);
 }
 
 // worker -> batcher (crosses nodes): announces a worker that is ready to run.

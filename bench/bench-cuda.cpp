@@ -9,11 +9,12 @@
 //
 //   bench-cuda [--model synthetic:gpt2-small] [--batches 1,8,32,64,128,256]
 //              [--prompt 32] [--new 128] [--dtype auto|bf16|fp16] [--max-model-len N]
-//              [--json results.jsonl] [--sampling greedy|full] [--masked N]
+//              [--json results.jsonl] [--sampling greedy|full] [--masked 0,8,64]
 // --sampling full: every sequence samples at temperature 1 with top_p 0.95, min_p 0.01,
 // presence/frequency/repetition penalties over its tokens and 5 logprobs (issue 16): the
 // step time against greedy's is the cost of the sampling controls.
-// --masked N: the first N sequences of each batch are constrained (issue 20): each step
+// --masked N[,M...]: each batch size is run once per N, with its first N sequences
+// constrained (issue 20; default 0): each step
 // carries their token masks (a fixed random half of the vocabulary each, copied into the
 // batch as the scheduler does), so the step time against --masked 0 is what constrained
 // decoding costs on the device (mask upload and kernel, and the sorted sampler those rows take).
@@ -155,6 +156,7 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::string masked_list = "0";
   std::string model = "synthetic:gpt2-small", batches = "1,8,32,64,128,256", json, dtype = "auto";
   int prompt = 32, n_new = 128, max_len = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -166,7 +168,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--dtype")) dtype = argv[i + 1];
     else if (!std::strcmp(argv[i], "--max-model-len")) max_len = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--sampling")) g_full_sampling = !std::strcmp(argv[i + 1], "full");
-    else if (!std::strcmp(argv[i], "--masked")) g_masked = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--masked")) masked_list = argv[i + 1];
     else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
@@ -203,10 +205,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "backend: %s\n", be.error().message.c_str());
     return 1;
   }
+  std::vector<int> masked_counts;
+  {
+    std::stringstream ss(masked_list);
+    std::string x;
+    while (std::getline(ss, x, ',')) masked_counts.push_back(std::max(0, std::atoi(x.c_str())));
+    if (masked_counts.empty()) masked_counts.push_back(0);
+  }
   {
     const int V = be.value()->config().n_vocab, W = (V + 31) / 32;
     std::mt19937 mrng(17);
-    g_masks.assign(size_t(std::max(g_masked, 0)), std::vector<uint32_t>(size_t(W)));
+    int most = 0;
+    for (int m : masked_counts) most = std::max(most, m);
+    g_masks.assign(size_t(most), std::vector<uint32_t>(size_t(W)));
     for (auto& m : g_masks)
       for (int v = 0; v < V; ++v)
         if (mrng() & 1u) m[size_t(v) >> 5] |= 1u << (v & 31);
@@ -220,11 +231,12 @@ int main(int argc, char** argv) {
   std::printf("device: %s, d2d copy %.0f GB/s (read+write), weights %.1f MB %s, model %s (%s)\n",
               prop.name, copy_rate / 1e9, weight_bytes / 1e6, dt, model.c_str(),
               arch_name(be.value()->config().arch));
-  if (g_masked > 0) std::printf("constrained: the first %d sequences of each batch carry a token mask\n", g_masked);
-  std::printf("%6s %12s %14s %14s %12s %10s %9s\n", "batch", "step_ms", "decode_tok/s",
+  std::printf("%6s %6s %12s %14s %14s %12s %10s %9s\n", "batch", "masked", "step_ms", "decode_tok/s",
               "e2e_tok/s", "prefill_ms", "bw_floor", "gpu_busy");
   std::FILE* jf = json.empty() ? nullptr : std::fopen(json.c_str(), "a");
-  for (int B : Bs) {
+  for (int B : Bs)
+  for (int masked : masked_counts) {
+    g_masked = masked;
     if (!generate(*be.value(), B, prompt, n_new, 1).ok) return 1;  // warm-up: graphs, plans
     const double gpu0 = st->gpu_ms;
     run_result r = generate(*be.value(), B, prompt, n_new, 2);
@@ -237,7 +249,7 @@ int main(int argc, char** argv) {
     const double e2e_tps = double(B) * n_new / (r.prefill_s + r.decode_s);
     const double bytes_per_step = weight_bytes + r.kv_bytes_read / r.decode_steps;
     const double floor_frac = (bytes_per_step / copy_rate) / step;
-    std::printf("%6d %12.3f %14.0f %14.0f %12.2f %9.1f%% %8.1f%%\n", B, step * 1e3, decode_tps,
+    std::printf("%6d %6d %12.3f %14.0f %14.0f %12.2f %9.1f%% %8.1f%%\n", B, std::min(masked, B), step * 1e3, decode_tps,
                 e2e_tps, r.prefill_s * 1e3, floor_frac * 100, busy * 100);
     if (jf)
       std::fprintf(jf,

@@ -273,8 +273,7 @@ class cuda_backend final : public backend {
         h.slot[t] = table[p / bs] * bs + p % bs;
       }
       const int last = b.seq_start[s + 1] - 1;
-      // A token mask (constrained decoding) goes the adjusted way: applied to the compact row.
-      const bool adjusted = b.sample[s] && (!b.adjustments(s).empty() || b.token_mask(s));
+      const bool adjusted = b.sample[s] && !b.adjustments(s).empty();
       h.sample[s] = adjusted ? cuda::sample_adjusted : b.sample[s];
       h.counters[s] = b.sample_counter[s];
       h.params[s] = b.sampling[s];
@@ -347,7 +346,14 @@ class cuda_backend final : public backend {
     }
     const bool any_lp = b.any_logprobs() && R > 0;
     if (any_lp) INFER_STATUS_TRY(enqueue_logprobs_top(d, nseq_launch));
+    // Token masks (constrained rows only): masked in the compact rows of the sorted path, or,
+    // greedy rows with nothing else to adjust, their best allowed id taken from the raw row.
+    if (b.any_mask() && R > 0) INFER_STATUS_TRY(upload_token_masks(b));
     if (any_sorted && R > 0) INFER_STATUS_TRY(enqueue_sorted_sampling(b, d, nseq_launch));
+    if (b.any_mask() && R > 0 && n_mask_greedy_ > 0)
+      INFER_CUDA_TRY(cuda::token_mask_greedy_forward(tokens_out_.as<int32_t>(), logits_.as<float>(), ld_logits_, d.rows,
+                                                     mask_seq_dev(), mask_greedy_dev(), n_mask_greedy_, mask_words_dev(),
+                                                     b.mask_words, cfg_.n_vocab, st));
     if (any_lp) INFER_STATUS_TRY(enqueue_logprobs_gather(d, S));
 
     INFER_CUDA_TRY(cudaMemcpyAsync(host_tokens_.get(), tokens_out_.get(), size_t(S) * 4,
@@ -442,7 +448,9 @@ class cuda_backend final : public backend {
           compact_.as<float>(), V, nseq, dev_adj_.as<int32_t>(),
           reinterpret_cast<const logit_adjust*>(dev_adj_.as<uint8_t>() + starts), d.params, st));
     }
-    if (b.any_mask()) INFER_STATUS_TRY(enqueue_token_masks(b));
+    if (b.any_mask() && n_mask_sorted_ > 0)
+      INFER_CUDA_TRY(cuda::token_mask_rows_forward(compact_.as<float>(), V, mask_seq_dev(), mask_sorted_dev(),
+                                                   n_mask_sorted_, mask_words_dev(), b.mask_words, st));
     size_t temp = sort_temp_.bytes();
     INFER_CUDA_TRY(cuda::sort_compact_forward(sort_temp_.get(), temp, sorted_logits_.as<float>(),
                                               sorted_ids_.as<int32_t>(), compact_.as<float>(),
@@ -453,26 +461,38 @@ class cuda_backend final : public backend {
     return status::ok();
   }
 
-  // Constrained rows only: their compact-row indices, then their masks, in one upload.
-  status enqueue_token_masks(const step_batch& b) {
+  // Constrained rows only, in one upload: [n] the sequence of each mask row, [n] the mask rows
+  // of the sorted path then those of greedy rows (masked arg-max), then the masks.
+  status upload_token_masks(const step_batch& b) {
     cudaStream_t st = stream_.get();
     const int n = b.n_mask_rows();
-    const size_t rows_bytes = align16(size_t(n) * 4);
-    const size_t bytes = rows_bytes + b.masks.size() * sizeof(uint32_t);
+    mask_lists_bytes_ = align16(size_t(2 * n) * 4);
+    const size_t bytes = mask_lists_bytes_ + b.masks.size() * sizeof(uint32_t);
     if (host_mask_.bytes() < bytes) {
       INFER_CUDA_TRY(cudaStreamSynchronize(st));  // an earlier step may still read them
       INFER_STATUS_TRY(host_mask_.allocate(bytes * 2));
       INFER_STATUS_TRY(dev_mask_.allocate(bytes * 2));
     }
-    int32_t* rows = host_mask_.as<int32_t>();
-    for (int s = 0; s < b.n_seqs(); ++s)
-      if (const int32_t r = b.mask_row[size_t(s)]; r >= 0) rows[r] = s;
-    std::memcpy(host_mask_.as<uint8_t>() + rows_bytes, b.masks.data(), b.masks.size() * sizeof(uint32_t));
+    int32_t* seq = host_mask_.as<int32_t>();
+    int32_t* lists = seq + n;
+    n_mask_sorted_ = n_mask_greedy_ = 0;
+    for (int s = 0; s < b.n_seqs(); ++s) {
+      const int32_t r = b.mask_row[size_t(s)];
+      if (r < 0) continue;
+      seq[r] = s;
+      if (b.sampling[size_t(s)].greedy() && b.adjustments(s).empty()) lists[n - 1 - n_mask_greedy_++] = r;
+      else lists[n_mask_sorted_++] = r;
+    }
+    std::memcpy(host_mask_.as<uint8_t>() + mask_lists_bytes_, b.masks.data(), b.masks.size() * sizeof(uint32_t));
     INFER_CUDA_TRY(cudaMemcpyAsync(dev_mask_.get(), host_mask_.get(), bytes, cudaMemcpyHostToDevice, st));
-    INFER_CUDA_TRY(cuda::token_mask_rows_forward(
-        compact_.as<float>(), cfg_.n_vocab, dev_mask_.as<int32_t>(),
-        reinterpret_cast<const uint32_t*>(dev_mask_.as<uint8_t>() + rows_bytes), b.mask_words, n, st));
+    mask_n_ = n;
     return status::ok();
+  }
+  const int32_t* mask_seq_dev() const { return dev_mask_.as<int32_t>(); }
+  const int32_t* mask_sorted_dev() const { return dev_mask_.as<int32_t>() + mask_n_; }
+  const int32_t* mask_greedy_dev() const { return dev_mask_.as<int32_t>() + 2 * mask_n_ - n_mask_greedy_; }
+  const uint32_t* mask_words_dev() const {
+    return reinterpret_cast<const uint32_t*>(dev_mask_.as<uint8_t>() + mask_lists_bytes_);
   }
 
   // Logprobs buffers: [lp_cap_] sampled logprobs, [lp_cap_ * K] top ids, [lp_cap_ * K] top
@@ -587,6 +607,8 @@ class cuda_backend final : public backend {
   device_buffer dev_adj_, dev_lp_;
   pinned_buffer host_mask_;  // constrained rows: indices and token masks in
   device_buffer dev_mask_;
+  int mask_n_ = 0, n_mask_sorted_ = 0, n_mask_greedy_ = 0;  // of the step being enqueued
+  size_t mask_lists_bytes_ = 0;
   size_t lp_cap_ = 0;
   device_buffer dev_stage_;
   std::vector<int32_t> gather_;

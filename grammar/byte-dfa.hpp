@@ -54,7 +54,7 @@ struct byte_pattern {
 };
 
 struct dfa_limits {
-  int32_t nfa_states = 2'000'000;
+  int32_t nfa_states = 1'000'000;
   int32_t dfa_states = 60'000;
 };
 

@@ -209,6 +209,16 @@ async function main() {
       return true;
     });
   }
+  // Too large for the automaton limit: found when compiling (after the protocol's check), still a 400.
+  await assert.rejects(client.completions.create({model: 'm', prompt: 'x', max_tokens: 4,
+    guided_regex: '(a|b)*a(a|b){24}'}), (e) => {
+    assert.ok(e instanceof BadRequestError, String(e));
+    assert.match(e.message, /too large/);
+    return true;
+  });
+  const wsLarge = await wsBatch(srv.port, [{id: 'big', prompt: 'x', max_tokens: 4, guided_regex: '(a|b)*a(a|b){24}'}]);
+  assert.equal(wsLarge.get('big').done.type, 'error');
+  assert.equal(wsLarge.get('big').done.code, 'invalid_request');
   const chatRefused = await httpGet(srv.port, '/v1/chat/completions', {model: 'm', messages: [{role: 'user',
     content: 'x'}], response_format: {type: 'json_schema', json_schema: {name: 'x', schema: {oneOf: []}}}});
   assert.equal(chatRefused.status, 400);
