@@ -13,72 +13,15 @@
 #include <fmt/format.h>
 
 #include "actors/messages.hpp"
-#include "actors/prefix-index.hpp"
+#include "actors/admission-queue.hpp"
+#include "actors/suspect-tracker.hpp"
+#include "actors/worker-router.hpp"
 #include "supervision/circuit-breaker.hpp"
 #include "supervision/overload-monitor.hpp"
 
 namespace infer {
 
 namespace {
-
-struct worker_slot {
-  caf::actor handle;
-  bool up = false;
-  int32_t max_running = 0;
-  int32_t block_size = 16;
-  int32_t total_blocks = 0;
-  // From the last report.
-  int32_t held = 0;  // running + waiting
-  int32_t free_blocks = 0;
-  int32_t used_blocks = 0;
-  uint64_t admits_seen = 0;
-  // Admissions sent and not yet seen in a report: (admit number, blocks it needs).
-  uint64_t admits_sent = 0;
-  std::deque<std::pair<uint64_t, int32_t>> in_transit;
-
-  int32_t est_held() const { return held + int32_t(in_transit.size()); }
-  int32_t est_free() const {
-    int32_t f = free_blocks;
-    for (auto& t : in_transit) f -= t.second;
-    return f;
-  }
-  int32_t blocks_for(int32_t n) const { return (n + block_size - 1) / block_size; }
-  int32_t n_ctx = 0;
-  uint64_t preemptions = 0;  // the worker's cumulative count at its last report
-  uint64_t prefix_queries = 0, prefix_hits = 0;  // likewise, prefix cache tokens
-  int32_t cached_blocks = 0;
-  prefix_index cached;  // what it is believed to hold (actors/prefix-index.hpp)
-  // Suspects retried here (the key of one suspect running alone, or of a failed step's
-  // group retried together): nothing else is admitted until a step holding every one of
-  // them succeeds (or they are gone).
-  uint64_t exclusive = 0;
-  bool exclusive_group = false;
-  std::vector<uint64_t> exclusive_ids;  // admitted under the exclusivity and still held here
-  uint64_t exclusive_admit = 0;         // admission number (admits_sent) of the latest of them
-  bool probe = false;                   // admitted the half-open breaker's single probe
-  // Held for suspects (this key) that must run without others: takes nothing new until idle.
-  uint64_t reserved = 0;
-  // Since when it is down after a failure (unset: up, or never started yet).
-  std::optional<std::chrono::steady_clock::time_point> down_since;
-};
-
-// A sequence that was in a failed step. Random faults must not condemn it, a poison
-// request must not crash-loop the fleet. The sequences of a failed step are retried
-// together, in steps of their own (their group); if such a step fails again, each runs
-// alone; quarantine_after failures while alone end it with error(internal).
-struct suspect {
-  enum class stage : uint8_t { together, alone };
-  stage at = stage::together;
-  uint64_t group = 0;  // key of its group while `together`
-  int32_t solo_failures = 0;
-  std::string reason;
-};
-
-// Group keys live apart from request ids (which count up from 1 and never reach 2^63).
-constexpr uint64_t k_group_key_bit = uint64_t(1) << 63;
-
-// The key a suspect is retried under: its group's, or its own when it runs alone.
-uint64_t key_of(const suspect& s, uint64_t id) { return s.at == suspect::stage::together ? s.group : id; }
 
 struct route {
   int32_t worker = -1;
@@ -89,14 +32,14 @@ struct route {
 struct batcher_state {
   static inline const char* name = "infer.batcher";
   service_core_ptr core;
-  std::array<std::deque<enqueue_msg>, 3> queues;  // by priority
-  int32_t queued = 0;
-  std::vector<worker_slot> workers;
+  admission_queue<enqueue_msg> queue;
+  std::vector<worker_slot> workers;  // by worker index: what the batcher believes each holds
+  std::vector<caf::actor> handles;   // by worker index: the worker actor now (null while down)
+  worker_router router;
   std::unordered_map<uint64_t, route> routes;  // dispatched and not yet gone
   std::vector<circuit_breaker> breakers;       // by worker index; outlive the worker's restarts
   std::vector<bool> gave_up;                   // by worker index: its device was given up
-  std::unordered_map<uint64_t, suspect> suspects;
-  uint64_t next_group = 0;
+  suspect_tracker suspects;
   // Moving averages of measured steps, kept apart: a prefill step costs per token of the
   // prompt, a decode step per generated token, and one average of both overstates decoding.
   double decode_step_ms = 0;                   // steps of decodes only (one token per sequence)
@@ -104,7 +47,6 @@ struct batcher_state {
   bool dispatch_timer = false;                 // an idispatch is pending
   std::chrono::steady_clock::time_point dispatch_due;  // when it fires
   overload_monitor overload;                   // sustained overload: caps max_tokens (degradation)
-  std::vector<uint64_t> chain;                 // scratch: prefix block hashes of the sequence being routed
 };
 
 using batcher_actor = caf::stateful_actor<batcher_state>;
@@ -143,9 +85,9 @@ void publish_gauges(batcher_actor* self) {
       total += w.total_blocks;
     }
   auto& m = st.core->stats;
-  m.queue_depth.store(st.queued);
+  m.queue_depth.store(st.queue.size());
   const auto t = std::chrono::steady_clock::now();
-  st.overload.observe(st.queued, t);
+  st.overload.observe(st.queue.size(), t);
   m.cpu_fallback_active.store(fallback_serves(st, t) ? 1 : 0);
   m.max_tokens_cap_active.store(st.core->cfg.overload_max_tokens > 0 && st.overload.sustained(t) ? 1 : 0);
   m.running_sequences.store(held);
@@ -233,7 +175,7 @@ void arm_dispatch_timer(batcher_actor* self) {
   for (size_t i = 0; i < st.breakers.size(); ++i)
     if (st.breakers[i].current(now) == circuit_breaker::state::open)
       consider(std::max<int64_t>(1, st.breakers[i].retry_after(now).count()));
-  if (has_fallback(st) && st.queued > 0) {
+  if (has_fallback(st) && st.queue.size() > 0) {
     const auto grace = std::chrono::milliseconds(st.core->cfg.fallback_after_ms);
     for (size_t i = 0; i < st.workers.size(); ++i) {
       const auto& w = st.workers[i];
@@ -254,7 +196,7 @@ void arm_dispatch_timer(batcher_actor* self) {
 void admit_to(batcher_actor* self, int best, enqueue_msg& m, int32_t n) {
   auto& st = self->state;
   auto& w = st.workers[size_t(best)];
-  w.in_transit.emplace_back(++w.admits_sent, w.blocks_for(n));
+  w.sent(w.blocks_for(n));
   if (breaker_of(st, size_t(best)).current(std::chrono::steady_clock::now()) == circuit_breaker::state::half_open) {
     w.probe = true;
     breaker_of(st, size_t(best)).allow(std::chrono::steady_clock::now());
@@ -271,7 +213,7 @@ void admit_to(batcher_actor* self, int best, enqueue_msg& m, int32_t n) {
   a.stop_ids = std::move(m.stop_ids);
   a.attempt = m.attempt;
   a.grammar = m.grammar;
-  self->send(w.handle, std::move(a));
+  self->send(st.handles[size_t(best)], std::move(a));
 }
 
 // Drops reservations that no queued suspect needs any more (it was cancelled, or it is
@@ -282,14 +224,11 @@ void prune_reservations(batcher_state& st, std::chrono::steady_clock::time_point
   for (auto& w : st.workers) any |= w.reserved != 0;
   if (!any) return;
   std::unordered_set<uint64_t> wanted;
-  for (auto& q : st.queues)
-    for (auto& m : q)
-      if (auto it = st.suspects.find(m.id); it != st.suspects.end()) wanted.insert(key_of(it->second, m.id));
-  for (size_t i = 0; i < st.workers.size(); ++i) {
-    auto& w = st.workers[i];
-    if (w.reserved == 0) continue;
-    if (!wanted.count(w.reserved) || !routable(st, i, now) || (is_fallback(st, i) && !fallback_ok)) w.reserved = 0;
-  }
+  st.queue.for_each([&](const enqueue_msg& m) {
+    if (auto r = st.suspects.retry_of(m.id); r.key != 0) wanted.insert(r.key);
+  });
+  worker_router::prune_reservations(
+      st.workers, wanted, [&](size_t i) { return routable(st, i, now) && (!is_fallback(st, i) || fallback_ok); });
 }
 
 // Admits queued sequences, highest priority first, while some worker has room. Suspects
@@ -306,128 +245,39 @@ void dispatch(batcher_actor* self) {
   // suspects still go on: a worker reserved for them turns away ordinary sequences, so a
   // blocked head must not keep them from it.
   bool blocked = false;
-  for (auto& q : st.queues) {
+  for (size_t level = 0; level < admission_queue<enqueue_msg>::n_levels; ++level) {
+    auto& q = st.queue.level(level);
     for (size_t qi = 0; qi < q.size();) {
       enqueue_msg& m = q[qi];
       const int32_t n = int32_t(m.prompt.size() + m.generated.size()) + 1;
-      // A sequence that no worker could ever hold must not block the queue.
-      bool any_up = false, fits_some = false;
-      int32_t most = 0;
-      for (auto& w : st.workers) {
-        if (!w.up) continue;
-        any_up = true;
-        const int32_t peak = std::min<int32_t>(int32_t(m.prompt.size()) + m.max_tokens, w.n_ctx);
-        fits_some |= w.blocks_for(peak) <= w.total_blocks;
-        most = std::max(most, w.total_blocks);
-      }
-      if (any_up && !fits_some) {
+      if (auto most = worker_router::never_fits(st.workers, int32_t(m.prompt.size()), m.max_tokens)) {
         self->send(m.request, seq_closed_msg{m.id, uint8_t(closed_why::rejected),
                                              "the sequence needs more KV cache than a worker has (" +
-                                                 std::to_string(most) + " blocks)"});
-        q.erase(q.begin() + std::ptrdiff_t(qi));
-        --st.queued;
+                                                 std::to_string(*most) + " blocks)"});
+        st.queue.erase(level, qi);
         continue;
       }
-      // 0: an ordinary sequence; else the key its suspect retry runs under.
-      uint64_t key = 0;
-      bool group = false;
-      if (auto sit = st.suspects.find(m.id); sit != st.suspects.end()) {
-        key = key_of(sit->second, m.id);
-        group = sit->second.at == suspect::stage::together;
-      }
-      if (blocked && key == 0) {
+      const suspect_tracker::retry r = st.suspects.retry_of(m.id);
+      if (blocked && r.key == 0) {
         ++qi;
         continue;
       }
-      int best = -1, n_fit = 0;
-      for (int i = 0; i < int(st.workers.size()); ++i) {
-        auto& w = st.workers[size_t(i)];
-        if (!eligible(size_t(i))) continue;
-        if (w.exclusive != 0) {
-          if (key == 0 || w.exclusive != key || !group) continue;  // only its own group joins
-        } else {
-          if (w.reserved != 0 && w.reserved != key) continue;
-          if (key != 0 && (w.held != 0 || !w.in_transit.empty())) continue;  // suspects start on an idle worker
-        }
-        if (w.est_held() >= w.max_running || w.est_free() < w.blocks_for(n)) continue;
-        ++n_fit;
-        if (best < 0 || w.est_free() > st.workers[size_t(best)].est_free()) best = i;
-      }
-      if (best >= 0 && key == 0 && st.core->cfg.prefix_caching && st.core->cfg.prefix_affinity_tokens > 0 &&
-          st.workers.size() > 1) {
-        // Cache-aware routing (actors/README.md): a worker believed to hold a longer prefix
-        // wins over the least loaded one when its extra prefix tokens outweigh
-        // prefix_affinity_tokens per extra sequence it holds.
-        const int32_t bs = st.workers[size_t(best)].block_size;
-        prefix_chain(std::span<const int32_t>(m.prompt), bs, st.chain);
-        const auto& b0 = st.workers[size_t(best)];
-        const int64_t base_hit = int64_t(b0.cached.match(st.chain)) * bs;
-        const int64_t per_seq = st.core->cfg.prefix_affinity_tokens;
-        int pick = best;
-        int64_t pick_score = 0;
-        if (n_fit > 1) {
-          for (int i = 0; i < int(st.workers.size()); ++i) {
-            auto& w = st.workers[size_t(i)];
-            if (i == best || !eligible(size_t(i)) || w.exclusive != 0 || w.reserved != 0) continue;
-            if (w.est_held() >= w.max_running || w.est_free() < w.blocks_for(n) || w.block_size != bs) continue;
-            const int64_t gain = int64_t(w.cached.match(st.chain)) * bs - base_hit;
-            const int64_t score = gain - per_seq * std::max<int64_t>(0, w.est_held() - b0.est_held());
-            if (gain > 0 && score > pick_score) pick = i, pick_score = score;
-          }
-        }
-        if (pick != best) st.core->stats.prefix_routed.fetch_add(1, std::memory_order_relaxed);
-        best = pick;
-        st.workers[size_t(best)].cached.insert(st.chain);
-      }
-      if (best < 0) {
-        if (key != 0) {
-          // Reserve the least busy worker (once per key) so that it drains; the others go on.
-          bool has = false;
-          for (auto& w : st.workers) has |= w.reserved == key || w.exclusive == key;
-          if (!has) {
-            int pick = -1;
-            for (int i = 0; i < int(st.workers.size()); ++i) {
-              auto& w = st.workers[size_t(i)];
-              if (!eligible(size_t(i)) || w.exclusive != 0 || w.reserved != 0) continue;
-              if (pick < 0 || w.est_held() < st.workers[size_t(pick)].est_held()) pick = i;
-            }
-            if (pick >= 0) st.workers[size_t(pick)].reserved = key;
-          }
-          ++qi;
-          continue;
-        }
-        blocked = true;  // head-of-line: lower levels wait too, so priority order holds
+      const auto pick = st.router.choose(st.workers, eligible, n, r, std::span<const int32_t>(m.prompt));
+      if (pick.prefix_routed) st.core->stats.prefix_routed.fetch_add(1, std::memory_order_relaxed);
+      if (pick.worker < 0) {
+        if (r.key != 0) worker_router::reserve(st.workers, eligible, r.key);
+        else blocked = true;  // head-of-line: lower levels wait too, so priority order holds
         ++qi;
         continue;
       }
       const uint64_t id = m.id;
-      admit_to(self, best, m, n);
-      if (key != 0) {
-        for (auto& o : st.workers)
-          if (o.reserved == key) o.reserved = 0;
-        auto& w = st.workers[size_t(best)];
-        w.exclusive = key;
-        w.exclusive_group = group;
-        w.exclusive_ids.push_back(id);
-        w.exclusive_admit = w.admits_sent;
-      }
-      q.erase(q.begin() + std::ptrdiff_t(qi));
-      --st.queued;
+      admit_to(self, pick.worker, m, n);
+      if (r.key != 0) worker_router::admitted_suspect(st.workers, pick.worker, r.key, r.group, id);
+      st.queue.erase(level, qi);
     }
   }
   publish_gauges(self);
   arm_dispatch_timer(self);
-}
-
-// A sequence left worker w (finished, cancelled, refused): it no longer holds the worker's
-// exclusivity, which ends when none of its suspects is left there.
-void leave_exclusive(worker_slot& w, uint64_t id) {
-  auto it = std::find(w.exclusive_ids.begin(), w.exclusive_ids.end(), id);
-  if (it != w.exclusive_ids.end()) w.exclusive_ids.erase(it);
-  if (w.exclusive != 0 && w.exclusive_ids.empty() && w.admits_seen >= w.exclusive_admit) {
-    w.exclusive = 0;
-    w.exclusive_group = false;
-  }
 }
 
 // Decode steps a request can take: max_tokens, but never past the context (the engine ends
@@ -447,35 +297,25 @@ int64_t estimate_ms(batcher_state& st, const enqueue_msg& m) {
   int64_t slots = 0;
   for (auto& w : st.workers)
     if (w.up) slots += w.max_running;
-  const double rounds = 1.0 + double(st.queued) / double(std::max<int64_t>(slots, 1));
+  const double rounds = 1.0 + double(st.queue.size()) / double(std::max<int64_t>(slots, 1));
   const double own = st.prefill_token_ms * double(m.prompt.size()) + st.decode_step_ms * double(decode_steps(st, m));
   return int64_t(own * rounds);
-}
-
-bool remove_queued(batcher_state& st, uint64_t id) {
-  for (auto& q : st.queues)
-    for (auto it = q.begin(); it != q.end(); ++it)
-      if (it->id == id) {
-        q.erase(it);
-        --st.queued;
-        return true;
-      }
-  return false;
 }
 
 caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
   self->state.core = std::move(core);
   const auto& cfg = self->state.core->cfg;
   self->state.workers.resize(size_t(std::max(self->state.core->plan.n_workers(), 1)));
+  self->state.handles.resize(self->state.workers.size());
+  self->state.router = worker_router(router_options{cfg.prefix_caching, cfg.prefix_affinity_tokens});
   self->state.overload = overload_monitor(cfg.queue_capacity, cfg.overload_queue_fraction,
                                           std::chrono::milliseconds(cfg.overload_after_ms));
   return {
       [=](enqueue_msg& m) {
         auto& st = self->state;
-        const size_t level = std::min<size_t>(m.prio, 2);
+        const size_t level = admission_queue<enqueue_msg>::level_of(m.prio);
         if (m.resume) {  // accepted long ago: back to the front of its level
-          st.queues[level].push_front(std::move(m));
-          ++st.queued;
+          st.queue.push_front(level, std::move(m));
           dispatch(self);
           return;
         }
@@ -488,7 +328,7 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         int32_t cap = 0;  // sustained overload: a newly admitted request gets a smaller max_tokens
         if (const int32_t limit = st.core->cfg.overload_max_tokens; limit > 0) {
           const auto now = std::chrono::steady_clock::now();
-          st.overload.observe(st.queued, now);
+          st.overload.observe(st.queue.size(), now);
           if (st.overload.sustained(now) && m.max_tokens > limit) {
             m.max_tokens = limit;
             cap = limit;
@@ -501,10 +341,10 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
                                                "{:.3f} ms, {} decode steps at {:.2f} ms, {} queued), {} ms left; "
                                                "raise timeout_ms",
                                                est, m.prompt.size(), st.prefill_token_ms, decode_steps(st, m),
-                                               st.decode_step_ms, st.queued, m.timeout_ms)});
+                                               st.decode_step_ms, st.queue.size(), m.timeout_ms)});
           return;
         }
-        if (st.queued >= st.core->cfg.queue_capacity) {
+        if (st.queue.size() >= st.core->cfg.queue_capacity) {
           admission_msg a{m.id, false, uint8_t(error_code::overloaded), 100,
                           "the admission queue is full (" + std::to_string(st.core->cfg.queue_capacity) + ")"};
           self->send(m.request, std::move(a));
@@ -512,15 +352,14 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         }
         auto req = m.request;
         uint64_t id = m.id;
-        st.queues[level].push_back(std::move(m));
-        ++st.queued;
+        st.queue.push_back(level, std::move(m));
         self->send(req, admission_msg{id, true, 0, 0, {}, cap});
         dispatch(self);
       },
       [=](const cancel_msg& c) {
         auto& st = self->state;
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
-        if (remove_queued(st, c.id)) {
+        if (st.queue.remove(c.id)) {
           self->send(sender, seq_closed_msg{c.id, uint8_t(closed_why::cancelled), {}});
           dispatch(self);  // a worker reserved for it is free again
           return;
@@ -528,7 +367,7 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         auto it = st.routes.find(c.id);
         if (it != st.routes.end() && it->second.worker >= 0 && st.workers[size_t(it->second.worker)].up) {
           it->second.cancelling = true;
-          self->send(st.workers[size_t(it->second.worker)].handle, c);
+          self->send(st.handles[size_t(it->second.worker)], c);
           return;  // the worker's seq_gone_msg (or its report that the sequence left) completes it
         }
         // Not here any more (already finished): nothing to free.
@@ -537,10 +376,13 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
       [=](const worker_hello_msg& h) {
         auto& st = self->state;
         if (h.worker < 0) return;
-        if (size_t(h.worker) >= st.workers.size()) st.workers.resize(size_t(h.worker) + 1);
+        if (size_t(h.worker) >= st.workers.size()) {
+          st.workers.resize(size_t(h.worker) + 1);
+          st.handles.resize(st.workers.size());
+        }
         auto& w = st.workers[size_t(h.worker)];
         w = worker_slot{};
-        w.handle = h.handle;
+        st.handles[size_t(h.worker)] = h.handle;
         w.up = true;
         w.max_running = h.max_running;
         w.block_size = std::max(h.block_size, 1);
@@ -560,33 +402,27 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         auto& st = self->state;
         if (r.worker < 0 || size_t(r.worker) >= st.workers.size()) return;
         auto& w = st.workers[size_t(r.worker)];
-        if (!w.up || w.handle != caf::actor_cast<caf::actor>(self->current_sender())) return;  // stale
+        if (!w.up || st.handles[size_t(r.worker)] != caf::actor_cast<caf::actor>(self->current_sender()))
+          return;  // stale
         w.held = r.n_running + r.n_waiting;
         w.free_blocks = r.free_blocks;
         w.used_blocks = r.used_blocks;
         w.total_blocks = r.total_blocks;
-        w.admits_seen = r.admits_seen;
-        while (!w.in_transit.empty() && w.in_transit.front().first <= r.admits_seen) w.in_transit.pop_front();
+        w.seen(r.admits_seen);
         if (r.batch_seqs > 0) {  // a step succeeded: the worker is healthy
           breaker_of(st, size_t(r.worker)).on_success();
           w.probe = false;
           // Every suspect held here was in this step (the worker holds nothing else) and it
           // succeeded: they are not poison.
-          if (w.exclusive != 0 && r.admits_seen >= w.exclusive_admit &&
-              r.batch_seqs >= int32_t(w.exclusive_ids.size())) {
-            for (uint64_t id : w.exclusive_ids) st.suspects.erase(id);
-            w.exclusive_ids.clear();
-            w.exclusive = 0;
-            w.exclusive_group = false;
-          }
+          for (uint64_t id : w.step_succeeded(r.batch_seqs)) st.suspects.clear(id);
           const double ms = double(r.step_us) / 1000.0;
           auto ema = [](double avg, double x) { return avg <= 0 ? x : 0.9 * avg + 0.1 * x; };
           if (r.batch_tokens <= r.batch_seqs) st.decode_step_ms = ema(st.decode_step_ms, ms);
           else st.prefill_token_ms = ema(st.prefill_token_ms, ms / double(r.batch_tokens));
         }
         for (uint64_t id : r.left) {
-          st.suspects.erase(id);
-          leave_exclusive(w, id);
+          st.suspects.clear(id);
+          w.leave_exclusive(id);
           auto it = st.routes.find(id);
           if (it == st.routes.end()) continue;
           // It finished while a cancel was on its way: the worker will not find it, so
@@ -623,8 +459,8 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         if (it == st.routes.end()) return;
         auto req = it->second.request;
         st.routes.erase(it);
-        st.suspects.erase(g.id);
-        if (g.worker >= 0 && size_t(g.worker) < st.workers.size()) leave_exclusive(st.workers[size_t(g.worker)], g.id);
+        st.suspects.clear(g.id);
+        if (g.worker >= 0 && size_t(g.worker) < st.workers.size()) st.workers[size_t(g.worker)].leave_exclusive(g.id);
         if (g.rejected)
           self->send(req, seq_closed_msg{g.id, uint8_t(closed_why::rejected), g.message});
         else
@@ -636,21 +472,17 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         auto& w = st.workers[size_t(d.worker)];
         const auto since = w.up || !w.down_since ? std::chrono::steady_clock::now() : *w.down_since;
         w = worker_slot{};  // down until its replacement says hello
+        st.handles[size_t(d.worker)] = caf::actor{};
         w.down_since = since;
         breaker_of(st, size_t(d.worker));
         if (d.gave_up) st.gave_up[size_t(d.worker)] = true;
         const int32_t limit = st.core->cfg.quarantine_after;
         for (auto it = st.routes.begin(); it != st.routes.end();) {
           if (it->second.worker == d.worker) {
-            auto sit = st.suspects.find(it->first);
-            if (sit != st.suspects.end() && sit->second.solo_failures >= limit) {
+            if (auto why = st.suspects.quarantine(it->first, limit)) {
               // A poison request: it failed every step it ran alone in.
-              self->send(it->second.request,
-                         seq_closed_msg{it->first, uint8_t(closed_why::failed),
-                                        "quarantined: the request failed its engine step " + std::to_string(limit) +
-                                            " times while running alone (" + sit->second.reason + ")"});
+              self->send(it->second.request, seq_closed_msg{it->first, uint8_t(closed_why::failed), std::move(*why)});
               st.core->stats.quarantined.fetch_add(1, std::memory_order_relaxed);
-              st.suspects.erase(sit);
             } else {
               self->send(it->second.request,
                          seq_closed_msg{it->first, uint8_t(closed_why::lost), "worker failed: " + d.reason});
@@ -672,26 +504,7 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
           key = st.workers[size_t(f.worker)].exclusive;
           group = st.workers[size_t(f.worker)].exclusive_group;
         }
-        uint64_t fresh_group = 0;
-        for (uint64_t id : f.ids) {
-          auto it = st.suspects.find(id);
-          if (it == st.suspects.end()) {  // first failed step: a suspect, retried with its group
-            if (fresh_group == 0) fresh_group = k_group_key_bit | ++st.next_group;
-            suspect s;
-            s.group = fresh_group;
-            s.reason = f.reason;
-            st.suspects.emplace(id, std::move(s));
-            continue;
-          }
-          auto& s = it->second;
-          s.reason = f.reason;
-          if (s.at == suspect::stage::together) {  // failed again: each of them runs alone
-            s.at = suspect::stage::alone;
-            s.group = 0;
-          } else if (key == id && !group) {
-            ++s.solo_failures;  // failed while alone: counts towards quarantine
-          }
-        }
+        st.suspects.on_step_failed(f.ids, key, group, f.reason);
         publish_gauges(self);
       },
       [=](dispatch_atom) {

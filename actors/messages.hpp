@@ -18,7 +18,7 @@
 #include <caf/all.hpp>
 
 #include "engine/backend.hpp"
-#include "engine/sampling-params.hpp"
+#include "base/sampling-params.hpp"
 
 namespace infer {
 

@@ -12,7 +12,7 @@ namespace infer {
 
 // One worker as the supervision tree and the batcher see it (GET /v1/status, per-worker
 // and per-device gauges). Written by the supervisors (state, restarts) and the batcher
-// (breaker, running, kv), read by status_json and render_prometheus.
+// (breaker, running, kv), read by service::status (GET /v1/status) and render_prometheus.
 struct worker_gauge {
   enum class run_state : uint8_t { starting, running, restarting, failed };
   int32_t id = 0;
@@ -39,6 +39,19 @@ struct node_gauge {
   std::string last_error;
 };
 const char* to_string(worker_gauge::run_state s);
+
+// The supervision tree and the caches at one moment (service::status; GET /v1/status renders
+// it, net/status-json.hpp).
+struct service_status {
+  std::vector<worker_gauge> workers;
+  std::vector<node_gauge> nodes;
+  bool prefix_caching = false;
+  uint64_t prefix_cache_queries = 0, prefix_cache_hits = 0;
+  double prefix_cache_hit_rate = 0;
+  int64_t prefix_cache_blocks = 0;
+  uint64_t prefix_routed = 0;
+  int64_t queue_depth = 0;
+};
 // `v` escaped for a Prometheus label value.
 std::string label_value(const std::string& v);
 

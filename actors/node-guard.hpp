@@ -10,7 +10,7 @@
 #include <memory>
 #include <string>
 
-#include "engine/result.hpp"
+#include "base/result.hpp"
 
 namespace infer {
 

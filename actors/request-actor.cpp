@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "actors/messages.hpp"
-#include "engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace infer {
 

@@ -17,7 +17,7 @@
 #include "actors/service.hpp"
 #include "config/service-config.hpp"
 #include "engine/backend.hpp"
-#include "engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 #include "grammar/grammar.hpp"
 #include "supervision/device-plan.hpp"
 #include "supervision/fault-injection.hpp"

@@ -16,7 +16,7 @@
 #include "actors/service-core.hpp"
 #include "actors/supervisor-actor.hpp"
 #include "engine/cpu-backend.hpp"
-#include "engine/model-weights.hpp"
+#include "model/weights.hpp"
 #include "supervision/circuit-breaker.hpp"
 #include "template/jinja.hpp"
 
@@ -30,14 +30,6 @@
 namespace infer {
 
 namespace {
-
-// Text for a JSON string without escaping: quotes, backslashes and controls dropped.
-std::string json_safe(const std::string& in) {
-  std::string out;
-  for (char c : in)
-    if (c != '"' && c != '\\' && uint8_t(c) >= 0x20) out += c;
-  return out;
-}
 
 // How long shutdown waits for in-flight requests to end, then for the engines to stop.
 constexpr auto drain_wait = std::chrono::seconds(30);
@@ -140,37 +132,18 @@ class service_impl final : public service {
   }
   metrics& stats() override { return core_->stats; }
 
-  std::string status_json() const override {
-    auto ws = core_->stats.workers_snapshot();
-    std::string s = "{\"workers\":[";
-    for (size_t i = 0; i < ws.size(); ++i) {
-      const auto& w = ws[i];
-      std::string backend;
-      for (char c : w.backend)
-        if (c != '"' && c != '\\' && uint8_t(c) >= 0x20) backend += c;
-      s += fmt::format(
-          "{}{{\"id\":{},\"backend\":\"{}\",\"device\":{},\"state\":\"{}\",\"restarts\":{},"
-          "\"breaker\":\"{}\",\"running\":{},\"kv_free\":{},\"kv_cached\":{},\"node\":\"{}\"}}",
-          i ? "," : "", w.id, backend, w.device, to_string(w.state), w.restarts,
-          to_string(circuit_breaker::state(w.breaker)), w.running, w.kv_free, w.kv_cached, json_safe(w.node));
-    }
-    s += "],\"nodes\":[";
-    auto ns = core_->stats.nodes_snapshot();
-    for (size_t i = 0; i < ns.size(); ++i) {
-      const auto& n = ns[i];
-      s += fmt::format(
-          "{}{{\"address\":\"{}\",\"state\":\"{}\",\"workers\":{},\"joins\":{},\"losses\":{},"
-          "\"last_error\":\"{}\"}}",
-          i ? "," : "", json_safe(n.address), json_safe(n.state), n.workers, n.joins, n.losses,
-          json_safe(n.last_error));
-    }
+  service_status status() const override {
     const auto& m = core_->stats;
-    s += fmt::format(
-        "],\"prefix_cache\":{{\"enabled\":{},\"queries\":{},\"hits\":{},\"hit_rate\":{:.4f},\"blocks\":{},"
-        "\"routed\":{}}}",
-        core_->cfg.prefix_caching ? "true" : "false", m.prefix_cache_queries.load(), m.prefix_cache_hits.load(),
-        m.prefix_cache_hit_rate(), m.prefix_cache_blocks.load(), m.prefix_routed.load());
-    s += fmt::format(",\"queue_depth\":{}}}", core_->stats.queue_depth.load());
+    service_status s;
+    s.workers = m.workers_snapshot();
+    s.nodes = m.nodes_snapshot();
+    s.prefix_caching = core_->cfg.prefix_caching;
+    s.prefix_cache_queries = m.prefix_cache_queries.load();
+    s.prefix_cache_hits = m.prefix_cache_hits.load();
+    s.prefix_cache_hit_rate = m.prefix_cache_hit_rate();
+    s.prefix_cache_blocks = m.prefix_cache_blocks.load();
+    s.prefix_routed = m.prefix_routed.load();
+    s.queue_depth = m.queue_depth.load();
     return s;
   }
 
@@ -369,6 +342,8 @@ result<service_core_ptr> make_core(const service_config& cfg, const service_hook
   if (status s = prepare_core(*core); !s) return s;
   return core;
 }
+
+service_status service::status() const { return {}; }
 
 result<std::unique_ptr<service>> service::start(caf::actor_system& sys, const service_config& cfg,
                                                 const service_hooks& hooks) {

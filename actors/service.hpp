@@ -16,8 +16,8 @@
 
 #include <optional>
 
-#include "engine/result.hpp"
-#include "engine/sampling-params.hpp"
+#include "base/result.hpp"
+#include "base/sampling-params.hpp"
 #include "grammar/grammar.hpp"
 
 namespace caf { class actor_system; }
@@ -26,6 +26,7 @@ namespace infer {
 
 class tokenizer;
 class metrics;
+struct service_status;  // actors/metrics.hpp
 struct service_config;  // config/service-config.hpp
 struct service_hooks;   // actors/service-core.hpp
 
@@ -206,14 +207,10 @@ class service {
     return 0;
   }
 
-  // The supervision tree at run time, for GET /v1/status:
-  // {"workers":[{"id":0,"backend":"cpu","device":-1,"state":"running|starting|restarting|failed",
-  //   "restarts":0,"breaker":"closed|open|half_open","running":N,"kv_free":N,
-  //   "node":"HOST:PORT of its worker node, empty if local"}],
-  //  "nodes":[{"address":"HOST:PORT","state":"connecting|connected|down|refused","workers":N,"joins":N,
-  //   "losses":N,"last_error":"..."}],"queue_depth":N}
-  // The default (a service without a supervision tree) lists no workers.
-  virtual std::string status_json() const { return "{\"workers\":[],\"queue_depth\":0}"; }
+  // The supervision tree at run time (workers, nodes, prefix cache, queue depth), which
+  // GET /v1/status renders (net/status-json.hpp). The default (a service without a
+  // supervision tree) lists no workers.
+  virtual service_status status() const;
 };
 
 inline void completion_handle::cancel() {

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "engine/result.hpp"
+#include "base/result.hpp"
 
 namespace caf { class actor_system; }
 

@@ -9,15 +9,17 @@
 //
 //   bench-cuda [--model synthetic:gpt2-small] [--batches 1,8,32,64,128,256]
 //              [--prompt 32] [--new 128] [--dtype auto|bf16|fp16] [--max-model-len N]
-//              [--json results.jsonl] [--sampling greedy|full] [--masked 0,8,64]
+//              [--json results.jsonl] [--sampling greedy|full] [--sampler fused|sort]
+//              [--masked 0,8,64]
 // --sampling full: every sequence samples at temperature 1 with top_p 0.95, min_p 0.01,
 // presence/frequency/repetition penalties over its tokens and 5 logprobs (issue 16): the
-// step time against greedy's is the cost of the sampling controls.
+// step time against greedy's is the cost of the sampling controls. --sampler sort runs them
+// through the sort path the fused kernel replaced (its fallback), for the before/after.
 // --masked N[,M...]: each batch size is run once per N, with its first N sequences
-// constrained (issue 20; default 0): each step
-// carries their token masks (a fixed random half of the vocabulary each, copied into the
-// batch as the scheduler does), so the step time against --masked 0 is what constrained
-// decoding costs on the device (mask upload and kernel, and the sorted sampler those rows take).
+// constrained (issue 20; default 0): each step carries their token masks (a fixed random half
+// of the vocabulary each, copied into the batch as the scheduler does), so the step time
+// against --masked 0 is what constrained decoding costs on the device (the mask upload and
+// kernel, and the sampling kernel those rows then take).
 // The weights are streamed to the device (any architecture, synthetic or a directory);
 // the context served is --max-model-len (default: prompt + new, rounded to a KV block).
 #include <chrono>
@@ -26,11 +28,12 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <cuda_runtime_api.h>
 
-#include "engine/model-weights.hpp"
+#include "model/weights.hpp"
 #include "gpu/cuda-backend.hpp"
 
 using namespace infer;
@@ -74,20 +77,21 @@ struct run_result {
 };
 
 bool g_full_sampling = false;
+bool g_sort_sampler = false;
 int g_masked = 0;
 std::vector<std::vector<uint32_t>> g_masks;  // [g_masked][words]
 
-// A sequence's penalty entries as the scheduler lists them (distinct tokens, output counts).
-void penalty_entries(const std::vector<int32_t>& toks, int n_prompt, std::vector<logit_adjust>& out) {
-  out.clear();
-  for (size_t i = 0; i < toks.size(); ++i) {
-    logit_adjust* e = nullptr;
-    for (auto& a : out)
-      if (a.token == toks[i]) e = &a;
-    if (!e) e = &out.emplace_back(logit_adjust{toks[i], 0, 0.0f, 1});
-    if (int(i) >= n_prompt) ++e->count;
+// A sequence's penalty entries as the scheduler keeps them: one per distinct token, updated
+// as each token comes (the host cost of the controls is the scheduler's, not a rescan).
+struct penalty_list {
+  std::vector<logit_adjust> adj;
+  std::unordered_map<int32_t, size_t> at;
+  void count(int32_t tok, bool generated) {
+    auto [it, fresh] = at.emplace(tok, adj.size());
+    if (fresh) adj.push_back(logit_adjust{tok, 0, 0.0f, 1});
+    if (generated) ++adj[it->second].count;
   }
-}
+};
 
 run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
   const model_config& cfg = be.config();
@@ -111,14 +115,16 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
     greedy.logprobs = 5;
     greedy.seed = seed;
   }
-  std::vector<logit_adjust> adj;
+  std::vector<penalty_list> pen(g_full_sampling ? B : 0);
+  for (int s = 0; s < int(pen.size()); ++s)
+    for (int32_t t : toks[s]) pen[s].count(t, false);
   step_batch b;
   step_output out;
   run_result r;
   b.reset(max_blocks);
   for (int s = 0; s < B; ++s) {
-    if (g_full_sampling) penalty_entries(toks[s], prompt, adj);
-    b.add(0, toks[s], blocks[s], true, greedy, 0, adj);
+    b.add(0, toks[s], blocks[s], true, greedy, 0,
+          g_full_sampling ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{});
     if (s < g_masked) std::copy(g_masks[size_t(s)].begin(), g_masks[size_t(s)].end(), b.add_mask(int32_t(g_masks[size_t(s)].size())));
   }
   auto t0 = clk::now();
@@ -129,15 +135,17 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
   }
   auto t1 = clk::now();
   r.prefill_s = seconds(t0, t1);
-  for (int s = 0; s < B; ++s) toks[s].push_back(out.tokens[s]);
+  for (int s = 0; s < B; ++s) {
+    toks[s].push_back(out.tokens[s]);
+    if (g_full_sampling) pen[s].count(out.tokens[s], true);
+  }
   const double kv_per_pos = double(cfg.kv_bytes_per_token(2));  // 16-bit K and V
   for (int k = 1; k < n_new; ++k) {
     b.reset(max_blocks);
     for (int s = 0; s < B; ++s) {
       const int32_t past = int32_t(toks[s].size() - 1);
-      if (g_full_sampling) penalty_entries(toks[s], prompt, adj);
       b.add(past, std::span<const int32_t>(&toks[s].back(), 1), blocks[s], true, greedy,
-            uint64_t(k), adj);
+            uint64_t(k), g_full_sampling ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{});
       if (s < g_masked) std::copy(g_masks[size_t(s)].begin(), g_masks[size_t(s)].end(), b.add_mask(int32_t(g_masks[size_t(s)].size())));
       r.kv_bytes_read += kv_per_pos * (past + 1);
     }
@@ -146,7 +154,10 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
       r.ok = false;
       return r;
     }
-    for (int s = 0; s < B; ++s) toks[s].push_back(out.tokens[s]);
+    for (int s = 0; s < B; ++s) {
+      toks[s].push_back(out.tokens[s]);
+      if (g_full_sampling) pen[s].count(out.tokens[s], true);
+    }
     ++r.decode_steps;
   }
   r.decode_s = seconds(t1, clk::now());
@@ -169,6 +180,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--max-model-len")) max_len = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--sampling")) g_full_sampling = !std::strcmp(argv[i + 1], "full");
     else if (!std::strcmp(argv[i], "--masked")) masked_list = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--sampler")) g_sort_sampler = !std::strcmp(argv[i + 1], "sort");
     else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
@@ -222,6 +234,7 @@ int main(int argc, char** argv) {
       for (int v = 0; v < V; ++v)
         if (mrng() & 1u) m[size_t(v) >> 5] |= 1u << (v & 31);
   }
+  if (g_sort_sampler) cuda_backend_set_fused_sampling(*be.value(), false);
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   const double copy_rate = measure_copy_rate();
@@ -257,11 +270,12 @@ int main(int argc, char** argv) {
                    "\"prompt\":%d,\"new\":%d,\"step_ms\":%.4f,\"decode_tok_s\":%.1f,"
                    "\"e2e_tok_s\":%.1f,\"prefill_ms\":%.3f,\"bytes_per_step\":%.0f,"
                    "\"copy_rate_gbs\":%.1f,\"bw_floor_fraction\":%.4f,\"gpu_busy\":%.4f}\n",
-                   g_full_sampling ? "-full-sampling" : "", g_masked, prop.name, model.c_str(), dt, B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
+                   g_full_sampling ? (g_sort_sampler ? "-full-sampling-sort" : "-full-sampling") : "", g_masked, prop.name, model.c_str(), dt, B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
                    r.prefill_s * 1e3, bytes_per_step, copy_rate / 1e9, floor_frac, busy);
   }
-  std::printf("graph steps %lld of %lld, graphs captured %lld\n", (long long)st->graph_steps,
-              (long long)st->steps, (long long)st->graphs_captured);
+  std::printf("graph steps %lld of %lld, graphs captured %lld, sampling rows left to the sort path %lld\n",
+              (long long)st->graph_steps, (long long)st->steps, (long long)st->graphs_captured,
+              (long long)st->sampling_fallback_rows);
   if (jf) std::fclose(jf);
   return 0;
 }

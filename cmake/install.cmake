@@ -22,7 +22,7 @@ install(TARGETS ${_infer_libs} infer_warnings infer_toml EXPORT inferTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/infer)
-foreach(_dir engine kernels model tokenizer template config gpu actors supervision net web)
+foreach(_dir base engine kernels model tokenizer template config gpu actors supervision net web)
   if(EXISTS ${PROJECT_SOURCE_DIR}/${_dir})
     install(DIRECTORY ${PROJECT_SOURCE_DIR}/${_dir}/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/infer/${_dir}
             FILES_MATCHING PATTERN "*.hpp" PATTERN "*.h" PATTERN "*.cuh")

@@ -2,7 +2,7 @@
 // and field. The file reader, --set overrides, the key list and the formatter all walk it, so a
 // new field is one line here plus a line in config/inferd.toml (a test checks the two agree).
 #include "config/service-config.hpp"
-#include "engine/utf8.hpp"
+#include "base/utf8.hpp"
 
 #include <algorithm>
 #include <cctype>

@@ -16,9 +16,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/model-config.hpp"
-#include "engine/result.hpp"
-#include "engine/sampling-params.hpp"
+#include "model/model-config.hpp"
+#include "base/result.hpp"
+#include "base/sampling-params.hpp"
 
 namespace infer {
 

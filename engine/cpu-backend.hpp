@@ -5,7 +5,7 @@
 #include <memory>
 
 #include "engine/backend.hpp"
-#include "engine/model-weights.hpp"
+#include "model/weights.hpp"
 
 namespace infer {
 

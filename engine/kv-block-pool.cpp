@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <string>
 
-#include "engine/sampling-params.hpp"
+#include "base/sampling-params.hpp"
 
 namespace infer {
 

@@ -22,7 +22,7 @@
 #include <span>
 #include <vector>
 
-#include "engine/result.hpp"
+#include "base/result.hpp"
 
 namespace infer {
 

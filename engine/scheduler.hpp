@@ -59,8 +59,8 @@
 
 #include "engine/backend.hpp"
 #include "engine/kv-block-pool.hpp"
-#include "engine/result.hpp"
-#include "engine/sampling-params.hpp"
+#include "base/result.hpp"
+#include "base/sampling-params.hpp"
 #include "grammar/grammar.hpp"
 
 namespace infer {

@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "config/service-config.hpp"
-#include "engine/safetensors.hpp"
+#include "base/safetensors.hpp"
 #include "net/protocol.hpp"
 
 namespace infer {

@@ -20,7 +20,7 @@ bool fuzz_protocol(const uint8_t* data, size_t size);
 // config/service-config.hpp: TOML text -> service_config -> validate, and
 // format_service_config read back to an equal config.
 bool fuzz_config(const uint8_t* data, size_t size);
-// engine/safetensors.hpp: the bytes as a whole .safetensors file (header and data).
+// base/safetensors.hpp: the bytes as a whole .safetensors file (header and data).
 bool fuzz_safetensors(const uint8_t* data, size_t size);
 
 }  // namespace infer

@@ -6,7 +6,7 @@
 
 #include <fmt/format.h>
 
-#include "engine/half.hpp"
+#include "base/half.hpp"
 #include "model/hf-config.hpp"
 
 namespace infer::gpu {

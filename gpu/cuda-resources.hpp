@@ -10,7 +10,7 @@
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 
-#include "engine/result.hpp"
+#include "base/result.hpp"
 
 namespace infer::gpu {
 

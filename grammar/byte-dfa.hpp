@@ -25,7 +25,7 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/result.hpp"
+#include "base/result.hpp"
 
 namespace infer::grammar {
 

@@ -25,7 +25,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/result.hpp"
+#include "base/result.hpp"
 #include "grammar/byte-dfa.hpp"
 
 namespace infer {

@@ -19,7 +19,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
-#include "engine/result.hpp"
+#include "base/result.hpp"
 #include "grammar/byte-dfa.hpp"
 
 namespace infer::grammar {

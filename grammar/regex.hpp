@@ -10,7 +10,7 @@
 #pragma once
 #include <string_view>
 
-#include "engine/result.hpp"
+#include "base/result.hpp"
 #include "grammar/byte-dfa.hpp"
 
 namespace infer::grammar {

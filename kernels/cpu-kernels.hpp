@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <span>
 
-#include "engine/sampling-params.hpp"
+#include "base/sampling-params.hpp"
 
 namespace infer::cpu {
 

@@ -20,7 +20,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
-#include "engine/sampling-params.hpp"
+#include "base/sampling-params.hpp"
 
 namespace infer::cuda {
 

@@ -18,7 +18,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "engine/result.hpp"
+#include "base/result.hpp"
 #include "model/model-config.hpp"
 
 namespace infer {

@@ -18,8 +18,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/result.hpp"
-#include "engine/safetensors.hpp"
+#include "base/result.hpp"
+#include "base/safetensors.hpp"
 #include "model/model-config.hpp"
 #include "model/tensors.hpp"
 

@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include "engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace infer::net {
 

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/result.hpp"
+#include "base/result.hpp"
 #include "net/protocol.hpp"
 #include "template/jinja.hpp"
 

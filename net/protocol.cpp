@@ -1,5 +1,5 @@
 #include "net/protocol.hpp"
-#include "engine/utf8.hpp"
+#include "base/utf8.hpp"
 
 #include <fmt/format.h>
 

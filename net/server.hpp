@@ -17,7 +17,7 @@
 #include <string>
 
 #include "config/service-config.hpp"
-#include "engine/result.hpp"
+#include "base/result.hpp"
 
 namespace infer {
 class service;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine, from the bundle made by scripts/gpu-bundle.sh:
 #   bash .gpu-bundle/gpu-run.sh [env] [tests] [check] [llama] [bench] [bench-llama] [actors]
-#        [server] [profile]   (default: env tests check bench)
+#        [server] [profile] [sampling]   (default: env tests check bench)
 # Each stage logs to $OUT/<stage>.log; results.jsonl collects the machine-readable figures.
 # Stages go on after a failing one; the exit status is the number of failed stages.
 set -uo pipefail
@@ -94,6 +94,17 @@ for st in "${STAGES[@]}"; do
         rm -rf "$d"  # the disk holds a few of these, not all
       done
       grep -h "\] prefill\|\] transformers low\|\] cuda vs cpu\|mismatch" "$OUT/llama.log" || true
+      ;;
+    sampling)
+      # Issue 16: the sampling controls' device tests, then their cost at the Llama-3.2-1B
+      # shape: greedy, the full controls through the fused kernel, and through the sort path.
+      stage sampling 180 "$B/bin/test_cuda_sampling"
+      for mode in ${SAMPLING_MODES:-greedy:fused full:fused full:sort}; do
+        stage sampling 150 "$B/bin/infer-bench-cuda" --model synthetic:llama3.2-1b --batches ${SAMPLING_BATCHES:-1,64,256} \
+          --prompt 32 --new 64 --sampling ${mode%%:*} --sampler ${mode##*:} --json "$OUT/results.jsonl"
+      done
+      [ "${SAMPLING_BACKEND_TEST:-1}" != 0 ] && stage sampling 240 "$B/bin/test_cuda_backend"
+      grep -h "^ *[0-9]\|sort path\|== sampling\|\[doctest\]\|rows \|ERROR\|FAIL" "$OUT/sampling.log" || true
       ;;
     bench-llama)
       # Engine throughput on the Llama family's real shapes (synthetic weights, bf16).

@@ -30,7 +30,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/result.hpp"
+#include "base/result.hpp"
 
 namespace infer::jinja {
 

@@ -20,8 +20,8 @@
 #include "config/service-config.hpp"
 #include "engine/cpu-backend.hpp"
 #include "engine/kv-block-pool.hpp"
-#include "engine/model-weights.hpp"
-#include "engine/tokenizer.hpp"
+#include "model/weights.hpp"
+#include "tokenizer/tokenizer.hpp"
 #include "fake-backend.hpp"
 
 namespace infer::test {

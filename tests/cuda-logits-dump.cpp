@@ -21,7 +21,7 @@
 
 #include "engine/backend.hpp"
 #include "engine/cpu-backend.hpp"
-#include "engine/model-weights.hpp"
+#include "model/weights.hpp"
 #include "gpu/cuda-backend.hpp"
 
 using namespace infer;

@@ -16,6 +16,7 @@
 #include "actors/service.hpp"
 #include "actors/worker-node.hpp"
 #include "config/service-config.hpp"
+#include "net/status-json.hpp"
 
 namespace {
 
@@ -154,7 +155,7 @@ TEST_CASE("front node with no local workers: tokens come from the worker node, e
   REQUIRE_MESSAGE(front, front.error().message);
   for (int i = 0; i < 200 && !(*front)->ready(); ++i) std::this_thread::sleep_for(20ms);
   REQUIRE((*front)->ready());
-  const std::string st = (*front)->status_json();
+  const std::string st = infer::net::status_json((*front)->status());
   CHECK(st.find("\"state\":\"connected\"") != std::string::npos);
   CHECK(st.find("\"node\":\"127.0.0.1:" + std::to_string((*node)->port()) + "\"") != std::string::npos);
   for (int i = 0; i < 4; ++i) CHECK(greedy(**front, "prompt " + std::to_string(i), 20) == local[size_t(i)]);
@@ -182,7 +183,7 @@ TEST_CASE("front node with no local workers: tokens come from the worker node, e
   REQUIRE_MESSAGE(other, other.error().message);
   std::string gst;
   for (int i = 0; i < 200; ++i) {
-    gst = (*other)->status_json();
+    gst = infer::net::status_json((*other)->status());
     if (gst.find("\"state\":\"refused\"") != std::string::npos) break;
     std::this_thread::sleep_for(20ms);
   }

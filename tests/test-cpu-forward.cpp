@@ -638,7 +638,7 @@ TEST_CASE("logprobs are the log-softmax of the raw logits, sorted, the sampled o
 // Prefix caching end to end on the CPU backend: the scheduler hands a second request the
 // KV blocks the first one left, and the real forward pass must give the same greedy tokens
 // as recomputing everything.
-#include "engine/model-weights.hpp"
+#include "model/weights.hpp"
 #include "engine/scheduler.hpp"
 
 namespace {

@@ -13,7 +13,7 @@
 #include <random>
 #include <vector>
 
-#include "engine/half.hpp"
+#include "base/half.hpp"
 #include "gpu/cuda-resources.hpp"
 #include "kernels/cpu-kernels.hpp"
 #include "kernels/cuda-kernels.hpp"

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "config/service-config.hpp"
-#include "engine/safetensors.hpp"
+#include "base/safetensors.hpp"
 #include "fuzz/fuzz-entry.hpp"
 #include "net/protocol.hpp"
 

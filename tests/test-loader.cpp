@@ -15,9 +15,9 @@
 
 #include <fmt/format.h>
 
-#include "engine/half.hpp"
-#include "engine/model-weights.hpp"
-#include "engine/safetensors.hpp"
+#include "base/half.hpp"
+#include "model/weights.hpp"
+#include "base/safetensors.hpp"
 
 using namespace infer;
 namespace fs = std::filesystem;

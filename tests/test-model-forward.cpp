@@ -21,7 +21,7 @@
 #include <fmt/format.h>
 
 #include "engine/cpu-backend.hpp"
-#include "engine/safetensors.hpp"
+#include "base/safetensors.hpp"
 #include "model/weights.hpp"
 
 using namespace infer;

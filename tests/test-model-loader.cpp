@@ -14,8 +14,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "engine/half.hpp"
-#include "engine/safetensors.hpp"
+#include "base/half.hpp"
+#include "base/safetensors.hpp"
 #include "model/arch.hpp"
 #include "model/hf-config.hpp"
 #include "model/rope.hpp"

@@ -20,7 +20,7 @@
 
 #include "actors/metrics.hpp"
 #include "actors/service.hpp"
-#include "engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace infer::testing {
 

@@ -438,7 +438,7 @@ TEST_CASE("http: health, readiness before and after attach, metrics, 404/405/426
   CHECK(m.status == 200);
   CHECK(m.body.find("infer_requests_total") != std::string::npos);
   CHECK(m.body.find("infer_connections_open") != std::string::npos);
-  auto st = http_call(f.port(), http::verb::get, "/v1/status");  // service::status_json
+  auto st = http_call(f.port(), http::verb::get, "/v1/status");  // net::status_json(service::status())
   CHECK(st.status == 200);
   CHECK(st.j()["workers"].is_array());
   CHECK(st.j()["queue_depth"] == 0);

@@ -1,7 +1,7 @@
 // Supervision and reliability through the whole actor pipeline (CPU backend, synthetic:tiny):
 // the supervision tree's strategies and escalation, fault injection, circuit breakers and
 // fail-fast, the hung-step watchdog, resumption without loss, poison quarantine, admission
-// by deadline, graceful drain, several CPU "devices", status_json and the metrics.
+// by deadline, graceful drain, several CPU "devices", the status (net::status_json) and the metrics.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -10,6 +10,7 @@
 #include "actor-test-util.hpp"
 #include "config/cli.hpp"
 #include "supervision/device-plan.hpp"
+#include "net/status-json.hpp"
 #include "supervision/fault-injection.hpp"
 
 using namespace infer;
@@ -336,7 +337,7 @@ TEST_CASE("supervision: a CUDA-like device fault restarts every worker of that d
   auto w = submit_many(*env.svc, col, 24, 300, 20);
   check_all_done(col, w);
   wait_running(*env.svc, 4);
-  INFO(env.svc->status_json());
+  INFO(infer::net::status_json(env.svc->status()));
   INFO("step failures " << env.svc->stats().step_failures.load());
   CHECK(gauge_of(*env.svc, 1).restarts == 1);
   CHECK(gauge_of(*env.svc, 3).restarts == 1);  // same device: restarted with it
@@ -366,7 +367,7 @@ TEST_CASE("supervision: intensity exceeded escalates; the root gives the device 
   auto w = submit_many(*env.svc, col, 8, 500, 16);
   check_all_done(col, w);
   CHECK(gauge_of(*env.svc, 0).restarts == 0);
-  auto js = env.svc->status_json();
+  auto js = infer::net::status_json(env.svc->status());
   CHECK(contains(js, "\"id\":1,\"backend\":\"cpu\",\"device\":1,\"state\":\"failed\""));
   CHECK(contains(js, "\"id\":0,\"backend\":\"cpu\",\"device\":0,\"state\":\"running\""));
 }
@@ -496,7 +497,7 @@ TEST_CASE("breakers: when every worker's breaker is open, new requests fail fast
   });
   uint64_t first = env.svc->submit(greedy_request(test_prompt(1, 8), 8), col.cb());
   REQUIRE(col.wait_accepted(first));
-  REQUIRE(eventually([&] { return contains(env.svc->status_json(), "\"breaker\":\"open\""); }));
+  REQUIRE(eventually([&] { return contains(infer::net::status_json(env.svc->status()), "\"breaker\":\"open\""); }));
   uint64_t second = env.svc->submit(greedy_request(test_prompt(2, 8), 8), col.cb());
   REQUIRE(col.wait_terminal(second));
   auto t = col.terminal(second);
@@ -509,7 +510,7 @@ TEST_CASE("breakers: when every worker's breaker is open, new requests fail fast
   REQUIRE(col.wait_terminal(first));
   CHECK(col.terminal(first).reason == finish_reason::cancelled);
   CHECK(env.svc->stats().step_failures.load() >= 2);
-  auto js = env.svc->status_json();
+  auto js = infer::net::status_json(env.svc->status());
   CHECK(contains(js, "{\"workers\":[{\"id\":0,\"backend\":"));
   CHECK(contains(js, "\"queue_depth\":"));
 }
@@ -576,9 +577,9 @@ TEST_CASE("readiness: not ready while every breaker is open, and the reason says
   REQUIRE(eventually([&] { return env.svc->ready(); }));  // a worker up, its breaker closed
   CHECK(env.svc->not_ready_reason().empty());
   uint64_t first = env.svc->submit(greedy_request(test_prompt(1, 8), 8), col.cb());
-  REQUIRE(eventually([&] { return contains(env.svc->status_json(), "\"breaker\":\"open\""); }));
+  REQUIRE(eventually([&] { return contains(infer::net::status_json(env.svc->status()), "\"breaker\":\"open\""); }));
   // The worker is running again (restarted), but its breaker is open for ten minutes.
-  REQUIRE(eventually([&] { return contains(env.svc->status_json(), "\"state\":\"running\""); }));
+  REQUIRE(eventually([&] { return contains(infer::net::status_json(env.svc->status()), "\"state\":\"running\""); }));
   CHECK_FALSE(env.svc->ready());
   CHECK(contains(env.svc->not_ready_reason(), "circuit breaker is open"));
   env.svc->cancel(first);
@@ -715,7 +716,7 @@ TEST_CASE("degradation: CPU fallback workers serve while every primary's breaker
   // its breaker opens, and they resume on the fallback worker.
   auto w1 = submit_many(*env.svc, col, 8, 2100, 12);
   check_all_done(col, w1);
-  REQUIRE(eventually([&] { return contains(env.svc->status_json(), "\"breaker\":\"open\""); }));
+  REQUIRE(eventually([&] { return contains(infer::net::status_json(env.svc->status()), "\"breaker\":\"open\""); }));
   // With the primary's breaker open, new requests are not failed fast: the fallback serves them.
   auto w2 = submit_many(*env.svc, col, 8, 2200, 12);
   check_all_done(col, w2);
@@ -764,7 +765,7 @@ TEST_CASE("degradation: a primary that stays down past fallback_after_ms hands o
   check_all_done(col, w);
   for (uint64_t id : w.ids) CHECK(is_fallback_done(col, id));
   CHECK(env.svc->stats().degraded_cpu_fallback.load() == 6);
-  CHECK(contains(env.svc->status_json(), "\"id\":2,\"backend\":\"cpu\",\"device\":-2,\"state\":\"running\""));
+  CHECK(contains(infer::net::status_json(env.svc->status()), "\"id\":2,\"backend\":\"cpu\",\"device\":-2,\"state\":\"running\""));
 }
 
 TEST_CASE("degradation: under sustained overload max_tokens of new requests is capped, and said so") {

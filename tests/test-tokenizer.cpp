@@ -13,7 +13,7 @@
 #include <unistd.h>
 #include <vector>
 
-#include "engine/tokenizer.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 using infer::tokenizer;
 using infer::utf8_stream_decoder;
@@ -374,7 +374,7 @@ TEST_CASE("utf8_stream_decoder: token by token gives the text, never broken UTF-
   utf8_stream_decoder d;
   CHECK(d.push("\xe2\x82") == "");
   CHECK(d.pending() == 2);
-  CHECK(d.push(tok, tok.encode("\xac")[0]) == "€");
+  CHECK(d.push(tok.token_bytes(tok.encode("\xac")[0])) == "€");
   CHECK(d.push("\xe2") == "");
   CHECK(d.push("a") == "\xEF\xBF\xBD" "a");          // lead byte then ASCII: bad now
   CHECK(d.push("\xf0\x9f") == "");

@@ -14,15 +14,15 @@
 #include <unordered_map>
 #include <vector>
 
+#include "base/utf8.hpp"
 #include "tokenizer/tokenizer.hpp"
 
 namespace infer::tok_detail {
 
-enum class u8_scan { ok, bad, partial };
-// Classifies the sequence at p[0] (n >= 1 bytes) by Unicode's table 3-7. len: bytes of
-// the character (ok), of the maximal ill-formed subpart (bad), or available (partial).
-u8_scan scan_utf8(const unsigned char* p, size_t n, size_t& len);
-constexpr std::string_view k_replacement = "\xEF\xBF\xBD";  // U+FFFD
+// UTF-8 (scan_utf8, u8_scan): base/utf8.hpp.
+constexpr std::string_view k_replacement = utf8_replacement;
+// GPT-2's pre-tokenizer pattern (gpt2-pattern.cpp).
+extern const char* const gpt2_pattern;
 
 // GPT-2's bytes_to_unicode table.
 struct byte_unicode_map {

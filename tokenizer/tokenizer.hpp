@@ -52,7 +52,8 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/result.hpp"
+#include "base/result.hpp"
+#include "base/utf8.hpp"
 
 namespace infer {
 
@@ -196,32 +197,6 @@ class tokenizer {
   std::shared_ptr<const tokenizer_info> info_;
 };
 
-// Streaming detokenizer for one request. push() returns the text completed by
-// these bytes; a character cut between tokens waits for its remaining bytes.
-// Rule for bad bytes (the same as tokenizer's and the WHATWG decoder's): each
-// maximal ill-formed subpart — an invalid lead byte (80-BF, C0, C1, F5-FF), or a
-// valid lead followed by fewer continuation bytes than it needs (with the narrower
-// second-byte ranges after E0, ED, F0, F4 that exclude overlongs, surrogates and
-// > U+10FFFF) — becomes one U+FFFD as soon as it is known to be bad. flush() ends
-// the stream: an incomplete tail becomes one U+FFFD. Output is always valid UTF-8.
-// Holds at most 3 pending bytes; push(…, out) appends and allocates nothing
-// beyond out's growth.
-class utf8_stream_decoder {
- public:
-  std::string push(std::string_view bytes);
-  std::string push(const tokenizer& tok, int32_t id) { return push(tok.token_bytes(id)); }
-  void push(std::string_view bytes, std::string& out);
-  std::string flush();
-  void flush(std::string& out);
-  // Bytes held back waiting for the rest of a character (0..3).
-  size_t pending() const { return n_pending_; }
-  void reset() { n_pending_ = 0; }
-
- private:
-  unsigned char pending_[4] = {};
-  size_t n_pending_ = 0;
-};
-
 // Ids -> text for one stream, through the tokenizer's decoder: the UTF-8 guarantee of
 // utf8_stream_decoder, plus special tokens skipped when asked and the decoder's
 // start-of-sequence strip when the stream starts a sequence (decoding a whole text)
@@ -249,9 +224,5 @@ class token_stream_decoder {
   utf8_stream_decoder utf8_;
 };
 
-// The U+FFFD repair described above applied to a whole string (what a UTF-8 decoder
-// that never fails shows). Returns s unchanged when it is valid.
-std::string utf8_sanitize(std::string_view s);
-bool utf8_is_valid(std::string_view s);
 
 }  // namespace infer

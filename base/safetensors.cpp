@@ -1,4 +1,4 @@
-#include "engine/safetensors.hpp"
+#include "base/safetensors.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -14,7 +14,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
-#include "engine/half.hpp"
+#include "base/half.hpp"
 
 namespace infer {
 

@@ -22,7 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/result.hpp"
+#include "base/result.hpp"
 
 namespace infer {
 

@@ -1,4 +1,4 @@
-#include "engine/result.hpp"
+#include "base/result.hpp"
 
 namespace infer {
 
