@@ -562,6 +562,7 @@ TEST_CASE("cuda sampler: token masks (constrained decoding) follow the cpu twin;
     s.sp.seed = 50 + uint64_t(i);
     if (i % 4 == 1) s.sp.temperature = 1.0f;
     if (i % 4 == 3) s.sp.temperature = 0.7f, s.sp.top_k = 20;
+    if (i % 8 == 1) s.sp.logprobs = 3;  // masked and sampled: logprobs of the masked distribution
   }
   std::vector<float> row(static_cast<size_t>(V)), scratch(static_cast<size_t>(2 * V));
   int compared = 0, agree = 0;
@@ -609,6 +610,17 @@ TEST_CASE("cuda sampler: token masks (constrained decoding) follow the cpu twin;
         const int32_t want = cpu::sample_token(row.data(), V, s.sp, uint64_t(s.tokens.size() - n_prompt), scratch.data());
         if (s.sp.greedy()) CHECK(got == want);
         else ++compared, agree += got == want;
+        if (s.sp.logprobs >= 0) {  // raw is the masked row here: the logits come back masked
+          float maxl = -INFINITY;
+          for (int v = 0; v < V; ++v) maxl = std::max(maxl, raw[v]);
+          double z = 0;
+          for (int v = 0; v < V; ++v) z += std::exp(double(raw[v]) - maxl);
+          CHECK(std::abs(out_m.logprob[size_t(i)] - (raw[got] - (maxl + std::log(z)))) < 1e-4);
+          for (int j = 0; j < s.sp.logprobs; ++j) {
+            const int32_t id = out_m.top_ids[size_t(i) * sampling_params::max_logprobs + size_t(j)];
+            CHECK(((m[size_t(id) >> 5] >> (id & 31)) & 1u) == 1u);
+          }
+        }
       }
       s.past = int(s.tokens.size());
       s.tokens.push_back(got);
