@@ -11,6 +11,12 @@
 //              [--prompt 32] [--new 128] [--dtype auto|bf16|fp16] [--max-model-len N]
 //              [--json results.jsonl] [--sampling greedy|full] [--sampler fused|sort]
 //              [--masked 0,8,64]
+//   bench-cuda --prefix [--model M] [--requests 256] [--prompt 1000] [--shared 0.9]
+//              [--max-tokens 16] [--concurrency 64] [--ttft-prefix 2000]
+//              [--max-batch-tokens 2048] [--prefill-chunk 2048] [--json F]
+// --prefix: prefix caching off versus on through the scheduler (bench/prefix-workload.hpp):
+// throughput of a workload sharing --shared of every prompt, and the time to first token
+// of a request whose --ttft-prefix context is cached against one whose is not.
 // --sampling full: every sequence samples at temperature 1 with top_p 0.95, min_p 0.01,
 // presence/frequency/repetition penalties over its tokens and 5 logprobs (issue 16): the
 // step time against greedy's is the cost of the sampling controls. --sampler sort runs them
@@ -22,6 +28,7 @@
 // kernel, and the sampling kernel those rows then take).
 // The weights are streamed to the device (any architecture, synthetic or a directory);
 // the context served is --max-model-len (default: prompt + new, rounded to a KV block).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -33,6 +40,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "bench/prefix-workload.hpp"
 #include "model/weights.hpp"
 #include "gpu/cuda-backend.hpp"
 
@@ -164,23 +172,106 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
   return r;
 }
 
+// --prefix: prefix caching off versus on (bench/prefix-workload.hpp), with the
+// scheduler's prefill in chunks of up to --prefill-chunk tokens within --max-batch-tokens.
+int prefix_main(const std::string& model, const std::string& dtype, int max_len, const bench::prefix_opts& po,
+                const std::string& json) {
+  load_options lo;
+  lo.max_model_len = max_len > 0 ? max_len : (std::max(po.prompt + po.max_tokens, po.ttft_prefix + 24) + 15) / 16 * 16;
+  backend_options o;
+  o.kind = "cuda";
+  o.kv_block_size = 16;
+  o.dtype = dtype;
+  o.kv_blocks = bench::prefix_kv_blocks(po, lo.max_model_len, 16);
+  auto be = make_cuda_backend(model, lo, o);
+  if (!be) {
+    std::fprintf(stderr, "backend: %s\n", be.error().message.c_str());
+    return 1;
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  const char* dt = cuda_backend_dtype(*be.value());
+  std::printf("device: %s, model %s (%s, %s), context %d, KV blocks %d\n", prop.name, model.c_str(),
+              arch_name(be.value()->config().arch), dt, be.value()->config().n_ctx, be.value()->kv().n_blocks);
+  std::printf("prefix caching: %d requests of %d tokens (%.0f%% shared), %d generated each, %d at a time; "
+              "steps of up to %d tokens, prefill chunks of up to %d\n\n",
+              po.requests, po.prompt, po.shared * 100, po.max_tokens, po.concurrency, po.max_batch_tokens,
+              po.prefill_chunk);
+  std::printf("| model | caching | requests/s | generated tokens/s | tokens computed | prompt tokens cached | "
+              "TTFT context | TTFT cold ms | TTFT cached ms |\n");
+  std::printf("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::FILE* jf = json.empty() ? nullptr : std::fopen(json.c_str(), "a");
+  // Unmeasured first: a short run of the same shapes (cuBLAS heuristics, buffers).
+  bench::prefix_opts warm = po;
+  warm.requests = std::min(po.requests, po.concurrency);
+  warm.ttft_repeat = 1;
+  warm.ttft_warmup = false;
+  (void)bench::run_prefix_workload(*be.value(), warm, true);
+  double base = 0;
+  for (bool caching : {false, true}) {
+    bench::prefix_row r = bench::run_prefix_workload(*be.value(), po, caching);
+    const double rps = po.requests / r.seconds;
+    if (!caching) base = rps;
+    char gain[32] = "";
+    if (caching && base > 0) std::snprintf(gain, sizeof gain, " (%.2fx)", rps / base);
+    std::printf("| %s | %s | %.2f%s | %.0f | %lld | %lld | %d+16 | %.2f | %.2f |\n", model.c_str(),
+                caching ? "on" : "off", rps, gain, double(po.requests) * po.max_tokens / r.seconds,
+                (long long)r.computed, (long long)r.cached, r.ttft_prefix, r.ttft_cold_ms, r.ttft_warm_ms);
+    std::fflush(stdout);
+    if (jf)
+      std::fprintf(jf,
+                   "{\"bench\":\"cuda-prefix\",\"device\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"caching\":%s,"
+                   "\"requests\":%d,\"prompt\":%d,\"shared\":%.3f,\"max_tokens\":%d,\"concurrency\":%d,"
+                   "\"requests_s\":%.3f,\"tokens_computed\":%lld,\"prompt_tokens_cached\":%lld,"
+                   "\"ttft_context\":%d,\"ttft_cold_ms\":%.3f,\"ttft_cached_ms\":%.3f}\n",
+                   prop.name, model.c_str(), dt, caching ? "true" : "false", po.requests, po.prompt, po.shared,
+                   po.max_tokens, po.concurrency, rps, (long long)r.computed, (long long)r.cached, r.ttft_prefix,
+                   r.ttft_cold_ms, r.ttft_warm_ms);
+  }
+  if (jf) std::fclose(jf);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string masked_list = "0";
   std::string model = "synthetic:gpt2-small", batches = "1,8,32,64,128,256", json, dtype = "auto";
   int prompt = 32, n_new = 128, max_len = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--model")) model = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--batches")) batches = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--prompt")) prompt = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--new")) n_new = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--json")) json = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--dtype")) dtype = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--max-model-len")) max_len = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--sampling")) g_full_sampling = !std::strcmp(argv[i + 1], "full");
-    else if (!std::strcmp(argv[i], "--masked")) masked_list = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--sampler")) g_sort_sampler = !std::strcmp(argv[i + 1], "sort");
+  bool prefix = false;
+  bench::prefix_opts po;
+  po.requests = 256;
+  po.prompt = 1000;
+  po.concurrency = 64;
+  po.max_batch_tokens = 2048;
+  po.prefill_chunk = 2048;
+  po.ttft_repeat = 3;
+  po.ttft_warmup = true;
+  for (int i = 1; i < argc; ++i) {
+    auto val = [&]() -> const char* {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", argv[i]);
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (!std::strcmp(argv[i], "--prefix")) prefix = true;
+    else if (!std::strcmp(argv[i], "--model")) model = val();
+    else if (!std::strcmp(argv[i], "--batches")) batches = val();
+    else if (!std::strcmp(argv[i], "--prompt")) prompt = po.prompt = std::atoi(val());
+    else if (!std::strcmp(argv[i], "--new") || !std::strcmp(argv[i], "--max-tokens")) n_new = po.max_tokens = std::atoi(val());
+    else if (!std::strcmp(argv[i], "--json")) json = val();
+    else if (!std::strcmp(argv[i], "--dtype")) dtype = val();
+    else if (!std::strcmp(argv[i], "--max-model-len")) max_len = std::atoi(val());
+    else if (!std::strcmp(argv[i], "--sampling")) g_full_sampling = !std::strcmp(val(), "full");
+    else if (!std::strcmp(argv[i], "--sampler")) g_sort_sampler = !std::strcmp(val(), "sort");
+    else if (!std::strcmp(argv[i], "--masked")) masked_list = val();
+    else if (!std::strcmp(argv[i], "--requests")) po.requests = std::max(1, std::atoi(val()));
+    else if (!std::strcmp(argv[i], "--concurrency")) po.concurrency = std::max(1, std::atoi(val()));
+    else if (!std::strcmp(argv[i], "--shared")) po.shared = std::clamp(std::atof(val()), 0.0, 1.0);
+    else if (!std::strcmp(argv[i], "--ttft-prefix")) po.ttft_prefix = std::max(1, std::atoi(val()));
+    else if (!std::strcmp(argv[i], "--max-batch-tokens")) po.max_batch_tokens = std::max(16, std::atoi(val()));
+    else if (!std::strcmp(argv[i], "--prefill-chunk")) po.prefill_chunk = std::max(16, std::atoi(val()));
     else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
@@ -190,6 +281,7 @@ int main(int argc, char** argv) {
     std::printf("bench-cuda: no CUDA device\n");
     return 77;
   }
+  if (prefix) return prefix_main(model, dtype, max_len, po, json);
   std::vector<int> Bs;
   {
     std::stringstream ss(batches);
