@@ -177,6 +177,9 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         s.sampling = m.sampling.to();
         s.logit_bias = m.sampling.bias();
         s.stop_ids = std::move(m.stop_ids);
+        s.n = m.n;
+        s.prompt_logprobs = m.prompt_logprobs;
+        for (size_t i = 0; i < m.forks.ids.size(); ++i) s.forks.push_back({m.forks.ids[i], m.forks.generated(i)});
         status ok = status::ok();
         if (!m.grammar.empty()) {
           // The request actor compiled it on this node already (a cache hit); a worker node
@@ -197,6 +200,14 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
       },
       [=](const cancel_msg& c) {
         auto& st = self->state;
+        if (c.fork >= 0) {  // one choice: the request goes on unless it was its last one
+          if (!st.sched) return;
+          st.sched->cancel(c.id, c.fork);
+          std::vector<uint64_t> left;
+          if (!st.sched->contains(c.id) && st.requests.erase(c.id)) left.push_back(c.id);
+          report(self, 0, 0, 0, 0, std::move(left));
+          return;
+        }
         bool found = st.sched && st.sched->cancel(c.id);  // frees its blocks now
         st.requests.erase(c.id);
         if (st.sched) report(self, 0, 0, 0, 0, {});
@@ -236,6 +247,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
           if (it == st.requests.end()) continue;
           token_msg tm;
           tm.id = r.id;
+          tm.fork = r.fork;
           tm.index = r.index;
           tm.token = r.token;
           tm.last = r.finished;
@@ -249,8 +261,17 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
             tm.top_ids.assign(r.top_ids.begin(), r.top_ids.begin() + r.n_top);
             for (int32_t j = 0; j < r.n_top; ++j) tm.top_bits.push_back(std::bit_cast<uint32_t>(r.top_logprobs[size_t(j)]));
           }
+          if (!r.prompt_logprob.empty() || !r.prompt_top_ids.empty()) {  // once, with the first token
+            for (float v : r.prompt_logprob) tm.prompt_bits.push_back(std::bit_cast<uint32_t>(v));
+            const size_t K = size_t(sampling_params::max_logprobs), k = size_t(std::max(r.n_top, 0));
+            for (size_t j = 0; j < r.prompt_logprob.size(); ++j)
+              for (size_t i = 0; i < k; ++i) {
+                tm.prompt_top_ids.push_back(r.prompt_top_ids[j * K + i]);
+                tm.prompt_top_bits.push_back(std::bit_cast<uint32_t>(r.prompt_top_logprobs[j * K + i]));
+              }
+          }
           self->send(it->second.request, std::move(tm));
-          if (r.finished) {
+          if (r.group_done) {  // its last choice ended
             left.push_back(r.id);
             st.requests.erase(it);
           }

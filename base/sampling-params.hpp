@@ -68,6 +68,11 @@ INFER_HOST_DEVICE inline uint64_t splitmix64(uint64_t x) {
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
   return x ^ (x >> 31);
 }
+// The seed of choice `fork` of an n > 1 request: choice 0 keeps the request's seed (n = 1
+// is unchanged), the others draw streams of their own, reproducible for a given seed.
+INFER_HOST_DEVICE inline uint64_t fork_seed(uint64_t seed, int32_t fork) {
+  return fork == 0 ? seed : splitmix64(seed ^ splitmix64(0xF0F0'5EED'0000'0000ull + uint64_t(uint32_t(fork))));
+}
 // Uniform in [0, 1), 24 bits: exactly representable as float on host and device.
 INFER_HOST_DEVICE inline float sampling_uniform(uint64_t seed, uint64_t counter) {
   uint64_t r = splitmix64(seed ^ splitmix64(counter + 0x632BE59BD9B4E019ull));

@@ -224,14 +224,35 @@ class cuda_backend final : public backend {
     if (!on) graphs_.clear();
   }
 
+  // One 2-D copy per block: its rows sit at the same offset in each of the 2 * n_layer
+  // (layer, k|v) planes, layer_stride_ elements apart. Stream-ordered before the forward.
+  status copy_blocks(std::span<const int32_t> src, std::span<const int32_t> dst) override {
+    INFER_STATUS_TRY(validate_block_copies(src, dst, kv_));
+    if (src.empty()) return status::ok();
+    INFER_CUDA_TRY(cudaSetDevice(device_));
+    const size_t elem = 2;  // the cache holds fp16 / bf16
+    const size_t block_bytes = size_t(kv_.block_size) * cfg_.kv_dim() * elem;
+    const size_t pitch = layer_stride_ * elem;
+    uint8_t* base = kv_cache_.as<uint8_t>();
+    for (size_t i = 0; i < src.size(); ++i)
+      INFER_CUDA_TRY(cudaMemcpy2DAsync(base + size_t(dst[i]) * block_bytes, pitch, base + size_t(src[i]) * block_bytes,
+                                       pitch, block_bytes, size_t(2) * cfg_.n_layer, cudaMemcpyDeviceToDevice,
+                                       stream_.get()));
+    return status::ok();
+  }
+
   status step(const step_batch& b, step_output& out, logits_mode mode) override {
     INFER_STATUS_TRY(validate(b));
     INFER_CUDA_TRY(cudaSetDevice(device_));
+    INFER_STATUS_TRY(copy_blocks(b.copy_src, b.copy_dst));
     const int S = b.n_seqs(), T = b.n_tokens(), V = cfg_.n_vocab;
     const int bs = kv_.block_size;
     const bool decode = T == S;  // one new token per sequence
+    // Prompt logprobs (opt-in per sequence): every token of those sequences goes through the
+    // LM head and its logits row comes back; the log-softmax is taken on the host.
+    const bool prompt_lp = b.any_prompt_logprobs();
     const bool use_graph =
-        graphs_enabled_ && decode && mode != logits_mode::all && S <= max_graph_bucket;
+        graphs_enabled_ && decode && mode != logits_mode::all && S <= max_graph_bucket && !prompt_lp;
     const int bucket = use_graph ? bucket_for(S) : S;
     const int Tx = use_graph ? bucket : T;  // tokens in the launch (with padding)
 
@@ -245,7 +266,8 @@ class cuda_backend final : public backend {
       R = T;
     } else {
       for (int s = 0; s < S; ++s)
-        if (mode == logits_mode::last || b.sample[s]) ++R;
+        if (b.prompt_next_of(s) >= -1) R += b.seq_len(s);
+        else if (mode == logits_mode::last || b.sample[s]) ++R;
     }
     INFER_STATUS_TRY(ensure_capacity(Tx, std::max(R, 1)));
 
@@ -284,7 +306,9 @@ class cuda_backend final : public backend {
         h.rows[s] = s;
       } else if (mode == logits_mode::all) {
         h.rows[s] = last;  // sampling reads the all-rows logits directly
-      } else if (mode == logits_mode::last || b.sample[s]) {
+      } else if (mode == logits_mode::last || b.sample[s] || b.prompt_next_of(s) >= -1) {
+        if (b.prompt_next_of(s) >= -1)
+          for (int t = b.seq_start[s]; t < last; ++t) gather_[r++] = t;
         gather_[r] = last;
         h.rows[s] = r++;
       } else {
@@ -366,7 +390,13 @@ class cuda_backend final : public backend {
 
     INFER_CUDA_TRY(cudaMemcpyAsync(host_tokens_.get(), tokens_out_.get(), size_t(S) * 4,
                                    cudaMemcpyDeviceToHost, st));
-    const int out_rows = mode == logits_mode::all ? T : mode == logits_mode::last ? S : 0;
+    // With prompt rows among them, the rows are not one per sequence: all come back, below.
+    const int out_rows = prompt_lp ? 0 : mode == logits_mode::all ? T : mode == logits_mode::last ? S : 0;
+    if (prompt_lp) {
+      prompt_rows_.resize(size_t(R) * V);
+      INFER_CUDA_TRY(cudaMemcpy2DAsync(prompt_rows_.data(), size_t(V) * 4, logits_.get(), size_t(ld_logits_) * 4,
+                                       size_t(V) * 4, R, cudaMemcpyDeviceToHost, st));
+    }
     if (out_rows > 0) {
       out.logits.resize(size_t(out_rows) * V);
       INFER_CUDA_TRY(cudaMemcpy2DAsync(out.logits.data(), size_t(V) * 4, logits_.get(),
@@ -380,6 +410,25 @@ class cuda_backend final : public backend {
     float ms = 0;
     if (cudaEventElapsedTime(&ms, ev_start_.get(), ev_end_.get()) == cudaSuccess) stats_.gpu_ms += ms;
     if (fused) INFER_STATUS_TRY(finish_fused_sampling(b, d, nseq_launch, any_lp));
+    if (prompt_lp) {
+      row_at_.assign(size_t(T), 0);  // token -> its row
+      if (mode == logits_mode::all)
+        for (int t = 0; t < T; ++t) row_at_[size_t(t)] = t;
+      else
+        for (int i = 0; i < R; ++i) row_at_[size_t(gather_[size_t(i)])] = i;
+      const float* rows = prompt_rows_.data();
+      out.fill_prompt_logprobs(b, V, [&](int32_t t) { return rows + size_t(row_at_[size_t(t)]) * V; });
+      if (mode == logits_mode::all) {
+        out.logits.assign(prompt_rows_.begin(), prompt_rows_.end());
+      } else if (mode == logits_mode::last) {
+        out.logits.resize(size_t(S) * V);
+        for (int s = 0; s < S; ++s)
+          std::memcpy(out.logits.data() + size_t(s) * V, rows + size_t(row_at_[size_t(b.seq_start[s + 1] - 1)]) * V,
+                      size_t(V) * 4);
+      }
+    } else {
+      out.prompt_start.clear(); out.prompt_logprob.clear(); out.prompt_top_ids.clear(); out.prompt_top_logprobs.clear();
+    }
     out.tokens.resize(S);
     const int32_t* ht = host_tokens_.as<int32_t>();
     for (int s = 0; s < S; ++s) out.tokens[s] = b.sample[s] ? ht[s] : -1;
@@ -683,6 +732,8 @@ class cuda_backend final : public backend {
   int redo_cap_ = 0;
   device_buffer dev_stage_;
   std::vector<int32_t> gather_;
+  std::vector<float> prompt_rows_;  // logits rows back on the host (prompt logprobs only)
+  std::vector<int32_t> row_at_;
 
   int sort_rows_cap_ = 0;
   device_buffer sort_temp_, sorted_logits_, sorted_ids_, compact_, ids_, probs_;

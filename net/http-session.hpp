@@ -49,21 +49,52 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     bool chat = false;  // /v1/chat/completions: chat.completion objects
     bool stream = false, include_usage = false, keep_alive = true, chunked = true;
     bool headers_sent = false, finished = false, client_gone = false;
-    std::string cmpl_id, model, text, request_id;
+    std::string cmpl_id, model, request_id;
     int64_t created = 0;
-    std::string echo;                   // completions' echo: the prompt text, sent first
+    std::string echo;                   // completions' echo: the prompt text, sent first (each choice)
+    bool echo_lp = false;               // echo with logprobs: the echo waits for the prompt's logprobs
     const tokenizer* tok = nullptr;     // the tokens' bytes for logprobs
-    logprobs_builder lp;                // the whole choice's (non-streamed) or one chunk's
+    // Per choice (n of them): its text, and its logprobs, of the whole choice (non-streamed)
+    // or of one chunk.
+    std::vector<std::string> texts;
+    std::vector<logprobs_builder> lps;
 
+    void set_choices(int32_t n, bool chat_lp) {
+      texts.assign(size_t(std::max(n, 1)), {});
+      lps.assign(size_t(std::max(n, 1)), logprobs_builder{});
+      for (auto& l : lps) {
+        l.chat = chat_lp;
+        l.offset = echo_lp ? 0 : echo.size();
+      }
+    }
     logprobs_builder::bytes_fn bytes() const {
       return [t = tok](int32_t id) { return t ? t->token_bytes(id) : std::string_view(); };
     }
+    logprobs_builder& lp_of(const event& e) { return lps[size_t(e.choice) < lps.size() ? size_t(e.choice) : 0]; }
     // The chunk's logprobs: this token's only (the builder keeps the running text offset).
     std::string chunk_logprobs(const event& e) {
       if (e.n_top < 0) return {};
+      auto& lp = lp_of(e);
       lp.clear_tokens();
       lp.add(e, bytes());
       return lp.json();
+    }
+    void add_token(const event& e) {
+      texts[size_t(e.choice) < texts.size() ? size_t(e.choice) : 0] += e.text;
+      lp_of(e).add(e, bytes());
+    }
+    // The prompt's logprobs came (with the first token): every choice's start with them; the
+    // completion's offsets then count from the end of the echoed text.
+    void add_prompt(const event& e) {
+      for (auto& l : lps) {
+        l.add_prompt(e, bytes());
+        l.offset = echo.size();
+      }
+    }
+    std::vector<std::string> choice_logprobs() const {
+      std::vector<std::string> out;
+      for (const auto& l : lps) out.push_back(l.empty() ? std::string() : l.json());
+      return out;
     }
   };
 

@@ -32,7 +32,8 @@ EOF
 fi
 export LD_LIBRARY_PATH="$B/lib${cublas_dir:+:$cublas_dir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # Our libstdc++ only where the machine's lacks a symbol version the binaries need.
-if ldd "$B/bin/test_cuda_kernels" 2>&1 | grep -q "version .* not found"; then
+# (Any bundled binary tells: a GPU_TARGETS bundle may hold only some of them.)
+if ldd "$(ls "$B"/bin/* | head -1)" 2>&1 | grep -q "version .* not found"; then
   export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$B/lib-fallback"
   echo "gpu-run: using the bundled libstdc++"
 fi

@@ -350,7 +350,7 @@ test('openai: completion without and with streaming', async () => {
   assert.equal(chunks.map((ch) => ch.choices[0].text).join(''), j.choices[0].text);
   assert.equal(chunks[chunks.length - 1].choices[0].finish_reason, 'length');
 
-  for (const bad of [{prompt: 'x', max_tokens: -2}, {prompt: 'x', top_p: 3}, {max_tokens: 3}, {prompt: 'x', n: 2}]) {
+  for (const bad of [{prompt: 'x', max_tokens: -2}, {prompt: 'x', top_p: 3}, {max_tokens: 3}, {prompt: 'x', n: 17}]) {
     const e = await request(A.port, 'POST', '/v1/completions', bad);
     assert.equal(e.status, 400, JSON.stringify(bad));
     assert.equal(e.json().error.type, 'invalid_request_error');
