@@ -131,6 +131,10 @@ class builder {
   }
 
   pattern_ptr of(const json& s, const std::string& path, int32_t depth) {
+    // $refs are expanded in place: mutually recursive ones could multiply without end (and
+    // this walk also runs on the network threads as the request's check).
+    if (++n_schemas_ > max_schemas) fail(path, "the schema is too large (more than " + std::to_string(max_schemas) +
+                                                   " subschemas once $ref is expanded)");
     if (s.is_boolean()) return s.get<bool>() ? any_value(opt_.max_depth - depth) : nothing();
     if (!s.is_object()) fail(path, "a schema must be an object or a boolean");
     static const std::set<std::string> keywords = {
@@ -341,6 +345,8 @@ class builder {
   pattern_ptr ws_, sep_, str_char_, quote_, any_string_, number_, integer_, boolean_, null_;
   std::map<int32_t, pattern_ptr> any_memo_;
   std::map<std::string, int32_t> ref_active_;
+  static constexpr int64_t max_schemas = 20000;
+  int64_t n_schemas_ = 0;
 };
 
 }  // namespace

@@ -891,3 +891,52 @@ TEST_CASE("constrained decoding on the CPU backend: masks from the scheduler's m
   bad.generated = {int32_t('a'), int32_t('b')};
   CHECK(sched.add(bad).is_ok());
 }
+
+TEST_CASE("constrained decoding with n choices: every fork follows the constraint from its own state") {
+  auto w = load_model_weights("synthetic:tiny", 12);
+  REQUIRE(w.has_value());
+  backend_options o;
+  o.kv_block_size = 16;
+  o.kv_blocks = 64;
+  auto be = make_cpu_backend(w.value(), o);
+  REQUIRE(be.has_value());
+  std::vector<std::string> bytes(256);
+  for (int i = 1; i < 256; ++i) bytes[size_t(i)] = std::string(1, char(i));
+  auto g = grammar::compiled_grammar::compile({grammar::grammar_kind::choice, R"(["alpha","beta","gamma","delta"])"},
+                                              grammar::token_vocab::build(bytes));
+  REQUIRE(g.has_value());
+  scheduler_config sc{.max_batch_tokens = 256, .max_running = 16, .prefill_chunk = 64, .n_ctx = 256};
+  scheduler sched(sc, be.value()->kv());
+  seq_spec s;
+  s.id = 1;
+  s.prompt.assign(40, 7);  // more than a block: the forks share it
+  s.max_tokens = 20;
+  s.n = 4;
+  s.sampling.temperature = 1.5f;
+  s.sampling.seed = 3;
+  s.grammar = g.value();
+  REQUIRE(sched.add(s).is_ok());
+  step_batch batch;
+  step_output so;
+  std::vector<seq_result> results;
+  std::map<int32_t, std::string> text;
+  std::map<int32_t, bool> complete;
+  while (sched.schedule(batch) > 0) {
+    REQUIRE(be.value()->step(batch, so).is_ok());
+    results.clear();
+    sched.on_step_done(so, results);
+    for (auto& r : results) {
+      text[r.fork] += char(r.token);
+      if (r.finished) complete[r.fork] = r.complete;
+    }
+  }
+  REQUIRE(text.size() == 4u);
+  std::set<std::string> distinct;
+  for (const auto& [f, t] : text) {
+    INFO("fork " << f << ": " << t);
+    CHECK(complete[f]);
+    CHECK(g.value()->dfa().matches(t));
+    distinct.insert(t);
+  }
+  CHECK(distinct.size() >= 2);  // the forks sample with seeds of their own
+}

@@ -187,6 +187,12 @@ TEST_CASE("json schema: unsupported keywords are errors naming the keyword and i
   CHECK(schema_error(R"({"type":"object","properties":{"a":{}},"required":["b"]})").find("\"b\"") !=
         std::string::npos);
   CHECK(schema_error(R"({"type":"string","pattern":"(a"})").find("schema.pattern") != std::string::npos);
+  // Mutually recursive references that would multiply: refused, not expanded forever.
+  CHECK(schema_error(R"({"$defs":{"a":{"anyOf":[{"$ref":"#/$defs/b"},{"$ref":"#/$defs/b"},{"$ref":"#/$defs/c"}]},
+                                  "b":{"anyOf":[{"$ref":"#/$defs/a"},{"$ref":"#/$defs/c"},{"$ref":"#/$defs/a"}]},
+                                  "c":{"anyOf":[{"$ref":"#/$defs/a"},{"$ref":"#/$defs/b"},{"type":"null"}]}},
+                         "$ref":"#/$defs/a"})")
+            .find("too large") != std::string::npos);
   grammar_spec bad{grammar_kind::json_schema, R"({"type":"array","prefixItems":[]})"};
   CHECK(bad.check().message.find("\"prefixItems\"") != std::string::npos);
 }

@@ -186,6 +186,16 @@ async function main() {
   assert.throws(() => JSON.parse(cut.choices[0].text));
   console.log('ok    max_tokens inside a structure: finish_reason length');
 
+  // n choices: each fork keeps its own matcher.
+  const multi = await client.completions.create({model: 'm', prompt: 'pick', max_tokens: 16, temperature: 1.5, seed: 9,
+    n: 4, response_format: {type: 'json_schema', json_schema: {name: 'p', schema: {enum: ['red', 'green', 'blue', 7]}}}});
+  assert.equal(multi.choices.length, 4);
+  for (const c of multi.choices) {
+    assert.equal(c.finish_reason, 'stop');
+    assert.ok(['red', 'green', 'blue', 7].includes(JSON.parse(c.text)), c.text);
+  }
+  console.log(`ok    n=4 choices, each in the enum: ${multi.choices.map((c) => c.text).join(' ')}`);
+
   // 7. The same schema again: the grammar cache answers (the outputs are the same for a seed).
   const again = await client.completions.create({model: 'm', prompt: 'call 0:', max_tokens: MAX, temperature: 1,
     seed: 0, response_format: rf});
