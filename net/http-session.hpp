@@ -345,10 +345,10 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
         cur_->client_gone = true;
         if (service* svc = st_.current()) svc->cancel(cur_->rid);
       }
-      // The chunk being written stays alive until its handler runs (with the error of the close).
-      if (writing_) out_.erase(std::next(out_.begin()), out_.end());
-      else out_.clear();
-      pending_bytes_ = writing_ ? out_.front().size() : 0;
+      // The chunks being written stay alive until their handler runs (with the error of the close).
+      out_.erase(out_.begin() + std::ptrdiff_t(writing_ ? in_flight_ : 0), out_.end());
+      pending_bytes_ = 0;
+      for (const auto& o : out_) pending_bytes_ += o.size();
       beast::error_code ignored;
       beast::get_lowest_layer(stream_).socket().close(ignored);
       return;
@@ -358,9 +358,14 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (!writing_) do_write_raw();
   }
 
+  // Everything queued goes in one gathered write: the events that came while the last write
+  // was out leave together (one send, not one per event).
   void do_write_raw() {
     writing_ = true;
-    asio::async_write(stream_, asio::buffer(out_.front()),
+    in_flight_ = out_.size();
+    wbufs_.clear();
+    for (const auto& o : out_) wbufs_.push_back(asio::buffer(o));
+    asio::async_write(stream_, wbufs_,
                       beast::bind_front_handler(&http_session::on_write_raw, this->shared_from_this()));
   }
 
@@ -369,6 +374,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (ec) {
       spdlog::debug("conn={} write failed: {}", conn_, ec.message());
       out_.clear();
+      in_flight_ = 0;
       pending_bytes_ = 0;
       if (cur_ && !cur_->client_gone) {
         cur_->client_gone = true;
@@ -376,8 +382,10 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
       }
       return;
     }
-    pending_bytes_ -= out_.front().size();
-    out_.pop_front();
+    for (; in_flight_ > 0; --in_flight_) {
+      pending_bytes_ -= out_.front().size();
+      out_.pop_front();
+    }
     if (!out_.empty()) return do_write_raw();
     if (cur_ && cur_->finished) finish_exchange();
   }
@@ -474,7 +482,9 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   std::shared_ptr<http::response<http::string_body>> res_;
   std::string req_id_;  // X-Request-Id of the request being answered
   std::shared_ptr<completion_state> cur_;
-  std::deque<std::string> out_;
+  std::deque<std::string> out_;  // queued raw bytes; the first in_flight_ are being written
+  std::vector<asio::const_buffer> wbufs_;
+  size_t in_flight_ = 0;
   size_t pending_bytes_ = 0;
   bool writing_ = false;
   bool watching_ = false;
