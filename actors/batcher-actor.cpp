@@ -215,6 +215,7 @@ void admit_to(batcher_actor* self, int best, enqueue_msg& m, int32_t n) {
   a.sampling = m.sampling;
   a.stop_ids = std::move(m.stop_ids);
   a.attempt = m.attempt;
+  a.grammar = m.grammar;
   a.n = m.n;
   a.forks = std::move(m.forks);
   a.prompt_logprobs = m.prompt_logprobs;

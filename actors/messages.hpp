@@ -35,6 +35,7 @@ using dispatch_atom = caf::atom_constant<caf::atom("idispatch")>;  // batcher ->
 using join_atom = caf::atom_constant<caf::atom("ijoin")>;          // front's node link -> worker node's agent
 using reset_atom = caf::atom_constant<caf::atom("ireset")>;        // agent -> worker: drop every sequence
 using relink_atom = caf::atom_constant<caf::atom("irelink")>;      // node link -> itself: (re)connect now
+using grammar_atom = caf::atom_constant<caf::atom("igrammar")>;    // compile helper -> request: constraint compiled
 
 // The version of every message below that crosses nodes. A node link and a node agent
 // compare it in their handshake (which uses only built-in types, so it always decodes)
@@ -42,8 +43,9 @@ using relink_atom = caf::atom_constant<caf::atom("irelink")>;      // node link 
 // changed types as empty messages. Bump it whenever a crossing message changes.
 // 2: stop ids on admit, stop flag on token; 3: cached_tokens on token; 4: penalties, min_p,
 // logit_bias, logprobs; 5: n choices (forks on admit and enqueue, fork on token and cancel),
-// prompt logprobs (flag on admit and enqueue, the prompt's on the first token).
-constexpr uint32_t wire_protocol_version = 5;
+// prompt logprobs (flag on admit and enqueue, the prompt's on the first token);
+// 6: constraint (grammar key) on enqueue/admit, complete flag on token.
+constexpr uint32_t wire_protocol_version = 6;
 
 // n > 1: the choices still to run of a resumed request, each with its tokens so far, flat
 // (fork_ids[i] has fork_lens[i] tokens, back to back in fork_tokens). Empty: all n fresh.
@@ -151,11 +153,12 @@ struct enqueue_msg {
   int32_t kv_tokens() const {
     return int32_t(prompt.size() + generated.size() + forks.tokens.size()) + std::max(n, 1);
   }
+  std::string grammar;     // constrained decoding: grammar::grammar_spec::key(); empty: none
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, enqueue_msg& x) {
   return f(caf::meta::type_name("infer.enqueue"), x.id, x.request, x.prio, x.prompt, x.generated, x.max_tokens,
-           x.sampling, x.stop_ids, x.resume, x.timeout_ms, x.attempt, x.n, x.forks, x.prompt_logprobs);
+           x.sampling, x.stop_ids, x.resume, x.timeout_ms, x.attempt, x.n, x.forks, x.prompt_logprobs, x.grammar);
 }
 
 // batcher -> request: accepted into the queue, or rejected (code: infer::error_code).
@@ -210,11 +213,12 @@ struct admit_msg {
   int32_t n = 1;         // as enqueue_msg
   wire_forks forks;
   bool prompt_logprobs = false;
+  std::string grammar;   // grammar_spec::key(): the worker looks it up in its node's cache (compiles on a miss)
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, admit_msg& x) {
   return f(caf::meta::type_name("infer.admit"), x.id, x.request, x.prompt, x.generated, x.max_tokens, x.sampling,
-           x.stop_ids, x.attempt, x.n, x.forks, x.prompt_logprobs);
+           x.stop_ids, x.attempt, x.n, x.forks, x.prompt_logprobs, x.grammar);
 }
 
 // worker -> request (crosses nodes): one sampled token. `last`: the worker ended
@@ -242,12 +246,13 @@ struct token_msg {
   std::vector<uint32_t> prompt_bits;
   std::vector<int32_t> prompt_top_ids;
   std::vector<uint32_t> prompt_top_bits;
+  bool complete = false;  // `last` because the constraint's output is complete (finish reason stop, text shown)
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, token_msg& x) {
   return f(caf::meta::type_name("infer.token"), x.id, x.fork, x.index, x.token, x.last, x.stop, x.attempt,
            x.cached_tokens, x.n_top, x.logprob_bits, x.top_ids, x.top_bits, x.prompt_bits, x.prompt_top_ids,
-           x.prompt_top_bits);
+           x.prompt_top_bits, x.complete);
 }
 
 // worker -> batcher (crosses nodes): announces a worker that is ready to run.

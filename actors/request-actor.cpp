@@ -48,6 +48,7 @@ struct request_state {
   bool have_prompt_lp = false;  // the prompt logprobs came (a resumed request does not ask again)
   std::string piece;
   bool accepted = false;
+  bool compiling = false;  // its constraint is being compiled (not queued yet)
   bool closing = false;  // waiting for the batcher to confirm removal
   bool ended = false;
   event terminal;        // what to emit once closing completes
@@ -132,6 +133,10 @@ event make_done(finish_reason r) {
 void close_with(request_actor* self, event terminal) {
   auto& st = self->state;
   if (st.ended || st.closing) return;
+  if (st.compiling) {  // nothing queued yet: nobody to tell
+    finish(self, std::move(terminal));
+    return;
+  }
   st.closing = true;
   st.terminal = std::move(terminal);
   self->send(st.core->batcher, cancel_msg{st.id});
@@ -160,6 +165,7 @@ void send_enqueue(request_actor* self, bool resume) {
   m.prompt_logprobs = st.req.prompt_logprobs && !st.have_prompt_lp;
   m.resume = resume;
   m.attempt = ++st.attempt;
+  if (st.req.grammar) m.grammar = st.req.grammar->key();
   const int64_t limit = st.req.timeout_ms > 0 ? st.req.timeout_ms : st.core->cfg.default_timeout_ms;
   if (limit > 0) {  // what is left of the deadline: admission rejects what cannot make it
     const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - st.t_submit).count();
@@ -347,7 +353,7 @@ void on_token(request_actor* self, const token_msg& m) {
   size_t keep = m.last || stops.empty() ? 0 : stop_prefix_tail(stops, c.held);
   e.text = c.held.substr(0, c.held.size() - keep);
   c.held.erase(0, c.held.size() - keep);
-  const finish_reason why = m.stop ? finish_reason::stop : finish_reason::length;
+  const finish_reason why = m.stop || m.complete ? finish_reason::stop : finish_reason::length;
   if (m.last) {
     e.choice_done = true;
     e.reason = why;
@@ -377,6 +383,25 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
   }
   st.choices.resize(size_t(st.req.n));
   st.live = st.req.n;
+  // A constraint not in the service's cache is compiled by a detached helper (milliseconds for
+  // a tool schema, more for a large one: not on a scheduler thread, nor an io thread), on the
+  // request's clock: the deadline timer below runs meanwhile. The workers of this node then
+  // find it in the cache.
+  if (st.req.grammar && st.req.max_tokens > 0 && !st.core->grammars->find(st.req.grammar->key())) {
+    st.compiling = true;
+    self->spawn<caf::detached>(
+        [core = st.core, spec = *st.req.grammar, req = caf::actor_cast<caf::actor>(self)](caf::event_based_actor* h) {
+          std::string err;
+          try {
+            auto g = core->grammars->get(spec);
+            if (!g) err = g.error().message;
+          } catch (const std::exception& e) {  // bad_alloc: the request must still get its answer
+            err = std::string("compilation failed: ") + e.what();
+          }
+          h->send(req, grammar_atom::value, err);
+          h->quit();
+        });
+  }
   if (st.req.max_tokens == 0) {  // nothing to generate: no need to queue
     st.accepted = true;
     event a;
@@ -385,7 +410,7 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
     finish(self, make_done(finish_reason::length));
     return {};
   }
-  send_enqueue(self, false);
+  if (!st.compiling) send_enqueue(self, false);
   int64_t timeout_ms = st.req.timeout_ms > 0 ? st.req.timeout_ms : st.core->cfg.default_timeout_ms;
   if (timeout_ms > 0) self->delayed_send(self, std::chrono::milliseconds(timeout_ms), deadline_atom::value);
 
@@ -415,6 +440,17 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
           st.dispatched = true;
           st.t_dispatch = clock_type::now();
         }
+      },
+      [=](grammar_atom, const std::string& err) {
+        auto& st = self->state;
+        if (st.ended || !st.compiling) return;
+        st.compiling = false;
+        if (!err.empty()) {
+          finish(self, make_error(error_code::invalid_request,
+                                  std::string(grammar::to_string(st.req.grammar->kind)) + " constraint: " + err));
+          return;
+        }
+        send_enqueue(self, false);  // the first submission: what is left of the deadline goes with it
       },
       [=](const token_msg& m) { on_token(self, m); },
       [=](const seq_closed_msg& m) {

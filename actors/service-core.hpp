@@ -18,6 +18,7 @@
 #include "config/service-config.hpp"
 #include "engine/backend.hpp"
 #include "tokenizer/tokenizer.hpp"
+#include "grammar/grammar.hpp"
 #include "supervision/device-plan.hpp"
 #include "supervision/fault-injection.hpp"
 
@@ -62,6 +63,10 @@ struct service_core {
   std::string model_id;   // model shape (and synthetic seed): a worker node must serve the same
   device_plan plan;       // which workers belong to which device supervisor
   std::shared_ptr<fault_switch> faults = std::make_shared<fault_switch>();  // releases injected hangs
+  // Compiled constraints by their text (request actors compile, workers look up), over the
+  // vocabulary of `tok` (built on first use). Set by make_core.
+  std::shared_ptr<grammar::grammar_cache> grammars;
+  static constexpr size_t grammar_cache_size = 64;
 
   std::atomic<int32_t> workers_ready{0};
   // steady_clock ticks from when a request sent then can be served: the earliest time an up

@@ -343,6 +343,10 @@ result<service_core_ptr> make_core(const service_config& cfg, const service_hook
   core->make_backend = hooks.make_backend;
   core->make_fallback_backend = hooks.make_fallback_backend;
   core->model_id = hooks.model_id;
+  // The vocabulary trie is built on the first constrained request, not at start-up.
+  core->grammars = std::make_shared<grammar::grammar_cache>(
+      service_core::grammar_cache_size,
+      [tok = core->tok, n = core->n_vocab] { return grammar::token_vocab::from_tokenizer(tok, n); });
   if (status s = prepare_core(*core); !s) return s;
   return core;
 }

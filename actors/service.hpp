@@ -14,8 +14,11 @@
 #include <string>
 #include <vector>
 
+#include <optional>
+
 #include "base/result.hpp"
 #include "base/sampling-params.hpp"
+#include "grammar/grammar.hpp"
 
 namespace caf { class actor_system; }
 
@@ -78,6 +81,11 @@ struct generate_request {
   bool skip_special_tokens = true;
   // token id -> added to its logit before sampling (-100..100, at most 300 distinct ids).
   std::vector<std::pair<int32_t, float>> logit_bias;
+  // Constrained decoding (grammar/grammar.hpp, docs/structured-output.md): the output is
+  // generated inside this language. Compiled (or found in the service's cache) before the
+  // request is queued, on a thread of its own; the time counts against timeout_ms. A
+  // constraint that cannot be compiled (too large) ends the request with invalid_request.
+  std::optional<grammar::grammar_spec> grammar;
   priority prio = priority::normal;
   int64_t timeout_ms = 0;              // 0: the service default
   // OpenAI's n: this many choices of the one prompt, prefilled once and forked in the KV

@@ -183,7 +183,16 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         s.n = m.n;
         s.prompt_logprobs = m.prompt_logprobs;
         for (size_t i = 0; i < m.forks.ids.size(); ++i) s.forks.push_back({m.forks.ids[i], m.forks.generated(i)});
-        status ok = st.sched ? st.sched->add(std::move(s)) : make_status(errc::internal, "worker not ready");
+        status ok = status::ok();
+        if (!m.grammar.empty()) {
+          // The request actor compiled it on this node already (a cache hit); a worker node
+          // compiles it here on first use.
+          auto spec = grammar::grammar_spec::from_key(m.grammar);
+          auto g = spec ? st.core->grammars->get(spec.value()) : result<grammar::grammar_ptr>(spec.error());
+          if (g) s.grammar = std::move(g.value());
+          else ok = g.error();
+        }
+        if (ok) ok = st.sched ? st.sched->add(std::move(s)) : make_status(errc::internal, "worker not ready");
         if (!ok) {
           report(self, 0, 0, 0, 0, {});
           self->send(st.core->batcher, seq_gone_msg{m.id, st.index, true, false, ok.message});
@@ -252,6 +261,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
           tm.token = r.token;
           tm.last = r.finished;
           tm.stop = r.stopped;
+          tm.complete = r.complete;
           tm.attempt = it->second.attempt;
           tm.cached_tokens = r.cached_tokens;
           if (r.n_top >= 0) {

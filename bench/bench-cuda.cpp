@@ -11,6 +11,7 @@
 //              [--prompt 32] [--new 128] [--dtype auto|bf16|fp16] [--max-model-len N]
 //              [--json results.jsonl] [--sampling greedy|full] [--sampler fused|sort]
 //              [--counts device|host]
+//              [--masked 0,8,64]
 //   bench-cuda --prefix [--model M] [--requests 256] [--prompt 1000] [--shared 0.9]
 //              [--max-tokens 16] [--concurrency 64] [--ttft-prefix 2000]
 //              [--max-batch-tokens 2048] [--prefill-chunk 2048] [--json F]
@@ -21,6 +22,11 @@
 // presence/frequency/repetition penalties over its tokens and 5 logprobs (issue 16): the
 // step time against greedy's is the cost of the sampling controls. --sampler sort runs them
 // through the sort path the fused kernel replaced (its fallback), for the before/after.
+// --masked N[,M...]: each batch size is run once per N, with its first N sequences
+// constrained (issue 20; default 0): each step carries their token masks (a fixed random half
+// of the vocabulary each, copied into the batch as the scheduler does), so the step time
+// against --masked 0 is what constrained decoding costs on the device (the mask upload and
+// kernel, and the sampling kernel those rows then take).
 // The weights are streamed to the device (any architecture, synthetic or a directory);
 // the context served is --max-model-len (default: prompt + new, rounded to a KV block).
 #include <algorithm>
@@ -82,6 +88,8 @@ struct run_result {
 bool g_full_sampling = false;
 bool g_sort_sampler = false;
 bool g_host_counts = false;  // --counts host: the penalty lists uploaded every step (before issue 16's slots)
+int g_masked = 0;
+std::vector<std::vector<uint32_t>> g_masks;  // [g_masked][words]
 
 // A sequence's penalty entries as the scheduler keeps them: one per distinct token, updated
 // as each token comes (the host cost of the controls is the scheduler's, not a rescan).
@@ -127,9 +135,12 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
   // Device-held counts (as the scheduler on the CUDA backend): the list goes out with the
   // first sampled step (the load), later steps name the slot only.
   const bool slots = g_full_sampling && !g_host_counts && be.device_token_counts();
-  for (int s = 0; s < B; ++s) b.add(0, toks[s], blocks[s], true, greedy, 0,
+  for (int s = 0; s < B; ++s) {
+    b.add(0, toks[s], blocks[s], true, greedy, 0,
           g_full_sampling ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{},
           slots ? s : -1, slots);
+    if (s < g_masked) std::copy(g_masks[size_t(s)].begin(), g_masks[size_t(s)].end(), b.add_mask(int32_t(g_masks[size_t(s)].size())));
+  }
   auto t0 = clk::now();
   if (auto st = be.step(b, out); !st) {
     std::fprintf(stderr, "prefill: %s\n", st.message.c_str());
@@ -150,6 +161,7 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
       b.add(past, std::span<const int32_t>(&toks[s].back(), 1), blocks[s], true, greedy, uint64_t(k),
             g_full_sampling && !slots ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{},
             slots ? s : -1, false);
+      if (s < g_masked) std::copy(g_masks[size_t(s)].begin(), g_masks[size_t(s)].end(), b.add_mask(int32_t(g_masks[size_t(s)].size())));
       r.kv_bytes_read += kv_per_pos * (past + 1);
     }
     if (auto st = be.step(b, out); !st) {
@@ -230,6 +242,7 @@ int prefix_main(const std::string& model, const std::string& dtype, int max_len,
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::string masked_list = "0";
   std::string model = "synthetic:gpt2-small", batches = "1,8,32,64,128,256", json, dtype = "auto";
   int prompt = 32, n_new = 128, max_len = 0;
   bool prefix = false;
@@ -260,6 +273,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--sampling")) g_full_sampling = !std::strcmp(val(), "full");
     else if (!std::strcmp(argv[i], "--sampler")) g_sort_sampler = !std::strcmp(val(), "sort");
     else if (!std::strcmp(argv[i], "--counts")) g_host_counts = !std::strcmp(val(), "host");
+    else if (!std::strcmp(argv[i], "--masked")) masked_list = val();
     else if (!std::strcmp(argv[i], "--requests")) po.requests = std::max(1, std::atoi(val()));
     else if (!std::strcmp(argv[i], "--concurrency")) po.concurrency = std::max(1, std::atoi(val()));
     else if (!std::strcmp(argv[i], "--shared")) po.shared = std::clamp(std::atof(val()), 0.0, 1.0);
@@ -303,6 +317,23 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "backend: %s\n", be.error().message.c_str());
     return 1;
   }
+  std::vector<int> masked_counts;
+  {
+    std::stringstream ss(masked_list);
+    std::string x;
+    while (std::getline(ss, x, ',')) masked_counts.push_back(std::max(0, std::atoi(x.c_str())));
+    if (masked_counts.empty()) masked_counts.push_back(0);
+  }
+  {
+    const int V = be.value()->config().n_vocab, W = (V + 31) / 32;
+    std::mt19937 mrng(17);
+    int most = 0;
+    for (int m : masked_counts) most = std::max(most, m);
+    g_masks.assign(size_t(most), std::vector<uint32_t>(size_t(W)));
+    for (auto& m : g_masks)
+      for (int v = 0; v < V; ++v)
+        if (mrng() & 1u) m[size_t(v) >> 5] |= 1u << (v & 31);
+  }
   if (g_sort_sampler) cuda_backend_set_fused_sampling(*be.value(), false);
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
@@ -313,10 +344,12 @@ int main(int argc, char** argv) {
   std::printf("device: %s, d2d copy %.0f GB/s (read+write), weights %.1f MB %s, model %s (%s)\n",
               prop.name, copy_rate / 1e9, weight_bytes / 1e6, dt, model.c_str(),
               arch_name(be.value()->config().arch));
-  std::printf("%6s %12s %14s %14s %12s %10s %9s\n", "batch", "step_ms", "decode_tok/s",
+  std::printf("%6s %6s %12s %14s %14s %12s %10s %9s\n", "batch", "masked", "step_ms", "decode_tok/s",
               "e2e_tok/s", "prefill_ms", "bw_floor", "gpu_busy");
   std::FILE* jf = json.empty() ? nullptr : std::fopen(json.c_str(), "a");
-  for (int B : Bs) {
+  for (int B : Bs)
+  for (int masked : masked_counts) {
+    g_masked = masked;
     if (!generate(*be.value(), B, prompt, n_new, 1).ok) return 1;  // warm-up: graphs, plans
     const double gpu0 = st->gpu_ms;
     run_result r = generate(*be.value(), B, prompt, n_new, 2);
@@ -329,15 +362,15 @@ int main(int argc, char** argv) {
     const double e2e_tps = double(B) * n_new / (r.prefill_s + r.decode_s);
     const double bytes_per_step = weight_bytes + r.kv_bytes_read / r.decode_steps;
     const double floor_frac = (bytes_per_step / copy_rate) / step;
-    std::printf("%6d %12.3f %14.0f %14.0f %12.2f %9.1f%% %8.1f%%\n", B, step * 1e3, decode_tps,
+    std::printf("%6d %6d %12.3f %14.0f %14.0f %12.2f %9.1f%% %8.1f%%\n", B, std::min(masked, B), step * 1e3, decode_tps,
                 e2e_tps, r.prefill_s * 1e3, floor_frac * 100, busy * 100);
     if (jf)
       std::fprintf(jf,
-                   "{\"bench\":\"cuda-engine%s\",\"device\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"batch\":%d,"
+                   "{\"bench\":\"cuda-engine%s\",\"masked\":%d,\"device\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"batch\":%d,"
                    "\"prompt\":%d,\"new\":%d,\"step_ms\":%.4f,\"decode_tok_s\":%.1f,"
                    "\"e2e_tok_s\":%.1f,\"prefill_ms\":%.3f,\"bytes_per_step\":%.0f,"
                    "\"copy_rate_gbs\":%.1f,\"bw_floor_fraction\":%.4f,\"gpu_busy\":%.4f}\n",
-                   g_full_sampling ? (g_sort_sampler ? "-full-sampling-sort" : "-full-sampling") : "", prop.name, model.c_str(), dt, B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
+                   g_full_sampling ? (g_sort_sampler ? "-full-sampling-sort" : "-full-sampling") : "", g_masked, prop.name, model.c_str(), dt, B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
                    r.prefill_s * 1e3, bytes_per_step, copy_rate / 1e9, floor_frac, busy);
   }
   std::printf("graph steps %lld of %lld, graphs captured %lld, sampling rows left to the sort path %lld\n",

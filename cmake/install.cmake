@@ -22,7 +22,7 @@ install(TARGETS ${_infer_libs} infer_warnings infer_toml EXPORT inferTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/infer)
-foreach(_dir base engine kernels model tokenizer template config gpu actors supervision net web)
+foreach(_dir base engine grammar kernels model tokenizer template config gpu actors supervision net web)
   if(EXISTS ${PROJECT_SOURCE_DIR}/${_dir})
     install(DIRECTORY ${PROJECT_SOURCE_DIR}/${_dir}/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/infer/${_dir}
             FILES_MATCHING PATTERN "*.hpp" PATTERN "*.h" PATTERN "*.cuh")
@@ -44,7 +44,7 @@ set(INFER_PC_LIBS "-linfer_actors -linfer_config -linfer_supervision -linfer_tem
 if(INFER_CUDA)
   string(APPEND INFER_PC_LIBS " -linfer_gpu -linfer_cuda_kernels")
 endif()
-string(APPEND INFER_PC_LIBS " -linfer_engine -linfer_model -linfer_base -linfer_tokenizer -linfer_kernels")
+string(APPEND INFER_PC_LIBS " -linfer_engine -linfer_grammar -linfer_model -linfer_base -linfer_tokenizer -linfer_kernels")
 set(INFER_PC_DEPS "-l:${CAF_OPENSSL_LIB} -l:${CAF_IO_LIB} -l:${CAF_CORE_LIB} -l:${OPENBLAS_LIB} -l:${PCRE2_LIB} -l:${UTF8PROC_LIB}")
 string(REPLACE "-l:/" "/" INFER_PC_DEPS "${INFER_PC_DEPS}")
 set(INFER_PC_CFLAGS "-I\${includedir}/infer -I\${includedir}/infer/third_party/toml-patched -DTOML_HEADER_ONLY=1 -I${CBLAS_INCLUDE_DIR}")

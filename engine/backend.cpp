@@ -23,6 +23,14 @@ status validate_step_batch(const step_batch& b, const model_config& cfg, const k
   for (const logit_adjust& a : b.adjust)
     if (a.token < 0 || a.token >= cfg.n_vocab)
       return bad("step: adjusted token id " + std::to_string(a.token) + " outside the vocabulary");
+  if (b.any_mask()) {
+    if (b.mask_words != (cfg.n_vocab + 31) / 32 || int(b.mask_row.size()) != S ||
+        b.masks.size() % size_t(b.mask_words) != 0)
+      return bad("step: inconsistent token masks");
+    for (int s = 0; s < S; ++s)
+      if (b.mask_row[size_t(s)] >= b.n_mask_rows() || (b.mask_row[size_t(s)] >= 0 && !b.sample[size_t(s)]))
+        return bad("step: sequence " + std::to_string(s) + " has a token mask row it cannot use");
+  }
   for (const sampling_params& p : b.sampling)
     if (p.logprobs > sampling_params::max_logprobs)
       return bad("step: more than " + std::to_string(sampling_params::max_logprobs) + " logprobs");

@@ -52,6 +52,12 @@ struct step_batch {
   // sampled token counted into it after the step when the sequence is penalized).
   std::vector<int32_t> counts_slot;       // [n_seqs]
   std::vector<uint8_t> counts_load;       // [n_seqs]
+  // Constrained decoding (grammar/): sequence i may sample only the tokens whose bit is set in
+  // masks[mask_row[i] * mask_words ..] (mask_row -1: unconstrained). Rows exist only for the
+  // constrained sequences, so the others cost nothing.
+  int32_t mask_words = 0;                 // (n_vocab + 31) / 32 when any row is set
+  std::vector<int32_t> mask_row;          // [n_seqs]
+  std::vector<uint32_t> masks;            // [n_mask_rows * mask_words]
 
   void reset(int32_t max_blocks) {
     max_blocks_per_seq = max_blocks;
@@ -59,6 +65,7 @@ struct step_batch {
     sample.clear(); sampling.clear(); sample_counter.clear();
     adjust_start.assign(1, 0); adjust.clear();
     counts_slot.clear(); counts_load.clear();
+    mask_words = 0; mask_row.clear(); masks.clear();
     copy_src.clear(); copy_dst.clear(); prompt_next.clear();
   }
   // Asks prompt logprobs of the sequence added last (see prompt_next).
@@ -98,11 +105,26 @@ struct step_batch {
     adjust_start.push_back(int32_t(adjust.size()));
     counts_slot.push_back(slot);
     counts_load.push_back(slot >= 0 && load ? 1 : 0);
+    mask_row.push_back(-1);
   }
   bool any_slot() const {
     for (int32_t s : counts_slot)
       if (s >= 0) return true;
     return false;
+  }
+  // A mask row for the sequence added last, to fill (mask_words words, uninitialised).
+  uint32_t* add_mask(int32_t words) {
+    mask_words = words;
+    mask_row.back() = n_mask_rows();
+    masks.resize(masks.size() + size_t(words));
+    return masks.data() + masks.size() - size_t(words);
+  }
+  int32_t n_mask_rows() const { return mask_words > 0 ? int32_t(masks.size() / size_t(mask_words)) : 0; }
+  bool any_mask() const { return !masks.empty(); }
+  // Sequence i's allowed-token mask, or nullptr.
+  const uint32_t* token_mask(int32_t i) const {
+    if (masks.empty() || size_t(i) >= mask_row.size() || mask_row[size_t(i)] < 0) return nullptr;
+    return masks.data() + size_t(mask_row[size_t(i)]) * size_t(mask_words);
   }
   // Whether any sampled sequence needs more than the plain rule (adjustments or logprobs).
   bool any_adjust() const { return !adjust.empty(); }

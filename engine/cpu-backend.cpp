@@ -158,8 +158,9 @@ class cpu_backend final : public backend {
     const float* logits = logits_.data();
     out.tokens.assign(S, -1);
     // [0, 2V): the sampler's scratch; [2V, 3V): a row with its adjustments applied.
-    float* sscratch = ensure(sample_scratch_, size_t(3) * V);
+    float* sscratch = ensure(sample_scratch_, size_t(4) * V);
     float* adjusted = sscratch + size_t(2) * V;
+    float* masked_raw = sscratch + size_t(3) * V;  // a constrained row's logprobs: the masked distribution
     const bool lp = b.any_logprobs();
     constexpr int K = sampling_params::max_logprobs;
     if (lp) {
@@ -177,16 +178,26 @@ class cpu_backend final : public backend {
       const float* row = logits + int64_t(r) * V;
       const auto adj = b.adjustments(s);
       const float* pick_from = row;
-      if (!adj.empty()) {
+      const uint32_t* mask = b.token_mask(s);
+      if (!adj.empty() || mask) {
         std::memcpy(adjusted, row, size_t(V) * sizeof(float));
         cpu::apply_logit_adjust(adjusted, adj, sp);
+        if (mask) cpu::apply_token_mask(adjusted, mask, V);
         pick_from = adjusted;
       }
       out.tokens[s] = cpu::sample_token(pick_from, V, sp, b.sample_counter[s], sscratch);
       if (lp && sp.logprobs >= 0) {
-        const float lse = cpu::log_softmax_top(row, V, sp.logprobs, out.top_ids.data() + size_t(s) * K,
+        // As vLLM (and the CUDA backend, which masks the logits in place): a constrained
+        // row's logprobs are those of the masked distribution; penalties and bias stay out.
+        const float* lp_row = row;
+        if (mask) {
+          std::memcpy(masked_raw, row, size_t(V) * sizeof(float));
+          cpu::apply_token_mask(masked_raw, mask, V);
+          lp_row = masked_raw;
+        }
+        const float lse = cpu::log_softmax_top(lp_row, V, sp.logprobs, out.top_ids.data() + size_t(s) * K,
                                                out.top_logprobs.data() + size_t(s) * K);
-        out.logprob[s] = row[out.tokens[s]] - lse;
+        out.logprob[s] = lp_row[out.tokens[s]] - lse;
       }
     }
     if (prompt_lp) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <span>
 #include <string>
 
@@ -30,6 +31,7 @@ struct scheduler::sequence {
   // on the device from then on).
   int32_t slot = -1;
   bool slot_loaded = false;
+  grammar::grammar_matcher matcher;             // constrained decoding; empty: none
   int32_t n_cached = 0;         // tokens whose K/V are in `blocks`
   std::vector<int32_t> blocks;  // block table
   std::vector<uint64_t> hashes;  // chain hashes of its full blocks so far (tokens never change)
@@ -98,6 +100,15 @@ status scheduler::add(seq_spec s) {
                  std::to_string(cfg_.n_ctx) + ")");
     if (s.max_tokens <= n_gen) return bad("nothing left to generate (max_tokens " + std::to_string(s.max_tokens) + ")");
   }
+  if (s.grammar) {  // every fork's tokens so far must stay inside its constraint (a resumed sequence)
+    if (s.grammar->vocab().n_vocab() < 1) return bad("constraint without a vocabulary");
+    for (const auto& [i, gen] : make) {
+      grammar::grammar_matcher m{s.grammar, 0};
+      for (int32_t tok : gen)
+        if (!m.advance(tok)) return bad("its generated tokens leave its constraint");
+      if (m.complete()) return bad("its constraint is already complete");
+    }
+  }
   // The most one sequence will ever hold in the cache: it stops at n_ctx tokens.
   const int32_t peak = std::min(n_prompt + s.max_tokens, cfg_.n_ctx);
   if (pool_.blocks_for(peak) > pool_.n_total())
@@ -139,6 +150,10 @@ scheduler::sequence* scheduler::create(const seq_spec& s, int32_t fork, std::spa
   seq->stop_ids = s.stop_ids;
   seq->logit_bias = s.logit_bias;
   seq->prompt_lp = s.prompt_logprobs && fork == 0;  // a request's prompt logprobs come once
+  if (s.grammar) {  // add() checked that its tokens stay inside the constraint
+    seq->matcher = grammar::grammar_matcher{s.grammar, 0};
+    for (int32_t tok : generated) (void)seq->matcher.advance(tok);
+  }
   sequence* q = seq.get();
   auto entry = [q](int32_t tok) -> logit_adjust& {
     auto [it, fresh] = q->adj_at.emplace(tok, int32_t(q->adj.size()));
@@ -197,6 +212,7 @@ bool scheduler::fork_group(step_batch& batch, sequence* p) {
     q->adj = p->adj;  // nothing generated yet: the same counts
     q->adj_at = p->adj_at;
     q->stop_adj = p->stop_adj;
+    q->matcher = p->matcher;  // nothing generated yet: the same state (a copy forks it)
     q->n_cached = p->n_cached;
     q->blocks.reserve(size_t(max_blocks_));
     for (int32_t b = 0; b < shared; ++b) {
@@ -367,6 +383,15 @@ void scheduler::emit(step_batch& batch, sequence* s, int32_t n_new) {
     const int32_t end = s->n_cached + n_new;
     batch.want_prompt_logprobs(end < s->n_tokens() ? s->tokens[size_t(end)] : -1);
   }
+  if (sample && s->matcher) {
+    const grammar::compiled_grammar& g = *s->matcher.g;
+    const int32_t words = g.vocab().n_words();
+    uint32_t* row = batch.add_mask(words);
+    std::memcpy(row, g.mask(s->matcher.state, mask_scratch_), size_t(words) * sizeof(uint32_t));
+    if (s->matcher.accepting())
+      for (int32_t tok : s->stop_ids)
+        if (tok >= 0 && tok < g.vocab().n_vocab()) row[tok >> 5] |= 1u << (tok & 31);
+  }
   scheduled_.push_back({s->id, s->fork, s->serial, n_new, sample});
   s->scheduled_at = step_no_;
   if (!sample || n_new > 1) last_prefill_tokens_ += n_new;
@@ -531,7 +556,16 @@ void scheduler::on_step_done(const step_output& out, std::vector<seq_result>& re
       }
     }
     if (s->sampling.penalized() && tok >= 0) count_token(s, tok, true);
-    r.finished = r.stopped || s->n_generated() >= s->max_tokens || s->n_tokens() >= cfg_.n_ctx;
+    // The mask allows only tokens that advance the matcher, and stop ids where it accepts. A
+    // token that does not advance it (possible only where no token spells the next byte, so
+    // the mask was empty) ends the sequence as "length" rather than go on outside the language.
+    bool off_grammar = false;
+    if (s->matcher && !r.stopped) {
+      off_grammar = !s->matcher.advance(tok);
+      r.complete = !off_grammar && s->matcher.complete();
+    }
+    r.finished = r.stopped || r.complete || off_grammar || s->n_generated() >= s->max_tokens ||
+                 s->n_tokens() >= cfg_.n_ctx;
     if (!s->cache_reported) {
       s->cache_reported = true;
       r.cached_tokens = std::max(s->cached_prompt, 0);
@@ -579,6 +613,7 @@ std::vector<seq_spec> scheduler::drain() {
     sp.sampling = g.sampling;
     sp.stop_ids = s->stop_ids;
     sp.logit_bias = s->logit_bias;
+    sp.grammar = s->matcher.g;
     sp.prompt_logprobs = s->prompt_lp;  // not yet handed out
     sp.n = g.n;
     if (g.n == 1) {

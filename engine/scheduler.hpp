@@ -55,6 +55,13 @@
 // A resumed group (seq_spec::forks: each fork with its own tokens) is n independent
 // sequences that find the prompt in the prefix cache.
 //
+// Constrained decoding (seq_spec::grammar, grammar/grammar.hpp): the sequence's matcher
+// follows its generated tokens; every sampled step carries the mask of its automaton state
+// (step_batch::masks), with the stop ids added where the automaton accepts, so EOS is
+// possible exactly when the output is complete. When nothing can follow (an accepting end)
+// the sequence ends at that token (seq_result::complete: finish reason stop; min_tokens
+// yields to the constraint). A resumed or re-admitted sequence replays its tokens.
+//
 // Protocol: schedule() -> the backend runs the batch -> on_step_done(out) (or
 // on_step_failed()) -> schedule() ... add() and cancel() may be called at any time,
 // including while a step is in flight (a cancelled sequence's blocks are reused only
@@ -73,6 +80,7 @@
 #include "engine/kv-block-pool.hpp"
 #include "base/result.hpp"
 #include "base/sampling-params.hpp"
+#include "grammar/grammar.hpp"
 
 namespace infer {
 
@@ -97,6 +105,7 @@ struct seq_spec {
   sampling_params sampling;
   std::vector<int32_t> stop_ids;   // sampling one of these ends the sequence (it is its last token)
   std::vector<std::pair<int32_t, float>> logit_bias;  // token id -> added to its logit, distinct ids
+  grammar::grammar_ptr grammar;    // null: unconstrained
   // n > 1: this many choices (forks). `forks` empty: all n start fresh from the prompt
   // (and `generated` must be empty); else the forks still to run, each with its tokens so
   // far (a resumed request), and `generated` is unused.
@@ -121,6 +130,7 @@ struct seq_result {
   int32_t token = -1;
   bool finished = false;  // the last token: max_tokens, the context limit or a stop id
   bool stopped = false;   // finished because `token` is one of the sequence's stop ids
+  bool complete = false;  // finished because its constraint's output is complete (finish reason stop)
   bool group_done = false;  // finished, and no other fork of this id is left: the id is gone
   int32_t n_top = -1;     // -1: no logprobs asked; else top_ids/top_logprobs[0, n_top) are set
   float logprob = 0.0f;   // the token's (raw distribution), when n_top >= 0
@@ -246,6 +256,7 @@ class scheduler {
   int32_t last_prefill_tokens_ = 0;
   uint64_t root_hash_ = 0;
   std::vector<int32_t> hits_;  // scratch of find_prefix
+  std::vector<uint32_t> mask_scratch_;  // a mask past the grammar's cache budget
   uint64_t prefix_queries_ = 0, prefix_hits_ = 0;
 };
 

@@ -63,6 +63,11 @@ bool check_request(const generate_request& r, const net::protocol_limits& lim, b
   if (!chat && lim.encode && r.prompt_tokens.empty()) return fail("text prompt left unencoded");
   for (int32_t t : r.stop_token_ids)
     if (t < 0 || t >= lim.n_vocab) return fail("stop token id outside the vocabulary", std::to_string(t));
+  if (r.grammar) {  // an accepted constraint passed its check and its key reads back the same
+    if (status s = r.grammar->check(); !s) return fail("accepted a constraint that fails its check", s.message);
+    auto k = grammar::grammar_spec::from_key(r.grammar->key());
+    if (!k || k.value().key() != r.grammar->key()) return fail("constraint key does not read back");
+  }
   for (int32_t t : r.prompt_tokens)
     if (t < 0 || t >= lim.n_vocab) return fail("token id outside the vocabulary", std::to_string(t));
   if (int64_t(r.prompt_tokens.size()) >= lim.n_ctx) return fail("prompt leaves no room in the context");

@@ -12,6 +12,7 @@
 #include "gpu/cuda-resources.hpp"
 #include "kernels/cuda-kernels.hpp"
 #include "kernels/cuda-sampling.hpp"
+#include "kernels/cuda-token-mask.hpp"
 #include "model/forward.hpp"
 #include "model/rope.hpp"
 
@@ -297,7 +298,8 @@ class cuda_backend final : public backend {
         h.slot[t] = table[p / bs] * bs + p % bs;
       }
       const int last = b.seq_start[s + 1] - 1;
-      const bool adjusted = b.sample[s] && (!b.adjustments(s).empty() || (slots && b.counts_slot[s] >= 0));
+      // A token mask counts as an adjustment: the sampler settles the row from its masked logits.
+      const bool adjusted = b.sample[s] && (!b.adjustments(s).empty() || (slots && b.counts_slot[s] >= 0) || b.token_mask(s));
       h.sample[s] = adjusted ? cuda::sample_adjusted : b.sample[s];
       h.counters[s] = b.sample_counter[s];
       h.params[s] = b.sampling[s];
@@ -374,6 +376,10 @@ class cuda_backend final : public backend {
     // then the sort path for the rows it flags (rare: candidates overflowing its shared
     // memory), after one look at the flags.
     const bool any_lp = b.any_logprobs() && R > 0;
+    // Token masks (constrained decoding): the constrained rows only, masked in place (their
+    // logprobs are then those of the masked distribution, as vLLM's); those rows count as
+    // adjusted, so the sampler below settles them.
+    if (b.any_mask() && R > 0) INFER_STATUS_TRY(enqueue_token_masks(b, d));
     const bool fused = fused_sampling_ && (any_sorted || any_lp) && R > 0;
     if (slots && R > 0) INFER_STATUS_TRY(prepare_slots(b, nseq_launch));
     if (fused) {
@@ -671,6 +677,29 @@ class cuda_backend final : public backend {
     return status::ok();
   }
 
+  // Constrained rows only, in one upload: the sequence of each mask row, then the masks.
+  status enqueue_token_masks(const step_batch& b, const step_ptrs& d) {
+    cudaStream_t st = stream_.get();
+    const int n = b.n_mask_rows();
+    const size_t head = align16(size_t(n) * 4);
+    const size_t bytes = head + b.masks.size() * sizeof(uint32_t);
+    if (host_mask_.bytes() < bytes) {
+      INFER_CUDA_TRY(cudaStreamSynchronize(st));  // an earlier step may still read them
+      INFER_STATUS_TRY(host_mask_.allocate(bytes * 2));
+      INFER_STATUS_TRY(dev_mask_.allocate(bytes * 2));
+    }
+    int32_t* seq = host_mask_.as<int32_t>();
+    for (int s = 0; s < b.n_seqs(); ++s)
+      if (const int32_t r = b.mask_row[size_t(s)]; r >= 0) seq[r] = s;
+    std::memcpy(host_mask_.as<uint8_t>() + head, b.masks.data(), b.masks.size() * sizeof(uint32_t));
+    INFER_CUDA_TRY(cudaMemcpyAsync(dev_mask_.get(), host_mask_.get(), bytes, cudaMemcpyHostToDevice, st));
+    INFER_CUDA_TRY(cuda::token_mask_rows_forward(logits_.as<float>(), ld_logits_, d.rows, dev_mask_.as<int32_t>(), n,
+                                                 reinterpret_cast<const uint32_t*>(dev_mask_.as<uint8_t>() + head),
+                                                 b.mask_words, cfg_.n_vocab, st));
+    return status::ok();
+  }
+
+
   // Logprobs buffers: [lp_cap_] sampled logprobs, [lp_cap_ * K] top ids, [lp_cap_ * K] top
   // logprobs on host and device, then [lp_cap_] lse on the device.
   status ensure_logprobs(int nseq) {
@@ -786,6 +815,8 @@ class cuda_backend final : public backend {
   pinned_buffer host_slot_ids_;  // [cap] slot of each launched row, then [cap] load flags
   device_buffer dev_slot_ids_;
   int slot_ids_cap_ = 0;
+  pinned_buffer host_mask_;  // constrained rows: their sequence indices and token masks
+  device_buffer dev_mask_;
   size_t lp_cap_ = 0;
   device_buffer redo_;        // the fused kernel's fallback flags [2 * rows]
   pinned_buffer host_redo_;

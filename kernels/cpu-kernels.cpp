@@ -390,6 +390,20 @@ void apply_logit_adjust(float* logits, std::span<const logit_adjust> adj, const 
   for (const logit_adjust& a : adj) logits[a.token] = adjusted_logit(logits[a.token], a, sp);
 }
 
+void apply_token_mask(float* logits, const uint32_t* mask, int V) {
+  // Whole words branch-free (vectorised); most words of a structural state are 0, most of a
+  // string's are all ones.
+  const int full = V / 32;
+  for (int w = 0; w < full; ++w) {
+    const uint32_t m = mask[w];
+    if (m == ~0u) continue;
+    float* p = logits + size_t(w) * 32;
+    for (int j = 0; j < 32; ++j) p[j] = (m >> j) & 1u ? p[j] : -INFINITY;
+  }
+  for (int i = full * 32; i < V; ++i)
+    if (!((mask[i >> 5] >> (i & 31)) & 1u)) logits[i] = -INFINITY;
+}
+
 float log_softmax_top(const float* logits, int V, int k, int32_t* top_ids, float* top_lp) {
   float maxl = -INFINITY;
   for (int i = 0; i < V; ++i) maxl = std::max(maxl, logits[i]);

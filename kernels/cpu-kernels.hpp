@@ -122,6 +122,10 @@ int32_t sample_token(const float* logits, int V, const sampling_params& sp, uint
 
 // Applies a sequence's logit adjustments (penalties, bias: adjusted_logit) in place.
 void apply_logit_adjust(float* logits, std::span<const logit_adjust> adj, const sampling_params& sp);
+// Constrained decoding: logits[i] := -inf where bit i of `mask` (V bits, 32 per word) is 0.
+// The CPU twin of cuda::token_mask_rows_forward; applied after the adjustments, so no bias
+// can bring a masked token back.
+void apply_token_mask(float* logits, const uint32_t* mask, int V);
 
 // Log-softmax of one row: returns log(sum exp(logits)) so that logprob(i) = logits[i] - lse,
 // and writes the k best ids (logit desc, id asc) with their logprobs.

@@ -507,7 +507,9 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
       nL = a.adj_start[r + 1] - a.adj_start[r];
     }
   }
-  const bool adjusted = ds == sample_adjusted && (slot >= 0 || a.adj_start != nullptr);
+  // sample_adjusted without entries: a constrained row (its token mask already applied to
+  // the logits, kernels/cuda-token-mask.hpp) still settled here, not by the raw arg-max.
+  const bool adjusted = ds == sample_adjusted;
   const uint64_t gen = a.counters[r];
   const bool sampled = !p.greedy();
   if (!sampled && !adjusted && !want_lp) return;  // plain greedy: sample_greedy_forward's

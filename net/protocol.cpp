@@ -111,7 +111,166 @@ std::optional<std::string> get_stop(const json& o, const protocol_limits& lim, s
 }
 
 // Sampling fields common to both APIs. `temperature` keeps its caller's default.
-std::optional<std::string> get_sampling(const json& o, const protocol_limits& lim, generate_request& r) {
+// Constrained decoding (docs/structured-output.md): OpenAI's response_format, vLLM's
+// structured_outputs and its older guided_json / guided_regex / guided_choice. The constraint
+// is checked here (a walk of the schema or the pattern, no automaton: that is compiled by the
+// request actor, off the io threads); an unsupported keyword is a 400 naming it. A schema
+// keeps the client's key order (properties are generated in it), so it is read again from
+// the ordered body.
+using ojson = nlohmann::ordered_json;
+std::optional<ojson> parse_ordered(std::string_view text, std::string& err);
+
+std::optional<std::string> get_structured(const json& o, std::string_view body, generate_request& r) {
+  using grammar::grammar_kind;
+  std::vector<std::string> given;
+  bool text_format = false;
+  if (!absent(o, "response_format")) {
+    const json& rf = o.at("response_format");
+    if (!rf.is_object() || !rf.contains("type") || !rf.at("type").is_string())
+      return std::string("response_format: must be an object with a type (text, json_object, json_schema)");
+    text_format = rf.at("type") == "text";
+    if (!text_format) given.push_back("response_format");
+  }
+  for (const char* k : {"structured_outputs", "guided_json", "guided_regex", "guided_choice"})
+    if (!absent(o, k)) given.push_back(k);
+  for (const char* k : {"guided_grammar", "guided_whitespace_pattern", "guided_decoding_backend"})
+    if (!absent(o, k))
+      return fmt::format("{}: not supported (JSON schema, regex and choice constraints are: guided_json, "
+                         "guided_regex, guided_choice)", k);
+  if (given.empty()) return std::nullopt;
+  if (given.size() > 1) return fmt::format("{}: only one of response_format, structured_outputs and guided_* may be given", given[1]);
+  const std::string field = given[0];
+  std::optional<ojson> ordered;
+  // The schema at `path` of the body (a JSON string holding a schema is accepted too, as vLLM does).
+  auto schema_at = [&](std::initializer_list<const char*> path, std::string& text) -> std::optional<std::string> {
+    std::string where;
+    if (!ordered) {
+      std::string err;
+      ordered = parse_ordered(body, err);
+      if (!ordered) return "body is " + err;
+    }
+    const ojson* v = &*ordered;
+    for (const char* k : path) {
+      where += (where.empty() ? "" : ".") + std::string(k);
+      if (!v->is_object() || !v->contains(k) || v->at(k).is_null()) return fmt::format("{}: missing", where);
+      v = &v->at(k);
+    }
+    ojson schema = *v;
+    if (v->is_string()) {
+      try {
+        schema = ojson::parse(v->get_ref<const std::string&>());
+      } catch (const std::exception&) {
+        return fmt::format("{}: a string that is not a JSON schema", where);
+      }
+    }
+    if (!schema.is_object() && !schema.is_boolean()) return fmt::format("{}: must be a JSON schema (an object)", where);
+    text = schema.dump();
+    return std::nullopt;
+  };
+  grammar::grammar_spec spec;
+  std::string where;  // the field path the constraint's own messages are relative to
+  auto choice_of = [&](const json& c, const std::string& name) -> std::optional<std::string> {
+    if (!c.is_array() || c.empty()) return fmt::format("{}: must be a non-empty array of strings", name);
+    for (size_t i = 0; i < c.size(); ++i)
+      if (!c[i].is_string() || c[i].get_ref<const std::string&>().empty())
+        return fmt::format("{}[{}]: must be a non-empty string", name, i);
+    spec.kind = grammar_kind::choice;
+    spec.text = c.dump();
+    return std::nullopt;
+  };
+  auto regex_of = [&](const json& re, const std::string& name) -> std::optional<std::string> {
+    if (!re.is_string() || re.get_ref<const std::string&>().empty()) return fmt::format("{}: must be a non-empty string", name);
+    spec.kind = grammar_kind::regex;
+    spec.text = re.get<std::string>();
+    return std::nullopt;
+  };
+  if (field == "response_format") {
+    const json& rf = o.at("response_format");
+    const std::string& type = rf.at("type").get_ref<const std::string&>();
+    for (auto it = rf.begin(); it != rf.end(); ++it)
+      if (it.key() != "type" && it.key() != "json_schema")
+        return fmt::format("response_format.{}: unknown field", it.key());
+    if (type == "json_object") {
+      spec.kind = grammar_kind::json_object;
+    } else if (type == "json_schema") {
+      if (!rf.contains("json_schema") || !rf.at("json_schema").is_object())
+        return std::string("response_format.json_schema: must be an object with a schema");
+      const json& js = rf.at("json_schema");
+      for (auto it = js.begin(); it != js.end(); ++it) {
+        const std::string& k = it.key();
+        if (k == "name" || k == "description") {
+          if (!it->is_string()) return fmt::format("response_format.json_schema.{}: must be a string", k);
+        } else if (k == "strict") {
+          if (!it->is_boolean() && !it->is_null()) return std::string("response_format.json_schema.strict: must be true or false");
+        } else if (k != "schema") {
+          return fmt::format("response_format.json_schema.{}: unknown field", k);
+        }
+      }
+      spec.kind = grammar_kind::json_schema;
+      if (auto e = schema_at({"response_format", "json_schema", "schema"}, spec.text)) return e;
+      where = "response_format.json_schema.schema";
+    } else {
+      return fmt::format("response_format.type: must be text, json_object or json_schema, got \"{}\"", type);
+    }
+  } else if (field == "structured_outputs") {
+    const json& so = o.at("structured_outputs");
+    if (!so.is_object()) return std::string("structured_outputs: must be an object");
+    int kinds = 0;
+    for (auto it = so.begin(); it != so.end(); ++it) {
+      const std::string& k = it.key();
+      if (it->is_null()) continue;
+      const std::string name = "structured_outputs." + k;
+      if (k == "json") {
+        ++kinds;
+        spec.kind = grammar_kind::json_schema;
+        if (auto e = schema_at({"structured_outputs", "json"}, spec.text)) return e;
+        where = name;
+      } else if (k == "regex") {
+        ++kinds;
+        if (auto e = regex_of(*it, name)) return e;
+        where = name;
+      } else if (k == "choice") {
+        ++kinds;
+        if (auto e = choice_of(*it, name)) return e;
+      } else if (k == "json_object") {
+        if (!it->is_boolean()) return fmt::format("{}: must be true or false", name);
+        if (it->get<bool>()) ++kinds, spec.kind = grammar_kind::json_object;
+      } else if (k == "disable_any_whitespace") {
+        if (!it->is_boolean()) return fmt::format("{}: must be true or false", name);
+        if (it->get<bool>()) spec.max_whitespace = 0;
+      } else if (k == "disable_fallback" || k == "disable_additional_properties") {
+        // There is no fallback backend, and additional properties are never generated:
+        // both hold whatever the value.
+        if (!it->is_boolean()) return fmt::format("{}: must be true or false", name);
+      } else if (k == "grammar" || k == "structural_tag" || k == "whitespace_pattern") {
+        return fmt::format("{}: not supported (json, regex, choice and json_object are)", name);
+      } else {
+        return fmt::format("{}: unknown field", name);
+      }
+    }
+    if (kinds != 1) return std::string("structured_outputs: give exactly one of json, regex, choice and json_object");
+  } else if (field == "guided_json") {
+    spec.kind = grammar_kind::json_schema;
+    if (auto e = schema_at({"guided_json"}, spec.text)) return e;
+    where = "guided_json";
+  } else if (field == "guided_regex") {
+    if (auto e = regex_of(o.at("guided_regex"), "guided_regex")) return e;
+    where = "guided_regex";
+  } else {
+    if (auto e = choice_of(o.at("guided_choice"), "guided_choice")) return e;
+  }
+  if (status s = spec.check(); !s) {
+    std::string m = s.message;
+    // The schema walk names places from "schema"; the request's field path replaces it.
+    if (spec.kind == grammar_kind::json_schema && m.rfind("schema", 0) == 0) return where + m.substr(6);
+    return (where.empty() ? field : where) + ": " + m;
+  }
+  r.grammar = std::move(spec);
+  return std::nullopt;
+}
+
+std::optional<std::string> get_sampling(const json& o, const protocol_limits& lim, generate_request& r,
+                                        std::string_view body) {
   int64_t i = 0;
   double d = 0;
   i = lim.max_tokens_default;
@@ -136,15 +295,7 @@ std::optional<std::string> get_sampling(const json& o, const protocol_limits& li
   if (auto e = get_stop(o, lim, r.stop)) return e;
   if (auto e = get_bool(o, "ignore_eos", r.ignore_eos)) return e;
   if (auto e = get_bool(o, "skip_special_tokens", r.skip_special_tokens)) return e;
-  // Constrained decoding is not implemented: a request asking for it must not get a looser
-  // output than it asked for (OpenAI's response_format, vLLM's structured_outputs / guided_*).
-  if (!absent(o, "response_format")) {
-    const json& rf = o.at("response_format");
-    if (!(rf.is_object() && rf.value("type", "") == "text"))
-      return std::string("response_format: only {\"type\": \"text\"} is supported (no constrained decoding)");
-  }
-  for (const char* k : {"structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar"})
-    if (!absent(o, k)) return fmt::format("{}: constrained decoding is not supported", k);
+  if (auto e = get_structured(o, body, r)) return e;
   if (!absent(o, "stop_token_ids")) {
     if (auto e = check_token_ids(o.at("stop_token_ids"), "stop_token_ids", lim.n_vocab, r.stop_token_ids)) return e;
     if (r.stop_token_ids.size() > lim.max_stop_token_ids)
@@ -400,7 +551,7 @@ command parse_command(std::string_view frame, const protocol_limits& lim) {
       return invalid_request{id, *e};
     if (r.prompt_tokens.empty()) return invalid_request{id, "prompt_tokens: must not be empty"};
   }
-  if (auto e = get_sampling(o, lim, r)) return invalid_request{id, *e};
+  if (auto e = get_sampling(o, lim, r, frame)) return invalid_request{id, *e};
   if (!absent(o, "model")) {
     if (!o.at("model").is_string()) return invalid_request{id, "model: must be a string"};
     cmd.model = o.at("model").get<std::string>();
@@ -737,7 +888,7 @@ std::variant<completion_command, invalid_request> parse_completion_request(std::
   }
   if (r.prompt.empty() && r.prompt_tokens.empty()) return invalid_request{std::nullopt, "prompt: must not be empty"};
 
-  if (auto e = get_sampling(o, lim, r)) return invalid_request{std::nullopt, *e};
+  if (auto e = get_sampling(o, lim, r, body)) return invalid_request{std::nullopt, *e};
   if (auto e = check_unimplemented_vllm(o)) return invalid_request{std::nullopt, *e};
   // As on the WebSocket (an extension: OpenAI has no such field); 0: the server's default.
   int64_t timeout = 0;
@@ -942,7 +1093,7 @@ std::variant<chat_command, invalid_request> parse_chat_request(std::string_view 
     if (!(m.is_array() && m.size() == 1 && m[0] == "text"))
       return invalid_request{std::nullopt, "modalities: only [\"text\"] is supported"};
   }
-  if (auto e = get_sampling(o, lim, r)) return invalid_request{std::nullopt, *e};
+  if (auto e = get_sampling(o, lim, r, body)) return invalid_request{std::nullopt, *e};
   if (auto e = check_unimplemented_vllm(o)) return invalid_request{std::nullopt, *e};
   int64_t i = 0;
   if (!absent(o, "max_completion_tokens")) {  // OpenAI's newer name wins over max_tokens

@@ -15,7 +15,7 @@ import sys
 LAYERS = [
     ["base"],                                   # result, sampling params, half, utf8, safetensors
     ["kernels", "tokenizer", "template", "web"],  # CPU/CUDA kernels; text <-> ids; Jinja; static pages
-    ["model", "config"],                        # architectures, weights; TOML + command line
+    ["model", "config", "grammar"],             # architectures, weights; TOML + command line; constraints -> token masks
     ["engine"],                                 # backends, scheduler, KV blocks
     ["gpu", "supervision"],                     # CUDA backend; pure supervision policies
     ["actors"],                                 # CAF actors, the service

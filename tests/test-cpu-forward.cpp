@@ -808,3 +808,135 @@ TEST_CASE("prefix caching on the CPU backend: same greedy tokens, fewer tokens p
   for (auto& [id, n] : off.computed) total_off += n;
   CHECK(total_on == total_off - 2 * 96);
 }
+
+TEST_CASE("constrained decoding on the CPU backend: masks from the scheduler's matcher, EOS only where accepted") {
+  auto w = load_model_weights("synthetic:tiny", 11);  // byte vocabulary: id = byte
+  REQUIRE(w.has_value());
+  backend_options o;
+  o.kv_block_size = 16;
+  o.kv_blocks = 128;
+  auto be = make_cpu_backend(w.value(), o);
+  REQUIRE(be.has_value());
+  std::vector<std::string> bytes(256);
+  for (int i = 1; i < 256; ++i) bytes[size_t(i)] = std::string(1, char(i));  // id 0: the EOS here, no bytes
+  auto vocab = grammar::token_vocab::build(bytes);
+  auto g = grammar::compiled_grammar::compile({grammar::grammar_kind::regex, "(ab|cd)+!?"}, vocab);
+  REQUIRE(g.has_value());
+  auto d = g.value()->dfa();
+  scheduler_config sc{.max_batch_tokens = 256, .max_running = 16, .prefill_chunk = 64, .n_ctx = 256};
+  scheduler sched(sc, be.value()->kv());
+  const int n = 12;
+  for (int i = 0; i < n; ++i) {
+    seq_spec s;
+    s.id = uint64_t(i + 1);
+    s.prompt = {int32_t(40 + i), 50, 60};
+    s.max_tokens = 40;
+    s.sampling.temperature = i % 3 == 0 ? 0.0f : 1.0f;
+    s.sampling.seed = uint64_t(i);
+    if (i % 2 == 0) s.stop_ids = {0};                // EOS allowed once "(ab|cd)+" is complete
+    if (i % 4 == 1) s.logit_bias = {{int32_t('x'), 100.0f}, {0, 100.0f}};  // masked or EOS-gated: never wins early
+    if (i != n - 1) s.grammar = g.value();           // the last one: unconstrained, beside the others
+    REQUIRE(sched.add(s).is_ok());
+  }
+  step_batch batch;
+  step_output so;
+  std::vector<seq_result> results;
+  std::map<uint64_t, std::vector<int32_t>> toks;
+  std::map<uint64_t, seq_result> last;
+  while (sched.schedule(batch) > 0) {
+    REQUIRE(be.value()->step(batch, so).is_ok());
+    results.clear();
+    sched.on_step_done(so, results);
+    for (auto& r : results) {
+      toks[r.id].push_back(r.token);
+      if (r.finished) last[r.id] = r;
+    }
+  }
+  int n_stopped = 0, n_complete = 0;
+  for (int i = 0; i < n - 1; ++i) {
+    const auto& t = toks[uint64_t(i + 1)];
+    const auto& r = last[uint64_t(i + 1)];
+    std::string text;
+    for (int32_t tok : t)
+      if (tok != 0) text += char(tok);
+    INFO("sequence " << i << ": " << text);
+    CHECK(std::count(t.begin(), t.end(), int32_t('x')) == 0);
+    if (r.stopped) {
+      ++n_stopped;
+      CHECK(t.back() == 0);  // EOS, sampled only where the automaton accepts:
+      CHECK(d.matches(text));
+    } else if (r.complete) {
+      ++n_complete;
+      CHECK(text.back() == '!');  // "!" ends the language: nothing can follow
+      CHECK(d.matches(text));
+      CHECK(std::count(t.begin(), t.end(), 0) == 0);
+    } else {
+      CHECK(t.size() == 40u);  // max_tokens inside the language (greedy loops "cdcd...")
+      CHECK(d.walk(d.start(), text) >= 0);
+      CHECK(std::count(t.begin(), t.end(), 0) == 0);
+    }
+  }
+  CHECK(n_stopped >= 2);
+  CHECK(n_complete >= 2);
+  // The unconstrained sequence is not held to the language.
+  CHECK(toks[uint64_t(n)].size() == 40u);
+  // A constrained sequence resumed with tokens that leave the language is refused.
+  seq_spec bad;
+  bad.id = 99;
+  bad.prompt = {1, 2};
+  bad.generated = {int32_t('a'), int32_t('c')};
+  bad.max_tokens = 8;
+  bad.grammar = g.value();
+  CHECK_FALSE(sched.add(bad).is_ok());
+  bad.generated = {int32_t('a'), int32_t('b')};
+  CHECK(sched.add(bad).is_ok());
+}
+
+TEST_CASE("constrained decoding with n choices: every fork follows the constraint from its own state") {
+  auto w = load_model_weights("synthetic:tiny", 12);
+  REQUIRE(w.has_value());
+  backend_options o;
+  o.kv_block_size = 16;
+  o.kv_blocks = 64;
+  auto be = make_cpu_backend(w.value(), o);
+  REQUIRE(be.has_value());
+  std::vector<std::string> bytes(256);
+  for (int i = 1; i < 256; ++i) bytes[size_t(i)] = std::string(1, char(i));
+  auto g = grammar::compiled_grammar::compile({grammar::grammar_kind::choice, R"(["alpha","beta","gamma","delta"])"},
+                                              grammar::token_vocab::build(bytes));
+  REQUIRE(g.has_value());
+  scheduler_config sc{.max_batch_tokens = 256, .max_running = 16, .prefill_chunk = 64, .n_ctx = 256};
+  scheduler sched(sc, be.value()->kv());
+  seq_spec s;
+  s.id = 1;
+  s.prompt.assign(40, 7);  // more than a block: the forks share it
+  s.max_tokens = 20;
+  s.n = 4;
+  s.sampling.temperature = 1.5f;
+  s.sampling.seed = 3;
+  s.grammar = g.value();
+  REQUIRE(sched.add(s).is_ok());
+  step_batch batch;
+  step_output so;
+  std::vector<seq_result> results;
+  std::map<int32_t, std::string> text;
+  std::map<int32_t, bool> complete;
+  while (sched.schedule(batch) > 0) {
+    REQUIRE(be.value()->step(batch, so).is_ok());
+    results.clear();
+    sched.on_step_done(so, results);
+    for (auto& r : results) {
+      text[r.fork] += char(r.token);
+      if (r.finished) complete[r.fork] = r.complete;
+    }
+  }
+  REQUIRE(text.size() == 4u);
+  std::set<std::string> distinct;
+  for (const auto& [f, t] : text) {
+    INFO("fork " << f << ": " << t);
+    CHECK(complete[f]);
+    CHECK(g.value()->dfa().matches(t));
+    distinct.insert(t);
+  }
+  CHECK(distinct.size() >= 2);  // the forks sample with seeds of their own
+}

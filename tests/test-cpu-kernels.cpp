@@ -220,3 +220,21 @@ TEST_CASE("GQA attention over the paged cache: head_dim 64/128, n_kv_head < n_he
     }
   }
 }
+
+TEST_CASE("apply_token_mask: -inf exactly where the mask bit is 0 (a vocabulary not a multiple of 32)") {
+  const int V = 1000;
+  std::mt19937 rng(9);
+  std::vector<uint32_t> mask((V + 31) / 32);
+  for (auto& w : mask) w = rng();
+  mask[3] = 0;
+  mask[4] = ~0u;
+  std::vector<float> logits(V);
+  for (int i = 0; i < V; ++i) logits[size_t(i)] = float(i) * 0.01f - 3.0f;
+  auto orig = logits;
+  cpu::apply_token_mask(logits.data(), mask.data(), V);
+  for (int i = 0; i < V; ++i) {
+    const bool allowed = (mask[size_t(i) >> 5] >> (i & 31)) & 1u;
+    if (allowed) CHECK(logits[size_t(i)] == orig[size_t(i)]);
+    else CHECK(logits[size_t(i)] == -INFINITY);
+  }
+}

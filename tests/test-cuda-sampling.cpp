@@ -5,7 +5,8 @@
 // log-softmax of the raw logits (before adjustments and temperature), sorted, with the
 // sampled token's. The fused fast path (cuda::sample_fused_forward) is also held, at batch
 // 256 and a 128k vocabulary of random logits, to the cpu twin and to the sort path it
-// replaces. Exits 77 (skipped) without a CUDA device.
+// replaces. Token masks (constrained decoding) as cpu::apply_token_mask, other rows
+// untouched. Exits 77 (skipped) without a CUDA device.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
@@ -707,4 +708,90 @@ int main(int argc, char** argv) {
   }
   doctest::Context ctx(argc, argv);
   return ctx.run();
+}
+
+TEST_CASE("cuda sampler: token masks (constrained decoding) follow the cpu twin; unmasked rows are untouched") {
+  auto w = random_weights(small_config(), 23);
+  const int V = w->cfg.n_vocab, W = (V + 31) / 32;
+  backend_options o;
+  o.kv_blocks = 512;
+  o.kv_block_size = 16;
+  auto gpu = make_cuda_backend(w, o);
+  REQUIRE(gpu);
+  std::mt19937 rng(5);
+  const int N = 16, n_prompt = 7, max_blocks = 16;
+  std::vector<seq> seqs(N);
+  for (int i = 0; i < N; ++i) {
+    auto& s = seqs[size_t(i)];
+    for (int k = 0; k < n_prompt; ++k) s.tokens.push_back(int32_t(rng() % 200));
+    for (int k = 0; k < max_blocks; ++k) s.blocks.push_back(i * max_blocks + k);
+    s.sp.seed = 50 + uint64_t(i);
+    if (i % 4 == 1) s.sp.temperature = 1.0f;
+    if (i % 4 == 3) s.sp.temperature = 0.7f, s.sp.top_k = 20;
+    if (i % 8 == 1) s.sp.logprobs = 3;  // masked and sampled: logprobs of the masked distribution
+  }
+  std::vector<float> row(static_cast<size_t>(V)), scratch(static_cast<size_t>(2 * V));
+  int compared = 0, agree = 0;
+  auto is_masked = [](int i) { return i % 2 == 0 || i % 8 == 1; };
+  for (int step = 0; step < 6; ++step) {
+    // The same batch twice: with masks on some rows (greedy: the masked arg-max; greedy with a
+    // bias and sampled: the sorted path), and with none.
+    step_batch masked, plain;
+    masked.reset(max_blocks);
+    plain.reset(max_blocks);
+    std::vector<std::vector<uint32_t>> masks(static_cast<size_t>(N));
+    for (int i = 0; i < N; ++i) {
+      auto& s = seqs[size_t(i)];
+      // Rows 0, 4, 8, 12: a +100 bias on an id their mask removes must not win.
+      s.adj.clear();
+      if (i % 4 == 0) s.adj.push_back({int32_t((3 * i + step) % V), 0, 100.0f, 0});
+      std::span<const int32_t> nt(s.tokens.data() + s.past, s.tokens.size() - size_t(s.past));
+      const uint64_t counter = uint64_t(s.tokens.size() - n_prompt);
+      masked.add(s.past, nt, s.blocks, true, s.sp, counter, s.adj);
+      plain.add(s.past, nt, s.blocks, true, s.sp, counter, s.adj);
+      if (is_masked(i)) {
+        auto& m = masks[size_t(i)];
+        m.assign(size_t(W), 0u);
+        for (int v = 0; v < V; ++v)
+          if (rng() % 5 == 0 && v != (3 * i + step) % V) m[size_t(v) >> 5] |= 1u << (v & 31);
+        std::copy(m.begin(), m.end(), masked.add_mask(W));
+      }
+    }
+    step_output out_m, out_p;
+    REQUIRE(gpu.value()->step(masked, out_m, logits_mode::last));
+    // The K/V of this step is written again by the plain step: the same tokens, the same values.
+    REQUIRE(gpu.value()->step(plain, out_p, logits_mode::last));
+    for (int i = 0; i < N; ++i) {
+      auto& s = seqs[size_t(i)];
+      const int32_t got = out_m.tokens[size_t(i)];
+      if (!is_masked(i)) {
+        CHECK(got == out_p.tokens[size_t(i)]);  // unconstrained rows: as if no row had a mask
+      } else {
+        const auto& m = masks[size_t(i)];
+        CHECK(((m[size_t(got) >> 5] >> (got & 31)) & 1u) == 1u);  // never a masked id, whatever the bias
+        const float* raw = out_m.logits.data() + size_t(i) * V;
+        std::copy(raw, raw + V, row.begin());
+        cpu::apply_logit_adjust(row.data(), s.adj, s.sp);
+        cpu::apply_token_mask(row.data(), m.data(), V);
+        const int32_t want = cpu::sample_token(row.data(), V, s.sp, uint64_t(s.tokens.size() - n_prompt), scratch.data());
+        if (s.sp.greedy()) CHECK(got == want);
+        else ++compared, agree += got == want;
+        if (s.sp.logprobs >= 0) {  // raw is the masked row here: the logits come back masked
+          float maxl = -INFINITY;
+          for (int v = 0; v < V; ++v) maxl = std::max(maxl, raw[v]);
+          double z = 0;
+          for (int v = 0; v < V; ++v) z += std::exp(double(raw[v]) - maxl);
+          CHECK(std::abs(out_m.logprob[size_t(i)] - (raw[got] - (maxl + std::log(z)))) < 1e-4);
+          for (int j = 0; j < s.sp.logprobs; ++j) {
+            const int32_t id = out_m.top_ids[size_t(i) * sampling_params::max_logprobs + size_t(j)];
+            CHECK(((m[size_t(id) >> 5] >> (id & 31)) & 1u) == 1u);
+          }
+        }
+      }
+      s.past = int(s.tokens.size());
+      s.tokens.push_back(got);
+    }
+  }
+  CHECK(agree >= compared * 9 / 10);
+  MESSAGE("masked sampled rows agreeing with the cpu twin: " << agree << " / " << compared);
 }

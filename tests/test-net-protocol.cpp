@@ -752,7 +752,7 @@ TEST_CASE("the model's generation_config defaults fill what an OpenAI request le
   CHECK(expect_generate(R"({"type":"generate","id":"a","prompt":"x"})", lim).request.sampling.temperature == 0.0f);
 }
 
-TEST_CASE("skip_special_tokens (vLLM's, default true); structured-output fields refused, never ignored") {
+TEST_CASE("skip_special_tokens (vLLM's, default true)") {
   CHECK(expect_generate(R"({"type":"generate","id":"a","prompt":"x"})").request.skip_special_tokens);
   CHECK_FALSE(expect_generate(R"({"type":"generate","id":"a","prompt":"x","skip_special_tokens":false})")
                   .request.skip_special_tokens);
@@ -761,18 +761,83 @@ TEST_CASE("skip_special_tokens (vLLM's, default true); structured-output fields 
   auto c = parse_completion_request(R"({"prompt":"x","skip_special_tokens":false})", test_limits());
   REQUIRE(std::holds_alternative<completion_command>(c));
   CHECK_FALSE(std::get<completion_command>(c).request.skip_special_tokens);
-  const std::pair<const char*, const char*> refused[] = {
-      {"response_format", R"({"prompt":"x","response_format":{"type":"json_object"}})"},
-      {"guided_json", R"({"prompt":"x","guided_json":{"type":"object"}})"},
-      {"guided_choice", R"({"prompt":"x","guided_choice":["a","b"]})"},
-      {"structured_outputs", R"({"prompt":"x","structured_outputs":{"regex":"a+"}})"}};
-  for (const auto& [field, body] : refused) {
-    auto r = parse_completion_request(body, test_limits());
-    REQUIRE(std::holds_alternative<invalid_request>(r));
-    CHECK(std::get<invalid_request>(r).message.rfind(field, 0) == 0);  // named first: OpenAI's param
+}
+
+TEST_CASE("structured output: every entry point and field name to one constraint") {
+  using infer::grammar::grammar_kind;
+  struct accepted {
+    const char* body;
+    grammar_kind kind;
+    const char* text;
+    int32_t ws;
+  };
+  const accepted ok[] = {
+      {R"({"prompt":"x","response_format":{"type":"json_object"}})", grammar_kind::json_object, "", 2},
+      // The schema keeps the client's key order (properties are generated in it).
+      {R"({"prompt":"x","response_format":{"type":"json_schema","json_schema":{"name":"p","strict":true,
+          "schema":{"type":"object","properties":{"z":{"type":"string"},"a":{"type":"integer"}}}}}})",
+       grammar_kind::json_schema, R"({"type":"object","properties":{"z":{"type":"string"},"a":{"type":"integer"}}})", 2},
+      {R"({"prompt":"x","structured_outputs":{"json":{"type":"boolean"},"disable_any_whitespace":true}})",
+       grammar_kind::json_schema, R"({"type":"boolean"})", 0},
+      {R"({"prompt":"x","structured_outputs":{"regex":"a+b"}})", grammar_kind::regex, "a+b", 2},
+      {R"({"prompt":"x","structured_outputs":{"choice":["yes","no"]}})", grammar_kind::choice, R"(["yes","no"])", 2},
+      {R"({"prompt":"x","structured_outputs":{"json_object":true}})", grammar_kind::json_object, "", 2},
+      {R"({"prompt":"x","guided_json":"{\"type\":\"null\"}"})", grammar_kind::json_schema, R"({"type":"null"})", 2},
+      {R"({"prompt":"x","guided_regex":"\\d{3}"})", grammar_kind::regex, "\\d{3}", 2},
+      {R"({"prompt":"x","guided_choice":["a","b"]})", grammar_kind::choice, R"(["a","b"])", 2},
+  };
+  for (const auto& a : ok) {
+    auto r = parse_completion_request(a.body, test_limits());
+    REQUIRE_MESSAGE(std::holds_alternative<completion_command>(r), a.body);
+    const auto& g = std::get<completion_command>(r).request.grammar;
+    REQUIRE(g.has_value());
+    CHECK(g->kind == a.kind);
+    CHECK(g->text == a.text);
+    CHECK(g->max_whitespace == a.ws);
   }
+  auto chat = parse_chat_request(
+      R"({"messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"string","enum":["a"]}}}})",
+      test_limits());
+  REQUIRE(std::holds_alternative<chat_command>(chat));
+  CHECK(std::get<chat_command>(chat).request.grammar->kind == grammar_kind::json_schema);
+  auto ws = expect_generate(R"({"type":"generate","id":"a","prompt":"x","guided_choice":["left","right"]})");
+  REQUIRE(ws.request.grammar.has_value());
+  CHECK(ws.request.grammar->kind == grammar_kind::choice);
   auto t = parse_completion_request(R"({"prompt":"x","response_format":{"type":"text"}})", test_limits());
-  CHECK(std::holds_alternative<completion_command>(t));
+  REQUIRE(std::holds_alternative<completion_command>(t));
+  CHECK_FALSE(std::get<completion_command>(t).request.grammar.has_value());
+}
+
+TEST_CASE("structured output: bad or unsupported constraints are 400s naming the field and the keyword") {
+  const std::pair<const char*, const char*> refused[] = {
+      {R"({"prompt":"x","response_format":{"type":"json_schema","json_schema":{"name":"p",
+          "schema":{"type":"object","properties":{"age":{"type":"integer","minimum":0}}}}}})",
+       "response_format.json_schema.schema.properties.age: unsupported keyword \"minimum\""},
+      {R"({"prompt":"x","guided_json":{"type":"object","patternProperties":{}}})",
+       "guided_json: unsupported keyword \"patternProperties\""},
+      {R"({"prompt":"x","structured_outputs":{"json":{"oneOf":[]}}})", "structured_outputs.json: unsupported keyword \"oneOf\""},
+      {R"({"prompt":"x","guided_regex":"(a)\\1"})", "guided_regex: backreferences are not supported"},
+      {R"({"prompt":"x","guided_choice":[]})", "guided_choice: must be a non-empty array"},
+      {R"({"prompt":"x","guided_choice":["a",3]})", "guided_choice[1]: must be a non-empty string"},
+      {R"({"prompt":"x","guided_grammar":"root ::= x"})", "guided_grammar: not supported"},
+      {R"({"prompt":"x","structured_outputs":{"grammar":"root ::= x"}})", "structured_outputs.grammar: not supported"},
+      {R"({"prompt":"x","structured_outputs":{"regex":"a","choice":["a"]}})", "structured_outputs: give exactly one"},
+      {R"({"prompt":"x","structured_outputs":{"regx":"a"}})", "structured_outputs.regx: unknown field"},
+      {R"({"prompt":"x","response_format":{"type":"json_object"},"guided_regex":"a"})", "guided_regex: only one of"},
+      {R"({"prompt":"x","response_format":{"type":"xml"}})", "response_format.type: must be text, json_object or json_schema"},
+      {R"({"prompt":"x","response_format":{"type":"json_schema"}})", "response_format.json_schema: must be an object"},
+      {R"({"prompt":"x","response_format":{"type":"json_schema","json_schema":{"name":"a"}}})",
+       "response_format.json_schema.schema: missing"},
+      {R"({"prompt":"x","response_format":"json"})", "response_format: must be an object"},
+  };
+  for (const auto& [body, message] : refused) {
+    auto r = parse_completion_request(body, test_limits());
+    REQUIRE_MESSAGE(std::holds_alternative<invalid_request>(r), body);
+    CHECK_MESSAGE(std::get<invalid_request>(r).message.rfind(message, 0) == 0, std::get<invalid_request>(r).message);
+  }
+  // OpenAI's param is the top-level field.
+  auto e = openai_error_json(error_code::invalid_request, "response_format.json_schema.schema: unsupported keyword \"x\"");
+  CHECK(e.find(R"("param":"response_format")") != std::string::npos);
 }
 
 TEST_CASE("n choices: parsed on every entry point; one body with a choice per index, chunks by index") {
