@@ -47,6 +47,9 @@ struct batcher_state {
   bool dispatch_timer = false;                 // an idispatch is pending
   std::chrono::steady_clock::time_point dispatch_due;  // when it fires
   overload_monitor overload;                   // sustained overload: caps max_tokens (degradation)
+  // Queued sequences that have waited for the worker holding their prefix (counted in
+  // prefix_routed when they land there); an id leaves when its sequence leaves the queue.
+  std::unordered_set<uint64_t> waiting_for_prefix;
 };
 
 using batcher_actor = caf::stateful_actor<batcher_state>;
@@ -247,6 +250,7 @@ void dispatch(batcher_actor* self) {
   // suspects still go on: a worker reserved for them turns away ordinary sequences, so a
   // blocked head must not keep them from it.
   bool blocked = false;
+  int waits = 0;  // sequences left waiting for the worker holding their prefix, this pass
   for (size_t level = 0; level < admission_queue<enqueue_msg>::n_levels; ++level) {
     auto& q = st.queue.level(level);
     for (size_t qi = 0; qi < q.size();) {
@@ -256,6 +260,7 @@ void dispatch(batcher_actor* self) {
         self->send(m.request, seq_closed_msg{m.id, uint8_t(closed_why::rejected),
                                              "the sequence needs more KV cache than a worker has (" +
                                                  std::to_string(*most) + " blocks)"});
+        st.waiting_for_prefix.erase(m.id);
         st.queue.erase(level, qi);
         continue;
       }
@@ -264,8 +269,17 @@ void dispatch(batcher_actor* self) {
         ++qi;
         continue;
       }
-      const auto pick = st.router.choose(st.workers, eligible, n, r, std::span<const int32_t>(m.prompt));
-      if (pick.prefix_routed) st.core->stats.prefix_routed.fetch_add(1, std::memory_order_relaxed);
+      const auto pick = st.router.choose(st.workers, eligible, n, r, std::span<const int32_t>(m.prompt),
+                                         waits < worker_router::max_waits_per_pass);
+      if (pick.wait) {  // its prefix's worker is full and worth waiting for: the next one may go
+        st.waiting_for_prefix.insert(m.id);
+        ++waits;
+        ++qi;
+        continue;
+      }
+      const bool waited = pick.worker >= 0 && st.waiting_for_prefix.erase(m.id) > 0;
+      if (pick.prefix_routed || (waited && pick.worker == pick.home))
+        st.core->stats.prefix_routed.fetch_add(1, std::memory_order_relaxed);
       if (pick.worker < 0) {
         if (r.key != 0) worker_router::reserve(st.workers, eligible, r.key);
         else blocked = true;  // head-of-line: lower levels wait too, so priority order holds
@@ -353,6 +367,7 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         auto& st = self->state;
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
         if (st.queue.remove(c.id)) {
+          st.waiting_for_prefix.erase(c.id);
           self->send(sender, seq_closed_msg{c.id, uint8_t(closed_why::cancelled), {}});
           dispatch(self);  // a worker reserved for it is free again
           return;

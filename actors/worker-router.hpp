@@ -7,7 +7,10 @@
 // max_running and with free KV blocks for it, counting admissions not yet acknowledged;
 // the one with the most free blocks wins, unless cache-aware routing finds one believed to
 // hold a longer prefix whose extra prefix tokens outweigh prefix_affinity_tokens per extra
-// sequence it holds. Suspects (suspect-tracker.hpp) run without others: only on an idle
+// sequence it holds. When the worker believed to hold the longest prefix has no free slot
+// (max_running), the sequence waits for it on the same terms (choice::wait), without blocking the queue: under
+// load, room appears one slot at a time on whichever worker finishes first, and ranking
+// only the workers with room would route a saturated server by load alone. Suspects (suspect-tracker.hpp) run without others: only on an idle
 // worker, which they then hold exclusively (their group may join); when none is idle the
 // least busy one is reserved for them and takes nothing new until it is.
 #pragma once
@@ -133,16 +136,24 @@ class worker_router {
   }
 
   struct choice {
-    int worker = -1;             // -1: none has room now
+    int worker = -1;             // -1: none has room now (or it waits)
     bool prefix_routed = false;  // cache-aware routing chose another than the least loaded
+    // The worker believed to hold the longest prefix has no free slot now and is worth
+    // waiting for (worker is -1): the caller leaves the sequence queued and goes on.
+    bool wait = false;
+    int home = -1;               // the worker believed to hold the longest prefix, -1: none
   };
+
+  // At most this many sequences should wait in one dispatch pass (each costs its prompt's
+  // block hashes): the caller passes may_wait = false past it.
+  static constexpr int max_waits_per_pass = 32;
 
   // The worker that takes a sequence of `n` tokens (prompt + generated + 1) retried as `r`
   // (key 0: an ordinary sequence). eligible(i): may worker i take work at all now. The
   // chosen worker is believed to hold the prompt's prefix blocks from now on.
   template <class Eligible>
   choice choose(std::vector<worker_slot>& ws, Eligible&& eligible, int32_t n, suspect_tracker::retry r,
-                std::span<const int32_t> prompt) {
+                std::span<const int32_t> prompt, bool may_wait = true) {
     choice c;
     int best = -1, n_fit = 0;
     for (int i = 0; i < int(ws.size()); ++i) {
@@ -174,6 +185,28 @@ class worker_router {
           const int64_t gain = int64_t(w.cached.match(chain_)) * bs - base_hit;
           const int64_t score = gain - per_seq * std::max<int64_t>(0, w.est_held() - b0.est_held());
           if (gain > 0 && score > pick_score) pick = i, pick_score = score;
+        }
+      }
+      // The worker believed to hold the longest prefix, room or not (one that could never
+      // hold the sequence is not waited for).
+      int64_t home_hit = 0;
+      for (int i = 0; i < int(ws.size()); ++i) {
+        auto& w = ws[size_t(i)];
+        if (!eligible(size_t(i)) || w.exclusive != 0 || w.reserved != 0 || w.block_size != bs) continue;
+        if (w.blocks_for(n) > w.total_blocks) continue;
+        const int64_t hit = int64_t(w.cached.match(chain_)) * bs;
+        if (hit > home_hit) c.home = i, home_hit = hit;
+      }
+      if (may_wait && c.home >= 0 && c.home != pick) {
+        const auto& hw = ws[size_t(c.home)];
+        const auto& pw = ws[size_t(pick)];
+        // Only for a slot: one frees whenever any of its sequences ends. A worker short of KV
+        // blocks may stay so for as long as its longest sequence runs: not worth waiting for.
+        const bool full = hw.est_held() >= hw.max_running;
+        const int64_t gain = home_hit - int64_t(pw.cached.match(chain_)) * bs;
+        if (full && gain - per_seq * std::max<int64_t>(0, hw.est_held() - pw.est_held()) > 0) {
+          c.wait = true;
+          return c;
         }
       }
       c.prefix_routed = pick != best;

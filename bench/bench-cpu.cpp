@@ -5,8 +5,9 @@
 //
 // --prefix: automatic prefix caching through the scheduler, on versus off. A closed loop of
 // `concurrency` sequences serves `requests` prompts of `prompt` tokens whose first
-// `shared` fraction is the same for all (a system prompt), then one long prompt cold and
-// again with its prefix cached (time to first token).
+// `shared` fraction is the same for all (a system prompt), then one long context with a
+// 16-token question cold, and another question after the same context cached (time to
+// first token): bench/prefix-workload.hpp, shared with infer-bench-cuda --prefix.
 //
 //   build/bin/infer-bench-cpu --prefix [--models tiny] [--requests 64] [--prompt 512]
 //        [--shared 0.9] [--max-tokens 16] [--concurrency 8]
@@ -19,6 +20,7 @@
 
 #include "engine/cpu-backend.hpp"
 #include "engine/scheduler.hpp"
+#include "bench/prefix-workload.hpp"
 
 using namespace infer;
 using clk = std::chrono::steady_clock;
@@ -84,17 +86,8 @@ row run(const std::string& spec, int batch, int prompt, int steps) {
   return {spec, batch, prompt, pre, dec / steps, batch * steps / (dec / 1000.0)};
 }
 
-struct prefix_opts {
-  int requests = 64, prompt = 512, max_tokens = 16, concurrency = 8;
-  double shared = 0.9;
-};
-
-struct prefix_row {
-  double seconds = 0;
-  int64_t computed = 0;  // tokens run through the model
-  int64_t cached = 0;    // prompt tokens taken from the cache
-  double ttft_cold_ms = 0, ttft_warm_ms = 0;
-};
+using bench::prefix_opts;
+using bench::prefix_row;
 
 prefix_row run_prefix(const std::string& spec, const prefix_opts& po, bool caching) {
   auto w = load_model_weights(spec, 1234);
@@ -102,76 +95,15 @@ prefix_row run_prefix(const std::string& spec, const prefix_opts& po, bool cachi
     std::fprintf(stderr, "%s: %s\n", spec.c_str(), w.error().message.c_str());
     std::exit(1);
   }
-  const auto& cfg = w.value()->cfg;
   backend_options o;
   o.kv_block_size = 16;
-  o.kv_blocks = (po.prompt + po.max_tokens + 16) / 16 * (po.concurrency + 4) + 8;
+  o.kv_blocks = bench::prefix_kv_blocks(po, w.value()->cfg.n_ctx, 16);
   auto be = make_cpu_backend(w.value(), o);
   if (!be) {
     std::fprintf(stderr, "%s\n", be.error().message.c_str());
     std::exit(1);
   }
-  scheduler_config sc;
-  sc.max_batch_tokens = 512;
-  sc.max_running = po.concurrency;
-  sc.prefill_chunk = 256;
-  sc.n_ctx = cfg.n_ctx;
-  sc.prefix_caching = caching;
-  scheduler sched(sc, be.value()->kv());
-  step_batch b;
-  step_output out;
-  std::vector<seq_result> res;
-  prefix_row r;
-  auto run_until_idle = [&](auto on_result) {
-    while (sched.schedule(b) > 0) {
-      r.computed += b.n_tokens();
-      if (auto st = be.value()->step(b, out); !st) {
-        std::fprintf(stderr, "%s\n", st.message.c_str());
-        std::exit(1);
-      }
-      res.clear();
-      sched.on_step_done(out, res);
-      for (auto& x : res) on_result(x);
-    }
-  };
-  const int n_shared = int(po.prompt * po.shared);
-  auto prompt_of = [&](int i) {
-    seq_spec s;
-    s.id = uint64_t(i + 1);
-    for (int t = 0; t < n_shared; ++t) s.prompt.push_back((t * 7 + 3) % cfg.n_vocab);
-    for (int t = n_shared; t < po.prompt; ++t) s.prompt.push_back((i * 131 + t * 17 + 1) % cfg.n_vocab);
-    s.max_tokens = po.max_tokens;
-    s.sampling.temperature = 0;
-    return s;
-  };
-  // Throughput: a closed loop keeping `concurrency` sequences in flight.
-  int next = 0, done = 0;
-  auto t0 = clk::now();
-  while (next < std::min(po.concurrency, po.requests)) (void)sched.add(prompt_of(next++));
-  while (done < po.requests) {
-    run_until_idle([&](const seq_result& x) {
-      if (x.cached_tokens > 0) r.cached += x.cached_tokens;
-      if (!x.finished) return;
-      ++done;
-      if (next < po.requests) (void)sched.add(prompt_of(next++));
-    });
-  }
-  r.seconds = std::chrono::duration<double>(clk::now() - t0).count();
-  // Time to first token of one long prompt alone: cold, then with its prefix cached.
-  sched.flush_prefix_cache();
-  const int long_prompt = std::min(cfg.n_ctx - 8, 2000);
-  for (int pass = 0; pass < 2; ++pass) {
-    seq_spec s;
-    s.id = uint64_t(1000000 + pass);
-    for (int t = 0; t < long_prompt; ++t) s.prompt.push_back((t * 11 + 5) % cfg.n_vocab);
-    s.prompt.back() = pass;  // another question after the same long context
-    s.max_tokens = 1;
-    (void)sched.add(s);
-    auto t1 = clk::now();
-    run_until_idle([](const seq_result&) {});
-    (pass == 0 ? r.ttft_cold_ms : r.ttft_warm_ms) = std::chrono::duration<double, std::milli>(clk::now() - t1).count();
-  }
-  return r;
+  return bench::run_prefix_workload(*be.value(), po, caching);
 }
 
 int prefix_main(const std::vector<std::string>& models, const prefix_opts& po) {

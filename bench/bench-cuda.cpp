@@ -9,22 +9,32 @@
 //
 //   bench-cuda [--model synthetic:gpt2-small] [--batches 1,8,32,64,128,256]
 //              [--prompt 32] [--new 128] [--dtype auto|bf16|fp16] [--max-model-len N]
-//              [--json results.jsonl] [--sampling greedy|full]
+//              [--json results.jsonl] [--sampling greedy|full] [--sampler fused|sort]
+//   bench-cuda --prefix [--model M] [--requests 256] [--prompt 1000] [--shared 0.9]
+//              [--max-tokens 16] [--concurrency 64] [--ttft-prefix 2000]
+//              [--max-batch-tokens 2048] [--prefill-chunk 2048] [--json F]
+// --prefix: prefix caching off versus on through the scheduler (bench/prefix-workload.hpp):
+// throughput of a workload sharing --shared of every prompt, and the time to first token
+// of a request whose --ttft-prefix context is cached against one whose is not.
 // --sampling full: every sequence samples at temperature 1 with top_p 0.95, min_p 0.01,
 // presence/frequency/repetition penalties over its tokens and 5 logprobs (issue 16): the
-// step time against greedy's is the cost of the sampling controls.
+// step time against greedy's is the cost of the sampling controls. --sampler sort runs them
+// through the sort path the fused kernel replaced (its fallback), for the before/after.
 // The weights are streamed to the device (any architecture, synthetic or a directory);
 // the context served is --max-model-len (default: prompt + new, rounded to a KV block).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <random>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <cuda_runtime_api.h>
 
+#include "bench/prefix-workload.hpp"
 #include "model/weights.hpp"
 #include "gpu/cuda-backend.hpp"
 
@@ -69,18 +79,19 @@ struct run_result {
 };
 
 bool g_full_sampling = false;
+bool g_sort_sampler = false;
 
-// A sequence's penalty entries as the scheduler lists them (distinct tokens, output counts).
-void penalty_entries(const std::vector<int32_t>& toks, int n_prompt, std::vector<logit_adjust>& out) {
-  out.clear();
-  for (size_t i = 0; i < toks.size(); ++i) {
-    logit_adjust* e = nullptr;
-    for (auto& a : out)
-      if (a.token == toks[i]) e = &a;
-    if (!e) e = &out.emplace_back(logit_adjust{toks[i], 0, 0.0f, 1});
-    if (int(i) >= n_prompt) ++e->count;
+// A sequence's penalty entries as the scheduler keeps them: one per distinct token, updated
+// as each token comes (the host cost of the controls is the scheduler's, not a rescan).
+struct penalty_list {
+  std::vector<logit_adjust> adj;
+  std::unordered_map<int32_t, size_t> at;
+  void count(int32_t tok, bool generated) {
+    auto [it, fresh] = at.emplace(tok, adj.size());
+    if (fresh) adj.push_back(logit_adjust{tok, 0, 0.0f, 1});
+    if (generated) ++adj[it->second].count;
   }
-}
+};
 
 run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
   const model_config& cfg = be.config();
@@ -104,15 +115,15 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
     greedy.logprobs = 5;
     greedy.seed = seed;
   }
-  std::vector<logit_adjust> adj;
+  std::vector<penalty_list> pen(g_full_sampling ? B : 0);
+  for (int s = 0; s < int(pen.size()); ++s)
+    for (int32_t t : toks[s]) pen[s].count(t, false);
   step_batch b;
   step_output out;
   run_result r;
   b.reset(max_blocks);
-  for (int s = 0; s < B; ++s) {
-    if (g_full_sampling) penalty_entries(toks[s], prompt, adj);
-    b.add(0, toks[s], blocks[s], true, greedy, 0, adj);
-  }
+  for (int s = 0; s < B; ++s) b.add(0, toks[s], blocks[s], true, greedy, 0,
+          g_full_sampling ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{});
   auto t0 = clk::now();
   if (auto st = be.step(b, out); !st) {
     std::fprintf(stderr, "prefill: %s\n", st.message.c_str());
@@ -121,15 +132,17 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
   }
   auto t1 = clk::now();
   r.prefill_s = seconds(t0, t1);
-  for (int s = 0; s < B; ++s) toks[s].push_back(out.tokens[s]);
+  for (int s = 0; s < B; ++s) {
+    toks[s].push_back(out.tokens[s]);
+    if (g_full_sampling) pen[s].count(out.tokens[s], true);
+  }
   const double kv_per_pos = double(cfg.kv_bytes_per_token(2));  // 16-bit K and V
   for (int k = 1; k < n_new; ++k) {
     b.reset(max_blocks);
     for (int s = 0; s < B; ++s) {
       const int32_t past = int32_t(toks[s].size() - 1);
-      if (g_full_sampling) penalty_entries(toks[s], prompt, adj);
       b.add(past, std::span<const int32_t>(&toks[s].back(), 1), blocks[s], true, greedy,
-            uint64_t(k), adj);
+            uint64_t(k), g_full_sampling ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{});
       r.kv_bytes_read += kv_per_pos * (past + 1);
     }
     if (auto st = be.step(b, out); !st) {
@@ -137,11 +150,74 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
       r.ok = false;
       return r;
     }
-    for (int s = 0; s < B; ++s) toks[s].push_back(out.tokens[s]);
+    for (int s = 0; s < B; ++s) {
+      toks[s].push_back(out.tokens[s]);
+      if (g_full_sampling) pen[s].count(out.tokens[s], true);
+    }
     ++r.decode_steps;
   }
   r.decode_s = seconds(t1, clk::now());
   return r;
+}
+
+// --prefix: prefix caching off versus on (bench/prefix-workload.hpp), with the
+// scheduler's prefill in chunks of up to --prefill-chunk tokens within --max-batch-tokens.
+int prefix_main(const std::string& model, const std::string& dtype, int max_len, const bench::prefix_opts& po,
+                const std::string& json) {
+  load_options lo;
+  lo.max_model_len = max_len > 0 ? max_len : (std::max(po.prompt + po.max_tokens, po.ttft_prefix + 24) + 15) / 16 * 16;
+  backend_options o;
+  o.kind = "cuda";
+  o.kv_block_size = 16;
+  o.dtype = dtype;
+  o.kv_blocks = bench::prefix_kv_blocks(po, lo.max_model_len, 16);
+  auto be = make_cuda_backend(model, lo, o);
+  if (!be) {
+    std::fprintf(stderr, "backend: %s\n", be.error().message.c_str());
+    return 1;
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  const char* dt = cuda_backend_dtype(*be.value());
+  std::printf("device: %s, model %s (%s, %s), context %d, KV blocks %d\n", prop.name, model.c_str(),
+              arch_name(be.value()->config().arch), dt, be.value()->config().n_ctx, be.value()->kv().n_blocks);
+  std::printf("prefix caching: %d requests of %d tokens (%.0f%% shared), %d generated each, %d at a time; "
+              "steps of up to %d tokens, prefill chunks of up to %d\n\n",
+              po.requests, po.prompt, po.shared * 100, po.max_tokens, po.concurrency, po.max_batch_tokens,
+              po.prefill_chunk);
+  std::printf("| model | caching | requests/s | generated tokens/s | tokens computed | prompt tokens cached | "
+              "TTFT context | TTFT cold ms | TTFT cached ms |\n");
+  std::printf("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::FILE* jf = json.empty() ? nullptr : std::fopen(json.c_str(), "a");
+  // Unmeasured first: a short run of the same shapes (cuBLAS heuristics, buffers).
+  bench::prefix_opts warm = po;
+  warm.requests = std::min(po.requests, po.concurrency);
+  warm.ttft_repeat = 1;
+  warm.ttft_warmup = false;
+  (void)bench::run_prefix_workload(*be.value(), warm, true);
+  double base = 0;
+  for (bool caching : {false, true}) {
+    bench::prefix_row r = bench::run_prefix_workload(*be.value(), po, caching);
+    const double rps = po.requests / r.seconds;
+    if (!caching) base = rps;
+    char gain[32] = "";
+    if (caching && base > 0) std::snprintf(gain, sizeof gain, " (%.2fx)", rps / base);
+    std::printf("| %s | %s | %.2f%s | %.0f | %lld | %lld | %d+16 | %.2f | %.2f |\n", model.c_str(),
+                caching ? "on" : "off", rps, gain, double(po.requests) * po.max_tokens / r.seconds,
+                (long long)r.computed, (long long)r.cached, r.ttft_prefix, r.ttft_cold_ms, r.ttft_warm_ms);
+    std::fflush(stdout);
+    if (jf)
+      std::fprintf(jf,
+                   "{\"bench\":\"cuda-prefix\",\"device\":\"%s\",\"model\":\"%s\",\"dtype\":\"%s\",\"caching\":%s,"
+                   "\"requests\":%d,\"prompt\":%d,\"shared\":%.3f,\"max_tokens\":%d,\"concurrency\":%d,"
+                   "\"requests_s\":%.3f,\"tokens_computed\":%lld,\"prompt_tokens_cached\":%lld,"
+                   "\"ttft_context\":%d,\"ttft_cold_ms\":%.3f,\"ttft_cached_ms\":%.3f}\n",
+                   prop.name, model.c_str(), dt, caching ? "true" : "false", po.requests, po.prompt, po.shared,
+                   po.max_tokens, po.concurrency, rps, (long long)r.computed, (long long)r.cached, r.ttft_prefix,
+                   r.ttft_cold_ms, r.ttft_warm_ms);
+  }
+  if (jf) std::fclose(jf);
+  return 0;
 }
 
 }  // namespace
@@ -149,15 +225,39 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
 int main(int argc, char** argv) {
   std::string model = "synthetic:gpt2-small", batches = "1,8,32,64,128,256", json, dtype = "auto";
   int prompt = 32, n_new = 128, max_len = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--model")) model = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--batches")) batches = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--prompt")) prompt = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--new")) n_new = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--json")) json = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--dtype")) dtype = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--max-model-len")) max_len = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--sampling")) g_full_sampling = !std::strcmp(argv[i + 1], "full");
+  bool prefix = false;
+  bench::prefix_opts po;
+  po.requests = 256;
+  po.prompt = 1000;
+  po.concurrency = 64;
+  po.max_batch_tokens = 2048;
+  po.prefill_chunk = 2048;
+  po.ttft_repeat = 3;
+  po.ttft_warmup = true;
+  for (int i = 1; i < argc; ++i) {
+    auto val = [&]() -> const char* {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", argv[i]);
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (!std::strcmp(argv[i], "--prefix")) prefix = true;
+    else if (!std::strcmp(argv[i], "--model")) model = val();
+    else if (!std::strcmp(argv[i], "--batches")) batches = val();
+    else if (!std::strcmp(argv[i], "--prompt")) prompt = po.prompt = std::atoi(val());
+    else if (!std::strcmp(argv[i], "--new") || !std::strcmp(argv[i], "--max-tokens")) n_new = po.max_tokens = std::atoi(val());
+    else if (!std::strcmp(argv[i], "--json")) json = val();
+    else if (!std::strcmp(argv[i], "--dtype")) dtype = val();
+    else if (!std::strcmp(argv[i], "--max-model-len")) max_len = std::atoi(val());
+    else if (!std::strcmp(argv[i], "--sampling")) g_full_sampling = !std::strcmp(val(), "full");
+    else if (!std::strcmp(argv[i], "--sampler")) g_sort_sampler = !std::strcmp(val(), "sort");
+    else if (!std::strcmp(argv[i], "--requests")) po.requests = std::max(1, std::atoi(val()));
+    else if (!std::strcmp(argv[i], "--concurrency")) po.concurrency = std::max(1, std::atoi(val()));
+    else if (!std::strcmp(argv[i], "--shared")) po.shared = std::clamp(std::atof(val()), 0.0, 1.0);
+    else if (!std::strcmp(argv[i], "--ttft-prefix")) po.ttft_prefix = std::max(1, std::atoi(val()));
+    else if (!std::strcmp(argv[i], "--max-batch-tokens")) po.max_batch_tokens = std::max(16, std::atoi(val()));
+    else if (!std::strcmp(argv[i], "--prefill-chunk")) po.prefill_chunk = std::max(16, std::atoi(val()));
     else {
       std::fprintf(stderr, "unknown option %s\n", argv[i]);
       return 2;
@@ -167,6 +267,7 @@ int main(int argc, char** argv) {
     std::printf("bench-cuda: no CUDA device\n");
     return 77;
   }
+  if (prefix) return prefix_main(model, dtype, max_len, po, json);
   std::vector<int> Bs;
   {
     std::stringstream ss(batches);
@@ -194,6 +295,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "backend: %s\n", be.error().message.c_str());
     return 1;
   }
+  if (g_sort_sampler) cuda_backend_set_fused_sampling(*be.value(), false);
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   const double copy_rate = measure_copy_rate();
@@ -227,11 +329,12 @@ int main(int argc, char** argv) {
                    "\"prompt\":%d,\"new\":%d,\"step_ms\":%.4f,\"decode_tok_s\":%.1f,"
                    "\"e2e_tok_s\":%.1f,\"prefill_ms\":%.3f,\"bytes_per_step\":%.0f,"
                    "\"copy_rate_gbs\":%.1f,\"bw_floor_fraction\":%.4f,\"gpu_busy\":%.4f}\n",
-                   g_full_sampling ? "-full-sampling" : "", prop.name, model.c_str(), dt, B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
+                   g_full_sampling ? (g_sort_sampler ? "-full-sampling-sort" : "-full-sampling") : "", prop.name, model.c_str(), dt, B, prompt, n_new, step * 1e3, decode_tps, e2e_tps,
                    r.prefill_s * 1e3, bytes_per_step, copy_rate / 1e9, floor_frac, busy);
   }
-  std::printf("graph steps %lld of %lld, graphs captured %lld\n", (long long)st->graph_steps,
-              (long long)st->steps, (long long)st->graphs_captured);
+  std::printf("graph steps %lld of %lld, graphs captured %lld, sampling rows left to the sort path %lld\n",
+              (long long)st->graph_steps, (long long)st->steps, (long long)st->graphs_captured,
+              (long long)st->sampling_fallback_rows);
   if (jf) std::fclose(jf);
   return 0;
 }

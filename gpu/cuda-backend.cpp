@@ -217,6 +217,7 @@ class cuda_backend final : public backend {
   kv_geometry kv() const override { return kv_; }
   const cuda_backend_stats& stats() const { return stats_; }
   cuda::dtype dtype() const { return dt_; }
+  void set_fused_sampling(bool on) { fused_sampling_ = on; }
   void set_graphs(bool on) {
     graphs_enabled_ = on;
     if (!on) graphs_.clear();
@@ -343,10 +344,19 @@ class cuda_backend final : public backend {
       INFER_STATUS_TRY(
           enqueue_forward(d, d_gather, Tx, R, nseq_launch, n_splits, split_len, decode));
     }
+    // Controls beyond plain greedy (adjustments, sampling, logprobs): the fused kernel,
+    // then the sort path for the rows it flags (rare: candidates overflowing its shared
+    // memory), after one look at the flags.
     const bool any_lp = b.any_logprobs() && R > 0;
-    if (any_lp) INFER_STATUS_TRY(enqueue_logprobs_top(d, nseq_launch));
-    if (any_sorted && R > 0) INFER_STATUS_TRY(enqueue_sorted_sampling(b, d, nseq_launch));
-    if (any_lp) INFER_STATUS_TRY(enqueue_logprobs_gather(d, S));
+    const bool fused = fused_sampling_ && (any_sorted || any_lp) && R > 0;
+    if (fused) {
+      INFER_STATUS_TRY(enqueue_fused_sampling(b, d, nseq_launch, any_lp));
+    } else if ((any_sorted || any_lp) && R > 0) {  // the sort path alone (tests, benchmarks)
+      if (any_lp) INFER_STATUS_TRY(enqueue_logprobs_top(d, nseq_launch, d.sample));
+      if (b.any_adjust()) INFER_STATUS_TRY(upload_adjustments(b, nseq_launch));
+      if (any_sorted) INFER_STATUS_TRY(enqueue_sorted_sampling(b, d, nseq_launch, d.sample));
+      if (any_lp) INFER_STATUS_TRY(enqueue_logprobs_gather(d, S));
+    }
 
     INFER_CUDA_TRY(cudaMemcpyAsync(host_tokens_.get(), tokens_out_.get(), size_t(S) * 4,
                                    cudaMemcpyDeviceToHost, st));
@@ -363,6 +373,7 @@ class cuda_backend final : public backend {
     INFER_CUDA_TRY(cudaStreamSynchronize(st));
     float ms = 0;
     if (cudaEventElapsedTime(&ms, ev_start_.get(), ev_end_.get()) == cudaSuccess) stats_.gpu_ms += ms;
+    if (fused) INFER_STATUS_TRY(finish_fused_sampling(b, d, nseq_launch, any_lp));
     out.tokens.resize(S);
     const int32_t* ht = host_tokens_.as<int32_t>();
     for (int s = 0; s < S; ++s) out.tokens[s] = b.sample[s] ? ht[s] : -1;
@@ -404,13 +415,104 @@ class cuda_backend final : public backend {
   status enqueue_forward(const step_ptrs& d, const int32_t* d_gather, int T, int R, int nseq,
                          int n_splits, int split_len, bool decode);
 
-  status enqueue_sorted_sampling(const step_batch& b, const step_ptrs& d, int nseq) {
+  // The step's logit adjustments on the device: starts for every launched row (padding
+  // rows: empty), then the entries; adj_raw_ is the fused kernel's scratch beside them.
+  // Pinned, and outside any graph: growing it invalidates nothing.
+  status upload_adjustments(const step_batch& b, int nseq) {
+    cudaStream_t st = stream_.get();
+    const int S = b.n_seqs();
+    const size_t starts = align16(size_t(nseq + 1) * 4);
+    const size_t bytes = starts + b.adjust.size() * sizeof(logit_adjust);
+    if (host_adj_.bytes() < bytes) {
+      INFER_CUDA_TRY(cudaStreamSynchronize(st));  // an earlier step may still read them
+      INFER_STATUS_TRY(host_adj_.allocate(bytes * 2));
+      INFER_STATUS_TRY(dev_adj_.allocate(bytes * 2));
+    }
+    if (adj_raw_.bytes() < b.adjust.size() * 4) INFER_STATUS_TRY(adj_raw_.allocate(b.adjust.size() * 8));
+    int32_t* hs = host_adj_.as<int32_t>();
+    for (int s = 0; s <= nseq; ++s) hs[s] = s <= S ? b.adjust_start[size_t(s)] : b.adjust_start[size_t(S)];
+    std::memcpy(host_adj_.as<uint8_t>() + starts, b.adjust.data(), b.adjust.size() * sizeof(logit_adjust));
+    INFER_CUDA_TRY(cudaMemcpyAsync(dev_adj_.get(), host_adj_.get(), bytes, cudaMemcpyHostToDevice, st));
+    return status::ok();
+  }
+  const logit_adjust* dev_adjust(int nseq) const {
+    return reinterpret_cast<const logit_adjust*>(dev_adj_.as<uint8_t>() + align16(size_t(nseq + 1) * 4));
+  }
+
+  status enqueue_fused_sampling(const step_batch& b, const step_ptrs& d, int nseq, bool any_lp) {
+    cudaStream_t st = stream_.get();
+    if (redo_cap_ < nseq) {
+      const int n = std::max(nseq, redo_cap_ * 2);
+      INFER_CUDA_TRY(cudaStreamSynchronize(st));
+      INFER_STATUS_TRY(redo_.allocate(size_t(n) * 2));
+      INFER_STATUS_TRY(host_redo_.allocate(size_t(n) * 2));
+      redo_cap_ = n;
+    }
+    if (b.any_adjust()) INFER_STATUS_TRY(upload_adjustments(b, nseq));
+    if (any_lp) INFER_STATUS_TRY(ensure_logprobs(nseq));
+    const size_t K = size_t(sampling_params::max_logprobs);
+    float* lp = dev_lp_.as<float>();
+    cuda::fused_sampling_args a{};
+    a.tokens = tokens_out_.as<int32_t>();
+    a.logits = logits_.as<float>();
+    a.ld = ld_logits_;
+    a.N = nseq;
+    a.V = cfg_.n_vocab;
+    a.rows = d.rows;
+    a.sp = d.params;
+    a.counters = d.counters;
+    a.do_sample = d.sample;
+    a.adj_start = b.any_adjust() ? dev_adj_.as<int32_t>() : nullptr;
+    a.adj = b.any_adjust() ? dev_adjust(nseq) : nullptr;
+    a.adj_raw = b.any_adjust() ? adj_raw_.as<float>() : nullptr;
+    if (any_lp) {
+      a.logprob = lp;
+      a.top_ids = reinterpret_cast<int32_t*>(lp + lp_cap_);
+      a.top_lp = lp + lp_cap_ * (1 + K);
+      a.lse = lp + lp_cap_ * (1 + 2 * K);
+    }
+    a.redo = redo_.as<uint8_t>();
+    INFER_CUDA_TRY(cuda::sample_fused_forward(a, st));
+    INFER_CUDA_TRY(cudaMemcpyAsync(host_redo_.get(), redo_.get(), size_t(nseq) * 2, cudaMemcpyDeviceToHost, st));
+    if (any_lp)
+      INFER_CUDA_TRY(cudaMemcpyAsync(host_lp_.get(), dev_lp_.get(), lp_cap_ * (1 + 2 * K) * 4,
+                                     cudaMemcpyDeviceToHost, st));
+    return status::ok();
+  }
+
+  // After the step's sync: the rows the fused kernel flagged go through the sort path
+  // (sampling) and the k-pass logprobs kernel, exactly as before it existed.
+  status finish_fused_sampling(const step_batch& b, const step_ptrs& d, int nseq, bool any_lp) {
+    const uint8_t* h = host_redo_.as<uint8_t>();
+    int redo_s = 0, redo_l = 0;
+    for (int i = 0; i < nseq; ++i) {
+      redo_s += h[i] != 0;
+      redo_l += h[nseq + i] != 0;
+    }
+    if (redo_s == 0 && redo_l == 0) return status::ok();
+    stats_.sampling_fallback_rows += redo_s + redo_l;
+    cudaStream_t st = stream_.get();
+    const int S = b.n_seqs();
+    const uint8_t* redo = redo_.as<uint8_t>();
+    if (redo_l > 0) INFER_STATUS_TRY(enqueue_logprobs_top(d, nseq, redo + nseq));
+    if (redo_s > 0) INFER_STATUS_TRY(enqueue_sorted_sampling(b, d, nseq, redo));
+    if (any_lp) INFER_STATUS_TRY(enqueue_logprobs_gather(d, S));
+    INFER_CUDA_TRY(cudaMemcpyAsync(host_tokens_.get(), tokens_out_.get(), size_t(S) * 4,
+                                   cudaMemcpyDeviceToHost, st));
+    INFER_CUDA_TRY(cudaStreamSynchronize(st));
+    return status::ok();
+  }
+
+  // The sort path over every launched row; only the rows with do_sample[i] set take its
+  // token (the adjustments are already on the device).
+  status enqueue_sorted_sampling(const step_batch& b, const step_ptrs& d, int nseq, const uint8_t* do_sample) {
     cudaStream_t st = stream_.get();
     const int V = cfg_.n_vocab;
     if (sort_rows_cap_ < nseq) {
       const size_t n = size_t(nseq) * V;
       size_t temp = 0;
       INFER_CUDA_TRY(cuda::sort_compact_forward(nullptr, temp, nullptr, nullptr, nullptr, nullptr, nseq, V, st));
+      INFER_CUDA_TRY(cudaStreamSynchronize(st));
       INFER_STATUS_TRY(sort_temp_.allocate(temp));
       INFER_STATUS_TRY(sorted_logits_.allocate(n * 4));
       INFER_STATUS_TRY(sorted_ids_.allocate(n * 4));
@@ -421,32 +523,16 @@ class cuda_backend final : public backend {
     }
     INFER_CUDA_TRY(cuda::compact_rows_forward(compact_.as<float>(), ids_.as<int32_t>(), logits_.as<float>(),
                                               ld_logits_, d.rows, nseq, V, st));
-    if (b.any_adjust()) {
-      // Starts for every launched row (padding rows: empty), then the entries. Pinned,
-      // and outside any graph: growing it invalidates nothing.
-      const int S = b.n_seqs();
-      const size_t starts = align16(size_t(nseq + 1) * 4);
-      const size_t bytes = starts + b.adjust.size() * sizeof(logit_adjust);
-      if (host_adj_.bytes() < bytes) {
-        INFER_CUDA_TRY(cudaStreamSynchronize(st));  // an earlier step may still read them
-        INFER_STATUS_TRY(host_adj_.allocate(bytes * 2));
-        INFER_STATUS_TRY(dev_adj_.allocate(bytes * 2));
-      }
-      int32_t* hs = host_adj_.as<int32_t>();
-      for (int s = 0; s <= nseq; ++s) hs[s] = s <= S ? b.adjust_start[size_t(s)] : b.adjust_start[size_t(S)];
-      std::memcpy(host_adj_.as<uint8_t>() + starts, b.adjust.data(), b.adjust.size() * sizeof(logit_adjust));
-      INFER_CUDA_TRY(cudaMemcpyAsync(dev_adj_.get(), host_adj_.get(), bytes, cudaMemcpyHostToDevice, st));
-      INFER_CUDA_TRY(cuda::adjust_rows_forward(
-          compact_.as<float>(), V, nseq, dev_adj_.as<int32_t>(),
-          reinterpret_cast<const logit_adjust*>(dev_adj_.as<uint8_t>() + starts), d.params, st));
-    }
+    if (b.any_adjust())
+      INFER_CUDA_TRY(cuda::adjust_rows_forward(compact_.as<float>(), V, nseq, dev_adj_.as<int32_t>(),
+                                               dev_adjust(nseq), d.params, st));
     size_t temp = sort_temp_.bytes();
     INFER_CUDA_TRY(cuda::sort_compact_forward(sort_temp_.get(), temp, sorted_logits_.as<float>(),
                                               sorted_ids_.as<int32_t>(), compact_.as<float>(),
                                               ids_.as<int32_t>(), nseq, V, st));
     INFER_CUDA_TRY(cuda::sample_sorted_forward(tokens_out_.as<int32_t>(), sorted_logits_.as<float>(),
                                                sorted_ids_.as<int32_t>(), nseq, V, d.params,
-                                               d.counters, d.sample, probs_.as<float>(), st));
+                                               d.counters, do_sample, probs_.as<float>(), st));
     return status::ok();
   }
 
@@ -462,14 +548,14 @@ class cuda_backend final : public backend {
     lp_cap_ = n;
     return status::ok();
   }
-  status enqueue_logprobs_top(const step_ptrs& d, int nseq) {
+  // k passes over each row with do_sample[i] set that asks for logprobs.
+  status enqueue_logprobs_top(const step_ptrs& d, int nseq, const uint8_t* do_sample) {
     INFER_STATUS_TRY(ensure_logprobs(nseq));
     const size_t K = size_t(sampling_params::max_logprobs);
     float* base = dev_lp_.as<float>();
-    INFER_CUDA_TRY(cuda::logprobs_top_forward(base + lp_cap_ * (1 + 2 * K),
-                                              reinterpret_cast<int32_t*>(base + lp_cap_),
-                                              base + lp_cap_ * (1 + K), logits_.as<float>(), ld_logits_,
-                                              d.rows, nseq, cfg_.n_vocab, d.params, d.sample, stream_.get()));
+    INFER_CUDA_TRY(cuda::logprobs_top_forward(base + lp_cap_ * (1 + 2 * K), reinterpret_cast<int32_t*>(base + lp_cap_),
+                                              base + lp_cap_ * (1 + K), logits_.as<float>(), ld_logits_, d.rows,
+                                              nseq, cfg_.n_vocab, d.params, do_sample, stream_.get()));
     return status::ok();
   }
   status enqueue_logprobs_gather(const step_ptrs& d, int S) {
@@ -559,8 +645,11 @@ class cuda_backend final : public backend {
   size_t attn_cap_ = 0;
   pinned_buffer host_stage_, host_tokens_;
   pinned_buffer host_adj_, host_lp_;  // logit adjustments in, logprobs out
-  device_buffer dev_adj_, dev_lp_;
+  device_buffer dev_adj_, dev_lp_, adj_raw_;
   size_t lp_cap_ = 0;
+  device_buffer redo_;        // the fused kernel's fallback flags [2 * rows]
+  pinned_buffer host_redo_;
+  int redo_cap_ = 0;
   device_buffer dev_stage_;
   std::vector<int32_t> gather_;
 
@@ -568,6 +657,7 @@ class cuda_backend final : public backend {
   device_buffer sort_temp_, sorted_logits_, sorted_ids_, compact_, ids_, probs_;
 
   bool graphs_enabled_ = true;
+  bool fused_sampling_ = true;
   std::vector<graph_entry> graphs_;
   cuda_backend_stats stats_;
 };
@@ -870,6 +960,10 @@ const cuda_backend_stats* cuda_backend_get_stats(const backend& b) {
 
 void cuda_backend_set_graphs(backend& b, bool enabled) {
   if (auto* cb = dynamic_cast<cuda_backend*>(&b)) cb->set_graphs(enabled);
+}
+
+void cuda_backend_set_fused_sampling(backend& b, bool enabled) {
+  if (auto* cb = dynamic_cast<cuda_backend*>(&b)) cb->set_fused_sampling(enabled);
 }
 
 }  // namespace infer

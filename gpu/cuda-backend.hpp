@@ -41,11 +41,18 @@ struct cuda_backend_stats {
   int64_t weight_bytes = 0;    // device bytes of the shared weights
   int64_t kv_bytes = 0;        // device bytes of this backend's KV cache
   double gpu_ms = 0;           // summed stream time from the input copy to the token copy
+  // Rows (sampling or logprobs) the fused sampler left to the sort path: candidates over
+  // its shared memory (flat rows, ties, top_k in the far tail).
+  int64_t sampling_fallback_rows = 0;
 };
 // Null where b is not a CUDA backend.
 const cuda_backend_stats* cuda_backend_get_stats(const backend& b);
 
 // Switches graph replay off (tests compare the two paths) or on.
 void cuda_backend_set_graphs(backend& b, bool enabled);
+
+// Sampling controls through the fused kernel (default) or the sort path it replaced (its
+// fallback; tests and benchmarks compare the two).
+void cuda_backend_set_fused_sampling(backend& b, bool enabled);
 
 }  // namespace infer

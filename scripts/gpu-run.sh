@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine, from the bundle made by scripts/gpu-bundle.sh:
 #   bash .gpu-bundle/gpu-run.sh [env] [tests] [check] [llama] [bench] [bench-llama] [actors]
-#        [server] [profile]   (default: env tests check bench)
+#        [server] [profile] [sampling] [prefix] [routing] [tokenizer] [backend-test]
+#        [service-llama]   (default: env tests check bench)
 # Each stage logs to $OUT/<stage>.log; results.jsonl collects the machine-readable figures.
 # Stages go on after a failing one; the exit status is the number of failed stages.
 set -uo pipefail
@@ -95,6 +96,17 @@ for st in "${STAGES[@]}"; do
       done
       grep -h "\] prefill\|\] transformers low\|\] cuda vs cpu\|mismatch" "$OUT/llama.log" || true
       ;;
+    sampling)
+      # Issue 16: the sampling controls' device tests, then their cost at the Llama-3.2-1B
+      # shape: greedy, the full controls through the fused kernel, and through the sort path.
+      stage sampling 180 "$B/bin/test_cuda_sampling"
+      for mode in ${SAMPLING_MODES:-greedy:fused full:fused full:sort}; do
+        stage sampling 150 "$B/bin/infer-bench-cuda" --model synthetic:llama3.2-1b --batches ${SAMPLING_BATCHES:-1,64,256} \
+          --prompt 32 --new 64 --sampling ${mode%%:*} --sampler ${mode##*:} --json "$OUT/results.jsonl"
+      done
+      [ "${SAMPLING_BACKEND_TEST:-1}" != 0 ] && stage sampling 240 "$B/bin/test_cuda_backend"
+      grep -h "^ *[0-9]\|sort path\|== sampling\|\[doctest\]\|rows \|ERROR\|FAIL" "$OUT/sampling.log" || true
+      ;;
     bench-llama)
       # Engine throughput on the Llama family's real shapes (synthetic weights, bf16).
       for m in ${LLAMA_BENCH:-synthetic:llama3.2-1b synthetic:qwen3-0.6b}; do
@@ -180,6 +192,40 @@ for st in "${STAGES[@]}"; do
           --work "$WORK/service-${m#synthetic:}" --json "$OUT/results.jsonl" ${tk:+--tokenizer-dir "$B/tokenizers/$tk"}
       done
       grep -h "PASS\|FAIL\|!=" "$OUT/service-llama.log" || true
+      ;;
+    prefix)
+      # Prefix caching (issue 19), engine + scheduler: throughput of a 90%-shared workload and
+      # TTFT of a cached 2,000-token context (GPT-2: its 1,024 positions cap it) against a cold
+      # one, caching off then on (infer-bench-cuda --prefix; PREFIX_ARGS adds options).
+      for m in ${PREFIX_MODELS:-synthetic:gpt2-small synthetic:llama3.2-1b}; do
+        stage prefix 200 "$B/bin/infer-bench-cuda" --prefix --model $m --json "$OUT/results.jsonl" ${PREFIX_ARGS:-}
+      done
+      cat "$OUT/prefix.log"
+      ;;
+    routing)
+      # Cache-aware routing (issue 19) through the actors: 2 CUDA workers on the device, 64
+      # system prompts (more than one worker keeps beside its 32 running sequences; at 24
+      # both workers hold all of them and the hit rates match), all tasks submitted at once;
+      # prefix_affinity_tokens 0 (load only) against the default (bench/RESULTS.md).
+      for aff in ${ROUTING_AFFINITY:-0 64}; do
+        stage routing 120 "$B/bin/infer-bench-actors" --backend cuda --model synthetic:gpt2-small --tokenizer-dir "$B/vocab" \
+          --workers 2 --tasks ${ROUTING_TASKS:-2000} --prompt 256 --new 16 --shared 90 --prefixes ${ROUTING_PREFIXES:-64} \
+          --skip-serial --max-running 32 --max-batch-tokens 2048 --kv-memory-mb ${ROUTING_KV_MB:-400} --prefix-affinity-tokens $aff
+      done
+      grep -h "together \|engine busy\|prefix cache" "$OUT/routing.log" || true
+      ;;
+    tokenizer)
+      # Our tokenizers and chat templates against Python tokenizers / transformers (issue 15):
+      # every tokenizer folder in the bundle (BUNDLE_TOKENIZERS at bundle time) and GPT-2's.
+      dirs=(--dir "gpt2=$B/vocab")
+      for d in "$B"/tokenizers/*/; do dirs+=(--dir "$(basename "$d")=$d"); done
+      stage tokenizer 240 python3 "$B/gpu-tokenizer-check.py" --bin "$B/bin" "${dirs[@]}" --json "$OUT/results.jsonl"
+      grep -h "PASS\|FAIL\|tokenizers " "$OUT/tokenizer.log" || true
+      ;;
+    backend-test)
+      # test_cuda_backend alone (prefix caching on the device, gpu_memory_utilization sizing).
+      stage backend-test 240 "$B/bin/test_cuda_backend" --success=false
+      grep -h "MESSAGE\|gpu_memory_utilization 0.2\|greedy tokens\|test cases\|FAILED\|ERROR" "$OUT/backend-test.log" | head -40 || true
       ;;
     cluster)
       # Messaging overhead of a remote worker node: local worker vs worker node on loopback.

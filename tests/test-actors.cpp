@@ -663,6 +663,10 @@ namespace {
 struct prefill_log {
   std::mutex mu;
   std::map<int32_t, std::vector<std::vector<int32_t>>> from_scratch;
+  // marker_at >= 0: per worker, the token at that position of every sequence whose prefill
+  // covers it (a request's own marker says where it ran, cached prefix or not).
+  int32_t marker_at = -1;
+  std::map<int32_t, std::vector<int32_t>> markers;
   int count(int32_t worker, const std::vector<int32_t>& head) {
     std::lock_guard<std::mutex> lk(mu);
     int n = 0;
@@ -681,10 +685,14 @@ class logging_backend : public backend {
   status step(const step_batch& b, step_output& out, logits_mode mode = logits_mode::none) override {
     {
       std::lock_guard<std::mutex> lk(log_->mu);
-      for (int32_t i = 0; i < b.n_seqs(); ++i)
+      for (int32_t i = 0; i < b.n_seqs(); ++i) {
         if (b.n_past[i] == 0 && b.seq_len(i) >= 8)
           log_->from_scratch[worker_].emplace_back(b.tokens.begin() + b.seq_start[i],
                                                    b.tokens.begin() + b.seq_start[i] + 8);
+        const int32_t at = log_->marker_at - b.n_past[i];
+        if (log_->marker_at >= 0 && b.seq_len(i) >= 2 && at >= 0 && at < b.seq_len(i))
+          log_->markers[worker_].push_back(b.tokens[size_t(b.seq_start[i] + at)]);
+      }
     }
     return inner_->step(b, out, mode);
   }
@@ -696,6 +704,94 @@ class logging_backend : public backend {
 };
 
 }  // namespace
+
+TEST_CASE("actors: under load, cache-aware routing keeps each system prompt on its worker, both busy") {
+  // Two workers of 2 running sequences each, 24 requests submitted at once, alternating two
+  // 320-token system prompts, each with its own question (whose first token marks the
+  // request). Room then appears one slot at a time on whichever worker finishes first; a
+  // request whose prefix is on the other (full) worker waits for it, since 320 tokens
+  // outweigh prefix_affinity_tokens (64) per extra sequence there, while the request
+  // behind it (the other prompt) takes the room. Routing by load alone (the batcher
+  // before this rule) mixed both prompts on both workers.
+  service_config cfg = base_config();
+  cfg.workers = 2;
+  cfg.max_running = 2;
+  caf::actor_system_config caf_cfg;
+  register_message_types(caf_cfg);
+  caf::actor_system sys(caf_cfg);
+  auto log = std::make_shared<prefill_log>();
+  log->marker_at = 320;
+  service_hooks hooks;
+  hooks.tok = tokenizer::byte_level();
+  hooks.n_ctx = 1024;
+  hooks.n_vocab = 128;
+  hooks.make_backend = [log](int32_t index) -> result<std::unique_ptr<backend>> {
+    return std::unique_ptr<backend>(new logging_backend(
+        std::make_unique<fake_backend>(fake_config(1024, 128), kv_geometry{16, 512}), log, index));
+  };
+  auto started = service::start(sys, cfg, hooks);
+  REQUIRE(started.has_value());
+  auto svc = std::move(started.value());
+  REQUIRE(eventually([&] {
+    int up = 0;
+    for (auto& g : svc->stats().workers_snapshot()) up += g.state == worker_gauge::run_state::running ? 1 : 0;
+    return up == 2;
+  }));
+  std::vector<int32_t> sys_a, sys_b;
+  for (int i = 0; i < 320; ++i) {
+    sys_a.push_back((i * 7 + 1) % 128);
+    sys_b.push_back((i * 11 + 5) % 128);
+  }
+  const int n = 24;
+  collector col;
+  std::vector<uint64_t> ids;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < n; ++i) {
+    auto prompt = i % 2 ? sys_b : sys_a;
+    prompt.push_back(i);  // the marker
+    for (int j = 0; j < 6; ++j) prompt.push_back((i * 13 + j * 5 + 40) % 128);
+    prompts.push_back(prompt);
+    ids.push_back(svc->submit(greedy_request(prompt, 6), col.cb()));
+  }
+  for (uint64_t id : ids) REQUIRE(col.wait_terminal(id));
+  // Where each request ran: the workers that prefilled its marker.
+  std::map<int32_t, std::set<int32_t>> ran_on;
+  {
+    std::lock_guard<std::mutex> lk(log->mu);
+    for (auto& [w, ms] : log->markers)
+      for (int32_t mk : ms) ran_on[mk].insert(w);
+  }
+  std::set<int32_t> workers_a, workers_b;
+  std::map<int32_t, int> per_worker;
+  for (int i = 0; i < n; ++i) {
+    CAPTURE(i);
+    REQUIRE(ran_on[i].size() == 1);
+    const int32_t w = *ran_on[i].begin();
+    (i % 2 ? workers_b : workers_a).insert(w);
+    ++per_worker[w];
+    CHECK(col.well_formed(ids[size_t(i)]));
+    CHECK(col.tokens(ids[size_t(i)]) == fake_reference(prompts[size_t(i)], 6, 128, 1024));
+  }
+  // Every request of a prompt landed on one worker, the two prompts on different workers,
+  // so both workers served half the requests.
+  CHECK(workers_a.size() == 1);
+  CHECK(workers_b.size() == 1);
+  CHECK(workers_a != workers_b);
+  CHECK(per_worker[0] == n / 2);
+  CHECK(per_worker[1] == n / 2);
+  // Each prompt prefilled from scratch at most twice (the two first requests of a worker
+  // start together, before either has cached it), every later request hit its 320 tokens.
+  const std::vector<int32_t> head_a(sys_a.begin(), sys_a.begin() + 8), head_b(sys_b.begin(), sys_b.begin() + 8);
+  CHECK(log->count(0, head_a) + log->count(1, head_a) <= 2);
+  CHECK(log->count(0, head_b) + log->count(1, head_b) <= 2);
+  int hits = 0;
+  for (uint64_t id : ids) hits += col.terminal(id).cached_tokens == 320 ? 1 : 0;
+  CHECK(hits >= n - 4);
+  auto& m = svc->stats();
+  CHECK(m.prefix_cache_hits.load() >= uint64_t(n - 4) * 320);
+  CHECK(m.prefix_routed.load() > 0);  // some request waited for its worker
+  svc.reset();
+}
 
 TEST_CASE("actors: cache-aware routing sends each system prompt to the worker that holds it") {
   // Two workers, two 320-token system prompts (20 blocks) with private questions, in waves

@@ -151,6 +151,61 @@ TEST_CASE("worker_router: cache-aware routing prefers the worker holding the pre
   CHECK_FALSE(c.prefix_routed);
 }
 
+TEST_CASE("worker_router: a full worker holding the prefix is waited for while the prefix outweighs the load gap") {
+  std::vector<worker_slot> ws{up_worker(100, 80), up_worker(100, 60)};
+  worker_router r(router_options{true, 64});
+  std::vector<int32_t> prompt(321);  // 20 full blocks before the last token: 320 tokens
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t(i % 97);
+  auto c = r.choose(ws, all, 322, {}, prompt);
+  REQUIRE(c.worker == 0);  // the most free blocks; now believed to hold the prefix
+  CHECK(c.home == -1);     // nobody held it before
+  // Worker 0 is full (max_running), worker 1 has one slot: the request waits for 0 ...
+  ws[0].held = 8;
+  ws[1].held = 7;
+  c = r.choose(ws, all, 322, {}, prompt);
+  CHECK(c.wait);
+  CHECK(c.worker == -1);
+  CHECK(c.home == 0);
+  // ... unless the caller allows no more waits this pass: then the room it finds.
+  c = r.choose(ws, all, 322, {}, prompt, false);
+  CHECK_FALSE(c.wait);
+  CHECK(c.worker == 1);
+  ws[1].cached.reset(100);  // forget that worker 1 got it
+  // It waits while 320 tokens > 64 per extra sequence there: 4 more waits, 5 more goes.
+  ws[1].held = 4;
+  CHECK(r.choose(ws, all, 322, {}, prompt).wait);
+  ws[1].held = 3;
+  c = r.choose(ws, all, 322, {}, prompt);
+  CHECK_FALSE(c.wait);
+  CHECK(c.worker == 1);
+  ws[1].cached.reset(100);
+  // Out of KV blocks rather than slots: not waited for (its longest sequence may hold them
+  // for long), the room elsewhere is taken.
+  ws[0].held = 1;
+  ws[0].free_blocks = 5;  // needs 21
+  ws[1].held = 0;
+  c = r.choose(ws, all, 322, {}, prompt);
+  CHECK_FALSE(c.wait);
+  CHECK(c.worker == 1);
+  ws[1].cached.reset(100);
+  ws[0].held = 8;  // a slot, then: waited for
+  ws[0].free_blocks = 80;
+  ws[1].held = 7;
+  CHECK(r.choose(ws, all, 322, {}, prompt).wait);
+  // A worker that could never hold it (a smaller pool) is not waited for.
+  ws[0].total_blocks = 20;
+  c = r.choose(ws, all, 322, {}, prompt);
+  CHECK_FALSE(c.wait);
+  CHECK(c.worker == 1);
+  ws[0].total_blocks = 100;
+  ws[1].cached.reset(100);
+  // prefix_affinity_tokens 0 (load only): never waits.
+  worker_router load_only(router_options{true, 0});
+  c = load_only.choose(ws, all, 322, {}, prompt);
+  CHECK_FALSE(c.wait);
+  CHECK(c.worker == 1);
+}
+
 TEST_CASE("suspect_tracker: a failed step's sequences form a group, fail again alone, then quarantine") {
   suspect_tracker s;
   CHECK(s.retry_of(1).key == 0);

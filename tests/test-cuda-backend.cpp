@@ -4,20 +4,25 @@
 // and for a tiny config of every Llama-family architecture (GQA, tied and untied heads,
 // QKV bias, q/k norm, post-norms, partial interleaved rotary, a sliding window shorter
 // than the prompts, llama3 rope scaling); errors as values; weights shared between
-// backends of one device. Exits 77 (skipped) without a CUDA device.
+// backends of one device; prefix caching through the scheduler (same greedy tokens with
+// and without it, at the GPT-2 and Llama-3.2-1B shapes); the KV pool sized from
+// gpu_memory_utilization. Exits 77 (skipped) without a CUDA device.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <numeric>
 #include <random>
 
+#include <cuda_runtime_api.h>
 #include <nlohmann/json.hpp>
 
 #include "engine/cpu-backend.hpp"
 #include "cuda-test-util.hpp"
+#include "engine/scheduler.hpp"
 #include "gpu/cuda-backend.hpp"
 #include "gpu/cuda-device-weights.hpp"
 #include "model/hf-config.hpp"
@@ -484,6 +489,195 @@ TEST_CASE("cuda backend: streamed synthetic weights equal uploaded host weights"
   REQUIRE(a.value()->step(batch, oa, logits_mode::all));
   REQUIRE(b.value()->step(batch, ob, logits_mode::all));
   CHECK(oa.logits == ob.logits);  // the same bits on the device, the same kernels
+}
+
+
+// --- prefix caching on the device (issue 19) ---
+// The scheduler (prefix caching off, then on) drives one CUDA backend through the same
+// requests, one after another: K/V taken from cached blocks must give what recomputing
+// them gives. Prefill of a whole prompt and of its uncached tail are GEMMs of other
+// heights (cuBLASLt may pick another algorithm), so logits may differ in the last bits:
+// tokens must agree wherever the uncached run's best two logits are further apart than the
+// two runs' largest logit difference in that row (check_tokens' rule), and the logits
+// themselves must agree within the dtype's tolerance.
+namespace {
+
+struct prefix_served {
+  std::map<uint64_t, std::vector<int32_t>> tokens;
+  std::map<uint64_t, std::vector<std::vector<float>>> logits;  // the row each token was sampled from
+  std::map<uint64_t, int32_t> cached;
+  int64_t computed = 0;
+};
+
+prefix_served serve_prefix(backend& be, bool caching, const std::vector<std::vector<int32_t>>& prompts,
+                           int32_t max_tokens) {
+  scheduler_config sc{.max_batch_tokens = 512, .max_running = 4, .prefill_chunk = 256,
+                      .n_ctx = be.config().n_ctx};
+  sc.prefix_caching = caching;
+  scheduler sched(sc, be.kv());
+  const size_t V = size_t(be.config().n_vocab);
+  prefix_served out;
+  step_batch batch;
+  step_output so;
+  std::vector<seq_result> results;
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    seq_spec s;
+    s.id = i + 1;
+    s.prompt = prompts[i];
+    s.max_tokens = max_tokens;
+    s.sampling.temperature = 0;
+    REQUIRE(sched.add(s).is_ok());
+    while (sched.schedule(batch) > 0) {
+      sched.scheduled_ids(ids);
+      out.computed += batch.n_tokens();
+      auto st = be.step(batch, so, logits_mode::last);
+      REQUIRE_MESSAGE(st, st.message);
+      results.clear();
+      sched.on_step_done(so, results);
+      for (auto& r : results) {
+        const size_t k = size_t(std::find(ids.begin(), ids.end(), r.id) - ids.begin());
+        REQUIRE(k < ids.size());
+        out.tokens[r.id].push_back(r.token);
+        out.logits[r.id].emplace_back(so.logits.begin() + std::ptrdiff_t(k * V),
+                                      so.logits.begin() + std::ptrdiff_t((k + 1) * V));
+        if (r.cached_tokens >= 0) out.cached[r.id] = r.cached_tokens;
+      }
+    }
+  }
+  CHECK(sched.pool().n_used() == 0);
+  sched.flush_prefix_cache();
+  CHECK(sched.pool().n_free() == sched.pool().n_total());
+  return out;
+}
+
+void check_prefix_caching(const std::string& spec, double tol) {
+  CAPTURE(spec);
+  load_options lo;
+  lo.seed = 3;
+  lo.max_model_len = 512;
+  backend_options o;
+  o.kv_block_size = 16;
+  o.kv_blocks = 160;
+  auto be = make_cuda_backend(spec, lo, o);
+  REQUIRE_MESSAGE(be, (be ? "" : be.error().message));
+  const int V = be.value()->config().n_vocab;
+  std::mt19937 rng(11);
+  auto rnd = [&](int n) {
+    std::vector<int32_t> v(static_cast<size_t>(n));
+    for (auto& t : v) t = int32_t(rng() % uint32_t(V));
+    return v;
+  };
+  const auto system = rnd(200);  // 12 full blocks and 8 tokens
+  auto cat = [](std::vector<int32_t> a, const std::vector<int32_t>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  };
+  const std::vector<int32_t> one_block(system.begin(), system.begin() + 16);
+  const std::vector<std::vector<int32_t>> prompts = {
+      cat(system, rnd(13)),     // 1: first: nothing cached
+      rnd(40),                  // 2: shares nothing
+      cat(one_block, rnd(30)),  // 3: shares 1 block with 1
+      cat(system, rnd(21)),     // 4: shares 12 blocks with 1
+  };
+  auto all = prompts;
+  all.push_back(prompts[0]);  // 5: 1 again: its 13 full prompt blocks before the last token
+  const int32_t max_tokens = 8;
+  prefix_served off = serve_prefix(*be.value(), false, all, max_tokens);
+  prefix_served on = serve_prefix(*be.value(), true, all, max_tokens);
+  const std::vector<int32_t> want_cached = {0, 0, 16, 192, 208};
+  int compared = 0, total = 0;
+  double worst = 0;
+  for (uint64_t id = 1; id <= all.size(); ++id) {
+    CAPTURE(id);
+    CHECK(off.cached[id] == 0);
+    CHECK(on.cached[id] == want_cached[id - 1]);
+    REQUIRE(on.tokens[id].size() == size_t(max_tokens));
+    REQUIRE(off.tokens[id].size() == size_t(max_tokens));
+    for (int32_t i = 0; i < max_tokens; ++i) {
+      CAPTURE(i);
+      const auto& r = off.logits[id][size_t(i)];
+      const auto& g = on.logits[id][size_t(i)];
+      const double err = rel_err(g.data(), r.data(), r.size());
+      worst = std::max(worst, err);
+      CHECK(err < tol);
+      ++total;
+      if (on.tokens[id][size_t(i)] == off.tokens[id][size_t(i)]) {
+        ++compared;
+        continue;
+      }
+      // A swap is allowed only at a near-tie; the sequences then differ: stop comparing.
+      float best = -INFINITY, second = -INFINITY, maxdiff = 0;
+      for (size_t v = 0; v < r.size(); ++v) {
+        if (r[v] > best) second = best, best = r[v];
+        else if (r[v] > second) second = r[v];
+        maxdiff = std::max(maxdiff, std::fabs(r[v] - g[v]));
+      }
+      CHECK(best - second <= 2 * maxdiff);
+      break;
+    }
+  }
+  // Tokens run through the model: the cached blocks' tokens are not.
+  CHECK(on.computed == off.computed - (16 + 192 + 208));
+  MESSAGE(spec << ": " << compared << " of " << total << " greedy tokens compared are identical with and without "
+               << "the prefix cache (of " << all.size() * max_tokens << "), logits relative error at most " << worst
+               << ", tokens computed " << on.computed << " with the cache, " << off.computed << " without");
+  CHECK(compared >= int(all.size()) * max_tokens / 2);  // near-ties cannot have hidden most of them
+}
+
+}  // namespace
+
+TEST_CASE("cuda backend: gpu_memory_utilization sizes the KV pool from the device's memory") {
+  // vLLM's rule (gpu/cuda-backend.cpp): fraction x total memory, less the weights, split
+  // equally among the device's workers. Checked against cudaMemGetInfo here and against
+  // the memory the pool really takes.
+  size_t free0 = 0, total = 0;
+  REQUIRE(cudaMemGetInfo(&free0, &total) == cudaSuccess);
+  load_options lo;
+  lo.max_model_len = 1024;
+  for (int workers : {1, 2}) {
+    CAPTURE(workers);
+    backend_options o;
+    o.kind = "cuda";
+    o.gpu_memory_utilization = 0.2;
+    o.device_workers = workers;
+    size_t before = 0;
+    REQUIRE(cudaMemGetInfo(&before, &total) == cudaSuccess);
+    auto be = make_cuda_backend("synthetic:gpt2-small", lo, o);
+    REQUIRE_MESSAGE(be, (be ? "" : be.error().message));
+    size_t after = 0;
+    REQUIRE(cudaMemGetInfo(&after, &total) == cudaSuccess);
+    const auto* st = cuda_backend_get_stats(*be.value());
+    REQUIRE(st != nullptr);
+    const auto& cfg = be.value()->config();
+    const int64_t block_bytes = int64_t(cfg.kv_bytes_per_token(2)) * be.value()->kv().block_size;
+    const double budget = 0.2 * double(total) - double(st->weight_bytes);
+    const int64_t want = int64_t(budget / workers) / block_bytes;
+    CHECK(be.value()->kv().n_blocks == want);
+    CHECK(st->kv_bytes == int64_t(be.value()->kv().n_blocks) * block_bytes);
+    // The pool is really allocated: the device lost at least its bytes (plus the weights,
+    // unless another backend of this process still shares them, and the workspaces).
+    CHECK(int64_t(before) - int64_t(after) >= st->kv_bytes);
+    MESSAGE("gpu_memory_utilization 0.2, " << workers << " worker(s): device " << total / 1048576 << " MiB, weights "
+                                           << st->weight_bytes / 1048576 << " MiB, KV pool " << be.value()->kv().n_blocks
+                                           << " blocks = " << st->kv_bytes / 1048576 << " MiB; cudaMemGetInfo free "
+                                           << before / 1048576 << " -> " << after / 1048576 << " MiB");
+  }
+  // A fraction that leaves nothing after the weights is refused, naming the setting.
+  backend_options tiny;
+  tiny.kind = "cuda";
+  tiny.gpu_memory_utilization = 0.0001;
+  auto none = make_cuda_backend("synthetic:gpt2-small", lo, tiny);
+  REQUIRE_FALSE(none);
+  CHECK(none.error().message.find("gpu_memory_utilization") != std::string::npos);
+}
+
+TEST_CASE("cuda backend: prefix caching gives the same greedy tokens (GPT-2 shape)") {
+  check_prefix_caching("synthetic:gpt2-small", 1e-2);
+}
+
+TEST_CASE("cuda backend: prefix caching gives the same greedy tokens (Llama-3.2-1B shape, bf16)") {
+  check_prefix_caching("synthetic:llama3.2-1b", 3e-2);
 }
 
 int main(int argc, char** argv) { return infer::test::cuda_test_main("test-cuda-backend", argc, argv); }
