@@ -218,6 +218,9 @@ void admit_to(batcher_actor* self, int best, enqueue_msg& m, int32_t n) {
   a.sampling = m.sampling;
   a.stop_ids = std::move(m.stop_ids);
   a.attempt = m.attempt;
+  a.n = m.n;
+  a.forks = std::move(m.forks);
+  a.prompt_logprobs = m.prompt_logprobs;
   self->send(st.handles[size_t(best)], std::move(a));
 }
 
@@ -255,7 +258,7 @@ void dispatch(batcher_actor* self) {
     auto& q = st.queue.level(level);
     for (size_t qi = 0; qi < q.size();) {
       enqueue_msg& m = q[qi];
-      const int32_t n = int32_t(m.prompt.size() + m.generated.size()) + 1;
+      const int32_t n = m.kv_tokens();
       if (auto most = worker_router::never_fits(st.workers, int32_t(m.prompt.size()), m.max_tokens)) {
         self->send(m.request, seq_closed_msg{m.id, uint8_t(closed_why::rejected),
                                              "the sequence needs more KV cache than a worker has (" +
@@ -365,6 +368,12 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
       },
       [=](const cancel_msg& c) {
         auto& st = self->state;
+        if (c.fork >= 0) {  // one choice ends; the request goes on: nothing to confirm
+          auto it = st.routes.find(c.id);
+          if (it != st.routes.end() && it->second.worker >= 0 && st.workers[size_t(it->second.worker)].up)
+            self->send(st.handles[size_t(it->second.worker)], c);
+          return;
+        }
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
         if (st.queue.remove(c.id)) {
           st.waiting_for_prefix.erase(c.id);

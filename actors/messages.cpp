@@ -4,6 +4,7 @@ namespace infer {
 
 void register_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<wire_sampling>("infer.wire_sampling");
+  cfg.add_message_type<wire_forks>("infer.wire_forks");
   cfg.add_message_type<enqueue_msg>("infer.enqueue");
   cfg.add_message_type<admission_msg>("infer.admission");
   cfg.add_message_type<dispatched_msg>("infer.dispatched");

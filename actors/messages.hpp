@@ -9,6 +9,7 @@
 // inspect() overload and is registered by register_message_types(), which both
 // nodes must call before creating their actor_system.
 #pragma once
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <memory>
@@ -40,8 +41,32 @@ using relink_atom = caf::atom_constant<caf::atom("irelink")>;      // node link 
 // and refuse each other on a mismatch: CAF 0.17 would otherwise deliver unknown or
 // changed types as empty messages. Bump it whenever a crossing message changes.
 // 2: stop ids on admit, stop flag on token; 3: cached_tokens on token; 4: penalties, min_p,
-// logit_bias, logprobs.
-constexpr uint32_t wire_protocol_version = 4;
+// logit_bias, logprobs; 5: n choices (forks on admit and enqueue, fork on token and cancel),
+// prompt logprobs (flag on admit and enqueue, the prompt's on the first token).
+constexpr uint32_t wire_protocol_version = 5;
+
+// n > 1: the choices still to run of a resumed request, each with its tokens so far, flat
+// (fork_ids[i] has fork_lens[i] tokens, back to back in fork_tokens). Empty: all n fresh.
+struct wire_forks {
+  std::vector<int32_t> ids, lens, tokens;
+  bool empty() const { return ids.empty(); }
+  void add(int32_t fork, const std::vector<int32_t>& generated) {
+    ids.push_back(fork);
+    lens.push_back(int32_t(generated.size()));
+    tokens.insert(tokens.end(), generated.begin(), generated.end());
+  }
+  // Tokens of the i-th entry (nothing if the lengths do not add up).
+  std::vector<int32_t> generated(size_t i) const {
+    size_t at = 0;
+    for (size_t j = 0; j < i && j < lens.size(); ++j) at += size_t(std::max(lens[j], 0));
+    if (i >= lens.size() || at + size_t(std::max(lens[i], 0)) > tokens.size()) return {};
+    return {tokens.begin() + std::ptrdiff_t(at), tokens.begin() + std::ptrdiff_t(at + size_t(lens[i]))};
+  }
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, wire_forks& x) {
+  return f(caf::meta::type_name("infer.wire_forks"), x.ids, x.lens, x.tokens);
+}
 
 // sampling_params (and the logit_bias) without floats on the wire.
 struct wire_sampling {
@@ -119,11 +144,18 @@ struct enqueue_msg {
   bool resume = false;
   int64_t timeout_ms = 0;  // time left until the request's deadline (0: none): admission checks it
   uint32_t attempt = 0;    // bumped by every (re)submission: tokens of an older attempt are dropped
+  int32_t n = 1;           // choices (forks of one prompt); > 1: `generated` is unused
+  wire_forks forks;
+  bool prompt_logprobs = false;  // the prompt's logprobs come with the first token
+  // Tokens its KV will hold at first (all its forks): what admission reserves.
+  int32_t kv_tokens() const {
+    return int32_t(prompt.size() + generated.size() + forks.tokens.size()) + std::max(n, 1);
+  }
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, enqueue_msg& x) {
   return f(caf::meta::type_name("infer.enqueue"), x.id, x.request, x.prio, x.prompt, x.generated, x.max_tokens,
-           x.sampling, x.stop_ids, x.resume, x.timeout_ms, x.attempt);
+           x.sampling, x.stop_ids, x.resume, x.timeout_ms, x.attempt, x.n, x.forks, x.prompt_logprobs);
 }
 
 // batcher -> request: accepted into the queue, or rejected (code: infer::error_code).
@@ -151,13 +183,15 @@ typename Inspector::result_type inspect(Inspector& f, dispatched_msg& x) {
   return f(caf::meta::type_name("infer.dispatched"), x.id, x.worker, x.fallback);
 }
 
-// request -> batcher -> worker: stop this sequence and free its blocks.
+// request -> batcher -> worker: stop this sequence and free its blocks. fork >= 0: only that
+// choice of an n > 1 request (a stop string ended it); the others go on, and nobody confirms.
 struct cancel_msg {
   uint64_t id = 0;
+  int32_t fork = -1;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, cancel_msg& x) {
-  return f(caf::meta::type_name("infer.cancel"), x.id);
+  return f(caf::meta::type_name("infer.cancel"), x.id, x.fork);
 }
 
 // batcher -> worker (crosses nodes).
@@ -170,11 +204,14 @@ struct admit_msg {
   wire_sampling sampling;
   std::vector<int32_t> stop_ids;  // the worker's scheduler ends the sequence on one of these
   uint32_t attempt = 0;  // echoed in every token_msg
+  int32_t n = 1;         // as enqueue_msg
+  wire_forks forks;
+  bool prompt_logprobs = false;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, admit_msg& x) {
   return f(caf::meta::type_name("infer.admit"), x.id, x.request, x.prompt, x.generated, x.max_tokens, x.sampling,
-           x.stop_ids, x.attempt);
+           x.stop_ids, x.attempt, x.n, x.forks, x.prompt_logprobs);
 }
 
 // worker -> request (crosses nodes): one sampled token. `last`: the worker ended
@@ -183,6 +220,7 @@ typename Inspector::result_type inspect(Inspector& f, admit_msg& x) {
 // the admission; a worker cut off from the front (a hung node taken back) may still
 // send tokens of a sequence that was resumed elsewhere: the request drops them.
 // n_top >= 0 (logprobs asked): logprob_bits is the token's logprob, top_* the n_top best.
+// fork: the choice it belongs to (n > 1); `last` ends that choice only.
 struct token_msg {
   uint64_t id = 0;
   int32_t index = 0;
@@ -195,11 +233,18 @@ struct token_msg {
   uint32_t logprob_bits = 0;
   std::vector<int32_t> top_ids;
   std::vector<uint32_t> top_bits;
+  int32_t fork = 0;
+  // On the first token of a request that asked for prompt logprobs: prompt token j + 1's
+  // logprob (bits), its n_top best ids and their logprobs at [j * n_top, + n_top).
+  std::vector<uint32_t> prompt_bits;
+  std::vector<int32_t> prompt_top_ids;
+  std::vector<uint32_t> prompt_top_bits;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, token_msg& x) {
-  return f(caf::meta::type_name("infer.token"), x.id, x.index, x.token, x.last, x.stop, x.attempt, x.cached_tokens,
-           x.n_top, x.logprob_bits, x.top_ids, x.top_bits);
+  return f(caf::meta::type_name("infer.token"), x.id, x.fork, x.index, x.token, x.last, x.stop, x.attempt,
+           x.cached_tokens, x.n_top, x.logprob_bits, x.top_ids, x.top_bits, x.prompt_bits, x.prompt_top_ids,
+           x.prompt_top_bits);
 }
 
 // worker -> batcher (crosses nodes): announces a worker that is ready to run.

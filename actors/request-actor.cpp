@@ -31,12 +31,22 @@ struct request_state {
   event_callback cb;
 
   std::vector<int32_t> prompt;
-  std::vector<int32_t> tokens;
+  // One per choice (n of them; one unless n > 1): its stream, decoded and matched on its own.
+  struct choice {
+    std::vector<int32_t> tokens;
+    utf8_stream_decoder dec;
+    std::string held;  // decoded text not yet streamed: it may be the start of a stop string
+    bool ended = false;
+    finish_reason reason = finish_reason::cancelled;
+  };
+  std::vector<choice> choices;
+  int32_t live = 0;           // choices not ended
+  bool fork_cancelled = false;  // a choice was cancelled alone: the worker may still hold it
   std::vector<int32_t> stop_ids;  // the worker ends the sequence on these (EOS unless ignored, stop_token_ids)
   uint32_t attempt = 0;  // of the latest enqueue_msg; tokens must carry it
   int32_t cached_tokens = -1;  // from the first token of the first admission that produced one
-  utf8_stream_decoder dec;
-  std::string held;  // decoded text not yet streamed: it may be the start of a stop string
+  int32_t n_tokens = 0;        // of all choices
+  bool have_prompt_lp = false;  // the prompt logprobs came (a resumed request does not ask again)
   std::string piece;
   bool accepted = false;
   bool closing = false;  // waiting for the batcher to confirm removal
@@ -65,12 +75,19 @@ void finish(request_actor* self, event e) {
   st.ended = true;
   auto now = clock_type::now();
   if (e.type == event::kind::done) {
-    e.prompt_tokens = int32_t(st.prompt.size());
-    e.completion_tokens = int32_t(st.tokens.size());
+    e.prompt_tokens = int32_t(st.prompt.size());  // once for all choices, as OpenAI counts
+    e.completion_tokens = st.n_tokens;
     e.cached_tokens = std::max(st.cached_tokens, 0);
     e.total_ms = ms_between(st.t_submit, now);
     e.queue_ms = st.dispatched ? ms_between(st.t_submit, st.t_dispatch) : e.total_ms;
-    e.first_token_ms = st.tokens.empty() ? 0.0 : ms_between(st.t_submit, st.t_first);
+    e.first_token_ms = st.n_tokens == 0 ? 0.0 : ms_between(st.t_submit, st.t_first);
+    if (st.choices.size() > 1) {
+      for (const auto& c : st.choices) {
+        // A choice still going when the request ended (cancel): the request's reason.
+        e.choice_reasons.push_back(c.ended ? c.reason : e.reason);
+        e.choice_tokens.push_back(int32_t(c.tokens.size()));
+      }
+    }
   }
   e.cpu_fallback = st.cpu_fallback;
   e.max_tokens_capped_to = st.max_tokens_capped_to;
@@ -118,10 +135,19 @@ void send_enqueue(request_actor* self, bool resume) {
   m.request = caf::actor_cast<caf::actor>(self);
   m.prio = uint8_t(st.req.prio);
   m.prompt = st.prompt;
-  m.generated = st.tokens;
   m.max_tokens = st.req.max_tokens;
+  if (st.choices.size() == 1) {
+    m.generated = st.choices[0].tokens;
+  } else {
+    m.n = int32_t(st.choices.size());
+    // Resumed after tokens came: each choice still going goes on from its own tokens.
+    if (st.n_tokens > 0 || st.live < m.n)
+      for (size_t i = 0; i < st.choices.size(); ++i)
+        if (!st.choices[i].ended) m.forks.add(int32_t(i), st.choices[i].tokens);
+  }
   m.sampling = wire_sampling::from(st.req.sampling, st.req.logit_bias);
   m.stop_ids = st.stop_ids;
+  m.prompt_logprobs = st.req.prompt_logprobs && !st.have_prompt_lp;
   m.resume = resume;
   m.attempt = ++st.attempt;
   const int64_t limit = st.req.timeout_ms > 0 ? st.req.timeout_ms : st.core->cfg.default_timeout_ms;
@@ -210,6 +236,9 @@ status validate(request_state& st) {
       if (r.logit_bias[i].first == r.logit_bias[j].first)
         return bad("logit_bias: id " + std::to_string(r.logit_bias[i].first) + " given twice");
   if (r.timeout_ms < 0) return bad("timeout_ms: must be >= 0");
+  if (r.prompt_logprobs && sp.logprobs < 0) return bad("prompt_logprobs: needs logprobs");
+  if (r.n < 1 || r.n > generate_request::max_n)
+    return bad("n: must be in [1, " + std::to_string(generate_request::max_n) + "], got " + std::to_string(r.n));
   st.stop_ids.clear();
   if (!r.ignore_eos) st.stop_ids = st.core->eos_ids;
   for (int32_t t : r.stop_token_ids) {
@@ -221,35 +250,69 @@ status validate(request_state& st) {
   return status::ok();
 }
 
+// Choice `i` has ended (`worker_done`: the worker let it go with its last token). The
+// request ends with its last choice; a choice that ends early (a stop string) while others
+// go on is dropped alone on the worker.
+void end_choice(request_actor* self, size_t i, finish_reason why, bool worker_done) {
+  auto& st = self->state;
+  auto& c = st.choices[i];
+  c.ended = true;
+  c.reason = why;
+  --st.live;
+  if (st.live > 0) {
+    if (!worker_done) {
+      st.fork_cancelled = true;
+      self->send(st.core->batcher, cancel_msg{st.id, int32_t(i)});
+    }
+    return;
+  }
+  // Another choice was dropped alone: confirm that nothing is left before the terminal event.
+  if (worker_done && !st.fork_cancelled) finish(self, make_done(why));
+  else close_with(self, make_done(why));
+}
+
 void on_token(request_actor* self, const token_msg& m) {
   auto& st = self->state;
   if (st.ended || st.closing) return;  // late tokens of a sequence being removed
   if (m.attempt != st.attempt) return;  // from a worker the sequence has since left (resumed elsewhere)
-  if (m.index != int32_t(st.tokens.size())) return;  // a duplicate after a resume: already streamed
+  if (m.fork < 0 || size_t(m.fork) >= st.choices.size()) return;
+  auto& c = st.choices[size_t(m.fork)];
+  if (c.ended) return;  // a choice ended here (stop string) while its tokens were on the way
+  if (m.index != int32_t(c.tokens.size())) return;  // a duplicate after a resume: already streamed
   if (m.cached_tokens >= 0 && st.cached_tokens < 0) st.cached_tokens = m.cached_tokens;
   auto now = clock_type::now();
-  if (st.tokens.empty()) {
+  if (st.n_tokens == 0) {
     st.t_first = now;
     st.core->stats.time_to_first_token.observe(std::chrono::duration<double>(now - st.t_submit).count());
   } else {
     st.core->stats.inter_token_latency.observe(std::chrono::duration<double>(now - st.t_last).count());
   }
   st.t_last = now;
-  st.tokens.push_back(m.token);
+  c.tokens.push_back(m.token);
+  ++st.n_tokens;
 
   st.piece.clear();
   // A stop id's own text (an EOS's "<|endoftext|>") is never returned; other special tokens
   // only when the request asks (skip_special_tokens: false).
   if (!m.stop && !(st.req.skip_special_tokens && st.core->tok.is_special(m.token))) {
-    st.dec.push(st.core->tok.token_bytes(m.token), st.piece);
-    st.held += st.piece;
+    c.dec.push(st.core->tok.token_bytes(m.token), st.piece);
+    c.held += st.piece;
   }
-  if (m.last) st.dec.flush(st.held);
+  if (m.last) c.dec.flush(c.held);
 
   event e;
   e.type = event::kind::token;
+  e.n_choices = int32_t(st.choices.size());
+  e.choice = m.fork;
   e.index = m.index;
   e.token = m.token;
+  if (st.req.prompt_logprobs && !st.have_prompt_lp && (!m.prompt_bits.empty() || st.prompt.size() == 1)) {
+    st.have_prompt_lp = true;
+    e.prompt_ids = st.prompt;
+    for (uint32_t b : m.prompt_bits) e.prompt_logprobs.push_back(std::bit_cast<float>(b));
+    for (size_t j = 0; j < m.prompt_top_ids.size() && j < m.prompt_top_bits.size(); ++j)
+      e.prompt_top.emplace_back(m.prompt_top_ids[j], std::bit_cast<float>(m.prompt_top_bits[j]));
+  }
   if (m.n_top >= 0) {
     e.n_top = m.n_top;
     e.logprob = std::bit_cast<float>(m.logprob_bits);
@@ -258,20 +321,26 @@ void on_token(request_actor* self, const token_msg& m) {
   }
   const auto& stops = st.req.stop;
   size_t stop_len = 0;
-  size_t at = stops.empty() ? std::string::npos : find_stop(stops, st.held, stop_len);
+  size_t at = stops.empty() ? std::string::npos : find_stop(stops, c.held, stop_len);
   if (at != std::string::npos) {
-    e.text = st.held.substr(0, at);
-    st.held.clear();
+    e.text = c.held.substr(0, at);
+    c.held.clear();
+    e.choice_done = true;
+    e.reason = finish_reason::stop;
     emit(self, e);
-    if (m.last) finish(self, make_done(finish_reason::stop));  // the worker already let it go
-    else close_with(self, make_done(finish_reason::stop));
+    end_choice(self, size_t(m.fork), finish_reason::stop, m.last);  // m.last: the worker already let it go
     return;
   }
-  size_t keep = m.last || stops.empty() ? 0 : stop_prefix_tail(stops, st.held);
-  e.text = st.held.substr(0, st.held.size() - keep);
-  st.held.erase(0, st.held.size() - keep);
+  size_t keep = m.last || stops.empty() ? 0 : stop_prefix_tail(stops, c.held);
+  e.text = c.held.substr(0, c.held.size() - keep);
+  c.held.erase(0, c.held.size() - keep);
+  const finish_reason why = m.stop ? finish_reason::stop : finish_reason::length;
+  if (m.last) {
+    e.choice_done = true;
+    e.reason = why;
+  }
   emit(self, e);
-  if (m.last) finish(self, make_done(m.stop ? finish_reason::stop : finish_reason::length));
+  if (m.last) end_choice(self, size_t(m.fork), why, true);
 }
 
 // Sustained overload (degradation.overload_max_tokens): a new request gets a smaller
@@ -304,6 +373,8 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
     return {};
   }
   apply_overload_cap(st);
+  st.choices.resize(size_t(st.req.n));
+  st.live = st.req.n;
   if (st.req.max_tokens == 0) {  // nothing to generate: no need to queue
     st.accepted = true;
     event a;

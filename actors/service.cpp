@@ -99,8 +99,16 @@ class service_impl final : public service {
       const uint64_t id = submit(std::move(t), [pd](const event& e) {
         pd->c.request_id = e.request_id;
         if (e.type == event::kind::token) {
-          pd->c.tokens.push_back(e.token);
-          pd->c.text += e.text;
+          if (e.choice == 0) {
+            pd->c.tokens.push_back(e.token);
+            pd->c.text += e.text;
+          }
+          if (pd->c.choice_texts.size() <= size_t(e.choice)) {
+            pd->c.choice_texts.resize(size_t(e.choice) + 1);
+            pd->c.choice_tokens.resize(size_t(e.choice) + 1);
+          }
+          pd->c.choice_tokens[size_t(e.choice)].push_back(e.token);
+          pd->c.choice_texts[size_t(e.choice)] += e.text;
         } else if (e.terminal()) {
           pd->c.ok = e.type == event::kind::done;
           pd->c.terminal = e;

@@ -80,6 +80,15 @@ struct generate_request {
   std::vector<std::pair<int32_t, float>> logit_bias;
   priority prio = priority::normal;
   int64_t timeout_ms = 0;              // 0: the service default
+  // OpenAI's n: this many choices of the one prompt, prefilled once and forked in the KV
+  // cache, each sampled with its own seed (choice 0 with `seed`, choice i with fork_seed(seed, i)).
+  // Token events say their `choice`; the done event has each choice's finish reason.
+  int32_t n = 1;
+  static constexpr int32_t max_n = 16;
+  // vLLM's prompt_logprobs (OpenAI's echo with logprobs; needs sampling.logprobs >= 0): the
+  // first token event carries the logprob of every prompt token after the first, with the
+  // top sampling.logprobs ids at each. Its prompt is computed in full (no prefix cache).
+  bool prompt_logprobs = false;
 };
 
 struct event {
@@ -87,6 +96,9 @@ struct event {
   kind type = kind::accepted;
   uint64_t request_id = 0;
   // token
+  int32_t n_choices = 1;     // the request's n
+  int32_t choice = 0;        // n > 1: the choice it belongs to
+  bool choice_done = false;  // n > 1: the last token of its choice (`reason` says why)
   int32_t index = 0;
   int32_t token = -1;
   std::string text;  // newly completed UTF-8 (possibly empty)
@@ -95,11 +107,19 @@ struct event {
   int32_t n_top = -1;
   float logprob = 0.0f;
   std::vector<std::pair<int32_t, float>> top_logprobs;
+  // The request's first token event, when it asked for prompt logprobs: entry j is prompt
+  // token j + 1's logprob, prompt_top[j * n_top, + n_top) its best ids with theirs.
+  std::vector<int32_t> prompt_ids;  // the prompt's tokens (set with them, even for a one-token prompt)
+  std::vector<float> prompt_logprobs;
+  std::vector<std::pair<int32_t, float>> prompt_top;
   // done
   finish_reason reason = finish_reason::length;
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
   int32_t cached_tokens = 0;  // prompt tokens whose K/V came from the prefix cache
+  // n > 1: each choice's finish reason and tokens (completion_tokens is their sum).
+  std::vector<finish_reason> choice_reasons;
+  std::vector<int32_t> choice_tokens;
   double queue_ms = 0, first_token_ms = 0, total_ms = 0;
   // error
   error_code code = error_code::internal;
@@ -133,8 +153,10 @@ using event_callback = std::function<void(const event&)>;
 struct completion {
   uint64_t request_id = 0;
   bool ok = false;                // done (any finish reason) vs error
-  std::vector<int32_t> tokens;
+  std::vector<int32_t> tokens;    // choice 0's (the only one unless n > 1)
   std::string text;
+  std::vector<std::vector<int32_t>> choice_tokens;  // every choice's, by index (n of them)
+  std::vector<std::string> choice_texts;
   event terminal;                 // the done or error event
 };
 

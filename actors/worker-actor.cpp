@@ -146,6 +146,9 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
             sc.prefill_chunk = cfg.prefill_chunk;
             sc.n_ctx = n_ctx;
             sc.prefix_caching = cfg.prefix_caching;
+            // The engine names its backend; the CUDA one keeps token counts on the device
+            // (backend::device_token_counts), so the penalty lists go out once a sequence.
+            sc.device_counts = name == "cuda";
             // K/V of the same tokens differ between models and number formats: a cache is
             // keyed by both (one pool per worker today; the salt also covers adapters later).
             uint64_t salt = 1469598103934665603ull;
@@ -177,6 +180,9 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         s.sampling = m.sampling.to();
         s.logit_bias = m.sampling.bias();
         s.stop_ids = std::move(m.stop_ids);
+        s.n = m.n;
+        s.prompt_logprobs = m.prompt_logprobs;
+        for (size_t i = 0; i < m.forks.ids.size(); ++i) s.forks.push_back({m.forks.ids[i], m.forks.generated(i)});
         status ok = st.sched ? st.sched->add(std::move(s)) : make_status(errc::internal, "worker not ready");
         if (!ok) {
           report(self, 0, 0, 0, 0, {});
@@ -188,6 +194,14 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
       },
       [=](const cancel_msg& c) {
         auto& st = self->state;
+        if (c.fork >= 0) {  // one choice: the request goes on unless it was its last one
+          if (!st.sched) return;
+          st.sched->cancel(c.id, c.fork);
+          std::vector<uint64_t> left;
+          if (!st.sched->contains(c.id) && st.requests.erase(c.id)) left.push_back(c.id);
+          report(self, 0, 0, 0, 0, std::move(left));
+          return;
+        }
         bool found = st.sched && st.sched->cancel(c.id);  // frees its blocks now
         st.requests.erase(c.id);
         if (st.sched) report(self, 0, 0, 0, 0, {});
@@ -221,12 +235,19 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
         }
         st.results.clear();
         st.sched->on_step_done(job->out, st.results);
+        // The next step goes to the engine first: its tokens' fan-out, the report and their
+        // messages then run while the device computes it, instead of between two steps.
+        // (kick reuses the job, so what the report needs of this step is read before it.)
+        const int32_t done_seqs = st.batch_seqs, done_tokens = st.batch_tokens;
+        const int64_t done_us = job->step_us;
+        kick(self);
         std::vector<uint64_t> left;
         for (const auto& r : st.results) {
           auto it = st.requests.find(r.id);
           if (it == st.requests.end()) continue;
           token_msg tm;
           tm.id = r.id;
+          tm.fork = r.fork;
           tm.index = r.index;
           tm.token = r.token;
           tm.last = r.finished;
@@ -239,13 +260,22 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
             tm.top_ids.assign(r.top_ids.begin(), r.top_ids.begin() + r.n_top);
             for (int32_t j = 0; j < r.n_top; ++j) tm.top_bits.push_back(std::bit_cast<uint32_t>(r.top_logprobs[size_t(j)]));
           }
+          if (!r.prompt_logprob.empty() || !r.prompt_top_ids.empty()) {  // once, with the first token
+            for (float v : r.prompt_logprob) tm.prompt_bits.push_back(std::bit_cast<uint32_t>(v));
+            const size_t K = size_t(sampling_params::max_logprobs), k = size_t(std::max(r.n_top, 0));
+            for (size_t j = 0; j < r.prompt_logprob.size(); ++j)
+              for (size_t i = 0; i < k; ++i) {
+                tm.prompt_top_ids.push_back(r.prompt_top_ids[j * K + i]);
+                tm.prompt_top_bits.push_back(std::bit_cast<uint32_t>(r.prompt_top_logprobs[j * K + i]));
+              }
+          }
           self->send(it->second.request, std::move(tm));
-          if (r.finished) {
+          if (r.group_done) {  // its last choice ended
             left.push_back(r.id);
             st.requests.erase(it);
           }
         }
-        report(self, st.batch_seqs, st.batch_tokens, int32_t(st.results.size()), job->step_us, std::move(left));
+        report(self, done_seqs, done_tokens, int32_t(st.results.size()), done_us, std::move(left));
         if (st.warming && st.sched->n_running() + st.sched->n_waiting() == 0) {
           st.warming = false;
           // Its blocks would only crowd the cache and its figures the metrics.
@@ -254,7 +284,7 @@ caf::behavior worker_fun(worker_actor* self, service_core_ptr core, int32_t inde
           st.warm_hits = st.sched->prefix_hits();
           self->send(st.core->batcher, st.hello);
         }
-        kick(self);
+        kick(self);  // nothing was runnable before these tokens went out: admissions may have come
       },
   };
 }

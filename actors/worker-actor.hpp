@@ -13,7 +13,8 @@
 // ones leave at once. The worker itself never blocks: the step runs on the engine
 // actor's thread, and admissions and cancels are handled while it runs. A failed
 // step ends the worker with an error; the supervisor replaces it and the batcher
-// has its sequences resumed.
+// has its sequences resumed. (Not detached: CAF 0.17 hangs at shutdown while a handle to a
+// detached actor is held, and the batcher and node agents hold the worker's.)
 #pragma once
 #include <caf/all.hpp>
 

@@ -44,6 +44,7 @@ bool write_port_file(const std::string& path, uint16_t port) {
 // CAF's networking for multi-node: the middleman (and OpenSSL's) with heartbeats, so that a
 // node that stops answering (hung, cut off) is noticed within cluster.node_timeout_ms.
 void configure_cluster(caf::actor_system_config& caf_cfg, const infer::service_config& cfg) {
+  caf_cfg.set("scheduler.policy", caf::atom_from_string(cfg.actor_scheduler));  // runtime.actor_scheduler
   if (cfg.role != "worker" && cfg.worker_nodes.empty()) return;
   caf_cfg.load<caf::io::middleman>();
   if (cfg.heartbeat_ms > 0)
@@ -104,7 +105,8 @@ int main(int argc, char** argv) {
       cli.message += "\n  --port-file PATH            write the bound port to PATH (with --listen HOST:0)";
     return infer::print_cli_outcome(cli);
   }
-  const infer::service_config& cfg = cli.config;
+  infer::service_config cfg = cli.config;
+  cfg.io_threads = infer::resolved_io_threads(cfg);  // 0: from the core count
 
   spdlog::set_default_logger(spdlog::stderr_color_mt("inferd"));
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));

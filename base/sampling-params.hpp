@@ -1,5 +1,6 @@
 // sampling_params: how one sequence picks its next token.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 // Host and device share the sampling rule's randomness: the CUDA sampler calls the
@@ -48,15 +49,29 @@ struct logit_adjust {
   int32_t token = 0;
   int32_t count = 0;  // occurrences among the generated tokens
   float bias = 0.0f;
-  int32_t seen = 0;   // 1: in prompt or output (repetition_penalty applies)
+  int32_t seen = 0;   // flags: adjust_seen, adjust_stop
 };
+// In prompt or output: repetition_penalty applies.
+constexpr int32_t adjust_seen = 1;
+// A stop id: banned while fewer than min_tokens tokens are generated. The host list carries
+// the ban as a -inf bias in each step's copy; a list held on the device (the CUDA backend's
+// per-sequence slots) is the same every step, so the device bans on this flag and the
+// sequence's generated-token count (adjusted_logit_at).
+constexpr int32_t adjust_stop = 2;
 
 // Penalties first (repetition, then frequency/presence, as vLLM), then the additive bias.
 INFER_HOST_DEVICE inline float adjusted_logit(float l, const logit_adjust& a, const sampling_params& p) {
-  if (a.seen && p.repetition_penalty != 1.0f)
+  if ((a.seen & adjust_seen) && p.repetition_penalty != 1.0f)
     l = l > 0.0f ? l / p.repetition_penalty : l * p.repetition_penalty;
   if (a.count > 0) l -= p.frequency_penalty * float(a.count) + p.presence_penalty;
   return l + a.bias;
+}
+// The same, with the min_tokens ban of a stop id applied from `generated` (the sequence's
+// generated tokens so far, the step's sample counter).
+INFER_HOST_DEVICE inline float adjusted_logit_at(float l, const logit_adjust& a, const sampling_params& p,
+                                                 uint64_t generated) {
+  if ((a.seen & adjust_stop) && generated < uint64_t(p.min_tokens > 0 ? p.min_tokens : 0)) return -INFINITY;
+  return adjusted_logit(l, a, p);
 }
 
 // Counter-based randomness: the draw for a sequence's n-th generated token depends
@@ -67,6 +82,11 @@ INFER_HOST_DEVICE inline uint64_t splitmix64(uint64_t x) {
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
   return x ^ (x >> 31);
+}
+// The seed of choice `fork` of an n > 1 request: choice 0 keeps the request's seed (n = 1
+// is unchanged), the others draw streams of their own, reproducible for a given seed.
+INFER_HOST_DEVICE inline uint64_t fork_seed(uint64_t seed, int32_t fork) {
+  return fork == 0 ? seed : splitmix64(seed ^ splitmix64(0xF0F0'5EED'0000'0000ull + uint64_t(uint32_t(fork))));
 }
 // Uniform in [0, 1), 24 bits: exactly representable as float on host and device.
 INFER_HOST_DEVICE inline float sampling_uniform(uint64_t seed, uint64_t counter) {

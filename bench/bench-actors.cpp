@@ -19,6 +19,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -26,8 +28,10 @@
 
 #include "actors/messages.hpp"
 #include "actors/metrics.hpp"
+#include "actors/service-core.hpp"
 #include "actors/service.hpp"
 #include "config/service-config.hpp"
+#include "bench/sim-backend.hpp"
 
 using namespace infer;
 using clk = std::chrono::steady_clock;
@@ -149,10 +153,25 @@ int main(int argc, char** argv) {
 
   caf::actor_system_config caf_cfg;
   register_message_types(caf_cfg);
-  const std::string policy = arg_str(argc, argv, "--caf-policy", "stealing");
+  const std::string policy = arg_str(argc, argv, "--caf-policy", "stealing");  // inferd's default (runtime.actor_scheduler)
   caf_cfg.set("scheduler.policy", caf::atom_from_string(policy));
   caf::actor_system sys{caf_cfg};
-  auto started = service::start(sys, cfg);
+  const bool sim = cfg.backend == "sim";
+  result<std::unique_ptr<service>> started = make_status(errc::internal, "not started");
+  if (sim) {
+    auto hooks = bench::sim_hooks(cfg, std::atof(arg_str(argc, argv, "--sim-fixed-us", "430").c_str()),
+                                  std::atof(arg_str(argc, argv, "--sim-seq-us", "1.45").c_str()),
+                                  std::atof(arg_str(argc, argv, "--sim-token-us", "0.7").c_str()));
+    if (!hooks) {
+      std::fprintf(stderr, "infer-bench-actors: %s\n", hooks.error().message.c_str());
+      return 1;
+    }
+    cfg.backend = "cpu";  // the service validates the name; the hooks build the engines
+    started = service::start(sys, cfg, hooks.value());
+    cfg.backend = "sim";
+  } else {
+    started = service::start(sys, cfg);
+  }
   if (!started) {
     std::fprintf(stderr, "infer-bench-actors: %s\n", started.error().message.c_str());
     return 1;
@@ -213,6 +232,14 @@ int main(int argc, char** argv) {
   fmt::print("together: engine busy {:.2f} s of {:.2f} s wall ({:.0f}% per worker), mean step {:.2f} ms\n",
              together_engine_s, together.total_s, 100.0 * together_engine_s / together.total_s / cfg.workers,
              together_steps ? 1e3 * together_engine_s / double(together_steps) : 0.0);
+  if (sim) {
+    std::lock_guard<std::mutex> g(bench::sim_backend::gaps_mu);
+    auto v = bench::sim_backend::gaps_us;
+    std::sort(v.begin(), v.end());
+    auto q = [&](double f) { return v.empty() ? 0.0 : v[std::min(v.size() - 1, size_t(f * double(v.size())))]; };
+    fmt::print("sim: host gap between steps p50 {:.0f} us, p90 {:.0f} us, p99 {:.0f} us over {} gaps (all rounds)\n",
+               q(0.5), q(0.9), q(0.99), v.size());
+  }
   auto& m = svc->stats();
   fmt::print("step time p50 {:.2f} ms, p99 {:.2f} ms (all steps)\n", m.step_time.quantile(0.5) * 1e3,
              m.step_time.quantile(0.99) * 1e3);

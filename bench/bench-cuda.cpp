@@ -10,6 +10,7 @@
 //   bench-cuda [--model synthetic:gpt2-small] [--batches 1,8,32,64,128,256]
 //              [--prompt 32] [--new 128] [--dtype auto|bf16|fp16] [--max-model-len N]
 //              [--json results.jsonl] [--sampling greedy|full] [--sampler fused|sort]
+//              [--counts device|host]
 //   bench-cuda --prefix [--model M] [--requests 256] [--prompt 1000] [--shared 0.9]
 //              [--max-tokens 16] [--concurrency 64] [--ttft-prefix 2000]
 //              [--max-batch-tokens 2048] [--prefill-chunk 2048] [--json F]
@@ -80,6 +81,7 @@ struct run_result {
 
 bool g_full_sampling = false;
 bool g_sort_sampler = false;
+bool g_host_counts = false;  // --counts host: the penalty lists uploaded every step (before issue 16's slots)
 
 // A sequence's penalty entries as the scheduler keeps them: one per distinct token, updated
 // as each token comes (the host cost of the controls is the scheduler's, not a rescan).
@@ -122,8 +124,12 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
   step_output out;
   run_result r;
   b.reset(max_blocks);
+  // Device-held counts (as the scheduler on the CUDA backend): the list goes out with the
+  // first sampled step (the load), later steps name the slot only.
+  const bool slots = g_full_sampling && !g_host_counts && be.device_token_counts();
   for (int s = 0; s < B; ++s) b.add(0, toks[s], blocks[s], true, greedy, 0,
-          g_full_sampling ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{});
+          g_full_sampling ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{},
+          slots ? s : -1, slots);
   auto t0 = clk::now();
   if (auto st = be.step(b, out); !st) {
     std::fprintf(stderr, "prefill: %s\n", st.message.c_str());
@@ -141,8 +147,9 @@ run_result generate(backend& be, int B, int prompt, int n_new, uint64_t seed) {
     b.reset(max_blocks);
     for (int s = 0; s < B; ++s) {
       const int32_t past = int32_t(toks[s].size() - 1);
-      b.add(past, std::span<const int32_t>(&toks[s].back(), 1), blocks[s], true, greedy,
-            uint64_t(k), g_full_sampling ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{});
+      b.add(past, std::span<const int32_t>(&toks[s].back(), 1), blocks[s], true, greedy, uint64_t(k),
+            g_full_sampling && !slots ? std::span<const logit_adjust>(pen[s].adj) : std::span<const logit_adjust>{},
+            slots ? s : -1, false);
       r.kv_bytes_read += kv_per_pos * (past + 1);
     }
     if (auto st = be.step(b, out); !st) {
@@ -252,6 +259,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--max-model-len")) max_len = std::atoi(val());
     else if (!std::strcmp(argv[i], "--sampling")) g_full_sampling = !std::strcmp(val(), "full");
     else if (!std::strcmp(argv[i], "--sampler")) g_sort_sampler = !std::strcmp(val(), "sort");
+    else if (!std::strcmp(argv[i], "--counts")) g_host_counts = !std::strcmp(val(), "host");
     else if (!std::strcmp(argv[i], "--requests")) po.requests = std::max(1, std::atoi(val()));
     else if (!std::strcmp(argv[i], "--concurrency")) po.concurrency = std::max(1, std::atoi(val()));
     else if (!std::strcmp(argv[i], "--shared")) po.shared = std::clamp(std::atof(val()), 0.0, 1.0);

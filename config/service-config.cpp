@@ -18,6 +18,7 @@
 
 #include <sys/stat.h>
 
+#include <thread>
 #include <toml++/toml.h>
 
 namespace infer {
@@ -124,10 +125,13 @@ const key_def k_keys[] = {
     {"cluster", "max_message_bytes", &service_config::cluster_max_message_bytes},
 
     {"log", "log_level", &service_config::log_level},
+
+    {"runtime", "actor_scheduler", &service_config::actor_scheduler},
 };
 
 const char* const k_sections[] = {"model",       "backend",     "batching", "queue",   "server",
-                                  "supervision", "degradation", "fault",    "cluster", "log"};
+                                  "supervision", "degradation", "fault",    "cluster", "log",
+                                  "runtime"};
 
 std::string full_name(const key_def& k) { return std::string(k.section) + "." + k.name; }
 
@@ -605,7 +609,10 @@ status validate(const service_config& c) {
   // [server]
   auto addr = parse_listen_address(c.listen);
   if (!addr) errs.push_back("server.listen: " + addr.error().message + ", got " + quoted(c.listen));
-  check(c.io_threads >= 1 && c.io_threads <= 64, "server.io_threads", "1..64", num(c.io_threads));
+  check(c.io_threads >= 0 && c.io_threads <= 64, "server.io_threads", "0..64 (0: from the core count)",
+        num(c.io_threads));
+  check(c.actor_scheduler == "sharing" || c.actor_scheduler == "stealing", "runtime.actor_scheduler",
+        "sharing|stealing", quoted(c.actor_scheduler));
   if (c.tls_cert.empty() != c.tls_key.empty())
     errs.push_back(c.tls_cert.empty() ? "server.tls_cert: must be set when server.tls_key is set (got only tls_key " +
                                             quoted(c.tls_key) + ")"
@@ -711,6 +718,12 @@ status validate(const service_config& c) {
   std::string msg;
   for (const auto& e : errs) msg += (msg.empty() ? "" : "\n") + e;
   return invalid(std::move(msg));
+}
+
+int32_t resolved_io_threads(const service_config& cfg) {
+  if (cfg.io_threads > 0) return cfg.io_threads;
+  const int32_t cores = int32_t(std::thread::hardware_concurrency());
+  return std::clamp(cores / 2, 2, 16);
 }
 
 }  // namespace infer

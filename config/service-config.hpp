@@ -52,7 +52,7 @@ struct service_config {
 
   // [server]
   std::string listen = "127.0.0.1:8080";
-  int32_t io_threads = 2;
+  int32_t io_threads = 0;  // 0: from the core count (resolved_io_threads)
   std::string api_key;             // empty: no authentication
   bool metrics_require_key = false;  // /metrics needs the key too (default open, as vLLM: scrapers)
   std::string tls_cert, tls_key;   // both set: https / wss
@@ -125,6 +125,12 @@ struct service_config {
   // [log]
   std::string log_level = "info";  // trace | debug | info | warn | error | off
 
+  // [runtime]
+  // CAF's scheduler for the actors: "stealing" (CAF's default: a queue per thread, idle
+  // threads poll and then sleep) or "sharing" (one locked queue, an idle thread woken per
+  // job: lower latency at few messages, contention at many; bench/RESULTS.md, issue 18).
+  std::string actor_scheduler = "stealing";
+
   bool operator==(const service_config&) const = default;
 };
 
@@ -152,6 +158,11 @@ status validate(const service_config& cfg);
 status set_service_config_value(service_config& cfg, const std::string& key, const std::string& value_text);
 // Every key as "section.key", in the order of the struct (help text, tests).
 std::vector<std::string> service_config_keys();
+
+// server.io_threads as used: the configured count, or for 0 half the cores (2..16): a
+// streamed token costs a write on its connection, and 256 streams at GPU speed are
+// several hundred thousand writes a second.
+int32_t resolved_io_threads(const service_config& cfg);
 // How --help labels a key's value: "NUMBER" (a fraction is fine), "INT", "BOOL", "TEXT" or
 // "LIST"; "" for an unknown key.
 std::string service_config_value_kind(std::string_view key);

@@ -91,8 +91,25 @@ class cpu_backend final : public backend {
   const model_config& config() const override { return w_->cfg; }
   kv_geometry kv() const override { return kv_; }
 
+  status copy_blocks(std::span<const int32_t> src, std::span<const int32_t> dst) override {
+    if (auto s = validate_block_copies(src, dst, kv_); !s) return s;
+    const int64_t block = int64_t(kv_.block_size) * w_->cfg.kv_dim();  // floats of one block in one plane
+    for (int plane = 0; plane < 2 * w_->cfg.n_layer; ++plane) {  // (layer, k|v)
+      float* base = kv_cache_.data() + plane * layer_stride_;
+      for (size_t i = 0; i < src.size(); ++i)
+        std::memcpy(base + dst[i] * block, base + src[i] * block, size_t(block) * sizeof(float));
+    }
+    return status::ok();
+  }
+
   status step(const step_batch& b, step_output& out, logits_mode mode) override {
     if (auto s = validate_step_batch(b, w_->cfg, kv_); !s) return s;
+    // The host list is this backend's only source of counts (device_token_counts: false).
+    for (size_t i = 0; i < b.counts_slot.size(); ++i)
+      if (b.counts_slot[i] >= 0 && !b.counts_load[i] && b.sample[i])
+        return make_status(errc::invalid_argument, "step: the cpu backend keeps no token counts (count slot of sequence " +
+                                                       std::to_string(i) + ")");
+    if (auto s = copy_blocks(b.copy_src, b.copy_dst); !s) return s;
     const auto& c = w_->cfg;
     const int T = b.n_tokens(), S = b.n_seqs(), bs = kv_.block_size, V = c.n_vocab;
 
@@ -110,14 +127,19 @@ class cpu_backend final : public backend {
         max_len = std::max(max_len, p + 1);
       }
     }
-    // Rows that need logits: every token (all), or each sequence's last token.
-    int32_t* rows = ensure(rows_, mode == logits_mode::all ? T : S);
+    // Rows that need logits: every token (all), or each sequence's last token, and every
+    // token of a sequence that asks for prompt logprobs.
+    const bool prompt_lp = b.any_prompt_logprobs();
+    int32_t* rows = ensure(rows_, mode == logits_mode::all || prompt_lp ? T : S);
     n_rows_ = 0;
     if (mode == logits_mode::all) {
       for (int t = 0; t < T; ++t) rows[n_rows_++] = t;
     } else {
-      for (int s = 0; s < S; ++s)
-        if (mode == logits_mode::last || b.sample[s]) rows[n_rows_++] = b.seq_start[s + 1] - 1;
+      for (int s = 0; s < S; ++s) {
+        if (b.prompt_next_of(s) >= -1)
+          for (int t = b.seq_start[s]; t < b.seq_start[s + 1] - 1; ++t) rows[n_rows_++] = t;
+        if (mode == logits_mode::last || b.sample[s] || b.prompt_next_of(s) >= -1) rows[n_rows_++] = b.seq_start[s + 1] - 1;
+      }
     }
 
     const size_t C = size_t(c.n_embd), F = size_t(c.ff_dim());
@@ -167,8 +189,24 @@ class cpu_backend final : public backend {
         out.logprob[s] = row[out.tokens[s]] - lse;
       }
     }
-    if (mode == logits_mode::none) out.logits.clear();
-    else out.logits.assign(logits, logits + int64_t(R) * V);
+    if (prompt_lp) {
+      int32_t* row_at = ensure(row_at_, T);  // token -> its row
+      for (int r = 0; r < R; ++r) row_at[rows[r]] = r;
+      out.fill_prompt_logprobs(b, V, [&](int32_t t) { return logits + int64_t(row_at[t]) * V; });
+    } else {
+      out.prompt_start.clear(); out.prompt_logprob.clear(); out.prompt_top_ids.clear(); out.prompt_top_logprobs.clear();
+    }
+    if (mode == logits_mode::none) {
+      out.logits.clear();
+    } else if (mode == logits_mode::last && prompt_lp) {  // only each sequence's last row
+      out.logits.resize(size_t(S) * V);
+      for (int s = 0, r = 0; s < S; ++s) {
+        while (rows[r] < b.seq_start[s + 1] - 1) ++r;
+        std::memcpy(out.logits.data() + size_t(s) * V, logits + int64_t(r) * V, size_t(V) * sizeof(float));
+      }
+    } else {
+      out.logits.assign(logits, logits + int64_t(R) * V);
+    }
     return status::ok();
   }
 
@@ -179,7 +217,7 @@ class cpu_backend final : public backend {
   int64_t layer_stride_ = 0;
   std::vector<float> kv_cache_;  // [n_layer][k|v][n_blocks][block_size][kv_dim]
   std::vector<float> rope_cos_, rope_sin_;  // [n_ctx, rot_dim / 2]
-  std::vector<int32_t> tok_seq_, tok_pos_, slot_, rows_;
+  std::vector<int32_t> tok_seq_, tok_pos_, slot_, rows_, row_at_;
   int n_rows_ = 0;
   std::vector<float> residual_, x_, qkv_, att_, proj_, ffn_, ffn_act_, scratch_, gathered_, logits_,
       sample_scratch_;

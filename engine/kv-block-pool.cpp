@@ -180,6 +180,13 @@ status kv_block_pool::acquire(int32_t id) {
   return status::ok();
 }
 
+status kv_block_pool::share(int32_t id) {
+  if (!valid(id) || refs_[size_t(id)] <= 0)
+    return make_status(errc::invalid_argument, "kv_block_pool: share of block " + std::to_string(id) + ", not in use");
+  ++refs_[size_t(id)];
+  return status::ok();
+}
+
 int32_t kv_block_pool::flush() {
   int32_t n = 0;
   while (lru_head_ >= 0) {

@@ -59,6 +59,9 @@ class kv_block_pool {
   int32_t lookup(uint64_t hash, uint64_t parent, std::span<const int32_t> tokens) const;
   // One more reference to a committed block (found by lookup): a cached one leaves the LRU list.
   status acquire(int32_t id);
+  // One more reference to a block in use, committed or not (a fork sharing its parent's
+  // blocks). Errors: id out of range, block not in use.
+  status share(int32_t id);
   // Evicts every cached block (no reference): returns how many. In-use blocks keep their content.
   int32_t flush();
 

@@ -218,19 +218,41 @@ class cuda_backend final : public backend {
   const cuda_backend_stats& stats() const { return stats_; }
   cuda::dtype dtype() const { return dt_; }
   void set_fused_sampling(bool on) { fused_sampling_ = on; }
+  bool device_token_counts() const override { return true; }
   void set_graphs(bool on) {
     graphs_enabled_ = on;
     if (!on) graphs_.clear();
   }
 
+  // One 2-D copy per block: its rows sit at the same offset in each of the 2 * n_layer
+  // (layer, k|v) planes, layer_stride_ elements apart. Stream-ordered before the forward.
+  status copy_blocks(std::span<const int32_t> src, std::span<const int32_t> dst) override {
+    INFER_STATUS_TRY(validate_block_copies(src, dst, kv_));
+    if (src.empty()) return status::ok();
+    INFER_CUDA_TRY(cudaSetDevice(device_));
+    const size_t elem = 2;  // the cache holds fp16 / bf16
+    const size_t block_bytes = size_t(kv_.block_size) * cfg_.kv_dim() * elem;
+    const size_t pitch = layer_stride_ * elem;
+    uint8_t* base = kv_cache_.as<uint8_t>();
+    for (size_t i = 0; i < src.size(); ++i)
+      INFER_CUDA_TRY(cudaMemcpy2DAsync(base + size_t(dst[i]) * block_bytes, pitch, base + size_t(src[i]) * block_bytes,
+                                       pitch, block_bytes, size_t(2) * cfg_.n_layer, cudaMemcpyDeviceToDevice,
+                                       stream_.get()));
+    return status::ok();
+  }
+
   status step(const step_batch& b, step_output& out, logits_mode mode) override {
     INFER_STATUS_TRY(validate(b));
     INFER_CUDA_TRY(cudaSetDevice(device_));
+    INFER_STATUS_TRY(copy_blocks(b.copy_src, b.copy_dst));
     const int S = b.n_seqs(), T = b.n_tokens(), V = cfg_.n_vocab;
     const int bs = kv_.block_size;
     const bool decode = T == S;  // one new token per sequence
+    // Prompt logprobs (opt-in per sequence): every token of those sequences goes through the
+    // LM head and its logits row comes back; the log-softmax is taken on the host.
+    const bool prompt_lp = b.any_prompt_logprobs();
     const bool use_graph =
-        graphs_enabled_ && decode && mode != logits_mode::all && S <= max_graph_bucket;
+        graphs_enabled_ && decode && mode != logits_mode::all && S <= max_graph_bucket && !prompt_lp;
     const int bucket = use_graph ? bucket_for(S) : S;
     const int Tx = use_graph ? bucket : T;  // tokens in the launch (with padding)
 
@@ -244,7 +266,8 @@ class cuda_backend final : public backend {
       R = T;
     } else {
       for (int s = 0; s < S; ++s)
-        if (mode == logits_mode::last || b.sample[s]) ++R;
+        if (b.prompt_next_of(s) >= -1) R += b.seq_len(s);
+        else if (mode == logits_mode::last || b.sample[s]) ++R;
     }
     INFER_STATUS_TRY(ensure_capacity(Tx, std::max(R, 1)));
 
@@ -259,6 +282,7 @@ class cuda_backend final : public backend {
     const step_layout L(Tx, use_graph ? bucket : S, max_blocks_);
     step_ptrs h(host_stage_.get(), L);
     bool any_sorted = false;
+    const bool slots = b.any_slot();
     int r = 0;
     for (int s = 0; s < S; ++s) {
       const int32_t* table = b.block_tables.data() + int64_t(s) * b.max_blocks_per_seq;
@@ -273,7 +297,7 @@ class cuda_backend final : public backend {
         h.slot[t] = table[p / bs] * bs + p % bs;
       }
       const int last = b.seq_start[s + 1] - 1;
-      const bool adjusted = b.sample[s] && !b.adjustments(s).empty();
+      const bool adjusted = b.sample[s] && (!b.adjustments(s).empty() || (slots && b.counts_slot[s] >= 0));
       h.sample[s] = adjusted ? cuda::sample_adjusted : b.sample[s];
       h.counters[s] = b.sample_counter[s];
       h.params[s] = b.sampling[s];
@@ -282,7 +306,9 @@ class cuda_backend final : public backend {
         h.rows[s] = s;
       } else if (mode == logits_mode::all) {
         h.rows[s] = last;  // sampling reads the all-rows logits directly
-      } else if (mode == logits_mode::last || b.sample[s]) {
+      } else if (mode == logits_mode::last || b.sample[s] || b.prompt_next_of(s) >= -1) {
+        if (b.prompt_next_of(s) >= -1)
+          for (int t = b.seq_start[s]; t < last; ++t) gather_[r++] = t;
         gather_[r] = last;
         h.rows[s] = r++;
       } else {
@@ -349,18 +375,25 @@ class cuda_backend final : public backend {
     // memory), after one look at the flags.
     const bool any_lp = b.any_logprobs() && R > 0;
     const bool fused = fused_sampling_ && (any_sorted || any_lp) && R > 0;
+    if (slots && R > 0) INFER_STATUS_TRY(prepare_slots(b, nseq_launch));
     if (fused) {
       INFER_STATUS_TRY(enqueue_fused_sampling(b, d, nseq_launch, any_lp));
     } else if ((any_sorted || any_lp) && R > 0) {  // the sort path alone (tests, benchmarks)
       if (any_lp) INFER_STATUS_TRY(enqueue_logprobs_top(d, nseq_launch, d.sample));
-      if (b.any_adjust()) INFER_STATUS_TRY(upload_adjustments(b, nseq_launch));
+      if (b.any_adjust() && !slots) INFER_STATUS_TRY(upload_adjustments(b, nseq_launch));
       if (any_sorted) INFER_STATUS_TRY(enqueue_sorted_sampling(b, d, nseq_launch, d.sample));
       if (any_lp) INFER_STATUS_TRY(enqueue_logprobs_gather(d, S));
     }
 
     INFER_CUDA_TRY(cudaMemcpyAsync(host_tokens_.get(), tokens_out_.get(), size_t(S) * 4,
                                    cudaMemcpyDeviceToHost, st));
-    const int out_rows = mode == logits_mode::all ? T : mode == logits_mode::last ? S : 0;
+    // With prompt rows among them, the rows are not one per sequence: all come back, below.
+    const int out_rows = prompt_lp ? 0 : mode == logits_mode::all ? T : mode == logits_mode::last ? S : 0;
+    if (prompt_lp) {
+      prompt_rows_.resize(size_t(R) * V);
+      INFER_CUDA_TRY(cudaMemcpy2DAsync(prompt_rows_.data(), size_t(V) * 4, logits_.get(), size_t(ld_logits_) * 4,
+                                       size_t(V) * 4, R, cudaMemcpyDeviceToHost, st));
+    }
     if (out_rows > 0) {
       out.logits.resize(size_t(out_rows) * V);
       INFER_CUDA_TRY(cudaMemcpy2DAsync(out.logits.data(), size_t(V) * 4, logits_.get(),
@@ -374,6 +407,30 @@ class cuda_backend final : public backend {
     float ms = 0;
     if (cudaEventElapsedTime(&ms, ev_start_.get(), ev_end_.get()) == cudaSuccess) stats_.gpu_ms += ms;
     if (fused) INFER_STATUS_TRY(finish_fused_sampling(b, d, nseq_launch, any_lp));
+    // The sampled tokens into their slots, behind the step on the stream: the next step's
+    // sampling sees them, and nothing here waits.
+    if (slots && R > 0)
+      INFER_CUDA_TRY(cuda::slot_count_forward(slot_view(), tokens_out_.as<int32_t>(), nseq_launch, V, d.params,
+                                              d.sample, st));
+    if (prompt_lp) {
+      row_at_.assign(size_t(T), 0);  // token -> its row
+      if (mode == logits_mode::all)
+        for (int t = 0; t < T; ++t) row_at_[size_t(t)] = t;
+      else
+        for (int i = 0; i < R; ++i) row_at_[size_t(gather_[size_t(i)])] = i;
+      const float* rows = prompt_rows_.data();
+      out.fill_prompt_logprobs(b, V, [&](int32_t t) { return rows + size_t(row_at_[size_t(t)]) * V; });
+      if (mode == logits_mode::all) {
+        out.logits.assign(prompt_rows_.begin(), prompt_rows_.end());
+      } else if (mode == logits_mode::last) {
+        out.logits.resize(size_t(S) * V);
+        for (int s = 0; s < S; ++s)
+          std::memcpy(out.logits.data() + size_t(s) * V, rows + size_t(row_at_[size_t(b.seq_start[s + 1] - 1)]) * V,
+                      size_t(V) * 4);
+      }
+    } else {
+      out.prompt_start.clear(); out.prompt_logprob.clear(); out.prompt_top_ids.clear(); out.prompt_top_logprobs.clear();
+    }
     out.tokens.resize(S);
     const int32_t* ht = host_tokens_.as<int32_t>();
     for (int s = 0; s < S; ++s) out.tokens[s] = b.sample[s] ? ht[s] : -1;
@@ -439,6 +496,81 @@ class cuda_backend final : public backend {
     return reinterpret_cast<const logit_adjust*>(dev_adj_.as<uint8_t>() + align16(size_t(nseq + 1) * 4));
   }
 
+  // Device-held token counts (step_batch::counts_slot): a list per slot of slot_cap_
+  // entries (logit_adjust), as the scheduler would upload each step. Sparse, not a dense
+  // count row per slot: a 128k vocabulary makes that 512 KB a slot (256 MB at 512 slots),
+  // and the sampling kernel would stream it beside each 512 KB logit row (twice the
+  // reads); the list is what the kernel reads today, and a context holds at most n_ctx
+  // distinct tokens (the 1,024 more: logit_bias's 300 and the stop ids).
+  cuda::count_slots slot_view() const {
+    cuda::count_slots v;
+    v.slot = dev_slot_ids_.as<int32_t>();
+    v.adj = slot_adj_.as<logit_adjust>();
+    v.len = slot_len_.as<int32_t>();
+    v.raw = slot_raw_.as<float>();
+    v.cap = slot_cap_;
+    return v;
+  }
+  // Before the step's sampling: the rows' slot ids on the device (padding rows -1), the
+  // slots grown to the largest id (their contents kept), the loads of this step applied.
+  status prepare_slots(const step_batch& b, int nseq) {
+    cudaStream_t st = stream_.get();
+    const int S = b.n_seqs();
+    int max_slot = -1;
+    bool any_load = false;
+    for (int s = 0; s < S; ++s) {
+      max_slot = std::max(max_slot, b.counts_slot[size_t(s)]);
+      if (b.counts_slot[size_t(s)] >= 0 && b.counts_load[size_t(s)]) any_load = true;
+    }
+    if (slot_cap_ == 0) slot_cap_ = std::min(cfg_.n_vocab, cfg_.n_ctx + 1024);
+    for (int s = 0; s < S; ++s)
+      if (b.counts_load[size_t(s)] && int(b.adjustments(s).size()) > slot_cap_)
+        return make_status(errc::invalid_argument, "step: sequence " + std::to_string(s) +
+                                                       " has more logit adjustments than a count slot holds (" +
+                                                       std::to_string(slot_cap_) + ")");
+    if (max_slot >= n_slots_) {
+      const int n = std::max({max_slot + 1, n_slots_ * 2, 16});
+      INFER_CUDA_TRY(cudaStreamSynchronize(st));
+      device_buffer adj, len, raw;
+      INFER_STATUS_TRY(adj.allocate(size_t(n) * size_t(slot_cap_) * sizeof(logit_adjust)));
+      INFER_STATUS_TRY(len.allocate(size_t(n) * 4));
+      INFER_STATUS_TRY(raw.allocate(size_t(n) * size_t(slot_cap_) * 4));
+      INFER_CUDA_TRY(cudaMemsetAsync(len.get(), 0, size_t(n) * 4, st));
+      if (n_slots_ > 0) {
+        INFER_CUDA_TRY(cudaMemcpyAsync(adj.get(), slot_adj_.get(), slot_adj_.bytes(), cudaMemcpyDeviceToDevice, st));
+        INFER_CUDA_TRY(cudaMemcpyAsync(len.get(), slot_len_.get(), slot_len_.bytes(), cudaMemcpyDeviceToDevice, st));
+      }
+      INFER_CUDA_TRY(cudaStreamSynchronize(st));
+      slot_adj_ = std::move(adj);
+      slot_len_ = std::move(len);
+      slot_raw_ = std::move(raw);
+      n_slots_ = n;
+    }
+    if (slot_ids_cap_ < nseq) {
+      const int n = std::max(nseq, slot_ids_cap_ * 2);
+      INFER_CUDA_TRY(cudaStreamSynchronize(st));  // an earlier step may still read them
+      INFER_STATUS_TRY(host_slot_ids_.allocate(size_t(n) * 5));
+      INFER_STATUS_TRY(dev_slot_ids_.allocate(size_t(n) * 5));
+      slot_ids_cap_ = n;
+    }
+    int32_t* hs = host_slot_ids_.as<int32_t>();
+    uint8_t* hl = host_slot_ids_.as<uint8_t>() + size_t(slot_ids_cap_) * 4;
+    for (int s = 0; s < nseq; ++s) {
+      hs[s] = s < S && b.sample[size_t(s)] ? b.counts_slot[size_t(s)] : -1;
+      hl[s] = s < S ? b.counts_load[size_t(s)] : 0;
+    }
+    INFER_CUDA_TRY(cudaMemcpyAsync(dev_slot_ids_.get(), host_slot_ids_.get(), size_t(nseq) * 4,
+                                   cudaMemcpyHostToDevice, st));
+    INFER_CUDA_TRY(cudaMemcpyAsync(dev_slot_ids_.as<uint8_t>() + size_t(slot_ids_cap_) * 4, hl, size_t(nseq),
+                                   cudaMemcpyHostToDevice, st));
+    if (b.any_adjust() || any_load) INFER_STATUS_TRY(upload_adjustments(b, nseq));
+    if (any_load) {
+      INFER_CUDA_TRY(cuda::slot_load_forward(slot_view(), dev_adj_.as<int32_t>(), dev_adjust(nseq),
+                                             dev_slot_ids_.as<uint8_t>() + size_t(slot_ids_cap_) * 4, nseq, st));
+    }
+    return status::ok();
+  }
+
   status enqueue_fused_sampling(const step_batch& b, const step_ptrs& d, int nseq, bool any_lp) {
     cudaStream_t st = stream_.get();
     if (redo_cap_ < nseq) {
@@ -448,7 +580,7 @@ class cuda_backend final : public backend {
       INFER_STATUS_TRY(host_redo_.allocate(size_t(n) * 2));
       redo_cap_ = n;
     }
-    if (b.any_adjust()) INFER_STATUS_TRY(upload_adjustments(b, nseq));
+    if (b.any_adjust() && !b.any_slot()) INFER_STATUS_TRY(upload_adjustments(b, nseq));
     if (any_lp) INFER_STATUS_TRY(ensure_logprobs(nseq));
     const size_t K = size_t(sampling_params::max_logprobs);
     float* lp = dev_lp_.as<float>();
@@ -465,6 +597,7 @@ class cuda_backend final : public backend {
     a.adj_start = b.any_adjust() ? dev_adj_.as<int32_t>() : nullptr;
     a.adj = b.any_adjust() ? dev_adjust(nseq) : nullptr;
     a.adj_raw = b.any_adjust() ? adj_raw_.as<float>() : nullptr;
+    if (b.any_slot()) a.slots = slot_view();
     if (any_lp) {
       a.logprob = lp;
       a.top_ids = reinterpret_cast<int32_t*>(lp + lp_cap_);
@@ -523,9 +656,11 @@ class cuda_backend final : public backend {
     }
     INFER_CUDA_TRY(cuda::compact_rows_forward(compact_.as<float>(), ids_.as<int32_t>(), logits_.as<float>(),
                                               ld_logits_, d.rows, nseq, V, st));
-    if (b.any_adjust())
-      INFER_CUDA_TRY(cuda::adjust_rows_forward(compact_.as<float>(), V, nseq, dev_adj_.as<int32_t>(),
-                                               dev_adjust(nseq), d.params, st));
+    if (b.any_adjust() || b.any_slot())
+      INFER_CUDA_TRY(cuda::adjust_rows_forward(compact_.as<float>(), V, nseq,
+                                               b.any_adjust() ? dev_adj_.as<int32_t>() : nullptr,
+                                               dev_adjust(nseq), d.params, d.counters,
+                                               b.any_slot() ? slot_view() : cuda::count_slots{}, st));
     size_t temp = sort_temp_.bytes();
     INFER_CUDA_TRY(cuda::sort_compact_forward(sort_temp_.get(), temp, sorted_logits_.as<float>(),
                                               sorted_ids_.as<int32_t>(), compact_.as<float>(),
@@ -646,12 +781,19 @@ class cuda_backend final : public backend {
   pinned_buffer host_stage_, host_tokens_;
   pinned_buffer host_adj_, host_lp_;  // logit adjustments in, logprobs out
   device_buffer dev_adj_, dev_lp_, adj_raw_;
+  device_buffer slot_adj_, slot_len_, slot_raw_;  // count slots (slot_view)
+  int n_slots_ = 0, slot_cap_ = 0;
+  pinned_buffer host_slot_ids_;  // [cap] slot of each launched row, then [cap] load flags
+  device_buffer dev_slot_ids_;
+  int slot_ids_cap_ = 0;
   size_t lp_cap_ = 0;
   device_buffer redo_;        // the fused kernel's fallback flags [2 * rows]
   pinned_buffer host_redo_;
   int redo_cap_ = 0;
   device_buffer dev_stage_;
   std::vector<int32_t> gather_;
+  std::vector<float> prompt_rows_;  // logits rows back on the host (prompt logprobs only)
+  std::vector<int32_t> row_at_;
 
   int sort_rows_cap_ = 0;
   device_buffer sort_temp_, sorted_logits_, sorted_ids_, compact_, ids_, probs_;

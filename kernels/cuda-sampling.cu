@@ -189,14 +189,57 @@ __global__ void sample_sorted_kernel(int32_t* tokens, const float* sorted_logits
 }
 
 __global__ void adjust_rows_kernel(float* compact, int V, const int32_t* adj_start, const logit_adjust* adj,
-                                   const sampling_params* sp) {
+                                   const sampling_params* sp, const uint64_t* counters, count_slots slots) {
   const int r = blockIdx.x;
   const sampling_params p = sp[r];
   float* row = compact + size_t(r) * V;
+  const int slot = slots.slot != nullptr ? slots.slot[r] : -1;
+  const logit_adjust* L = slot >= 0 ? slots.adj + size_t(slot) * slots.cap : adj_start ? adj + adj_start[r] : nullptr;
+  const int n = slot >= 0 ? slots.len[slot] : adj_start ? adj_start[r + 1] - adj_start[r] : 0;
+  const uint64_t gen = counters != nullptr ? counters[r] : 0;
   // Distinct tokens per row: no two threads touch one logit.
-  for (int k = adj_start[r] + threadIdx.x; k < adj_start[r + 1]; k += blockDim.x) {
-    const logit_adjust a = adj[k];
-    row[a.token] = adjusted_logit(row[a.token], a, p);
+  for (int k = threadIdx.x; k < n; k += blockDim.x) {
+    const logit_adjust a = L[k];
+    row[a.token] = adjusted_logit_at(row[a.token], a, p, gen);
+  }
+}
+
+// Slot slot[i] := the uploaded list of row i, for the rows with load[i] set.
+__global__ void slot_load_kernel(count_slots slots, const int32_t* adj_start, const logit_adjust* adj,
+                                 const uint8_t* load) {
+  const int r = blockIdx.x;
+  const int slot = slots.slot[r];
+  if (slot < 0 || !load[r]) return;
+  const int a0 = adj_start[r], n = min(adj_start[r + 1] - a0, slots.cap);
+  logit_adjust* L = slots.adj + size_t(slot) * slots.cap;
+  for (int k = threadIdx.x; k < n; k += blockDim.x) L[k] = adj[a0 + k];
+  if (threadIdx.x == 0) slots.len[slot] = n;
+}
+
+// The scheduler's count_token on the device: the token row i sampled, counted in its slot
+// (found by a scan of the list: it is read whole by every sampling step anyway).
+__global__ void slot_count_kernel(count_slots slots, const int32_t* tokens, int V, const sampling_params* sp,
+                                  const uint8_t* do_sample) {
+  const int r = blockIdx.x;
+  const int slot = slots.slot[r];
+  if (slot < 0 || !do_sample[r] || !sp[r].penalized()) return;
+  const int t = tokens[r];
+  if (t < 0 || t >= V) return;
+  logit_adjust* L = slots.adj + size_t(slot) * slots.cap;
+  const int n = slots.len[slot];
+  __shared__ int s_at;
+  if (threadIdx.x == 0) s_at = INT_MAX;
+  __syncthreads();
+  for (int k = threadIdx.x; k < n; k += blockDim.x)
+    if (L[k].token == t) s_at = k;  // distinct tokens: at most one writer
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  if (s_at != INT_MAX) {
+    L[s_at].seen |= adjust_seen;
+    ++L[s_at].count;
+  } else if (n < slots.cap) {  // the capacity bounds the distinct tokens of a context
+    L[n] = logit_adjust{t, 1, 0.0f, adjust_seen};
+    slots.len[slot] = n + 1;
   }
 }
 
@@ -448,18 +491,34 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
   if (!ds) return;
   const sampling_params p = a.sp[r];
   const bool want_lp = p.logprobs >= 0 && a.lse != nullptr;
-  const bool adjusted = ds == sample_adjusted && a.adj_start != nullptr;
+  // The row's adjustments: its slot's list (device-held counts) or the step's uploaded one.
+  const int slot = a.slots.slot != nullptr ? a.slots.slot[r] : -1;
+  const logit_adjust* L = nullptr;
+  float* LR = nullptr;
+  int nL = 0;
+  if (ds == sample_adjusted) {
+    if (slot >= 0) {
+      L = a.slots.adj + size_t(slot) * a.slots.cap;
+      LR = a.slots.raw + size_t(slot) * a.slots.cap;
+      nL = a.slots.len[slot];
+    } else if (a.adj_start != nullptr) {
+      L = a.adj + a.adj_start[r];
+      LR = a.adj_raw + a.adj_start[r];
+      nL = a.adj_start[r + 1] - a.adj_start[r];
+    }
+  }
+  const bool adjusted = ds == sample_adjusted && (slot >= 0 || a.adj_start != nullptr);
+  const uint64_t gen = a.counters[r];
   const bool sampled = !p.greedy();
   if (!sampled && !adjusted && !want_lp) return;  // plain greedy: sample_greedy_forward's
   float* row = a.logits + size_t(a.rows[r]) * a.ld;
-  const int a0 = adjusted ? a.adj_start[r] : 0, a1 = adjusted ? a.adj_start[r + 1] : 0;
   const int k_lp = want_lp ? min(p.logprobs, V) : 0;
   const float inv_t = sampled ? 1.0f / p.temperature : 1.0f;
 
   // 0. Adjusted entries aside (distinct tokens: no two threads touch one); NaN marks them.
-  for (int k = a0 + tid; k < a1; k += fs_threads) {
-    const int t = a.adj[k].token;
-    a.adj_raw[k] = row[t];
+  for (int k = tid; k < nL; k += fs_threads) {
+    const int t = L[k].token;
+    LR[k] = row[t];
     row[t] = __int_as_float(0x7fc00000);
   }
   for (int b = tid; b < fs_bins; b += fs_threads) {
@@ -492,10 +551,10 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
       any = true;
     }
   });
-  for (int k = a0 + tid; k < a1; k += fs_threads) {
-    const float raw = a.adj_raw[k];
-    const int t = a.adj[k].token;
-    const float v = fused_view_value(adjusted_logit(raw, a.adj[k], p), t);
+  for (int k = tid; k < nL; k += fs_threads) {
+    const float raw = LR[k];
+    const int t = L[k].token;
+    const float v = fused_view_value(adjusted_logit_at(raw, L[k], p, gen), t);
     better(bv, bi, v, t);
     if (v > -INFINITY) mn = fminf(mn, v);
     if (want_lp && raw == raw) {
@@ -572,8 +631,8 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
     for_row<fs_threads>(row, V, [&](float raw, int i) {
       if (raw == raw) add(fused_view_value(raw, i));
     });
-    for (int k = a0 + tid; k < a1; k += fs_threads) {
-      const float v = fused_view_value(adjusted_logit(a.adj_raw[k], a.adj[k], p), a.adj[k].token);
+    for (int k = tid; k < nL; k += fs_threads) {
+      const float v = fused_view_value(adjusted_logit_at(LR[k], L[k], p, gen), L[k].token);
       if (v == v) add(v);
     }
     for (int o = 16; o > 0; o >>= 1) tsum += __shfl_xor_sync(0xffffffffu, tsum, o);
@@ -680,11 +739,11 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
         if (j < fs_cap_lp) cand_l[j] = fs_key(raw, i);
       }
     });
-    for (int k = a0 + tid; k < a1; k += fs_threads) {
-      const float raw = a.adj_raw[k];
-      const int t = a.adj[k].token;
+    for (int k = tid; k < nL; k += fs_threads) {
+      const float raw = LR[k];
+      const int t = L[k].token;
       if (sel) {
-        const float v = fused_view_value(adjusted_logit(raw, a.adj[k], p), t);
+        const float v = fused_view_value(adjusted_logit_at(raw, L[k], p, gen), t);
         const int b = v == v ? g.bin(v) : -3;
         if ((b >= lo1 && b <= hi1) || (b >= lo2 && b <= hi2)) {
           const int j = atomicAdd(&c.n_s, 1);
@@ -747,7 +806,7 @@ __global__ void __launch_bounds__(fs_threads, 2) sample_fused_kernel(const fused
 
   // The row as it came in, then what only thread 0 writes.
   __syncthreads();
-  for (int k = a0 + tid; k < a1; k += fs_threads) row[a.adj[k].token] = a.adj_raw[k];
+  for (int k = tid; k < nL; k += fs_threads) row[L[k].token] = LR[k];
   __syncthreads();
   if (tid == 0) {
     const bool redo_s = sel && !ok_s;
@@ -783,8 +842,28 @@ cudaError_t compact_rows_forward(float* compact, int32_t* ids, const float* logi
 
 cudaError_t adjust_rows_forward(float* compact, int V, int N, const int32_t* adj_start,
                                 const logit_adjust* adj, const sampling_params* sp, cudaStream_t stream) {
+  return adjust_rows_forward(compact, V, N, adj_start, adj, sp, nullptr, count_slots{}, stream);
+}
+
+cudaError_t adjust_rows_forward(float* compact, int V, int N, const int32_t* adj_start, const logit_adjust* adj,
+                                const sampling_params* sp, const uint64_t* counters, const count_slots& slots,
+                                cudaStream_t stream) {
   if (N <= 0) return cudaSuccess;
-  adjust_rows_kernel<<<N, 256, 0, stream>>>(compact, V, adj_start, adj, sp);
+  adjust_rows_kernel<<<N, 256, 0, stream>>>(compact, V, adj_start, adj, sp, counters, slots);
+  return cudaGetLastError();
+}
+
+cudaError_t slot_load_forward(const count_slots& slots, const int32_t* adj_start, const logit_adjust* adj,
+                              const uint8_t* load, int N, cudaStream_t stream) {
+  if (N <= 0) return cudaSuccess;
+  slot_load_kernel<<<N, 128, 0, stream>>>(slots, adj_start, adj, load);
+  return cudaGetLastError();
+}
+
+cudaError_t slot_count_forward(const count_slots& slots, const int32_t* tokens, int N, int V,
+                               const sampling_params* sp, const uint8_t* do_sample, cudaStream_t stream) {
+  if (N <= 0) return cudaSuccess;
+  slot_count_kernel<<<N, 128, 0, stream>>>(slots, tokens, V, sp, do_sample);
   return cudaGetLastError();
 }
 

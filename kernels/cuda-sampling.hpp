@@ -18,12 +18,36 @@ namespace infer::cuda {
 // from its sorted (adjusted) row, overwriting what sample_greedy_forward took from the raw one.
 constexpr uint8_t sample_adjusted = 2;
 
+// Token counts held on the device (issue 16): one list per sequence slot, of the entries the
+// scheduler would upload each step (logit_adjust: distinct tokens, counts, bias, flags),
+// loaded from an uploaded list once per admission, then counted into by slot_count_forward
+// after each step. Row i of a step uses slot[i]'s list where slot[i] >= 0.
+struct count_slots {
+  const int32_t* slot = nullptr;  // [N] per row, -1: the step's uploaded list; null: no slots
+  logit_adjust* adj = nullptr;    // [slots, cap]
+  int32_t* len = nullptr;         // [slots]
+  float* raw = nullptr;           // [slots, cap] the fused kernel's scratch
+  int cap = 0;                    // entries a slot holds
+};
+
 // Row i of compact [N, V] := row rows[i] of logits (stride ld); ids [N, V] := 0..V-1.
 cudaError_t compact_rows_forward(float* compact, int32_t* ids, const float* logits, int ld,
                                  const int32_t* rows, int N, int V, cudaStream_t stream);
 // Applies adjusted_logit to compact row i for adj[adj_start[i] .. adj_start[i + 1]).
 cudaError_t adjust_rows_forward(float* compact, int V, int N, const int32_t* adj_start,
                                 const logit_adjust* adj, const sampling_params* sp, cudaStream_t stream);
+// The same where rows may use slots, with the min_tokens ban of adjust_stop entries from the
+// rows' counters (adjusted_logit_at).
+cudaError_t adjust_rows_forward(float* compact, int V, int N, const int32_t* adj_start, const logit_adjust* adj,
+                                const sampling_params* sp, const uint64_t* counters, const count_slots& slots,
+                                cudaStream_t stream);
+// slot[i] := adj[adj_start[i] .. adj_start[i + 1]) where load[i] (at most cap entries).
+cudaError_t slot_load_forward(const count_slots& slots, const int32_t* adj_start, const logit_adjust* adj,
+                              const uint8_t* load, int N, cudaStream_t stream);
+// Counts tokens[i] into slot[i] (count + 1, seen; a new entry if absent) where row i sampled
+// and is penalized: the scheduler's count_token, so that the next step sees it.
+cudaError_t slot_count_forward(const count_slots& slots, const int32_t* tokens, int N, int V,
+                               const sampling_params* sp, const uint8_t* do_sample, cudaStream_t stream);
 // Sorts the compact rows by (logit desc, id asc) into sorted_logits / sorted_ids.
 // temp == nullptr: sets temp_bytes only.
 cudaError_t sort_compact_forward(void* temp, size_t& temp_bytes, float* sorted_logits, int32_t* sorted_ids,
@@ -75,6 +99,7 @@ struct fused_sampling_args {
   float* top_lp;             // [N, max_logprobs]
   float* lse;                // [N]
   uint8_t* redo;             // [2N]
+  count_slots slots;         // rows with slots.slot[i] >= 0 read their slot's list instead
 };
 cudaError_t sample_fused_forward(const fused_sampling_args& a, cudaStream_t stream);
 

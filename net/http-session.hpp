@@ -49,21 +49,52 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     bool chat = false;  // /v1/chat/completions: chat.completion objects
     bool stream = false, include_usage = false, keep_alive = true, chunked = true;
     bool headers_sent = false, finished = false, client_gone = false;
-    std::string cmpl_id, model, text, request_id;
+    std::string cmpl_id, model, request_id;
     int64_t created = 0;
-    std::string echo;                   // completions' echo: the prompt text, sent first
+    std::string echo;                   // completions' echo: the prompt text, sent first (each choice)
+    bool echo_lp = false;               // echo with logprobs: the echo waits for the prompt's logprobs
     const tokenizer* tok = nullptr;     // the tokens' bytes for logprobs
-    logprobs_builder lp;                // the whole choice's (non-streamed) or one chunk's
+    // Per choice (n of them): its text, and its logprobs, of the whole choice (non-streamed)
+    // or of one chunk.
+    std::vector<std::string> texts;
+    std::vector<logprobs_builder> lps;
 
+    void set_choices(int32_t n, bool chat_lp) {
+      texts.assign(size_t(std::max(n, 1)), {});
+      lps.assign(size_t(std::max(n, 1)), logprobs_builder{});
+      for (auto& l : lps) {
+        l.chat = chat_lp;
+        l.offset = echo_lp ? 0 : echo.size();
+      }
+    }
     logprobs_builder::bytes_fn bytes() const {
       return [t = tok](int32_t id) { return t ? t->token_bytes(id) : std::string_view(); };
     }
+    logprobs_builder& lp_of(const event& e) { return lps[size_t(e.choice) < lps.size() ? size_t(e.choice) : 0]; }
     // The chunk's logprobs: this token's only (the builder keeps the running text offset).
     std::string chunk_logprobs(const event& e) {
       if (e.n_top < 0) return {};
+      auto& lp = lp_of(e);
       lp.clear_tokens();
       lp.add(e, bytes());
       return lp.json();
+    }
+    void add_token(const event& e) {
+      texts[size_t(e.choice) < texts.size() ? size_t(e.choice) : 0] += e.text;
+      lp_of(e).add(e, bytes());
+    }
+    // The prompt's logprobs came (with the first token): every choice's start with them; the
+    // completion's offsets then count from the end of the echoed text.
+    void add_prompt(const event& e) {
+      for (auto& l : lps) {
+        l.add_prompt(e, bytes());
+        l.offset = echo.size();
+      }
+    }
+    std::vector<std::string> choice_logprobs() const {
+      std::vector<std::string> out;
+      for (const auto& l : lps) out.push_back(l.empty() ? std::string() : l.json());
+      return out;
     }
   };
 
@@ -317,10 +348,10 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
         cur_->client_gone = true;
         if (service* svc = st_.current()) svc->cancel(cur_->rid);
       }
-      // The chunk being written stays alive until its handler runs (with the error of the close).
-      if (writing_) out_.erase(std::next(out_.begin()), out_.end());
-      else out_.clear();
-      pending_bytes_ = writing_ ? out_.front().size() : 0;
+      // The chunks being written stay alive until their handler runs (with the error of the close).
+      out_.erase(out_.begin() + std::ptrdiff_t(writing_ ? in_flight_ : 0), out_.end());
+      pending_bytes_ = 0;
+      for (const auto& o : out_) pending_bytes_ += o.size();
       beast::error_code ignored;
       beast::get_lowest_layer(stream_).socket().close(ignored);
       return;
@@ -330,9 +361,14 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (!writing_) do_write_raw();
   }
 
+  // Everything queued goes in one gathered write: the events that came while the last write
+  // was out leave together (one send, not one per event).
   void do_write_raw() {
     writing_ = true;
-    asio::async_write(stream_, asio::buffer(out_.front()),
+    in_flight_ = out_.size();
+    wbufs_.clear();
+    for (const auto& o : out_) wbufs_.push_back(asio::buffer(o));
+    asio::async_write(stream_, wbufs_,
                       beast::bind_front_handler(&http_session::on_write_raw, this->shared_from_this()));
   }
 
@@ -341,6 +377,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     if (ec) {
       spdlog::debug("conn={} write failed: {}", conn_, ec.message());
       out_.clear();
+      in_flight_ = 0;
       pending_bytes_ = 0;
       if (cur_ && !cur_->client_gone) {
         cur_->client_gone = true;
@@ -348,8 +385,10 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
       }
       return;
     }
-    pending_bytes_ -= out_.front().size();
-    out_.pop_front();
+    for (; in_flight_ > 0; --in_flight_) {
+      pending_bytes_ -= out_.front().size();
+      out_.pop_front();
+    }
     if (!out_.empty()) return do_write_raw();
     if (cur_ && cur_->finished) finish_exchange();
   }
@@ -446,7 +485,9 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   std::shared_ptr<http::response<http::string_body>> res_;
   std::string req_id_;  // X-Request-Id of the request being answered
   std::shared_ptr<completion_state> cur_;
-  std::deque<std::string> out_;
+  std::deque<std::string> out_;  // queued raw bytes; the first in_flight_ are being written
+  std::vector<asio::const_buffer> wbufs_;
+  size_t in_flight_ = 0;
   size_t pending_bytes_ = 0;
   bool writing_ = false;
   bool watching_ = false;

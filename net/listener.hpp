@@ -1,9 +1,11 @@
 // listener: accepts connections (server.max_connections, max_connections_per_client, a pause
 // when descriptors run out) and starts an http_session on a strand of its own for each,
-// over TLS when the server has a certificate. Internal to net/.
+// over TLS when the server has a certificate, handing connections to the io contexts in turn
+// (one thread each). Internal to net/.
 #pragma once
 #include <chrono>
 #include <memory>
+#include <vector>
 
 #include "net/server-state.hpp"
 
@@ -15,8 +17,9 @@ std::string client_key(const tcp::socket& sock);
 
 class listener : public std::enable_shared_from_this<listener> {
  public:
-  listener(asio::io_context& ioc, ssl::context* tls, server_state& st)
-      : ioc_(ioc), tls_(tls), acc_(ioc), st_(st), pause_(ioc) {}
+  // Accepts on the first io context; each connection goes to the next of `pool` in turn.
+  listener(std::vector<asio::io_context*> pool, ssl::context* tls, server_state& st)
+      : pool_(std::move(pool)), tls_(tls), acc_(*pool_.front()), st_(st), pause_(*pool_.front()) {}
 
   status open(const tcp::endpoint& ep) {
     beast::error_code ec;
@@ -40,7 +43,8 @@ class listener : public std::enable_shared_from_this<listener> {
 
  private:
   void do_accept() {
-    acc_.async_accept(asio::make_strand(ioc_), beast::bind_front_handler(&listener::on_accept, shared_from_this()));
+    asio::io_context& ioc = *pool_[next_++ % pool_.size()];
+    acc_.async_accept(asio::make_strand(ioc), beast::bind_front_handler(&listener::on_accept, shared_from_this()));
   }
 
   // Out of descriptors (or kernel memory): accepting again at once fails again at once, a
@@ -54,7 +58,8 @@ class listener : public std::enable_shared_from_this<listener> {
 
   void on_accept(beast::error_code ec, tcp::socket sock);
 
-  asio::io_context& ioc_;
+  std::vector<asio::io_context*> pool_;
+  size_t next_ = 0;
   ssl::context* tls_;
   tcp::acceptor acc_;
   server_state& st_;

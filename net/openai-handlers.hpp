@@ -23,27 +23,44 @@ void http_session<Stream>::on_event(const std::shared_ptr<completion_state>& c, 
     case event::kind::accepted:
       if (c->stream) {
         send_sse_headers(*c);
-        if (!c->echo.empty()) send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, c->echo, nullptr));
+        if (!c->echo.empty() && !c->echo_lp)
+          for (size_t i = 0; i < c->texts.size(); ++i)
+            send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, c->echo, nullptr, {}, int32_t(i)));
       }
       break;
     case event::kind::token:
+      if (c->echo_lp && !e.prompt_ids.empty()) {
+        if (c->stream) {  // each choice's echo chunk, with the prompt's logprobs
+          for (size_t i = 0; i < c->lps.size(); ++i) {
+            auto& l = c->lps[i];
+            l.clear_tokens();
+            l.offset = 0;
+            l.add_prompt(e, c->bytes());
+            send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, c->echo, nullptr, l.json(), int32_t(i)));
+            l.offset = c->echo.size();
+          }
+        } else {
+          c->add_prompt(e);
+        }
+      }
       if (c->stream) {
-        send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, e.text, nullptr, c->chunk_logprobs(e)));
+        send_sse(*c, openai_chunk_json(c->cmpl_id, c->created, c->model, e.text, nullptr, c->chunk_logprobs(e),
+                                       e.choice));
       } else {
-        c->text += e.text;
-        c->lp.add(e, c->bytes());
+        c->add_token(e);
       }
       break;
     case event::kind::done:
       if (c->stream) {
-        send_sse(*c, openai_final_chunk_json(c->cmpl_id, c->created, c->model, e));
+        for (size_t i = 0; i < c->texts.size(); ++i)
+          send_sse(*c, openai_final_chunk_json(c->cmpl_id, c->created, c->model, e, int32_t(i)));
         if (c->include_usage) send_sse(*c, openai_usage_chunk_json(c->cmpl_id, c->created, c->model, e));
         end_sse(*c);
       } else {
         c->finished = true;
-        const std::string lp = c->lp.empty() ? std::string() : c->lp.json();
+        for (auto& t : c->texts) t.insert(0, c->echo);
         respond(http::status::ok,
-                openai_completion_json(c->cmpl_id, c->created, c->model, c->echo + c->text, e, lp),
+                openai_completion_json(c->cmpl_id, c->created, c->model, c->texts, e, c->choice_logprobs()),
                 "application/json", c->keep_alive, true);
       }
       break;
@@ -65,26 +82,27 @@ template <class Stream>
 void http_session<Stream>::on_chat_event(completion_state& c, const event& e) {
   switch (e.type) {
     case event::kind::accepted:
-      if (c.stream) send_sse(c, openai_chat_chunk_json(c.cmpl_id, c.created, c.model, true, "", nullptr));
+      if (c.stream)
+        for (size_t i = 0; i < c.texts.size(); ++i)
+          send_sse(c, openai_chat_chunk_json(c.cmpl_id, c.created, c.model, true, "", nullptr, {}, int32_t(i)));
       break;
     case event::kind::token:
       if (!c.stream) {
-        c.text += e.text;
-        c.lp.add(e, c.bytes());
+        c.add_token(e);
       } else if (!e.text.empty() || e.n_top >= 0) {  // every token's logprobs go out
         send_sse(c, openai_chat_chunk_json(c.cmpl_id, c.created, c.model, false, e.text, nullptr,
-                                           c.chunk_logprobs(e)));
+                                           c.chunk_logprobs(e), e.choice));
       }
       break;
     case event::kind::done:
       if (c.stream) {
-        send_sse(c, openai_chat_final_chunk_json(c.cmpl_id, c.created, c.model, e));
+        for (size_t i = 0; i < c.texts.size(); ++i)
+          send_sse(c, openai_chat_final_chunk_json(c.cmpl_id, c.created, c.model, e, int32_t(i)));
         if (c.include_usage) send_sse(c, openai_chat_usage_chunk_json(c.cmpl_id, c.created, c.model, e));
         end_sse(c);
       } else {
         c.finished = true;
-        const std::string lp = c.lp.empty() ? std::string() : c.lp.json();
-        respond(http::status::ok, openai_chat_json(c.cmpl_id, c.created, c.model, c.text, e, lp),
+        respond(http::status::ok, openai_chat_json(c.cmpl_id, c.created, c.model, c.texts, e, c.choice_logprobs()),
                 "application/json", c.keep_alive, true);
       }
       break;
@@ -158,10 +176,10 @@ void http_session<Stream>::start_completion() {
   if (!cmd.seeded) cmd.request.sampling.seed = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
   auto c = std::make_shared<completion_state>();
   c->tok = &svc->tok();
-  if (cmd.echo) {
+  if (cmd.echo)
     c->echo = cmd.request.prompt_tokens.empty() ? cmd.request.prompt : svc->tok().decode(cmd.request.prompt_tokens);
-    c->lp.offset = c->echo.size();
-  }
+  c->echo_lp = cmd.request.prompt_logprobs;
+  c->set_choices(cmd.request.n, false);
   c->stream = cmd.stream;
   c->include_usage = cmd.include_usage;
   c->keep_alive = keep;
@@ -210,7 +228,7 @@ void http_session<Stream>::start_chat() {
   if (!cmd->seeded) cmd->request.sampling.seed = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
   auto c = std::make_shared<completion_state>();
   c->chat = true;
-  c->lp.chat = true;
+  c->set_choices(cmd->request.n, true);
   c->tok = &svc->tok();
   c->stream = cmd->stream;
   c->include_usage = cmd->include_usage;

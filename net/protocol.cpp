@@ -201,6 +201,21 @@ std::optional<std::string> check_min_tokens(const generate_request& r) {
   return std::nullopt;
 }
 
+// vLLM's extra sampling fields this server does not implement: a 400 naming the field, never
+// an output that silently ignores it (those it implements are parsed in get_sampling).
+std::optional<std::string> check_unimplemented_vllm(const json& o) {
+  for (const char* k : {"use_beam_search", "length_penalty", "include_stop_str_in_output", "truncate_prompt_tokens",
+                        "allowed_token_ids", "bad_words", "prompt_logprobs", "logits_processors",
+                        "return_tokens_as_token_ids", "return_token_ids", "prompt_embeds", "kv_transfer_params",
+                        "vllm_xargs", "spaces_between_special_tokens"})
+    if (!absent(o, k)) {
+      if (std::string_view(k) == "prompt_logprobs")
+        return std::string("prompt_logprobs: not supported; on /v1/completions, echo with logprobs gives the prompt's");
+      return fmt::format("{}: not supported", k);
+    }
+  return std::nullopt;
+}
+
 // best_of is gone from vLLM V1 (and legacy in OpenAI): n is the only way to ask for choices.
 std::optional<std::string> check_best_of(const json& o) {
   if (absent(o, "best_of")) return std::nullopt;
@@ -406,6 +421,9 @@ command parse_command(std::string_view frame, const protocol_limits& lim) {
   int64_t lp = -1;
   if (auto e = get_int(o, "logprobs", 0, sampling_params::max_logprobs, lp)) return invalid_request{id, *e};
   r.sampling.logprobs = int32_t(lp);
+  int64_t n = 1;
+  if (auto e = get_int(o, "n", 1, generate_request::max_n, n)) return invalid_request{id, *e};
+  r.n = int32_t(n);
   if (auto e = check_min_tokens(r)) return invalid_request{id, *e};
   if (!cmd.chat)
     if (auto e = finish_prompt(lim, r)) return invalid_request{id, *e};
@@ -439,8 +457,11 @@ void token_frame(std::string& out, std::string_view id, int32_t index, int32_t t
   out.clear();
   out += R"({"type":"token","id":)";
   append_json_string(out, id);
+  if (lp && lp->n_choices > 1) fmt::format_to(std::back_inserter(out), R"(,"choice":{})", lp->choice);
   fmt::format_to(std::back_inserter(out), R"(,"index":{},"token":{},"text":)", index, token);
   append_json_string(out, text);
+  if (lp && lp->n_choices > 1 && lp->choice_done)
+    fmt::format_to(std::back_inserter(out), R"(,"finish_reason":"{}")", to_string(lp->reason));
   if (lp && lp->n_top >= 0) {
     out += R"(,"logprob":)";
     append_logprob(out, lp->logprob);
@@ -520,6 +541,34 @@ void logprobs_builder::add(const event& e, const bytes_fn& token_bytes) {
   ++n;
 }
 
+void logprobs_builder::add_prompt(const event& e, const bytes_fn& token_bytes) {
+  const auto& ids = e.prompt_ids;
+  if (ids.empty()) return;
+  // The first prompt token has nothing before it: null, as OpenAI.
+  const std::string_view tb = token_bytes(ids[0]);
+  const char* sep = n ? "," : "";
+  tokens += sep;
+  append_json_string(tokens, tb);
+  token_logprobs += sep;
+  token_logprobs += "null";
+  top_logprobs += sep;
+  top_logprobs += "null";
+  text_offset += sep;
+  fmt::format_to(std::back_inserter(text_offset), "{}", offset);
+  offset += tb.size();
+  ++n;
+  const size_t m = e.prompt_logprobs.size();
+  const size_t k = m ? e.prompt_top.size() / m : 0;
+  for (size_t j = 0; j < m && j + 1 < ids.size(); ++j) {
+    event t;
+    t.n_top = int32_t(k);
+    t.token = ids[j + 1];
+    t.logprob = e.prompt_logprobs[j];
+    t.top_logprobs.assign(e.prompt_top.begin() + std::ptrdiff_t(j * k), e.prompt_top.begin() + std::ptrdiff_t((j + 1) * k));
+    add(t, token_bytes);
+  }
+}
+
 std::string logprobs_builder::json() const {
   if (chat) return R"({"content":[)" + content + R"(],"refusal":null})";
   return R"({"tokens":[)" + tokens + R"(],"token_logprobs":[)" + token_logprobs + R"(],"top_logprobs":[)" +
@@ -559,6 +608,14 @@ std::string done_frame(std::string_view id, const event& e) {
                  R"("timing_ms":{{"queue":{},"first_token":{},"total":{}}})",
                  to_string(e.reason), e.prompt_tokens, e.completion_tokens, e.cached_tokens, fmt_ms(e.queue_ms),
                  fmt_ms(e.first_token_ms), fmt_ms(e.total_ms));
+  if (!e.choice_reasons.empty()) {  // n > 1
+    out += R"(,"choices":[)";
+    for (size_t i = 0; i < e.choice_reasons.size(); ++i)
+      fmt::format_to(std::back_inserter(out), R"({}{{"index":{},"finish_reason":"{}","completion_tokens":{}}})",
+                     i ? "," : "", i, to_string(e.choice_reasons[i]),
+                     i < e.choice_tokens.size() ? e.choice_tokens[i] : 0);
+    out.push_back(']');
+  }
   append_degradation(out, e);
   out.push_back('}');
   return out;
@@ -647,12 +704,14 @@ std::variant<completion_command, invalid_request> parse_completion_request(std::
   if (r.prompt.empty() && r.prompt_tokens.empty()) return invalid_request{std::nullopt, "prompt: must not be empty"};
 
   if (auto e = get_sampling(o, lim, r)) return invalid_request{std::nullopt, *e};
+  if (auto e = check_unimplemented_vllm(o)) return invalid_request{std::nullopt, *e};
   // As on the WebSocket (an extension: OpenAI has no such field); 0: the server's default.
   int64_t timeout = 0;
   if (auto e = get_int(o, "timeout_ms", 0, 24LL * 3600 * 1000, timeout)) return invalid_request{std::nullopt, *e};
   r.timeout_ms = timeout;
   int64_t n = 1;
-  if (auto e = get_int(o, "n", 1, 1, n)) return invalid_request{std::nullopt, *e + " (one choice per request)"};
+  if (auto e = get_int(o, "n", 1, generate_request::max_n, n)) return invalid_request{std::nullopt, *e};
+  r.n = int32_t(n);
   if (auto e = check_best_of(o)) return invalid_request{std::nullopt, *e};
   if (auto e = check_min_tokens(r)) return invalid_request{std::nullopt, *e};
   if (auto e = get_bool(o, "echo", cmd.echo)) return invalid_request{std::nullopt, *e};
@@ -666,9 +725,8 @@ std::variant<completion_command, invalid_request> parse_completion_request(std::
       r.sampling.logprobs = int32_t(k);
     }
   }
-  if (cmd.echo && r.sampling.logprobs >= 0)
-    return invalid_request{std::nullopt, "echo: the prompt's logprobs are not computed; echo without logprobs, or "
-                                         "logprobs without echo"};
+  // echo with logprobs: the prompt's tokens get theirs too (vLLM's prompt_logprobs).
+  r.prompt_logprobs = cmd.echo && r.sampling.logprobs >= 0;
   if (!absent(o, "suffix")) {
     const json& sf = o.at("suffix");
     if (!sf.is_string()) return invalid_request{std::nullopt, "suffix: must be a string"};
@@ -747,32 +805,51 @@ void append_head(std::string& out, std::string_view cmpl_id, int64_t created, st
 }
 }  // namespace
 
+namespace {
+// Choice i's finish reason: its own (n > 1) or the request's.
+finish_reason choice_reason(const event& done, size_t i) {
+  return i < done.choice_reasons.size() ? done.choice_reasons[i] : done.reason;
+}
+}  // namespace
+
 std::string openai_completion_json(std::string_view cmpl_id, int64_t created, std::string_view model,
-                                   std::string_view text, const event& done, std::string_view logprobs) {
+                                   std::span<const std::string> texts, const event& done,
+                                   std::span<const std::string> logprobs) {
   std::string out;
   append_head(out, cmpl_id, created, model);
-  out += R"(,"choices":[{"text":)";
-  append_json_string(out, text);
-  out += R"(,"index":0,"logprobs":)";
-  out += logprobs.empty() ? std::string_view("null") : logprobs;
+  out += R"(,"choices":[)";
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (i) out.push_back(',');
+    out += R"({"text":)";
+    append_json_string(out, texts[i]);
+    fmt::format_to(std::back_inserter(out), R"(,"index":{},"logprobs":)", i);
+    out += i < logprobs.size() && !logprobs[i].empty() ? std::string_view(logprobs[i]) : std::string_view("null");
+    fmt::format_to(std::back_inserter(out), R"(,"finish_reason":"{}"}})", openai_finish(choice_reason(done, i)));
+  }
   fmt::format_to(std::back_inserter(out),
-                 R"(,"finish_reason":"{}"}}],)"
-                 R"("usage":{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{},)"
+                 R"(],"usage":{{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{},)"
                  R"("prompt_tokens_details":{{"cached_tokens":{}}}}})",
-                 openai_finish(done.reason), done.prompt_tokens, done.completion_tokens,
-                 done.prompt_tokens + done.completion_tokens, done.cached_tokens);
+                 done.prompt_tokens, done.completion_tokens, done.prompt_tokens + done.completion_tokens,
+                 done.cached_tokens);
   append_degradation(out, done);
   out.push_back('}');
   return out;
 }
 
+std::string openai_completion_json(std::string_view cmpl_id, int64_t created, std::string_view model,
+                                   std::string_view text, const event& done, std::string_view logprobs) {
+  const std::string t(text), l(logprobs);
+  return openai_completion_json(cmpl_id, created, model, std::span<const std::string>(&t, 1), done,
+                                std::span<const std::string>(&l, 1));
+}
+
 std::string openai_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
-                              std::string_view text, const char* finish, std::string_view logprobs) {
+                              std::string_view text, const char* finish, std::string_view logprobs, int32_t index) {
   std::string out;
   append_head(out, cmpl_id, created, model);
   out += R"(,"choices":[{"text":)";
   append_json_string(out, text);
-  out += R"(,"index":0,"logprobs":)";
+  fmt::format_to(std::back_inserter(out), R"(,"index":{},"logprobs":)", index);
   out += logprobs.empty() ? std::string_view("null") : logprobs;
   out += R"(,"finish_reason":)";
   if (finish) fmt::format_to(std::back_inserter(out), R"("{}")", finish);
@@ -782,8 +859,9 @@ std::string openai_chunk_json(std::string_view cmpl_id, int64_t created, std::st
 }
 
 std::string openai_final_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
-                                    const event& done) {
-  std::string out = openai_chunk_json(cmpl_id, created, model, "", openai_finish(done.reason));
+                                    const event& done, int32_t index) {
+  std::string out =
+      openai_chunk_json(cmpl_id, created, model, "", openai_finish(choice_reason(done, size_t(index))), {}, index);
   out.pop_back();  // the closing brace: the degradation fields go at the top level
   append_degradation(out, done);
   out.push_back('}');
@@ -819,7 +897,8 @@ std::variant<chat_command, invalid_request> parse_chat_request(std::string_view 
   if (absent(o, "messages")) return invalid_request{std::nullopt, "messages: missing"};
   if (!absent(o, "prompt")) return invalid_request{std::nullopt, "prompt: not a chat field (use messages, or /v1/completions)"};
   // Fields of OpenAI's chat API this server has no part for: refused, never dropped.
-  for (const char* key : {"audio", "prediction", "functions", "function_call", "web_search_options", "reasoning_effort"})
+  for (const char* key : {"audio", "prediction", "functions", "function_call", "web_search_options", "reasoning_effort",
+                          "verbosity"})
     if (!absent(o, key)) return invalid_request{std::nullopt, fmt::format("{}: not supported", key)};
   bool store = false;
   if (auto e = get_bool(o, "store", store)) return invalid_request{std::nullopt, *e};
@@ -830,6 +909,7 @@ std::variant<chat_command, invalid_request> parse_chat_request(std::string_view 
       return invalid_request{std::nullopt, "modalities: only [\"text\"] is supported"};
   }
   if (auto e = get_sampling(o, lim, r)) return invalid_request{std::nullopt, *e};
+  if (auto e = check_unimplemented_vllm(o)) return invalid_request{std::nullopt, *e};
   int64_t i = 0;
   if (!absent(o, "max_completion_tokens")) {  // OpenAI's newer name wins over max_tokens
     if (auto e = get_int(o, "max_completion_tokens", 1, lim.max_tokens_limit, i)) return invalid_request{std::nullopt, *e};
@@ -837,7 +917,8 @@ std::variant<chat_command, invalid_request> parse_chat_request(std::string_view 
   }
   if (auto e = check_min_tokens(r)) return invalid_request{std::nullopt, *e};
   int64_t n = 1;
-  if (auto e = get_int(o, "n", 1, 1, n)) return invalid_request{std::nullopt, *e + " (one choice per request)"};
+  if (auto e = get_int(o, "n", 1, generate_request::max_n, n)) return invalid_request{std::nullopt, *e};
+  r.n = int32_t(n);
   if (auto e = check_best_of(o)) return invalid_request{std::nullopt, *e};
   bool lp = false;
   if (auto e = get_bool(o, "logprobs", lp)) return invalid_request{std::nullopt, *e};
@@ -883,26 +964,40 @@ void append_usage(std::string& out, const event& done) {
 }
 }  // namespace
 
-std::string openai_chat_json(std::string_view id, int64_t created, std::string_view model, std::string_view text,
-                             const event& done, std::string_view logprobs) {
+std::string openai_chat_json(std::string_view id, int64_t created, std::string_view model,
+                             std::span<const std::string> texts, const event& done,
+                             std::span<const std::string> logprobs) {
   std::string out;
   append_chat_head(out, id, created, model, false);
-  out += R"(,"choices":[{"index":0,"message":{"role":"assistant","content":)";
-  append_json_string(out, text);
-  out += R"(},"logprobs":)";
-  out += logprobs.empty() ? std::string_view("null") : logprobs;
-  fmt::format_to(std::back_inserter(out), R"(,"finish_reason":"{}"}}],)", openai_finish(done.reason));
+  out += R"(,"choices":[)";
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (i) out.push_back(',');
+    fmt::format_to(std::back_inserter(out), R"({{"index":{},"message":{{"role":"assistant","content":)", i);
+    append_json_string(out, texts[i]);
+    out += R"(},"logprobs":)";
+    out += i < logprobs.size() && !logprobs[i].empty() ? std::string_view(logprobs[i]) : std::string_view("null");
+    fmt::format_to(std::back_inserter(out), R"(,"finish_reason":"{}"}})", openai_finish(choice_reason(done, i)));
+  }
+  out += "],";
   append_usage(out, done);
   append_degradation(out, done);
   out.push_back('}');
   return out;
 }
 
+std::string openai_chat_json(std::string_view id, int64_t created, std::string_view model, std::string_view text,
+                             const event& done, std::string_view logprobs) {
+  const std::string t(text), l(logprobs);
+  return openai_chat_json(id, created, model, std::span<const std::string>(&t, 1), done,
+                          std::span<const std::string>(&l, 1));
+}
+
 std::string openai_chat_chunk_json(std::string_view id, int64_t created, std::string_view model, bool role,
-                                   std::string_view text, const char* finish, std::string_view logprobs) {
+                                   std::string_view text, const char* finish, std::string_view logprobs,
+                                   int32_t index) {
   std::string out;
   append_chat_head(out, id, created, model, true);
-  out += R"(,"choices":[{"index":0,"delta":{)";
+  fmt::format_to(std::back_inserter(out), R"(,"choices":[{{"index":{},"delta":{{)", index);
   if (role) out += R"("role":"assistant",)";
   if (!finish) {
     out += R"("content":)";
@@ -920,8 +1015,9 @@ std::string openai_chat_chunk_json(std::string_view id, int64_t created, std::st
 }
 
 std::string openai_chat_final_chunk_json(std::string_view id, int64_t created, std::string_view model,
-                                         const event& done) {
-  std::string out = openai_chat_chunk_json(id, created, model, false, "", openai_finish(done.reason));
+                                         const event& done, int32_t index) {
+  std::string out = openai_chat_chunk_json(id, created, model, false, "",
+                                           openai_finish(choice_reason(done, size_t(index))), {}, index);
   out.pop_back();
   append_degradation(out, done);
   out.push_back('}');

@@ -131,6 +131,9 @@ struct logprobs_builder {
   std::string tokens, token_logprobs, top_logprobs, text_offset, content;
 
   void add(const event& e, const bytes_fn& token_bytes);
+  // Completions with echo and logprobs: the prompt's tokens first (e.prompt_ids, the first
+  // with null logprobs, the others from e.prompt_logprobs / e.prompt_top).
+  void add_prompt(const event& e, const bytes_fn& token_bytes);
   bool empty() const { return n == 0; }
   std::string json() const;
   void clear_tokens();  // for the next streamed chunk (offset stays)
@@ -148,13 +151,19 @@ std::string openai_error_json(error_code c, std::string_view message, int64_t re
 // cancelled request (server shutdown) is reported as "stop".
 std::string openai_completion_json(std::string_view cmpl_id, int64_t created, std::string_view model,
                                    std::string_view text, const event& done, std::string_view logprobs = {});
-// One SSE `data:` payload; finish is nullptr for a token chunk.
+// n choices (texts[i], logprobs[i] empty: null), each finish reason from done.choice_reasons
+// (else done.reason); usage counts the prompt once and the choices' tokens summed.
+std::string openai_completion_json(std::string_view cmpl_id, int64_t created, std::string_view model,
+                                   std::span<const std::string> texts, const event& done,
+                                   std::span<const std::string> logprobs);
+// One SSE `data:` payload; finish is nullptr for a token chunk; index: the choice.
 std::string openai_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
-                              std::string_view text, const char* finish, std::string_view logprobs = {});
-// The SSE chunk that ends the choice: finish_reason from `done`, plus (top level) the
+                              std::string_view text, const char* finish, std::string_view logprobs = {},
+                              int32_t index = 0);
+// The SSE chunk that ends choice `index`: its finish_reason from `done`, plus (top level) the
 // degradation fields when it was served degraded ("degraded", "max_tokens_capped_to").
 std::string openai_final_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
-                                    const event& done);
+                                    const event& done, int32_t index = 0);
 std::string openai_usage_chunk_json(std::string_view cmpl_id, int64_t created, std::string_view model,
                                     const event& done);
 
@@ -173,12 +182,16 @@ struct chat_command {
 std::variant<chat_command, invalid_request> parse_chat_request(std::string_view body, const protocol_limits& lim);
 std::string openai_chat_json(std::string_view id, int64_t created, std::string_view model, std::string_view text,
                              const event& done, std::string_view logprobs = {});
-// One chat.completion.chunk: `role` true puts the role in the delta (the first chunk);
-// finish is nullptr except on the last choice chunk (whose delta is empty).
+std::string openai_chat_json(std::string_view id, int64_t created, std::string_view model,
+                             std::span<const std::string> texts, const event& done,
+                             std::span<const std::string> logprobs);
+// One chat.completion.chunk of choice `index`: `role` true puts the role in the delta (the
+// choice's first chunk); finish is nullptr except on its last chunk (whose delta is empty).
 std::string openai_chat_chunk_json(std::string_view id, int64_t created, std::string_view model, bool role,
-                                   std::string_view text, const char* finish, std::string_view logprobs = {});
+                                   std::string_view text, const char* finish, std::string_view logprobs = {},
+                                   int32_t index = 0);
 std::string openai_chat_final_chunk_json(std::string_view id, int64_t created, std::string_view model,
-                                         const event& done);
+                                         const event& done, int32_t index = 0);
 std::string openai_chat_usage_chunk_json(std::string_view id, int64_t created, std::string_view model,
                                          const event& done);
 

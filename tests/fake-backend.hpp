@@ -6,9 +6,11 @@
 // prefill chunk changes the output: comparing with fake_reference() (the same
 // hash over the plain token list) checks the scheduler's bookkeeping end to end.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -46,12 +48,24 @@ class fake_backend : public backend {
   const model_config& config() const override { return cfg_; }
   kv_geometry kv() const override { return kv_; }
 
+  status copy_blocks(std::span<const int32_t> src, std::span<const int32_t> dst) override {
+    if (auto s = validate_block_copies(src, dst, kv_); !s) return s;
+    const int32_t bs = kv_.block_size;
+    for (size_t i = 0; i < src.size(); ++i)
+      std::copy_n(cache_.begin() + std::ptrdiff_t(size_t(src[i]) * bs), bs,
+                  cache_.begin() + std::ptrdiff_t(size_t(dst[i]) * bs));
+    n_copies += int64_t(src.size());
+    return status::ok();
+  }
+
   status step(const step_batch& b, step_output& out, logits_mode = logits_mode::none) override {
     int64_t n = n_steps.fetch_add(1);
     if (on_step) {
       status s = on_step(n, b);
       if (!s) return s;
     }
+    if (auto s = copy_blocks(b.copy_src, b.copy_dst); !s) return s;
+    n_tokens += b.n_tokens();
     out.tokens.assign(size_t(b.n_seqs()), -1);
     const int32_t bs = kv_.block_size;
     max_batch_seqs = std::max<int32_t>(max_batch_seqs, b.n_seqs());
@@ -88,6 +102,8 @@ class fake_backend : public backend {
   // Called before each step with its number (0-based); an error fails the step.
   std::function<status(int64_t, const step_batch&)> on_step;
   std::atomic<int64_t> n_steps{0};
+  std::atomic<int64_t> n_tokens{0};  // tokens computed, all steps
+  std::atomic<int64_t> n_copies{0};  // blocks copied (forks)
   int32_t max_batch_seqs = 0;
   // >= 0: the token generated at index forced_eos_at (0-based) of every sequence is this id,
   // and no other generated token is: a model whose end of sequence comes after exactly

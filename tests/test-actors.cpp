@@ -860,3 +860,155 @@ TEST_CASE("actors: cache-aware routing sends each system prompt to the worker th
   CHECK(col.terminal(all.back()).cached_tokens == 320);
   svc.reset();
 }
+
+namespace {
+
+// Counts what the engine computed: prefill steps and tokens, block copies.
+struct compute_log {
+  std::mutex mu;
+  int64_t prefill_steps = 0, prefill_tokens = 0, copies = 0;
+};
+
+class counting_backend : public backend {
+ public:
+  counting_backend(std::unique_ptr<backend> inner, std::shared_ptr<compute_log> log)
+      : inner_(std::move(inner)), log_(std::move(log)) {}
+  const char* name() const override { return inner_->name(); }
+  const model_config& config() const override { return inner_->config(); }
+  kv_geometry kv() const override { return inner_->kv(); }
+  status step(const step_batch& b, step_output& out, logits_mode mode = logits_mode::none) override {
+    {
+      std::lock_guard<std::mutex> lk(log_->mu);
+      int64_t prefill = 0;
+      for (int32_t i = 0; i < b.n_seqs(); ++i)
+        if (b.seq_len(i) > 1) prefill += b.seq_len(i);
+      log_->prefill_steps += prefill > 0 ? 1 : 0;
+      log_->prefill_tokens += prefill;
+      log_->copies += int64_t(b.copy_src.size());
+    }
+    return inner_->step(b, out, mode);
+  }
+
+ private:
+  std::unique_ptr<backend> inner_;
+  std::shared_ptr<compute_log> log_;
+};
+
+generate_request choices_request(std::vector<int32_t> prompt, int32_t max_tokens, int32_t n, uint64_t seed) {
+  generate_request r = greedy_request(std::move(prompt), max_tokens);
+  r.n = n;
+  r.sampling.temperature = 1.0f;
+  r.sampling.seed = seed;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("actors: n = 4 choices prefill once and stream four distinct, seeded, reproducible choices") {
+  caf::actor_system_config caf_cfg;
+  register_message_types(caf_cfg);
+  caf::actor_system sys(caf_cfg);
+  auto log = std::make_shared<compute_log>();
+  auto w = tiny_weights();
+  service_hooks hooks;
+  hooks.tok = tokenizer::byte_level();
+  hooks.n_ctx = w->cfg.n_ctx;
+  hooks.n_vocab = w->cfg.n_vocab;
+  hooks.make_backend = [w, log](int32_t) -> result<std::unique_ptr<backend>> {
+    auto r = make_cpu_backend(w, tiny_options());
+    if (!r) return r.error();
+    return std::unique_ptr<backend>(new counting_backend(std::move(r.value()), log));
+  };
+  auto started = service::start(sys, base_config(), hooks);
+  REQUIRE(started.has_value());
+  auto svc = std::move(started.value());
+
+  const auto prompt = test_prompt(77, 40);
+  completion c = svc->generate(choices_request(prompt, 12, 4, 7));
+  REQUIRE(c.ok);
+  {
+    std::lock_guard<std::mutex> lk(log->mu);
+    CHECK(log->prefill_steps == 1);   // the prompt but its last token, once for the four
+    CHECK(log->prefill_tokens == 39);
+    CHECK(log->copies == 3);          // the block holding tokens 32..38, for forks 1..3
+  }
+  REQUIRE(c.choice_tokens.size() == 4);
+  std::set<std::vector<int32_t>> distinct(c.choice_tokens.begin(), c.choice_tokens.end());
+  CHECK(distinct.size() == 4);
+  CHECK(c.tokens == c.choice_tokens[0]);
+  const event& done = c.terminal;
+  CHECK(done.prompt_tokens == 40);      // once, as OpenAI counts
+  CHECK(done.completion_tokens == 48);  // summed over the choices
+  REQUIRE(done.choice_reasons.size() == 4);
+  for (int i = 0; i < 4; ++i) {
+    CHECK(done.choice_reasons[size_t(i)] == finish_reason::length);
+    CHECK(done.choice_tokens[size_t(i)] == 12);
+  }
+
+  // The same seed gives the same choices; choice 0 is what n = 1 gives with that seed.
+  completion again = svc->generate(choices_request(prompt, 12, 4, 7));
+  REQUIRE(again.ok);
+  CHECK(again.choice_tokens == c.choice_tokens);
+  completion one = svc->generate(choices_request(prompt, 12, 1, 7));
+  REQUIRE(one.ok);
+  CHECK(one.tokens == c.choice_tokens[0]);
+  completion other = svc->generate(choices_request(prompt, 12, 4, 8));
+  REQUIRE(other.ok);
+  CHECK(other.choice_tokens != c.choice_tokens);
+  svc.reset();
+}
+
+TEST_CASE("actors: cancelling n choices frees every fork; a worker failure resumes each from its own tokens") {
+  collector col;
+  service_env env(base_config());
+  auto& m = env.svc->stats();
+  uint64_t id = env.svc->submit(choices_request(test_prompt(5, 37), 1000, 4, 3), col.cb());
+  REQUIRE(col.wait_tokens(id, 12));  // every choice under way
+  env.gate->close();
+  env.gate->wait_held();
+  CHECK(m.kv_blocks_used.load() > 0);
+  env.svc->cancel(id);
+  REQUIRE(col.wait_terminal(id));
+  CHECK(col.terminal(id).reason == finish_reason::cancelled);
+  CHECK(col.terminal(id).choice_reasons.size() == 4);
+  CHECK(m.kv_blocks_used.load() == 0);  // all four forks' blocks, before the terminal event
+  CHECK(m.running_sequences.load() == 0);
+  env.gate->release();
+  {  // one terminal event, last; each choice's indices 0, 1, 2, ...
+    std::lock_guard<std::mutex> lk(col.mu);
+    auto& r = col.recs[id];
+    CHECK(r.terminals == 1);
+    CHECK_FALSE(r.after_terminal);
+    std::map<int32_t, int32_t> next;
+    for (auto& e : r.events)
+      if (e.type == event::kind::token) CHECK(e.index == next[e.choice]++);
+    CHECK(next.size() == 4);
+  }
+
+  // Uninterrupted, then with a step failing after the fork: the same tokens per choice.
+  completion clean = env.svc->generate(choices_request(test_prompt(6, 30), 16, 3, 11));
+  REQUIRE(clean.ok);
+  env.gate->fail_at = env.gate->steps + 4;
+  completion resumed = env.svc->generate(choices_request(test_prompt(6, 30), 16, 3, 11));
+  REQUIRE(resumed.ok);
+  CHECK(resumed.choice_tokens == clean.choice_tokens);
+  CHECK(m.worker_restarts.load() == 1);
+  CHECK(resumed.terminal.completion_tokens == 48);
+}
+
+TEST_CASE("actors: n is validated; a group that cannot run together is refused") {
+  service_env env(base_config());
+  for (int32_t n : {0, -1, generate_request::max_n + 1}) {
+    completion c = env.svc->generate(choices_request(test_prompt(1, 10), 4, n, 1));
+    CHECK_FALSE(c.ok);
+    CHECK(c.terminal.code == error_code::invalid_request);
+    CHECK(c.terminal.message.rfind("n: ", 0) == 0);
+  }
+  auto cfg = base_config();
+  cfg.max_running = 2;
+  service_env small(cfg);
+  completion c = small.svc->generate(choices_request(test_prompt(1, 10), 4, 3, 1));
+  CHECK_FALSE(c.ok);
+  CHECK(c.terminal.code == error_code::invalid_request);
+  CHECK(c.terminal.message.find("max_running") != std::string::npos);
+}

@@ -635,6 +635,88 @@ TEST_CASE("logprobs are the log-softmax of the raw logits, sorted, the sampled o
   for (const auto& q : run_all(*be, sched)) CHECK(q.n_top == -1);
 }
 
+TEST_CASE("prompt logprobs (echo with logprobs): the log-softmax of the float64 reference at every prompt token") {
+  random_model m(tiny_cfg(), 41);
+  auto be = make(m);
+  const int V = m.w->cfg.n_vocab;
+  constexpr size_t K = size_t(sampling_params::max_logprobs);
+  std::mt19937_64 rng(42);
+  const auto prompt = random_tokens(rng, 23, V);
+  const auto ref = reference_forward(*m.w, prompt);
+  auto ref_lp = [&](int pos, int tok) {  // log-softmax of the reference logits at pos
+    double mx = *std::max_element(ref[size_t(pos)].begin(), ref[size_t(pos)].end()), sum = 0;
+    for (double x : ref[size_t(pos)]) sum += std::exp(x - mx);
+    return ref[size_t(pos)][size_t(tok)] - mx - std::log(sum);
+  };
+  for (bool caching : {false, true}) {
+    CAPTURE(caching);
+    scheduler_config sc;
+    sc.n_ctx = be->config().n_ctx;
+    sc.prefill_chunk = 7;  // chunks end inside the prompt: the entry after a chunk's last token
+    sc.prefix_caching = caching;
+    scheduler sched(sc, be->kv());
+    if (caching) {  // the prompt's blocks cached first: a prompt-logprobs request must not skip them
+      seq_spec warm;
+      warm.id = 9;
+      warm.prompt = prompt;
+      warm.max_tokens = 1;
+      REQUIRE(sched.add(warm).is_ok());
+      run_all(*be, sched);
+    }
+    seq_spec s;
+    s.id = 1;
+    s.prompt = prompt;
+    s.max_tokens = 3;
+    s.sampling.logprobs = 4;
+    s.prompt_logprobs = true;
+    seq_spec plain = s;  // in the same batches, asking nothing: pays nothing, gets nothing
+    plain.id = 2;
+    plain.prompt_logprobs = false;
+    REQUIRE(sched.add(s).is_ok());
+    REQUIRE(sched.add(plain).is_ok());
+    auto rs = run_all(*be, sched);
+    std::map<uint64_t, std::vector<seq_result>> by;
+    for (auto& r : rs) by[r.id].push_back(r);
+    REQUIRE(by[1].size() == 3);
+    const seq_result& first = by[1][0];
+    CHECK(first.cached_tokens == 0);
+    REQUIRE(first.prompt_logprob.size() == prompt.size() - 1);
+    REQUIRE(first.prompt_top_ids.size() == (prompt.size() - 1) * K);
+    for (size_t j = 0; j + 1 < prompt.size(); ++j) {
+      CAPTURE(j);
+      CHECK(std::abs(first.prompt_logprob[j] - ref_lp(int(j), prompt[j + 1])) < 1e-4);
+      std::vector<int> order(V);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int a, int c) { return ref[j][size_t(a)] > ref[j][size_t(c)]; });
+      for (size_t i = 0; i < 4; ++i) {
+        CHECK(first.prompt_top_ids[j * K + i] == order[i]);
+        CHECK(std::abs(first.prompt_top_logprobs[j * K + i] - ref_lp(int(j), order[i])) < 1e-4);
+      }
+    }
+    for (size_t i = 1; i < by[1].size(); ++i) CHECK(by[1][i].prompt_logprob.empty());
+    for (auto& r : by[2]) CHECK(r.prompt_logprob.empty());
+    // The same tokens as without prompt logprobs (the request beside it, greedy).
+    for (size_t i = 0; i < 3; ++i) CHECK(by[1][i].token == by[2][i].token);
+    CHECK(sched.pool().n_used() == 0);
+  }
+
+  // The backend alone: a sequence that asks beside one that does not; entries only for it.
+  block_alloc ba(256);
+  step_batch b;
+  b.reset(16);
+  b.add(0, std::span<const int32_t>(prompt.data(), 10), ba.take(3), false, sampling_params{}, 0);
+  b.want_prompt_logprobs(prompt[10]);  // the token after this chunk
+  b.add(0, std::span<const int32_t>(prompt.data(), 5), ba.take(2), true, sampling_params{}, 0);
+  step_output out;
+  REQUIRE(be->step(b, out, logits_mode::last).is_ok());
+  REQUIRE(out.prompt_start.size() == 3);
+  CHECK(out.prompt_start[1] == 10);  // tokens 1..10
+  CHECK(out.prompt_start[2] == 10);
+  CHECK(std::abs(out.prompt_logprob[9] - ref_lp(9, prompt[10])) < 1e-4);
+  CHECK(out.logits.size() == size_t(2) * V);  // mode last: still one row per sequence
+  CHECK(rel_err(out.logits.data(), ref[9]) < 1e-4);
+}
+
 // Prefix caching end to end on the CPU backend: the scheduler hands a second request the
 // KV blocks the first one left, and the real forward pass must give the same greedy tokens
 // as recomputing everything.

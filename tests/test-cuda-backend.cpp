@@ -491,6 +491,80 @@ TEST_CASE("cuda backend: streamed synthetic weights equal uploaded host weights"
   CHECK(oa.logits == ob.logits);  // the same bits on the device, the same kernels
 }
 
+TEST_CASE("cuda backend: a block copy carries every layer's K and V (n > 1 forks, copy-on-write)") {
+  auto w = random_weights(small_config(128, 2), 21);
+  backend_options o;
+  o.kv_blocks = 32;
+  o.kv_block_size = 4;
+  auto gpu = make_cuda_backend(w, o);
+  REQUIRE(gpu);
+  auto& be = *gpu.value();
+  std::vector<int32_t> prompt = {11, 12, 13, 14, 15, 16, 17, 18, 19, 20};  // blocks 0, 1 full, 2 half
+  step_batch b;
+  b.reset(8);
+  b.add(0, prompt, std::vector<int32_t>{0, 1, 2}, false, {}, 0);
+  step_output out;
+  REQUIRE(be.step(b, out, logits_mode::none));
+  // Fork: block 5 := block 2 (in the batch), then both decode the same token at position 10.
+  const std::vector<int32_t> tok = {21};
+  b.reset(8);
+  b.add_copy(2, 5);
+  b.add(10, tok, std::vector<int32_t>{0, 1, 2}, true, {}, 0);
+  b.add(10, tok, std::vector<int32_t>{0, 1, 5}, true, {}, 0);
+  b.add(10, tok, std::vector<int32_t>{0, 1, 6}, true, {}, 0);  // never written: must differ
+  REQUIRE(be.step(b, out, logits_mode::last));
+  const int V = w->cfg.n_vocab;
+  CHECK(rel_err(out.logits.data() + V, out.logits.data(), size_t(V)) < 1e-6);
+  CHECK(rel_err(out.logits.data() + 2 * V, out.logits.data(), size_t(V)) > 1e-3);
+  // Directly through the interface, and misuse as values.
+  REQUIRE(be.copy_blocks(std::vector<int32_t>{5}, std::vector<int32_t>{7}));
+  b.reset(8);
+  b.add(10, tok, std::vector<int32_t>{0, 1, 7}, true, {}, 0);
+  step_output o7;
+  REQUIRE(be.step(b, o7, logits_mode::last));
+  CHECK(rel_err(o7.logits.data(), out.logits.data(), size_t(V)) < 1e-6);
+  CHECK_FALSE(be.copy_blocks(std::vector<int32_t>{0}, std::vector<int32_t>{32}));
+  CHECK_FALSE(be.copy_blocks(std::vector<int32_t>{0, 1}, std::vector<int32_t>{3, 3}));
+  CHECK_FALSE(be.copy_blocks(std::vector<int32_t>{4}, std::vector<int32_t>{4}));
+}
+
+TEST_CASE("cuda backend: prompt logprobs match the cpu backend; a sequence that does not ask gets none") {
+  auto w = random_weights(small_config(128, 2), 23);
+  backend_options o;
+  o.kv_blocks = 64;
+  o.kv_block_size = 4;
+  auto gpu = make_cuda_backend(w, o);
+  auto cpu = make_cpu_backend(w, o);
+  REQUIRE(gpu);
+  REQUIRE(cpu);
+  std::mt19937 rng(5);
+  auto prompts = random_prompts(2, w->cfg.n_vocab, rng, {13, 9});
+  sampling_params sp;
+  sp.logprobs = 3;
+  step_batch b;
+  b.reset(8);
+  b.add(0, prompts[0], std::vector<int32_t>{0, 1, 2, 3}, true, sp, 0);
+  b.want_prompt_logprobs(-1);  // the whole prompt: 12 entries
+  b.add(0, prompts[1], std::vector<int32_t>{4, 5, 6}, true, sp, 0);
+  step_output og, oc;
+  for (auto mode : {logits_mode::none, logits_mode::last}) {
+    REQUIRE(gpu.value()->step(b, og, mode));
+    REQUIRE(cpu.value()->step(b, oc, mode));
+    REQUIRE(og.prompt_start == oc.prompt_start);
+    CHECK(og.prompt_start[1] == 12);
+    CHECK(og.prompt_start[2] == 12);
+    constexpr size_t K = size_t(sampling_params::max_logprobs);
+    for (size_t j = 0; j < 12; ++j) {
+      CHECK(std::fabs(og.prompt_logprob[j] - oc.prompt_logprob[j]) < 2e-2);
+      CHECK(std::fabs(og.prompt_top_logprobs[j * K] - oc.prompt_top_logprobs[j * K]) < 2e-2);
+    }
+    if (mode == logits_mode::last) {
+      REQUIRE(og.logits.size() == oc.logits.size());
+      CHECK(rel_err(og.logits.data(), oc.logits.data(), og.logits.size()) < 1e-2);
+    }
+    CHECK(og.tokens.size() == 2);
+  }
+}
 
 // --- prefix caching on the device (issue 19) ---
 // The scheduler (prefix caching off, then on) drives one CUDA backend through the same

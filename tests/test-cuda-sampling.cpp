@@ -13,13 +13,16 @@
 #include <array>
 #include <cstring>
 #include <span>
+#include <string>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <numeric>
 #include <random>
 
 #include "engine/cpu-backend.hpp"
 #include "cuda-test-util.hpp"
+#include "engine/scheduler.hpp"
 #include "gpu/cuda-backend.hpp"
 #include "gpu/cuda-resources.hpp"
 #include "kernels/cpu-kernels.hpp"
@@ -169,6 +172,128 @@ TEST_CASE("cuda sampler: adjustments, min_p and logprobs follow the cpu rule on 
   // Sampled rows: the same draw unless a cumulative sum lands within rounding of u.
   CHECK(agree >= compared * 95 / 100);
   MESSAGE("sampled rows agreeing with the cpu rule: " << agree << " / " << compared);
+}
+
+// Issue 16: the scheduler on the CUDA backend hands each sequence's list over once per
+// admission (device_counts) and the device counts the sampled tokens into the sequence's
+// slot. Every sampled row of every step is held to the host rule, with the adjustments
+// rebuilt here from the sequence's tokens so far: counts that drift, a recycled slot that
+// keeps a finished sequence's counts, a resumed one not rebuilt, or a min_tokens ban not
+// lifted would each change greedy tokens. 30 sequences through 6 slots (recycled), a KV
+// pool small enough to preempt and recompute.
+TEST_CASE("cuda sampler: token counts held on the device follow the host's over many steps") {
+  auto w = random_weights(small_config(), 23);
+  const int V = w->cfg.n_vocab;
+  backend_options o;
+  o.kv_blocks = 12;  // 6 running x up to 4 blocks of 16: some wait, some are preempted
+  o.kv_block_size = 16;
+  auto gpu = make_cuda_backend(w, o);
+  REQUIRE(gpu);
+  REQUIRE(gpu.value()->device_token_counts());
+  scheduler_config sc;
+  sc.max_batch_tokens = 128;
+  sc.max_running = 6;
+  sc.prefill_chunk = 32;
+  sc.n_ctx = w->cfg.n_ctx;
+  sc.device_counts = true;
+  scheduler sched(sc, gpu.value()->kv());
+  struct want_seq {
+    seq_spec spec;
+    std::vector<int32_t> gen;
+    bool done = false;
+  };
+  std::map<uint64_t, want_seq> seqs;
+  std::mt19937 rng(5);
+  for (uint64_t id = 1; id <= 30; ++id) {
+    seq_spec s;
+    s.id = id;
+    const int n_prompt = 5 + int(rng() % 20);
+    for (int k = 0; k < n_prompt; ++k) s.prompt.push_back(int32_t(rng() % 30));  // repeats: penalties bite
+    s.max_tokens = 8 + int(rng() % 30);
+    s.sampling.seed = 77 + id;
+    switch (id % 5) {
+      case 0: s.sampling.repetition_penalty = 1.8f; s.sampling.frequency_penalty = 2.0f; break;  // greedy
+      case 1: s.sampling.presence_penalty = 2.0f; s.sampling.frequency_penalty = 1.0f; break;    // greedy
+      case 2: s.sampling.temperature = 1.0f; s.sampling.frequency_penalty = 1.5f; s.sampling.top_k = 40; break;
+      case 3:  // greedy, min_tokens: the stop id is forced by its bias once the ban lifts
+        s.sampling.repetition_penalty = 1.5f;
+        s.sampling.min_tokens = 4;
+        s.stop_ids = {int32_t(100 + id)};
+        s.logit_bias = {{int32_t(100 + id), 100.0f}, {3, -100.0f}};
+        break;
+      case 4: s.sampling.temperature = 0.7f; s.sampling.repetition_penalty = 1.3f; s.sampling.presence_penalty = -1.0f; break;
+    }
+    want_seq q;
+    q.spec = s;
+    seqs[id] = q;
+    REQUIRE(sched.add(std::move(s)).is_ok());
+  }
+  step_batch batch;
+  step_output out;
+  std::vector<seq_result> results;
+  std::vector<uint64_t> ids;
+  std::vector<float> row(static_cast<size_t>(V)), scratch(static_cast<size_t>(2 * V));
+  int steps = 0, greedy_rows = 0, sampled = 0, agree = 0, loads = 0, stopped = 0;
+  while (sched.schedule(batch) > 0) {
+    REQUIRE(++steps < 2000);
+    sched.scheduled_ids(ids);
+    for (int i = 0; i < batch.n_seqs(); ++i) loads += batch.counts_load[size_t(i)];
+    const status st = gpu.value()->step(batch, out, logits_mode::last);
+    INFO(st.message);
+    REQUIRE(st);
+    for (int i = 0; i < batch.n_seqs(); ++i) {
+      if (!batch.sample[size_t(i)]) continue;
+      const want_seq& q = seqs[ids[size_t(i)]];
+      // The host's list, from scratch: as scheduler::add + count_token build it.
+      std::vector<logit_adjust> adj;
+      auto at = [&](int32_t t) -> logit_adjust& {
+        for (auto& e : adj)
+          if (e.token == t) return e;
+        adj.push_back({t, 0, 0.0f, 0});
+        return adj.back();
+      };
+      for (auto [t, b] : q.spec.logit_bias) at(t).bias += b;
+      const int n_gen = int(q.gen.size());
+      if (n_gen < q.spec.sampling.min_tokens)
+        for (int32_t t : q.spec.stop_ids) at(t).bias = -INFINITY;
+      for (int32_t t : q.spec.prompt) at(t).seen = 1;
+      for (int32_t t : q.gen) {
+        at(t).seen = 1;
+        ++at(t).count;
+      }
+      const float* raw = out.logits.data() + size_t(i) * V;
+      std::copy(raw, raw + V, row.begin());
+      cpu::apply_logit_adjust(row.data(), adj, q.spec.sampling);
+      const int32_t want = cpu::sample_token(row.data(), V, q.spec.sampling, uint64_t(n_gen), scratch.data());
+      const int32_t got = out.tokens[size_t(i)];
+      if (q.spec.sampling.greedy()) {
+        ++greedy_rows;
+        CHECK_MESSAGE(got == want, "sequence " << q.spec.id << " token " << n_gen);
+      } else {
+        ++sampled;
+        agree += got == want;
+      }
+      if (q.spec.id % 5 == 3) CHECK((n_gen < 4) == (got != 100 + int32_t(q.spec.id)));
+    }
+    results.clear();
+    sched.on_step_done(out, results);
+    for (const seq_result& r : results) {
+      auto& q = seqs[r.id];
+      REQUIRE(r.index == int32_t(q.gen.size()));
+      q.gen.push_back(r.token);
+      if (r.finished) q.done = true;
+      stopped += r.stopped;
+    }
+  }
+  for (auto& [id, q] : seqs) CHECK_MESSAGE(q.done, "sequence " << id);
+  CHECK(stopped == 6);                  // the min_tokens rows, at their 5th token
+  CHECK(loads >= 30);                   // each admission loads its slot once (resumes again)
+  CHECK(sched.n_preemptions() > 0);     // and resumed ones rebuild their counts
+  CHECK(greedy_rows > 200);
+  CHECK(agree >= sampled * 95 / 100);
+  MESSAGE("device counts: " << steps << " steps, " << greedy_rows << " greedy rows equal, " << agree << " / "
+                            << sampled << " sampled rows agree, " << loads << " slot loads, "
+                            << sched.n_preemptions() << " preemptions");
 }
 
 TEST_CASE("cuda sampler: logprobs of the device agree with the cpu backend's") {
@@ -372,6 +497,47 @@ fused_case_result run_fused_case(int N, int V, uint32_t seed) {
       float ms = 0;
       REQUIRE(cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess);
       MESSAGE("fused kernel, " << n << " rows of " << V << ": " << ms / 10 * 1000 << " us");
+    }
+    // Each control's share: every row with the bench's controls (adjusted: the lists of
+    // the mixed case), then one control less at a time.
+    {
+      std::vector<sampling_params> all(static_cast<size_t>(N));
+      std::vector<uint8_t> ds_all(static_cast<size_t>(N), cuda::sample_adjusted);
+      gpu::device_buffer d_all, d_ds_all;
+      auto* dds_all = dev_copy(d_ds_all, ds_all);
+      const auto time_with = [&](const char* what, auto&& edit) {
+        for (auto& q : all) {
+          q = sampling_params{};
+          q.temperature = 1.0f;
+          q.top_p = 0.95f;
+          q.min_p = 0.01f;
+          q.presence_penalty = 0.5f;
+          q.frequency_penalty = 0.5f;
+          q.repetition_penalty = 1.1f;
+          q.logprobs = 5;
+          q.seed = 9;
+          edit(q);
+        }
+        cuda::fused_sampling_args b = a;
+        b.sp = dev_copy(d_all, all);
+        b.do_sample = dds_all;
+        REQUIRE(cuda::sample_fused_forward(b, nullptr) == cudaSuccess);
+        REQUIRE(cudaEventRecord(e0) == cudaSuccess);
+        for (int k = 0; k < 10; ++k) REQUIRE(cuda::sample_fused_forward(b, nullptr) == cudaSuccess);
+        REQUIRE(cudaEventRecord(e1) == cudaSuccess);
+        REQUIRE(cudaEventSynchronize(e1) == cudaSuccess);
+        float ms = 0;
+        REQUIRE(cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess);
+        MESSAGE("fused kernel, " << N << " rows, " << std::string(what) << ": " << ms / 10 * 1000 << " us");
+      };
+      time_with("the bench's controls", [](sampling_params&) {});
+      time_with("no logprobs", [](sampling_params& q) { q.logprobs = -1; });
+      time_with("no logprobs, no min_p", [](sampling_params& q) { q.logprobs = -1; q.min_p = 0.0f; });
+      time_with("temperature alone", [](sampling_params& q) { q.logprobs = -1; q.min_p = 0.0f; q.top_p = 1.0f; });
+      time_with("greedy, adjusted", [](sampling_params& q) { q = sampling_params{}; q.presence_penalty = 0.5f; });
+      time_with("greedy, 5 logprobs", [](sampling_params& q) { q = sampling_params{}; q.logprobs = 5; q.presence_penalty = 0.5f; });
+      time_with("top_k 50", [](sampling_params& q) { q.logprobs = -1; q.min_p = 0.0f; q.top_p = 1.0f; q.top_k = 50; });
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
     }
     a.N = N;
     REQUIRE(cudaEventRecord(e0) == cudaSuccess);

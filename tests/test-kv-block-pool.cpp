@@ -223,3 +223,23 @@ TEST_CASE("kv_block_pool: random commit / evict / lookup agree with a plain mode
     REQUIRE(pool.n_committed() == int32_t(model_token.size()));
   }
 }
+
+TEST_CASE("kv_block_pool: share() adds a reference to a block in use, committed or not (forks)") {
+  kv_block_pool pool(4, 2);
+  const int32_t a = pool.allocate();
+  CHECK(pool.share(a).is_ok());
+  CHECK(pool.refs(a) == 2);
+  CHECK(pool.free(a).is_ok());
+  CHECK(pool.in_use(a));  // the other holder keeps it
+  CHECK(pool.free(a).is_ok());
+  CHECK(pool.n_free() == 4);
+  CHECK_FALSE(pool.share(a).is_ok());  // free: nothing to share
+  CHECK_FALSE(pool.share(9).is_ok());
+  const int32_t b = pool.allocate();
+  const std::vector<int32_t> t{1, 2};
+  REQUIRE(pool.commit(b, kv_block_hash(7, t), 7, t).value());
+  CHECK(pool.share(b).is_ok());
+  CHECK(pool.free(b).is_ok());
+  CHECK(pool.free(b).is_ok());
+  CHECK(pool.n_evictable() == 1);  // cached once nobody holds it
+}

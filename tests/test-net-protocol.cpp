@@ -305,7 +305,7 @@ TEST_CASE("OpenAI completion requests") {
   CHECK(std::holds_alternative<completion_command>(parse_completion_request(R"({"prompt":[[1,2]]})", lim)));
 
   for (const char* body : {"", "{", "[]", R"({})", R"({"prompt":""})", R"({"prompt":["a","b"]})",
-                           R"({"prompt":"a","n":2})", R"({"prompt":"a","echo":true,"logprobs":1})",
+                           R"({"prompt":"a","n":17})", R"({"prompt":"a","n":0})", R"({"prompt":"a","prompt_logprobs":1})",
                            R"({"prompt":"a","logprobs":21})", R"({"prompt":"a","max_tokens":-1})",
                            R"({"prompt":"a","temperature":-1})", R"({"prompt":"a","top_p":2})",
                            R"({"prompt":"a","stream":"yes"})", R"({"prompt":"123456789"})",
@@ -508,7 +508,8 @@ TEST_CASE("OpenAI chat requests") {
   CHECK(bad(R"({})") == "messages: missing");
   CHECK(bad(R"({"messages":[{"role":"user","content":[{"type":"image_url"}]}]})").find("only \"text\" parts") != std::string::npos);
   CHECK(bad(R"({"messages":[{"role":"user","content":5}]})").find("messages[0].content") != std::string::npos);
-  CHECK(bad(R"({"messages":[{"role":"user"}],"n":2})").find("n:") != std::string::npos);
+  CHECK(bad(R"({"messages":[{"role":"user"}],"n":17})").find("n:") != std::string::npos);
+  CHECK(bad(R"({"messages":[{"role":"user"}],"n":0})").find("n:") != std::string::npos);
   CHECK(bad(R"({"messages":[{"role":"user"}],"max_completion_tokens":0})").find("max_completion_tokens") != std::string::npos);
   CHECK(bad(R"({"messages":[{"role":"user"}],"tool_choice":"required"})").find("tool_choice") != std::string::npos);
   CHECK(bad(R"({"messages":[{"role":"user"}],"chat_template_kwargs":[]})").find("chat_template_kwargs") != std::string::npos);
@@ -626,10 +627,13 @@ TEST_CASE("sampling and output fields") {
   CHECK(param_of(R"({"prompt":"a","logit_bias":{"7":"1"}})") == "logit_bias");
   CHECK(param_of(R"({"prompt":"a","logprobs":21})") == "logprobs");
   CHECK(param_of(R"({"prompt":"a","logprobs":-1})") == "logprobs");
-  CHECK(param_of(R"({"prompt":"a","echo":true,"logprobs":0})") == "echo");
+  CHECK(param_of(R"({"prompt":"a","prompt_logprobs":2})") == "prompt_logprobs");
+  CHECK(param_of(R"({"prompt":"a","use_beam_search":true})") == "use_beam_search");
+  CHECK(param_of(R"({"prompt":"a","include_stop_str_in_output":true})") == "include_stop_str_in_output");
   CHECK(param_of(R"({"prompt":"a","suffix":"z"})") == "suffix");
   CHECK(param_of(R"({"prompt":"a","best_of":3})") == "best_of");
-  CHECK(param_of(R"({"prompt":"a","n":2})") == "n");
+  CHECK(param_of(R"({"prompt":"a","n":17})") == "n");
+  CHECK(param_of(R"({"prompt":"a","n":1.5})") == "n");
   CHECK(param_of(R"({"prompt":"a","user":1})") == "user");
   CHECK(param_of(R"({"prompt":"a","stop_token_ids":[999]})") == "stop_token_ids");
   CHECK(param_of(R"({"prompt":"a","top_p":0})") == "top_p");
@@ -663,6 +667,7 @@ TEST_CASE("sampling and output fields") {
   CHECK(chat_bad("{" + m + R"(,"audio":{}})").find("audio") == 0);
   CHECK(chat_bad("{" + m + R"(,"modalities":["text","audio"]})").find("modalities") == 0);
   CHECK(chat_bad("{" + m + R"(,"best_of":2})").find("best_of") == 0);
+  CHECK(chat_bad("{" + m + R"(,"verbosity":"low"})").find("verbosity") == 0);
   auto okc = parse_chat_request("{" + m + R"(,"modalities":["text"],"store":false,"presence_penalty":1})", lim);
   REQUIRE(std::holds_alternative<chat_command>(okc));
   CHECK(std::get<chat_command>(okc).request.sampling.presence_penalty == 1.0f);
@@ -768,4 +773,99 @@ TEST_CASE("skip_special_tokens (vLLM's, default true); structured-output fields 
   }
   auto t = parse_completion_request(R"({"prompt":"x","response_format":{"type":"text"}})", test_limits());
   CHECK(std::holds_alternative<completion_command>(t));
+}
+
+TEST_CASE("n choices: parsed on every entry point; one body with a choice per index, chunks by index") {
+  protocol_limits lim;
+  lim.n_vocab = 300;
+  lim.n_ctx = 64;
+  auto c = std::get<completion_command>(parse_completion_request(R"({"prompt":"a","n":4})", lim));
+  CHECK(c.request.n == 4);
+  CHECK(std::get<completion_command>(parse_completion_request(R"({"prompt":"a"})", lim)).request.n == 1);
+  auto ch = std::get<chat_command>(parse_chat_request(R"({"messages":[{"role":"user","content":"x"}],"n":16})", lim));
+  CHECK(ch.request.n == 16);
+  auto g = parse_command(R"({"type":"generate","id":"a","prompt":"x","n":3})", lim);
+  REQUIRE(std::holds_alternative<generate_command>(g));
+  CHECK(std::get<generate_command>(g).request.n == 3);
+  CHECK(std::holds_alternative<invalid_request>(parse_command(R"({"type":"generate","id":"a","prompt":"x","n":17})", lim)));
+
+  event d;
+  d.type = event::kind::done;
+  d.prompt_tokens = 5;
+  d.completion_tokens = 7;
+  d.choice_reasons = {finish_reason::length, finish_reason::stop};
+  d.choice_tokens = {4, 3};
+  const std::vector<std::string> texts = {"ab", "c"}, lps = {"", ""};
+  auto body = json::parse(openai_completion_json("c", 1, "m", texts, d, lps));
+  REQUIRE(body["choices"].size() == 2);
+  CHECK(body["choices"][1]["index"] == 1);
+  CHECK(body["choices"][1]["text"] == "c");
+  CHECK(body["choices"][0]["finish_reason"] == "length");
+  CHECK(body["choices"][1]["finish_reason"] == "stop");
+  CHECK(body["usage"]["prompt_tokens"] == 5);  // once
+  CHECK(body["usage"]["completion_tokens"] == 7);
+  auto chat = json::parse(openai_chat_json("c", 1, "m", texts, d, lps));
+  CHECK(chat["choices"][1]["message"]["content"] == "c");
+  CHECK(chat["choices"][1]["finish_reason"] == "stop");
+  CHECK(json::parse(openai_chunk_json("c", 1, "m", "x", nullptr, {}, 3))["choices"][0]["index"] == 3);
+  CHECK(json::parse(openai_final_chunk_json("c", 1, "m", d, 1))["choices"][0]["finish_reason"] == "stop");
+  CHECK(json::parse(openai_chat_chunk_json("c", 1, "m", true, "", nullptr, {}, 2))["choices"][0]["index"] == 2);
+  CHECK(json::parse(openai_chat_final_chunk_json("c", 1, "m", d, 0))["choices"][0]["finish_reason"] == "length");
+
+  auto done = json::parse(event_frame("r", d));
+  REQUIRE(done["choices"].size() == 2);
+  CHECK(done["choices"][1]["finish_reason"] == "stop");
+  CHECK(done["choices"][1]["completion_tokens"] == 3);
+  event t;
+  t.type = event::kind::token;
+  t.n_choices = 2;
+  t.choice = 1;
+  t.choice_done = true;
+  t.reason = finish_reason::stop;
+  auto tok = json::parse(event_frame("r", t));
+  CHECK(tok["choice"] == 1);
+  CHECK(tok["finish_reason"] == "stop");
+  t.n_choices = 1;
+  t.choice = 0;
+  auto one = json::parse(event_frame("r", t));
+  CHECK_FALSE(one.contains("choice"));  // n = 1: the frame is as before
+  CHECK_FALSE(one.contains("finish_reason"));
+}
+
+TEST_CASE("echo with logprobs: the prompt's tokens first, the first with null, then the completion's") {
+  protocol_limits lim;
+  lim.n_vocab = 300;
+  lim.n_ctx = 64;
+  auto c = std::get<completion_command>(parse_completion_request(R"({"prompt":"a","echo":true,"logprobs":2})", lim));
+  CHECK(c.request.prompt_logprobs);
+  CHECK_FALSE(std::get<completion_command>(parse_completion_request(R"({"prompt":"a","echo":true})", lim))
+                  .request.prompt_logprobs);
+  CHECK_FALSE(std::get<completion_command>(parse_completion_request(R"({"prompt":"a","logprobs":2})", lim))
+                  .request.prompt_logprobs);
+  auto bytes = [](int32_t id) -> std::string_view {
+    static const std::string names[] = {"A", "bb", "c", "dd"};
+    return names[id];
+  };
+  event e;
+  e.type = event::kind::token;
+  e.prompt_ids = {0, 1, 2};
+  e.prompt_logprobs = {-0.5f, -1.5f};
+  e.prompt_top = {{1, -0.5f}, {3, -0.9f}, {3, -0.2f}, {2, -1.5f}};
+  e.n_top = 2;
+  e.token = 3;
+  e.logprob = -0.1f;
+  e.top_logprobs = {{3, -0.1f}, {0, -3.0f}};
+  logprobs_builder b;
+  b.add_prompt(e, bytes);
+  b.offset = 5;  // the echoed text's length: the completion's offsets count from there
+  b.add(e, bytes);
+  auto j = json::parse(b.json());
+  CHECK(j["tokens"] == json::array({"A", "bb", "c", "dd"}));
+  CHECK(j["token_logprobs"][0].is_null());
+  CHECK(j["top_logprobs"][0].is_null());
+  CHECK(j["token_logprobs"][1] == -0.5);
+  CHECK(j["top_logprobs"][2]["dd"] == -0.2);
+  CHECK(j["top_logprobs"][2]["c"] == -1.5);
+  CHECK(j["text_offset"] == json::array({0, 1, 3, 5}));
+  CHECK(std::abs(j["token_logprobs"][3].get<double>() + 0.1) < 1e-6);
 }

@@ -2,8 +2,11 @@
 // whose output depends on the K/V it reads back through the block tables.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 #include <random>
+#include <set>
 
 #include "engine/scheduler.hpp"
 #include "fake-backend.hpp"
@@ -624,4 +627,382 @@ TEST_CASE("scheduler: random admit / cancel / fail / drain keep the pool balance
   // The driver did reach the interesting states: preemptions with shared blocks, and hits.
   CHECK(preemptions > 0);
   CHECK(hits > 0);
+}
+
+// Issue 16: with device_counts the list of a sequence goes out once per admission (the
+// load) and the backend counts the sampled tokens itself; here a host twin of the device's
+// slots (slot_load_forward, slot_count_forward, adjusted_logit_at's ban) is held, at every
+// sampled row, to the list rebuilt from the sequence's tokens. Slots are distinct among the
+// running rows and in [0, max_running); a preempted or finished sequence gives its slot back
+// and a resumed one reloads it; a failed step reloads every slot.
+TEST_CASE("scheduler: device-held token counts load once per admission and track the host's") {
+  scheduler_config sc{.max_batch_tokens = 64, .max_running = 4, .prefill_chunk = 8, .n_ctx = 64,
+                      .device_counts = true};
+  harness h(sc, {4, 12});
+  std::map<uint64_t, seq_spec> spec;
+  std::map<uint64_t, std::vector<int32_t>> gen;
+  for (uint64_t id = 1; id <= 12; ++id) {
+    auto s = make_seq(id, 4 + int32_t(id % 5), 10 + int32_t(id % 7));
+    s.sampling.frequency_penalty = id % 3 == 0 ? 0.0f : 0.5f;
+    s.sampling.repetition_penalty = id % 3 == 1 ? 1.2f : 1.0f;
+    s.sampling.presence_penalty = id % 3 == 0 ? 0.0f : 0.25f;
+    if (id % 4 == 0) {
+      s.sampling.min_tokens = 3;
+      s.stop_ids = {250};
+    }
+    if (id % 3 == 0) s.logit_bias = {{7, 2.0f}};
+    spec[id] = s;
+    REQUIRE(h.sched.add(s).is_ok());
+  }
+  std::map<int32_t, std::vector<logit_adjust>> slots;  // the twin of the device's lists
+  std::vector<uint64_t> ids;
+  int loads = 0, rows = 0, failed = 0;
+  for (int step = 0; step < 2000; ++step) {
+    const int32_t n = h.sched.schedule(h.batch);
+    if (n == 0) break;
+    h.sched.scheduled_ids(ids);
+    std::vector<int32_t> seen_slots;
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t slot = h.batch.counts_slot[size_t(i)];
+      REQUIRE(slot < sc.max_running);
+      if (slot < 0) continue;
+      CHECK(std::find(seen_slots.begin(), seen_slots.end(), slot) == seen_slots.end());
+      seen_slots.push_back(slot);
+      if (h.batch.counts_load[size_t(i)]) {
+        ++loads;
+        auto a = h.batch.adjustments(i);
+        slots[slot].assign(a.begin(), a.end());
+      } else {
+        CHECK(h.batch.adjustments(i).empty());
+      }
+      if (!h.batch.sample[size_t(i)]) continue;
+      ++rows;
+      const seq_spec& s = spec[ids[size_t(i)]];
+      const auto& g = gen[s.id];
+      // The list rebuilt from the tokens (scheduler::add + count_token), against the twin.
+      std::map<int32_t, logit_adjust> want;
+      for (auto [t, b] : s.logit_bias) want[t] = {t, 0, b, 0};
+      if (s.sampling.min_tokens > 0)
+        for (int32_t t : s.stop_ids) want.try_emplace(t, logit_adjust{t, 0, 0.0f, 0});
+      if (s.sampling.penalized())
+        for (int32_t t : s.prompt) want.try_emplace(t, logit_adjust{t, 0, 0.0f, 0}).first->second.seen = 1;
+      if (s.sampling.penalized())
+        for (int32_t t : g) {
+        auto& e = want.try_emplace(t, logit_adjust{t, 0, 0.0f, 0}).first->second;
+        e.seen = 1;
+        ++e.count;
+      }
+      const auto& have = slots[slot];
+      REQUIRE(have.size() == want.size());
+      for (const logit_adjust& e : have) {
+        REQUIRE(want.count(e.token));
+        const logit_adjust& w = want[e.token];
+        CHECK(e.count == w.count);
+        CHECK((e.seen & adjust_seen) == w.seen);
+        CHECK(e.bias == w.bias);
+        const bool banned = std::find(s.stop_ids.begin(), s.stop_ids.end(), e.token) != s.stop_ids.end() &&
+                            int32_t(g.size()) < s.sampling.min_tokens;
+        CHECK(std::isinf(adjusted_logit_at(1.0f, e, s.sampling, g.size())) == banned);
+      }
+    }
+    if (step == 9) {  // a failed step: nothing counted on the host, every slot reloads
+      h.sched.on_step_failed();
+      ++failed;
+      continue;
+    }
+    status st = h.be.step(h.batch, h.out, logits_mode::none);
+    REQUIRE(st.is_ok());
+    // The device's count after the step: the sampled token into the row's slot.
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t slot = h.batch.counts_slot[size_t(i)];
+      if (slot < 0 || !h.batch.sample[size_t(i)] || !h.batch.sampling[size_t(i)].penalized()) continue;
+      auto& L = slots[slot];
+      const int32_t t = h.out.tokens[size_t(i)];
+      auto it = std::find_if(L.begin(), L.end(), [&](const logit_adjust& e) { return e.token == t; });
+      if (it == L.end()) L.push_back({t, 1, 0.0f, adjust_seen});
+      else {
+        it->seen |= adjust_seen;
+        ++it->count;
+      }
+    }
+    h.results.clear();
+    h.sched.on_step_done(h.out, h.results);
+    for (auto& r : h.results) gen[r.id].push_back(r.token);
+  }
+  CHECK(failed == 1);
+  CHECK(h.sched.n_preemptions() > 0);
+  CHECK(loads > 12);  // once per admission, again after preemptions and the failed step
+  CHECK(rows > 100);
+  for (auto& [id, s] : spec) CHECK(int32_t(gen[id].size()) >= 1);
+}
+
+// ---- n > 1: forks ---------------------------------------------------------------------------
+
+namespace {
+
+using K = std::pair<uint64_t, int32_t>;
+
+// Drives a scheduler with forks: results keyed by (id, fork); counts prefill steps.
+struct fork_harness {
+  model_config mc;
+  kv_geometry kv;
+  fake_backend be;
+  scheduler sched;
+  step_batch batch;
+  step_output out;
+  std::vector<seq_result> results;
+  std::map<std::pair<uint64_t, int32_t>, std::vector<int32_t>> tokens;
+  std::map<std::pair<uint64_t, int32_t>, int> finished;
+  std::map<uint64_t, int> gone;  // group_done seen
+  int steps = 0, prefill_steps = 0;
+  int64_t prefill_tokens = 0;
+
+  fork_harness(scheduler_config sc, kv_geometry g) : mc(fake_config(sc.n_ctx)), kv(g), be(mc, g), sched(sc, g) {}
+
+  int32_t step() {
+    int32_t n = sched.schedule(batch);
+    if (n == 0) return 0;
+    REQUIRE(n <= sched.config().max_running);
+    if (sched.last_prefill_tokens() > 0) ++prefill_steps;
+    prefill_tokens += sched.last_prefill_tokens();
+    status s = be.step(batch, out, logits_mode::none);
+    REQUIRE_MESSAGE(s.is_ok(), s.message);
+    results.clear();
+    sched.on_step_done(out, results);
+    for (auto& r : results) {
+      auto& v = tokens[K(r.id, r.fork)];
+      REQUIRE(r.index == int32_t(v.size()));
+      v.push_back(r.token);
+      if (r.finished) finished[K(r.id, r.fork)]++;
+      if (r.group_done) gone[r.id]++;
+    }
+    ++steps;
+    return n;
+  }
+  void run() {
+    while (step() > 0) REQUIRE(steps < 100000);
+  }
+};
+
+seq_spec make_group(uint64_t id, int32_t prompt_len, int32_t max_tokens, int32_t n, uint64_t seed) {
+  seq_spec s = make_seq(id, prompt_len, max_tokens);
+  s.n = n;
+  s.sampling.temperature = 1.0f;
+  s.sampling.seed = seed;
+  return s;
+}
+
+sampling_params fork_params(const seq_spec& s, int32_t fork) {
+  sampling_params p = s.sampling;
+  p.seed = fork_seed(s.sampling.seed, fork);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("scheduler: n = 4 prefills the prompt once, copies its partial block, forks four distinct streams") {
+  scheduler_config sc;
+  sc.n_ctx = 128;
+  fork_harness h(sc, kv_geometry{16, 64});
+  const seq_spec s = make_group(1, 37, 12, 4, 7);
+  REQUIRE(h.sched.add(s).is_ok());
+  h.run();
+  // One prefill step of the prompt but its last token (36); then each fork computes that
+  // token for its own logits (a one-token step, as a decode) and decodes 11 more.
+  CHECK(h.prefill_steps == 1);
+  CHECK(h.prefill_tokens == 36);
+  CHECK(h.be.n_tokens.load() == 36 + 4 * 12);
+  CHECK(h.sched.n_forks() == 3);
+  CHECK(h.be.n_copies.load() == 3);  // 36 % 16 = 4 tokens of the third block are the prompt's
+  std::set<std::vector<int32_t>> distinct;
+  for (int32_t f = 0; f < 4; ++f) {
+    // The K/V each fork read back is its own prompt's: the output of a solo run with its seed.
+    CHECK(h.tokens[K(1, f)] == fake_reference(s.prompt, 12, 256, 128, fork_params(s, f)));
+    CHECK(h.finished[K(1, f)] == 1);
+    distinct.insert(h.tokens[K(1, f)]);
+  }
+  CHECK(distinct.size() == 4);
+  CHECK(h.gone[1] == 1);
+  CHECK_FALSE(h.sched.contains(1));
+  check_balanced(h.sched);
+
+  // The same seed gives the same four streams; choice 0 is what n = 1 gives with that seed.
+  fork_harness again(sc, kv_geometry{16, 64});
+  REQUIRE(again.sched.add(s).is_ok());
+  again.run();
+  for (int32_t f = 0; f < 4; ++f) CHECK(again.tokens[K(1, f)] == h.tokens[K(1, f)]);
+  seq_spec one = s;
+  one.n = 1;
+  fork_harness solo(sc, kv_geometry{16, 64});
+  REQUIRE(solo.sched.add(one).is_ok());
+  solo.run();
+  CHECK(solo.tokens[K(1, 0)] == h.tokens[K(1, 0)]);
+}
+
+TEST_CASE("scheduler: a prompt ending on a block boundary forks without a copy; a one-token prompt shares nothing") {
+  scheduler_config sc;
+  sc.n_ctx = 128;
+  fork_harness h(sc, kv_geometry{16, 64});
+  const seq_spec a = make_group(1, 33, 5, 3, 11);  // 32 prefilled: two full blocks shared
+  const seq_spec b = make_group(2, 1, 5, 3, 12);
+  REQUIRE(h.sched.add(a).is_ok());
+  REQUIRE(h.sched.add(b).is_ok());
+  h.run();
+  CHECK(h.be.n_copies.load() == 0);
+  for (int32_t f = 0; f < 3; ++f) {
+    CHECK(h.tokens[K(1, f)] == fake_reference(a.prompt, 5, 256, 128, fork_params(a, f)));
+    CHECK(h.tokens[K(2, f)] == fake_reference(b.prompt, 5, 256, 128, fork_params(b, f)));
+  }
+  check_balanced(h.sched);
+}
+
+TEST_CASE("scheduler: cancelling a group frees every fork's blocks; one fork can end alone") {
+  scheduler_config sc;
+  sc.n_ctx = 128;
+  fork_harness h(sc, kv_geometry{16, 64});
+  REQUIRE(h.sched.add(make_group(1, 40, 30, 4, 3)).is_ok());
+  REQUIRE(h.sched.add(make_group(2, 40, 30, 4, 4)).is_ok());
+  for (int i = 0; i < 5; ++i) REQUIRE(h.step() > 0);
+  CHECK(h.sched.n_seqs() == 8);
+  CHECK(h.sched.cancel(2, 1));  // one choice of 2 stops (a stop string): the other three go on
+  CHECK(h.sched.contains(2));
+  CHECK_FALSE(h.sched.cancel(2, 1));
+  CHECK(h.sched.cancel(1));  // the whole of 1
+  CHECK_FALSE(h.sched.contains(1));
+  CHECK(h.sched.n_seqs() == 3);
+  h.run();
+  for (int32_t f : {0, 2, 3}) CHECK(h.finished[K(2, f)] == 1);
+  CHECK(h.gone[2] == 1);
+  CHECK(h.gone.count(1) == 0);
+  check_balanced(h.sched);
+
+  // Cancelled while a step is in flight, between the prefill and the fork.
+  fork_harness k(sc, kv_geometry{16, 64});
+  REQUIRE(k.sched.add(make_group(5, 40, 30, 4, 3)).is_ok());
+  REQUIRE(k.sched.schedule(k.batch) == 1);
+  CHECK(k.sched.cancel(5));
+  REQUIRE(k.be.step(k.batch, k.out).is_ok());
+  k.sched.on_step_done(k.out, k.results);
+  CHECK(k.results.empty());
+  CHECK(k.sched.schedule(k.batch) == 0);
+  check_balanced(k.sched);
+}
+
+TEST_CASE("scheduler: forks under memory pressure are preempted one by one and still match; nothing leaks") {
+  scheduler_config sc;
+  sc.n_ctx = 128;
+  sc.max_running = 16;
+  for (bool prefix : {true, false}) {
+    sc.prefix_caching = prefix;
+    // 20 blocks: the groups' first tokens fit (2 shared + 4 x 1), their 60-token tails do not.
+    fork_harness h(sc, kv_geometry{16, 20});
+    std::vector<seq_spec> specs = {make_group(1, 40, 40, 4, 1), make_group(2, 23, 40, 3, 2), make_seq(3, 30, 40)};
+    for (auto& s : specs) REQUIRE(h.sched.add(s).is_ok());
+    h.run();
+    CHECK(h.sched.n_preemptions() > 0);
+    for (auto& s : specs)
+      for (int32_t f = 0; f < s.n; ++f)
+        CHECK_MESSAGE(h.tokens[K(s.id, f)] == fake_reference(s.prompt, 40, 256, 128, fork_params(s, f)),
+                      "sequence " << s.id << " fork " << f << " prefix " << prefix);
+    check_balanced(h.sched);
+  }
+}
+
+TEST_CASE("scheduler: a group is refused when its choices cannot run together") {
+  scheduler_config sc;
+  sc.n_ctx = 128;
+  sc.max_running = 4;
+  scheduler sched(sc, kv_geometry{16, 8});
+  seq_spec s = make_group(1, 40, 10, 5, 1);
+  status st = sched.add(s);
+  CHECK_FALSE(st.is_ok());
+  CHECK(st.message.find("max_running") != std::string::npos);
+  s.n = 4;  // 2 shared blocks + 4 x 1 fit in 8; 4 x (3 - 2) + 2 = 6
+  CHECK(sched.add(s).is_ok());
+  scheduler small(sc, kv_geometry{16, 5});
+  st = small.add(s);  // 6 blocks at the fork, the pool has 5
+  CHECK_FALSE(st.is_ok());
+  CHECK(st.message.find("KV blocks at once") != std::string::npos);
+}
+
+TEST_CASE("scheduler: a drained group resumes each fork from its own tokens") {
+  scheduler_config sc;
+  sc.n_ctx = 128;
+  const seq_spec s = make_group(9, 30, 20, 3, 5);
+  for (int before : {0, 1, 6}) {  // drained before the prefill ran, before the fork, after it
+    fork_harness h(sc, kv_geometry{16, 64});
+    REQUIRE(h.sched.add(s).is_ok());
+    for (int i = 0; i < before; ++i) REQUIRE(h.step() > 0);
+    std::vector<seq_spec> specs = h.sched.drain();
+    REQUIRE(specs.size() == 1);
+    CHECK(specs[0].n == 3);
+    CHECK(specs[0].sampling.seed == 5);
+    if (before < 2) CHECK(specs[0].forks.empty());  // not forked yet: starts over as a group
+    check_balanced(h.sched);
+    fork_harness next(sc, kv_geometry{16, 64});
+    next.tokens = h.tokens;
+    REQUIRE(next.sched.add(specs[0]).is_ok());
+    next.run();
+    for (int32_t f = 0; f < 3; ++f)
+      CHECK_MESSAGE(next.tokens[K(9, f)] == fake_reference(s.prompt, 20, 256, 128, fork_params(s, f)), "fork " << f);
+    check_balanced(next.sched);
+  }
+}
+
+TEST_CASE("scheduler: a group whose whole prompt is cached still prefills a token before it forks") {
+  scheduler_config sc;
+  sc.n_ctx = 128;
+  fork_harness h(sc, kv_geometry{16, 64});
+  seq_spec first = make_seq(1, 33, 3);
+  REQUIRE(h.sched.add(first).is_ok());
+  h.run();
+  seq_spec g = make_group(2, 33, 4, 2, 8);
+  g.prompt = first.prompt;  // 32 tokens cached: all but the last prompt token
+  REQUIRE(h.sched.add(g).is_ok());
+  h.run();
+  for (int32_t f = 0; f < 2; ++f) CHECK(h.tokens[K(2, f)] == fake_reference(g.prompt, 4, 256, 128, fork_params(g, f)));
+  CHECK(h.sched.prefix_hits() > 0);
+  check_balanced(h.sched);
+}
+
+// Forks with device-held counts: each fork gets a slot of its own (distinct among the
+// running rows) and loads its copied list once, on its first sampled row.
+TEST_CASE("scheduler: n = 4 with device counts gives every fork its own slot, loaded once") {
+  scheduler_config sc{.max_batch_tokens = 64, .max_running = 8, .prefill_chunk = 64, .n_ctx = 64,
+                      .device_counts = true};
+  fork_harness h(sc, kv_geometry{16, 64});
+  seq_spec s = make_group(1, 37, 6, 4, 7);
+  s.sampling.frequency_penalty = 0.5f;
+  REQUIRE(h.sched.add(s).is_ok());
+  std::vector<int32_t> loads_of_slot(size_t(sc.max_running), 0);
+  int sampled_rows = 0;
+  for (int step = 0; step < 1000; ++step) {
+    const int32_t n = h.sched.schedule(h.batch);
+    if (n == 0) break;
+    std::vector<int32_t> seen;
+    for (int32_t i = 0; i < n; ++i) {
+      if (!h.batch.sample[size_t(i)]) continue;
+      ++sampled_rows;
+      const int32_t slot = h.batch.counts_slot[size_t(i)];
+      REQUIRE(slot >= 0);
+      REQUIRE(slot < sc.max_running);
+      CHECK(std::find(seen.begin(), seen.end(), slot) == seen.end());
+      seen.push_back(slot);
+      if (h.batch.counts_load[size_t(i)]) {
+        ++loads_of_slot[size_t(slot)];
+        CHECK(!h.batch.adjustments(i).empty());  // the prompt's tokens, penalized
+      }
+    }
+    REQUIRE(h.be.step(h.batch, h.out, logits_mode::none).is_ok());
+    h.results.clear();
+    h.sched.on_step_done(h.out, h.results);
+  }
+  CHECK(sampled_rows == 4 * 6);
+  int slots_loaded = 0;
+  for (int32_t c : loads_of_slot) {
+    CHECK(c <= 1);
+    slots_loaded += c;
+  }
+  CHECK(slots_loaded == 4);
+  check_balanced(h.sched);
 }

@@ -350,7 +350,7 @@ test('openai: completion without and with streaming', async () => {
   assert.equal(chunks.map((ch) => ch.choices[0].text).join(''), j.choices[0].text);
   assert.equal(chunks[chunks.length - 1].choices[0].finish_reason, 'length');
 
-  for (const bad of [{prompt: 'x', max_tokens: -2}, {prompt: 'x', top_p: 3}, {max_tokens: 3}, {prompt: 'x', n: 2}]) {
+  for (const bad of [{prompt: 'x', max_tokens: -2}, {prompt: 'x', top_p: 3}, {max_tokens: 3}, {prompt: 'x', n: 17}]) {
     const e = await request(A.port, 'POST', '/v1/completions', bad);
     assert.equal(e.status, 400, JSON.stringify(bad));
     assert.equal(e.json().error.type, 'invalid_request_error');
@@ -472,6 +472,68 @@ test('infer-bench: concurrent and serial runs complete', async () => {
   }
 });
 
+// infer-bench as an OpenAI client (SSE), beside its WebSocket mode above.
+const runBench = (args) => new Promise((resolve, reject) => execFile(BENCH, args, {timeout: 120000},
+  (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout))));
+
+test('infer-bench over SSE: completions and chat, warm-up, goodput, --save-result rows and metadata', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'infer-bench-e2e-'));
+  for (const [ep, backend] of [['/v1/completions', 'openai'], ['/v1/chat/completions', 'openai-chat']]) {
+    const file = path.join(dir, `${backend}.json`);
+    const j = JSON.parse(await runBench(['--url', `http://127.0.0.1:${A.port}${ep}`, '--requests', '12',
+      '--concurrency', '4', '--prompt-tokens', '8', '--max-tokens', '6', '--warmup', '2', '--json',
+      '--goodput', 'ttft:600000', 'tpot:600000', '--save-result', file, '--metadata', 'run=e2e']));
+    assert.equal(j.backend, backend);
+    assert.equal(j.completed, 12, JSON.stringify(j.error_codes));
+    assert.equal(j.errors, 0);
+    assert.equal(j.tokens_generated, 12 * 6);  // the server's usage counts (stream_options.include_usage)
+    assert.equal(j.connections, 4);
+    assert.equal(j.goodput.good_requests, 12);
+    assert.ok(j.ttft_ms.p50 > 0 && j.tpot_ms.p50 > 0 && j.e2e_ms.p99 >= j.e2e_ms.p50);
+    const saved = JSON.parse(fs.readFileSync(file, 'utf8'));
+    assert.equal(saved.metadata.run, 'e2e');
+    assert.equal(saved.metadata.warmup_requests, 2);
+    assert.equal(saved.summary.completed, 12);
+    assert.equal(saved.requests.length, 12);
+    for (const r of saved.requests) {
+      assert.equal(r.ok, true);
+      assert.equal(r.output_len, 6);
+      assert.equal(r.meets_slo, true);
+      assert.ok(r.ttft_ms > 0 && r.e2el_ms >= r.ttft_ms);
+      // completions: a chunk per token (inferd sends one even for a token with no text yet);
+      // chat: chunks with content only, so at most one gap per token after the first
+      if (backend === 'openai') assert.equal(r.itl_ms.length, 5);
+      else assert.ok(r.itl_ms.length <= 5);
+    }
+    if (backend === 'openai-chat') assert.ok(saved.requests.some((r) => r.input_len > 8));  // the template's tokens
+  }
+  // Random lengths at a request rate (gamma arrivals); a limit no request can meet.
+  const file = path.join(dir, 'random.json');
+  const j = JSON.parse(await runBench(['--url', `http://127.0.0.1:${A.port}/v1/completions`, '--requests', '16',
+    '--concurrency', '16', '--dataset', 'random', '--random-input-len', '8', '--random-output-len', '6',
+    '--random-range-ratio', '0.5', '--request-rate', '400', '--burstiness', '0.5', '--goodput', 'ttft:0', '--json',
+    '--save-result', file]));
+  assert.equal(j.completed, 16);
+  assert.equal(j.request_rate, 400);
+  assert.equal(j.goodput.good_requests, 0);
+  const rows = JSON.parse(fs.readFileSync(file, 'utf8')).requests;
+  for (const r of rows) {
+    assert.ok(r.input_len >= 4 && r.input_len <= 12, `input_len ${r.input_len}`);
+    assert.ok(r.max_tokens >= 3 && r.max_tokens <= 9, `max_tokens ${r.max_tokens}`);
+    assert.equal(r.output_len, r.max_tokens);
+    assert.equal(r.meets_slo, false);
+  }
+  assert.ok(new Set(rows.map((r) => r.max_tokens)).size > 1);
+  for (let i = 1; i < rows.length; ++i) assert.ok(rows[i].start_s >= rows[i - 1].start_s);
+  assert.ok(rows[rows.length - 1].start_s > 0);  // spread out, not all at once
+  // A request the server refuses ends as an error carrying the status and the OpenAI code.
+  const bad = JSON.parse(await runBench(['--url', `http://127.0.0.1:${A.port}/v1/completions`, '--requests', '2',
+    '--max-tokens', '100000', '--json']));
+  assert.equal(bad.completed, 0);
+  assert.equal(bad.errors, 2);
+  assert.deepEqual(bad.error_codes, {'400 invalid_request': 2});
+});
+
 test('tls: https and wss with a certificate from files', async () => {
   if (!D) return console.log('      (skipped: no openssl tool to make a certificate)');
   await waitReady(D);
@@ -490,6 +552,10 @@ test('tls: https and wss with a certificate from files', async () => {
     ['--url', `wss://127.0.0.1:${D.port}/v1/stream`, '--insecure', '--requests', '4', '--max-tokens', '4', '--json'],
     {timeout: 120000}, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout))));
   assert.equal(JSON.parse(out).completed, 4);
+  const sse = JSON.parse(await runBench(['--url', `https://127.0.0.1:${D.port}/v1/completions`, '--insecure',
+    '--requests', '4', '--concurrency', '2', '--max-tokens', '4', '--json']));
+  assert.equal(sse.completed, 4);
+  assert.equal(sse.tokens_generated, 16);
 });
 
 test('logs: one line per request outcome with its id', async () => {
@@ -501,7 +567,8 @@ test('logs: one line per request outcome with its id', async () => {
 async function main() {
   let failed = 0;
   try {
-    A = await startInferd('A', ['--model', 'synthetic:tiny', '--set', 'server.max_frame_bytes=65536']);
+    A = await startInferd('A', ['--model', 'synthetic:tiny', '--set', 'server.max_frame_bytes=65536',
+      '--chat-template', path.join(repo, 'tests', 'e2e', 'data', 'chatml.jinja')]);
     C = await startInferd('C', ['--model', 'synthetic:tiny', '--max-running', '1', '--queue-capacity', '1',
       '--no-prefix-caching']);
     if (!SKIP_GPT2) B = await startInferd('B', ['--model', 'synthetic:gpt2-small', '--api-key', 'e2e-key']);

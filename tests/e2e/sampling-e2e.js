@@ -2,7 +2,7 @@
 // Issue 16 end to end, driven by the official `openai` npm SDK: every sampling and output
 // field of /v1/completions and /v1/chat/completions changes the output as OpenAI / vLLM
 // document it (penalties, logit_bias, min_p, min_tokens, ignore_eos, stop_token_ids,
-// max_completion_tokens, seed, logprobs / top_logprobs plain and streamed, echo, user), and
+// max_completion_tokens, seed, logprobs / top_logprobs plain and streamed, echo, user, n), and
 // every out-of-range or unsupported value is a 400 whose `param` names the field. The
 // WebSocket token event carries logprobs when asked.
 //
@@ -142,6 +142,39 @@ async function main() {
   let esText = '';
   for await (const ch of es) esText += (ch.choices[0] && ch.choices[0].text) || '';
   assert.equal(esText, ec.choices[0].text);
+  // echo with logprobs: the prompt's tokens first (the first null), then the completion's;
+  // the prompt's equal what a longer completion reports at those positions, with or without
+  // the prompt in the prefix cache (it was computed above).
+  const el = await cmpl({echo: true, logprobs: 2, max_tokens: 3});
+  const EL = el.choices[0].logprobs;
+  const nPrompt = el.usage.prompt_tokens;
+  assert.equal(EL.tokens.length, nPrompt + 3);
+  assert.equal(EL.token_logprobs[0], null);
+  assert.equal(EL.top_logprobs[0], null);
+  for (let i = 1; i < nPrompt; ++i) {
+    assert.ok(EL.token_logprobs[i] <= 0);
+    assert.ok(Object.keys(EL.top_logprobs[i]).length >= 2);
+  }
+  assert.equal(EL.tokens.join(''), el.choices[0].text);
+  assert.equal(EL.text_offset[0], 0);
+  assert.equal(EL.text_offset[nPrompt], prompt.length);
+  assert.deepEqual(EL.tokens.slice(nPrompt), (await cmpl({logprobs: 2, max_tokens: 3})).choices[0].logprobs.tokens);
+  // The prompt's last token's logprob is what a completion of the prompt minus it reports first.
+  const head = await httpGet(srv.port, '/tokenize', {prompt});
+  const ids = head.json().tokens;
+  const shorter = await client.completions.create({model: 'm', prompt: [ids.slice(0, -1)], max_tokens: 1,
+    temperature: 0, logprobs: 2, logit_bias: {[ids[ids.length - 1]]: 100}});
+  assert.ok(close(shorter.choices[0].logprobs.token_logprobs[0], EL.token_logprobs[nPrompt - 1], 1e-3));
+  const els = await client.completions.create({model: 'm', prompt, max_tokens: 3, temperature: 0, echo: true,
+    logprobs: 2, stream: true});
+  const elsTok = [];
+  let elsText = '';
+  for await (const k of els) {
+    elsText += k.choices[0].text;
+    if (k.choices[0].logprobs) elsTok.push(...k.choices[0].logprobs.tokens);
+  }
+  assert.equal(elsText, el.choices[0].text);
+  assert.deepEqual(elsTok, EL.tokens);
   // user: accepted, changes nothing.
   assert.equal((await cmpl({user: 'someone'})).choices[0].text, baseText);
 
@@ -182,6 +215,74 @@ async function main() {
   const chBase = await client.chat.completions.create({model: 'm', messages, max_tokens: N, temperature: 0});
   assert.notEqual(chPen.choices[0].message.content, chBase.choices[0].message.content);
 
+  // n choices (completions, chat, WebSocket; plain and streamed): distinct at temperature 1,
+  // reproducible with a seed (choice 0 is what n = 1 gives), the prompt counted once.
+  const n4 = await cmpl({n: 4, temperature: 1, seed: 21, max_tokens: 10});
+  assert.deepEqual(n4.choices.map((c) => c.index), [0, 1, 2, 3]);
+  assert.equal(new Set(n4.choices.map((c) => c.text)).size, 4, JSON.stringify(n4.choices));
+  for (const c of n4.choices) assert.equal(c.finish_reason, 'length');
+  const n1 = await cmpl({temperature: 1, seed: 21, max_tokens: 10});
+  assert.equal(n4.choices[0].text, n1.choices[0].text);
+  assert.equal(n4.usage.prompt_tokens, n1.usage.prompt_tokens);
+  assert.equal(n4.usage.completion_tokens, 40);
+  assert.deepEqual((await cmpl({n: 4, temperature: 1, seed: 21, max_tokens: 10})).choices.map((c) => c.text),
+    n4.choices.map((c) => c.text));
+  const n4s = await client.completions.create({model: 'm', prompt, n: 4, temperature: 1, seed: 21, max_tokens: 10,
+    stream: true, stream_options: {include_usage: true}});
+  const parts = ['', '', '', ''], fins = [], order = [];
+  let n4usage = null;
+  for await (const k of n4s) {
+    if (k.usage) n4usage = k.usage;
+    for (const c of k.choices) {
+      parts[c.index] += c.text;
+      order.push(c.index);
+      if (c.finish_reason) fins[c.index] = c.finish_reason;
+    }
+  }
+  assert.deepEqual(parts, n4.choices.map((c) => c.text));
+  assert.deepEqual(fins, ['length', 'length', 'length', 'length']);
+  assert.ok(order.slice(0, 8).some((i, k) => k > 0 && i !== order[k - 1]), `not interleaved: ${order}`);
+  assert.equal(n4usage.completion_tokens, 40);
+  assert.equal(n4usage.prompt_tokens, n1.usage.prompt_tokens);
+  const nlp = await cmpl({n: 2, temperature: 1, seed: 5, max_tokens: 4, logprobs: 1});
+  for (const c of nlp.choices) {
+    assert.equal(c.logprobs.tokens.length, 4);
+    assert.equal(c.logprobs.tokens.join(''), c.text);
+  }
+  for (const c of (await cmpl({n: 2, temperature: 1, seed: 5, max_tokens: 4, echo: true})).choices)
+    assert.ok(c.text.startsWith(prompt));
+  // A stop string ends each choice on its own (greedy: both the same, both stopped).
+  const stopStr = baseText.slice(6, 9);
+  const nst = await cmpl({n: 2, stop: [stopStr]});
+  for (const c of nst.choices) {
+    assert.equal(c.finish_reason, 'stop');
+    assert.equal(c.text, baseText.slice(0, baseText.indexOf(stopStr)));
+  }
+  const cn = await client.chat.completions.create({model: 'm', messages, n: 3, temperature: 1, seed: 9, max_tokens: 8});
+  assert.deepEqual(cn.choices.map((c) => c.index), [0, 1, 2]);
+  assert.equal(new Set(cn.choices.map((c) => c.message.content)).size, 3);
+  assert.equal(cn.usage.completion_tokens, 24);
+  const cns = await client.chat.completions.create({model: 'm', messages, n: 3, temperature: 1, seed: 9, max_tokens: 8,
+    stream: true});
+  const cparts = ['', '', ''], roles = [], cfins = [];
+  for await (const k of cns)
+    for (const c of k.choices) {
+      if (c.delta.role) roles[c.index] = c.delta.role;
+      cparts[c.index] += c.delta.content || '';
+      if (c.finish_reason) cfins[c.index] = c.finish_reason;
+    }
+  assert.deepEqual(cparts, cn.choices.map((c) => c.message.content));
+  assert.deepEqual(roles, ['assistant', 'assistant', 'assistant']);
+  assert.deepEqual(cfins, ['length', 'length', 'length']);
+  const wn = await ws({n: 3, temperature: 1, seed: 9, max_tokens: 5});
+  for (let i = 0; i < 3; ++i) {
+    const mine = wn.frames.filter((f) => f.choice === i);
+    assert.deepEqual(mine.map((f) => f.index), [0, 1, 2, 3, 4]);
+    assert.equal(mine[4].finish_reason, 'length');
+  }
+  assert.equal(wn.done.usage.completion_tokens, 15);
+  assert.deepEqual(wn.done.choices.map((c) => c.finish_reason), ['length', 'length', 'length']);
+
   // Errors: 400, the message and `param` name the field.
   const expect400 = async (make, param, re) => {
     await assert.rejects(make(), (e) => {
@@ -203,10 +304,12 @@ async function main() {
   await expect400(bc({logit_bias: {abc: 1}}), 'logit_bias');
   await expect400(bc({logit_bias: {99999: 1}}), 'logit_bias');
   await expect400(bc({logprobs: 21}), 'logprobs');
-  await expect400(bc({echo: true, logprobs: 1}), 'echo');
+  await expect400(bc({prompt_logprobs: 1}), 'prompt_logprobs', /echo/);
+  await expect400(bc({use_beam_search: true}), 'use_beam_search');
   await expect400(bc({suffix: 'tail'}), 'suffix');
   await expect400(bc({best_of: 2}), 'best_of', /n/);
-  await expect400(bc({n: 2}), 'n');
+  await expect400(bc({n: 17}), 'n', /16/);
+  await expect400(bc({n: 0}), 'n');
   await expect400(bc({temperature: -1}), 'temperature');
   await expect400(bc({top_p: 0}), 'top_p');
   await expect400(bc({stop_token_ids: [100000]}), 'stop_token_ids');
@@ -216,7 +319,7 @@ async function main() {
   await expect400(bch({presence_penalty: 9}), 'presence_penalty');
   await expect400(bch({max_completion_tokens: 0}), 'max_completion_tokens');
   await expect400(bch({min_tokens: 3, max_completion_tokens: 2}), 'min_tokens');
-  await expect400(bch({n: 3}), 'n');
+  await expect400(bch({n: 17}), 'n');
   await expect400(bch({audio: {voice: 'x', format: 'mp3'}}), 'audio');
   const tooMany = {};
   for (let i = 0; i < 301; ++i) tooMany[i] = 1;

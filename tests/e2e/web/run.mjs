@@ -128,6 +128,7 @@ async function fillParams(page, params) {
 async function watchCounter(page, { cancelAt = 0 } = {}) {
   await page.evaluate((cancelAt) => {
     const seen = (window.__seen = []);
+    window.__cancelled = false;
     const count = document.getElementById('token-count');
     const status = document.getElementById('status');
     window.__observer?.disconnect();
@@ -135,7 +136,11 @@ async function watchCounter(page, { cancelAt = 0 } = {}) {
       const n = Number(count.textContent);
       // 0 is the page clearing the previous run.
       if (n > 0) seen.push({ n, state: status.dataset.state });
-      if (cancelAt && n === cancelAt) document.getElementById('cancel').click();
+      // >=, once: two token frames can land in one task under load, skipping the count.
+      if (cancelAt && n >= cancelAt && !window.__cancelled) {
+        window.__cancelled = true;
+        document.getElementById('cancel').click();
+      }
     });
     window.__observer.observe(count, { childList: true, characterData: true, subtree: true });
   }, cancelAt);
