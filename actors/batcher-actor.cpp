@@ -88,11 +88,14 @@ void publish_gauges(batcher_actor* self) {
       total += w.total_blocks;
     }
   auto& m = st.core->stats;
-  m.queue_depth.store(st.queue.size());
   const auto t = std::chrono::steady_clock::now();
   st.overload.observe(st.queue.size(), t);
-  m.cpu_fallback_active.store(fallback_serves(st, t) ? 1 : 0);
+  // Sustained overload: request actors cap the max_tokens of new requests while this is on
+  // (they own max_tokens; this only says when). Stored before the queue depth, so whoever
+  // sees this depth sees the verdict on it.
   m.max_tokens_cap_active.store(st.core->cfg.overload_max_tokens > 0 && st.overload.sustained(t) ? 1 : 0);
+  m.queue_depth.store(st.queue.size());
+  m.cpu_fallback_active.store(fallback_serves(st, t) ? 1 : 0);
   m.running_sequences.store(held);
   m.kv_blocks_used.store(used);
   m.kv_blocks_total.store(total);
@@ -342,15 +345,6 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
                                               "no healthy worker: every circuit breaker is open"});
           return;
         }
-        int32_t cap = 0;  // sustained overload: a newly admitted request gets a smaller max_tokens
-        if (const int32_t limit = st.core->cfg.overload_max_tokens; limit > 0) {
-          const auto now = std::chrono::steady_clock::now();
-          st.overload.observe(st.queue.size(), now);
-          if (st.overload.sustained(now) && m.max_tokens > limit) {
-            m.max_tokens = limit;
-            cap = limit;
-          }
-        }
         if (int64_t est = estimate_ms(st, m); m.timeout_ms > 0 && est > m.timeout_ms) {
           self->send(m.request,
                      admission_msg{m.id, false, uint8_t(error_code::timeout), 0,
@@ -370,7 +364,7 @@ caf::behavior batcher_fun(batcher_actor* self, service_core_ptr core) {
         auto req = m.request;
         uint64_t id = m.id;
         st.queue.push_back(level, std::move(m));
-        self->send(req, admission_msg{id, true, 0, 0, {}, cap});
+        self->send(req, admission_msg{id, true, 0, 0, {}});
         dispatch(self);
       },
       [=](const cancel_msg& c) {

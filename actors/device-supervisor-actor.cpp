@@ -36,7 +36,6 @@ struct device_supervisor_state {
   int32_t label = -1;
   caf::actor_addr parent;
   std::vector<child> children;
-  std::set<int32_t> stopping;      // workers this supervisor stopped (one_for_all): their exit is expected
   std::set<int32_t> device_fault;  // workers that reported a device-level fault before exiting
   std::set<int32_t> pending;       // restarts waiting for their back-off
   restart_policy policy;
@@ -93,10 +92,9 @@ void on_worker_failed(device_supervisor_actor* self, int32_t id, const std::stri
   if (whole_device) {
     for (auto& c : st.children) {
       if (!c.handle || c.id == id) continue;
-      st.stopping.insert(c.id);
       mark_down(self, c.id, "restarting every worker of device " + std::to_string(st.label) + " (" + why + ")");
       self->send_exit(c.handle, caf::exit_reason::user_shutdown);
-      c.handle = nullptr;  // its exit_msg is matched by address in `stopping`
+      c.handle = nullptr;  // its exit_msg then finds no live child: expected, not a failure
       restart.push_back(c.id);
     }
   }
@@ -128,13 +126,11 @@ caf::behavior device_supervisor_fun(device_supervisor_actor* self, service_core_
       self->quit(m.reason);
       return;
     }
+    // No live child with that address: a worker this supervisor stopped itself (one_for_all,
+    // its handle cleared then), already reported down and scheduled for restart; or an
+    // older incarnation of a child restarted since.
     child* c = find_child(st, m.source);
-    if (!c) {
-      // A worker this supervisor stopped itself (one_for_all): already reported down.
-      for (auto& k : st.children)
-        if (k.addr == m.source) st.stopping.erase(k.id);
-      return;
-    }
+    if (!c) return;
     c->handle = nullptr;
     if (m.reason == caf::exit_reason::normal) return;
     on_worker_failed(self, c->id, to_string(m.reason));

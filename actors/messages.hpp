@@ -162,19 +162,16 @@ typename Inspector::result_type inspect(Inspector& f, enqueue_msg& x) {
 }
 
 // batcher -> request: accepted into the queue, or rejected (code: infer::error_code).
-// max_tokens_cap > 0: accepted with max_tokens capped to it (sustained overload).
 struct admission_msg {
   uint64_t id = 0;
   bool ok = false;
   uint8_t code = 0;
   int64_t retry_after_ms = 0;
   std::string message;
-  int32_t max_tokens_cap = 0;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, admission_msg& x) {
-  return f(caf::meta::type_name("infer.admission"), x.id, x.ok, x.code, x.retry_after_ms, x.message,
-           x.max_tokens_cap);
+  return f(caf::meta::type_name("infer.admission"), x.id, x.ok, x.code, x.retry_after_ms, x.message);
 }
 
 // batcher -> request: handed to a worker (ends the queue time). fallback: a CPU fallback

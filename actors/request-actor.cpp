@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "actors/messages.hpp"
+#include "base/prompt-limit.hpp"
 #include "tokenizer/tokenizer.hpp"
 
 namespace infer {
@@ -57,7 +58,7 @@ struct request_state {
   bool dispatched = false;
   // Degradation, reported on the terminal event.
   bool cpu_fallback = false;         // dispatched to a CPU fallback worker at least once
-  int32_t max_tokens_capped_to = 0;  // the batcher capped max_tokens (sustained overload)
+  int32_t max_tokens_capped_to = 0;  // max_tokens was capped (sustained overload): apply_overload_cap
 };
 
 using request_actor = caf::stateful_actor<request_state>;
@@ -66,17 +67,6 @@ void emit(request_actor* self, event& e) {
   auto& st = self->state;
   e.request_id = st.id;
   if (st.cb) st.cb(e);
-}
-
-const char* outcome_of(const event& e) {
-  if (e.type == event::kind::done) {
-    switch (e.reason) {
-      case finish_reason::length: return "done_length";
-      case finish_reason::stop: return "done_stop";
-      case finish_reason::cancelled: return "cancelled";
-    }
-  }
-  return to_string(e.code);
 }
 
 // Emits the terminal event (once) and stops the actor.
@@ -216,11 +206,8 @@ status validate(request_state& st) {
     st.prompt = st.core->tok.encode(r.prompt);
   }
   if (st.prompt.empty()) return bad("prompt: empty");
-  // At least one position must be left to generate into (as the network layer checks it).
-  if (int32_t(st.prompt.size()) >= st.core->n_ctx)
-    return bad("prompt: " + std::to_string(st.prompt.size()) + " tokens, longer than the context allows (" +
-               std::to_string(st.core->n_ctx) + " tokens, at most " + std::to_string(st.core->n_ctx - 1) +
-               " for the prompt)");
+  if (!prompt_fits(int64_t(st.prompt.size()), st.core->n_ctx))
+    return bad(prompt_too_long_message("prompt", int64_t(st.prompt.size()), st.core->n_ctx));
   if (r.max_tokens < 0) return bad("max_tokens: must be >= 0, got " + std::to_string(r.max_tokens));
   if (r.max_tokens > cfg.max_tokens_limit)
     return bad("max_tokens: at most " + std::to_string(cfg.max_tokens_limit) + ", got " +
@@ -362,6 +349,19 @@ void on_token(request_actor* self, const token_msg& m) {
   if (m.last) end_choice(self, size_t(m.fork), why, true);
 }
 
+// Sustained overload (degradation.overload_max_tokens): a new request gets a smaller
+// max_tokens, never below its own min_tokens. The request owns its max_tokens (every
+// enqueue, the first and a resumed one, sends it); the batcher only publishes whether the
+// overload is sustained (metrics::max_tokens_cap_active).
+void apply_overload_cap(request_state& st) {
+  const int32_t limit = st.core->cfg.overload_max_tokens;
+  if (limit <= 0 || st.core->stats.max_tokens_cap_active.load() == 0) return;
+  const int32_t cap = std::max(limit, st.req.sampling.min_tokens);
+  if (st.req.max_tokens <= cap) return;
+  st.req.max_tokens = cap;
+  st.max_tokens_capped_to = cap;
+}
+
 caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t id, generate_request req,
                           event_callback cb) {
   auto& st = self->state;
@@ -372,15 +372,13 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
   st.t_submit = clock_type::now();
 
   // Registered before the service closed (submit checks under the lock): a graceful drain
-  // lets it run; a hard shutdown cancels it like any other request in flight.
-  if (!st.core->batcher) {
-    finish(self, make_error(error_code::unavailable, "the service is shutting down"));
-    return {};
-  }
+  // lets it run; a hard shutdown cancels it like any other request in flight. (So the
+  // batcher is always there: core->batcher is never cleared.)
   if (status s = validate(st); !s) {
     finish(self, make_error(error_code::invalid_request, s.message));
     return {};
   }
+  apply_overload_cap(st);
   st.choices.resize(size_t(st.req.n));
   st.live = st.req.n;
   // A constraint not in the service's cache is compiled by a detached helper (milliseconds for
@@ -421,10 +419,6 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
         if (!m.ok) {
           finish(self, make_error(error_code(m.code), m.message, m.retry_after_ms));
           return;
-        }
-        if (m.max_tokens_cap > 0 && m.max_tokens_cap < st.req.max_tokens) {
-          st.req.max_tokens = m.max_tokens_cap;  // a resumed sequence keeps the cap
-          st.max_tokens_capped_to = m.max_tokens_cap;
         }
         if (!st.accepted) {
           st.accepted = true;

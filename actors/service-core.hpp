@@ -57,7 +57,9 @@ struct service_core {
   metrics stats;
   backend_factory make_backend;
   backend_factory make_fallback_backend;  // may be empty: make_backend builds the fallback's too
-  caf::actor batcher;     // set once at start, cleared at shutdown
+  // Set once at start and never changed (request actors read it without a lock); after
+  // shutdown it names an exited actor. No request starts then: submit refuses once closed.
+  caf::actor batcher;
   caf::actor supervisor;  // the root of the supervision tree
   std::vector<caf::actor> node_links;  // front node: one per worker node
   std::string model_id;   // model shape (and synthetic seed): a worker node must serve the same

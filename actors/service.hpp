@@ -142,6 +142,19 @@ struct event {
   bool terminal() const { return type == kind::done || type == kind::error; }
 };
 
+// The outcome of a terminal event as /metrics (infer_requests_total{outcome}) and the request
+// log name it: done_length, done_stop, cancelled, or the error code.
+inline const char* outcome_of(const event& e) {
+  if (e.type == event::kind::done) {
+    switch (e.reason) {
+      case finish_reason::length: return "done_length";
+      case finish_reason::stop: return "done_stop";
+      case finish_reason::cancelled: return "cancelled";
+    }
+  }
+  return to_string(e.code);
+}
+
 using event_callback = std::function<void(const event&)>;
 
 // The whole outcome of one request (for the future-based API).

@@ -56,6 +56,12 @@ add_compile_definitions(INFER_NPM_DIR="${INFER_NPM_DIR}")
 
 add_library(infer_warnings INTERFACE)
 target_compile_options(infer_warnings INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter>)
+if(INFER_WERROR)
+  # -Wrestrict stays a warning: GCC 12 reports impossible overlaps inside libstdc++'s
+  # std::string at -O3 (GCC bugs 105329, 105651: "accessing 9223372036854775809 or more bytes").
+  target_compile_options(infer_warnings INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-Werror
+                         $<$<CXX_COMPILER_ID:GNU>:-Wno-error=restrict>>)
+endif()
 
 # infer_add_library(NAME SOURCES a.cpp b.cpp DEPS x y): one library per folder.
 function(infer_add_library name)

@@ -2,7 +2,7 @@
 // and field. The file reader, --set overrides, the key list and the formatter all walk it, so a
 // new field is one line here plus a line in config/inferd.toml (a test checks the two agree).
 #include "config/service-config.hpp"
-#include "base/utf8.hpp"
+#include "base/escape.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -476,43 +476,8 @@ std::string service_config_value_kind(std::string_view key) {
 std::string toml_string_literal(std::string_view text) {
   // Not toml++'s formatter: for text with a line break it writes a multi-line literal string
   // ('''...'''), which cannot hold ''' and loses a leading newline (found by fuzz/fuzz-config).
-  static const char* hex = "0123456789ABCDEF";
   std::string out = "\"";
-  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
-  const size_t n = text.size();
-  for (size_t i = 0; i < n;) {
-    const unsigned char c = p[i];
-    if (c < 0x80) {
-      switch (c) {
-        case '"': out += "\\\""; break;
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        case '\t': out += "\\t"; break;
-        case '\r': out += "\\r"; break;
-        case '\b': out += "\\b"; break;
-        case '\f': out += "\\f"; break;
-        default:
-          if (c < 0x20 || c == 0x7F) {
-            out += "\\u00";
-            out.push_back(hex[c >> 4]);
-            out.push_back(hex[c & 15]);
-          } else {
-            out.push_back(char(c));
-          }
-      }
-      ++i;
-      continue;
-    }
-    // A well-formed sequence (no overlong form, surrogate or code point past U+10FFFF) is copied.
-    const size_t len = utf8_sequence_at(p, i, n);
-    if (len != 0) {
-      out.append(text.data() + i, len);
-      i += len;
-    } else {
-      out += "\\uFFFD";
-      ++i;
-    }
-  }
+  append_escaped(out, text, toml_escape_rules);
   out.push_back('"');
   return out;
 }

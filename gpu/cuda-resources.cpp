@@ -28,83 +28,51 @@ int cuda_device_count() {
 status device_buffer::allocate(size_t bytes) {
   reset();
   if (bytes == 0) return status::ok();
-  INFER_CUDA_TRY(cudaMalloc(&p_, bytes));
-  n_ = bytes;
+  INFER_CUDA_TRY(cudaMalloc(&h_.p, bytes));
+  h_.n = bytes;
   return status::ok();
-}
-
-void device_buffer::reset() {
-  if (p_) cudaFree(p_);
-  p_ = nullptr;
-  n_ = 0;
 }
 
 status pinned_buffer::allocate(size_t bytes) {
   reset();
   if (bytes == 0) return status::ok();
-  INFER_CUDA_TRY(cudaMallocHost(&p_, bytes));
-  n_ = bytes;
+  INFER_CUDA_TRY(cudaMallocHost(&h_.p, bytes));
+  h_.n = bytes;
   return status::ok();
-}
-
-void pinned_buffer::reset() {
-  if (p_) cudaFreeHost(p_);
-  p_ = nullptr;
-  n_ = 0;
 }
 
 status cuda_stream::create() {
   reset();
-  INFER_CUDA_TRY(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
+  INFER_CUDA_TRY(cudaStreamCreateWithFlags(&h_, cudaStreamNonBlocking));
   return status::ok();
-}
-
-void cuda_stream::reset() {
-  if (s_) cudaStreamDestroy(s_);
-  s_ = nullptr;
 }
 
 status cuda_event::create(bool timing) {
   reset();
-  INFER_CUDA_TRY(cudaEventCreateWithFlags(&e_, timing ? cudaEventDefault : cudaEventDisableTiming));
+  INFER_CUDA_TRY(cudaEventCreateWithFlags(&h_, timing ? cudaEventDefault : cudaEventDisableTiming));
   return status::ok();
-}
-
-void cuda_event::reset() {
-  if (e_) cudaEventDestroy(e_);
-  e_ = nullptr;
 }
 
 status cuda_graph_exec::instantiate(cudaGraph_t graph) {
   reset();
-  const cudaError_t e = cudaGraphInstantiate(&g_, graph, 0);
+  const cudaError_t e = cudaGraphInstantiate(&h_, graph, 0);
   cudaGraphDestroy(graph);
   if (e != cudaSuccess) {
-    g_ = nullptr;
+    h_ = nullptr;
     return cuda_status(e, "cudaGraphInstantiate", __FILE__, __LINE__);
   }
   return status::ok();
 }
 
 status cuda_graph_exec::launch(cudaStream_t s) const {
-  INFER_CUDA_TRY(cudaGraphLaunch(g_, s));
+  INFER_CUDA_TRY(cudaGraphLaunch(h_, s));
   return status::ok();
-}
-
-void cuda_graph_exec::reset() {
-  if (g_) cudaGraphExecDestroy(g_);
-  g_ = nullptr;
 }
 
 status cublaslt_handle::create() {
   reset();
   INFER_CUBLAS_TRY(cublasLtCreate(&h_));
   return status::ok();
-}
-
-void cublaslt_handle::reset() {
-  if (h_) cublasLtDestroy(h_);
-  h_ = nullptr;
 }
 
 }  // namespace infer::gpu

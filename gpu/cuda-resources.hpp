@@ -40,157 +40,103 @@ status cublas_status(cublasStatus_t s, const char* what, const char* file, int l
 // Number of usable CUDA devices, 0 where there is no driver or no device.
 int cuda_device_count();
 
-// Device memory, uninitialised.
-class device_buffer {
+// The one owner of a CUDA handle: move-only, released by Free when reset, reassigned or
+// destroyed. H is the raw handle (null when empty, tested with `if (h)`); the classes below
+// add how each kind is made.
+template <class H, class Free>
+class unique_handle {
  public:
-  device_buffer() = default;
-  ~device_buffer() { reset(); }
-  device_buffer(device_buffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
-  device_buffer& operator=(device_buffer&& o) noexcept {
+  unique_handle() = default;
+  ~unique_handle() { reset(); }
+  unique_handle(unique_handle&& o) noexcept : h_(std::exchange(o.h_, H{})) {}
+  unique_handle& operator=(unique_handle&& o) noexcept {
     if (this != &o) {
       reset();
-      p_ = std::exchange(o.p_, nullptr);
-      n_ = std::exchange(o.n_, 0);
+      h_ = std::exchange(o.h_, H{});
     }
     return *this;
   }
-  device_buffer(const device_buffer&) = delete;
-  device_buffer& operator=(const device_buffer&) = delete;
+  unique_handle(const unique_handle&) = delete;
+  unique_handle& operator=(const unique_handle&) = delete;
 
+  void reset() {
+    if (h_) Free{}(h_);
+    h_ = H{};
+  }
+  H get() const { return h_; }
+
+ protected:
+  H h_{};
+};
+
+// A block of memory and its size, for the two buffer kinds.
+struct memory_block {
+  void* p = nullptr;
+  size_t n = 0;
+  explicit operator bool() const { return p != nullptr; }
+};
+
+struct device_free {
+  void operator()(memory_block b) const { cudaFree(b.p); }
+};
+struct pinned_free {
+  void operator()(memory_block b) const { cudaFreeHost(b.p); }
+};
+struct stream_destroy {
+  void operator()(cudaStream_t s) const { cudaStreamDestroy(s); }
+};
+struct event_destroy {
+  void operator()(cudaEvent_t e) const { cudaEventDestroy(e); }
+};
+struct graph_exec_destroy {
+  void operator()(cudaGraphExec_t g) const { cudaGraphExecDestroy(g); }
+};
+struct cublaslt_destroy {
+  void operator()(cublasLtHandle_t h) const { cublasLtDestroy(h); }
+};
+
+// Device memory, uninitialised.
+class device_buffer : public unique_handle<memory_block, device_free> {
+ public:
   status allocate(size_t bytes);  // frees what it held first
-  void reset();
-  void* get() const { return p_; }
+  void* get() const { return h_.p; }
   template <class T>
-  T* as() const { return static_cast<T*>(p_); }
-  size_t bytes() const { return n_; }
-
- private:
-  void* p_ = nullptr;
-  size_t n_ = 0;
+  T* as() const { return static_cast<T*>(h_.p); }
+  size_t bytes() const { return h_.n; }
 };
 
 // Page-locked host memory: the staging area of asynchronous copies.
-class pinned_buffer {
+class pinned_buffer : public unique_handle<memory_block, pinned_free> {
  public:
-  pinned_buffer() = default;
-  ~pinned_buffer() { reset(); }
-  pinned_buffer(pinned_buffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
-  pinned_buffer& operator=(pinned_buffer&& o) noexcept {
-    if (this != &o) {
-      reset();
-      p_ = std::exchange(o.p_, nullptr);
-      n_ = std::exchange(o.n_, 0);
-    }
-    return *this;
-  }
-  pinned_buffer(const pinned_buffer&) = delete;
-  pinned_buffer& operator=(const pinned_buffer&) = delete;
-
   status allocate(size_t bytes);
-  void reset();
-  void* get() const { return p_; }
+  void* get() const { return h_.p; }
   template <class T>
-  T* as() const { return static_cast<T*>(p_); }
-  size_t bytes() const { return n_; }
-
- private:
-  void* p_ = nullptr;
-  size_t n_ = 0;
+  T* as() const { return static_cast<T*>(h_.p); }
+  size_t bytes() const { return h_.n; }
 };
 
-class cuda_stream {
+class cuda_stream : public unique_handle<cudaStream_t, stream_destroy> {
  public:
-  cuda_stream() = default;
-  ~cuda_stream() { reset(); }
-  cuda_stream(cuda_stream&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
-  cuda_stream& operator=(cuda_stream&& o) noexcept {
-    if (this != &o) {
-      reset();
-      s_ = std::exchange(o.s_, nullptr);
-    }
-    return *this;
-  }
-  cuda_stream(const cuda_stream&) = delete;
-  cuda_stream& operator=(const cuda_stream&) = delete;
-
   status create();  // non-blocking: never serialises with the legacy default stream
-  void reset();
-  cudaStream_t get() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
 };
 
-class cuda_event {
+class cuda_event : public unique_handle<cudaEvent_t, event_destroy> {
  public:
-  cuda_event() = default;
-  ~cuda_event() { reset(); }
-  cuda_event(cuda_event&& o) noexcept : e_(std::exchange(o.e_, nullptr)) {}
-  cuda_event& operator=(cuda_event&& o) noexcept {
-    if (this != &o) {
-      reset();
-      e_ = std::exchange(o.e_, nullptr);
-    }
-    return *this;
-  }
-  cuda_event(const cuda_event&) = delete;
-  cuda_event& operator=(const cuda_event&) = delete;
-
   status create(bool timing = false);
-  void reset();
-  cudaEvent_t get() const { return e_; }
-
- private:
-  cudaEvent_t e_ = nullptr;
 };
 
 // An instantiated CUDA graph (the captured graph itself is dropped once instantiated).
-class cuda_graph_exec {
+class cuda_graph_exec : public unique_handle<cudaGraphExec_t, graph_exec_destroy> {
  public:
-  cuda_graph_exec() = default;
-  ~cuda_graph_exec() { reset(); }
-  cuda_graph_exec(cuda_graph_exec&& o) noexcept : g_(std::exchange(o.g_, nullptr)) {}
-  cuda_graph_exec& operator=(cuda_graph_exec&& o) noexcept {
-    if (this != &o) {
-      reset();
-      g_ = std::exchange(o.g_, nullptr);
-    }
-    return *this;
-  }
-  cuda_graph_exec(const cuda_graph_exec&) = delete;
-  cuda_graph_exec& operator=(const cuda_graph_exec&) = delete;
-
   // Takes ownership of graph (destroys it after instantiating).
   status instantiate(cudaGraph_t graph);
   status launch(cudaStream_t s) const;
-  void reset();
-  bool valid() const { return g_ != nullptr; }
-
- private:
-  cudaGraphExec_t g_ = nullptr;
+  bool valid() const { return h_ != nullptr; }
 };
 
-class cublaslt_handle {
+class cublaslt_handle : public unique_handle<cublasLtHandle_t, cublaslt_destroy> {
  public:
-  cublaslt_handle() = default;
-  ~cublaslt_handle() { reset(); }
-  cublaslt_handle(cublaslt_handle&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
-  cublaslt_handle& operator=(cublaslt_handle&& o) noexcept {
-    if (this != &o) {
-      reset();
-      h_ = std::exchange(o.h_, nullptr);
-    }
-    return *this;
-  }
-  cublaslt_handle(const cublaslt_handle&) = delete;
-  cublaslt_handle& operator=(const cublaslt_handle&) = delete;
-
   status create();
-  void reset();
-  cublasLtHandle_t get() const { return h_; }
-
- private:
-  cublasLtHandle_t h_ = nullptr;
 };
 
 }  // namespace infer::gpu

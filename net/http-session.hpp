@@ -123,6 +123,7 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
   void on_stream_only();  // /v1/stream without an upgrade
   void start_completion();
   void start_chat();
+  bool refused_by_rate_limit(std::string_view api, service* svc, bool keep);
   void on_chat_rendered(const std::shared_ptr<completion_state>& c, generate_request r,
                         result<std::vector<int32_t>> ids);
   // One entry of /v1/models, as vLLM's (max_model_len: the context served; root: the model
@@ -274,9 +275,11 @@ class http_session : public std::enable_shared_from_this<http_session<Stream>> {
     }
     if (resume_after_watch_) {
       resume_after_watch_ = false;
-      do_read();
+      return do_read();
     }
-    // else: the completion still runs; its end resumes reading.
+    // The completion still runs (its end resumes reading): the client sent bytes ahead (its
+    // next request, kept in buffer_), and may hang up after them, so watch on.
+    if (!ec && cur_ && !cur_->client_gone) start_watch();
   }
 
   // End of file while a completion runs: the client either hung up (close) or only ended its

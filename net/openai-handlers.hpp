@@ -119,15 +119,28 @@ void http_session<Stream>::on_chat_event(completion_state& c, const event& e) {
   }
 }
 
+// The client's rate limit (server.rate_limit_*) for one generation request: when it is
+// over, answers 429 with Retry-After and retry_after_ms, and says so.
+template <class Stream>
+bool http_session<Stream>::refused_by_rate_limit(std::string_view api, service* svc, bool keep) {
+  const int64_t wait = st_.rate_limit(client_);
+  if (wait == 0) return false;
+  spdlog::info("request id=null conn={} client={} api={} outcome=rate_limited message=\"client rate limit\" "
+               "retry_after_ms={}",
+               conn_, client_, api, wait);
+  count_rejection(svc, error_code::rate_limited);
+  respond(http::status::too_many_requests,
+          openai_error_json(error_code::rate_limited, st_.rate_limit_message(wait), wait), "application/json", keep,
+          false, wait);
+  return true;
+}
+
 template <class Stream>
 void http_session<Stream>::start_completion() {
   auto& req = parser_->get();
   bool keep = req.keep_alive();
   service* svc = st_.current();
-  if (!svc)
-    return respond(http::status::service_unavailable,
-                   openai_error_json(error_code::unavailable, "the model is not loaded yet"), "application/json",
-                   keep);
+  if (!svc) return unavailable(keep);
   auto parsed = parse_completion_request(req.body(), st_.limits);
   if (auto* bad = std::get_if<invalid_request>(&parsed)) {
     spdlog::info("request id=null conn={} api=openai outcome=invalid_request message=\"{}\"", conn_, q(bad->message));
@@ -135,15 +148,7 @@ void http_session<Stream>::start_completion() {
     return respond(http::status::bad_request, openai_error_json(error_code::invalid_request, bad->message),
                    "application/json", keep);
   }
-  if (int64_t wait = st_.rate_limit(client_)) {
-    spdlog::info("request id=null conn={} client={} api=openai outcome=rate_limited message=\"client rate limit\" "
-                 "retry_after_ms={}",
-                 conn_, client_, wait);
-    count_rejection(svc, error_code::rate_limited);
-    return respond(http::status::too_many_requests,
-                   openai_error_json(error_code::rate_limited, st_.rate_limit_message(wait), wait),
-                   "application/json", keep, false, wait);
-  }
+  if (refused_by_rate_limit("openai", svc, keep)) return;
   auto& cmd = std::get<completion_command>(parsed);
   if (!st_.serves(cmd.model)) {
     std::string msg = model_not_found_message(cmd.model, st_.model_names);
@@ -200,10 +205,7 @@ void http_session<Stream>::start_chat() {
   auto& req = parser_->get();
   bool keep = req.keep_alive();
   service* svc = st_.current();
-  if (!svc)
-    return respond(http::status::service_unavailable,
-                   openai_error_json(error_code::unavailable, "the model is not loaded yet"), "application/json",
-                   keep);
+  if (!svc) return unavailable(keep);
   auto parsed = parse_chat_request(req.body(), st_.limits);
   if (auto* cc = std::get_if<chat_command>(&parsed); cc && !st_.serves(cc->model)) {
     std::string msg = model_not_found_message(cc->model, st_.model_names);
@@ -221,15 +223,7 @@ void http_session<Stream>::start_chat() {
     return respond(http::status::bad_request, openai_error_json(error_code::invalid_request, bad_msg),
                    "application/json", keep);
   }
-  if (int64_t wait = st_.rate_limit(client_)) {
-    spdlog::info("request id=null conn={} client={} api=chat outcome=rate_limited message=\"client rate limit\" "
-                 "retry_after_ms={}",
-                 conn_, client_, wait);
-    count_rejection(svc, error_code::rate_limited);
-    return respond(http::status::too_many_requests,
-                   openai_error_json(error_code::rate_limited, st_.rate_limit_message(wait), wait),
-                   "application/json", keep, false, wait);
-  }
+  if (refused_by_rate_limit("chat", svc, keep)) return;
   auto cmd = std::make_shared<chat_command>(std::move(std::get<chat_command>(parsed)));
   if (!cmd->seeded) cmd->request.sampling.seed = std::random_device{}() | (uint64_t(std::random_device{}()) << 32);
   auto c = std::make_shared<completion_state>();
@@ -265,10 +259,8 @@ void http_session<Stream>::on_chat_rendered(const std::shared_ptr<completion_sta
   std::string why;
   if (!ids) why = ids.error().message;
   else if (ids.value().empty()) why = "messages: the chat template made an empty prompt";
-  else if (int64_t(ids.value().size()) >= st_.limits.n_ctx)
-    why = fmt::format("messages: the prompt is {} tokens, longer than the context allows ({} tokens, at most {} "
-                      "for the prompt)",
-                      ids.value().size(), st_.limits.n_ctx, st_.limits.n_ctx - 1);
+  else if (!prompt_fits(int64_t(ids.value().size()), st_.limits.n_ctx))
+    why = prompt_too_long_message("messages", int64_t(ids.value().size()), st_.limits.n_ctx);
   if (!svc) why = "the service is shutting down";
   if (!why.empty()) {
     spdlog::info("request id={} conn={} api=chat outcome=invalid_request message=\"{}\"", c->cmpl_id, conn_, q(why));

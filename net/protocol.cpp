@@ -1,5 +1,6 @@
 #include "net/protocol.hpp"
-#include "base/utf8.hpp"
+#include "base/escape.hpp"
+#include "base/prompt-limit.hpp"
 
 #include <fmt/format.h>
 
@@ -380,14 +381,14 @@ std::optional<std::string> finish_prompt(const protocol_limits& lim, generate_re
     r.prompt_tokens = lim.encode(r.prompt);
     if (r.prompt_tokens.empty()) return "prompt: encodes to no tokens";
   } else if (r.prompt_tokens.empty() && lim.max_token_bytes > 0 &&
-             r.prompt.size() / lim.max_token_bytes >= size_t(std::max(lim.n_ctx, 0))) {
+             !prompt_fits(int64_t(r.prompt.size() / lim.max_token_bytes), lim.n_ctx)) {
+    // At least bytes / longest-token tokens, whatever the tokenization: refused untokenized.
     return fmt::format("prompt: {} bytes, more than the context holds ({} tokens of at most {} bytes, at most {} "
                        "for the prompt)",
                        r.prompt.size(), lim.n_ctx, lim.max_token_bytes, lim.n_ctx - 1);
   }
-  if (!r.prompt_tokens.empty() && int64_t(r.prompt_tokens.size()) >= lim.n_ctx)
-    return fmt::format("prompt: {} tokens, longer than the context allows ({} tokens, at most {} for the prompt)",
-                       r.prompt_tokens.size(), lim.n_ctx, lim.n_ctx - 1);
+  if (!r.prompt_tokens.empty() && !prompt_fits(int64_t(r.prompt_tokens.size()), lim.n_ctx))
+    return prompt_too_long_message("prompt", int64_t(r.prompt_tokens.size()), lim.n_ctx);
   return std::nullopt;
 }
 
@@ -581,43 +582,8 @@ command parse_command(std::string_view frame, const protocol_limits& lim) {
 }
 
 void append_json_string(std::string& out, std::string_view s) {
-  static const char* hex = "0123456789abcdef";
   out.push_back('"');
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  size_t n = s.size(), i = 0;
-  while (i < n) {
-    unsigned char c = p[i];
-    if (c < 0x80) {
-      switch (c) {
-        case '"': out += "\\\""; break;
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        case '\r': out += "\\r"; break;
-        case '\t': out += "\\t"; break;
-        case '\b': out += "\\b"; break;
-        case '\f': out += "\\f"; break;
-        default:
-          if (c < 0x20) {
-            out += "\\u00";
-            out.push_back(hex[c >> 4]);
-            out.push_back(hex[c & 15]);
-          } else {
-            out.push_back(char(c));
-          }
-      }
-      ++i;
-      continue;
-    }
-    // Multi-byte: copy a well-formed sequence (no overlongs, surrogates or > U+10FFFF).
-    const size_t len = utf8_sequence_at(p, i, n);
-    if (len != 0) {
-      out.append(s.data() + i, len);
-      i += len;
-    } else {
-      out += "\xEF\xBF\xBD";
-      ++i;
-    }
-  }
+  append_escaped(out, s, json_escape_rules);
   out.push_back('"');
 }
 

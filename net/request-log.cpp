@@ -19,13 +19,6 @@ std::string q(std::string_view s) {
   return out;
 }
 
-std::string outcome_name(const event& e) {
-  if (e.type == event::kind::done) {
-    return e.reason == finish_reason::cancelled ? "cancelled" : fmt::format("done_{}", to_string(e.reason));
-  }
-  return to_string(e.code);
-}
-
 void log_outcome(uint64_t conn, std::string_view api, std::string_view id, uint64_t rid, const event& e,
                  std::string_view request_id) {
   std::string xrid = request_id.empty() ? std::string() : fmt::format(" request_id={}", request_id);
@@ -33,11 +26,11 @@ void log_outcome(uint64_t conn, std::string_view api, std::string_view id, uint6
     spdlog::info(
         "request id={}{} conn={} rid={} api={} outcome={} prompt_tokens={} completion_tokens={} queue_ms={:.2f} "
         "ttft_ms={:.2f} total_ms={:.2f}",
-        q(id), xrid, conn, rid, api, outcome_name(e), e.prompt_tokens, e.completion_tokens, e.queue_ms,
+        q(id), xrid, conn, rid, api, outcome_of(e), e.prompt_tokens, e.completion_tokens, e.queue_ms,
         e.first_token_ms, e.total_ms);
   } else {
     spdlog::info("request id={}{} conn={} rid={} api={} outcome={} message=\"{}\"", q(id), xrid, conn, rid, api,
-                 outcome_name(e), q(e.message));
+                 outcome_of(e), q(e.message));
   }
 }
 

@@ -11,9 +11,6 @@ namespace infer::net::detail {
 // Log values in key="..." form stay one line and unambiguous.
 std::string q(std::string_view s);
 
-// The outcome label of a terminal event: done_stop, done_length, cancelled, or its error code.
-std::string outcome_name(const event& e);
-
 // `request_id`: the HTTP request's X-Request-Id (WebSocket requests have their own ids).
 void log_outcome(uint64_t conn, std::string_view api, std::string_view id, uint64_t rid, const event& e,
                  std::string_view request_id = {});

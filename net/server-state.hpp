@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "actors/service.hpp"
+#include "base/prompt-limit.hpp"
 #include "config/service-config.hpp"
 #include "net/chat.hpp"
 #include "net/protocol.hpp"

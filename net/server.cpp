@@ -51,26 +51,9 @@ struct server::impl {
   }
 };
 
-result<std::pair<std::string, uint16_t>> parse_listen_address(const std::string& listen) {
-  auto colon = listen.rfind(':');
-  if (colon == std::string::npos || colon + 1 >= listen.size())
-    return make_status(errc::invalid_argument, fmt::format("server.listen: expected HOST:PORT, got \"{}\"", listen));
-  std::string host = listen.substr(0, colon), port_s = listen.substr(colon + 1);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  if (host.empty()) return make_status(errc::invalid_argument, fmt::format("server.listen: no host in \"{}\"", listen));
-  uint32_t port = 0;
-  for (char ch : port_s) {
-    if (ch < '0' || ch > '9' || port > 65535)
-      return make_status(errc::invalid_argument, fmt::format("server.listen: bad port in \"{}\"", listen));
-    port = port * 10 + uint32_t(ch - '0');
-  }
-  if (port > 65535) return make_status(errc::invalid_argument, fmt::format("server.listen: bad port in \"{}\"", listen));
-  return std::pair<std::string, uint16_t>(host, uint16_t(port));
-}
-
 result<std::unique_ptr<server>> server::start(const service_config& cfg) {
-  auto addr = parse_listen_address(cfg.listen);
-  if (!addr) return addr.error();
+  auto addr = infer::parse_listen_address(cfg.listen);  // config/service-config.hpp: the one grammar
+  if (!addr) return make_status(errc::invalid_argument, "server.listen: " + addr.error().message);
   auto p = std::make_unique<impl>(cfg.io_threads);
   p->st.cfg = cfg;
   p->st.limiter.emplace(cfg.rate_limit_rps, double(cfg.rate_limit_burst), size_t(std::max(1, cfg.rate_limit_clients)));
@@ -78,17 +61,17 @@ result<std::unique_ptr<server>> server::start(const service_config& cfg) {
   // model.served_model_name says otherwise.
   p->st.model_names = served_model_names(cfg);
   p->st.model_name = p->st.model_names.front();
-  p->host = addr->first;
+  p->host = addr->host;
 
   beast::error_code ec;
-  auto ip = asio::ip::make_address(addr->first, ec);
+  auto ip = asio::ip::make_address(addr->host, ec);
   if (ec) {
     // A name such as localhost: resolve it, and listen on its first address only.
     tcp::resolver res(*p->iocs.front());
-    auto r = res.resolve(addr->first, std::to_string(addr->second), ec);
+    auto r = res.resolve(addr->host, std::to_string(addr->port), ec);
     if (ec || r.empty())
       return make_status(errc::invalid_argument,
-                         fmt::format("server.listen: cannot resolve \"{}\": {}", addr->first, ec.message()));
+                         fmt::format("server.listen: cannot resolve \"{}\": {}", addr->host, ec.message()));
     ip = r.begin()->endpoint().address();
   }
 
@@ -107,7 +90,7 @@ result<std::unique_ptr<server>> server::start(const service_config& cfg) {
   std::vector<asio::io_context*> pool;
   for (auto& c : p->iocs) pool.push_back(c.get());
   p->lst = std::make_shared<listener>(std::move(pool), p->tls ? &*p->tls : nullptr, p->st);
-  if (auto s = p->lst->open(tcp::endpoint(ip, addr->second)); !s) return s;
+  if (auto s = p->lst->open(tcp::endpoint(ip, addr->port)); !s) return s;
   p->port = p->lst->port();
   p->lst->start();
   for (auto& c : p->iocs) {

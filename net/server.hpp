@@ -52,7 +52,4 @@ class server {
   std::unique_ptr<impl> impl_;
 };
 
-// "HOST:PORT" or "[V6]:PORT" -> host and port; the error names the problem.
-result<std::pair<std::string, uint16_t>> parse_listen_address(const std::string& listen);
-
 }  // namespace infer::net

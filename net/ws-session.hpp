@@ -229,9 +229,8 @@ class ws_session : public std::enable_shared_from_this<ws_session<Stream>> {
     std::string why;
     if (!ids) why = ids.error().message;
     else if (ids.value().empty()) why = "messages: the chat template made an empty prompt";
-    else if (int64_t(ids.value().size()) >= st_.limits.n_ctx)
-      why = fmt::format("messages: the prompt is {} tokens, longer than the context allows ({} tokens)",
-                        ids.value().size(), st_.limits.n_ctx);
+    else if (!prompt_fits(int64_t(ids.value().size()), st_.limits.n_ctx))
+      why = prompt_too_long_message("messages", int64_t(ids.value().size()), st_.limits.n_ctx);
     if (closed_ || !svc) {  // the connection went away meanwhile: nothing was submitted
       live_.erase(it);
       return;

@@ -11,6 +11,8 @@
 #include <stdexcept>
 #include <unordered_map>
 
+#include "base/escape.hpp"
+
 namespace infer::jinja {
 
 namespace detail {
@@ -214,54 +216,12 @@ struct json_opts {
   bool custom_seps = false;
 };
 
-void append_u16(std::string& out, uint32_t u) {
-  static const char* hex = "0123456789abcdef";
-  out += "\\u";
-  for (int sh = 12; sh >= 0; sh -= 4) out.push_back(hex[(u >> sh) & 15]);
-}
-
+// Python's json.dumps string form (base/escape.hpp: the JSON rules, ensure_ascii as asked).
 void append_json_string(std::string& out, const std::string& s, bool ensure_ascii = false) {
-  static const char* hex = "0123456789abcdef";
+  escape_rules r = json_escape_rules;
+  r.ensure_ascii = ensure_ascii;
   out.push_back('"');
-  for (size_t i = 0; i < s.size(); ++i) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (ensure_ascii && c >= 0x80) {  // \uXXXX, surrogate pairs above the BMP, as Python
-      uint32_t cp = 0;
-      size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-      if (len == 1 || i + len > s.size()) {
-        append_u16(out, 0xFFFD);
-        continue;
-      }
-      cp = c & (0xFF >> (len + 1));
-      for (size_t k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
-      i += len - 1;
-      if (cp >= 0x10000) {
-        cp -= 0x10000;
-        append_u16(out, 0xD800 + (cp >> 10));
-        append_u16(out, 0xDC00 + (cp & 0x3FF));
-      } else {
-        append_u16(out, cp);
-      }
-      continue;
-    }
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      default:
-        if (c < 0x20) {
-          out += "\\u00";
-          out.push_back(hex[c >> 4]);
-          out.push_back(hex[c & 15]);
-        } else {
-          out.push_back(char(c));
-        }
-    }
-  }
+  append_escaped(out, s, r);
   out.push_back('"');
 }
 

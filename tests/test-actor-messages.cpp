@@ -118,7 +118,8 @@ TEST_CASE("messages: every message type that crosses nodes round-trips") {
   tc.last = true;
   CHECK(round_trip(*f.sys, tc).complete);
   token_msg tl{43, 0, 7, false, false, 1, -1, 2, std::bit_cast<uint32_t>(-0.5f), {7, 8},
-               {std::bit_cast<uint32_t>(-0.5f), std::bit_cast<uint32_t>(-std::numeric_limits<float>::infinity())}};
+               {std::bit_cast<uint32_t>(-0.5f), std::bit_cast<uint32_t>(-std::numeric_limits<float>::infinity())},
+               0, {}, {}, {}, false};
   auto tl2 = round_trip(*f.sys, tl);
   CHECK(tl2.n_top == 2);
   CHECK(std::bit_cast<float>(tl2.logprob_bits) == -0.5f);

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "actor-test-util.hpp"
+#include "base/prompt-limit.hpp"
 
 using namespace infer;
 using namespace infer::test;
@@ -278,6 +279,24 @@ TEST_CASE("actors: invalid requests get invalid_request and nothing else") {
   CHECK(env.svc->stats().outcome_count("invalid_request") == 6);
 }
 
+// The embedded API's side of the one prompt-length rule (base/prompt-limit.hpp; the server's
+// entry points are in test-net-server): n_ctx - 1 prompt tokens run, n_ctx are refused in the
+// same words.
+TEST_CASE("actors: a prompt of n_ctx - 1 tokens runs, one of n_ctx is refused by the prompt-length rule") {
+  collector col;
+  service_env env(base_config());
+  const int32_t n_ctx = env.svc->n_ctx();
+  REQUIRE(n_ctx > 1);
+  const uint64_t fits = env.svc->submit(greedy_request(std::vector<int32_t>(size_t(n_ctx - 1), 1), 1), col.cb());
+  const uint64_t over = env.svc->submit(greedy_request(std::vector<int32_t>(size_t(n_ctx), 1), 1), col.cb());
+  REQUIRE(col.wait_terminal(fits));
+  REQUIRE(col.wait_terminal(over));
+  CHECK(col.terminal(fits).type == event::kind::done);
+  CHECK(col.terminal(over).type == event::kind::error);
+  CHECK(col.terminal(over).code == error_code::invalid_request);
+  CHECK(col.terminal(over).message == prompt_too_long_message("prompt", n_ctx, n_ctx));
+}
+
 TEST_CASE("actors: stop strings end the stream before the match") {
   collector col;
   service_env env(base_config(), /*fake=*/true);  // ASCII output, so the text is meaningful
@@ -442,9 +461,26 @@ TEST_CASE("actors: cancels racing with completion: every request ends once, all 
   cfg.max_running = 16;
   service_env env(cfg);
   std::vector<uint64_t> ids;
+  std::set<uint64_t> cancel_sent;
+  std::vector<uint64_t> sentinels;
   for (int i = 0; i < 200; ++i) {
     ids.push_back(env.svc->submit(greedy_request(test_prompt(700 + uint64_t(i), 4 + i % 13), 1 + i % 7), col.cb()));
-    if (i % 3 == 0) env.svc->cancel(ids[size_t(i / 2)]);  // some queued, some running, some finished
+    if (i % 3 == 0) {  // some queued, some running, some finished
+      env.svc->cancel(ids[size_t(i / 2)]);
+      cancel_sent.insert(ids[size_t(i / 2)]);
+    }
+    if (i % 50 == 25) {
+      // A sentinel: submitted and cancelled while every step is held at the gate, so it
+      // cannot have produced a token, let alone finished. A cancel that does nothing fails
+      // here, whatever the race around it did; the racing requests pause meanwhile.
+      env.gate->close();
+      const uint64_t s = env.svc->submit(greedy_request(test_prompt(900 + uint64_t(i), 6), 1000), col.cb());
+      env.gate->wait_held();
+      env.svc->cancel(s);
+      REQUIRE(col.wait_terminal(s));
+      env.gate->release();
+      sentinels.push_back(s);
+    }
   }
   for (uint64_t id : ids) REQUIRE(col.wait_terminal(id));
   int cancelled = 0;
@@ -452,10 +488,21 @@ TEST_CASE("actors: cancels racing with completion: every request ends once, all 
     CHECK(col.well_formed(id));
     event t = col.terminal(id);
     CHECK(t.type == event::kind::done);
-    if (t.reason == finish_reason::cancelled) ++cancelled;
-    else CHECK(t.completion_tokens == int32_t(col.tokens(id).size()));
+    if (t.reason == finish_reason::cancelled) {
+      ++cancelled;
+      CHECK_MESSAGE(cancel_sent.count(id) == 1, "request " << id << " ended cancelled without a cancel");
+    } else {
+      CHECK(t.completion_tokens == int32_t(col.tokens(id).size()));
+    }
   }
-  MESSAGE(cancelled << " of 200 ended cancelled");
+  MESSAGE(cancelled << " of 200 racing requests ended cancelled");
+  REQUIRE(sentinels.size() == 4);
+  for (uint64_t s : sentinels) {
+    CHECK(col.well_formed(s));
+    CHECK(col.terminal(s).reason == finish_reason::cancelled);
+    CHECK(col.terminal(s).completion_tokens == 0);
+  }
+  CHECK(env.svc->stats().outcome_count("cancelled") == uint64_t(cancelled) + sentinels.size());
   CHECK(eventually([&] { return env.svc->stats().kv_blocks_used.load() == 0; }));
   CHECK(eventually([&] { return env.svc->stats().running_sequences.load() == 0; }));
   CHECK(env.svc->stats().queue_depth.load() == 0);

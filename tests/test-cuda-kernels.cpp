@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda-test-util.hpp"
 #include "base/half.hpp"
 #include "gpu/cuda-resources.hpp"
 #include "kernels/cpu-kernels.hpp"
@@ -459,11 +460,4 @@ TEST_CASE("sample_token: temperatures below 1e-5 are greedy on the device") {
   }
 }
 
-int main(int argc, char** argv) {
-  if (gpu::cuda_device_count() == 0) {
-    std::printf("test-cuda-kernels: no CUDA device, skipped\n");
-    return 77;
-  }
-  doctest::Context ctx(argc, argv);
-  return ctx.run();
-}
+int main(int argc, char** argv) { return infer::test::cuda_test_main("test-cuda-kernels", argc, argv); }

@@ -17,6 +17,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda-test-util.hpp"
 #include "base/half.hpp"
 #include "gpu/cuda-resources.hpp"
 #include "kernels/cpu-kernels.hpp"
@@ -482,11 +483,4 @@ TEST_CASE("paged_attention_forward: bf16 decode with the fused KV store and grou
   }
 }
 
-int main(int argc, char** argv) {
-  if (gpu::cuda_device_count() == 0) {
-    std::printf("test-cuda-llama-kernels: no CUDA device, skipped\n");
-    return 77;
-  }
-  doctest::Context ctx(argc, argv);
-  return ctx.run();
-}
+int main(int argc, char** argv) { return infer::test::cuda_test_main("test-cuda-llama-kernels", argc, argv); }

@@ -22,6 +22,7 @@
 #include <random>
 
 #include "engine/cpu-backend.hpp"
+#include "cuda-test-util.hpp"
 #include "engine/scheduler.hpp"
 #include "gpu/cuda-backend.hpp"
 #include "gpu/cuda-resources.hpp"
@@ -34,38 +35,7 @@ using namespace infer;
 namespace {
 
 std::shared_ptr<const model_weights> random_weights(model_config c, uint64_t seed) {
-  auto w = std::make_shared<model_weights>();
-  std::mt19937_64 rng(seed);
-  w->cfg = c;
-  w->source = "test:random";
-  const int C = c.n_embd;
-  auto t = [&](size_t n, float scale, float offset = 0.f) {
-    std::normal_distribution<float> d(0.f, 1.f);
-    auto& v = w->owned.emplace_back(n);
-    for (auto& x : v) x = offset + scale * d(rng);
-    return v.data();
-  };
-  w->wte = t(size_t(c.n_vocab) * C, 0.3f);
-  w->wpe = t(size_t(c.n_ctx) * C, 0.05f);
-  for (int l = 0; l < c.n_layer; ++l) {
-    layer_weights L;
-    L.ln1_w = t(C, 0.1f, 1.f);
-    L.ln1_b = t(C, 0.1f);
-    L.qkv_w = t(size_t(C) * 3 * C, 0.1f);
-    L.qkv_b = t(3 * C, 0.1f);
-    L.proj_w = t(size_t(C) * C, 0.1f);
-    L.proj_b = t(C, 0.1f);
-    L.ln2_w = t(C, 0.1f, 1.f);
-    L.ln2_b = t(C, 0.1f);
-    L.fc_w = t(size_t(C) * 4 * C, 0.1f);
-    L.fc_b = t(4 * C, 0.1f);
-    L.fcproj_w = t(size_t(4) * C * C, 0.05f);
-    L.fcproj_b = t(C, 0.1f);
-    w->layers.push_back(L);
-  }
-  w->lnf_w = t(C, 0.1f, 1.f);
-  w->lnf_b = t(C, 0.1f);
-  return w;
+  return test::random_gpt2_weights(c, seed, 0.3f);
 }
 
 model_config small_config() {
@@ -701,15 +671,6 @@ TEST_CASE("cuda sampler: the fused path on small vocabularies (fewer ids than th
   }
 }
 
-int main(int argc, char** argv) {
-  if (!cuda_device_available()) {
-    std::printf("test-cuda-sampling: no CUDA device, skipped\n");
-    return 77;
-  }
-  doctest::Context ctx(argc, argv);
-  return ctx.run();
-}
-
 TEST_CASE("cuda sampler: token masks (constrained decoding) follow the cpu twin; unmasked rows are untouched") {
   auto w = random_weights(small_config(), 23);
   const int V = w->cfg.n_vocab, W = (V + 31) / 32;
@@ -795,3 +756,5 @@ TEST_CASE("cuda sampler: token masks (constrained decoding) follow the cpu twin;
   CHECK(agree >= compared * 9 / 10);
   MESSAGE("masked sampled rows agreeing with the cpu twin: " << agree << " / " << compared);
 }
+
+int main(int argc, char** argv) { return infer::test::cuda_test_main("test-cuda-sampling", argc, argv); }

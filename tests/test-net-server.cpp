@@ -18,6 +18,7 @@
 
 #include "net/rate-limiter.hpp"
 #include "net/server.hpp"
+#include "base/prompt-limit.hpp"
 #include "test-net-fake-service.hpp"
 
 namespace beast = boost::beast;
@@ -148,12 +149,13 @@ struct fixture {
   std::unique_ptr<fake_service> svc;
   std::unique_ptr<infer::net::server> srv;
 
-  explicit fixture(std::function<void(infer::service_config&)> tweak = {}, bool attach = true) {
+  explicit fixture(std::function<void(infer::service_config&)> tweak = {}, bool attach = true,
+                   infer::tokenizer tok = infer::tokenizer::byte_level()) {
     cfg.listen = "127.0.0.1:0";
     cfg.io_threads = 2;
     cfg.max_tokens_limit = 256;
     if (tweak) tweak(cfg);
-    svc = std::make_unique<fake_service>(infer::tokenizer::byte_level(), 64);
+    svc = std::make_unique<fake_service>(std::move(tok), 64);
     auto s = infer::net::server::start(cfg);
     REQUIRE(s.has_value());
     srv = std::move(*s);
@@ -596,6 +598,70 @@ TEST_CASE("http: a client that hangs up cancels its completion") {
   }
 }
 
+// The disconnect watch reads while a completion runs; a byte that arrives first (the start
+// of a pipelined request) completes that read. The watch must read on, or the hang-up after
+// it goes unnoticed until the completion ends (issue 22: on_watch was not re-armed).
+TEST_CASE("http: a client that sends a byte, then hangs up, still cancels its completion") {
+  fixture f;
+  f.svc->hold = true;
+  asio::io_context ioc;
+  tcp::socket s(ioc);
+  s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), f.port()));
+  http::request<http::string_body> req(http::verb::post, "/v1/completions", 11);
+  req.set(http::field::host, "127.0.0.1");
+  req.body() = R"({"prompt":"hi","max_tokens":50})";
+  req.prepare_payload();
+  http::write(s, req);
+  CHECK(eventually([&] { return f.svc->live() == 1; }));
+  asio::write(s, asio::buffer("G", 1));
+  s.close();
+  CHECK(eventually([&] { return f.svc->cancels == 1; }));
+  CHECK(f.svc->live() == 0);
+}
+
+// One prompt-length rule (base/prompt-limit.hpp) on every entry point of the server: with a
+// context of 64, 63 prompt tokens pass and 64 are refused with the same words, by token ids or
+// through the chat template, over HTTP and the WebSocket (the WebSocket's chat path used to
+// give another message). The service's own check (the request actor) is in test-actors.
+TEST_CASE("prompt length: n_ctx - 1 tokens pass, n_ctx are refused alike on every entry point") {
+  infer::tokenizer_info info = infer::tokenizer::byte_level().info();
+  info.chat_templates = {{"default", "{% for m in messages %}{{ m['content'] }}{% endfor %}"}};
+  fixture f({}, true, infer::tokenizer::byte_level().with_info(info));
+  const std::string want_ids = infer::prompt_too_long_message("prompt", 64, 64);
+  const std::string want_chat = infer::prompt_too_long_message("messages", 64, 64);
+  CHECK(want_ids == "prompt: 64 tokens, longer than the context allows (64 tokens, at most 63 for the prompt)");
+  auto ids = [](int n) { return json(std::vector<int>(size_t(n), 97)); };
+  auto chat = [](int n) { return json::array({{{"role", "user"}, {"content", std::string(size_t(n), 'a')}}}); };
+
+  auto ok = http_call(f.port(), http::verb::post, "/v1/completions",
+                      json{{"prompt", ids(63)}, {"max_tokens", 1}}.dump());
+  CHECK(ok.status == 200);
+  auto bad = http_call(f.port(), http::verb::post, "/v1/completions", json{{"prompt", ids(64)}, {"max_tokens", 1}}.dump());
+  CHECK(bad.status == 400);
+  CHECK(bad.j()["error"]["message"] == want_ids);
+
+  auto chat_ok = http_call(f.port(), http::verb::post, "/v1/chat/completions",
+                           json{{"messages", chat(63)}, {"max_tokens", 1}}.dump());
+  CHECK(chat_ok.status == 200);
+  auto chat_bad = http_call(f.port(), http::verb::post, "/v1/chat/completions",
+                            json{{"messages", chat(64)}, {"max_tokens", 1}}.dump());
+  CHECK(chat_bad.status == 400);
+  CHECK(chat_bad.j()["error"]["message"] == want_chat);
+
+  ws_client c(f.port());
+  REQUIRE_FALSE(c.handshake_ec);
+  c.send(json{{"type", "generate"}, {"id", "w1"}, {"prompt_tokens", ids(64)}, {"max_tokens", 1}});
+  auto e1 = c.recv();
+  CHECK(e1["type"] == "error");
+  CHECK(e1["message"] == want_ids);
+  c.send(json{{"type", "generate"}, {"id", "w2"}, {"messages", chat(64)}, {"max_tokens", 1}});
+  auto e2 = c.recv();
+  CHECK(e2["type"] == "error");
+  CHECK(e2["message"] == want_chat);
+  c.send(json{{"type", "generate"}, {"id", "w3"}, {"messages", chat(63)}, {"max_tokens", 1}});
+  CHECK(c.recv()["type"] == "accepted");
+}
+
 TEST_CASE("http: keep-alive connection serves several completions in a row") {
   fixture f;
   asio::io_context ioc;
@@ -690,17 +756,24 @@ TEST_CASE("limits: connections beyond max_connections are refused, header size i
   }));
 }
 
-TEST_CASE("listen address parsing") {
-  auto a = infer::net::parse_listen_address("127.0.0.1:8080");
+TEST_CASE("listen address parsing (the one parser: config's, also the server's)") {
+  auto a = infer::parse_listen_address("127.0.0.1:8080");
   REQUIRE(a.has_value());
-  CHECK(a->first == "127.0.0.1");
-  CHECK(a->second == 8080);
-  auto b = infer::net::parse_listen_address("[::1]:0");
+  CHECK(a->host == "127.0.0.1");
+  CHECK(a->port == 8080);
+  auto b = infer::parse_listen_address("[::1]:0");
   REQUIRE(b.has_value());
-  CHECK(b->first == "::1");
-  CHECK(!infer::net::parse_listen_address("8080").has_value());
-  CHECK(!infer::net::parse_listen_address("host:99999").has_value());
-  CHECK(!infer::net::parse_listen_address(":80").has_value());
+  CHECK(b->host == "::1");
+  CHECK(!infer::parse_listen_address("8080").has_value());
+  CHECK(!infer::parse_listen_address("host:99999").has_value());
+  CHECK(!infer::parse_listen_address(":80").has_value());
+  CHECK(!infer::parse_listen_address("::1:80").has_value());  // IPv6 needs brackets
+  // A server started on an address the config would refuse fails the same way.
+  infer::service_config cfg;
+  cfg.listen = "[::1]8080";
+  auto s = infer::net::server::start(cfg);
+  REQUIRE_FALSE(s.has_value());
+  CHECK(s.error().message.find("server.listen") != std::string::npos);
 }
 
 TEST_CASE("limits: an idle HTTP connection is closed by the server") {

@@ -783,7 +783,7 @@ TEST_CASE("degradation: under sustained overload max_tokens of new requests is c
     service_env env(cfg);
     env.gate->close();
     std::vector<std::vector<int32_t>> prompts;
-    for (int i = 0; i < 8; ++i) prompts.push_back(test_prompt(2500 + uint64_t(i), 6 + i));
+    for (int i = 0; i < 9; ++i) prompts.push_back(test_prompt(2500 + uint64_t(i), 6 + i));
     std::vector<uint64_t> ids;
     ids.push_back(env.svc->submit(greedy_request(prompts[0], 20), col.cb()));
     env.gate->wait_held();  // the first runs (held at the gate), the next ones queue
@@ -791,8 +791,14 @@ TEST_CASE("degradation: under sustained overload max_tokens of new requests is c
     REQUIRE(eventually([&] { return env.svc->stats().queue_depth.load() == 5; }));
     const uint64_t big = env.svc->submit(greedy_request(prompts[6], 20), col.cb());
     const uint64_t small = env.svc->submit(greedy_request(prompts[7], 3), col.cb());  // under the cap
+    // min_tokens above the cap: capped to its min_tokens, never below (it was capped to 4,
+    // fewer tokens than the request said it needs, while the batcher owned the cap).
+    auto with_min = greedy_request(prompts[8], 20);
+    with_min.sampling.min_tokens = 6;
+    const uint64_t needs6 = env.svc->submit(with_min, col.cb());
     REQUIRE(col.wait_accepted(big));
     REQUIRE(col.wait_accepted(small));
+    REQUIRE(col.wait_accepted(needs6));
     const bool capping = after_ms == 0;
     CHECK(env.svc->stats().max_tokens_cap_active.load() == (capping ? 1 : 0));
     env.gate->release();
@@ -815,10 +821,16 @@ TEST_CASE("degradation: under sustained overload max_tokens of new requests is c
     auto ts = col.terminal(small);
     CHECK(ts.max_tokens_capped_to == 0);
     CHECK(col.tokens(small) == solo_greedy(prompts[7], 3));
+    REQUIRE(col.wait_terminal(needs6));
+    auto t6 = col.terminal(needs6);
+    CHECK(col.well_formed(needs6));
+    CHECK(t6.type == event::kind::done);
+    CHECK(t6.max_tokens_capped_to == (capping ? 6 : 0));
+    CHECK(t6.completion_tokens == (capping ? 6 : 20));
     auto& m = env.svc->stats();
-    CHECK(m.degraded_max_tokens_capped.load() == (capping ? 1u : 0u));
+    CHECK(m.degraded_max_tokens_capped.load() == (capping ? 2u : 0u));
     CHECK(contains(m.render_prometheus(), std::string("infer_degraded_requests_total{kind=\"max_tokens_capped\"} ") +
-                                              (capping ? "1" : "0")));
+                                              (capping ? "2" : "0")));
     CHECK(eventually([&] { return m.max_tokens_cap_active.load() == 0; }));  // the queue drained
   }
 }

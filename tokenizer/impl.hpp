@@ -101,7 +101,7 @@ struct normalizer_op {
 };
 
 struct pretok_op {
-  enum kind_t { split_str, split_re, byte_level, metaspace, digits, whitespace, whitespace_split, punctuation } kind;
+  enum kind_t { split_str, split_re, byte_level, metaspace, digits, whitespace, whitespace_split } kind;
   enum behavior_t { removed, isolated, merged_prev, merged_next, contiguous } behavior = isolated;
   bool invert = false;
   std::string str;   // split_str pattern; metaspace replacement
