@@ -387,8 +387,10 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
   // find it in the cache.
   if (st.req.grammar && st.req.max_tokens > 0 && !st.core->grammars->find(st.req.grammar->key())) {
     st.compiling = true;
+    // The requester goes in as a spawn argument, not a capture: CAF 0.17 dereferences the
+    // null argument tuple of an actor spawned with none (UBSan: reference bound to null).
     self->spawn<caf::detached>(
-        [core = st.core, spec = *st.req.grammar, req = caf::actor_cast<caf::actor>(self)](caf::event_based_actor* h) {
+        [core = st.core, spec = *st.req.grammar](caf::event_based_actor* h, const caf::actor& req) {
           std::string err;
           try {
             auto g = core->grammars->get(spec);
@@ -398,7 +400,8 @@ caf::behavior request_fun(request_actor* self, service_core_ptr core, uint64_t i
           }
           h->send(req, grammar_atom::value, err);
           h->quit();
-        });
+        },
+        caf::actor_cast<caf::actor>(self));
   }
   if (st.req.max_tokens == 0) {  // nothing to generate: no need to queue
     st.accepted = true;

@@ -22,6 +22,7 @@
 //   infer-bench --url http://127.0.0.1:8080/v1/completions --requests 500 --request-rate 50
 //               --dataset random --random-input-len 128 --random-output-len 128
 //               --goodput ttft:200 tpot:20 --save-result run.json
+#include <charconv>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -237,7 +238,11 @@ std::optional<long> scan_int(std::string_view s, std::string_view quoted_key) {
   p += quoted_key.size();
   while (p < s.size() && (s[p] == ' ' || s[p] == ':')) ++p;
   if (p >= s.size() || !(std::isdigit(static_cast<unsigned char>(s[p])) || s[p] == '-')) return std::nullopt;
-  return std::strtol(s.data() + p, nullptr, 10);
+  // from_chars, not strtol: the frame's text is not NUL-terminated (ASan's strict string
+  // checks caught strtol reading past it).
+  long v = 0;
+  if (std::from_chars(s.data() + p, s.data() + s.size(), v).ec != std::errc{}) return std::nullopt;
+  return v;
 }
 
 // Whether "key":"..." holds a non-empty string.
@@ -861,7 +866,8 @@ class bench final : public sse_sink {
 
   int frame_index(std::string_view id) const {
     if (id.size() < 2 || id[0] != 'b') return -1;
-    int idx = std::atoi(std::string(id.substr(1)).c_str());
+    int idx = -1;
+    if (std::from_chars(id.data() + 1, id.data() + id.size(), idx).ec != std::errc{}) return -1;
     return idx >= 0 && idx < n_ ? idx : -1;
   }
 
@@ -870,7 +876,8 @@ class bench final : public sse_sink {
     // The hot path: a token frame of our own shape, without a JSON parse.
     constexpr std::string_view tok = R"({"type":"token","id":"b)";
     if (text.rfind(tok, 0) == 0) {
-      int idx = std::atoi(text.data() + tok.size());
+      int idx = -1;
+      (void)std::from_chars(text.data() + tok.size(), text.data() + text.size(), idx);  // not NUL-terminated
       if (idx >= 0 && idx < n_ && !st_.recs[size_t(idx)].ended) on_token(idx, now);
       return;
     }

@@ -40,6 +40,8 @@ case "$kind" in
     ;;
   *) echo "sanitize.sh: unknown kind '$kind' (asan | tsan)" >&2; exit 2 ;;
 esac
+# The e2e drivers skip their resident-memory bounds under a sanitizer (shadow memory).
+export INFER_SANITIZED=$kind
 
 if [ ! -f "$dir/CMakeCache.txt" ]; then
   cmake -S . -B "$dir" "${GEN[@]}" "${LAUNCH[@]}" -DCMAKE_BUILD_TYPE=Release -DINFER_CUDA=OFF \

@@ -99,9 +99,12 @@ async function main() {
     const peak = peakMiB(srv.proc.pid);
     console.log(`  round ${round}: ${N} requests in ${Date.now() - t0} ms: ${done} done, ${overloaded} overloaded; ` +
                 `peak RSS ${peak.toFixed(1)} MiB (bound ${PEAK_BOUND_MIB} MiB)`);
-    assert.ok(peak < PEAK_BOUND_MIB, `peak RSS ${peak.toFixed(1)} MiB over the bound of ${PEAK_BOUND_MIB} MiB`);
+    // Under a sanitizer (scripts/sanitize.sh) shadow memory and ASan's quarantine make the
+    // resident size meaningless: the bound is checked by the plain build only.
+    if (!process.env.INFER_SANITIZED)
+      assert.ok(peak < PEAK_BOUND_MIB, `peak RSS ${peak.toFixed(1)} MiB over the bound of ${PEAK_BOUND_MIB} MiB`);
     if (round === 0) firstPeak = peak;
-    else assert.ok(peak - firstPeak < ROUND_GROWTH_MIB, `peak grew from ${firstPeak} to ${peak} MiB across rounds`);
+    else if (!process.env.INFER_SANITIZED) assert.ok(peak - firstPeak < ROUND_GROWTH_MIB, `peak grew from ${firstPeak} to ${peak} MiB across rounds`);
   }
   const r = await srv.stop();
   assert.equal(r.code, 0, `inferd exited with ${JSON.stringify(r)}`);
